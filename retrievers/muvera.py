@@ -459,7 +459,9 @@ class Muvera(TokenOperatorMixin, Operator):
     def _load(self, folder: Path, mmap: bool = False) -> None:
         self._load_tokens(folder, mmap)
         meta = read_json(folder / "muvera.json")
-        index = VectorIndex.load(folder, prefix="fde", mmap=mmap)
+        # the index's CRC32s only where Operator.load's SHA-256 sums did not cover its files (both read every
+        # file); sizes always checked
+        index = VectorIndex.load(folder, prefix="fde", mmap=mmap, verify=not self._verified)
         saved = meta.get("config")
         if index.n_slots != len(self.corpus_) or not isinstance(saved, dict) \
                 or {**vars(FDEConfig()), **saved} != vars(self.fde_config) or meta.get("fde_dim") != self.dim:

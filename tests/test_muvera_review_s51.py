@@ -107,3 +107,33 @@ def test_a_second_encoding_with_the_same_config_draws_nothing(monkeypatch, d_fin
     F._final_sketch.cache_clear()
     np.testing.assert_array_equal(F.fde_documents(x, off, cfg), docs)  # fresh draws, same FDEs
     assert len(calls) == cfg.r_reps + (d_final is not None)
+
+
+# ------------------------------------------------------------------------------ Muvera load
+def _counting_crc(monkeypatch) -> list:
+    from ragkit.retrievers import _index_files
+
+    calls: list = []
+    real = _index_files._crc
+    monkeypatch.setattr(_index_files, "_crc", lambda path: calls.append(path) or real(path))
+    return calls
+
+
+def test_a_verified_load_of_muvera_reads_the_fde_index_once(tmp_path, monkeypatch):
+    """Operator.load verifies the folder's SHA-256 sums (reading every file), then VectorIndex.load read every
+    FDE file again for its CRC32s: now only ``Operator.load(verify=False)`` takes them (and every load checks
+    the files' sizes); the loaded operator searches as the saved one."""
+    from ragkit.operator import Operator
+    from ragkit.retrievers import Muvera
+    from ragkit.types import Corpus
+
+    corpus = Corpus.from_texts(["the cat sat on the mat", "dogs bark loudly", "quantum physics of cats", "birds"])
+    op = Muvera(k=3, candidates=4, k_sim=2, d_proj=8, r_reps=2).fit(corpus)
+    want = [(r.rows.tolist(), r.scores.tolist()) for r in op.search(["cat on a mat", "dog"]).rankings]
+    op.save(tmp_path / "m")
+    calls = _counting_crc(monkeypatch)
+    loaded = Operator.load(tmp_path / "m")
+    assert calls == []
+    assert [(r.rows.tolist(), r.scores.tolist()) for r in loaded.search(["cat on a mat", "dog"]).rankings] == want
+    Operator.load(tmp_path / "m", verify=False)
+    assert any(str(p).endswith(".npy") and "fde" in str(p) for p in calls)  # unverified: the CRC32s still
