@@ -668,13 +668,15 @@ class Operator:
     def declared_options(cls) -> dict[str, OptionCheck]:
         """Every run-time option this class reads, ``{option: how it is checked}``.
 
-        A retriever reads ``k`` (its parameter, raised to a per-call ``k``: :meth:`k_for`) and
+        A retriever reads ``k`` (its parameter, raised to a per-call ``k``: :meth:`k_for`; only where its
+        ``Params`` has a ``k`` field) and
         ``filter`` (:meth:`filter_mask`; one that does not set :attr:`applies_filter` refuses a filter
         given); then come the class's own ``run_options``, where ``None`` removes an option (a
         retriever that passes the filter on instead of applying it).
         """
         base: dict[str, OptionCheck | None] = (
-            {"k": PARAM, "filter": filter_option if cls.applies_filter else _unapplied_filter_option}
+            {**({"k": PARAM} if "k" in cls.Params.model_fields else {}),  # (no k parameter: it returns all it finds)
+             "filter": filter_option if cls.applies_filter else _unapplied_filter_option}
             if cls.kind == "retriever" else {})
         return {key: how for key, how in {**base, **cls.run_options}.items() if how is not None}
 

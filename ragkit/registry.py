@@ -20,6 +20,7 @@ from ragkit.errors import InputTypeError, ParamError
 
 if TYPE_CHECKING:
     from ragkit.operator import Operator
+    from ragkit.params import Params
 
 __all__ = ["register", "get", "names", "load_all", "structural_keys", "FAMILIES", "KINDS", "Kind", "ENTRY_POINT_GROUP"]
 
@@ -141,6 +142,7 @@ def register(cls: T) -> T:
         raise ParamError(f"{label} ({name!r}) {got}: set Params to its parameter model, a subclass of "
                          f"ragkit.Params (an empty one, 'class {cls.__name__}Params(Params): pass', when it "
                          f"has no parameters)")
+    _check_options_and_defaults(cls, model, label, name)
     document_params(cls, model, name)
     if other is not None and other is not cls and other.__module__ != cls.__module__:
         # one source file imported under a second module name (``import filters.dbnorm`` from a checkout beside
@@ -150,6 +152,37 @@ def register(cls: T) -> T:
         return cls
     _REGISTRY[name] = cls  # (a class defined again in the same module, a notebook cell run twice, replaces it)
     return cls
+
+
+def _check_options_and_defaults(cls: type["Operator"], model: type["Params"], label: str, name: str) -> None:
+    """Refuse (:class:`ParamError`) a run-time option ``cls`` checks as a parameter
+    (:data:`~ragkit.options.PARAM`) that its ``model`` has no field of, which every search giving it would refuse
+    (``unknown parameter``, blaming the caller), and a model whose defaults fail its own checks (``k: int =
+    Field(default=0, ge=1)``), which every construction without that parameter would refuse.  A model-level check
+    that asks for a value (``threshold is required unless learn=true``) is not a default's failure."""
+    from pydantic import ValidationError
+
+    from ragkit.options import PARAM
+
+    fields = model.model_fields
+    for option, how in cls.declared_options().items():
+        if how == PARAM and option not in fields:
+            raise ParamError(f"{label} ({name!r}) declares the run-time option {option!r} as PARAM (checked as its "
+                             f"parameter of that name), but {model.__qualname__} has no field {option!r} (fields: "
+                             f"{', '.join(fields) or 'none'}): add the field, or give run_options[{option!r}] a "
+                             f"function (operator, value, corpus) -> value that checks it")
+    if any(f.is_required() for f in fields.values()):
+        return
+    try:
+        model()
+    except ValidationError as e:
+        bad = [err for err in e.errors() if err["loc"] and err["loc"][0] in fields]
+        if bad:
+            shown = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']} (default {err.get('input')!r})"
+                              for err in bad)
+            raise ParamError(f"{label} ({name!r}): the defaults of {model.__qualname__} fail its own checks "
+                             f"({shown}), so {cls.__name__}() would be refused: give the field a default that "
+                             f"passes them (or none, making it required)") from None
 
 
 def _load_families() -> None:

@@ -82,3 +82,77 @@ def test_no_builtin_operator_is_named_as_a_keyword_of_search_or_a_yaml_value():
 
     for name in registry.names():
         assert name not in registry.call_keywords() and yaml.safe_load(name) == name, name
+
+
+# ---------------------------------------------------------------------- 3. k, PARAM options, defaults
+def test_a_retriever_without_a_k_parameter_declares_no_k_option(scratch):
+    import numpy as np
+
+    from ragkit import Corpus, Operator, Params, Ranking
+    from ragkit.errors import ParamError
+    from ragkit.registry import register
+
+    class _AllParams(Params):
+        pass
+
+    @register
+    class S51AllDocs(Operator):
+        """Every document, score 0."""
+        name = "s51_all_docs"
+        kind = "retriever"
+        Params = _AllParams
+
+        def _fit(self, corpus, train, upstream):
+            self.n_ = len(corpus)
+
+        def _call(self, state):
+            out = state.copy()
+            out.rankings = [Ranking(np.arange(self.n_), np.zeros(self.n_)) for _ in state.queries]
+            return out
+
+    assert "k" not in S51AllDocs.declared_options() and "filter" in S51AllDocs.declared_options()
+    op = S51AllDocs().fit(Corpus.from_texts(["a b", "b c", "c d"]))
+    assert len(op.search(["a"], k=1).rankings[0]) == 1  # (the call's k still cuts)
+    with pytest.raises(ParamError, match=r"s51_all_docs\.k: unknown option"):
+        op.search(["a"], s51_all_docs={"k": 1})
+
+
+def test_a_param_run_option_with_no_field_of_that_name_is_refused_at_register(scratch):
+    from ragkit import Operator, Params
+    from ragkit.errors import ParamError
+    from ragkit.options import PARAM
+    from ragkit.registry import register
+
+    class _WParams(Params):
+        weight: float = 0.0
+
+    with pytest.raises(ParamError, match=r"S51Boost \('s51_boost'\) declares the run-time option 'alpha' as PARAM.*"
+                                         r"_WParams has no field 'alpha' \(fields: weight\)"):
+        @register
+        class S51Boost(Operator):
+            name = "s51_boost"
+            kind = "reranker"
+            Params = _WParams
+            stateless = True
+            reads_rankings = True
+            run_options = {"alpha": PARAM}
+
+
+def test_a_params_model_whose_default_fails_its_own_bounds_is_refused_at_register(scratch):
+    from pydantic import Field
+
+    from ragkit import Operator, Params
+    from ragkit.errors import ParamError
+    from ragkit.registry import get, register
+
+    class _BadDefault(Params):
+        k: int = Field(default=0, ge=1)
+
+    with pytest.raises(ParamError, match=r"S51Bad \('s51_bad'\): the defaults of .*_BadDefault fail its own checks "
+                                         r"\(k: .*greater than or equal to 1 \(default 0\)\)"):
+        @register
+        class S51Bad(Operator):
+            name = "s51_bad"
+            kind = "retriever"
+            Params = _BadDefault
+    get("score_reached")  # (a model check that asks for a value, threshold unless learn=true, is no default's failure)
