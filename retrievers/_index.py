@@ -871,9 +871,11 @@ class VectorIndex:
 
         Returns
         -------
-        slots : ndarray int64, shape (n_q, k)
-            ``-1`` where fewer than ``k`` slots pass.
-        scores : ndarray float32, shape (n_q, k)
+        slots : ndarray int64, shape (n_q, min(k, n_slots))
+            ``-1`` where fewer slots pass (a mask, removed slots).  Never wider than the index: a ``k`` past
+            :attr:`n_slots` asks for every slot, and its columns would all be padding (``k`` of 10**7 over 10
+            vectors allocated ~700 MB).
+        scores : ndarray float32, shape (n_q, min(k, n_slots))
             Cosine / inner product (approximate for compressed storage), ``-inf`` for padding.
         """
         self._check_built()
@@ -885,6 +887,7 @@ class VectorIndex:
         nq = len(q_full)
         if k < 1:
             raise ParamError(f"VectorIndex.search: k must be >= 1, got {k}")
+        k = min(int(k), self.n_slots)  # (every slot: the same results, no column of padding alone)
         for name, v in (("expansion_search", expansion_search), ("oversample", oversample)):
             if v is not None and (isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1):
                 raise ParamError(f"VectorIndex.search: {name} must be a positive integer, got {v!r}")

@@ -436,10 +436,12 @@ class Dense(TunedEncoderMixin, Operator):
     def search_vectors(self, q: np.ndarray, k: int, mask: np.ndarray | None = None, *,
                        expansion_search: int | None = None,
                        oversample: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Top-``k`` corpus rows for query vectors ``q`` (n_q, dim): ``(rows int64, scores float32)``.
+        """Top-``k`` corpus rows for query vectors ``q`` (n_q, dim): ``(rows int64, scores float32)``, each of shape
+        ``(n_q, min(k, n))``, ``n`` the index's slots (the documents indexed, removed ones until a compaction): a
+        ``k`` past them asks for every document, not for columns of padding.
 
         ``mask`` (bool, ``(n_docs,)`` in corpus rows) restricts the search; ``-1`` / ``-inf`` pad
-        queries with fewer than ``k`` passing documents.  ``expansion_search`` (HNSW beam width) and
+        queries with fewer passing documents.  ``expansion_search`` (HNSW beam width) and
         ``oversample`` (shortlist multiplier) default to the ``params``' values.
         """
         self._check_fitted()
@@ -530,7 +532,7 @@ class Dense(TunedEncoderMixin, Operator):
             out.rankings = [Ranking.empty() for _ in range(len(state))]
             return out
         q = self.query_vectors(state)
-        k = min(self.k_for(state), max(len(view.slots), 1))  # never more rows than documents: k is user input
+        k = self.k_for(state)  # (the index answers at most as many columns as it has slots, whatever k says)
         rows, sc = self._search_in(view, q, k, mask, self.opt(state, "expansion_search"), self.opt(state, "oversample"))
         if searched_ids() is None and self.corpus_ is not view.corpus and not is_prefix(view.corpus, self.corpus_.ids):
             raise _edited_during_search("its documents changed")  # (called on a State: mapped with corpus_ now)

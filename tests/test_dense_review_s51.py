@@ -4,6 +4,7 @@ description, one NaN/inf scan naming the first bad row."""
 
 import json
 
+import numpy as np
 import pytest
 from conftest import HashedEncoder
 
@@ -67,3 +68,82 @@ def test_save_takes_crc_while_writing(tmp_path, monkeypatch) -> None:
     monkeypatch.undo()
     for name, info in files.items():
         assert info["crc32"] == _index_files._crc(tmp_path / "ix" / name), name
+
+
+def _b1_reference(x: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """The float query against the ±1 sign bits, divided by sqrt(ndim), in float64."""
+    signs = np.where(x > 0, 1.0, -1.0)
+    return (q.astype(np.float64) @ signs.T) / np.sqrt(x.shape[1])
+
+
+@pytest.mark.parametrize("ndim", [37, 64])
+def test_b1_exact_few_queries_by_lookup_table(ndim, monkeypatch) -> None:
+    """Exact b1 search of a batch of at most B1_LUT_QUERIES queries scores by a byte lookup table (the bits are not
+    unpacked to a float32 block of the whole corpus, ~200 ms a batch at 100k x 384), to the same scores within 1e-5,
+    equal codes tied and ranked by lower slot; a larger batch, as before."""
+    from ragkit.retrievers import _index_search
+    from ragkit.retrievers._index import VectorIndex
+
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((700, ndim)).astype(np.float32)
+    x[[400, 650]] = x[50]  # equal codes
+    ix = VectorIndex(dtype="b1", search="exact", metric="ip").build(x)
+    unpacked: list[tuple[int, ...]] = []
+    real = np.unpackbits
+
+    def counting(a, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        unpacked.append(np.shape(a))
+        return real(a, *args, **kwargs)
+
+    monkeypatch.setattr(np, "unpackbits", counting)
+    for nq in (1, 3, _index_search.B1_LUT_QUERIES, _index_search.B1_LUT_QUERIES + 1):
+        q = rng.standard_normal((nq, ndim)).astype(np.float32)
+        q[0] = np.where(x[50] > 0, 1.0, -1.0)  # ranks 50, 400, 650 first, tied
+        unpacked.clear()
+        slots, scores = ix.search(q, 700)
+        assert (unpacked == []) == (nq <= _index_search.B1_LUT_QUERIES), (nq, unpacked)
+        ref = _b1_reference(x, q)
+        np.testing.assert_allclose(scores, np.take_along_axis(ref, slots, axis=1), atol=1e-5)
+        assert slots[0, :3].tolist() == [50, 400, 650] and scores[0, 0] == scores[0, 1] == scores[0, 2]
+        for r in range(nq):  # (score desc, slot asc) among the exactly equal scores
+            same = np.flatnonzero(np.diff(scores[r]) == 0)
+            assert (slots[r, same] < slots[r, same + 1]).all()
+    mask = np.zeros(700, bool)
+    mask[::3] = True
+    q = rng.standard_normal((2, ndim)).astype(np.float32)
+    slots, scores = ix.search(q, 20, mask=mask)
+    ref = np.where(mask, _b1_reference(x, q), -np.inf)
+    np.testing.assert_allclose(scores, np.sort(ref, axis=1)[:, ::-1][:, :20], atol=1e-5)
+    assert mask[slots].all()
+
+
+@pytest.mark.parametrize("search", ["exact", "hnsw"])
+def test_search_columns_at_most_the_slots(search) -> None:
+    """VectorIndex.search answers min(k, n_slots) columns (a k of 10**7 over 10 vectors allocated ~700 MB of
+    padding), -1 / -inf where fewer pass; Dense.search_vectors and Dense.search as well, with no clamp of their own."""
+    from ragkit.retrievers._index import VectorIndex
+
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((10, 16)).astype(np.float32)
+    q = rng.standard_normal((3, 16)).astype(np.float32)
+    ix = VectorIndex(dtype="i8", search=search, rescore=True).build(x)
+    slots, scores = ix.search(q, 1000)
+    assert slots.shape == scores.shape == (3, 10)
+    assert sorted(slots[0].tolist()) == list(range(10)) and np.isfinite(scores).all()
+    mask = np.zeros(10, bool)
+    mask[[2, 7]] = True
+    slots, scores = ix.search(q, 1000, mask=mask)
+    assert slots.shape == (3, 10) and (slots[:, 2:] == -1).all() and np.isneginf(scores[:, 2:]).all()
+    assert ix.search(q, 4)[0].shape == (3, 4)
+    ix.remove(np.array([0, 1]))
+    slots, _ = ix.search(q, 1000)  # removed slots: padding within n_slots
+    assert slots.shape == (3, 10) and (slots[:, 8:] == -1).all()
+    empty = VectorIndex(search="exact").build(np.zeros((0, 16), np.float32))
+    assert empty.search(q, 5)[0].shape == (3, 0)
+
+    d = Dense(model="dense-s51-hashed", k=5, search=search).fit(_corpus(10))
+    rows, scores = d.search_vectors(rng.standard_normal((4, 32)).astype(np.float32), 10**7)
+    assert rows.shape == scores.shape == (4, 10)
+    run = d.search(["text 3"], k=10**7)
+    assert len(run.rankings[0].rows) == 10
+
