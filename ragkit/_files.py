@@ -27,7 +27,8 @@ from ragkit.errors import ArtifactError, DataError, InputTypeError
 __all__ = ["atomic_file", "sha256_file", "folder_checksums", "verify_checksums", "saved_relpath", "check_inside",
            "utf8_line", "utf8_lines", "shared_tempdir", "private_tempdir", "remove_stale_tempdirs", "share_like_umask",
            "share_file_like_umask", "user_path", "folder_lock", "remove_stale_tempfiles", "owner_tag", "owner_ended",
-           "SAVE_ERRNOS", "save_unwritable", "writes_through", "text_output", "first_time", "shell_quote", "shell_join"]
+           "SAVE_ERRNOS", "save_unwritable", "writes_through", "text_output", "first_time", "shell_quote", "shell_join",
+           "fsync_path", "fsync_tree"]
 
 #: seconds a save waits for the loads of the folder it replaces to finish (then it replaces it anyway: those
 #: loads notice and load again); a load waits as long for a save's swap, which holds the lock for microseconds
@@ -161,7 +162,7 @@ def text_output(path: str | os.PathLike[str]) -> Iterator[TextIO]:
 
 
 @contextmanager
-def atomic_file(path: str | Path, *, owner: bool = False) -> Iterator[Path]:
+def atomic_file(path: str | Path, *, owner: bool = False, durable: bool = True) -> Iterator[Path]:
     """Yield a unique temporary path beside ``path`` (same suffix, so ``np.save`` and
     ``safetensors`` keep the name), ``.<stem>.<pid>-<random>.tmp<suffix>``, or with ``owner=True``
     ``.<stem>.<pid>@<host>[@<pid namespace>]-<random>.tmp<suffix>`` (:func:`owner_tag`; one a killed process
@@ -171,6 +172,14 @@ def atomic_file(path: str | Path, *, owner: bool = False) -> Iterator[Path]:
     block's own error is the one raised).  A ``path`` that exists and is no regular file (a folder, a pipe,
     a device) is an :class:`ArtifactError` before the block runs.  A symbolic link to a file is written
     through, as ``open(path, "w")`` would: its target gets the new file, the link stays.
+
+    ``durable`` (default): the temporary file's data is flushed to the disk (:func:`fsync_path`) before the rename,
+    so that after a power loss or a crash of the system ``path`` holds the old file or the new one whole.  Without
+    it, a file system that writes the data after the rename (ext4's delayed allocation, XFS) could leave ``path``
+    empty or zero-filled where the rename reached the disk and the data did not: a cache shard of zeros was served as
+    vectors (finite numbers).  It costs one ``fsync`` per file (0.2 ms at best for a small file here, a few ms on a
+    busy disk; for a large one, the time to write out data the kernel writes soon anyway).  ``durable=False``: a
+    scratch file whose loss after a crash does not matter.
 
     Examples
     --------
@@ -191,6 +200,8 @@ def atomic_file(path: str | Path, *, owner: bool = False) -> Iterator[Path]:
     tmp = path.with_name(f".{path.stem}.{tag}-{secrets.token_hex(4)}.tmp{path.suffix}")
     try:
         yield tmp
+        if durable:
+            fsync_path(tmp)
         _keep_mode(path, tmp)
         os.replace(tmp, path)
     except BaseException:
@@ -199,6 +210,47 @@ def atomic_file(path: str | Path, *, owner: bool = False) -> Iterator[Path]:
         except OSError:  # (EROFS, EACCES: what made the block fail makes this fail too; its error says why)
             pass
         raise
+
+
+#: what ``os.fsync`` raises where a file system cannot sync (nothing to make durable there): ignored
+_NO_SYNC_ERRNOS = frozenset(getattr(errno, name) for name in ("EINVAL", "ENOTSUP", "EOPNOTSUPP", "EROFS")
+                             if hasattr(errno, name))
+
+
+def fsync_path(path: str | os.PathLike[str]) -> None:
+    """Flush the data of the file (or folder) ``path`` to the disk (``os.fsync``), so that a rename of it made next
+    survives a power loss with its contents (:func:`atomic_file`).  A path that cannot be opened (absent, or not
+    readable: on Windows, where a sync needs a writable handle, a read-only file) and a file system that cannot sync
+    (``EINVAL``, ``ENOTSUP``) are passed over; a failed write-back (``EIO``, ``ENOSPC``) is raised: the data is
+    not on the disk."""
+    flags = os.O_RDWR if os.name == "nt" else os.O_RDONLY
+    try:
+        fd = os.open(path, flags | getattr(os, "O_BINARY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError as e:
+        if e.errno not in _NO_SYNC_ERRNOS:
+            raise
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(folder: str | os.PathLike[str]) -> int:
+    """:func:`fsync_path` of every file below ``folder``, then of each folder (deepest first: the names its
+    entries were created under), before ``folder`` itself is renamed into place (a save's temporary folder); the
+    number of files flushed.  A loop over the files (a save holds a few dozen)."""
+    count = 0
+    folders = []
+    for root, _dirs, files in os.walk(folder):
+        folders.append(root)
+        for name in files:
+            fsync_path(os.path.join(root, name))
+            count += 1
+    for root in reversed(folders):
+        fsync_path(root)
+    return count
 
 
 def utf8_line(raw: bytes, n: int, where: str | os.PathLike[str], expected: str) -> str:

@@ -6,17 +6,25 @@
 * A text given several times and not cached was computed once per occurrence and stored once per occurrence
   (1,000 copies of one text: 1,000 rows computed, a shard of 1,000 keys), by the embedding cache
   (``fetch_or_compute``) and the token encoder alike: now once.
+* ``atomic_file`` renamed its temporary file into place without ``fsync``: after a power loss a renamed cache shard
+  could be empty or zero-filled (finite numbers: no check refused them).  Now the file is flushed before the
+  rename, and a cache whose model gives unit vectors (``EmbeddingCache(unit_rows=True)``) refuses rows that are
+  not (an all-zero or partly zeroed row), setting the shard aside.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+import ragkit.encoders.cache as cache_mod
 import ragkit.encoders.tokens as tokens_mod
+from ragkit import _files
 from ragkit.encoders.cache import EmbeddingCache, text_digests
 from ragkit.encoders.tokens import TokenCache, TokenEncoder, TokenVectors
 
@@ -25,6 +33,7 @@ from ragkit.encoders.tokens import TokenCache, TokenEncoder, TokenVectors
 def _fresh_warnings(monkeypatch):
     """Each test sees its own warnings (said once per shard file and process)."""
     monkeypatch.setattr(tokens_mod, "_SET_ASIDE_SAID", set(), raising=False)
+    monkeypatch.setattr(cache_mod, "_SET_ASIDE_SAID", set())
 
 
 # ---------------------------------------------------------------------- token cache: set aside, warned
@@ -151,4 +160,104 @@ def test_a_repeated_text_is_token_encoded_and_stored_once(fake, monkeypatch, tmp
     fake.texts_run = 0
     again = TokenEncoder(batch_size=8).encode(texts)
     assert _same(again, _reference(texts, fake)) and fake.texts_run == 0
+
+
+# ---------------------------------------------------------------------- durable writes
+
+
+@pytest.fixture
+def synced(monkeypatch):
+    """The inodes ``os.fsync`` was called on, each with whether it was already renamed into place then."""
+    seen: list[int] = []
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        seen.append(os.fstat(fd).st_ino)
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    return seen
+
+
+def test_atomic_file_flushes_the_file_before_renaming_it(tmp_path, synced):
+    """Old code: no fsync at all; the rename could reach the disk before the data."""
+    target = tmp_path / "x.npy"
+    with _files.atomic_file(target) as tmp:
+        np.save(tmp, np.arange(10.0))
+        inode = os.stat(tmp).st_ino
+        assert synced == []
+    assert inode in synced and os.stat(target).st_ino == inode
+    synced.clear()
+    with _files.atomic_file(tmp_path / "y.txt", durable=False) as tmp:
+        tmp.write_text("scratch")
+    assert synced == []
+
+
+def test_every_file_of_a_cache_shard_is_flushed(tmp_path, synced):
+    """The embedding cache's shards and the token cache's (vectors, offsets, keys) each reach the disk first."""
+    cache = EmbeddingCache(tmp_path / "e", "k")
+    cache.fetch_or_compute(["a", "b"], lambda ts: np.eye(2, 4, dtype=np.float32))
+    _, name, folder = _token_shard(tmp_path / "t")
+    files = [*cache.folder.glob("*.npy"), *folder.glob("*.npy")]
+    assert len(files) == 5
+    assert {os.stat(p).st_ino for p in files} <= set(synced)
+
+
+def test_fsync_tree_flushes_every_file_and_folder(tmp_path, synced):
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    for rel in ("x.json", "a/y.npy", "a/b/z.npy"):
+        (tmp_path / rel).write_bytes(b"data")
+    assert _files.fsync_tree(tmp_path) == 3
+    paths = [tmp_path, tmp_path / "a", tmp_path / "a" / "b",
+             *(tmp_path / r for r in ("x.json", "a/y.npy", "a/b/z.npy"))]
+    assert {os.stat(p).st_ino for p in paths} <= set(synced)
+
+
+def _zeroed_cache(root: Path, unit_rows: bool) -> tuple[list[str], np.ndarray, Path]:
+    """A cache of 5,000 unit vectors (one memory-mapped shard) whose last row and a half were zeroed in the file, as
+    a disk that lost the end of the data leaves it: the texts, their vectors, the shard's vectors file."""
+    texts = [f"doc {i}" for i in range(5000)]
+    vecs = np.random.default_rng(0).standard_normal((5000, 64)).astype(np.float32)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    at = {t: i for i, t in enumerate(texts)}
+    EmbeddingCache(root, "k", unit_rows=unit_rows).fetch_or_compute(texts, lambda ts: vecs[[at[t] for t in ts]])
+    (keys,) = EmbeddingCache(root, "k").folder.glob("*.keys.npy")
+    path = keys.with_name(keys.name.replace(".keys.npy", ".npy"))
+    raw = bytearray(path.read_bytes())
+    raw[-6 * 64:] = bytes(6 * 64)  # the last row and a half: zero
+    path.write_bytes(bytes(raw))
+    return texts, vecs, path
+
+
+def test_zeroed_rows_of_a_unit_vector_cache_are_refused(tmp_path, caplog):
+    """Old code (no unit_rows): the zeroed rows were served as vectors (0 computed, the last row all zeros)."""
+    texts, vecs, path = _zeroed_cache(tmp_path, unit_rows=True)
+    asked: list[str] = []
+    at = {t: i for i, t in enumerate(texts)}
+
+    def compute(ts: list[str]) -> np.ndarray:
+        asked.extend(ts)
+        return vecs[[at[t] for t in ts]]
+
+    with caplog.at_level(logging.WARNING, logger="ragkit"):
+        got, n = EmbeddingCache(tmp_path, "k", unit_rows=True).fetch_or_compute(texts, compute)
+    assert n == 5000 and asked == texts  # the shard set aside: every text computed again
+    np.testing.assert_array_equal(got, vecs)
+    assert path.name in caplog.text and "not of unit length" in caplog.text
+    # not unit_rows (a registered encoder's cache: zero vectors may be its own): served as it is
+    got, n = EmbeddingCache(tmp_path / "other", "k").fetch_or_compute(["z"], lambda ts: np.zeros((1, 64), np.float32))
+    got, n = EmbeddingCache(tmp_path / "other", "k").fetch_or_compute(["z"], compute)
+    assert n == 0 and not got.any()
+
+
+def test_a_unit_vector_cache_does_not_store_rows_that_are_not(tmp_path):
+    """Rows the model gave that are not unit length are returned, not cached (each read would set the shard aside)."""
+    cache = EmbeddingCache(tmp_path, "k", unit_rows=True)
+    vecs = np.array([[1, 0, 0], [0, 0, 0], [0, 0.6, 0.8]], np.float32)
+    got, n = cache.fetch_or_compute(["a", "b", "c"], lambda ts: vecs)
+    np.testing.assert_array_equal(got, vecs)
+    assert _keys_stored(cache.folder) == 2
+    got, n = EmbeddingCache(tmp_path, "k", unit_rows=True).fetch_or_compute(["a", "b", "c"], lambda ts: vecs[[1]])
+    assert n == 1
+    np.testing.assert_array_equal(got, vecs)
 

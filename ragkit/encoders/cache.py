@@ -13,11 +13,12 @@ queries) are read into memory rather than memory-mapped, and merged into one onc
 descriptors its readers hold, grow with the bytes cached, not with the number of writes.  Nothing is ever
 pruned: a folder grows with the distinct texts encoded, and may be deleted at any time.
 
-A folder records the model's width (:data:`WIDTH_FILE`, from the vectors the model computed).  A shard that
-cannot serve is set aside, logged (a warning on the ``ragkit`` logger, once per shard file and process) and its
-texts encoded again, never served: unreadable (truncated, a header claiming more than the file holds, an object
-array), rows and keys of different numbers, vectors of another width than the model's, or NaN / infinite
-vectors (found as its rows are read: :meth:`EmbeddingCache.get`).  Vectors the model computes with NaN or
+A folder records the model's width (:data:`WIDTH_FILE`, from the vectors the model computed).  A shard that cannot
+serve is set aside, logged (a warning on the ``ragkit`` logger, once per shard file and process) and its texts
+encoded again, never served: unreadable (truncated, a header claiming more than the file holds, an object array),
+rows and keys of different numbers, vectors of another width than the model's, or NaN / infinite vectors, or (where
+the model's vectors are unit length, ``EmbeddingCache(unit_rows=True)``) rows that are not, such as the zeroed rows
+of data a disk lost (found as its rows are read: :meth:`EmbeddingCache.get`).  Vectors the model computes with NaN or
 infinite values are returned but not cached.
 """
 
@@ -61,6 +62,10 @@ COMPUTE_CHUNK = 50_000
 #: them (a writer killed between the renames of its files left them; one writing now renames its keys in
 #: moments)
 ORPHAN_SHARD_AGE_S = 3600.0
+
+#: how far from 1 the squared norm of a cached row may be where the model's vectors are unit length
+#: (:attr:`EmbeddingCache.unit_rows`): float32 rows normalised by the model are within about 1e-6
+UNIT_TOLERANCE = 1e-3
 
 #: bytes below which a shard's vectors file (``<name>.npy``) is small: :meth:`EmbeddingCache` reads such a shard
 #: into memory instead of memory-mapping it (a map keeps a file descriptor and a mapping open for the life of the
@@ -585,6 +590,12 @@ class EmbeddingCache(ShardStore[np.ndarray]):
         Cache root; vectors live in ``root / <model key hash>``.
     key : str
         Model identity (name or path plus a fingerprint of its weights and settings).
+    unit_rows : bool
+        The model's vectors are unit length (ragkit's own normalising encoder): a cached row that is not (within
+        :data:`UNIT_TOLERANCE`), an all-zero or partly zeroed row above all (a file the disk zero-filled where a
+        power loss kept the rename and not the data), sets its shard aside as NaN does, and such rows are not
+        cached.  ``False`` (default): any finite row is served (a registered encoder may give zero vectors).
+        The check replaces the finite one: one vectorised pass over the rows read either way.
 
     One reader is safe to share between threads (a served pipeline's searches); computing the
     missing vectors is not.
@@ -595,8 +606,10 @@ class EmbeddingCache(ShardStore[np.ndarray]):
     descriptors open in its readers.
     """
 
-    def __init__(self, root: Path, key: str) -> None:
+    def __init__(self, root: Path, key: str, *, unit_rows: bool = False) -> None:
         super().__init__(root, key)
+        #: the model's vectors are unit length: a row read that is not sets its shard aside (see the class)
+        self.unit_rows = bool(unit_rows)
         #: names of shards found large (:meth:`_small_shards`), left out of :meth:`_compact_if_many`'s count
         self._large: set[str] = set()
         #: the model's width: the vectors' dimensions, from what this reader stored (:meth:`put`, the model's own
@@ -608,8 +621,25 @@ class EmbeddingCache(ShardStore[np.ndarray]):
         self._width_whose = "the model's"
         #: the width the folder's :data:`WIDTH_FILE` held when last read (``None``: absent or unreadable)
         self._recorded: int | None = None
-        #: shards found holding NaN or infinite values (:meth:`get`): never served again by this reader
+        #: shards found holding NaN or infinite values, or rows not of unit length where the model's are
+        #: (:meth:`get`): never served again by this reader
         self._damaged: set[str] = set()
+
+    def _rows_fit(self, rows: np.ndarray) -> np.ndarray:
+        """``(n,)`` bool: which rows of ``rows`` ``(n, dim)`` may be served: finite, and of unit length (squared norm
+        within :data:`UNIT_TOLERANCE` of 1) where :attr:`unit_rows` says the model's are.  Vectorised (one pass: a
+        row of NaN or infinities has no unit norm either)."""
+        if not self.unit_rows:
+            return np.isfinite(rows).all(axis=1)
+        with np.errstate(over="ignore", invalid="ignore"):
+            sq = np.einsum("ij,ij->i", rows, rows, dtype=np.float64)
+        return np.abs(sq - 1.0) <= UNIT_TOLERANCE
+
+    @property
+    def _damage(self) -> str:
+        """What a shard set aside by :meth:`get` holds."""
+        return "NaN or infinite values" + (", or vectors not of unit length (zeroed: data the disk lost, or "
+                                           "changed)" if self.unit_rows else "")
 
     def _load_index(self) -> DigestIndex:
         """The index (:meth:`ShardStore._load_index`), after reading the model's width from the folder's
@@ -666,7 +696,7 @@ class EmbeddingCache(ShardStore[np.ndarray]):
         memory-mapped otherwise; raises one of :data:`UNREADABLE` when damaged or gone, or found damaged before
         (NaN or infinite values: :meth:`get`)."""
         if name in self._damaged:
-            raise ValueError("it holds NaN or infinite values")
+            raise ValueError(f"it holds {self._damage}")
         path = self.folder / f"{name}.npy"
         if path.stat().st_size < SMALL_SHARD_BYTES:
             arr = load_npy(path)
@@ -680,11 +710,12 @@ class EmbeddingCache(ShardStore[np.ndarray]):
         :data:`GATHER_BYTES` (a shard's hits in one gather made a temporary copy of them beside the result);
         hits that fill consecutive positions are read straight into the result.
 
-        Every block is checked finite as it is gathered (``np.isfinite`` over the rows read: one vectorised pass,
-        a boolean temporary of a quarter of the block).  A shard found holding NaN or infinite values is set
-        aside (:meth:`_set_aside`: logged, never served again by this reader) and the lookup made again without
-        it: its texts come from another shard holding them, or are missing (computed again by
-        :meth:`fetch_or_compute`), instead of reaching an index that refuses them, blaming the encoder."""
+        Every block is checked finite as it is gathered (``np.isfinite`` over the rows read: one vectorised pass, a
+        boolean temporary of a quarter of the block), or of unit length where the model's vectors are
+        (:attr:`unit_rows`: the squared norms, one pass too).  A shard found holding NaN or infinite values (or rows
+        not of unit length) is set aside (:meth:`_set_aside`: logged, never served again by this reader) and the
+        lookup made again without it: its texts come from another shard holding them, or are missing (computed again
+        by :meth:`fetch_or_compute`), instead of reaching an index that refuses them, blaming the encoder."""
         while True:  # a loop over damaged shards (finitely many: each is set aside once)
             got = self._gather(digests)
             if not isinstance(got, str):
@@ -692,7 +723,7 @@ class EmbeddingCache(ShardStore[np.ndarray]):
             with self._lock:
                 self._damaged.add(got)
                 self._index = None  # (read again without it: _open refuses it)
-            self._set_aside(got, "it holds NaN or infinite values")
+            self._set_aside(got, f"it holds {self._damage}")
 
     def _gather(self, digests: np.ndarray) -> tuple[np.ndarray | None, np.ndarray] | str:
         """One lookup of :meth:`get`: its result, or the name of a shard found holding NaN or infinite values."""
@@ -714,11 +745,11 @@ class EmbeddingCache(ShardStore[np.ndarray]):
                 if direct:  # (mode "raise" would buffer the whole output)
                     dest = out[pos[0] + a:pos[0] + a + len(block)]
                     np.take(shard, block, axis=0, out=dest, mode="clip")
-                    finite = bool(np.isfinite(dest).all())
+                    finite = bool(self._rows_fit(dest).all())
                 else:
                     with np.errstate(over="ignore"):  # (a float64 value beyond float32's range: inf, refused)
                         vals = np.asarray(shard[block], np.float32)
-                    finite = bool(np.isfinite(vals).all())
+                    finite = bool(self._rows_fit(vals).all())
                     out[pos[a:a + step]] = vals
                 if not finite:
                     return names[s]
@@ -733,7 +764,7 @@ class EmbeddingCache(ShardStore[np.ndarray]):
         if arr.ndim != 2 or len(arr) != len(digests) or arr.shape[1] == 0:
             return  # (not one vector per text: not cached; the caller's checks name the encoder)
         self._computed_width(arr.shape[1])
-        finite = np.isfinite(arr).all(axis=1)  # (vectors of NaN are not cached: the encoder is blamed each time)
+        finite = self._rows_fit(arr)  # (vectors of NaN are not cached: the encoder is blamed each time)
         if not finite.all():
             digests, arr = digests[finite], arr[finite]
             if len(digests) == 0:
@@ -830,7 +861,8 @@ class EmbeddingCache(ShardStore[np.ndarray]):
                     continue  # damaged (skipped by readers too) or merged by a writer without flock: left alone
                 if (name not in self._damaged and _is_digests(keys) and vectors.ndim == 2
                         and len(vectors) == len(keys) and vectors.dtype.kind in "fiu"
-                        and bool(np.isfinite(vectors).all())):  # (under 1 MiB each: damaged ones stay apart)
+                        and bool(self._rows_fit(np.asarray(vectors, np.float32)).all())):
+                    # (under 1 MiB each: damaged ones stay apart)
                     read.append((name, keys, vectors))
             widths = [v.shape[1] for _, _, v in read]
             if not widths:
