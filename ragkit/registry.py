@@ -136,6 +136,12 @@ def register(cls: T) -> T:
         got = "sets no 'kind'" if unset else f"has kind {kind!r}"
         raise ParamError(f"{label} ({name!r}) {got}; expected one of {', '.join(KINDS)}"
                          + (f"; did you mean {close[0]!r}?" if close else ""))
+    if kind == "retriever" and cls.stateless:
+        raise ParamError(f"{label} ({name!r}) is a retriever with stateless = True: a retriever searches the documents "
+                         f"its fit was given, which a stateless operator does not keep (it is never fitted), so "
+                         f"{cls.__name__}().fit(corpus).search(...) would have no documents to search: leave "
+                         f"stateless False (the default); a step that only reorders or cuts the rankings before it is "
+                         f"a reranker or filter")
     model = cls.Params
     if model is Params or not (isinstance(model, type) and issubclass(model, Params)):
         got = "sets no 'Params'" if model is Params else f"has Params = {model!r}, not a subclass of ragkit.Params"

@@ -156,3 +156,22 @@ def test_a_params_model_whose_default_fails_its_own_bounds_is_refused_at_registe
             kind = "retriever"
             Params = _BadDefault
     get("score_reached")  # (a model check that asks for a value, threshold unless learn=true, is no default's failure)
+
+
+# ---------------------------------------------------------------------- 5. a stateless retriever
+def test_a_stateless_retriever_is_refused_at_register(scratch):
+    from ragkit import Operator, Params
+    from ragkit.errors import ParamError
+    from ragkit.registry import register
+
+    class _NoParams(Params):
+        pass
+
+    with pytest.raises(ParamError, match=r"S51Stateless \('s51_stateless'\) is a retriever with stateless = True.*"
+                                         r"leave stateless False"):
+        @register
+        class S51Stateless(Operator):
+            name = "s51_stateless"
+            kind = "retriever"
+            Params = _NoParams
+            stateless = True
