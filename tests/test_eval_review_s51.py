@@ -148,3 +148,35 @@ def test_diversity_measures_of_a_run_and_its_dict_agree(seed):
         assert subtopic_recall(stored, sub, k=k) == subtopic_recall(run, sub, k=k)
     with pytest.raises(DataError, match="^alpha_ndcg: query 'q' gives document 'b' the score nan"):
         alpha_ndcg(Run(["q"], [np.array(["a", "b"], object)], [np.array([1, np.nan], np.float32)]), sub, k=1)
+
+
+# 4. filter_report and relevance_labels count relevance as evaluate does
+
+
+def test_filter_report_honours_relevance_level_and_identical_ids():
+    """Both hard-coded relevant = grade > 0 and counted a document with its query's id, which evaluate drops."""
+    from ragkit.errors import ParamError
+    from ragkit.eval.filtering import filter_report, relevance_labels
+
+    qrels = {"q": {"a": 1, "b": 2, "q": 2, "c": 0}, "r": {"a": 2}}
+    ref = Run(["q", "r"], [np.array(["q", "a", "b", "c", "x"], object), np.array(["a", "b"], object)],
+              [np.array([5, 4, 3, 2, 1], np.float32), np.array([2, 1], np.float32)])
+    kept = Run(["q", "r"], [np.array(["q", "a", "c"], object), np.array(["b"], object)],
+               [np.array([5, 4, 2], np.float32), np.array([1], np.float32)])
+    labels = relevance_labels(ref, qrels)
+    assert [x.tolist() for x in labels] == [[False, True, True, False, False], [True, False]]
+    assert [x.tolist() for x in relevance_labels(ref, qrels, relevance_level=2, ignore_identical_ids=False)] == [
+        [True, False, True, False, False], [True, False]]
+    # level 1, the query's own document dropped: kept q: a, c (1 relevant), r: b (none); 3 relevant judged
+    rep = filter_report(kept, qrels)
+    assert (rep.precision, rep.recall, rep.mean_kept, rep.n_queries) == (1 / 3, 1 / 4, 1.5, 2)
+    rep = filter_report(kept, qrels, ignore_identical_ids=False)
+    assert (rep.precision, rep.recall, rep.mean_kept) == (2 / 4, 2 / 4, 2.0)
+    rep = filter_report(kept, qrels, relevance_level=2)  # relevant: b, q (dropped) for q; a for r
+    assert (rep.precision, rep.recall) == (0.0, 0.0)
+    rep = filter_report(kept, qrels, ref, relevance_level=2, ignore_identical_ids=False)
+    assert (rep.precision, rep.recall) == (1 / 4, 1 / 3)  # kept q; the reference found q, b and r's a
+    with pytest.raises(ParamError, match="^filter_report: relevance_level 3 counts no judgement as relevant"):
+        filter_report(kept, qrels, relevance_level=3)
+    with pytest.raises(ParamError, match="^relevance_labels: relevance_level must be an integer grade >= 1, got 0"):
+        relevance_labels(ref, qrels, relevance_level=0)

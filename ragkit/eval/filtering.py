@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from itertools import chain
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 
-from ragkit.errors import DataError
+from ragkit.errors import DataError, ParamError
 from ragkit.run import Run
 from ragkit.types import Qrels, as_qrels
 
@@ -16,20 +17,46 @@ __all__ = ["FilterReport", "filter_report", "relevance_labels", "expected_calibr
            "precision_at_recall", "plot_pr_curves"]
 
 
-def relevance_labels(run: Run, qrels: Qrels | Any) -> list[np.ndarray]:
-    """Per query of ``run``, a 0/1 array: is each retrieved document judged relevant (> 0).  ``qrels`` takes
-    what :func:`~ragkit.eval.evaluate` takes (:func:`~ragkit.types.as_qrels`)."""
-    return _relevance_labels(run, as_qrels(qrels, "relevance_labels"))
+def relevance_labels(run: Run, qrels: Qrels | Any, *, relevance_level: int = 1,
+                     ignore_identical_ids: bool = True) -> list[np.ndarray]:
+    """Per query of ``run``, a boolean array: is each retrieved document judged relevant, at a grade of at least
+    ``relevance_level``.  ``qrels`` takes what :func:`~ragkit.eval.evaluate` takes
+    (:func:`~ragkit.types.as_qrels`); ``relevance_level`` and ``ignore_identical_ids`` mean what they mean there
+    (a document whose id is its query's id is labelled not relevant, as evaluate counts it not found)."""
+    who = "relevance_labels"
+    qrels = as_qrels(qrels, who)
+    _check_level(qrels, relevance_level, who)
+    return _relevance_labels(run, qrels, relevance_level, ignore_identical_ids)
 
 
-def _relevance_labels(run: Run, qrels: Mapping[str, Mapping[str, int]]) -> list[np.ndarray]:
+def _check_level(qrels: Mapping[str, Mapping[str, int]], relevance_level: Any, who: str) -> None:
+    """Refuse a ``relevance_level`` :func:`~ragkit.eval.evaluate` refuses (a :class:`ParamError` starting ``who``):
+    no integer >= 1, or above every grade of ``qrels`` (:func:`~ragkit.eval.metrics.check_relevance_level`)."""
+    from ragkit.eval.metrics import check_relevance_level
+
+    if isinstance(relevance_level, bool) or not isinstance(relevance_level, (int, np.integer)) or relevance_level < 1:
+        raise ParamError(f"{who}: relevance_level must be an integer grade >= 1, got {relevance_level!r}")
+    check_relevance_level(qrels, int(relevance_level), who)
+
+
+def _relevance_labels(run: Run, qrels: Mapping[str, Mapping[str, int]], relevance_level: int = 1,
+                      ignore_identical_ids: bool = True) -> list[np.ndarray]:
     """:func:`relevance_labels` of ``qrels`` already converted (what :func:`~ragkit.types.as_qrels` returns): not
-    converted, nor checked, again (:func:`filter_report` converts its judgements once, for both of its runs)."""
-    out = []
-    for qid, docs in zip(run.query_ids, run.doc_ids):
-        rel = qrels.get(qid, {})
-        out.append(np.fromiter((rel.get(d, 0) > 0 for d in docs.tolist()), dtype=bool, count=len(docs)))
-    return out
+    converted, nor checked, again (:func:`filter_report` converts its judgements once, for both of its runs).
+    One set of the relevant (query, document) pairs and one pass over all the run's pairs (no loop over
+    queries or documents in Python)."""
+    lens = np.fromiter(map(len, run.doc_ids), np.int64, len(run.doc_ids))
+    n = int(lens.sum())
+    if not n:
+        return [np.zeros(0, bool) for _ in run.doc_ids]
+    relevant = {(q, d) for q in run.query_ids for d, g in qrels.get(q, {}).items() if g >= relevance_level}
+    owners = np.repeat(np.array(run.query_ids, dtype=object), lens)
+    docs = np.empty(n, dtype=object)
+    docs[:] = list(chain.from_iterable(d.tolist() for d in run.doc_ids))
+    labels = np.fromiter(map(relevant.__contains__, zip(owners.tolist(), docs.tolist())), bool, n)
+    if ignore_identical_ids:  # (evaluate drops them from the run: never found)
+        labels &= docs != owners
+    return np.split(labels, np.cumsum(lens)[:-1])
 
 
 @dataclass
@@ -62,7 +89,8 @@ class FilterReport:
         return asdict(self)
 
 
-def filter_report(filtered: Run, qrels: Qrels | Any, reference: Run | None = None) -> FilterReport:
+def filter_report(filtered: Run, qrels: Qrels | Any, reference: Run | None = None, *, relevance_level: int = 1,
+                  ignore_identical_ids: bool = True) -> FilterReport:
     """Precision and recall of the kept set of ``filtered`` (only queries present in ``qrels``).
 
     With ``reference`` (the unfiltered run), recall is relative to the relevant documents
@@ -71,8 +99,13 @@ def filter_report(filtered: Run, qrels: Qrels | Any, reference: Run | None = Non
     counts them, trec_eval's ``-c``).  Either way a judged query the filtered run lacks kept
     nothing: a TREC run file cannot hold the empty list of a query the filter emptied.  ``qrels`` takes what
     :func:`~ragkit.eval.evaluate` takes (a mapping, a DataFrame, a qrels file's path: :func:`~ragkit.types.as_qrels`).
+    ``relevance_level`` (the lowest grade counted relevant) and ``ignore_identical_ids`` (a document whose id is
+    its query's id is dropped from both runs: not kept, never found, though still among the judged relevant)
+    mean what they mean in :func:`~ragkit.eval.evaluate`, with the same defaults.
     """
     qrels = as_qrels(qrels, "filter_report")
+    _check_level(qrels, relevance_level, "filter_report")
+    level = int(relevance_level)
     f_at = {q: i for i, q in enumerate(filtered.query_ids)}
     judged = [q for q in filtered.query_ids if q in qrels]
     if reference is None and judged:
@@ -88,15 +121,19 @@ def filter_report(filtered: Run, qrels: Qrels | Any, reference: Run | None = Non
         judged = [q for q in reference.query_ids if q in qrels]
     if not judged:
         raise DataError("filter_report: no query of the run has judgements")
-    labels = _relevance_labels(filtered, qrels)
+    labels = _relevance_labels(filtered, qrels, level, ignore_identical_ids)
     none = np.zeros(0, dtype=object)
     docs = {q: filtered.doc_ids[f_at[q]] if q in f_at else none for q in judged}
-    rel = {q: labels[f_at[q]] > 0 if q in f_at else np.zeros(0, bool) for q in judged}
+    if ignore_identical_ids:  # (evaluate drops a document with its query's id from the run)
+        docs = {q: d[d != q] if len(d) else d for q, d in docs.items()}
+        rel = {q: labels[f_at[q]][filtered.doc_ids[f_at[q]] != q] if q in f_at else np.zeros(0, bool) for q in judged}
+    else:
+        rel = {q: labels[f_at[q]] if q in f_at else np.zeros(0, bool) for q in judged}
     kept = np.array([len(docs[q]) for q in judged])
     hits = float(sum(rel[q].sum() for q in judged))  # kept relevant documents: precision's numerator
     tp = hits
     if reference is not None:
-        ref_labels = _relevance_labels(reference, qrels)
+        ref_labels = _relevance_labels(reference, qrels, level, ignore_identical_ids)
         total = float(sum(ref_labels[ref_at[q]].sum() for q in judged))
         # recall within the reference: a kept relevant document the reference never retrieved does not count.
         # A kept relevant document is in the reference's list exactly when it is among the reference's
@@ -104,7 +141,7 @@ def filter_report(filtered: Run, qrels: Qrels | Any, reference: Run | None = Non
         ref_rel = {q: set(reference.doc_ids[ref_at[q]][ref_labels[ref_at[q]]].tolist()) for q in judged}
         tp = float(sum(d in ref_rel[q] for q in judged for d in docs[q][rel[q]].tolist()))
     else:
-        total = float(sum(sum(v > 0 for v in qrels[q].values()) for q in judged))
+        total = float(sum(sum(v >= level for v in qrels[q].values()) for q in judged))
     return FilterReport(
         precision=float(hits / kept.sum()) if kept.sum() else 0.0, recall=tp / total if total else 0.0,
         mean_kept=float(kept.mean()), empty=float(np.mean(kept == 0)), n_queries=len(judged),
