@@ -98,9 +98,11 @@ class DenseParams(Params):
     rescore: bool = Field(default=False, description="Re-score an oversample*k shortlist with the float vectors, kept "
                                                       "memory-mapped on disk (needs dtype != f32 or a reduce).")
     oversample: int = Field(default=4,
-                            ge=1, description="Shortlist size as a multiple of k (rescore, and the re-ranking of "
-                                              "a b1 graph's Hamming shortlist; unused where search: auto fits an "
-                                              "exact index, on a corpus of at most exact_max documents).")
+                            ge=1, description="Shortlist size as a multiple of k: the candidates rescore re-scores "
+                                              "with the float vectors (an exact index's too), and a b1 graph's "
+                                              "Hamming shortlist, re-ranked by the float query. Without rescore, "
+                                              "unused where search: auto fits an exact index (at most exact_max "
+                                              "documents), which scores every document at once.")
     reduce: str = Field(default="none", pattern=r"^(none|(pca|matryoshka):[1-9][0-9]*)$",
                         description="none, pca:<dims> (fitted on the corpus, more than <dims> documents; "
                                     "without rescore, scores are centred cosines in the reduced space, not cosines: "

@@ -147,3 +147,18 @@ def test_search_columns_at_most_the_slots(search) -> None:
     run = d.search(["text 3"], k=10**7)
     assert len(run.rankings[0].rows) == 10
 
+
+def test_oversample_description_says_rescore_uses_it_on_an_exact_index() -> None:
+    """DenseParams.oversample said it was unused where search: auto fits an exact index; with rescore it sets the
+    shortlist re-scored with the float vectors there too (b1 + rescore ranks otherwise at oversample 1 and 8)."""
+    from ragkit.retrievers.dense import DenseParams
+
+    text = DenseParams.model_fields["oversample"].description
+    assert "rescore" in text and "an exact index's too" in text
+    assert "unused where search: auto fits an exact index, on" not in text
+    c = _corpus(600)
+    queries = [f"word{i} term{i}" for i in range(20)]
+    runs = [Dense(model="dense-s51-hashed", k=10, dtype="b1", rescore=True, oversample=o).fit(c) for o in (1, 8)]
+    assert all(r.index_.backend == "numpy" for r in runs)
+    a, b = (r.search(queries) for r in runs)
+    assert any(not np.array_equal(x.rows, y.rows) for x, y in zip(a.rankings, b.rankings))
