@@ -341,6 +341,20 @@ def caching_queries() -> Iterator[None]:
         _QUERY_CACHE.reset(token)
 
 
+def check_encoder_settings(who: str, *, batch_size: Any = 64, max_seq_length: Any = None) -> None:
+    """A :class:`ParamError` naming the setting of ``who`` (``get_encoder``, an encoder class) when ``batch_size``
+    is no positive int or ``max_seq_length`` is neither ``None`` nor an int >= 1, before any model work: they failed
+    at encode, with a raw ``TypeError`` or inside torch.  (Its upper bound, the model's position embeddings, is
+    checked at the model's load, :func:`load_model`.)"""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ParamError(f"{who}: batch_size is {type(batch_size).__name__} {batch_size!r:.60}; expected a positive "
+                         "int (texts per forward pass, e.g. 64)", path="batch_size")
+    if max_seq_length is not None and (isinstance(max_seq_length, bool) or not isinstance(max_seq_length, int)
+                                       or max_seq_length < 1):
+        raise ParamError(f"{who}: max_seq_length is {type(max_seq_length).__name__} {max_seq_length!r:.60}; expected "
+                         "None (the model's own) or an int >= 1 (tokens kept per text)", path="max_seq_length")
+
+
 class Encoder:
     """Batched text encoder: ``(n,)`` texts -> ``(n, dim)`` float32 unit vectors.
 
@@ -349,9 +363,10 @@ class Encoder:
     model : str
         Sentence-transformers model name or folder (default all-MiniLM-L6-v2, offline).
     batch_size : int
-        Texts per forward pass.
+        Texts per forward pass (a positive int).
     max_seq_length : int, optional
-        Truncation length in tokens (the model's own default otherwise, 256 for MiniLM).
+        Truncation length in tokens (the model's own default otherwise, 256 for MiniLM); at most the model's
+        position embeddings.
     cache : bool
         Keep document vectors in the on-disk cache (``$RAGKIT_CACHE/embeddings``).
     device : str
@@ -367,6 +382,7 @@ class Encoder:
     def __init__(self, model: str = DEFAULT_MODEL, *, batch_size: int = 64, max_seq_length: int | None = None,
                  cache: bool = True, device: str = "cpu") -> None:
         model = _model_name(model, "Encoder")  # (None: an AttributeError in resolve_model)
+        check_encoder_settings("Encoder", batch_size=batch_size, max_seq_length=max_seq_length)
         self.model_name = model
         self.path = resolve_model(model)
         self.batch_size = batch_size
@@ -454,46 +470,41 @@ class Encoder:
         return vecs
 
 
+def _position_limit(m: Any) -> int | None:
+    """The most tokens the loaded model ``m`` can take (its transformer's ``max_position_embeddings``), or
+    ``None`` when it does not say."""
+    try:
+        limit = m[0].auto_model.config.max_position_embeddings
+    except (AttributeError, IndexError, KeyError, TypeError):
+        return None
+    return limit if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0 else None
+
+
 def load_model(model: str, path: str, device: str, max_seq_length: int | None, fingerprint: str) -> Any:
     """The ``SentenceTransformer`` of ``model`` (resolved to ``path``) on ``device``, truncating at
     ``max_seq_length`` (the model's own when ``None``), whose files have the fingerprint ``fingerprint``
     (:func:`cached_fingerprint`, taken when the encoder was made).  Loaded once per process and key: the
     fingerprint is part of it, so a model folder rewritten in place is never served from the model loaded before,
     under a key that names the new files (an embedding cache shared by processes kept the old model's vectors
-    under the new key for good).
+    under the new key for good).  A model already loaded is returned without a lock; a load holds
+    ``MODEL_LOADING`` alone, so encoders of loaded models never wait behind another model's load.
 
     Checked after the load: files changed since ``fingerprint`` was taken (the encoder was made before the folder
-    was rewritten, and loads only now) are a :class:`ParamError`, not the new weights under the old key.  A local
+    was rewritten, and loads only now) are a :class:`ParamError`, not the new weights under the old key.  A
+    ``max_seq_length`` beyond the model's position embeddings is a :class:`ParamError`
+    of path ``"max_seq_length"`` (torch failed at the first long text).  A local
     folder without ``modules.json`` (a plain transformers model) logs one WARNING on ``ragkit.encoders.sentence``:
     the pooling and truncation sentence-transformers chose for it.  A folder sentence-transformers cannot load is a
     :class:`ParamError` of path ``"model"`` (the operator's ``<name>.model:`` prefix)."""
     key = (path, device, max_seq_length, fingerprint)
-    with _LOCK:
+    m = _MODELS.get(key)  # (a dict read: no lock for a model already loaded)
+    if m is not None:
+        return m
+    with MODEL_LOADING:  # (transformers patches globals while it loads: one load at a time; reentrant)
         m = _MODELS.get(key)
         if m is not None:
             return m
-        check_downloadable(model, path)
-        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-        from sentence_transformers import SentenceTransformer
-        from transformers.utils import logging as hf_logging
-
-        bars = hf_logging.is_progress_bar_enabled()
-        hf_logging.disable_progress_bar()  # no "Loading weights" bar per model load, only while loading
-        try:
-            with MODEL_LOADING:  # (transformers patches globals while it loads)
-                m = SentenceTransformer(path, device=device)
-        except (OSError, ValueError) as e:  # ValueError: a folder that holds no model ("Unrecognized model")
-            local = Path(path).is_dir()
-            raise ParamError(
-                f"model {model!r}: could not load it from {path!r}" + (
-                    ", which holds no model sentence-transformers can load" if local and isinstance(e, ValueError)
-                    else "") + f" ({e})" + (
-                    "; expected a sentence-transformers model folder (modules.json) or a transformers one (a "
-                    "config.json naming its model_type, and weights); name the model's own folder or a hub id"
-                    if local else ""), path="model") from None
-        finally:
-            if bars:
-                hf_logging.enable_progress_bar()
+        m = _load(model, path, path, device)
         now = cached_fingerprint(path)
         if now != fingerprint:
             raise ParamError(
@@ -501,6 +512,11 @@ def load_model(model: str, path: str, device: str, max_seq_length: int | None, f
                 f"{fingerprint!r} then, {now!r} now): its cache key names the old files, which are no longer there to "
                 "load. An encoder made now loads the new files (a new process, or other settings); better, write a "
                 "changed model to a new folder", path="model")
+        limit = _position_limit(m)
+        if max_seq_length is not None and limit is not None and max_seq_length > limit:
+            raise ParamError(f"model {model!r}: max_seq_length is {max_seq_length}, beyond the {limit} positions the "
+                             f"model has (its max_position_embeddings); expected at most {limit}",
+                             path="max_seq_length")
         if max_seq_length is not None:
             m.max_seq_length = max_seq_length
         if Path(path).is_dir() and not (Path(path) / "modules.json").is_file():
@@ -514,6 +530,32 @@ def load_model(model: str, path: str, device: str, max_seq_length: int | None, f
                 "the tokenizer's model_max_length; max_seq_length sets another")
         _MODELS[key] = m
         return m
+
+
+def _load(model: str, path: str, source: str, device: str) -> Any:
+    """``SentenceTransformer(source)`` for ``model`` (resolved to ``path``), with ``MODEL_LOADING`` held by the
+    caller: the download check first, no progress bar, and a load failure as a :class:`ParamError`."""
+    check_downloadable(model, path)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from sentence_transformers import SentenceTransformer
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # no "Loading weights" bar per model load, only while loading
+    try:
+        return SentenceTransformer(source, device=device)
+    except (OSError, ValueError) as e:  # ValueError: a folder that holds no model ("Unrecognized model")
+        local = Path(path).is_dir()
+        raise ParamError(
+            f"model {model!r}: could not load it from {path!r}" + (
+                ", which holds no model sentence-transformers can load" if local and isinstance(e, ValueError)
+                else "") + f" ({e})" + (
+                "; expected a sentence-transformers model folder (modules.json) or a transformers one (a "
+                "config.json naming its model_type, and weights); name the model's own folder or a hub id"
+                if local else ""), path="model") from None
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 def shared_store(root: Path, key: str) -> EmbeddingCache:
@@ -532,9 +574,10 @@ def get_encoder(model: str = DEFAULT_MODEL, **kwargs: Any) -> Encoder:
     """A shared :class:`Encoder` per (model, settings), so operators on one model share it.
 
     The encoder and its cache key (a fingerprint of the model folder's files) are made once per process and
-    settings: a model folder rewritten in place is read again by an encoder made after the change (other
-    settings, or the next process), whose key names the new files; the encoders made before keep the model they
-    loaded (their key names it).  Write a changed model to a new folder (as ``Dense(adapt=...)`` does).
+    settings, outside any lock held by encoders already made: a model folder rewritten in place is read again by
+    an encoder made after the change (other settings, or the next process), whose key names the new files; the
+    encoders made before keep the model they loaded (their key names it).  Write a changed model to a new folder
+    (as ``Dense(adapt=...)`` does).
 
     ``model`` is a sentence-transformers model name or folder.  A relative path is read from the current folder
     of the process (a saved operator keeps it as written).  A plain transformers folder (no ``modules.json``) is
@@ -548,45 +591,63 @@ def get_encoder(model: str = DEFAULT_MODEL, **kwargs: Any) -> Encoder:
 
     Checked before anything is loaded: ``model`` that is no string (nor ``os.PathLike``, read as its path) is an
     :class:`~ragkit.errors.InputTypeError`, an empty one a :class:`~ragkit.errors.ParamError`, and so is a keyword
-    :class:`Encoder` does not take (``batchsize=``: the keywords it takes, and the closest).
+    :class:`Encoder` does not take (``batchsize=``: the keywords it takes, and the closest), a ``batch_size`` that is
+    no positive int and a ``max_seq_length`` below 1 (:func:`check_encoder_settings`).
     """
     model = _model_name(model, "get_encoder")
     _refuse_unknown_settings(kwargs, "get_encoder")
     custom = registered_encoder(model)
     if custom is not None:
         return custom
+    check_encoder_settings("get_encoder", **{k: v for k, v in kwargs.items() if k in ("batch_size", "max_seq_length")})
     key = settings_key(Encoder, model, kwargs)
-    with _LOCK:
-        if key not in _ENCODERS:
-            _ENCODERS[key] = Encoder(model, **kwargs)
-        return _ENCODERS[key]
+    enc = _ENCODERS.get(key)  # (a dict read: an encoder already made is returned without a lock)
+    if enc is None:
+        made = Encoder(model, **kwargs)  # (outside the lock: it hashes the model's files)
+        with _LOCK:  # one encoder per key, whatever the threads: the first made is kept
+            enc = _ENCODERS.setdefault(key, made)
+    return enc
 
 
-def _model_name(model: Any, who: str) -> str:
+def _model_name(model: Any, who: str, cls: type | None = None) -> str:
     """``model`` as the name or path of a model (``os.PathLike`` as its path), or the error naming ``who``'s
     ``model`` argument: an :class:`InputTypeError` when it is no string (``None``: ``'NoneType' object has no
-    attribute 'lower'`` in :func:`resolve_model`), a :class:`ParamError` when it is empty or blank."""
+    attribute 'lower'`` in :func:`resolve_model`), a :class:`ParamError` when it is empty or blank.  ``cls`` is the
+    encoder class the model is for (:class:`Encoder` when ``None``): only its error names registered encoders."""
     if isinstance(model, os.PathLike) and not isinstance(model, str):
         model = os.fspath(model)
     if not isinstance(model, str):
         raise InputTypeError(f"{who}: model is {type(model).__name__} {model!r:.60}; expected a model name or folder "
-                             f"(a str, e.g. {DEFAULT_MODEL!r}), or the name of an encoder registered with "
-                             "register_encoder")
+                             f"(a str, e.g. {DEFAULT_MODEL!r})" + (
+                                 ", or the name of an encoder registered with register_encoder"
+                                 if cls is None or cls is Encoder else ""))
     if not model.strip():
         raise ParamError(f"{who}: model is {'blank' if model else 'an empty string'} ({model!r}); expected a model "
                          f"name or folder (e.g. {DEFAULT_MODEL!r})", path="model")
     return model
 
 
-def _refuse_unknown_settings(kwargs: dict[str, Any], who: str) -> None:
-    """A :class:`ParamError` for the keywords of ``kwargs`` that :class:`Encoder` does not take, naming those it
-    takes and the closest to each (``batchsize`` -> ``batch_size``): the constructor's own ``TypeError`` named one
-    keyword alone."""
-    import difflib
+@functools.lru_cache(maxsize=64)
+def _signature(cls: type) -> Any:
+    """``inspect.signature(cls)``, once per class (about 25 us each: :func:`get_encoder` runs at every dense
+    search); ``None`` when it has none."""
     import inspect
 
-    known = [name for name, p in inspect.signature(Encoder).parameters.items()
-             if p.kind is p.KEYWORD_ONLY]
+    try:
+        return inspect.signature(cls)
+    except (TypeError, ValueError):
+        return None
+
+
+def _refuse_unknown_settings(kwargs: dict[str, Any], who: str, cls: type | None = None) -> None:
+    """A :class:`ParamError` for the keywords of ``kwargs`` that the encoder class ``cls`` (:class:`Encoder` when
+    ``None``) does not take, naming those it takes and the closest to each (``batchsize`` -> ``batch_size``): the
+    constructor's own ``TypeError`` named one keyword alone."""
+    import difflib
+
+    cls = Encoder if cls is None else cls
+    sig = _signature(cls)
+    known = [] if sig is None else [name for name, p in sig.parameters.items() if p.kind is p.KEYWORD_ONLY]
     unknown = [key for key in kwargs if key not in known]
     if not unknown:
         return
@@ -594,8 +655,9 @@ def _refuse_unknown_settings(kwargs: dict[str, Any], who: str) -> None:
     for key in unknown:
         close = difflib.get_close_matches(str(key), known, n=1, cutoff=0.6)
         said.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-    raise ParamError(f"{who}: unknown keyword{'s' if len(unknown) > 1 else ''} {', '.join(said)}; an Encoder takes "
-                     f"{', '.join(known)}")
+    article = "an" if cls.__name__[:1].lower() in "aeiou" else "a"
+    raise ParamError(f"{who}: unknown keyword{'s' if len(unknown) > 1 else ''} {', '.join(said)}; {article} "
+                     f"{cls.__name__} takes {', '.join(known)}")
 
 
 def settings_key(cls: type, model: str, kwargs: dict[str, Any]) -> tuple[Any, ...]:
@@ -604,13 +666,13 @@ def settings_key(cls: type, model: str, kwargs: dict[str, Any]) -> tuple[Any, ..
     (the default) share one encoder, not two (each fingerprinting the model's files, each with its own
     reader).  Arguments ``cls`` does not take, or a constructor without named settings (``*args, **kwargs``:
     a wrapper), key as given: the constructor then names what is wrong."""
-    import inspect
-
     plain = resolve_model(model), tuple(sorted(kwargs.items()))
+    sig = _signature(cls)
+    if sig is None:
+        return plain
     try:
-        sig = inspect.signature(cls)
         bound = sig.bind(model, **kwargs)
-    except (TypeError, ValueError):
+    except TypeError:
         return plain
     if "model" not in bound.arguments or any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
                                              for p in sig.parameters.values()):
