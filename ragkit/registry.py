@@ -52,6 +52,11 @@ PLUGIN_HINT = ("An operator of your own is known once its module, where its clas
                "installed package")
 
 
+#: The kinds whose :attr:`~ragkit.operator.Operator.reads_rankings` :func:`register` sets where the class leaves it
+#: unset: they work on the rankings of the steps before them (one placed first is refused when its pipeline is built).
+_READS_RANKINGS = frozenset({"reranker", "filter", "generator"})
+
+
 def _builtin(cls: type) -> bool:
     return cls.__module__ == "ragkit" or cls.__module__.startswith("ragkit.")
 
@@ -88,6 +93,9 @@ def register(cls: T) -> T:
     ``null``); a ``kind`` not in :data:`KINDS`;
     no ``Params`` of the class's own (a subclass of :class:`ragkit.Params`; an empty one for an operator
     without parameters).
+
+    A reranker, filter or generator whose class (and its bases below :class:`~ragkit.operator.Operator`) leaves
+    ``reads_rankings`` unset gets ``reads_rankings = True``; an explicit setting is kept.
     """
     from ragkit.operator import Operator
     from ragkit.params import Params, document_params
@@ -136,6 +144,8 @@ def register(cls: T) -> T:
         got = "sets no 'kind'" if unset else f"has kind {kind!r}"
         raise ParamError(f"{label} ({name!r}) {got}; expected one of {', '.join(KINDS)}"
                          + (f"; did you mean {close[0]!r}?" if close else ""))
+    if kind in _READS_RANKINGS and not any("reads_rankings" in vars(k) for k in cls.__mro__ if k is not Operator):
+        cls.reads_rankings = True  # (unset: a reranker, filter or generator works on the rankings before it)
     if kind == "retriever" and cls.stateless:
         raise ParamError(f"{label} ({name!r}) is a retriever with stateless = True: a retriever searches the documents "
                          f"its fit was given, which a stateless operator does not keep (it is never fitted), so "

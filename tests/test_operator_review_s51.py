@@ -175,3 +175,29 @@ def test_a_stateless_retriever_is_refused_at_register(scratch):
             kind = "retriever"
             Params = _NoParams
             stateless = True
+
+
+# ---------------------------------------------------------------------- 7. reads_rankings from the kind
+def test_reads_rankings_defaults_from_the_kind_and_an_explicit_setting_is_kept(scratch):
+    from ragkit import Operator, Params, Pipeline
+    from ragkit.registry import register
+
+    class _NoParams(Params):
+        pass
+
+    def make(name, kind, **attrs):
+        return register(type(f"S51_{name}", (Operator,), {"name": name, "kind": kind, "Params": _NoParams,
+                                                          "stateless": True, "__module__": __name__,
+                                                          "_call": lambda self, state: state.copy(), **attrs}))
+
+    unset = make("s51_unset_filter", "filter")
+    assert unset.reads_rankings is True
+    assert make("s51_unset_reranker", "reranker").reads_rankings is True
+    assert make("s51_blind_filter", "filter", reads_rankings=False).reads_rankings is False
+    assert make("s51_fuser", "fuser").reads_rankings is False
+    from ragkit import Corpus
+    from ragkit.errors import ConfigError
+    from ragkit.retrievers import BM25
+
+    with pytest.raises(ConfigError, match=r"s51_unset_filter \(filter\) works on the rankings of the steps before"):
+        Pipeline([unset(), BM25()]).fit(Corpus.from_texts(["a b", "b c"]))  # (refused before any work)
