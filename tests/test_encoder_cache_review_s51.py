@@ -10,6 +10,9 @@
   could be empty or zero-filled (finite numbers: no check refused them).  Now the file is flushed before the
   rename, and a cache whose model gives unit vectors (``EmbeddingCache(unit_rows=True)``) refuses rows that are
   not (an all-zero or partly zeroed row), setting the shard aside.
+* ``get_token_encoder`` / ``TokenEncoder`` skipped ``get_encoder``'s argument checks: ``None`` as the model was
+  ``AttributeError: 'NoneType' object has no attribute 'lower'``, ``batchsize=8`` a raw ``TypeError``,
+  ``batch_size=0`` a ``ValueError`` from ``range()`` at the first encode.  Now the same errors as ``get_encoder``.
 """
 
 from __future__ import annotations
@@ -26,7 +29,8 @@ import ragkit.encoders.cache as cache_mod
 import ragkit.encoders.tokens as tokens_mod
 from ragkit import _files
 from ragkit.encoders.cache import EmbeddingCache, text_digests
-from ragkit.encoders.tokens import TokenCache, TokenEncoder, TokenVectors
+from ragkit.encoders.tokens import TokenCache, TokenEncoder, TokenVectors, get_token_encoder
+from ragkit.errors import InputTypeError, ParamError
 
 
 @pytest.fixture(autouse=True)
@@ -261,3 +265,36 @@ def test_a_unit_vector_cache_does_not_store_rows_that_are_not(tmp_path):
     assert n == 1
     np.testing.assert_array_equal(got, vecs)
 
+
+# ---------------------------------------------------------------------- get_token_encoder's arguments
+
+
+@pytest.mark.parametrize("make", [get_token_encoder, TokenEncoder], ids=["get_token_encoder", "TokenEncoder"])
+@pytest.mark.parametrize(("kwargs", "error", "match"), [
+    ({"model": None}, InputTypeError, r"model is NoneType None; expected a model name or folder"),
+    ({"model": "  "}, ParamError, r"model is blank"),
+    ({"batch_size": 0}, ParamError, r"batch_size is int 0; expected a positive int"),
+    ({"batch_size": -3}, ParamError, r"batch_size is int -3; expected a positive int"),
+    ({"batch_size": 8.0}, ParamError, r"batch_size is float 8.0; expected a positive int"),
+    ({"batch_size": True}, ParamError, r"batch_size is bool True"),
+    ({"max_seq_length": 0}, ParamError, r"max_seq_length is int 0; expected None"),
+])
+def test_token_encoder_arguments_are_checked_before_any_model_work(make, kwargs, error, match):
+    """Old code: AttributeError ('NoneType' object has no attribute 'lower'), or no error until the first encode
+    (range() arg 3 must not be zero)."""
+    kwargs = dict(kwargs)
+    model = kwargs.pop("model", "no-such-model-ever")  # (checked before the model is looked for)
+    who = make.__name__
+    with pytest.raises(error, match=rf"^{who}: {match}"):
+        make(model, **kwargs)
+
+
+def test_get_token_encoder_names_an_unknown_keyword_and_the_closest():
+    """Old code: TypeError: TokenEncoder.__init__() got an unexpected keyword argument 'batchsize'."""
+    with pytest.raises(ParamError, match=r"^get_token_encoder: unknown keyword 'batchsize' \(did you mean "
+                                         r"'batch_size'\?\); a TokenEncoder takes batch_size, max_seq_length, "
+                                         r"special_tokens, cache$"):
+        get_token_encoder(batchsize=8)
+    with pytest.raises(ParamError, match=r"special_tokens") as e:
+        get_token_encoder("no-such-model-ever", special_tokens="none")
+    assert e.value.path == "special_tokens"

@@ -51,8 +51,11 @@ from ragkit.encoders.cache import (
 )
 from ragkit.encoders.sentence import (
     DEFAULT_MODEL,
+    _model_name,
+    _refuse_unknown_settings,
     as_texts,
     cached_fingerprint,
+    check_encoder_settings,
     load_model,
     queries_cached,
     resolve_model,
@@ -514,8 +517,11 @@ class TokenEncoder:
 
     def __init__(self, model: str = DEFAULT_MODEL, *, batch_size: int = 32, max_seq_length: int | None = None,
                  special_tokens: Literal["keep", "drop"] = "keep", cache: bool = True) -> None:
+        model = _model_name(model, "TokenEncoder", TokenEncoder)  # (None: an AttributeError in resolve_model)
+        check_encoder_settings("TokenEncoder", batch_size=batch_size, max_seq_length=max_seq_length)
         if special_tokens not in ("keep", "drop"):
-            raise ParamError(f"TokenEncoder: special_tokens must be 'keep' or 'drop', got {special_tokens!r}")
+            raise ParamError(f"TokenEncoder: special_tokens must be 'keep' or 'drop', got {special_tokens!r}",
+                             path="special_tokens")
         self.model_name = model
         self.path = resolve_model(model)
         self.batch_size = batch_size
@@ -798,9 +804,18 @@ _TOKEN_LOCK = threading.Lock()
 def get_token_encoder(model: str = DEFAULT_MODEL, **kwargs: Any) -> TokenEncoder:
     """A shared :class:`TokenEncoder` per (model, settings).  A registered custom encoder
     (:func:`~ragkit.encoders.register_encoder`) gives one vector per text, no token vectors: a
-    ParamError."""
+    ParamError.
+
+    Checked before anything is loaded, as :func:`~ragkit.encoders.get_encoder` checks its own: ``model`` that is no
+    string (nor ``os.PathLike``) is an :class:`~ragkit.errors.InputTypeError`, an empty one a
+    :class:`~ragkit.errors.ParamError`, and so is a keyword :class:`TokenEncoder` does not take (``batchsize=``: the
+    keywords it takes, and the closest), a ``batch_size`` that is no positive int and a ``max_seq_length`` below 1."""
     from ragkit.encoders.custom import registered_encoder
 
+    model = _model_name(model, "get_token_encoder", TokenEncoder)
+    _refuse_unknown_settings(kwargs, "get_token_encoder", TokenEncoder)
+    check_encoder_settings("get_token_encoder",
+                           **{k: v for k, v in kwargs.items() if k in ("batch_size", "max_seq_length")})
     if registered_encoder(model) is not None:
         raise ParamError(f"model {model!r} is a registered custom encoder, which gives one vector per text; "
                          "multi-vector operators (muvera, maxsim, maxsim_exact) read per-token vectors of a "
