@@ -201,3 +201,20 @@ def test_reads_rankings_defaults_from_the_kind_and_an_explicit_setting_is_kept(s
 
     with pytest.raises(ConfigError, match=r"s51_unset_filter \(filter\) works on the rankings of the steps before"):
         Pipeline([unset(), BM25()]).fit(Corpus.from_texts(["a b", "b c"]))  # (refused before any work)
+
+
+# ---------------------------------------------------------------------- 6. op.params = ...
+def test_assigning_op_params_validates_it_into_the_model():
+    from ragkit.errors import ParamError
+    from ragkit.retrievers import BM25
+
+    op = BM25(k=5)
+    op.params = op.params.updated(k=7)
+    assert op.params.k == 7
+    op.params = {"k": 3}  # (a mapping is validated into the model)
+    assert isinstance(op.params, BM25.Params) and op.params.k == 3
+    with pytest.raises(ParamError, match=r"bm25\.k"):
+        op.params = {"k": "ten"}
+    with pytest.raises(ParamError, match=r"bm25.*kk"):
+        op.params = {"kk": 3}
+    assert op.params.k == 3  # (a refused assignment changes nothing)
