@@ -180,3 +180,18 @@ def test_filter_report_honours_relevance_level_and_identical_ids():
         filter_report(kept, qrels, relevance_level=3)
     with pytest.raises(ParamError, match="^relevance_labels: relevance_level must be an integer grade >= 1, got 0"):
         relevance_labels(ref, qrels, relevance_level=0)
+
+
+# 5. evaluate(qrels, run): the grade error asks whether the arguments are swapped
+
+
+def test_swapped_arguments_are_named_as_such():
+    run, qrels = {"q1": {"d1": 0.7, "d2": 0.2}}, {"q1": {"d1": 1, "d2": 0}}
+    with pytest.raises(DataError, match=r"^evaluate: qrels\['q1'\]\['d1'\] = 0.7 is not an integer relevance grade .*"
+                                        r"are the arguments swapped\? evaluate\(run, qrels\)$"):
+        evaluate(qrels, run, ["ndcg@10"])
+    # a run of other values: the grade error alone
+    for other in ({"q1": {"d1": 0.5}}, {"q1": {"d1": True}}, {"q1": {}}):
+        with pytest.raises(DataError, match="is not an integer relevance grade") as caught:
+            evaluate(other, run, ["ndcg@10"])
+        assert "swapped" not in str(caught.value)

@@ -445,7 +445,13 @@ def _evaluate_noted(
     them, ~0.5-0.9 s per million judgements; callers that compute it on their own leave it out)."""
     judgements: Mapping[str, Mapping[str, int]] = cast("Mapping[str, Mapping[str, int]]", qrels)
     if not qrels_checked and not isinstance(qrels, Run):  # once, for the scores and the note (a Run: refused below)
-        judgements, qrels_checked = as_qrels(qrels, "evaluate"), True  # (a DataFrame, a path: read as TrainSet does)
+        try:  # (a DataFrame, a path: read as TrainSet does)
+            judgements, qrels_checked = as_qrels(qrels, "evaluate"), True
+        except DataError as e:
+            if "is not an integer relevance grade" in str(e) and _all_grades(run):
+                raise DataError(f"{e}; the run holds only integer values, like grades: are the arguments swapped? "
+                                "evaluate(run, qrels)") from None
+            raise
     result, ignored = _evaluate(run, judgements, metrics, ignore_identical_ids=ignore_identical_ids,
                                 relevance_level=relevance_level, qrels_checked=qrels_checked, annotated=annotated)
     if fingerprint:  # (compare refuses results of other judgements by it; compare imports this module)
@@ -475,6 +481,18 @@ def _evaluate_noted(
                      "(ragkit eval and compare: --keep-identical-ids) to score "
                      f"{'them' if n > 1 else 'it'} (EvalResult.ignored_judged counts them)")
     return result
+
+
+def _all_grades(run: Any) -> bool:
+    """Whether ``run`` is a mapping of mappings whose values are all whole numbers (``1``, ``2.0``; no bool), as
+    judgements' grades are: given as the run while the qrels hold scores (0.7), the arguments were swapped."""
+    if isinstance(run, Run) or not isinstance(run, Mapping) or not all(isinstance(v, Mapping) for v in run.values()):
+        return False
+    values = list(chain.from_iterable(docs.values() for docs in run.values()))
+    return bool(values) and all(
+        not isinstance(v, (bool, np.bool_)) and (isinstance(v, (int, np.integer))
+                                                 or (isinstance(v, (float, np.floating)) and float(v).is_integer()))
+        for v in values)
 
 
 def _note_unsearched(run: Run | Mapping[str, Mapping[str, float]], result: EvalResult) -> None:
