@@ -325,9 +325,17 @@ class Muvera(TokenOperatorMixin, Operator):
     def check_run_options(self, options: Mapping[str, Any]) -> None:
         """A run-time ``prune`` needs the token codebook, which ``fit`` builds only when the
         ``prune`` parameter is set."""
-        if options.get("prune") is not None and self.is_fitted and getattr(self, "codebook_", None) is None:
-            raise ValueError(f"prune: pruning to {options['prune']} candidates needs a token codebook, built by fit "
-                             f"only when the prune parameter is set (it is None for this muvera); refit with prune set")
+        why = self._prune_refused(options.get("prune"))
+        if why is not None:
+            raise ValueError(f"prune: {why}")
+
+    def _prune_refused(self, prune: Any) -> str | None:
+        """Why a run-time ``prune`` cannot run on this fitted operator (it has no token codebook), or None: the
+        one check behind search's option check (:meth:`check_run_options`) and a direct call's (``_call``)."""
+        if prune is None or not self.is_fitted or getattr(self, "codebook_", None) is not None:
+            return None
+        return (f"pruning to {prune} candidates needs a token codebook, built by fit only when the prune parameter "
+                f"is set (it is None for this muvera); refit with prune set")
 
     @property
     def fde_config(self) -> FDEConfig:
@@ -417,6 +425,10 @@ class Muvera(TokenOperatorMixin, Operator):
             out.rankings = []
             return out
         k = self.k_for(state)
+        keep = self.opt(state, "prune", self.params.prune)
+        why = self._prune_refused(keep)
+        if why is not None:  # (search refuses it before any work as a ParamError; a direct call here)
+            raise DataError(f"{self.name}: options prune: {why}")
         q = self.query_tokens(state)
         qf = self.query_fde(q)
         mask = self.filter_mask(state)
@@ -427,11 +439,7 @@ class Muvera(TokenOperatorMixin, Operator):
         rows, sc = self.index_.search(qf, max(min(n_cand, len(self.corpus_)), 1), mask=mask)
         rows = np.where(np.isfinite(sc), rows, -1)
         qd, qo, qw = self.rerank_query(q)
-        keep = self.opt(state, "prune", self.params.prune)
         if keep is not None and int(keep) < rows.shape[1]:
-            if getattr(self, "codebook_", None) is None:
-                raise DataError(f"muvera: options prune={keep} needs a token codebook, built by fit only when the "
-                                f"prune parameter is set (it is None)")
             rows = self.prune_candidates(qd, qo, qw, rows, max(int(keep), k))
         rows, sc = rerank_tokens(qd, qo, qw, self.tokens_, rows, where=self.name)
         out.rankings = rankings_from_matrix(rows[:, :k], sc[:, :k])

@@ -137,3 +137,30 @@ def test_a_verified_load_of_muvera_reads_the_fde_index_once(tmp_path, monkeypatc
     assert [(r.rows.tolist(), r.scores.tolist()) for r in loaded.search(["cat on a mat", "dog"]).rankings] == want
     Operator.load(tmp_path / "m", verify=False)
     assert any(str(p).endswith(".npy") and "fde" in str(p) for p in calls)  # unverified: the CRC32s still
+
+
+# ------------------------------------------------------------------------------ Muvera prune option
+def test_a_prune_option_without_a_codebook_is_refused_by_one_check_with_one_message():
+    """A run-time ``prune`` on a muvera fitted without one (no token codebook) is refused by ``search`` (a
+    ParamError naming the option) and by a direct call (a DataError naming the operator), both before any
+    work and in the same words; a direct call refused it only where pruning cut the candidates (prune 6 of
+    20), in other words, and ran a prune of all 20 candidates that search refuses."""
+    from ragkit.errors import DataError, ParamError
+    from ragkit.retrievers import Muvera
+    from ragkit.types import Corpus, State
+
+    corpus = Corpus.from_texts([f"text {i} word{i % 7} term{i % 5}" for i in range(30)])
+    op = Muvera(k=5, candidates=20, k_sim=2, d_proj=8, r_reps=2).fit(corpus)
+    searched = []
+    real = op.index_.search
+    op.index_.search = lambda *a, **kw: searched.append(1) or real(*a, **kw)  # type: ignore[method-assign]
+    for prune in (6, 20):
+        with pytest.raises(ParamError) as by_search:
+            op.search(["word1 term2"], muvera={"prune": prune})
+        with pytest.raises(DataError) as by_call:
+            op(State.of(["word1 term2"], options={"muvera": {"prune": prune}}))
+        want = (f"pruning to {prune} candidates needs a token codebook, built by fit only when the prune parameter "
+                "is set (it is None for this muvera); refit with prune set")
+        assert str(by_search.value).startswith(f"search option muvera.prune: {want}")
+        assert str(by_call.value) == f"muvera: options prune: {want}"
+    assert not searched
