@@ -61,6 +61,13 @@ def default_n_clusters(n_docs: int) -> int:
     return int(min(max(n_docs, 1), min(max(round(math.sqrt(n_docs / 2)), 4), 1024)))
 
 
+def _anchor_slots(share: float, k: int) -> int:
+    """The anchor's (plain dense) slots of ``k``: ``share * k`` rounded half up, the product first rounded to 9
+    decimals, so that a half that float arithmetic lands just below still rounds up (0.35 * 90 is
+    31.499999999999996 in floats: 32 slots, not 31)."""
+    return int(math.floor(round(share * k, 9) + 0.5))
+
+
 class KnnEmbedParams(Params):
     model: ModelName = Field(default=DEFAULT_MODEL,
                              description="Sentence-transformers model name or folder (the dense encoder).")
@@ -562,9 +569,9 @@ class KnnEmbed(Operator):
 
     def _warn_dense_head(self, state: State, k: int) -> None:
         """Warn once per operator object when the results that matter are all the anchor's, the plain dense
-        ones: with ``merge="score"`` the results sorted by cosine start with the anchor's ``round(anchor_share *
-        k)`` slots, so a search whose final ``k`` (the call's ``k``, this operator's raised to it) is at most
-        that returns plain dense results; so does a later reranker or fuser that reads only that many of them
+        ones: with ``merge="score"`` the results sorted by cosine start with the anchor's ``anchor_share * k``
+        slots (rounded half up), so a search whose final ``k`` (the call's ``k``, this operator's raised to it)
+        is at most that returns plain dense results; so does a later reranker or fuser that reads only that many of them
         (a ``top_k`` between: :func:`~ragkit.pipelines._compose.ranked_later`).  Quiet when a later step reads
         more than the anchor's slots (a reranker such as ``mmr`` or a fuser reading the whole ranking): a
         smaller ``k`` would only shrink its pool."""
@@ -575,7 +582,7 @@ class KnnEmbed(Operator):
         call_k = state.options.get("k")
         if p.merge != "score" or self.opt(state, "k") is not None:
             return
-        k_a = int(math.floor(p.anchor_share * k + 0.5))
+        k_a = _anchor_slots(p.anchor_share, k)
         read = ranked_later()  # (a later step's cut is there without a call's k: a plain search warns too)
         if read is None and call_k is not None and 0 < int(call_k) <= k_a < k:
             said = (
@@ -608,7 +615,7 @@ class KnnEmbed(Operator):
         top_rows, top_sc = topk_rows(s, depth)
         mix = self.mixture(q, s, top=(top_rows, top_sc), sizes=sizes)
 
-        k_a = int(math.floor(p.anchor_share * k + 0.5))
+        k_a = _anchor_slots(p.anchor_share, k)
         k_r = k - k_a
         clusters, weights, collapsed = mix["clusters"], mix["weights"], mix["collapsed"].copy()
         if k_r == 0:

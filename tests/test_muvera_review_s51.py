@@ -164,3 +164,27 @@ def test_a_prune_option_without_a_codebook_is_refused_by_one_check_with_one_mess
         assert str(by_search.value).startswith(f"search option muvera.prune: {want}")
         assert str(by_call.value) == f"muvera: options prune: {want}"
     assert not searched
+
+
+# ------------------------------------------------------------------------------ KnnEmbed anchor share
+@pytest.mark.parametrize("k,share,want", [(90, 0.35, 32), (10, 0.3, 3), (20, 0.25, 5), (30, 0.35, 11)])
+def test_the_anchor_takes_its_share_of_k_rounded_half_up(k, share, want):
+    """``anchor_share * k`` dense slots, rounded half up as the parameter says: 0.35 * 90 = 31.5 is
+    31.499999999999996 in floats, which gave the anchor 31 slots, not 32 (at 0.35: k = 90, 170, 330, ...); the
+    example settings (k 10, share 0.3: 3 slots) and shares such as 0.3 are unchanged (no such k to 2,000)."""
+    from ragkit.retrievers.knn_embed import KnnEmbed
+    from ragkit.types import Corpus, State
+
+    rng = np.random.default_rng(0)
+    d = 16
+    centres = np.eye(d)[:3]
+    labels = np.repeat(np.arange(3), 120)
+    v = centres[labels] + 0.1 * rng.standard_normal((len(labels), d))
+    v = (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32)
+    op = KnnEmbed(k=k, n_clusters=3, n_init=1, anchor_share=share, collapse_at=1.0).fit_vectors(
+        Corpus.from_texts([f"d{i}" for i in range(len(labels))]), v)
+    q = (centres[0] + centres[1])[None] / np.sqrt(2)
+    assert not op.mixture(q.astype(np.float32))["collapsed"][0]  # two components: the mixture search runs
+    r = op(State(["q"], vectors={op.dense.encoder.key: q.astype(np.float32)})).rankings[0]
+    assert len(r) == k
+    assert int((r.fields["component"] == -1).sum()) == want
