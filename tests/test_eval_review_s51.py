@@ -195,3 +195,46 @@ def test_swapped_arguments_are_named_as_such():
         with pytest.raises(DataError, match="is not an integer relevance grade") as caught:
             evaluate(other, run, ["ndcg@10"])
         assert "swapped" not in str(caught.value)
+
+
+# 6. MRR@k from the top k's relevance matrix, as r_cap/acc (no second pytrec_eval evaluator)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_mrr_matches_pytrec_evals_recip_rank_of_the_top_k(seed):
+    import pytrec_eval
+
+    from ragkit.run import trec_head
+
+    rng = np.random.default_rng(seed)
+    run = _tied_run(rng, n_q=15, n_docs=40)
+    qrels = {q: {f"d{d}": int(g) for d, g in zip(rng.choice(80, 12, replace=False), rng.integers(-2, 4, 12))}
+             for q in run}
+    qrels["q1"] = {"d0": 0}  # judged, nothing relevant
+    level = int(rng.integers(1, 3))
+    got = evaluate(run, qrels, ["mrr@1", "mrr@3", "mrr@10", "mrr@1000"], ignore_identical_ids=False,
+                   relevance_level=level).per_query
+    for k in (1, 3, 10, 1000):
+        heads = {q: dict(trec_head(docs, k)) or {"none": 0.0} for q, docs in run.items()}
+        heads.update({q: {"none": 0.0} for q in qrels if q not in heads})
+        want = pytrec_eval.RelevanceEvaluator(qrels, {"recip_rank"}, relevance_level=level).evaluate(heads)
+        assert got[f"mrr@{k}"] == pytest.approx({q: v["recip_rank"] for q, v in want.items()}, abs=1e-12)
+
+
+def test_mrr_needs_no_second_evaluator(monkeypatch):
+    import pytrec_eval
+
+    made: list[set] = []
+
+    class Spy(pytrec_eval.RelevanceEvaluator):
+        def __init__(self, qrels, measures, **kw):
+            made.append(set(measures))
+            super().__init__(qrels, measures, **kw)
+
+    monkeypatch.setattr(pytrec_eval, "RelevanceEvaluator", Spy)
+    res = evaluate({"q": {"a": 2.0, "b": 1.0}}, {"q": {"b": 1}}, ["ndcg@10", "mrr@10"])
+    assert res.scores == pytest.approx({"ndcg@10": 1 / np.log2(3), "mrr@10": 0.5})
+    assert made == [{"ndcg_cut.10"}]
+    made.clear()
+    assert evaluate({"q": {"a": 2.0, "b": 1.0}}, {"q": {"b": 1}}, ["mrr@1"]).scores == {"mrr@1": 0.0}
+    assert made == []

@@ -746,22 +746,12 @@ def _evaluate(
     per_query: dict[str, dict[str, float]] = {}
     res = (pytrec_eval.RelevanceEvaluator(trec_judged, measures, relevance_level=relevance_level).evaluate(d_full)
            if measures else {})
-    mrr_cuts = [k for _, fam, k in parsed if fam == "mrr"]
+    # MRR@k and BEIR's own: every query's top k in trec_eval's order at once (one sort of all the entries)
     beir_cuts = [k for _, fam, k in parsed if fam in _BEIR_CUSTOM]
-    if mrr_cuts or beir_cuts:  # every query in trec_eval's order at once (one sort of all the entries)
-        flat = _trec_heads(d_full, max(mrr_cuts + beir_cuts))
-        starts = (np.cumsum(flat[0]) - flat[0]).tolist()
-        spans = list(zip(d_full, starts, np.cumsum(flat[0]).tolist()))
-        ids, values = flat[1].tolist(), flat[2].tolist()
-    if mrr_cuts:
-        rr_eval = pytrec_eval.RelevanceEvaluator(trec_judged, {"recip_rank"}, relevance_level=relevance_level)
     if beir_cuts:
-        tops = _beir_tops(d_full, judged, max(beir_cuts), relevance_level, flat, annotated)
+        tops = _beir_tops(d_full, judged, max(beir_cuts), relevance_level, None, annotated)
     for name, fam, k in parsed:
-        if fam == "mrr":  # MRR@k: reciprocal rank within the top k (BEIR's evaluate_custom)
-            rr = rr_eval.evaluate({q: dict(zip(ids[a:min(b, a + k)], values[a:min(b, a + k)])) for q, a, b in spans})
-            per_query[name] = {q: float(v["recip_rank"]) for q, v in rr.items()}
-        elif fam in _BEIR_CUSTOM:
+        if fam in _BEIR_CUSTOM:
             per_query[name] = dict(zip(d_full, _BEIR_CUSTOM[fam](*tops, k).tolist()))
         else:
             key = f"{_TREC[fam]}_{k}"
@@ -849,15 +839,23 @@ def _hole(relevant: np.ndarray, unjudged: np.ndarray, n_rel: np.ndarray, k: int)
     return unjudged[:, :k].sum(1) / k
 
 
+def _mrr(relevant: np.ndarray, unjudged: np.ndarray, n_rel: np.ndarray, k: int) -> np.ndarray:
+    """MRR@k: 1 / the rank of the first relevant document in the top ``k``, 0 without one (trec_eval's
+    ``recip_rank`` of the top k, BEIR's ``mrr@k``)."""
+    hit = relevant[:, :k]
+    return np.where(hit.any(1), 1.0 / (hit.argmax(1) + 1), 0.0)
+
+
 def _acc(relevant: np.ndarray, unjudged: np.ndarray, n_rel: np.ndarray, k: int) -> np.ndarray:
     """Top-k accuracy: 1 when a relevant document is in the top ``k``, else 0."""
     return np.asarray(relevant[:, :k].any(1), np.float64)
 
 
-#: BEIR's ``evaluate_custom`` metrics beyond trec_eval's: capped recall, hole and top-k accuracy
-#: (Thakur et al., "BEIR", NeurIPS 2021 Datasets and Benchmarks; Hole@10 measures unjudged documents)
+#: BEIR's ``evaluate_custom`` metrics beyond trec_eval's cut-off measures, computed from each query's top k in
+#: trec_eval's order (:func:`_beir_tops`): MRR@k (trec_eval's ``recip_rank`` of the top k), capped recall, hole and
+#: top-k accuracy (Thakur et al., "BEIR", NeurIPS 2021 Datasets and Benchmarks; Hole@10 measures unjudged documents)
 _BEIR_CUSTOM: dict[str, Callable[[np.ndarray, np.ndarray, np.ndarray, int], np.ndarray]] = {
-    "r_cap": _r_cap, "hole": _hole, "acc": _acc}
+    "mrr": _mrr, "r_cap": _r_cap, "hole": _hole, "acc": _acc}
 
 
 def check_relevance_level(qrels: Mapping[str, Mapping[str, int]], relevance_level: int,
