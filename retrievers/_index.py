@@ -96,12 +96,12 @@ from ragkit.retrievers._index_files import (
 )
 from ragkit.retrievers._index_search import _sort_desc
 from ragkit.retrievers._locality import insertion_order
-from ragkit.retrievers._quantize import BLOCK, parse_reduce
+from ragkit.retrievers._quantize import BLOCK, STORED_DTYPES, nonfinite_rows, parse_reduce
 
 if TYPE_CHECKING:
     from usearch.index import Index
 
-__all__ = ["VectorIndex", "EXACT_MAX"]
+__all__ = ["VectorIndex", "EXACT_MAX", "NonFiniteVectors"]
 
 #: ``search="auto"`` uses exact search up to this many vectors.  Measured with ``bench/dense.py``
 #: (384-d, 2 shared cores, blocked GEMM + ``torch.topk`` exact search): at 100,000 vectors exact f32
@@ -140,13 +140,34 @@ def _alive_of(n: int, dead: np.ndarray | None) -> np.ndarray:
     return alive
 
 
+class NonFiniteVectors(DataError):
+    """A :class:`DataError` for vectors holding NaN or inf, which would score nothing or spoil a fit silently:
+    ``row``, the first such vector (its position in the array given); ``count``, how many of the ``n`` given
+    (None where the others were not read: a chunk of :meth:`VectorIndex.build_chunks`), so that a caller can name
+    the document without scanning the vectors again."""
+
+    def __init__(self, message: str, *, row: int = -1, count: int | None = None, n: int = 0) -> None:
+        super().__init__(message)
+        self.row, self.count, self.n = row, count, n
+
+
+def _refuse_nonfinite(x: np.ndarray, say: Callable[[int, int], str], offset: int = 0,
+                      total: int | None = None) -> None:
+    """:class:`NonFiniteVectors` when a row of ``x`` holds NaN or inf (:func:`~._quantize.nonfinite_rows`),
+    its message ``say(first row, how many)``; ``offset``: the position of ``x``'s first row among the vectors
+    given, ``total`` their number (None: ``x`` is all of them, every row counted)."""
+    found = nonfinite_rows(x, count=True)
+    if found is not None:
+        row, count = found
+        raise NonFiniteVectors(say(offset + row, count), row=offset + row, count=count if total is None else None,
+                               n=len(x) if total is None else total)
+
+
 def check_finite_vectors(x: np.ndarray, who: str, what: str) -> None:
-    """DataError naming ``who`` when a row of ``x`` ``(n, d)`` (``what`` vectors: query, document)
-    holds NaN or inf: it would score nothing, or spoil a fit, silently."""
-    bad = ~np.isfinite(x).all(axis=1)
-    if bad.any():
-        raise DataError(f"{who}: {int(bad.sum())} of the {len(x)} {what} vectors contain NaN or infinite values "
-                        f"(first at position {int(np.argmax(bad))}); check the encoder's output")
+    """:class:`NonFiniteVectors` (a DataError) naming ``who`` when a row of ``x`` ``(n, d)`` (``what`` vectors:
+    query, document) holds NaN or inf: it would score nothing, or spoil a fit, silently."""
+    _refuse_nonfinite(x, lambda row, count: f"{who}: {count} of the {len(x)} {what} vectors contain NaN or infinite "
+                                            f"values (first at position {row}); check the encoder's output")
 
 
 class VectorIndex:
@@ -394,9 +415,8 @@ class VectorIndex:
         if given.ndim != 2 or not np.issubdtype(given.dtype, np.floating):
             raise DataError(f"VectorIndex.build expects a 2-D float array (n, dim), got {given.dtype} {given.shape}")
         dead_rows = _dead_slots(dead, len(given))
-        for a in range(0, len(given), BLOCK):  # blocks: no (n, d) bool temporary
-            if not np.isfinite(given[a:a + BLOCK]).all():
-                raise DataError("VectorIndex.build: the vectors contain NaN or infinite values")
+        _refuse_nonfinite(given, lambda row, count: f"VectorIndex.build: the vectors contain NaN or infinite values "
+                                                    f"({count} of the {len(given)}, the first at row {row})")
         n, dim = given.shape
         as_is = given.dtype == np.float32 and (self.metric == "ip" or (not copy and given.flags.writeable))
         if n and dim and self._backend_for(n) == "numpy" and self.reduce_kind == "none" and not self.rescore \
@@ -475,8 +495,8 @@ class VectorIndex:
                         or not np.issubdtype(rows.dtype, np.floating):
                     raise DataError(f"VectorIndex.build_chunks: chunk {lo}:{hi} of {n} vectors holds {rows.dtype} "
                                     f"{rows.shape}; expected float rows {at}:... of {dim} dimensions, in order")
-                if not np.isfinite(rows).all():
-                    raise DataError("VectorIndex.build: the vectors contain NaN or infinite values")
+                _refuse_nonfinite(rows, lambda row, count: "VectorIndex.build: the vectors contain NaN or infinite "
+                                                           f"values (the first at row {row} of {n})", lo, n)
                 at = hi
                 yield self._normalise(np.asarray(rows, np.float32), inplace=True)
             if at != n:
@@ -501,7 +521,7 @@ class VectorIndex:
             self.i8_fitted_n = n
             self._set_i8_range(lo_all, hi_all)
         width = (dim + 7) // 8 if self.dtype == "b1" else dim
-        store = {"f32": np.float32, "f16": np.float16, "i8": np.uint8, "b1": np.uint8}[self.dtype]
+        store = STORED_DTYPES[self.dtype]
         # with :meth:`_grown_codes`'s headroom: the first ``add`` appends without copying the codes (the
         # spare rows are never written until then, so their pages take no memory)
         self._codes_buf = np.empty((n + max(n // 4, 16), width), store)
@@ -623,8 +643,9 @@ class VectorIndex:
         """
         self._check_built()
         raw = self._check_query_dim(vectors, "add")
-        if not np.isfinite(raw).all():  # before normalising: an inf would warn (0/0, inf/inf) first
-            raise DataError("VectorIndex.add: the vectors contain NaN or infinite values")
+        # (before normalising: an inf would warn (0/0, inf/inf) first)
+        _refuse_nonfinite(raw, lambda row, count: f"VectorIndex.add: the vectors contain NaN or infinite values "
+                                                  f"({count} of the {len(raw)}, the first at row {row})")
         full = self._normalise(raw)
         start, m = self.n_slots, len(full)
         slots = np.arange(start, start + m, dtype=np.int64)

@@ -19,7 +19,7 @@ import numpy as np
 
 from ragkit._files import atomic_file, check_npy_size
 from ragkit.errors import ArtifactError, ParamError
-from ragkit.retrievers._quantize import BLOCK
+from ragkit.retrievers._quantize import STORED_DTYPES, nonfinite_rows
 
 if TYPE_CHECKING:
     from ragkit.retrievers._index import VectorIndex
@@ -164,18 +164,6 @@ def _meta_int(meta: dict[str, Any], key: str, path: Path, lo: int, hi: int | Non
         bound = f"an integer from {lo} to {hi:,}" if hi is not None else f"an integer of at least {lo}"
         raise ArtifactError(f"{path}: {key} is {v!r}; expected {bound}")
     return v
-
-
-def _first_nonfinite_row(a: np.ndarray) -> int | None:
-    """The first row of ``a`` (1-D: element) holding NaN or inf, or None; in blocks of ``BLOCK`` rows (one
-    bool temporary of a block, ~6 MB at 384 dims)."""
-    for lo in range(0, len(a), BLOCK):
-        block = a[lo:lo + BLOCK]
-        ok = np.isfinite(block)
-        if not ok.all():
-            bad = ~ok if ok.ndim == 1 else ~ok.all(axis=1)
-            return lo + int(np.argmax(bad))
-    return None
 
 
 def _random_access(arr: np.ndarray) -> np.ndarray:
@@ -355,17 +343,17 @@ def load(cls: type[VectorIndex], folder: str | Path, prefix: str = "index", mmap
         return a
 
     def finite(name: str, a: np.ndarray) -> None:
-        row = _first_nonfinite_row(a)
-        if row is not None:
+        found = nonfinite_rows(a)
+        if found is not None:
             raise ArtifactError(f"{folder / f'{prefix}.{name}.npy'}: holds NaN or infinite values (first in row "
-                                f"{row} of {len(a)}); expected finite values (every score would be NaN)")
+                                f"{found[0]} of {len(a)}); expected finite values (every score would be NaN)")
 
     slots = f"{n_slots} slots"
     self.alive = expect("alive", arr("alive", False), bool, (n_slots,), slots)
     self.codes = None
     if self.backend == "numpy":
         width = (self.ndim + 7) // 8 if self.dtype == "b1" else self.ndim
-        store = {"f32": np.float32, "f16": np.float16, "i8": np.uint8, "b1": np.uint8}[self.dtype]
+        store = STORED_DTYPES[self.dtype]
         why = f"dtype {self.dtype!r}, ndim {self.ndim}" + (f" (packed bits: {width} bytes)" if self.dtype == "b1"
                                                          else "") + f", {slots}"
         self.codes = expect("codes", arr("codes"), store, (n_slots, width), why)

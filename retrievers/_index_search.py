@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ragkit._topk import desc_order, fix_cut_ties
-from ragkit.retrievers._quantize import BLOCK, _f16_queries, _i8_symmetric
+from ragkit.retrievers._quantize import BLOCK, STORED_DTYPES, _f16_queries, _i8_symmetric
 
 if TYPE_CHECKING:
     from ragkit.retrievers._index import VectorIndex
@@ -185,7 +185,7 @@ def _get(self: VectorIndex, slots: np.ndarray) -> np.ndarray:
     graph = self._graph()
     if not len(slots):
         return np.zeros((0, graph.ndim // 8 if self.dtype == "b1" else self.ndim),
-                        dtype={"f32": np.float32, "f16": np.float16, "i8": np.int8, "b1": np.uint8}[self.dtype])
+                        dtype=np.int8 if self.dtype == "i8" else STORED_DTYPES[self.dtype])  # (usearch's int8)
     got = graph.get(np.asarray(slots, dtype=np.uint64), dtype=self.dtype)  # usearch's names are ours
     if not isinstance(got, (tuple, list)):
         return np.asarray(got).reshape(len(slots), -1)

@@ -33,6 +33,30 @@ PCA_SAMPLE = 200_000
 PCA_CHUNK_BYTES = 32 << 20
 #: the largest finite float16
 F16_MAX = float(np.finfo(np.float16).max)
+#: the numpy type an exact (numpy) index stores its codes as, per ``dtype`` (b1: packed bits; i8: calibrated codes
+#: 0..255; an HNSW graph's i8 codes are usearch's int8)
+STORED_DTYPES: dict[str, type[np.generic]] = {"f32": np.float32, "f16": np.float16, "i8": np.uint8, "b1": np.uint8}
+
+
+def nonfinite_rows(a: np.ndarray, *, count: bool = False) -> tuple[int, int] | None:
+    """Where ``a`` (2-D: its rows; 1-D: its elements) holds NaN or inf: ``(the first such row, how many)``, or None
+    where it holds none.  Read in blocks of ``BLOCK`` rows (one bool temporary of a block, ~6 MB at 384 dims,
+    never one of the whole array); the scan stops at the first block holding one unless ``count``, so that "how
+    many" counts that block's alone then (an error's message reads the whole count: the rows after it are read
+    only on that path)."""
+    first: int | None = None
+    bad = 0
+    for lo in range(0, len(a), BLOCK):  # a loop over blocks of rows
+        ok = np.isfinite(a[lo:lo + BLOCK])
+        if ok.ndim > 1:
+            ok = ok.reshape(len(ok), -1).all(axis=1)
+        if not ok.all():
+            if first is None:
+                first = lo + int(np.argmin(ok))
+            bad += len(ok) - int(np.count_nonzero(ok))
+            if not count:
+                break
+    return None if first is None else (first, bad)
 
 
 def _i8_symmetric(x: np.ndarray, scale: np.ndarray | np.floating | float, inplace: bool = False) -> np.ndarray:

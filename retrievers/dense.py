@@ -29,7 +29,7 @@ from ragkit.operator import Operator, edited_during_search, is_prefix, searched_
 from ragkit.options import PARAM
 from ragkit.params import MetadataFilter, Metric, ModelName, Params, VectorDtype, shown
 from ragkit.registry import register
-from ragkit.retrievers._index import EXACT_MAX, VectorIndex
+from ragkit.retrievers._index import EXACT_MAX, NonFiniteVectors, VectorIndex
 from ragkit.retrievers._quantize import parse_reduce
 from ragkit.types import Corpus, Ranking, State, TrainSet
 
@@ -325,7 +325,7 @@ class Dense(TunedEncoderMixin, Operator):
         try:
             self.index_ = self._new_index().build(vecs, copy=not fresh)
         except DataError as e:  # (NaN or infinite values: said of the encoder, not of the internal index)
-            raise self._bad_values(vecs, corpus.subset(~blank) if blank.any() else corpus, str(e)) from None
+            raise self._bad_values(corpus.subset(~blank) if blank.any() else corpus, e) from None
         del vecs
         self.slots_ = _slots_of(blank, 0)  # corpus row -> index slot
         self._publish()
@@ -342,16 +342,16 @@ class Dense(TunedEncoderMixin, Operator):
             view = _DenseView(self.corpus_, self.slots_, self.index_, self.index_.n_slots, self._layout)
         return view
 
-    def _bad_values(self, vecs: np.ndarray, corpus: Corpus, message: str) -> DataError:
-        """The error for document vectors ``vecs`` (of ``corpus``) the index refused with ``message``: where some
-        hold NaN or infinite values, how many and the first document's row and id, said of the encoder; else
-        ``message`` itself (a vector of another width than the index's, at ``add``)."""
-        bad = np.flatnonzero(~np.isfinite(vecs).all(axis=1))  # (an error path: one pass, a bool temporary)
-        if not len(bad):
-            return DataError(f"{self.name}: {message}")
-        return DataError(f"{self._encoder_name(self.encoder, 'encode')} returned {len(bad)} of the {len(vecs)} "
-                         f"document vectors with NaN or infinite values (the first at row {bad[0]}, document "
-                         f"{corpus.ids[bad[0]]!r}); the index cannot rank them: fix the encoder or drop those "
+    def _bad_values(self, corpus: Corpus, error: DataError) -> DataError:
+        """The error for the document vectors of ``corpus`` (one a document, in order) the index refused with
+        ``error``: where some hold NaN or infinite values (:class:`NonFiniteVectors`, which counted them and
+        found the first), how many and the first document's row and id, said of the encoder; else ``error``'s
+        message itself (a vector of another width than the index's, at ``add``)."""
+        if not isinstance(error, NonFiniteVectors) or error.count is None or not 0 <= error.row < len(corpus):
+            return DataError(f"{self.name}: {error}")
+        return DataError(f"{self._encoder_name(self.encoder, 'encode')} returned {error.count} of the {error.n} "
+                         f"document vectors with NaN or infinite values (the first at row {error.row}, document "
+                         f"{corpus.ids[error.row]!r}); the index cannot rank them: fix the encoder or drop those "
                          "documents")
 
     def _warn_b1_norms(self, vecs: np.ndarray) -> None:
@@ -563,7 +563,7 @@ class Dense(TunedEncoderMixin, Operator):
         try:
             slots = self.index_.add(vecs)
         except DataError as e:
-            raise self._bad_values(vecs, corpus.subset(~blank) if blank.any() else corpus, str(e)) from None
+            raise self._bad_values(corpus.subset(~blank) if blank.any() else corpus, e) from None
         self.corpus_ = joined
         self.slots_ = np.concatenate([self.slots_, _slots_of(blank, int(slots[0]) if len(slots) else 0)])
         self._publish()

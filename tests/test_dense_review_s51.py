@@ -162,3 +162,46 @@ def test_oversample_description_says_rescore_uses_it_on_an_exact_index() -> None
     assert all(r.index_.backend == "numpy" for r in runs)
     a, b = (r.search(queries) for r in runs)
     assert any(not np.array_equal(x.rows, y.rows) for x, y in zip(a.rankings, b.rankings))
+
+
+def test_nonfinite_vectors_name_the_first_row_once() -> None:
+    """build / add / build_chunks name the first vector holding NaN or inf and how many (one blocked scan,
+    :func:`~ragkit.retrievers._quantize.nonfinite_rows`); the error (NonFiniteVectors, a DataError) carries them, so
+    Dense names the document without scanning the vectors again."""
+    from ragkit.errors import DataError
+    from ragkit.retrievers._index import NonFiniteVectors, VectorIndex
+    from ragkit.retrievers._quantize import BLOCK, nonfinite_rows
+
+    x = np.random.default_rng(0).standard_normal((BLOCK + 40, 8)).astype(np.float32)
+    assert nonfinite_rows(x) is None
+    x[[BLOCK + 3, BLOCK + 9]] = np.nan
+    x[BLOCK + 20, 5] = np.inf
+    assert nonfinite_rows(x, count=True) == (BLOCK + 3, 3)
+    assert nonfinite_rows(x[:, 0]) == (BLOCK + 3, 2)  # (1-D: elements)
+    with pytest.raises(NonFiniteVectors, match=rf"build: the vectors contain NaN or infinite values \(3 of the "
+                                               rf"{BLOCK + 40}, the first at row {BLOCK + 3}\)") as e:
+        VectorIndex(search="exact").build(x)
+    assert (e.value.row, e.value.count, e.value.n) == (BLOCK + 3, 3, BLOCK + 40) and isinstance(e.value, DataError)
+    ix = VectorIndex(search="exact").build(x[:10])
+    with pytest.raises(NonFiniteVectors, match=r"add: the vectors contain NaN or infinite values \(3 of the 40, "
+                                               r"the first at row 3\)"):
+        ix.add(x[BLOCK:])
+    chunks = lambda: ((a, min(len(x), a + 1000), x[a:a + 1000].copy()) for a in range(0, len(x), 1000))  # noqa: E731
+    with pytest.raises(NonFiniteVectors, match=rf"the first at row {BLOCK + 3} of {BLOCK + 40}\)") as e:
+        VectorIndex(dtype="i8", search="exact").build_chunks(len(x), 8, chunks)
+    assert (e.value.row, e.value.count) == (BLOCK + 3, None)
+
+    class NaNRows(HashedEncoder):
+        def encode(self, texts, **kw):  # noqa: ANN001, ANN003, ANN201
+            out = super().encode(texts, **kw)
+            for i, t in enumerate(texts):
+                if t.startswith("bad"):
+                    out[i] = np.nan
+            return out
+
+    register_encoder("dense-s51-nan", NaNRows("dense-s51-nan-v1", 16), replace=True)
+    d = Dense(model="dense-s51-nan", k=3).fit(_corpus(20))
+    more = Corpus(["n0", "n1", "n2", "n3"], ["fine", "bad one", "fine too", "bad two"])
+    with pytest.raises(DataError, match=r"returned 2 of the 4 document vectors with NaN or infinite values \(the "
+                                        r"first at row 1, document 'n1'\)"):
+        d.add(more)
