@@ -436,7 +436,7 @@ class Muvera(TokenOperatorMixin, Operator):
             out.rankings = rankings_from_matrix(*self.index_.search(qf, min(k, max(self.index_.n_alive, 1)), mask=mask))
             return out
         n_cand = max(int(self.opt(state, "candidates", self.params.candidates)), k)
-        rows, sc = self.index_.search(qf, max(min(n_cand, len(self.corpus_)), 1), mask=mask)
+        rows, sc = self.index_.search(qf, n_cand, mask=mask)  # (at most n_slots = the corpus's columns come back)
         rows = np.where(np.isfinite(sc), rows, -1)
         qd, qo, qw = self.rerank_query(q)
         if keep is not None and int(keep) < rows.shape[1]:

@@ -188,3 +188,18 @@ def test_the_anchor_takes_its_share_of_k_rounded_half_up(k, share, want):
     r = op(State(["q"], vectors={op.dense.encoder.key: q.astype(np.float32)})).rankings[0]
     assert len(r) == k
     assert int((r.fields["component"] == -1).sum()) == want
+
+
+# ------------------------------------------------------------------------------ Muvera candidates past the corpus
+def test_candidates_past_the_corpus_search_the_whole_corpus():
+    """Muvera passes its candidate count to VectorIndex.search unclamped: the index answers at most its slots
+    (one per document) since 59ae7ab, so a million candidates over 30 documents rerank all 30, as before."""
+    from ragkit.retrievers import Muvera
+    from ragkit.types import Corpus
+
+    corpus = Corpus.from_texts([f"text {i} word{i % 7} term{i % 5}" for i in range(30)] + ["", " "])
+    op = Muvera(k=5, candidates=20, k_sim=2, d_proj=8, r_reps=2).fit(corpus)
+    queries = ["word1 term2", "word3", "nothing here"]
+    every = [(r.rows.tolist(), r.scores.tolist()) for r in op.search(queries, muvera={"candidates": 32}).rankings]
+    many = [(r.rows.tolist(), r.scores.tolist()) for r in op.search(queries, muvera={"candidates": 10**6}).rankings]
+    assert many == every
