@@ -746,7 +746,8 @@ class DBNormDense(_BankOperator):
 
     def _load(self, folder: Path, mmap: bool = False) -> None:
         check_encoder_key(folder, self.encoder, self.name, self.params.model)
-        self.index_ = VectorIndex.load(folder, prefix="index", mmap=mmap)
+        # the index's CRC32s only where the load's SHA-256 did not read every file (as dense)
+        self.index_ = VectorIndex.load(folder, prefix="index", mmap=mmap, verify=not self._verified)
         self.log_z_q_ = load_array(folder, "dbnorm_log_z_q", mmap=mmap)
         self.log_z_g_ = load_array(folder, "dbnorm_log_z_g", mmap=mmap)
         n = len(self.corpus_)

@@ -205,3 +205,19 @@ def test_nonfinite_vectors_name_the_first_row_once() -> None:
     with pytest.raises(DataError, match=r"returned 2 of the 4 document vectors with NaN or infinite values \(the "
                                         r"first at row 1, document 'n1'\)"):
         d.add(more)
+
+
+def test_dbnorm_dense_verified_load_reads_no_index_crc(tmp_path, monkeypatch) -> None:
+    """dbnorm_dense's index, as dense's: a verified load does not CRC32 its files again; verify=False does."""
+    from ragkit.filters import DBNormDense
+    from ragkit.types import TrainSet
+
+    train = TrainSet({"q1": "text word1", "q2": "term3 text"}, {"q1": {"d1": 1}, "q2": {"d3": 1}})
+    op = DBNormDense(model="dense-s51-hashed", k=5).fit(_corpus(120), train)
+    op.save(tmp_path / "b")
+    calls = _counting_crc(monkeypatch)
+    back = Operator.load(tmp_path / "b")
+    assert calls == [], calls
+    assert back.search(["text word1"]).doc_ids[0].tolist() == op.search(["text word1"]).doc_ids[0].tolist()
+    Operator.load(tmp_path / "b", verify=False)
+    assert calls, "verify=False keeps the index's own CRC32s"
