@@ -467,13 +467,14 @@ class Operator:
             raise ParamError(f"{self.name}: pass parameters either as a Params object or as keywords, not both")
         self.params = validate_params(self.Params, params if params is not None else kwargs, self.name)
 
-    def __setattr__(self, key: str, value: Any) -> None:
-        """``op.params = ...`` (a model or a mapping of every parameter to change from the defaults) is validated
-        into the class's ``Params`` as the constructor validates it (a :class:`ParamError` naming the operator and
-        the field), so a bad value is refused at the assignment, not at a later search."""
-        if key == "params":
-            value = validate_params(type(self).Params, value, self.name)
-        object.__setattr__(self, key, value)
+    if not TYPE_CHECKING:  # (at run time only: to a type checker a __setattr__ would make any attribute assignable)
+        def __setattr__(self, key: str, value: Any) -> None:
+            """``op.params = ...`` (a model or a mapping of every parameter to change from the defaults) is
+            validated into the class's ``Params`` as the constructor validates it (a :class:`ParamError` naming the
+            operator and the field), so a bad value is refused at the assignment, not at a later search."""
+            if key == "params":
+                value = validate_params(type(self).Params, value, self.name)
+            object.__setattr__(self, key, value)
 
     # ------------------------------------------------------------------ introspection
     def __repr__(self) -> str:
