@@ -1,6 +1,6 @@
-"""Review s51 of the sentence encoder: no global lock held through a model's load, settings checked before any
-model work, the encoder's signature read once, and MiniLM's cache key and text digests as they were (its cached
-vectors kept).
+"""Review s51 of the sentence encoder: the model's query / document prompts applied (and keyed), vectors normalised
+as the model says, no global lock held through a model's load, settings
+checked before any model work, and MiniLM's cache key and text digests as they were (its cached vectors kept).
 
 Model folders are small copies of the installed MiniLM made here: its weights linked to, its JSON files its own."""
 
@@ -54,11 +54,74 @@ def _plain(folder: Path, texts: list[str], normalize: bool) -> np.ndarray:
 # ------------------------------------------------------------------ MiniLM's key and digests unchanged
 def test_minilm_key_and_digest_pinned() -> None:
     """MiniLM (no prompts, a Normalize module) keeps the cache key and per-text digest of before: the vectors
-    cached on disk for it stay valid."""
+    cached on disk for it stay valid; its queries share the documents' cache, as before."""
     enc = Encoder()
     assert enc.key == "st-e0727608fc2fbe55|msl=None"
     assert Encoder(max_seq_length=128).key == "st-e0727608fc2fbe55|msl=128"
+    assert enc.normalize is True and enc.query_prompt == "" and enc.document_prompt == ""
     assert text_digests(["cells divide by mitosis"])[0].tobytes().hex() == "94f59b7e3005b7f72d7a2b89487a1d35"
+    assert enc.query_store is enc.store
+
+
+# ------------------------------------------------------------------ 1. prompts
+def test_model_prompts_applied_per_role_and_keyed(tmp_path: Path) -> None:
+    """An e5-style model (prompts query: / passage:) encodes queries and documents with their prompts, keys its
+    cache with them, and caches queries apart from documents (one text, two vectors)."""
+    e5 = _copy(tmp_path / "e5", config={"prompts": {"query": "query: ", "document": "passage: "},
+                                        "default_prompt_name": None, "similarity_fn_name": "cosine"})
+    enc = Encoder(str(e5), cache=False)
+    assert (enc.query_prompt, enc.document_prompt) == ("query: ", "passage: ")
+    q, d = enc.encode_queries(TEXTS), enc.encode(TEXTS)
+    np.testing.assert_allclose(q, _plain(e5, [f"query: {t}" for t in TEXTS], True), atol=1e-5)
+    np.testing.assert_allclose(d, _plain(e5, [f"passage: {t}" for t in TEXTS], True), atol=1e-5)
+    assert "|prompts=" in enc.key
+    cached = Encoder(str(e5))
+    np.testing.assert_allclose(cached.encode_queries(TEXTS[:1], cache=True), q[:1], atol=1e-5)
+    np.testing.assert_allclose(cached.encode(TEXTS[:1]), d[:1], atol=1e-5)  # not the query's row read back
+    assert cached.query_store is not cached.store
+
+
+def test_prompt_settings_for_a_model_without_prompts(tmp_path: Path) -> None:
+    """query_prompt / document_prompt give a model without prompts some, in its key; unset, the key is the model's
+    own."""
+    folder = _copy(tmp_path / "m")
+    plain = Encoder(str(folder), cache=False)
+    set_ = Encoder(str(folder), cache=False, query_prompt="search_query: ")
+    assert set_.key != plain.key and "|prompts=" not in plain.key
+    np.testing.assert_allclose(set_.encode_queries(TEXTS[:2]), _plain(folder, [f"search_query: {t}" for t in TEXTS[:2]],
+                                                                       True), atol=1e-5)
+    np.testing.assert_allclose(set_.encode(TEXTS[:2]), plain.encode(TEXTS[:2]), atol=1e-6)
+    with pytest.raises(ParamError, match="query_prompt is int 3"):
+        Encoder(str(folder), query_prompt=3)  # type: ignore[arg-type]
+
+
+def test_default_prompt_name_applies_to_a_role_without_its_own(tmp_path: Path) -> None:
+    """A model whose config names a default prompt and a query prompt: documents get the default, as
+    ``SentenceTransformer.encode`` gave every text before."""
+    folder = _copy(tmp_path / "m", config={"prompts": {"query": "q: ", "classify": "c: "},
+                                           "default_prompt_name": "classify"})
+    enc = Encoder(str(folder), cache=False)
+    assert (enc.query_prompt, enc.document_prompt) == ("q: ", "c: ")
+
+
+# ------------------------------------------------------------------ 2. normalisation
+def test_dot_product_model_not_normalised(tmp_path: Path) -> None:
+    """A model without a Normalize module nor a cosine similarity keeps its own vectors (metric ip is then an inner
+    product), under a key of its own; normalize=True asks for unit vectors."""
+    dot = _copy(tmp_path / "dot", normalize_module=False)
+    enc = Encoder(str(dot), cache=False)
+    assert enc.normalize is False and enc.key.endswith("|raw")
+    v = enc.encode(TEXTS)
+    assert not np.allclose(np.linalg.norm(v, axis=1), 1, atol=1e-3)
+    np.testing.assert_allclose(v, _plain(dot, TEXTS, False), atol=1e-5)
+    np.testing.assert_allclose(enc.encode_queries(TEXTS), v, atol=1e-6)
+    unit = Encoder(str(dot), cache=False, normalize=True)
+    assert not unit.key.endswith("|raw")
+    np.testing.assert_allclose(np.linalg.norm(unit.encode(TEXTS), axis=1), 1, atol=1e-5)
+    cos = _copy(tmp_path / "cos", config={"similarity_fn_name": "cosine"}, normalize_module=False)
+    assert Encoder(str(cos), cache=False).normalize is True
+    with pytest.raises(ParamError, match="normalize is str 'yes'"):
+        Encoder(str(dot), normalize="yes")  # type: ignore[arg-type]
 
 
 # ------------------------------------------------------------------ 4. locks

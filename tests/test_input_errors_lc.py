@@ -156,9 +156,11 @@ def test_get_encoder_model_checked() -> None:
 def test_get_encoder_unknown_keyword() -> None:
     """A keyword Encoder does not take: the ones it takes, and the closest."""
     _refused(ParamError, "get_encoder: unknown keyword 'batchsize' (did you mean 'batch_size'?); an Encoder takes "
-             "batch_size, max_seq_length, cache, device", get_encoder, _HUB_ID, batchsize=3)
+             "batch_size, max_seq_length, cache, device, normalize, query_prompt, document_prompt", get_encoder,
+             _HUB_ID, batchsize=3)
     _refused(ParamError, "get_encoder: unknown keywords 'batchsize' (did you mean 'batch_size'?), 'colour'; an "
-             "Encoder takes batch_size, max_seq_length, cache, device", get_encoder, _HUB_ID, batchsize=3,
+             "Encoder takes batch_size, max_seq_length, cache, device, normalize, query_prompt, document_prompt",
+             get_encoder, _HUB_ID, batchsize=3,
              colour="red")
 
 

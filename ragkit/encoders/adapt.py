@@ -210,7 +210,7 @@ def _fine_tune(model: str, corpus: Corpus, train: TrainSet, out_dir: Path, confi
     from tqdm.auto import tqdm
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-    from ragkit.encoders.sentence import resolve_model
+    from ragkit.encoders.sentence import resolve_model, role_prompt
 
     anchors, positives, negatives = mine_pairs(corpus, train, model, n_neg=config.hard_negatives, depth=_MINE_DEPTH,
                                                seed=config.seed)
@@ -221,13 +221,20 @@ def _fine_tune(model: str, corpus: Corpus, train: TrainSet, out_dir: Path, confi
     with MODEL_LOADING:  # (transformers patches globals while it loads)
         st = SentenceTransformer(resolve_model(model), device="cpu")
     data = Dataset.from_dict({"anchor": anchors, "positive": positives, "negative": negatives})
+    # the prompts the encoder puts before queries and documents (an e5-style model's "query: " / "passage: "), so
+    # that the model is tuned on the texts it will be given (none for MiniLM: as before)
+    st_config = {"prompts": dict(getattr(st, "prompts", None) or {}),
+              "default_prompt_name": getattr(st, "default_prompt_name", None)}
+    query_prompt, document_prompt = role_prompt(st_config, "query"), role_prompt(st_config, "document")
+    prompts = ({"anchor": query_prompt, "positive": document_prompt, "negative": document_prompt}
+               if query_prompt or document_prompt else None)
     with tempfile.TemporaryDirectory(prefix="ragkit-adapt-") as work:
         args = SentenceTransformerTrainingArguments(
             output_dir=work, num_train_epochs=config.epochs, per_device_train_batch_size=config.batch_size,
             learning_rate=config.learning_rate, warmup_steps=0, seed=config.seed, data_seed=config.seed,
             batch_sampler=BatchSamplers.NO_DUPLICATES, save_strategy="no", logging_strategy="no", report_to="none",
             max_steps=config.max_steps if config.max_steps is not None else -1, disable_tqdm=not progress,
-            dataloader_num_workers=0, use_cpu=True,
+            dataloader_num_workers=0, use_cpu=True, prompts=prompts,
         )
         trainer = SentenceTransformerTrainer(model=st, args=args, train_dataset=data,
                                              loss=MultipleNegativesRankingLoss(st))

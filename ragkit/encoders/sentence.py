@@ -87,16 +87,29 @@ def model_note(model: str) -> str | None:
     if model.startswith((".", "/", "~")) or "\\" in model:  # a path, not a hub id: nothing to download
         rel = _relative_note(model)
         return f"model {model!r} names a folder that does not exist ({rel + '; ' if rel else ''}loading it will fail)"
+    if hub_snapshot(model) is not None:
+        return None
+    return (f"model {model!r} is neither a local folder nor in the Hugging Face cache: its first load downloads it "
+            "(a misspelled name fails only then)")
+
+
+def hub_snapshot(model: str) -> Path | None:
+    """The snapshot folder of hub id ``model`` in the Hugging Face cache (the revision ``refs/main`` names, the one
+    a load reads), looked up as ``model`` then ``sentence-transformers/<model>``; ``None`` for a local path, a name
+    that is no valid hub id, or one not in the cache (its first load downloads it).  Reads no file."""
+    if _local_path(model) or "\\" in model or Path(model).exists():
+        return None
     try:
         from huggingface_hub import try_to_load_from_cache
 
         for repo in (model, f"sentence-transformers/{model}"):
-            if isinstance(try_to_load_from_cache(repo, "config.json"), str):
-                return None
-    except Exception:  # noqa: BLE001 - not a valid hub id either: the note below applies
+            for name in ("modules.json", "config.json"):
+                hit = try_to_load_from_cache(repo, name)
+                if isinstance(hit, str):
+                    return Path(hit).parent
+    except Exception:  # noqa: BLE001 - not a valid hub id: not in the cache
         pass
-    return (f"model {model!r} is neither a local folder nor in the Hugging Face cache: its first load downloads it "
-            "(a misspelled name fails only then)")
+    return None
 
 
 #: a folder is a model folder when one of these is at its top: sentence-transformers (``modules.json``),
@@ -341,6 +354,58 @@ def caching_queries() -> Iterator[None]:
         _QUERY_CACHE.reset(token)
 
 
+def _read_json(path: Path) -> Any:
+    """The JSON value of file ``path``, or ``None`` when it is missing or unreadable (the load says why)."""
+    import json
+
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return json.load(fh)
+    except (OSError, ValueError):
+        return None
+
+
+def model_config(path: str) -> tuple[dict[str, Any], list[Any]]:
+    """The sentence-transformers settings of the model at ``path`` (a resolved model name) read from its files,
+    without loading it: ``config_sentence_transformers.json`` (``{}`` when absent) and ``modules.json`` (``[]``),
+    from a local folder or a hub id's snapshot in the Hugging Face cache (:func:`hub_snapshot`); both empty when
+    neither holds them (a plain transformers folder, a hub id not in the cache)."""
+    folder = Path(path) if Path(path).is_dir() else hub_snapshot(path)
+    if folder is None:
+        return {}, []
+    config = _read_json(folder / "config_sentence_transformers.json")
+    modules = _read_json(folder / "modules.json")
+    return (config if isinstance(config, dict) else {}), (modules if isinstance(modules, list) else [])
+
+
+#: the prompt names a role's prompt is read from, in order (as ``encode_query`` / ``encode_document`` look them up)
+_ROLE_PROMPTS = {"query": ("query",), "document": ("document", "passage", "corpus")}
+
+
+def role_prompt(config: Mapping[str, Any], role: str) -> str:
+    """The prompt a model's sentence-transformers ``config`` (``prompts``, ``default_prompt_name``) puts before a
+    text of ``role`` (``"query"`` or ``"document"``): its first non-empty prompt of :data:`_ROLE_PROMPTS`, else the
+    default prompt (which ``SentenceTransformer.encode`` applied to every text), else ``""`` (none)."""
+    prompts = config.get("prompts")
+    prompts = prompts if isinstance(prompts, dict) else {}
+    for name in _ROLE_PROMPTS[role]:
+        if isinstance(prompts.get(name), str) and prompts[name]:
+            return str(prompts[name])
+    default = config.get("default_prompt_name")
+    found = prompts.get(default) if isinstance(default, str) else None
+    return found if isinstance(found, str) else ""
+
+
+def model_normalises(config: Mapping[str, Any], modules: Sequence[Any]) -> bool:
+    """Whether a model's own vectors are meant to be compared by cosine: its ``modules.json`` holds a
+    ``Normalize`` module, or its ``config_sentence_transformers.json`` says ``"similarity_fn_name": "cosine"``.
+    Otherwise (a dot-product model: TAS-B, Contriever, DPR; a plain transformers folder) its vectors are kept as
+    the model makes them."""
+    if any(isinstance(m, dict) and str(m.get("type", "")).rsplit(".", 1)[-1] == "Normalize" for m in modules):
+        return True
+    return config.get("similarity_fn_name") == "cosine"
+
+
 def check_encoder_settings(who: str, *, batch_size: Any = 64, max_seq_length: Any = None) -> None:
     """A :class:`ParamError` naming the setting of ``who`` (``get_encoder``, an encoder class) when ``batch_size``
     is no positive int or ``max_seq_length`` is neither ``None`` nor an int >= 1, before any model work: they failed
@@ -355,8 +420,15 @@ def check_encoder_settings(who: str, *, batch_size: Any = 64, max_seq_length: An
                          "None (the model's own) or an int >= 1 (tokens kept per text)", path="max_seq_length")
 
 
+def _check_prompt(value: Any, name: str) -> None:
+    if value is not None and not isinstance(value, str):
+        raise ParamError(f"Encoder: {name} is {type(value).__name__} {value!r:.60}; expected None (the model's own) "
+                         "or a str put before each text (\"\" for none)", path=name)
+
+
 class Encoder:
-    """Batched text encoder: ``(n,)`` texts -> ``(n, dim)`` float32 unit vectors.
+    """Batched text encoder: ``(n,)`` texts -> ``(n, dim)`` float32 vectors (unit vectors unless the model's are
+    not, see ``normalize``).
 
     Parameters
     ----------
@@ -371,6 +443,16 @@ class Encoder:
         Keep document vectors in the on-disk cache (``$RAGKIT_CACHE/embeddings``).
     device : str
         Torch device.
+    normalize : bool, optional
+        Return unit vectors.  ``None`` (default) follows the model (:func:`model_normalises`): unit vectors when it
+        has a ``Normalize`` module or says its similarity is cosine, the model's own vectors otherwise (a dot-product
+        model, whose ``metric: ip`` is then a true inner product).  Vectors not normalised are cached under another
+        key (``|raw``).
+    query_prompt, document_prompt : str, optional
+        The text put before each query / document.  ``None`` (default) takes the model's own
+        (``config_sentence_transformers.json`` ``prompts``: ``"query"``; ``"document"``, ``"passage"`` or
+        ``"corpus"``; else its ``default_prompt_name``'s), ``""`` none.  A model with a prompt keys its cache with
+        the prompts, and when queries and documents get different prompts, their vectors are cached apart.
 
     Examples
     --------
@@ -380,24 +462,77 @@ class Encoder:
     """
 
     def __init__(self, model: str = DEFAULT_MODEL, *, batch_size: int = 64, max_seq_length: int | None = None,
-                 cache: bool = True, device: str = "cpu") -> None:
+                 cache: bool = True, device: str = "cpu", normalize: bool | None = None,
+                 query_prompt: str | None = None, document_prompt: str | None = None) -> None:
         model = _model_name(model, "Encoder")  # (None: an AttributeError in resolve_model)
         check_encoder_settings("Encoder", batch_size=batch_size, max_seq_length=max_seq_length)
+        if normalize is not None and not isinstance(normalize, bool):
+            raise ParamError(f"Encoder: normalize is {type(normalize).__name__} {normalize!r:.60}; expected None (as "
+                             "the model says), True or False", path="normalize")
+        _check_prompt(query_prompt, "query_prompt")
+        _check_prompt(document_prompt, "document_prompt")
         self.model_name = model
         self.path = resolve_model(model)
         self.batch_size = batch_size
         self.max_seq_length = max_seq_length
         self.device = device
         self.cache_enabled = cache
-        #: :func:`model_fingerprint` of the model's files when the encoder was made: the model it loads is theirs
-        self.fingerprint = cached_fingerprint(self.path)
-        self.key = f"{self.fingerprint}|msl={max_seq_length}"
+        self._asked = (normalize, query_prompt, document_prompt)
+        self._identity = self._describe(cached_fingerprint(self.path))
         self._cache: EmbeddingCache | None = None
         self._cache_root: Path | None = None  # the cache folder ``_cache`` was made for (None: set by hand)
+        self._query_cache: EmbeddingCache | None = None
+        self._query_cache_root: Path | None = None
         #: texts encoded by :meth:`encode` (documents; not read from cache) since creation; queries are not counted
         self.n_encoded = 0
         #: queries encoded by :meth:`encode_queries` (not read from cache) since creation
         self.n_queries_encoded = 0
+
+    def _describe(self, fingerprint: str) -> tuple[str, str, str, bool, str]:
+        """``(fingerprint, query prompt, document prompt, normalize, key)`` of this encoder, its model's files named
+        by ``fingerprint`` (:func:`model_identity`) and its settings read from them where not given."""
+        normalize, query_prompt, document_prompt = self._asked
+        config, modules = model_config(self.path)
+        query_prompt = role_prompt(config, "query") if query_prompt is None else query_prompt
+        document_prompt = role_prompt(config, "document") if document_prompt is None else document_prompt
+        normalize = model_normalises(config, modules) if normalize is None else normalize
+        # (a model without prompts that normalises, as MiniLM: the key of before prompts and normalize existed)
+        key = f"{fingerprint}|msl={self.max_seq_length}"
+        if query_prompt or document_prompt:
+            said = hashlib.sha1(f"{query_prompt}\x00{document_prompt}".encode("utf-8", "surrogatepass"))
+            key += f"|prompts={said.hexdigest()[:12]}"
+        if not normalize:
+            key += "|raw"
+        return fingerprint, query_prompt, document_prompt, normalize, key
+
+    def _resolved(self) -> tuple[str, str, str, bool, str]:
+        return self._identity
+
+    @property
+    def fingerprint(self) -> str:
+        """:func:`model_fingerprint` of the model's files when the encoder was made: the model it loads is theirs."""
+        return self._resolved()[0]
+
+    @property
+    def query_prompt(self) -> str:
+        """The text put before each query (``""``: none)."""
+        return self._resolved()[1]
+
+    @property
+    def document_prompt(self) -> str:
+        """The text put before each document (``""``: none)."""
+        return self._resolved()[2]
+
+    @property
+    def normalize(self) -> bool:
+        """Whether the vectors are made unit length."""
+        return self._resolved()[3]
+
+    @property
+    def key(self) -> str:
+        """The cache key: the model's files (:attr:`fingerprint`), ``max_seq_length``, the prompts when there are
+        some, ``|raw`` when the vectors are not normalised."""
+        return self._resolved()[4]
 
     def __repr__(self) -> str:
         return f"Encoder({self.model_name!r})"
@@ -428,13 +563,32 @@ class Encoder:
             self._cache, self._cache_root = shared_store(root, self.key), root
         return self._cache
 
-    def _forward(self, texts: list[str], progress: bool) -> np.ndarray:
-        vecs = self.model.encode(texts, batch_size=self.batch_size, convert_to_numpy=True, normalize_embeddings=True,
-                                 show_progress_bar=progress)
+    @property
+    def query_store(self) -> EmbeddingCache:
+        """The on-disk cache of query vectors: :attr:`store` itself when queries and documents get the same prompt
+        (a query's vector is then a document's), else a cache of its own (key ``<key>|query``)."""
+        if self.query_prompt == self.document_prompt:
+            return self.store
+        from ragkit.eval.beir import cache_dir
+
+        root = cache_dir()
+        if self._query_cache is None or (self._query_cache_root is not None and self._query_cache_root != root):
+            self._query_cache, self._query_cache_root = shared_store(root, f"{self.key}|query"), root
+        return self._query_cache
+
+    def _forward(self, texts: list[str], progress: bool, role: str = "document") -> np.ndarray:
+        m = self.model
+        if role == "query":
+            encode, prompt = m.encode_query, self.query_prompt
+        else:
+            encode, prompt = m.encode_document, self.document_prompt
+        vecs = encode(texts, prompt=prompt, batch_size=self.batch_size, convert_to_numpy=True,
+                      normalize_embeddings=self.normalize, show_progress_bar=progress)
         return np.asarray(vecs, dtype=np.float32)
 
     def encode(self, texts: Sequence[str], *, cache: bool | None = None, progress: bool | None = None) -> np.ndarray:
-        """Encode texts into L2-normalised float32 vectors, shape ``(n, dim)``.
+        """Encode documents into float32 vectors, shape ``(n, dim)``: L2-normalised unless ``normalize`` says
+        otherwise; the document prompt (``document_prompt``) before each.
 
         With the cache on (documents), vectors already on disk are read back and only
         the missing texts are encoded.  A progress bar shows for more than 1,000 new texts.
@@ -452,20 +606,22 @@ class Encoder:
         return vecs
 
     def encode_queries(self, texts: Sequence[str], *, cache: bool | None = None) -> np.ndarray:
-        """Encode queries, shape ``(n, dim)`` (counted in ``n_queries_encoded``, not in ``n_encoded``).
+        """Encode queries, shape ``(n, dim)`` (counted in ``n_queries_encoded``, not in ``n_encoded``), the query
+        prompt (``query_prompt``) before each.
 
         Queries go to the on-disk cache only when asked (``cache=True``, or ``None`` inside
         :func:`caching_queries` or with ``RAGKIT_CACHE_QUERIES=1``): served queries rarely repeat, but an
-        evaluation's do, run after run (``ragkit eval`` and ``train`` ask).  They share the documents'
-        cache: this encoder computes a query's vector as a document's.
+        evaluation's do, run after run (``ragkit eval`` and ``train`` ask).  They share the documents' cache when
+        the model puts the same prompt (or none) before both, as a query's vector is then a document's; a model
+        with a query prompt of its own (e5, bge...) caches them apart (:attr:`query_store`).
         """
         texts = as_texts(texts, "encode_queries")
         if not texts:
             return np.zeros((0, self.dim), np.float32)
         if not self.cache_enabled or not (queries_cached() if cache is None else cache):
             self.n_queries_encoded += len(texts)
-            return self._forward(texts, False)
-        vecs, n_new = self.store.fetch_or_compute(texts, lambda new: self._forward(new, False))
+            return self._forward(texts, False, "query")
+        vecs, n_new = self.query_store.fetch_or_compute(texts, lambda new: self._forward(new, False, "query"))
         self.n_queries_encoded += n_new
         return vecs
 
@@ -573,11 +729,12 @@ def shared_store(root: Path, key: str) -> EmbeddingCache:
 def get_encoder(model: str = DEFAULT_MODEL, **kwargs: Any) -> Encoder:
     """A shared :class:`Encoder` per (model, settings), so operators on one model share it.
 
-    The encoder and its cache key (a fingerprint of the model folder's files) are made once per process and
-    settings, outside any lock held by encoders already made: a model folder rewritten in place is read again by
-    an encoder made after the change (other settings, or the next process), whose key names the new files; the
-    encoders made before keep the model they loaded (their key names it).  Write a changed model to a new folder
-    (as ``Dense(adapt=...)`` does).
+    The encoder and its cache key (a fingerprint of the model folder's files; the model's query / document prompts
+    when it has some; ``|raw`` when its vectors are not normalised) are made once per process and settings, outside
+    any lock held by encoders already made: a model folder rewritten in place is read again by an encoder made
+    after the change (other settings, or the next process), whose key names the new files; the encoders made before
+    keep the model they loaded (their key names it).  Write a changed model
+    to a new folder (as ``Dense(adapt=...)`` does).
 
     ``model`` is a sentence-transformers model name or folder.  A relative path is read from the current folder
     of the process (a saved operator keeps it as written).  A plain transformers folder (no ``modules.json``) is
