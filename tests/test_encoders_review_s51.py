@@ -1,5 +1,5 @@
 """Review s51 of the sentence encoder: the model's query / document prompts applied (and keyed), vectors normalised
-as the model says, no global lock held through a model's load, settings
+as the model says, a hub id keyed by its cached revision, no global lock held through a model's load, settings
 checked before any model work, and MiniLM's cache key and text digests as they were (its cached vectors kept).
 
 Model folders are small copies of the installed MiniLM made here: its weights linked to, its JSON files its own."""
@@ -122,6 +122,37 @@ def test_dot_product_model_not_normalised(tmp_path: Path) -> None:
     assert Encoder(str(cos), cache=False).normalize is True
     with pytest.raises(ParamError, match="normalize is str 'yes'"):
         Encoder(str(dot), normalize="yes")  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------ 3. hub revisions
+def _fake_hub(root: Path, revision: str) -> None:
+    """A Hugging Face cache at ``root`` holding ``me/tiny`` in two snapshots (their JSON files only), ``refs/main``
+    naming ``revision``."""
+    repo = root / "models--me--tiny"
+    for rev in ("aaaa", "bbbb"):
+        snap = repo / "snapshots" / rev
+        snap.mkdir(parents=True, exist_ok=True)
+        (snap / "modules.json").write_text("[]", encoding="utf-8")
+        (snap / "config.json").write_text("{}", encoding="utf-8")
+    (repo / "refs").mkdir(exist_ok=True)
+    (repo / "refs" / "main").write_text(revision, encoding="utf-8")
+
+
+def test_hub_id_keyed_by_its_cached_revision(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A hub id's key names the snapshot its load reads: a new revision in the cache is another key, never served
+    the vectors cached for the old one."""
+    from huggingface_hub import constants
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    _fake_hub(tmp_path / "hf" / "hub", "aaaa")
+    a = Encoder("me/tiny")
+    assert a.key == "me/tiny@aaaa|msl=None|raw"
+    _fake_hub(tmp_path / "hf" / "hub", "bbbb")
+    b = Encoder("me/tiny")
+    assert b.key == "me/tiny@bbbb|msl=None|raw" and b.key != a.key
+    assert sentence.model_note("me/tiny") is None  # (the lookup model_note makes: the same one)
 
 
 # ------------------------------------------------------------------ 4. locks

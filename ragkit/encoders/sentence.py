@@ -112,6 +112,18 @@ def hub_snapshot(model: str) -> Path | None:
     return None
 
 
+def model_identity(path: str) -> str | None:
+    """What names the files of the model at ``path`` (a resolved model name) in encoder keys: a local folder's or
+    file's :func:`cached_fingerprint`; a hub id's name and the commit of its snapshot in the Hugging Face cache
+    (``name@<commit>``: a new revision is another model, never served the old one's cached vectors); ``None`` for a
+    hub id not in the cache (it must be downloaded first).  A local path that does not exist, or a folder that
+    holds no model, is :func:`model_fingerprint`'s :class:`ParamError`."""
+    if _local_path(path) or Path(path).exists():
+        return cached_fingerprint(path)
+    snapshot = hub_snapshot(path)
+    return None if snapshot is None else f"{path}@{snapshot.name}"
+
+
 #: a folder is a model folder when one of these is at its top: sentence-transformers (``modules.json``),
 #: transformers (``config.json``) or a PEFT adapter (``adapter_config.json``)
 MODEL_FOLDER_MARKERS = ("modules.json", "config.json", "adapter_config.json")
@@ -354,6 +366,11 @@ def caching_queries() -> Iterator[None]:
         _QUERY_CACHE.reset(token)
 
 
+#: the fingerprint :func:`load_model` is given for a hub id not yet in the Hugging Face cache (an encoder being made
+#: downloads it first, to name the revision in its key)
+_UNPINNED = "<unpinned>"
+
+
 def _read_json(path: Path) -> Any:
     """The JSON value of file ``path``, or ``None`` when it is missing or unreadable (the load says why)."""
     import json
@@ -478,7 +495,11 @@ class Encoder:
         self.device = device
         self.cache_enabled = cache
         self._asked = (normalize, query_prompt, document_prompt)
-        self._identity = self._describe(cached_fingerprint(self.path))
+        self._identity: tuple[str, str, str, bool, str] | None = None
+        self._identity_lock = threading.Lock()
+        fingerprint = model_identity(self.path)  # (a local model: hashed now; a hub id in the cache: its revision)
+        if fingerprint is not None:
+            self._identity = self._describe(fingerprint)
         self._cache: EmbeddingCache | None = None
         self._cache_root: Path | None = None  # the cache folder ``_cache`` was made for (None: set by hand)
         self._query_cache: EmbeddingCache | None = None
@@ -506,11 +527,22 @@ class Encoder:
         return fingerprint, query_prompt, document_prompt, normalize, key
 
     def _resolved(self) -> tuple[str, str, str, bool, str]:
-        return self._identity
+        """:meth:`_describe` of the model's files, for a hub id not in the Hugging Face cache when the encoder was
+        made taken at first use: the model is downloaded (loaded) first, so that the key names its revision."""
+        identity = self._identity
+        if identity is None:
+            with self._identity_lock:
+                if self._identity is None:
+                    load_model(self.model_name, self.path, self.device, self.max_seq_length, _UNPINNED)
+                    self._identity = self._describe(model_identity(self.path) or self.path)
+                identity = self._identity
+        return identity
 
     @property
     def fingerprint(self) -> str:
-        """:func:`model_fingerprint` of the model's files when the encoder was made: the model it loads is theirs."""
+        """What names the model's files (:func:`model_identity`: a local model's content hash, a hub id's cached
+        revision), taken when the encoder was made (a hub id not then in the cache: at its download): the model it
+        loads is theirs."""
         return self._resolved()[0]
 
     @property
@@ -639,15 +671,16 @@ def _position_limit(m: Any) -> int | None:
 def load_model(model: str, path: str, device: str, max_seq_length: int | None, fingerprint: str) -> Any:
     """The ``SentenceTransformer`` of ``model`` (resolved to ``path``) on ``device``, truncating at
     ``max_seq_length`` (the model's own when ``None``), whose files have the fingerprint ``fingerprint``
-    (:func:`cached_fingerprint`, taken when the encoder was made).  Loaded once per process and key: the
+    (:func:`model_identity`, taken when the encoder was made).  Loaded once per process and key: the
     fingerprint is part of it, so a model folder rewritten in place is never served from the model loaded before,
     under a key that names the new files (an embedding cache shared by processes kept the old model's vectors
     under the new key for good).  A model already loaded is returned without a lock; a load holds
     ``MODEL_LOADING`` alone, so encoders of loaded models never wait behind another model's load.
 
     Checked after the load: files changed since ``fingerprint`` was taken (the encoder was made before the folder
-    was rewritten, and loads only now) are a :class:`ParamError`, not the new weights under the old key.  A
-    ``max_seq_length`` beyond the model's position embeddings is a :class:`ParamError`
+    was rewritten, and loads only now) are a :class:`ParamError`, not the new weights under the old key; a hub id
+    whose cached revision moved meanwhile (a newer one downloaded) is loaded from its snapshot of the revision
+    ``fingerprint`` names.  A ``max_seq_length`` beyond the model's position embeddings is a :class:`ParamError`
     of path ``"max_seq_length"`` (torch failed at the first long text).  A local
     folder without ``modules.json`` (a plain transformers model) logs one WARNING on ``ragkit.encoders.sentence``:
     the pooling and truncation sentence-transformers chose for it.  A folder sentence-transformers cannot load is a
@@ -661,13 +694,22 @@ def load_model(model: str, path: str, device: str, max_seq_length: int | None, f
         if m is not None:
             return m
         m = _load(model, path, path, device)
-        now = cached_fingerprint(path)
-        if now != fingerprint:
-            raise ParamError(
-                f"model {model!r}: the files of {path!r} changed after this encoder was made (fingerprint "
-                f"{fingerprint!r} then, {now!r} now): its cache key names the old files, which are no longer there to "
-                "load. An encoder made now loads the new files (a new process, or other settings); better, write a "
-                "changed model to a new folder", path="model")
+        now = model_identity(path)
+        if fingerprint == _UNPINNED:  # (an encoder being made: it keys the revision now in the cache)
+            key = (path, device, max_seq_length, now or path)
+        elif now != fingerprint and fingerprint != path:  # (a hub id named by itself: tokens.py's, not pinned)
+            snapshot = hub_snapshot(path)
+            old = None if snapshot is None else snapshot.parent / fingerprint.rpartition("@")[2]
+            if old is not None and fingerprint.startswith(f"{path}@") and old.is_dir():
+                _log.info("model %r: the Hugging Face cache moved to revision %s after this encoder was made; it "
+                          "loads its own revision (%s)", model, snapshot.name if snapshot else None, old.name)
+                m = _load(model, path, str(old), device)
+            else:
+                raise ParamError(
+                    f"model {model!r}: the files of {path!r} changed after this encoder was made (fingerprint "
+                    f"{fingerprint!r} then, {now!r} now): its cache key names the old files, which are no longer "
+                    "there to load. An encoder made now loads the new files (a new process, or other settings); "
+                    "better, write a changed model to a new folder", path="model")
         limit = _position_limit(m)
         if max_seq_length is not None and limit is not None and max_seq_length > limit:
             raise ParamError(f"model {model!r}: max_seq_length is {max_seq_length}, beyond the {limit} positions the "
@@ -729,11 +771,12 @@ def shared_store(root: Path, key: str) -> EmbeddingCache:
 def get_encoder(model: str = DEFAULT_MODEL, **kwargs: Any) -> Encoder:
     """A shared :class:`Encoder` per (model, settings), so operators on one model share it.
 
-    The encoder and its cache key (a fingerprint of the model folder's files; the model's query / document prompts
-    when it has some; ``|raw`` when its vectors are not normalised) are made once per process and settings, outside
-    any lock held by encoders already made: a model folder rewritten in place is read again by an encoder made
-    after the change (other settings, or the next process), whose key names the new files; the encoders made before
-    keep the model they loaded (their key names it).  Write a changed model
+    The encoder and its cache key (a fingerprint of the model folder's files; for a hub id, its name and the
+    revision in the Hugging Face cache, or for one not there, the revision downloaded at the encoder's first use;
+    the model's query / document prompts when it has some; ``|raw`` when its vectors are not normalised) are made
+    once per process and settings, outside any lock held by encoders already made: a model folder rewritten in
+    place is read again by an encoder made after the change (other settings, or the next process), whose key names
+    the new files; the encoders made before keep the model they loaded (their key names it).  Write a changed model
     to a new folder (as ``Dense(adapt=...)`` does).
 
     ``model`` is a sentence-transformers model name or folder.  A relative path is read from the current folder
