@@ -645,17 +645,7 @@ def _check_learned_loaded(op: Operator, folder: Path, meta: Mapping[str, Any]) -
         them = "it" if len(missing) == 1 else "them"
         lacks = (f"{folder}: {cls} ({op.name!r}) lacks {', '.join(missing)} once loaded: its fit had set {them} "
                  f"(params.json records what a fit learned), but its _load did not restore {them}")
-        saved_by = meta.get("ragkit_version")
-        order = _version_order(saved_by, _version()) if isinstance(saved_by, str) else None
-        if isinstance(saved_by, str) and saved_by != _version():
-            other = (f"the folder was saved by a newer ragkit (ragkit {saved_by:.40}, this is {_version()}) whose "
-                     f"{cls} learns more: upgrade ragkit" if order is not None and order > 0 else
-                     f"the folder was saved by another ragkit (ragkit {saved_by:.40}, this is {_version()}), whose "
-                     f"{cls} may learn otherwise: load it with that version")
-        elif saved_by is None:
-            other = f"the folder may have been saved by a newer ragkit whose {cls} learns more: upgrade ragkit"
-        else:  # saved by this very ragkit version: not a newer one
-            other = ""
+        other = saved_by_other_ragkit(meta, cls, "learns more", "may learn otherwise")
         if type(op).__module__.startswith("ragkit."):  # a built-in operator: its own _load is not the cause
             cause = other or (f"the folder was saved by this ragkit ({_version()}), whose {cls} restores it: the "
                               f"folder was changed after it was saved")
@@ -666,6 +656,48 @@ def _check_learned_loaded(op: Operator, folder: Path, meta: Mapping[str, Any]) -
             f"{lacks}; {plugin} (or {other}, or the package that defines {cls})" if other else
             f"{lacks}; {plugin} (or, when {cls}'s package was changed since the save, load it with the version that "
             f"saved it)")
+
+
+def saved_params_refused(cls: type[Operator], folder: Path, meta: Mapping[str, Any]) -> str:
+    """Why the parameters of the ``params.json`` (``meta``) in ``folder`` are refused by ``cls``, and what to do:
+    for an operator of a plugin (a class whose module is not ragkit's), its ``Params`` changed since the save
+    (load it with the version of the class that saved it, or refit and save); for a built-in one, by the ragkit
+    version that saved it (:func:`saved_by_other_ragkit`), or, saved by this very version, an edit of the folder.
+    A step of a saved pipeline says to save the pipeline again."""
+    name = cls.__name__
+    whole = _saved_pipeline_above(folder)
+    it = "the pipeline" if whole is not None else "the operator"
+    if not (cls.__module__ == "ragkit" or cls.__module__.startswith("ragkit.")):  # a plugin's class
+        return (f"the parameters of {name} ({cls.__module__}.{cls.__qualname__}) changed since the folder was saved "
+                f"(its params.json holds those of the {name} that saved it), or the folder was changed after "
+                f"saving: load it with the version of {name} that saved it, or fit {it} and save it again with "
+                f"this one")
+    other = saved_by_other_ragkit(meta, name, "takes other parameters", "may take other parameters")
+    if other:
+        return f"{other} (or fit {it} and save it again with this one)"
+    return (f"the folder was saved by this ragkit ({_version()}), whose {name} took these parameters then: the "
+            f"folder was changed after saving: save {it} again")
+
+
+def saved_by_other_ragkit(meta: Mapping[str, Any], cls: str, newer: str, other: str) -> str:
+    """Why a built-in operator's folder (its ``params.json``, ``meta``) may not suit this ragkit's class ``cls`` (a
+    class name), by the ragkit version that saved it (``meta["ragkit_version"]``): a clause ending in what to do,
+    the class of a newer ragkit described by ``newer`` (``"learns more"``: upgrade ragkit), of another one by
+    ``other`` (``"may learn otherwise"``: load it with that version); ``""`` when this very version saved it (the
+    folder was then changed after saving).  A folder recording no version may be a newer ragkit's.  The loads'
+    wording for a learned attribute missing (:func:`_check_learned_loaded`) and for parameters its class refuses
+    (:meth:`Operator.load <ragkit.operator.Operator.load>`, a step of ``Pipeline.load`` included)."""
+    saved_by, this = meta.get("ragkit_version"), _version()
+    if isinstance(saved_by, str) and saved_by != this:
+        order = _version_order(saved_by, this)
+        if order is not None and order > 0:
+            return (f"the folder was saved by a newer ragkit (ragkit {saved_by:.40}, this is {this}) whose {cls} "
+                    f"{newer}: upgrade ragkit")
+        return (f"the folder was saved by another ragkit (ragkit {saved_by:.40}, this is {this}), whose {cls} "
+                f"{other}: load it with that version")
+    if saved_by is None:
+        return f"the folder may have been saved by a newer ragkit whose {cls} {newer}: upgrade ragkit"
+    return ""  # saved by this very ragkit version: not a newer one
 
 
 def _version_order(a: str, b: str) -> int | None:

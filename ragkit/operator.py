@@ -72,6 +72,7 @@ from ragkit._saves import (
     read_json,
     restore_interrupted_save,
     save_arrays,
+    saved_params_refused,
     write_json,
 )
 from ragkit.errors import (
@@ -1028,9 +1029,9 @@ class Operator:
             raise ArtifactError(f"{folder}: holds a {meta['operator']!r} operator, not {op_cls.name!r}")
         try:  # (validated as saved values: a renamed value's note says to save again, not to edit a file)
             op = op_cls(validate_params(op_cls.Params, meta["params"], op_cls.name, source="saved"))
-        except ParamError as e:  # name the file the parameters came from, not just the field
-            raise ArtifactError(f"{folder / 'params.json'}: {e}; the folder was changed after saving, or written by "
-                                "another ragkit version: save the operator again") from None
+        except ParamError as e:  # name the file the parameters came from, not just the field, and why they differ
+            raise ArtifactError(f"{folder / 'params.json'}: {e}; {saved_params_refused(op_cls, folder, meta)}") \
+                from None
         if meta["fitted"]:
             if corpus is None:
                 from ragkit.eval.beir import read_corpus
