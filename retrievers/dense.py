@@ -429,10 +429,12 @@ class Dense(TunedEncoderMixin, Operator):
                              width=None if index is None else index.d_in)
 
     def scores(self, q: np.ndarray) -> np.ndarray:
-        """Exact scores against the float document vectors, shape ``(n_q, n_docs)``: cosines for
-        ``metric="cos"`` (unit query vectors ``q``, as :meth:`query_vectors` gives them), inner products
-        for ``"ip"``."""
-        return np.asarray(q, dtype=np.float32) @ np.asarray(self.document_vectors()).T
+        """Exact scores of query vectors ``q`` ``(n_q, dim)`` against the float document vectors, shape
+        ``(n_q, n_docs)``: cosines for ``metric="cos"`` (``q`` normalised here, as a search normalises it: an
+        encoder that does not normalise, a dot-product model's, gives vectors of any length), inner products for
+        ``"ip"``."""
+        docs = np.asarray(self.document_vectors())
+        return self.index_._normalise(np.asarray(q, dtype=np.float32)) @ docs.T
 
     # ------------------------------------------------------------------ search
     def search_vectors(self, q: np.ndarray, k: int, mask: np.ndarray | None = None, *,

@@ -221,3 +221,19 @@ def test_dbnorm_dense_verified_load_reads_no_index_crc(tmp_path, monkeypatch) ->
     assert back.search(["text word1"]).doc_ids[0].tolist() == op.search(["text word1"]).doc_ids[0].tolist()
     Operator.load(tmp_path / "b", verify=False)
     assert calls, "verify=False keeps the index's own CRC32s"
+
+
+def test_scores_are_cosines_for_an_encoder_that_does_not_normalise() -> None:
+    """Dense.scores took the query vectors as given: with a dot-product model (vectors of any length, kept raw
+    since 94a4551) and metric cos it returned q . unit(d), not the cosines a search ranks by."""
+    register_encoder("dense-s51-raw", HashedEncoder("dense-s51-raw-v1", 32, unit=False), replace=True)
+    corpus = _corpus(40)
+    d = Dense(model="dense-s51-raw", k=5).fit(corpus)
+    q = HashedEncoder("dense-s51-raw-v1", 32, unit=False).encode(["text 3 word3", "term5 text"])
+    s = d.scores(q)
+    qn = q / np.linalg.norm(q, axis=1, keepdims=True)
+    np.testing.assert_allclose(s, qn @ d.document_vectors().T, atol=1e-5)
+    rows, top = d.search_vectors(q, 5)
+    np.testing.assert_allclose(np.take_along_axis(s, rows, 1), top, atol=1e-5)
+    ip = Dense(model="dense-s51-raw", k=5, metric="ip").fit(corpus)
+    np.testing.assert_allclose(ip.scores(q), q @ ip.document_vectors().T, rtol=1e-5)
