@@ -430,11 +430,18 @@ class Dense(TunedEncoderMixin, Operator):
 
     def scores(self, q: np.ndarray) -> np.ndarray:
         """Exact scores of query vectors ``q`` ``(n_q, dim)`` against the float document vectors, shape
-        ``(n_q, n_docs)``: cosines for ``metric="cos"`` (``q`` normalised here, as a search normalises it: an
-        encoder that does not normalise, a dot-product model's, gives vectors of any length), inner products for
-        ``"ip"``."""
+        ``(n_q, n_docs)``: cosines for ``metric="cos"`` (rows of ``q`` not of unit length normalised here, as a
+        search normalises them: an encoder that does not normalise, a dot-product model's, gives vectors of any
+        length; unit rows are taken as given, to the bit), inner products for ``"ip"``."""
         docs = np.asarray(self.document_vectors())
-        return self.index_._normalise(np.asarray(q, dtype=np.float32)) @ docs.T
+        q = np.asarray(q, dtype=np.float32)
+        if self.params.metric == "cos" and len(q):
+            norms = np.linalg.norm(q, axis=1)
+            off = np.abs(norms - 1) > 1e-5
+            if off.any():
+                q = q.copy()
+                q[off] /= np.maximum(norms[off], 1e-12)[:, None]
+        return q @ docs.T
 
     # ------------------------------------------------------------------ search
     def search_vectors(self, q: np.ndarray, k: int, mask: np.ndarray | None = None, *,
