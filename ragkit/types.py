@@ -7,8 +7,9 @@ LangChain, TREC run files).  A batch of queries is a list of rankings, one per q
 
 from __future__ import annotations
 
+import copy as _copy
 import sys
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
@@ -17,6 +18,7 @@ import numpy as np
 from ragkit._checks import (
     ID_BREAK as ID_BREAK,
     ID_BREAK_NAMES as ID_BREAK_NAMES,
+    _as_ids,
     _as_rows,
     _count,
     _kind,
@@ -52,7 +54,7 @@ from ragkit._queries import (
     usable_query_ids as usable_query_ids,
     warn_same_text as warn_same_text,
 )
-from ragkit.errors import DataError, InputTypeError, some_ids
+from ragkit.errors import DataError, InputTypeError, repeated, some_ids
 
 __all__ = ["Corpus", "Queries", "Ranking", "State", "TrainSet", "TraceEvent", "Qrels"]
 
@@ -165,6 +167,35 @@ def _state_texts(given: Any) -> list[str]:
         raise DataError(f"{e}; {takes}") from None
 
 
+def _state_ids(given: Any) -> list[str]:
+    """``State.query_ids`` as a list of strings, checked as :class:`Queries` checks its ids: a list (tuple, array,
+    iterable) of ids, a number or a float of an integral value as its string (``1`` -> ``"1"``, as qrels name it),
+    no id missing (``None``, NaN), empty or holding a tab or line break, none repeated; one string, bytes or a
+    mapping is a :class:`DataError` (its characters, or keys, would be the ids).  Empty (or ``None``): none
+    given.  In C but for a list that holds no strings only (one ``str.join``, one ``set``): ``State.copy`` checks
+    them again."""
+    if given is None:
+        return []
+    if isinstance(given, (str, bytes, Mapping)) or not isinstance(given, Iterable):
+        hint = "; wrap it in a list" if isinstance(given, (str, bytes)) else ""
+        raise DataError(f"State.query_ids: expected a list of query ids (one per query), got {_kind(given)}{hint}")
+    if isinstance(given, np.ndarray):  # (a 2-D array refused, float ids as Queries reads them)
+        ids = _as_ids(given, "State.query_ids").tolist()
+    else:
+        ids = given if type(given) is list else list(given)
+        try:
+            "".join(ids)  # (a TypeError where one is no string: each is then written as Queries writes it)
+        except TypeError:
+            ids = _as_ids(ids, "State.query_ids").tolist()
+    if not ids:
+        return ids
+    check_id_breaks(ids, "State.query_ids", "query")
+    if len(set(ids)) != len(ids):
+        raise DataError(f"State.query_ids: {repeated(ids)[0]!r} is repeated; expected one id per query, each once "
+                        "(runs and judgements are keyed by query id)")
+    return ids
+
+
 @dataclass
 class State:
     """What an operator receives and returns.
@@ -211,17 +242,21 @@ class State:
 
     def __post_init__(self) -> None:
         given: Any = self.queries
+        ids = _state_ids(self.query_ids)
         if isinstance(given, Queries):  # (data.queries("test")): its texts, and its ids unless others are given
-            if self.query_ids and list(self.query_ids) != given.ids:
-                raise DataError(f"State: query_ids ({some_ids(self.query_ids)}) differ from the ids of the Queries "
+            if len(ids) and ids != given.ids:
+                raise DataError(f"State: query_ids ({some_ids(ids)}) differ from the ids of the Queries "
                                 f"given ({some_ids(given.ids)}); leave query_ids out (the Queries' ids are kept)")
             self.queries, self.query_ids = list(given.texts), list(given.ids)
-        else:
-            self.queries = _state_texts(given)
-        if not self.query_ids:
+            return
+        self.queries = _state_texts(given)
+        if len(ids) == 0:
             self.query_ids = [f"q{i}" for i in range(len(self.queries))]
-        if len(self.query_ids) != len(self.queries):
-            raise DataError(f"State: {len(self.query_ids)} query ids for {len(self.queries)} queries")
+            return
+        if len(ids) != len(self.queries):
+            raise DataError(f"State: {len(ids)} query ids for {len(self.queries)} queries; expected one id per query "
+                            f"(or query_ids left out: q0, q1, ...)")
+        self.query_ids = ids
 
     def __len__(self) -> int:
         return len(self.queries)
@@ -276,13 +311,15 @@ class State:
         return cls(list(queries.texts), list(queries.ids), **kw)
 
     def copy(self) -> "State":
-        """A shallow copy whose containers can be changed without touching this one."""
-        return replace(
-            self, queries=list(self.queries), query_ids=list(self.query_ids),
-            rankings=None if self.rankings is None else list(self.rankings),
-            vectors=dict(self.vectors), values={k: list(v) for k, v in self.values.items()},
-            branches=None if self.branches is None else list(self.branches), options=dict(self.options),
-        )
+        """A shallow copy whose containers can be changed without touching this one (not checked again: every
+        operator copies the state it is given, and its queries and ids were checked when it was made)."""
+        out = _copy.copy(self)  # (no __post_init__)
+        out.queries, out.query_ids = list(self.queries), list(self.query_ids)
+        out.rankings = None if self.rankings is None else list(self.rankings)
+        out.vectors, out.values = dict(self.vectors), {k: list(v) for k, v in self.values.items()}
+        out.branches = None if self.branches is None else list(self.branches)
+        out.options = dict(self.options)
+        return out
 
     def subset(self, idx: Sequence[int] | np.ndarray) -> "State":
         """The sub-batch of queries at positions ``idx`` (or a boolean mask; the trace list is shared)."""

@@ -108,3 +108,41 @@ def test_a_built_in_operator_refusing_its_saved_params_names_the_ragkit_that_sav
     with pytest.raises(ArtifactError, match=r"saved by another ragkit \(ragkit 0\.0\.1, this is .*\), whose BM25 may "
                                             r"take other parameters: load it with that version"):
         Operator.load(tmp_path / "ix")
+
+
+# ---------------------------------------------------------------- 2. State's query ids
+@pytest.mark.parametrize("ids, expected", [
+    ("xy", r"State.query_ids: expected a list of query ids \(one per query\), got a str \('xy'\); wrap it in a list"),
+    ([None, None], r"State.query_ids\[0\] is None, not an id; a missing id names nothing"),
+    (["q", "q"], r"State.query_ids: 'q' is repeated; expected one id per query, each once"),
+    (["a", ""], r"State.query_ids\[1\] is '', an empty id"),
+    (["a\tb", "c"], r"State.query_ids\[0\] is 'a\\tb', which holds a tab"),
+    (["a"], r"State: 1 query ids for 2 queries; expected one id per query"),
+    ({"a": 1, "b": 2}, r"State.query_ids: expected a list of query ids .*got a dict"),
+    (5, r"State.query_ids: expected a list of query ids .*got an int"),
+])
+def test_state_query_ids_are_checked_as_queries_checks_its_ids(ids, expected):
+    """Old code: 'xy' was two ids, [None, None] and ['q', 'q'] were kept, 5 a TypeError from len()."""
+    from ragkit.errors import DataError
+    from ragkit.types import State
+
+    with pytest.raises(DataError, match=f"^{expected}"):
+        State(["a", "b"], query_ids=ids)
+
+
+def test_state_query_ids_as_an_array_or_numbers_are_strings():
+    """Old code: an array was 'the truth value of an array ... is ambiguous' (ValueError); [1, 2] kept as ints
+    (Queries writes ids as strings, as runs and qrels key them)."""
+    from ragkit.types import Queries, State
+
+    for ids in (np.array(["x", "y"]), ("x", "y"), iter(["x", "y"])):
+        assert State(["a", "b"], query_ids=ids).query_ids == ["x", "y"]
+    for ids in ([1, 2], np.array([1, 2]), np.array([1.0, 2.0])):
+        got = State(["a", "b"], query_ids=ids).query_ids
+        assert got == ["1", "2"] and all(type(q) is str for q in got)
+    assert State(["a", "b"], query_ids=np.array([], dtype=str)).query_ids == ["q0", "q1"]
+    assert State(["a", "b"], query_ids=None).query_ids == ["q0", "q1"]
+    given = Queries(["x", "y"], ["a", "b"])
+    assert State(given, query_ids=np.array(["x", "y"])).query_ids == ["x", "y"]
+    state = State(["a", "b"], query_ids=["x", "y"])
+    assert state.copy().query_ids == ["x", "y"] and state.subset([1]).query_ids == ["y"]
