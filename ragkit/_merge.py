@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable, Sequence, cast
 
 import numpy as np
 
@@ -27,13 +27,15 @@ _MERGE_CELLS = 1 << 22
 
 
 def _refine_ties(neg: np.ndarray, rows: np.ndarray, shard: np.ndarray, kk: int, first: int,
-                 finer: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> None:
-    """Re-sort in place, by ``finer`` score then row, the queries (rows of the sorted ``neg`` / ``rows`` / ``shard``
+                 finer: Callable[[np.ndarray, np.ndarray], np.ndarray] | None, fine: np.ndarray | None = None
+                 ) -> None:
+    """Re-sort in place, by finer score then row, the queries (rows of the sorted ``neg`` / ``rows`` / ``shard``
     arrays; ``first``: the batch number of the first) where a run of equal float32 scores that reaches into the top
     ``kk`` holds candidates of two shards (anywhere in the run: its first places may all be one shard's, the other
     shard's just past the cut); ordered by (float32, finer, row), which is the order by (finer, row): float32
-    rounding never reverses two scores.  Only the candidates of such runs (float32 score at least the ``kk``-th's)
-    are given to ``finer``; the rest keep places below the top ``kk``."""
+    rounding never reverses two scores.  The finer scores are ``fine`` (float64, aligned with ``neg``: what the
+    shards sent with their candidates) when given, else ``finer``'s, asked only for the candidates of such runs
+    (float32 score at least the ``kk``-th's); the rest keep places below the top ``kk``."""
     if kk < 1 or neg.shape[1] < 2:
         return
     cut = neg[:, kk - 1:kk]
@@ -46,15 +48,19 @@ def _refine_ties(neg: np.ndarray, rows: np.ndarray, shard: np.ndarray, kk: int, 
         return
     n, r = neg[flagged], rows[flagged]
     top = n <= cut[flagged]  # (NaN pads: False)
-    fine = np.zeros(n.shape, np.float64)
-    q = np.broadcast_to((flagged + first)[:, None], n.shape)
-    fine[top] = finer(q[top], r[top])
-    order = np.lexsort((r, -fine, n), axis=1)
+    if fine is not None:
+        f = np.where(top, fine[flagged], 0.0)
+    else:
+        assert finer is not None
+        f = np.zeros(n.shape, np.float64)
+        q = np.broadcast_to((flagged + first)[:, None], n.shape)
+        f[top] = finer(q[top], r[top])
+    order = np.lexsort((r, -f, n), axis=1)
     neg[flagged] = np.take_along_axis(n, order, axis=1)
     rows[flagged] = np.take_along_axis(r, order, axis=1)
 
 
-def _merge_flat(parts: Sequence[_Flat], k: int,
+def _merge_flat(parts: Sequence[_Flat | _FineFlat], k: int,
                 finer: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None) -> _Flat:
     """:func:`merge_rankings` on flat ``(rows, scores, lengths)`` arrays (:data:`_Flat`), one per shard, in shard
     order: each query's candidates are laid out in a padded ``(n_q, width)`` array, shard after shard, and
@@ -64,7 +70,9 @@ def _merge_flat(parts: Sequence[_Flat], k: int,
     ``finer(queries, rows)``: the finer (float64) scores of candidates, given their query numbers in the batch
     and their rows.  Documents of two shards whose float32 scores equal the ``k``-th's or a higher one's are then
     ordered by it (then by row, as one index breaks its ties), for those queries only: their order by float32
-    score alone is the shards' order, not the one index's ranking by its finer score (:func:`_refine_ties`)."""
+    score alone is the shards' order, not the one index's ranking by its finer score (:func:`_refine_ties`).
+    Parts of four arrays (:data:`_FineFlat`, every part) carry those finer scores themselves, one per candidate
+    (the shards scored them: ``finer`` is not asked)."""
     n_s = len(parts)
     n_q = len(parts[0][2]) if n_s else 0
     lens = np.stack([np.asarray(p[2], np.int64) for p in parts]) if n_s else np.zeros((0, 0), np.int64)
@@ -73,6 +81,7 @@ def _merge_flat(parts: Sequence[_Flat], k: int,
         return np.empty(0, np.int64), np.empty(0, np.float32), np.zeros(n_q, np.int64)
     ends = [np.cumsum(p[2]) for p in parts]  # each shard's flat end of every query
     before = np.cumsum(lens, axis=0) - lens  # (n_s, n_q): a query's candidates of the shards before this one
+    fines = [cast("_FineFlat", p)[3] for p in parts] if all(len(p) == 4 for p in parts) else None
     out_rows, out_scores = [], []
     step = max(1, _MERGE_CELLS // max(1, int(total.max())))
     for a in range(0, n_q, step):
@@ -81,7 +90,9 @@ def _merge_flat(parts: Sequence[_Flat], k: int,
         neg = np.full((b - a, width), np.nan, np.float32)  # (pads: NaN, sorted after every score, NaN or not)
         rows = np.zeros((b - a, width), np.int64)
         shard = np.full((b - a, width), -1, np.int32)
-        for s, (r, sc, ln) in enumerate(parts):
+        fine = np.zeros((b - a, width), np.float64) if fines is not None else None
+        for s, part in enumerate(parts):
+            r, sc, ln = part[:3]
             lo = int(ends[s][a - 1]) if a else 0
             hi = int(ends[s][b - 1])
             n = np.asarray(ln[a:b], np.int64)
@@ -90,10 +101,15 @@ def _merge_flat(parts: Sequence[_Flat], k: int,
             neg[q, col] = -np.asarray(sc[lo:hi], np.float32)
             rows[q, col] = r[lo:hi]
             shard[q, col] = s
+            if fine is not None and fines is not None:
+                fine[q, col] = fines[s][lo:hi]
         kk = min(k, width)
         order = np.argsort(neg, axis=1, kind="stable")
         neg, rows = np.take_along_axis(neg, order, axis=1), np.take_along_axis(rows, order, axis=1)
-        if finer is not None and n_s > 1:
+        if fine is not None and n_s > 1:
+            _refine_ties(neg, rows, np.take_along_axis(shard, order, axis=1), kk, a, None,
+                         np.take_along_axis(fine, order, axis=1))
+        elif finer is not None and n_s > 1:
             _refine_ties(neg, rows, np.take_along_axis(shard, order, axis=1), kk, a, finer)
         keep = np.arange(kk) < np.minimum(total[a:b], k)[:, None]
         out_rows.append(rows[:, :kk][keep])
@@ -104,6 +120,9 @@ def _merge_flat(parts: Sequence[_Flat], k: int,
 #: One shard's rankings of a query batch as flat arrays: every query's rows (int64) and scores (float32), one
 #: query after the other, and each query's number of results (int64)
 _Flat = tuple[np.ndarray, np.ndarray, np.ndarray]
+#: :data:`_Flat` and each candidate's finer score (float64, e.g. bm25's before its float32 rounding), which
+#: :func:`_merge_flat` orders the shards' tied candidates by
+_FineFlat = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
 
 def _flatten(rankings: Sequence[Ranking]) -> _Flat:

@@ -17,7 +17,7 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from ragkit import _merge
 from ragkit._files import user_path
-from ragkit._merge import _Flat, _flatten, _merge_flat, _split
+from ragkit._merge import _FineFlat, _Flat, _flatten, _merge_flat, _split
 from ragkit._plugins import _import_plugins, _plugin_modules
 from ragkit._ray import (
     _FINAL,
@@ -203,23 +203,76 @@ class _ShardActor:
             self.error = f"{type(e).__name__}: {e}"
 
     def search(self, queries: list[str], options: dict[str, Any],
-               values: dict[str, Any] | None = None) -> list[_Flat]:
+               values: dict[str, Any] | None = None, fine: bool = False) -> list[_Flat | _FineFlat]:
         """Each shard's rankings as flat ``(rows, scores, lengths)`` (:func:`_flat`), in the order of its shards.
         The shards share one dict of query vectors, as a local search does: a ``dense`` encodes the queries
-        once per call, not once per shard."""
+        once per call, not once per shard.  ``fine`` (``bm25`` shards): each with a fourth array, every
+        candidate's float64 score (:func:`_pair_scores`), which the driver's merge orders tied candidates of two
+        shards by: the driver scores nothing."""
         if self.error is not None:
             raise _Permanent(self.error)
         from ragkit.operator import options_checked
 
         vectors: dict[str, Any] = {}
-        out = []
+        out: list[_Flat | _FineFlat] = []
         for op in self.ops:
+            state = State(list(queries), options=options, vectors=vectors, values=dict(values or {}))
             with options_checked():  # a step of the driver's sharded search, which checked the options and cuts
                 # to the call's k itself: not an outermost call cutting its rankings to options["k"]
-                sub = op(State(list(queries), options=options, vectors=vectors, values=dict(values or {})))
+                sub = op(state)
             vectors.update(sub.vectors)
-            out.append(_flat(sub, op.name))
+            flat = _flat(sub, op.name)
+            if fine:
+                rows, _, lens = flat
+                q = np.repeat(np.arange(len(lens)), lens)
+                out.append((*flat, _pair_scores(op, state.texts(lexical=True), q, rows)))
+            else:
+                out.append(flat)
         return out
+
+
+def _pair_scores(op: Operator, texts: Sequence[str], q: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """The float64 scores of the ``bm25`` shard ``op`` of the ``(query, row)`` pairs ``q`` (numbers into
+    ``texts``, the texts it searched) and ``rows`` (its own rows): ``op.score_matrix(texts)[q, rows]`` bit for bit,
+    without a dense row of every document.  Per block of queries, the product of their counts over their own
+    terms by the weights of those terms and the pairs' documents only: each score sums the same products in the
+    same order (the query's terms' order) as the whole product does (:func:`_refine_ties` orders two shards'
+    tied candidates by it)."""
+    import scipy.sparse as sp
+
+    from ragkit.retrievers.bm25 import BM25
+
+    assert isinstance(op, BM25)
+    out = np.zeros(len(rows), np.float64)
+    if not len(rows):
+        return out
+    uq, inv = np.unique(q, return_inverse=True)
+    view = op._search_view()
+    assert view is not None
+    qm = op._query_of(op.query_matrix([texts[int(i)] for i in uq]), view)
+    wt = view.wt
+    per_query = max(1.0, len(rows) / len(uq))
+    step = max(1, int(np.sqrt(_merge._MERGE_CELLS / per_query)))  # (queries x their candidates: ~_MERGE_CELLS)
+    order = np.argsort(inv, kind="stable")  # the pairs, query after query
+    firsts = np.arange(0, len(uq), step)
+    cuts = np.append(np.searchsorted(inv[order], firsts), len(order))
+    for a, lo, hi in zip(firsts.tolist(), cuts[:-1], cuts[1:]):  # a loop over blocks of queries
+        sel = order[lo:hi]
+        block = qm[a:a + step]
+        terms = np.unique(block.indices)
+        cands = np.unique(rows[sel])
+        # the block's counts over its own terms (each row's entries kept in their order), times those terms' weights
+        # of the candidates
+        sub_q = sp.csr_matrix((block.data, np.searchsorted(terms, block.indices), block.indptr),
+                              shape=(block.shape[0], len(terms)))
+        prod = sp.csr_matrix(sub_q @ wt[terms][:, cands])
+        prod.sum_duplicates()  # (canonical: sorted columns within each row)
+        keys = np.repeat(np.arange(prod.shape[0], dtype=np.int64), np.diff(prod.indptr)) * len(cands) + prod.indices
+        want = (inv[sel] - a).astype(np.int64) * len(cands) + np.searchsorted(cands, rows[sel])
+        at = np.minimum(np.searchsorted(keys, want), max(len(keys) - 1, 0))
+        found = (at < len(keys)) & (keys[at] == want) if len(keys) else np.zeros(len(want), bool)
+        out[sel[found]] = prod.data[at[found]]
+    return out
 
 
 def _live(bounds: np.ndarray) -> np.ndarray:
@@ -686,12 +739,13 @@ class Sharded(Operator):
         rewrites = {key: state.values[key] for key in QUERY_REWRITES if state.values.get(key)}
         texts = list(state.queries)
         live = _live(self.bounds_)  # the shards with documents
+        results: list[_Flat | _FineFlat]
         if self._use_ray():
             self._check_ray_model("sharded.search")  # before Ray starts
             self._ray_modules("sharded.search")
             self._check_filters(options)  # a bad filter is refused here, as a local search refuses it
             ray = ray_init()
-            results = self._search_ray(ray, live, texts, options, rewrites)
+            results = self._search_ray(ray, live, texts, options, rewrites, self._fine(live))
         else:
             results = []
             for s in live:
@@ -705,20 +759,25 @@ class Sharded(Operator):
         if not results:
             out.rankings = [Ranking.empty() for _ in texts]
             return out
-        parts = [(rows + off, sc, lens) for (rows, sc, lens), off in zip(results, self.bounds_[live])]
-        out.rankings = _split(*_merge_flat(parts, merge_k, self._finer(live, texts, rewrites)))
+        parts = [(r[0] + off, *r[1:]) for r, off in zip(results, self.bounds_[live])]
+        finer = None if self._use_ray() else self._finer(live, texts, rewrites)  # (Ray: the actors scored them)
+        out.rankings = _split(*_merge_flat(parts, merge_k, finer))
         return out
+
+    def _fine(self, live: np.ndarray) -> bool:
+        """Whether the merge orders the shards' tied candidates by their float64 scores: two ``bm25`` shards or
+        more with documents."""
+        from ragkit.retrievers.bm25 import BM25
+
+        return len(live) >= 2 and issubclass(self._sub_cls, BM25)
 
     def _finer(self, live: np.ndarray, texts: list[str], rewrites: dict[str, Any]
                ) -> Callable[[np.ndarray, np.ndarray], np.ndarray] | None:
-        """For ``bm25`` shards: their float64 scores of given ``(query number, row)`` pairs (``score_matrix`` of the
-        text each shard searched, in this process: the shards are held here, memory-mapped when Ray searches), for
-        the merge to order two shards' documents whose float32 scores tie as one index orders them
-        (:func:`_merge_flat`); else None."""
-        from ragkit.retrievers.bm25 import BM25
-
-        shards = [self.shards_[s] for s in live]
-        if len(shards) < 2 or not all(isinstance(sh, BM25) for sh in shards):
+        """For ``bm25`` shards searched in this process: their float64 scores of given ``(query number, row)``
+        pairs (:func:`_pair_scores` of the text each shard searched), for the merge to order two shards' documents
+        whose float32 scores tie as one index orders them (:func:`_merge_flat`); else None (on Ray the shard actors
+        send those scores with their candidates: :meth:`_ShardActor.search`)."""
+        if not self._fine(live):
             return None
         lexical = State(list(texts), values=dict(rewrites)).texts(lexical=True)
         bounds = self.bounds_
@@ -726,16 +785,11 @@ class Sharded(Operator):
         def finer(q: np.ndarray, rows: np.ndarray) -> np.ndarray:
             out = np.zeros(len(rows), np.float64)
             which = np.searchsorted(bounds, rows, side="right") - 1
-            for s in np.unique(which):
+            for s in np.unique(which):  # a loop over shards
                 sh = self.shards_[int(s)]
-                assert isinstance(sh, BM25)
+                assert sh is not None
                 at = np.flatnonzero(which == s)
-                uq, inv = np.unique(q[at], return_inverse=True)
-                step = max(1, _merge._MERGE_CELLS // max(1, int(bounds[s + 1] - bounds[s])))  # dense rows of scores
-                for c in range(0, len(uq), step):
-                    sel = np.flatnonzero((inv >= c) & (inv < c + step))
-                    scores = sh.score_matrix([lexical[int(i)] for i in uq[c:c + step]])
-                    out[at[sel]] = scores[inv[sel] - c, rows[at[sel]] - bounds[s]]
+                out[at] = _pair_scores(sh, lexical, q[at], rows[at] - bounds[s])
             return out
         return finer
 
@@ -764,9 +818,10 @@ class Sharded(Operator):
                 self.corpus_.mask(given)
 
     def _search_ray(self, ray: Any, live: np.ndarray, texts: list[str], options: dict[str, Any],
-                    rewrites: dict[str, Any]) -> list[_Flat]:
+                    rewrites: dict[str, Any], fine: bool = False) -> list[_Flat | _FineFlat]:
         """Flat ``(rows, scores, lengths)`` (:func:`_flat`) of each shard of ``live`` (shard numbers, in order),
-        searched by the Ray actors serving them (:func:`_groups`).
+        searched by the Ray actors serving them (:func:`_groups`); ``fine`` (``bm25`` shards): each with every
+        candidate's float64 score (:meth:`_ShardActor.search`).
 
         An error a shard's search raised (a ragkit error such as a filter only a shard's documents refuse, or a
         custom retriever's own ``ValueError``) is raised as it is, as a local search raises it, and the actors are
@@ -780,8 +835,8 @@ class Sharded(Operator):
         for attempt in (1, 2):
             actors = self._ray_actors(ray)
             groups = _groups(live, len(actors))
-            refs = [a.search.remote(texts, options, rewrites) for a in actors]
-            results: list[_Flat] = []
+            refs = [a.search.remote(texts, options, rewrites, fine) for a in actors]
+            results: list[_Flat | _FineFlat] = []
             for i, (group, ref) in enumerate(zip(groups, refs)):
                 try:
                     results += ray.get(ref)
