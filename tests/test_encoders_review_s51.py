@@ -233,3 +233,20 @@ def test_get_encoder_reads_no_signature_per_call(monkeypatch: pytest.MonkeyPatch
     first = get_encoder(batch_size=64)
     monkeypatch.setattr(inspect, "signature", lambda *a, **k: pytest.fail("inspect.signature per get_encoder call"))
     assert get_encoder(batch_size=64) is first and get_encoder() is first
+
+
+def test_store_checks_unit_rows_where_the_encoder_normalises(tmp_path: Path) -> None:
+    """The embedding cache of ragkit's own normalising forward pass sets aside rows that are not unit length (a
+    block zeroed by a lost disk write is finite garbage the NaN check passed); a model kept raw, or a subclass
+    with a forward pass of its own, is not held to it."""
+    enc = Encoder()
+    assert enc.normalize is True and enc.store.unit_rows is True
+    dot = _copy(tmp_path / "dot", normalize_module=False)
+    assert Encoder(str(dot)).store.unit_rows is False
+
+    class Own(Encoder):
+        def _forward(self, texts: list[str], progress: bool, role: str = "document") -> np.ndarray:
+            return np.ones((len(texts), 4), np.float32)
+
+    own = Own(str(dot), normalize=True)  # (a key no ragkit forward pass shares: the folder's, without "|raw")
+    assert own.normalize is True and own.store.unit_rows is False

@@ -592,8 +592,16 @@ class Encoder:
 
         root = cache_dir()
         if self._cache is None or (self._cache_root is not None and self._cache_root != root):
-            self._cache, self._cache_root = shared_store(root, self.key), root
+            self._cache, self._cache_root = self._checked(shared_store(root, self.key)), root
         return self._cache
+
+    def _checked(self, store: EmbeddingCache) -> EmbeddingCache:
+        """``store``, told that this model's vectors are unit length (:attr:`EmbeddingCache.unit_rows`: a cached
+        row that is not, such as one zeroed by data a disk lost, is set aside and encoded again) where they are:
+        ragkit's own forward pass with ``normalize`` on.  A subclass with a forward pass of its own says nothing."""
+        if self.normalize and type(self)._forward is Encoder._forward:
+            store.unit_rows = True
+        return store
 
     @property
     def query_store(self) -> EmbeddingCache:
@@ -605,7 +613,8 @@ class Encoder:
 
         root = cache_dir()
         if self._query_cache is None or (self._query_cache_root is not None and self._query_cache_root != root):
-            self._query_cache, self._query_cache_root = shared_store(root, f"{self.key}|query"), root
+            self._query_cache = self._checked(shared_store(root, f"{self.key}|query"))
+            self._query_cache_root = root
         return self._query_cache
 
     def _forward(self, texts: list[str], progress: bool, role: str = "document") -> np.ndarray:
