@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 
+from ragkit import _files
 from ragkit._files import (
     _cmd_shell,
     atomic_file,
@@ -433,6 +434,10 @@ class atomic_dir:
                 if named is not exc:
                     raise named from exc
             return
+        # every file of the save on the disk before the rename makes it the save at ``path`` (its JSON files are,
+        # by atomic_file; its arrays, np.save's, were not): after a power loss the renamed folder could hold
+        # empty or zero-filled .npy files
+        _files.fsync_tree(self.tmp)
         old = None
         try:  # a process working inside the replaced folder follows it to the new one
             inside: Path | None = Path.cwd().relative_to(self.path)

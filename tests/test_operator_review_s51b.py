@@ -146,3 +146,38 @@ def test_state_query_ids_as_an_array_or_numbers_are_strings():
     assert State(given, query_ids=np.array(["x", "y"])).query_ids == ["x", "y"]
     state = State(["a", "b"], query_ids=["x", "y"])
     assert state.copy().query_ids == ["x", "y"] and state.subset([1]).query_ids == ["y"]
+
+
+# ---------------------------------------------------------------- 3. a save's arrays on the disk before its rename
+def test_a_save_flushes_its_arrays_and_folders_before_renaming_the_folder_into_place(corpus, tmp_path, monkeypatch):
+    """Old code: only the JSON files (atomic_file) were flushed; np.save's .npy files could reach the disk after
+    the rename that made the folder the save (a power loss: an empty or zero-filled array in a complete save)."""
+    import os
+
+    from ragkit import _saves
+
+    seen: list[object] = []  # the inodes os.fsync was called on, and "swap" where the folder is renamed into place
+    real_fsync, real_exchange, real_renames = os.fsync, _saves._exchange, _saves.atomic_dir._swap_by_renames
+
+    def fsync(fd: int) -> None:
+        seen.append(os.fstat(fd).st_ino)
+        real_fsync(fd)
+
+    def exchange(*args):
+        seen.append("swap")
+        return real_exchange(*args)
+
+    def renames(self):
+        seen.append("swap")
+        return real_renames(self)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(_saves, "_exchange", exchange)
+    monkeypatch.setattr(_saves.atomic_dir, "_swap_by_renames", renames)
+    for n, folder in enumerate((tmp_path / "op", tmp_path / "op", tmp_path / "pipe")):  # (new, replaced, pipeline)
+        seen.clear()
+        (BM25(k=3) | _S51bPrior()).fit(corpus).save(folder) if n == 2 else BM25(k=3).fit(corpus).save(folder)
+        before = set(seen[:seen.index("swap")])
+        arrays = list(folder.rglob("*.npy"))
+        assert arrays and {os.stat(p).st_ino for p in arrays} <= before
+        assert {os.stat(p).st_ino for p in [folder, *folder.rglob("*")]} <= before
