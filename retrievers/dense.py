@@ -23,7 +23,7 @@ from ragkit._files import first_time
 from ragkit._topk import rankings_from_matrix
 from ragkit.encoders import DEFAULT_MODEL, Encoder, check_encoder_key, get_encoder, query_vectors, save_encoder_key
 from ragkit.encoders.adapt import AdaptConfig, TunedEncoderMixin
-from ragkit.encoders.sentence import encoder_label, encoder_vectors
+from ragkit.encoders.sentence import encoder_label, encoder_vectors, unit_rows
 from ragkit.errors import ArtifactError, DataError, InputTypeError, ParamError, some_ids
 from ragkit.operator import Operator, edited_during_search, is_prefix, searched_ids
 from ragkit.options import PARAM
@@ -431,16 +431,11 @@ class Dense(TunedEncoderMixin, Operator):
     def scores(self, q: np.ndarray) -> np.ndarray:
         """Exact scores of query vectors ``q`` ``(n_q, dim)`` against the float document vectors, shape
         ``(n_q, n_docs)``: cosines for ``metric="cos"`` (rows of ``q`` not of unit length normalised here, as a
-        search normalises them: an encoder that does not normalise, a dot-product model's, gives vectors of any
-        length; unit rows are taken as given, to the bit), inner products for ``"ip"``."""
+        search normalises them, by :func:`~ragkit.encoders.sentence.unit_rows`: an encoder that does not normalise,
+        a dot-product model's, gives vectors of any length; unit rows are taken as given, to the bit), inner
+        products for ``"ip"``."""
         docs = np.asarray(self.document_vectors())
-        q = np.asarray(q, dtype=np.float32)
-        if self.params.metric == "cos" and len(q):
-            norms = np.linalg.norm(q, axis=1)
-            off = np.abs(norms - 1) > 1e-5
-            if off.any():
-                q = q.copy()
-                q[off] /= np.maximum(norms[off], 1e-12)[:, None]
+        q = unit_rows(q) if self.params.metric == "cos" else np.asarray(q, dtype=np.float32)
         return q @ docs.T
 
     # ------------------------------------------------------------------ search

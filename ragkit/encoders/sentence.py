@@ -1023,9 +1023,9 @@ def unit_rows(x: Any) -> np.ndarray:
     An ``x`` of another number of dimensions, or empty, comes back cast to float32 only: the caller's shape
     check names the problem (an encoder that returned one vector, say).
 
-    The encoders of this package already return unit rows; a registered encoder promises them
-    (:func:`~ragkit.encoders.register_encoder`) but cannot be made to keep the promise, so the
-    cosine methods (MMR, kNN-Embed, DBNorm) pass what they are given through this.  Rows already
+    The encoders of this package return unit rows unless the model's own vectors are not (``normalize``: a
+    dot-product model's), and a registered encoder may return any, so the cosine methods (MMR, kNN-Embed, DBNorm,
+    ``Dense.scores``) pass what they are given through this.  Rows already
     of unit norm (to 1e-4) come back without a copy.
     """
     x = np.ascontiguousarray(x, dtype=np.float32)
