@@ -15,10 +15,21 @@ def merge_rankings(parts: Sequence[list[Ranking]], k: int) -> list[Ranking]:
     ``parts``: one list of rankings per shard, in shard order (a shard's rows below the next shard's), each
     ranking best first.  Documents of equal score keep the shards' own order: a lower shard's first, and within
     a shard the order the shard ranked them in (its retriever may break a tie of float32 scores by a finer score,
-    e.g. bm25's float64 one).  See :func:`_merge_flat`.
+    e.g. bm25's float64 one).  See :func:`_merge_flat`.  ``k``: a positive integer
+    (:class:`~ragkit.errors.ParamError` otherwise); every part must hold one ranking per query, as many as the first
+    (:class:`~ragkit.errors.DataError` naming the part otherwise).
     """
+    from ragkit.errors import DataError
+    from ragkit.options import positive_k
+
+    k = positive_k(k, "merge_rankings: k", path="k")
     if not parts:
         return []
+    want = len(parts[0])
+    for i, part in enumerate(parts):
+        if len(part) != want:
+            raise DataError(f"merge_rankings: part {i} (shard {i}) holds {len(part)} rankings, expected {want} (as "
+                            f"part 0): one ranking per query, the same queries in every part, in the same order")
     return _split(*_merge_flat([_flatten(p) for p in parts], k))
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from ragkit._merge import _merge_flat
 from ragkit._sharded import Sharded, _pair_scores
@@ -103,4 +104,21 @@ def test_a_fit_writes_shard_folders_without_documents_or_checksums(tmp_path):
     _same(sharded.search(queries).rankings, want)
     sharded.save(tmp_path / "saved")
     _same(Sharded.load(tmp_path / "saved").search(queries).rankings, want)
+
+
+def test_merge_rankings_refuses_a_bad_k_and_parts_of_other_query_counts():
+    """merge_rankings (public) checked nothing: parts of different query counts raised numpy's ValueError, k=-1
+    returned nothing, k=None a TypeError."""
+    from ragkit.errors import DataError, ParamError
+    from ragkit.scale import merge_rankings
+    from ragkit.types import Ranking
+
+    one = [Ranking(np.array([0]), np.array([1.0], np.float32))] * 2
+    three = [Ranking(np.array([5]), np.array([2.0], np.float32))] * 3
+    with pytest.raises(DataError, match=r"merge_rankings: part 1 \(shard 1\) holds 3 rankings, expected 2"):
+        merge_rankings([one, three], 3)
+    for bad in (-1, 0, None, 2.0, "3"):
+        with pytest.raises(ParamError, match=r"merge_rankings: k: expected a positive integer, got"):
+            merge_rankings([one, one], bad)  # type: ignore[arg-type]
+    assert [r.rows.tolist() for r in merge_rankings([one, one[:1] * 2], 1)] == [[0], [0]]
 
