@@ -223,13 +223,15 @@ class _ShardActor:
         if self.error is not None:
             raise _Permanent(self.error)
         from ragkit.operator import options_checked
+        from ragkit.retrievers.bm25 import _shard_search
 
         vectors: dict[str, Any] = {}
         out: list[_Flat | _FineFlat] = []
         for op in self.ops:
             state = State(list(queries), options=options, vectors=vectors, values=dict(values or {}))
-            with options_checked():  # a step of the driver's sharded search, which checked the options and cuts
-                # to the call's k itself: not an outermost call cutting its rankings to options["k"]
+            # a step of the driver's sharded search, which checked the options and cuts to the call's k itself: not
+            # an outermost call cutting its rankings to options["k"]; a bm25 shard does not warn (the driver does)
+            with options_checked(), _shard_search():
                 sub = op(state)
             vectors.update(sub.vectors)
             flat = _flat(sub, op.name)
@@ -759,14 +761,18 @@ class Sharded(Operator):
             ray = ray_init()
             results = self._search_ray(ray, live, texts, options, rewrites, self._fine(live))
         else:
+            from ragkit.retrievers.bm25 import _shard_search
+
             results = []
             for s in live:
                 shard = self.shards_[s]
                 assert shard is not None  # (a live shard has documents, so it was built)
-                sub = shard(State(texts, list(state.query_ids), options=options, vectors=state.vectors,
-                                            values=dict(rewrites)))
+                with _shard_search():  # (a bm25 shard does not warn of queries finding nothing: see below, once)
+                    sub = shard(State(texts, list(state.query_ids), options=options, vectors=state.vectors,
+                                      values=dict(rewrites)))
                 state.vectors.update(sub.vectors)
                 results.append(_flat(sub, self._sub_name))
+        self._warn_query_without_word(state, live, rewrites)
         out = state.copy()
         if not results:
             out.rankings = [Ranking.empty() for _ in texts]
@@ -775,6 +781,39 @@ class Sharded(Operator):
         finer = None if self._use_ray() else self._finer(live, texts, rewrites)  # (Ray: the actors scored them)
         out.rankings = _split(*_merge_flat(parts, merge_k, finer))
         return out
+
+    def _warn_query_without_word(self, state: State, live: np.ndarray, rewrites: dict[str, Any]) -> None:
+        """A ``bm25`` per-shard retriever's warning of a query that finds nothing because its tokenizer drops its
+        letters (:meth:`~ragkit.retrievers.bm25.BM25._warn_query_without_word`), once per sharded retriever,
+        with one index's text: a query finds nothing when no shard holds any of its terms.  The shards' searches
+        skip it (:func:`~ragkit.retrievers.bm25._shard_search`).  Only queries not in ASCII are counted again,
+        over each shard's vocabulary."""
+        from ragkit.retrievers.bm25 import BM25
+
+        if not issubclass(self._sub_cls, BM25) or self.__dict__.get("_query_warner_said", False):
+            return
+        texts = State(list(state.queries), values=dict(rewrites)).texts(lexical=True)
+        odd = [i for i, t in enumerate(texts) if isinstance(t, str) and not t.isascii()]
+        if not odd:
+            return
+        found = np.ones(len(texts), np.int64)  # (an ASCII query: its letters are never dropped)
+        found[odd] = 0
+        for s in live:  # a loop over shards
+            sh = self.shards_[int(s)]
+            assert isinstance(sh, BM25)
+            found[odd] += np.diff(sh.query_matrix([texts[i] for i in odd]).indptr)
+        if found.all():
+            return
+        import scipy.sparse as sp
+
+        warner = self.__dict__.get("_query_warner")
+        if warner is None:  # the per-shard retriever's parameters as given (its warning names a default as one)
+            warner = self._query_warner = self.sub_retriever()
+        counted = sp.csr_matrix((np.ones(int(found.sum())), np.zeros(int(found.sum()), np.int64),
+                                 np.concatenate([[0], np.cumsum(found)])), shape=(len(texts), 1))
+        assert isinstance(warner, BM25)
+        warner._warn_query_without_word(state, texts, counted)
+        self._query_warner_said = bool(warner.__dict__.get("_query_said", False))
 
     def _fine(self, live: np.ndarray) -> bool:
         """Whether the merge orders the shards' tied candidates by their float64 scores: two ``bm25`` shards or

@@ -229,6 +229,23 @@ def _shard_fit() -> Iterator[None]:
         _SHARD_FIT.reset(token)
 
 
+#: Set while a ``sharded`` retriever's shard searches (:func:`_shard_search`): the search does not warn of queries
+#: that find nothing (:meth:`BM25._warn_query_without_word`), which the sharded retriever says once for the whole
+#: index.  Said per shard, 3 shards logged 3 warnings per batch (on Ray none: the actors' logs are not shown).
+_SHARD_SEARCH: ContextVar[bool] = ContextVar("ragkit_bm25_shard_search", default=False)
+
+
+@contextlib.contextmanager
+def _shard_search() -> Iterator[None]:
+    """Within it, a BM25 search does not warn of queries that find nothing (:data:`_SHARD_SEARCH`): the search is
+    one shard's, whose ``sharded`` retriever warns once (a function, as :func:`_shard_fit` is)."""
+    token = _SHARD_SEARCH.set(True)
+    try:
+        yield
+    finally:
+        _SHARD_SEARCH.reset(token)
+
+
 def _outside_ascii(texts: Sequence[str]) -> tuple[float, int, str]:
     """``(share, sampled, word)``: the share of (up to :data:`_SCRIPT_SAMPLE`, evenly spaced) ``texts`` whose letters
     outside ASCII are at least :data:`_SCRIPT_DOC_SHARE` of their first :data:`_SCRIPT_SAMPLE` characters, how
@@ -1578,8 +1595,8 @@ class BM25(Operator):
         if q is None:
             q = self.query_matrix(list(texts))
         q = self._query_of(q, view)  # (counted over the vocabulary held now: the view's, or it grown by an add)
-        if not self.__dict__.get("_query_said", False):
-            self._warn_query_without_word(state, texts, q)
+        if not self.__dict__.get("_query_said", False) and not _SHARD_SEARCH.get():  # (a shard's: its sharded
+            self._warn_query_without_word(state, texts, q)                          # retriever warns once)
         n_q = q.shape[0]
         if _DENSE_TOPK:  # (the path before: dense blocks of about _BLOCK_CELLS cells)
             n_docs = max(len(corpus), 1)

@@ -122,3 +122,22 @@ def test_merge_rankings_refuses_a_bad_k_and_parts_of_other_query_counts():
             merge_rankings([one, one], bad)  # type: ignore[arg-type]
     assert [r.rows.tolist() for r in merge_rankings([one, one[:1] * 2], 1)] == [[0], [0]]
 
+
+def test_a_query_finding_nothing_is_said_once_as_one_index_says_it(caplog):
+    """BM25's "query finds nothing" warning ran per shard: 3 identical warnings for 3 shards, each without
+    "(the default)" (a loaded shard's parameters are all set); now once, one index's text."""
+    import logging
+
+    corpus = Corpus.from_texts([f"doc {i} about cats w{i % 5}" for i in range(30)], ids=[f"d{i}" for i in range(30)])
+    queries = ["cats", "猫", "w1"]
+    with caplog.at_level(logging.WARNING, logger="ragkit"):
+        BM25().fit(corpus).search(queries)
+    want = [r.getMessage() for r in caplog.records if "finds nothing" in r.getMessage()]
+    assert len(want) == 1 and "(the default)" in want[0]
+    caplog.clear()
+    sharded = Sharded(retriever={"bm25": {}}, n_shards=3, backend="local").fit(corpus)
+    with caplog.at_level(logging.WARNING, logger="ragkit"):
+        sharded.search(queries)
+        sharded.search(queries)  # (once per retriever)
+    got = [r.getMessage() for r in caplog.records if "finds nothing" in r.getMessage()]
+    assert got == want
