@@ -417,6 +417,12 @@ class VectorIndex:
         dead_rows = _dead_slots(dead, len(given))
         _refuse_nonfinite(given, lambda row, count: f"VectorIndex.build: the vectors contain NaN or infinite values "
                                                     f"({count} of the {len(given)}, the first at row {row})")
+        return self._build_finite(given, copy, dead_rows, vectors)
+
+    def _build_finite(self, given: np.ndarray, copy: bool, dead_rows: np.ndarray | None,
+                      vectors: object) -> "VectorIndex":
+        """:meth:`build` of ``given`` (2-D float; ``vectors``, what the caller handed over), its rows already found
+        finite and ``dead_rows`` checked (:func:`_dead_slots`): no row is scanned for NaN or inf again."""
         n, dim = given.shape
         as_is = given.dtype == np.float32 and (self.metric == "ip" or (not copy and given.flags.writeable))
         if n and dim and self._backend_for(n) == "numpy" and self.reduce_kind == "none" and not self.rescore \
@@ -425,8 +431,8 @@ class VectorIndex:
             # ``vectors`` as they are) or the codes themselves (f32, a copy): normalise and code a block at a
             # time (b1 codes of 200,000 x 384: build +63 MB, not +309 MB; the same codes), into a buffer with
             # :meth:`_grown_codes`'s headroom (the first add copies nothing)
-            return self.build_chunks(n, dim, lambda: ((a, min(n, a + BLOCK), np.array(given[a:a + BLOCK], np.float32))
-                                                      for a in range(0, n, BLOCK)), dead=dead_rows)
+            return self._build_chunks(n, dim, lambda: ((a, min(n, a + BLOCK), np.array(given[a:a + BLOCK], np.float32))
+                                                       for a in range(0, n, BLOCK)), dead_rows, finite=True)
         full = np.asarray(given, dtype=np.float32)
         # a float32 copy made just above is ours to normalise in place, and so is a handed-over array
         ours = not np.may_share_memory(full, given) or (not copy and full.flags.writeable)
@@ -484,10 +490,16 @@ class VectorIndex:
         matrix and :meth:`build` it, as before.  ``dead``: slots built removed, as :meth:`build` takes them.
         """
         n, dim = int(n), int(dim)
-        dead_rows = _dead_slots(dead, n)
+        return self._build_chunks(n, dim, chunks, _dead_slots(dead, n), finite=False)
+
+    def _build_chunks(self, n: int, dim: int, chunks: Callable[[], Iterable[tuple[int, int, np.ndarray]]],
+                      dead_rows: np.ndarray | None, *, finite: bool) -> "VectorIndex":
+        """:meth:`build_chunks`, ``dead_rows`` checked; ``finite``: the rows were already found finite (:meth:`build`
+        scanned them), so no chunk is scanned for NaN or inf again.  Otherwise each row is scanned once: in the
+        one pass over the chunks, or in ``i8``'s first (its second reads the same chunks)."""
         backend = self._backend_for(n)
 
-        def each() -> Iterator[np.ndarray]:
+        def each(scan: bool) -> Iterator[np.ndarray]:
             at = 0
             for lo, hi, rows in chunks():
                 rows = np.asarray(rows)
@@ -495,8 +507,10 @@ class VectorIndex:
                         or not np.issubdtype(rows.dtype, np.floating):
                     raise DataError(f"VectorIndex.build_chunks: chunk {lo}:{hi} of {n} vectors holds {rows.dtype} "
                                     f"{rows.shape}; expected float rows {at}:... of {dim} dimensions, in order")
-                _refuse_nonfinite(rows, lambda row, count: "VectorIndex.build: the vectors contain NaN or infinite "
-                                                           f"values (the first at row {row} of {n})", lo, n)
+                if scan:
+                    _refuse_nonfinite(rows, lambda row, count: "VectorIndex.build: the vectors contain NaN or "
+                                                               f"infinite values (the first at row {row} of {n})",
+                                      lo, n)
                 at = hi
                 yield self._normalise(np.asarray(rows, np.float32), inplace=True)
             if at != n:
@@ -505,16 +519,16 @@ class VectorIndex:
         if n == 0 or backend != "numpy" or self.reduce_kind != "none" or self.rescore:
             full = np.empty((n, dim), np.float32)
             at = 0
-            for rows in each():
+            for rows in each(not finite):
                 full[at:at + len(rows)] = rows
                 at += len(rows)
-            return self.build(full, copy=False, dead=dead_rows)
+            return self._build_finite(full, False, dead_rows, full)
         self.d_in = self.ndim = dim
         self.backend = "numpy"
         if self.dtype == "i8":  # the calibration first: the range of every vector
             lo_all = np.full(dim, np.inf, np.float32)
             hi_all = np.full(dim, -np.inf, np.float32)
-            for rows in each():
+            for rows in each(not finite):
                 if len(rows):
                     np.minimum(lo_all, rows.min(axis=0), out=lo_all)
                     np.maximum(hi_all, rows.max(axis=0), out=hi_all)
@@ -527,7 +541,7 @@ class VectorIndex:
         self._codes_buf = np.empty((n + max(n // 4, 16), width), store)
         codes = self._codes_buf[:n]
         at = 0
-        for rows in each():
+        for rows in each(not finite and self.dtype != "i8"):
             self._check_f16_range(rows, "build")
             codes[at:at + len(rows)] = self._stored_codes_of(rows)
             at += len(rows)

@@ -237,3 +237,44 @@ def test_scores_are_cosines_for_an_encoder_that_does_not_normalise() -> None:
     np.testing.assert_allclose(np.take_along_axis(s, rows, 1), top, atol=1e-5)
     ip = Dense(model="dense-s51-raw", k=5, metric="ip").fit(corpus)
     np.testing.assert_allclose(ip.scores(q), q @ ip.document_vectors().T, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", ["i8", "b1", "f16", "f32"])
+def test_a_build_scans_each_row_for_nan_once(dtype, monkeypatch) -> None:
+    """VectorIndex.build scans the vectors for NaN / inf once: through build_chunks (float64 vectors, exact
+    search) each chunk was scanned again, twice for i8 (its two passes): 3 scans of every row for i8, 2 for
+    b1 / f16.  build_chunks itself scans each row once (i8: in its first pass; an HNSW graph: not again in
+    the build of the gathered rows).  A NaN row is still refused, named."""
+    from ragkit.retrievers import _index
+    from ragkit.retrievers._index import NonFiniteVectors, VectorIndex
+    from ragkit.retrievers._quantize import BLOCK
+
+    scanned: list[int] = []
+    orig = _index.nonfinite_rows
+
+    def counting(a, **kw):  # noqa: ANN001, ANN003, ANN202
+        scanned.append(len(a))
+        return orig(a, **kw)
+
+    monkeypatch.setattr(_index, "nonfinite_rows", counting)
+    n = 2 * BLOCK + 7
+    x = np.random.default_rng(1).standard_normal((n, 8))  # float64: build codes it a block at a time
+    ref = VectorIndex(dtype=dtype, search="exact").build(x)
+    assert sum(scanned) == n
+    scanned.clear()
+    chunks = lambda: ((a, min(n, a + 1000), x[a:a + 1000].astype(np.float32)) for a in range(0, n, 1000))  # noqa: E731
+    ix = VectorIndex(dtype=dtype, search="exact").build_chunks(n, 8, chunks)
+    assert sum(scanned) == n and np.array_equal(ix.codes, ref.codes)
+    scanned.clear()
+    few = lambda: ((a, a + 1000, x[a:a + 1000].astype(np.float32)) for a in range(0, 3000, 1000))  # noqa: E731
+    VectorIndex(dtype=dtype, search="hnsw").build_chunks(3000, 8, few)
+    assert sum(scanned) == 3000
+    x[BLOCK + 5, 2] = np.nan
+    for build in (lambda: VectorIndex(dtype=dtype, search="exact").build(x),
+                  lambda: VectorIndex(dtype=dtype, search="exact").build_chunks(n, 8, chunks)):
+        with pytest.raises(NonFiniteVectors, match=rf"the first at row {BLOCK + 5}\b") as e:
+            build()
+        assert e.value.row == BLOCK + 5
+    x[2500, 1] = np.inf
+    with pytest.raises(NonFiniteVectors, match=r"the first at row 2500 of 3000\)"):
+        VectorIndex(dtype=dtype, search="hnsw").build_chunks(3000, 8, few)
