@@ -89,8 +89,9 @@ def register(cls: T) -> T:
     a ``name`` that is missing, not lowercase snake_case, taken by another class (a built-in
     operator's included, whether or not its family was imported yet), or one of the pipeline YAML's
     structural keys (:func:`structural_keys`: ``parallel``, ``route``, ``loop``), a keyword of ``search()`` itself
-    (:func:`call_keywords`: ``k``, ``filter``, ``trace``, ``qrels``, ...), or a name YAML reads as no string (``on``,
-    ``null``); a ``kind`` not in :data:`KINDS`;
+    (:func:`call_keywords`: ``k``, ``filter``, ``trace``, ``qrels``, ...), or a name pipeline YAML
+    reads as no string (``on``, ``null``, ``1e3``: read by the pipeline's own loader, so ``010`` is a name);
+    a ``kind`` not in :data:`KINDS`;
     no ``Params`` of the class's own (a subclass of :class:`ragkit.Params`; an empty one for an operator
     without parameters).
 
@@ -122,7 +123,10 @@ def register(cls: T) -> T:
                              f"it another name (name = \"my_{name}\")")
         import yaml
 
-        read = yaml.safe_load(name)
+        from ragkit.pipelines.yaml import _UniqueKeyLoader  # (here: that module imports this one)
+
+        # read as a pipeline YAML reads its keys (YAML 1.2 numbers: 1e3 is a float, 010 the text '010')
+        read = yaml.load(name, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader
         if read != name:  # a hand-written "- on: {}" is read as True, "- null: {}" as None: no operator's name
             raise ParamError(f"{label} cannot be named {name!r}: YAML reads {name} as {type(read).__name__} {read!r}, "
                              f"not as the string {name!r}, so a pipeline YAML naming it unquoted (- {name}: {{}}) "

@@ -218,3 +218,18 @@ def test_assigning_op_params_validates_it_into_the_model():
     with pytest.raises(ParamError, match=r"bm25.*kk"):
         op.params = {"kk": 3}
     assert op.params.k == 3  # (a refused assignment changes nothing)
+
+
+# ---------------------------------------------------------------------- 8. names read by the pipeline's own YAML loader
+def test_an_operator_name_is_checked_with_the_pipeline_yaml_loaders_number_rules(scratch):
+    from ragkit import Pipeline
+    from ragkit.errors import ParamError
+    from ragkit.registry import register
+
+    # the pipeline loader reads an exponent without a dot as a float (YAML 1.2): "- 1e3: {}" is 1000.0, no name
+    with pytest.raises(ParamError, match=r"cannot be named '1e3': YAML reads 1e3 as float 1000\.0"):
+        register(_filter_class("1e3"))
+    # ... and 010 as the text '010' (no YAML 1.1 octal): a name a pipeline YAML finds
+    cls = register(_filter_class("010"))
+    pipe = Pipeline.from_yaml("- bm25: {}\n- 010: {}")
+    assert type(pipe.steps[1]) is cls
