@@ -26,7 +26,8 @@ def _import_module(spec: str, label: str, *, replace: bool = False) -> None:
     (inside the module: where).
 
     A file is imported under its stem, so one named as a module of the standard library (``operator.py``,
-    ``code.py``) or as a module this process imported from another file (``numpy.py``) would replace that module
+    ``code.py``), as a module this process imported from another file (``numpy.py``) or as one installed and not
+    imported yet (``pytrec_eval.py``, which ``import pytrec_eval`` finds elsewhere) would replace that module
     for the rest of the process (``import torch`` then fails far away): refused, asking to rename the file, unless
     ``replace`` (a Ray worker importing the driver's file, which the driver imported under that name)."""
     path = Path(spec).expanduser()
@@ -81,15 +82,24 @@ def _import_module(spec: str, label: str, *, replace: bool = False) -> None:
 
 def _refuse_shadowing(name: str, path: Path, loaded: object, label: str) -> None:
     """A :class:`RagkitError` where importing the file ``path`` as the module ``name`` would replace another module
-    of that name: ``loaded`` (``sys.modules[name]``, from another file) or a module of the standard library, which
-    every later ``import name`` (the standard library's own, PyTorch's) would then get instead."""
+    of that name: ``loaded`` (``sys.modules[name]``, from another file), a module of the standard library, or one
+    not imported yet that ``import name`` finds in another file (an installed package's: ``pytrec_eval``,
+    ``torch``), which every later ``import name`` (the standard library's own, PyTorch's, ragkit's evaluation)
+    would then get instead."""
     if loaded is not None:
         where = getattr(loaded, "__file__", None) or "no file (a built-in module)"
         what = f"a module named {name!r} is imported already, from {where}"
     elif name in getattr(sys, "stdlib_module_names", ()) or name in sys.builtin_module_names:
         what = f"{name!r} is a module of Python's standard library"
-    else:
-        return
+    else:  # not imported yet: one installed under that name (pytrec_eval, torch) would be replaced all the same
+        try:
+            found = importlib.util.find_spec(name)  # (a top-level name: finds its file, imports nothing)
+        except (ImportError, ValueError):
+            found = None
+        origin = getattr(found, "origin", None) if found is not None and found.has_location else None
+        if not origin or Path(origin).resolve() == path.resolve():  # none, a folder of that name (a namespace
+            return  # package: no module), or this very file, found on sys.path
+        what = f"a module named {name!r} is installed, at {origin}"
     raise RagkitError(f"{label}: {path} would be imported as the module {name!r}, but {what}; importing it would "
                       f"replace that module for every later 'import {name}' in this process (the standard "
                       f"library's, other packages') and break them: rename the file (such as my_{name}.py)")

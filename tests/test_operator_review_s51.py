@@ -233,3 +233,38 @@ def test_an_operator_name_is_checked_with_the_pipeline_yaml_loaders_number_rules
     cls = register(_filter_class("010"))
     pipe = Pipeline.from_yaml("- bm25: {}\n- 010: {}")
     assert type(pipe.steps[1]) is cls
+
+
+def test_a_plugin_file_named_as_an_installed_module_not_imported_yet_is_refused(tmp_path, monkeypatch):
+    import importlib.util
+
+    from ragkit._plugins import _import_module
+
+    site = tmp_path / "site"  # an installed package, found on sys.path and never imported
+    (site / "s51_installed_pkg").mkdir(parents=True)
+    (site / "s51_installed_pkg" / "__init__.py").write_text("def evaluate():\n    return 1\n")
+    monkeypatch.syspath_prepend(str(site))
+    assert importlib.util.find_spec("s51_installed_pkg") is not None and "s51_installed_pkg" not in sys.modules
+    (tmp_path / "s51_installed_pkg.py").write_text("X = 1\n")
+    with pytest.raises(RagkitError, match=r"--import: .*s51_installed_pkg\.py would be imported as the module "
+                                          r"'s51_installed_pkg', but a module named 's51_installed_pkg' is "
+                                          r"installed, at .*site.*__init__\.py.*rename the file "
+                                          r"\(such as my_s51_installed_pkg\.py\)"):
+        _import_module(str(tmp_path / "s51_installed_pkg.py"), "--import")
+    assert "s51_installed_pkg" not in sys.modules  # (neither replaced nor imported)
+    for name in ("pytrec_eval", "torch"):  # the installed ones, where this environment has them unimported
+        if name not in sys.modules and importlib.util.find_spec(name) is not None:
+            (tmp_path / f"{name}.py").write_text("X = 1\n")
+            with pytest.raises(RagkitError, match=rf"a module named '{name}' is installed"):
+                _import_module(str(tmp_path / f"{name}.py"), "--import")
+            assert name not in sys.modules
+
+    own = tmp_path / "own"  # the file itself on sys.path (a plugin in the current folder) still imports
+    own.mkdir()
+    (own / "s51_own_ops.py").write_text("X = 2\n")
+    monkeypatch.syspath_prepend(str(own))
+    try:
+        _import_module(str(own / "s51_own_ops.py"), "--import")
+        assert sys.modules["s51_own_ops"].X == 2
+    finally:
+        sys.modules.pop("s51_own_ops", None)
