@@ -298,3 +298,26 @@ def test_get_token_encoder_names_an_unknown_keyword_and_the_closest():
     with pytest.raises(ParamError, match=r"special_tokens") as e:
         get_token_encoder("no-such-model-ever", special_tokens="none")
     assert e.value.path == "special_tokens"
+
+
+# ---------------------------------------------------------------------- unit-length check: tolerance and dtype
+
+
+def test_unit_check_keeps_bf16_rounding_and_refuses_zero_nan_and_overflow(tmp_path):
+    """Old code (tolerance 1e-3): a row of squared norm 1.006, as a model loaded in bfloat16 normalises it, was
+    refused: not cached, and re-encoded on every run.  A zero row, NaN and a row whose squares overflow float32
+    stay refused."""
+    off = np.zeros((1, 4), np.float32)
+    off[0, 0] = np.sqrt(np.float32(1.006))
+    nan = np.array([[np.nan, 0, 0, 0]], np.float32)
+    huge = np.array([[1e30, 0, 0, 0]], np.float32)
+    cache = EmbeddingCache(tmp_path, "k", unit_rows=True)
+    np.testing.assert_array_equal(
+        cache._rows_fit(np.concatenate([off, np.zeros((1, 4), np.float32), nan, huge])),
+        [True, False, False, False])
+    vecs = np.concatenate([off, np.zeros((1, 4), np.float32), nan, huge])
+    got, n = cache.fetch_or_compute(["a", "b", "c", "d"], lambda ts: vecs)
+    assert n == 4 and _keys_stored(cache.folder) == 1  # only the bf16-rounded row is cached
+    got, n = EmbeddingCache(tmp_path, "k", unit_rows=True).fetch_or_compute(["a"], lambda ts: 1 / 0)
+    assert n == 0
+    np.testing.assert_array_equal(got, off)
