@@ -149,30 +149,35 @@ def draw_matrices(cfg: FDEConfig, d: int) -> tuple[np.ndarray, np.ndarray | None
     """SimHash and projection matrices of all repetitions, concatenated column-wise.
 
     Returns ``G`` ``(d, r_reps * k_sim)`` float32 and ``S`` ``(d, r_reps * d_proj)`` float32
-    (``None`` for the identity projection), read-only: the draws of the last 8 ``(cfg, d)`` are kept and
-    shared by every caller (copy them to modify), so that a search encodes its queries without drawing
-    again (5.5 ms, 40-50% of a one-query FDE at the paper's parameters).
+    (``None`` for the identity projection), read-only: the draws of the last 8 ``(seed, k_sim, r_reps, d_proj,
+    projection, d)`` (the fields they read; an identity projection keyed as ``"identity"`` of ``d``) are kept
+    and shared by every caller (copy them to modify), so that a search encodes its queries without drawing
+    again (5.5 ms, 40-50% of a one-query FDE at the paper's parameters), and configs that differ only in
+    ``d_final``, ``fill_empty`` or ``mean_weight`` share one draw.
     """
-    return _draw_matrices(cfg, int(d))
+    d = int(d)
+    projection = "identity" if cfg.identity(d) else cfg.projection
+    return _draw_matrices(cfg.seed, cfg.k_sim, cfg.r_reps, cfg.proj_dim(d), projection, d)
 
 
 @functools.lru_cache(maxsize=8)
-def _draw_matrices(cfg: FDEConfig, d: int) -> tuple[np.ndarray, np.ndarray | None]:
-    """:func:`draw_matrices`, drawn once per ``(cfg, d)``."""
+def _draw_matrices(seed: int, k_sim: int, r_reps: int, dp: int, projection: str,
+                   d: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """:func:`draw_matrices`, drawn once per ``(seed, k_sim, r_reps, d_proj, projection, d)`` (``dp``: the
+    projection's width, ``d`` for ``"identity"``)."""
     gs, ss = [], []
-    dp = cfg.proj_dim(d)
-    for r in range(cfg.r_reps):  # loop over repetitions (20), not tokens
-        rng = np.random.default_rng(cfg.seed + r)
-        gs.append(rng.standard_normal((d, cfg.k_sim)))
-        if cfg.identity(d):
+    for r in range(r_reps):  # loop over repetitions (20), not tokens
+        rng = np.random.default_rng(seed + r)
+        gs.append(rng.standard_normal((d, k_sim)))
+        if projection == "identity":
             continue
-        if cfg.projection == "ams":
+        if projection == "ams":
             ss.append((rng.integers(0, 2, size=(d, dp)) * 2 - 1) / np.sqrt(dp))
-        elif cfg.projection == "countsketch":
+        elif projection == "countsketch":
             sk = np.zeros((d, dp))
             sk[np.arange(d), rng.integers(0, dp, size=d)] = rng.integers(0, 2, size=d) * 2 - 1
             ss.append(sk)
-    g = np.concatenate(gs, axis=1).astype(np.float32) if cfg.k_sim else np.zeros((d, 0), np.float32)
+    g = np.concatenate(gs, axis=1).astype(np.float32) if k_sim else np.zeros((d, 0), np.float32)
     s = np.concatenate(ss, axis=1).astype(np.float32) if ss else None
     g.flags.writeable = False
     if s is not None:
@@ -188,13 +193,13 @@ CHUNK_BYTES = 32 * 2**20
 
 
 @functools.lru_cache(maxsize=8)
-def _final_sketch(cfg: FDEConfig, d_in: int) -> sp.csr_matrix:
-    """The final Count-Sketch ``(d_in, d_final)``, drawn once per ``(cfg, d_in)`` (as :func:`draw_matrices`),
-    its arrays read-only."""
-    rng = np.random.default_rng([cfg.seed, _FINAL_STREAM])
-    h = rng.integers(0, cfg.d_final, size=d_in)
+def _final_sketch(seed: int, d_final: int, d_in: int) -> sp.csr_matrix:
+    """The final Count-Sketch ``(d_in, d_final)`` of a config's ``seed`` and ``d_final``, drawn once per
+    ``(seed, d_final, d_in)`` (the values it reads, as :func:`draw_matrices`), its arrays read-only."""
+    rng = np.random.default_rng([seed, _FINAL_STREAM])
+    h = rng.integers(0, d_final, size=d_in)
     sign = (rng.integers(0, 2, size=d_in) * 2 - 1).astype(np.float32)
-    m = sp.csr_matrix((sign, (np.arange(d_in), h)), shape=(d_in, cfg.d_final))
+    m = sp.csr_matrix((sign, (np.arange(d_in), h)), shape=(d_in, d_final))
     for a in (m.data, m.indices, m.indptr):
         a.flags.writeable = False
     return m
@@ -252,7 +257,7 @@ def _chunks(data: np.ndarray, offsets: np.ndarray, cfg: FDEConfig, is_query: boo
     n_mean = d if cfg.mean_weight > 0 else 0
     final = cfg.d_final is not None
     cols = (cfg.d_final if cfg.d_final is not None else width) + n_mean
-    sketch = _final_sketch(cfg, width) if final else None
+    sketch = _final_sketch(cfg.seed, cfg.d_final, width) if cfg.d_final is not None else None
     g, s = draw_matrices(cfg, d)
     # the fill's (tokens, buckets) tables: its uint16 XORs and its codes (uint16 for sets under 2**12 tokens)
     fill = 0 if is_query else cfg.buckets * (2 + _fill_code(cfg.k_sim, _longest(offsets))[0].itemsize)

@@ -203,3 +203,36 @@ def test_candidates_past_the_corpus_search_the_whole_corpus():
     every = [(r.rows.tolist(), r.scores.tolist()) for r in op.search(queries, muvera={"candidates": 32}).rankings]
     many = [(r.rows.tolist(), r.scores.tolist()) for r in op.search(queries, muvera={"candidates": 10**6}).rankings]
     assert many == every
+
+
+def test_configs_differing_only_in_what_the_draws_do_not_read_share_them(monkeypatch):
+    """The random draws are kept per the fields they read: SimHash / projection matrices per (seed, k_sim, r_reps,
+    d_proj, projection, d), the final sketch per (seed, d_final, its input width).  Keyed by the whole FDEConfig,
+    configs differing only in mean_weight (or fill_empty, d_final) drew them again and kept a copy each.  The
+    shared draws encode as fresh ones do."""
+    from dataclasses import replace
+
+    calls = []
+    real = np.random.default_rng
+    monkeypatch.setattr(np.random, "default_rng", lambda *a, **kw: calls.append(a) or real(*a, **kw))
+    x, off = _unit_sets(real(1), [4, 6, 0, 5], 16)
+    base = FDEConfig(k_sim=3, d_proj=4, r_reps=3, d_final=40, seed=527_113)  # seen nowhere else
+    first = F.fde_documents(x, off, base)
+    assert len(calls) == base.r_reps + 1
+    calls.clear()
+    others = [replace(base, mean_weight=0.5), replace(base, fill_empty=False, mean_weight=2.0),
+              replace(base, d_final=None), replace(base, d_final=24)]
+    got = [F.fde_documents(x, off, c) for c in others]
+    assert calls == [([base.seed, F._FINAL_STREAM],)]  # the new d_final's sketch alone
+    np.testing.assert_array_equal(got[0][:, :40], first)  # the mean channel after the same blocks
+    calls.clear()
+    identity = FDEConfig(k_sim=3, r_reps=3, projection="identity", seed=base.seed)
+    F.fde_queries(x, off, identity)
+    assert len(calls) == identity.r_reps
+    calls.clear()
+    F.fde_queries(x, off, replace(identity, projection="ams", d_proj=16))  # d_proj == d: the identity too
+    assert calls == []
+    F._draw_matrices.cache_clear()
+    F._final_sketch.cache_clear()
+    for c, want in zip(others, got):
+        np.testing.assert_array_equal(F.fde_documents(x, off, c), want)  # fresh draws, same FDEs
