@@ -136,11 +136,15 @@ def _b1_lut_scores(qr: np.ndarray, codes: np.ndarray, ndim: int) -> np.ndarray:
     q = np.zeros((nq, nbytes * 8), np.float32)
     q[:, :ndim] = qr  # (the pad bits past ndim, zero in the codes, weigh nothing)
     table = (q.reshape(nq, nbytes, 8) @ _BYTE_BITS.T).reshape(nq, nbytes * 256)  # [query, byte j * 256 + value]
-    at = codes.astype(np.int32) + np.arange(0, nbytes * 256, 256, dtype=np.int32)  # (n, nbytes) into the table
+    # (n, nbytes) into the table, intp: np.take's own index type (int32 indices were converted to a fresh int64
+    # array on every query's take)
+    at = codes.astype(np.intp) + np.arange(0, nbytes * 256, 256, dtype=np.intp)
     picked = np.empty(at.shape, np.float32)
     out = np.empty((nq, len(codes)), np.float32)
     for r in range(nq):  # a loop over queries (at most B1_LUT_QUERIES)
-        np.take(table[r], at, out=picked)
+        # mode="clip": the indices are in range by construction (a byte value under 256 at its byte's 256
+        # entries); the default "raise" writes into a buffer the size of ``picked``, then copies it over
+        np.take(table[r], at, out=picked, mode="clip")
         picked.sum(axis=1, out=out[r])
     out *= 2
     out -= q.sum(axis=1, dtype=np.float32)[:, None]
