@@ -49,7 +49,7 @@ from ragkit.errors import (
     RagkitError,
     require,
 )
-from ragkit.operator import Operator, after_fit
+from ragkit.operator import Operator, after_fit, checksums_verified
 from ragkit.params import Params, shown
 from ragkit.registry import register
 from ragkit.types import QUERY_REWRITES, Corpus, Ranking, State, TrainSet
@@ -940,7 +940,10 @@ class Sharded(Operator):
         # Ray (backend: ray), the actors hold the shards: the driver's are memory-mapped, as after a Ray fit
         # (memory-mapped also in a search_distributed chunk, which searches them itself: the chunks on one machine
         # share the pages)
-        shards = _open_shards(folders, self.corpus_, bounds, mmap=mmap or self._backend == "ray", verify=False)
+        # (checksums_verified: a verified load's shards skip their indexes' CRC32s, as the SHA-256 sums read every
+        # file already; not verified, they keep them)
+        with checksums_verified(self._verified):
+            shards = _open_shards(folders, self.corpus_, bounds, mmap=mmap or self._backend == "ray", verify=False)
         tmp = None
         if self._use_ray():
             # the Ray actors load their shards at their first search (and again when Ray restarts one): from a

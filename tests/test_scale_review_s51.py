@@ -141,3 +141,29 @@ def test_a_query_finding_nothing_is_said_once_as_one_index_says_it(caplog):
         sharded.search(queries)  # (once per retriever)
     got = [r.getMessage() for r in caplog.records if "finds nothing" in r.getMessage()]
     assert got == want
+
+
+def test_verified_load_of_sharded_dense_reads_no_index_crc(tmp_path, monkeypatch) -> None:
+    """A verified Operator.load of a sharded dense retriever CRC32'd every shard's index files again (the shards
+    load with verify=False, outside checksums_verified: their _verified was False); verify=False keeps them."""
+    from conftest import HashedEncoder
+
+    from ragkit.encoders import register_encoder
+    from ragkit.operator import Operator
+    from ragkit.retrievers import _index_files
+    from ragkit.scale import Sharded
+    from ragkit.types import Corpus
+
+    register_encoder("scale-s51-hashed", HashedEncoder("scale-s51-hashed-v1", 16), replace=True)
+    corpus = Corpus([f"d{i}" for i in range(60)], [f"text {i} word{i % 7}" for i in range(60)])
+    s = Sharded(retriever={"dense": {"model": "scale-s51-hashed", "dtype": "i8", "rescore": True}}, n_shards=3,
+                backend="local").fit(corpus)
+    s.save(tmp_path / "s")
+    calls: list[str] = []
+    orig = _index_files._crc
+    monkeypatch.setattr(_index_files, "_crc", lambda path: calls.append(str(path)) or orig(path))
+    back = Operator.load(tmp_path / "s")
+    assert calls == [], calls
+    assert back.search(["text word3"]).doc_ids[0].tolist() == s.search(["text word3"]).doc_ids[0].tolist()
+    Operator.load(tmp_path / "s", verify=False)
+    assert calls, "verify=False keeps the shards' CRC32s"
