@@ -102,6 +102,26 @@ def _trec_flat(run: Mapping[Any, Mapping[str, float]]) -> tuple[np.ndarray, np.n
     return lens, docs[order], s64[order]
 
 
+def nan_score_at(lens: np.ndarray, s64: np.ndarray) -> tuple[int, int] | None:
+    """Where the first NaN of ``s64`` is, the scores of queries one after another (``lens[i]`` of query ``i``'s, as
+    :func:`_flat` gives them): ``(the query's index, the score's index in s64)``; ``None`` where none is NaN."""
+    nan = np.isnan(s64)
+    if not nan.any():
+        return None
+    at = int(np.argmax(nan))
+    return int(np.searchsorted(np.cumsum(lens), at, side="right")), at
+
+
+def check_no_nan(query_ids: Sequence[Any], lens: np.ndarray, doc_ids: np.ndarray, s64: np.ndarray, who: str) -> None:
+    """A :class:`DataError` starting ``who`` naming the query and document of the first NaN of ``s64`` (NaN has no
+    order: sorting on it scrambles the query's other documents too); ``lens``, ``doc_ids`` and ``s64`` as
+    :func:`_flat` gives them, ``query_ids`` the queries in their order."""
+    found = nan_score_at(lens, s64)
+    if found is not None:
+        raise DataError(f"{who}: query {query_ids[found[0]]!r} gives document {doc_ids[found[1]]!r} the score nan; "
+                        "expected numbers")
+
+
 def trec_head(docs: Mapping[str, float], k: int) -> list[tuple[str, float]]:
     """The first ``k`` of :func:`trec_order` without ordering the rest: only the documents whose
     float32 score reaches the ``k``-th best (ties at the cut included) are sorted."""
@@ -389,9 +409,9 @@ class Run:
         the entries, :func:`_trec_flat`).  Ids are written as qrels' are (:func:`string_ids`: ``1.0`` and ``1``
         as ``"1"``), so that they meet the judgements' in :func:`~ragkit.eval.evaluate`; two that become one
         (``{"q": {1: 0.1, "1": 0.9}}``: a document listed twice) are a :class:`DataError`.  A score that is no
-        real number (``None``, ``"1.0"``, a complex number, ``10**400``) is a :class:`DataError` naming its query
-        and document (:func:`check_scores`), and so is a ``run`` that is no mapping of mappings
-        (:func:`check_run_queries`)."""
+        real number (``None``, ``"1.0"``, a complex number, ``10**400``) or NaN is a :class:`DataError` naming its
+        query and document (:func:`check_scores`, :func:`check_no_nan`), and so is a ``run`` that is no mapping of
+        mappings (:func:`check_run_queries`)."""
         return cls._from_mapping(run, "Run.from_dict")
 
     @classmethod
@@ -401,6 +421,7 @@ class Run:
         check_scores(run, who)
         written = string_ids(run, who)
         lens, docs, s64 = _trec_flat(written)
+        check_no_nan(list(written), lens, docs, s64, who)
         ends = np.cumsum(lens).tolist()
         spans = list(zip([0, *ends[:-1]], ends))
         s32 = _f32(s64)

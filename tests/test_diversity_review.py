@@ -368,7 +368,8 @@ def test_subtopic_measures_take_a_run_as_evaluate_does():
                                                 r"\{doc_id: score\}"),
                           ({"q": {"d1": float("nan")}}, "query 'q' gives document 'd1' the score nan; expected "
                                                          "numbers"),
-                          ({"q": {"d1": "high"}}, "query 'q' gives document 'd1' the score 'high'; expected numbers"),
+                          ({"q": {"d1": "high"}}, r"query 'q' gives document 'd1' the score 'high' \(a str\); a score "
+                                                  "must be a real number"),
                           ({"q": {1: 2.0, "1": 1.0}}, r"run\['q'\] names a document twice once its ids are strings"),
                           ({1: {"d1": 1.0}, "1": {"d1": 1.0}}, "run names a query twice once its ids are strings")):
             with pytest.raises(DataError, match=rf"^{name}: (run must be .*)?{what}"):

@@ -238,3 +238,19 @@ def test_mrr_needs_no_second_evaluator(monkeypatch):
     made.clear()
     assert evaluate({"q": {"a": 2.0, "b": 1.0}}, {"q": {"b": 1}}, ["mrr@1"]).scores == {"mrr@1": 0.0}
     assert made == []
+
+
+# a NaN score in a mapping is refused where the mapping becomes a Run
+def test_run_from_dict_refuses_a_nan_score_naming_the_query_and_document():
+    from ragkit.eval.diversity import alpha_ndcg, subtopic_recall
+
+    with pytest.raises(DataError, match=r"^Run\.from_dict: query 'q' gives document 'a' the score nan; "
+                                        r"expected numbers"):
+        Run.from_dict({"q": {"a": float("nan")}})
+    with pytest.raises(DataError, match=r"^Run\.from_dict: query 'q2' gives document 'b' the score nan"):
+        Run.from_dict({"q1": {"a": 1.0}, "q2": {"a": 2.0, "b": np.float32("nan"), "c": 1.0}})
+    sub = {"q": {"a": ["t1"], "b": ["t2"]}}
+    for measure in (alpha_ndcg, subtopic_recall):
+        with pytest.raises(DataError, match=rf"^{measure.__name__}: query 'q' gives document 'b' the score nan; "
+                                            r"expected numbers"):
+            measure({"q": {"a": 1.0, "b": float("nan")}}, sub, k=2)

@@ -17,7 +17,6 @@ an empty ranking where the measure is undefined) and are batched with numpy (no 
 
 from __future__ import annotations
 
-import math
 from itertools import chain, islice, repeat
 from typing import Any, Collection, Hashable, Mapping, NamedTuple, Sequence
 
@@ -28,7 +27,7 @@ from ragkit.errors import DataError
 from ragkit.eval.metrics import _flat_heads, check_run_mapping
 from ragkit.filters._flat import first_positions, pad_rows
 from ragkit.metadata import hashable
-from ragkit.run import Run, _check_unique
+from ragkit.run import Run, _check_unique, check_no_nan
 from ragkit.types import Ranking, ids_once
 
 __all__ = [
@@ -286,20 +285,9 @@ def _as_run(run: Any, measure: str) -> Run:
                                          "name no document id (subtopics name documents by id): pass the Run search "
                                          "returns, or Run.from_rankings(query_ids, rankings, corpus.ids)")
                       if rankings else None)
-    scored: dict[Any, dict[Any, float]] = {}
-    for q, docs in run.items():  # scores as numbers (no NaN), in this function's words
-        scores: dict[Any, float] = {}
-        for d, v in docs.items():
-            try:
-                f = float(v)
-            except (TypeError, ValueError):
-                f = math.nan
-            if f != f:
-                raise DataError(f"{measure}: query {q!r} gives document {d!r} the score {v!r:.40}; expected numbers")
-            scores[d] = f
-        scored[q] = scores
-    # as evaluate reads a run: ids written as qrels' are (1.0 and "1" alike), in trec_eval's order
-    return Run._from_mapping(scored, measure)
+    # as evaluate reads a run: scores real numbers, no NaN (check_scores, check_no_nan), ids written as qrels' are
+    # (1.0 and "1" alike), in trec_eval's order
+    return Run._from_mapping(run, measure)
 
 
 def _doc_lists(run: Any, k: int, measure: str) -> dict[str, list[str]]:
@@ -317,10 +305,7 @@ def _doc_lists(run: Any, k: int, measure: str) -> dict[str, list[str]]:
     ids = np.empty(int(lens.sum()), dtype=object)
     ids[:] = [d if type(d) is str else str(d) for d in chain.from_iterable(d.tolist() for d in run.doc_ids)]
     s64 = np.concatenate([np.asarray(s, np.float64) for s in run.scores]) if len(run) else np.zeros(0)
-    if np.isnan(s64).any():  # (NaN has no order)
-        at = int(np.argmax(np.isnan(s64)))
-        q = run.query_ids[int(np.searchsorted(np.cumsum(lens), at, side="right"))]
-        raise DataError(f"{measure}: query {q!r} gives document {ids[at]!r} the score nan; expected numbers")
+    check_no_nan(run.query_ids, lens, ids, s64, measure)  # (NaN has no order)
     # one partition and one sort for all queries; k beyond any list keeps every document
     lens, ids, _ = _flat_heads(lens, ids, s64, int(min(k, max(int(lens.max(initial=0)), 1))))
     ends = np.cumsum(lens).tolist()

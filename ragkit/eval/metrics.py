@@ -28,7 +28,7 @@ import numpy as np
 from ragkit._checks import _a, _key_ids, _kind
 from ragkit._files import first_time
 from ragkit.errors import DataError, ParamError, some_ids
-from ragkit.run import Run, _f32, _flat, _trec_permutation, check_run_queries, check_scores, string_ids
+from ragkit.run import Run, _f32, _flat, _trec_permutation, check_run_queries, check_scores, nan_score_at, string_ids
 from ragkit.types import Ranking, State, as_qrels, check_id_nul, check_qrels, check_qrels_nul
 
 if TYPE_CHECKING:  # pandas is optional
@@ -249,11 +249,10 @@ def _clean_run(run: Run | Mapping[str, Mapping[str, float]], ignore_identical_id
     per query scored at 10 hands pytrec_eval ~11 each."""
     if isinstance(run, Run):
         flat = np.concatenate([np.asarray(s, np.float64) for s in run.scores]) if len(run) else np.zeros(0)
-        bad = None
-        if np.isnan(flat).any():  # the query and document of the first NaN
-            at = int(np.argmax(np.isnan(flat)))
-            q = int(np.searchsorted(np.cumsum([len(s) for s in run.scores]), at, side="right"))
-            bad = (run.query_ids[q], run.doc_ids[q][np.isnan(run.scores[q])][0])
+        lens = np.fromiter(map(len, run.scores), np.int64, len(run))
+        found = nan_score_at(lens, flat)  # the query and document of the first NaN
+        bad = None if found is None else (run.query_ids[found[0]],
+                                          run.doc_ids[found[0]][found[1] - int(lens[:found[0]].sum())])
         d = (run if depth is None else _cut_run(run, depth)).to_dict() if bad is None else {}
     else:
         check_run_mapping(run, "evaluate")
@@ -265,11 +264,9 @@ def _clean_run(run: Run | Mapping[str, Mapping[str, float]], ignore_identical_id
             nul = next(q for q, docs in written.items() if "\x00" in "".join(docs))
             check_id_nul(list(written[nul]), f"evaluate: run[{nul!r}]'s document ids", "document")
         lens, flat_ids, s64 = _flat(written)
-        nan = np.isnan(s64)
-        bad = None
-        if nan.any():  # the query and document of the first NaN
-            at = int(np.argmax(nan))
-            bad = (list(written)[int(np.searchsorted(np.cumsum(lens), at, side="right"))], flat_ids[at])
+        found = nan_score_at(lens, s64)  # the query and document of the first NaN
+        bad = None if found is None else (list(written)[found[0]], flat_ids[found[1]])
+        if bad is not None:
             d = {}
         else:
             owner = np.repeat(np.arange(len(lens)), lens)
