@@ -254,3 +254,23 @@ def test_run_from_dict_refuses_a_nan_score_naming_the_query_and_document():
         with pytest.raises(DataError, match=rf"^{measure.__name__}: query 'q' gives document 'b' the score nan; "
                                             r"expected numbers"):
             measure({"q": {"a": 1.0, "b": float("nan")}}, sub, k=2)
+
+
+# one check of relevance_level (metrics.check_relevance_level) for evaluate, relevance_labels and filter_report
+@pytest.mark.parametrize("level", [0, -1, 1.5, "2", True, None])
+def test_relevance_level_is_refused_in_one_message_by_every_caller(level):
+    from ragkit.errors import ParamError
+    from ragkit.eval import check_relevance_level
+    from ragkit.eval.filtering import filter_report, relevance_labels
+
+    qrels = {"q": {"a": 1, "b": 2}}
+    run = Run(["q"], [np.array(["a", "b"], object)], [np.array([2.0, 1.0], np.float32)])
+    calls = {"check_relevance_level": lambda: check_relevance_level(qrels, level, "check_relevance_level"),
+             "evaluate": lambda: evaluate(run, qrels, ["recall@2"], relevance_level=level),
+             "relevance_labels": lambda: relevance_labels(run, qrels, relevance_level=level),
+             "filter_report": lambda: filter_report(run, qrels, relevance_level=level)}
+    for who, call in calls.items():
+        with pytest.raises(ParamError) as e:
+            call()
+        assert str(e.value) == f"{who}: relevance_level must be an integer grade >= 1, got {level!r}"
+    assert check_relevance_level(qrels, np.int64(2)) == 2 and type(check_relevance_level(qrels, np.int64(2))) is int

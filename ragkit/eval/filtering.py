@@ -9,7 +9,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from ragkit.errors import DataError, ParamError
+from ragkit.errors import DataError
+from ragkit.eval.metrics import check_relevance_level
 from ragkit.run import Run
 from ragkit.types import Qrels, as_qrels
 
@@ -25,18 +26,8 @@ def relevance_labels(run: Run, qrels: Qrels | Any, *, relevance_level: int = 1,
     (a document whose id is its query's id is labelled not relevant, as evaluate counts it not found)."""
     who = "relevance_labels"
     qrels = as_qrels(qrels, who)
-    _check_level(qrels, relevance_level, who)
+    relevance_level = check_relevance_level(qrels, relevance_level, who)
     return _relevance_labels(run, qrels, relevance_level, ignore_identical_ids)
-
-
-def _check_level(qrels: Mapping[str, Mapping[str, int]], relevance_level: Any, who: str) -> None:
-    """Refuse a ``relevance_level`` :func:`~ragkit.eval.evaluate` refuses (a :class:`ParamError` starting ``who``):
-    no integer >= 1, or above every grade of ``qrels`` (:func:`~ragkit.eval.metrics.check_relevance_level`)."""
-    from ragkit.eval.metrics import check_relevance_level
-
-    if isinstance(relevance_level, bool) or not isinstance(relevance_level, (int, np.integer)) or relevance_level < 1:
-        raise ParamError(f"{who}: relevance_level must be an integer grade >= 1, got {relevance_level!r}")
-    check_relevance_level(qrels, int(relevance_level), who)
 
 
 def _relevance_labels(run: Run, qrels: Mapping[str, Mapping[str, int]], relevance_level: int = 1,
@@ -104,8 +95,7 @@ def filter_report(filtered: Run, qrels: Qrels | Any, reference: Run | None = Non
     mean what they mean in :func:`~ragkit.eval.evaluate`, with the same defaults.
     """
     qrels = as_qrels(qrels, "filter_report")
-    _check_level(qrels, relevance_level, "filter_report")
-    level = int(relevance_level)
+    level = check_relevance_level(qrels, relevance_level, "filter_report")
     f_at = {q: i for i, q in enumerate(filtered.query_ids)}
     judged = [q for q in filtered.query_ids if q in qrels]
     if reference is None and judged:

@@ -702,9 +702,6 @@ def _evaluate(
     public function called, for the error of a metric named twice."""
     import pytrec_eval
 
-    if isinstance(relevance_level, bool) or not isinstance(relevance_level, (int, np.integer)) or relevance_level < 1:
-        raise ParamError(f"evaluate: relevance_level must be an integer grade >= 1, got {relevance_level!r}")
-    relevance_level = int(relevance_level)
     if isinstance(metrics, str):
         metrics = [metrics]
     if not isinstance(metrics, Iterable) or isinstance(metrics, Mapping):
@@ -726,7 +723,7 @@ def _evaluate(
     if not judged:
         raise DataError(f"evaluate: every one of the {len(qrels)} queries of the qrels has an empty judgement list"
                         if qrels else "evaluate: qrels are empty")
-    check_relevance_level(judged, relevance_level)
+    relevance_level = check_relevance_level(judged, relevance_level)  # (an integer grade >= 1 some grade reaches)
     check_qrels_nul(judged, "evaluate")  # (qrels_checked ones too: a qrels file is read without this check)
     trec_judged = _trec_grades(judged)
     d = _clean_run(run, ignore_identical_ids, max(k for _, _, k in parsed) + 1 if parsed else None)
@@ -856,20 +853,26 @@ _BEIR_CUSTOM: dict[str, Callable[[np.ndarray, np.ndarray, np.ndarray, int], np.n
 
 
 def check_relevance_level(qrels: Mapping[str, Mapping[str, int]], relevance_level: int,
-                          where: str = "evaluate") -> None:
-    """Refuse a ``relevance_level`` above 1 that no judgement of ``qrels`` reaches (2 on SciFact's binary
-    qrels), with a :class:`ParamError` naming the level and the qrels' highest grade: recall, MAP, MRR and
-    P would all score 0 while nDCG, which reads the grades, would not change.  Level 1 is never refused
-    (qrels of only 0 grades hold no relevant document whatever the level).  :func:`evaluate` calls it;
-    call it before a long search to fail early (``where`` names the caller in the message)."""
+                          where: str = "evaluate") -> int:
+    """``relevance_level`` as an ``int``, or a :class:`ParamError` (``where`` names the caller in the message): a
+    level that is no integer grade >= 1 (``0``, ``1.5``, ``"2"``, ``True``), or one above 1 that no judgement of
+    ``qrels`` reaches (2 on SciFact's binary qrels), naming the level and the qrels' highest grade: recall, MAP,
+    MRR and P would all score 0 while nDCG, which reads the grades, would not change.  Level 1 is never refused
+    (qrels of only 0 grades hold no relevant document whatever the level).  :func:`evaluate`,
+    :func:`~ragkit.eval.relevance_labels` and :func:`~ragkit.eval.filter_report` call it; call it before a long
+    search to fail early."""
+    if isinstance(relevance_level, bool) or not isinstance(relevance_level, (int, np.integer)) or relevance_level < 1:
+        raise ParamError(f"{where}: relevance_level must be an integer grade >= 1, got {relevance_level!r}")
+    relevance_level = int(relevance_level)
     if relevance_level <= 1:
-        return
+        return relevance_level
     grades = np.fromiter((int(g) for rel in qrels.values() for g in rel.values()), np.int64)
     top = int(grades.max()) if len(grades) else 0
     if top < relevance_level:
         raise ParamError(f"{where}: relevance_level {relevance_level} counts no judgement as relevant: the qrels' "
                          f"highest grade is {top}, so recall, MAP, MRR and P would all be 0"
                          + (f"; give a level of at most {top}" if top >= 1 else ""))
+    return relevance_level
 
 
 def paired_randomization_test(a: Mapping[str, float], b: Mapping[str, float], *, n_resamples: int = 10000,
