@@ -32,6 +32,7 @@ from ragkit._files import (
 )
 from ragkit._fingerprints import TEXTS_KEY, corpus_fingerprint, corpus_texts_digest
 from ragkit.errors import ArtifactError, ParamError, some_ids
+from ragkit.registry import _builtin
 from ragkit.types import Corpus
 
 if TYPE_CHECKING:
@@ -651,7 +652,7 @@ def _check_learned_loaded(op: Operator, folder: Path, meta: Mapping[str, Any]) -
         lacks = (f"{folder}: {cls} ({op.name!r}) lacks {', '.join(missing)} once loaded: its fit had set {them} "
                  f"(params.json records what a fit learned), but its _load did not restore {them}")
         other = saved_by_other_ragkit(meta, cls, "learns more", "may learn otherwise")
-        if type(op).__module__.startswith("ragkit."):  # a built-in operator: its own _load is not the cause
+        if _builtin(type(op)):  # a built-in operator: its own _load is not the cause
             cause = other or (f"the folder was saved by this ragkit ({_version()}), whose {cls} restores it: the "
                               f"folder was changed after it was saved")
             raise ArtifactError(f"{lacks}; {cause} (or fit and save it again with this one)")
@@ -672,7 +673,7 @@ def saved_params_refused(cls: type[Operator], folder: Path, meta: Mapping[str, A
     name = cls.__name__
     whole = _saved_pipeline_above(folder)
     it = "the pipeline" if whole is not None else "the operator"
-    if not (cls.__module__ == "ragkit" or cls.__module__.startswith("ragkit.")):  # a plugin's class
+    if not _builtin(cls):  # a plugin's class
         return (f"the parameters of {name} ({cls.__module__}.{cls.__qualname__}) changed since the folder was saved "
                 f"(its params.json holds those of the {name} that saved it), or the folder was changed after "
                 f"saving: load it with the version of {name} that saved it, or fit {it} and save it again with "
@@ -681,7 +682,7 @@ def saved_params_refused(cls: type[Operator], folder: Path, meta: Mapping[str, A
     if other:
         return f"{other} (or fit {it} and save it again with this one)"
     return (f"the folder was saved by this ragkit ({_version()}), whose {name} took these parameters then: the "
-            f"folder was changed after saving: save {it} again")
+            f"folder was changed after saving: restore its params.json, or fit {it} and save it again")
 
 
 def saved_by_other_ragkit(meta: Mapping[str, Any], cls: str, newer: str, other: str) -> str:

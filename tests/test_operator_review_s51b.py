@@ -94,7 +94,8 @@ def test_a_built_in_operator_refusing_its_saved_params_names_the_ragkit_that_sav
     _saved_with_old_params(tmp_path / "ix", BM25(k=3).fit(corpus))
     with pytest.raises(ArtifactError, match=r"ix/params.json: bm25.old: unknown parameter.*; the folder was saved by "
                                             rf"this ragkit \({__version__}\), whose BM25 took these parameters then: "
-                                            r"the folder was changed after saving: save the operator again$"):
+                                            r"the folder was changed after saving: restore its params.json, or fit "
+                                            r"the operator and save it again$"):
         Operator.load(tmp_path / "ix")
     edit_json(tmp_path / "ix" / "params.json", lambda m: m.update(ragkit_version="9.9.0"))
     reseal(tmp_path / "ix")
