@@ -475,7 +475,7 @@ class Operator:
             operator and the field), so a bad value is refused at the assignment, not at a later search."""
             if key == "params":
                 value = validate_params(type(self).Params, value, self.name)
-            object.__setattr__(self, key, value)
+            super().__setattr__(key, value)  # (a mixin's own __setattr__, torch.nn.Module's, still runs)
 
     # ------------------------------------------------------------------ introspection
     def __repr__(self) -> str:

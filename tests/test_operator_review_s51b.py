@@ -182,3 +182,23 @@ def test_a_save_flushes_its_arrays_and_folders_before_renaming_the_folder_into_p
         arrays = list(folder.rglob("*.npy"))
         assert arrays and {os.stat(p).st_ino for p in arrays} <= before
         assert {os.stat(p).st_ino for p in [folder, *folder.rglob("*")]} <= before
+
+
+def test_setattr_reaches_a_mixins_own_setattr(corpus):
+    """Operator.__setattr__ (validating op.params) ended in object.__setattr__, skipping the __setattr__ of another
+    base: an Operator + torch.nn.Module plugin's submodules assigned in _fit were no longer registered."""
+    seen: list[str] = []
+
+    class Recording:
+        def __setattr__(self, key, value):  # noqa: ANN001, ANN204
+            seen.append(key)
+            object.__setattr__(self, key, value)
+
+    class Mixed(BM25, Recording):
+        pass
+
+    op = Mixed(k=2)
+    op.fit(corpus)
+    assert "corpus_" in seen
+    op.params = {"k": 3}
+    assert "params" in seen and op.params.k == 3
