@@ -274,3 +274,18 @@ def test_relevance_level_is_refused_in_one_message_by_every_caller(level):
             call()
         assert str(e.value) == f"{who}: relevance_level must be an integer grade >= 1, got {level!r}"
     assert check_relevance_level(qrels, np.int64(2)) == 2 and type(check_relevance_level(qrels, np.int64(2))) is int
+
+
+# _beir_tops builds the unjudged mask (a set of every judged id) only for hole@k
+def test_beir_tops_computes_unjudged_only_for_hole():
+    from ragkit.eval.metrics import _beir_tops
+
+    run = {"q": {"a": 3.0, "b": 2.0, "x": 1.0}, "r": {"c": 1.0}}
+    judged = {"q": {"a": 1, "b": 0}, "r": {"a": 2}}
+    relevant, unjudged, n_rel = _beir_tops(run, judged, 3, 1)
+    assert unjudged is not None and unjudged.tolist() == [[False, False, True], [True, False, False]]
+    lean = _beir_tops(run, judged, 3, 1, holes=False)
+    assert lean[1] is None and np.array_equal(lean[0], relevant) and np.array_equal(lean[2], n_rel)
+    res = evaluate(run, judged, ["mrr@3", "hole@3", "acc@1"], ignore_identical_ids=False)
+    assert res.per_query["hole@3"] == {"q": 1 / 3, "r": 1 / 3} and res.per_query["mrr@3"] == {"q": 1.0, "r": 0.0}
+    assert evaluate(run, judged, ["mrr@3"]).per_query["mrr@3"] == {"q": 1.0, "r": 0.0}

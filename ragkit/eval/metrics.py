@@ -743,7 +743,8 @@ def _evaluate(
     # MRR@k and BEIR's own: every query's top k in trec_eval's order at once (one sort of all the entries)
     beir_cuts = [k for _, fam, k in parsed if fam in _BEIR_CUSTOM]
     if beir_cuts:
-        tops = _beir_tops(d_full, judged, max(beir_cuts), relevance_level, None, annotated)
+        tops = _beir_tops(d_full, judged, max(beir_cuts), relevance_level, annotated,
+                          holes=any(fam == "hole" for _, fam, _ in parsed))  # (only hole@k reads unjudged)
     for name, fam, k in parsed:
         if fam in _BEIR_CUSTOM:
             per_query[name] = dict(zip(d_full, _BEIR_CUSTOM[fam](*tops, k).tolist()))
@@ -794,15 +795,16 @@ def _flat_heads(lens: np.ndarray, docs: np.ndarray, s64: np.ndarray,
 
 
 def _beir_tops(run: Mapping[str, Mapping[str, float]], judged: Mapping[str, Mapping[str, int]], k: int,
-               relevance_level: int, flat: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
-               annotated: Collection[str] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+               relevance_level: int, annotated: Collection[str] | None = None, *,
+               holes: bool = True) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
     """Each query's top ``k`` of ``run`` (its queries in order, each in trec_eval's order) as ``(relevant,
     unjudged, n_relevant)``: ``(n_q, k)`` booleans, a document judged ``>= relevance_level`` for its query,
     a retrieved document that no query's judgements name (padding, where fewer than ``k`` were retrieved, is
-    neither), and ``(n_q,)`` the query's relevant judgements.  ``flat``: ``run``'s :func:`_trec_heads` at
-    ``k`` or deeper (computed when not given); ``annotated``: document ids counted as judged besides those of
-    ``judged`` (the whole split's); no loop over queries but the lookups of the top documents' judgements."""
-    lens, docs, _ = _trec_heads(run, k) if flat is None else flat
+    neither), and ``(n_q,)`` the query's relevant judgements.  ``annotated``: document ids counted as judged
+    besides those of ``judged`` (the whole split's); ``holes``: compute ``unjudged`` (``None`` without it: only
+    hole@k reads it, and it costs a set of every judged id).  No loop over queries but the lookups of the top
+    documents' judgements."""
+    lens, docs, _ = _trec_heads(run, k)
     n_q = len(lens)
     owner = np.repeat(np.arange(n_q), lens)
     keep = np.arange(len(owner)) - np.repeat(np.cumsum(lens) - lens, lens) < k
@@ -812,35 +814,38 @@ def _beir_tops(run: Mapping[str, Mapping[str, float]], judged: Mapping[str, Mapp
     qids = list(run)
     empty: Mapping[str, int] = {}
     grades = [judged.get(q, empty) for q in qids]
-    named = {d for rel in judged.values() for d in rel}
-    also: Collection[str] = annotated if annotated is not None else ()
     relevant = np.zeros((n_q, k), bool)
-    unjudged = np.zeros((n_q, k), bool)
     relevant[owner, rank] = np.fromiter((grades[i].get(d, 0) >= relevance_level for i, d in zip(owner.tolist(), docs)),
                                         bool, len(docs))
-    unjudged[owner, rank] = np.fromiter((d not in named and d not in also for d in docs), bool, len(docs))
+    unjudged = None
+    if holes:
+        named = {d for rel in judged.values() for d in rel}
+        also: Collection[str] = annotated if annotated is not None else ()
+        unjudged = np.zeros((n_q, k), bool)
+        unjudged[owner, rank] = np.fromiter((d not in named and d not in also for d in docs), bool, len(docs))
     n_rel = np.array([sum(g >= relevance_level for g in rel.values()) for rel in grades], np.int64)
     return relevant, unjudged, n_rel
 
 
-def _r_cap(relevant: np.ndarray, unjudged: np.ndarray, n_rel: np.ndarray, k: int) -> np.ndarray:
+def _r_cap(relevant: np.ndarray, unjudged: np.ndarray | None, n_rel: np.ndarray, k: int) -> np.ndarray:
     """Capped recall: relevant documents in the top ``k`` over ``min(k, relevant judged)`` (0 without any)."""
     return relevant[:, :k].sum(1) / np.maximum(np.minimum(n_rel, k), 1)
 
 
-def _hole(relevant: np.ndarray, unjudged: np.ndarray, n_rel: np.ndarray, k: int) -> np.ndarray:
+def _hole(relevant: np.ndarray, unjudged: np.ndarray | None, n_rel: np.ndarray, k: int) -> np.ndarray:
     """Hole: documents of the top ``k`` that no query's judgements name, over ``k`` (as BEIR divides)."""
+    assert unjudged is not None, "_beir_tops(..., holes=True) computes unjudged for hole@k"
     return unjudged[:, :k].sum(1) / k
 
 
-def _mrr(relevant: np.ndarray, unjudged: np.ndarray, n_rel: np.ndarray, k: int) -> np.ndarray:
+def _mrr(relevant: np.ndarray, unjudged: np.ndarray | None, n_rel: np.ndarray, k: int) -> np.ndarray:
     """MRR@k: 1 / the rank of the first relevant document in the top ``k``, 0 without one (trec_eval's
     ``recip_rank`` of the top k, BEIR's ``mrr@k``)."""
     hit = relevant[:, :k]
     return np.where(hit.any(1), 1.0 / (hit.argmax(1) + 1), 0.0)
 
 
-def _acc(relevant: np.ndarray, unjudged: np.ndarray, n_rel: np.ndarray, k: int) -> np.ndarray:
+def _acc(relevant: np.ndarray, unjudged: np.ndarray | None, n_rel: np.ndarray, k: int) -> np.ndarray:
     """Top-k accuracy: 1 when a relevant document is in the top ``k``, else 0."""
     return np.asarray(relevant[:, :k].any(1), np.float64)
 
@@ -848,7 +853,7 @@ def _acc(relevant: np.ndarray, unjudged: np.ndarray, n_rel: np.ndarray, k: int) 
 #: BEIR's ``evaluate_custom`` metrics beyond trec_eval's cut-off measures, computed from each query's top k in
 #: trec_eval's order (:func:`_beir_tops`): MRR@k (trec_eval's ``recip_rank`` of the top k), capped recall, hole and
 #: top-k accuracy (Thakur et al., "BEIR", NeurIPS 2021 Datasets and Benchmarks; Hole@10 measures unjudged documents)
-_BEIR_CUSTOM: dict[str, Callable[[np.ndarray, np.ndarray, np.ndarray, int], np.ndarray]] = {
+_BEIR_CUSTOM: dict[str, Callable[[np.ndarray, np.ndarray | None, np.ndarray, int], np.ndarray]] = {
     "mrr": _mrr, "r_cap": _r_cap, "hole": _hole, "acc": _acc}
 
 
