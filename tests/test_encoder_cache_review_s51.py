@@ -8,7 +8,7 @@
   (``fetch_or_compute``) and the token encoder alike: now once.
 * ``atomic_file`` renamed its temporary file into place without ``fsync``: after a power loss a renamed cache shard
   could be empty or zero-filled (finite numbers: no check refused them).  Now the file is flushed before the
-  rename, and a cache whose model gives unit vectors (``EmbeddingCache(unit_rows=True)``) refuses rows that are
+  rename, and a cache whose model gives unit vectors (``EmbeddingCache(unit_length=True)``) refuses rows that are
   not (an all-zero or partly zeroed row), setting the shard aside.
 * ``get_token_encoder`` / ``TokenEncoder`` skipped ``get_encoder``'s argument checks: ``None`` as the model was
   ``AttributeError: 'NoneType' object has no attribute 'lower'``, ``batchsize=8`` a raw ``TypeError``,
@@ -217,14 +217,14 @@ def test_fsync_tree_flushes_every_file_and_folder(tmp_path, synced):
     assert {os.stat(p).st_ino for p in paths} <= set(synced)
 
 
-def _zeroed_cache(root: Path, unit_rows: bool) -> tuple[list[str], np.ndarray, Path]:
+def _zeroed_cache(root: Path, unit_length: bool) -> tuple[list[str], np.ndarray, Path]:
     """A cache of 5,000 unit vectors (one memory-mapped shard) whose last row and a half were zeroed in the file, as
     a disk that lost the end of the data leaves it: the texts, their vectors, the shard's vectors file."""
     texts = [f"doc {i}" for i in range(5000)]
     vecs = np.random.default_rng(0).standard_normal((5000, 64)).astype(np.float32)
     vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
     at = {t: i for i, t in enumerate(texts)}
-    EmbeddingCache(root, "k", unit_rows=unit_rows).fetch_or_compute(texts, lambda ts: vecs[[at[t] for t in ts]])
+    EmbeddingCache(root, "k", unit_length=unit_length).fetch_or_compute(texts, lambda ts: vecs[[at[t] for t in ts]])
     (keys,) = EmbeddingCache(root, "k").folder.glob("*.keys.npy")
     path = keys.with_name(keys.name.replace(".keys.npy", ".npy"))
     raw = bytearray(path.read_bytes())
@@ -234,8 +234,8 @@ def _zeroed_cache(root: Path, unit_rows: bool) -> tuple[list[str], np.ndarray, P
 
 
 def test_zeroed_rows_of_a_unit_vector_cache_are_refused(tmp_path, caplog):
-    """Old code (no unit_rows): the zeroed rows were served as vectors (0 computed, the last row all zeros)."""
-    texts, vecs, path = _zeroed_cache(tmp_path, unit_rows=True)
+    """Old code (no unit-length check): the zeroed rows were served as vectors (0 computed, the last row all zeros)."""
+    texts, vecs, path = _zeroed_cache(tmp_path, unit_length=True)
     asked: list[str] = []
     at = {t: i for i, t in enumerate(texts)}
 
@@ -244,11 +244,11 @@ def test_zeroed_rows_of_a_unit_vector_cache_are_refused(tmp_path, caplog):
         return vecs[[at[t] for t in ts]]
 
     with caplog.at_level(logging.WARNING, logger="ragkit"):
-        got, n = EmbeddingCache(tmp_path, "k", unit_rows=True).fetch_or_compute(texts, compute)
+        got, n = EmbeddingCache(tmp_path, "k", unit_length=True).fetch_or_compute(texts, compute)
     assert n == 5000 and asked == texts  # the shard set aside: every text computed again
     np.testing.assert_array_equal(got, vecs)
     assert path.name in caplog.text and "not of unit length" in caplog.text
-    # not unit_rows (a registered encoder's cache: zero vectors may be its own): served as it is
+    # not unit_length (a registered encoder's cache: zero vectors may be its own): served as it is
     got, n = EmbeddingCache(tmp_path / "other", "k").fetch_or_compute(["z"], lambda ts: np.zeros((1, 64), np.float32))
     got, n = EmbeddingCache(tmp_path / "other", "k").fetch_or_compute(["z"], compute)
     assert n == 0 and not got.any()
@@ -256,12 +256,12 @@ def test_zeroed_rows_of_a_unit_vector_cache_are_refused(tmp_path, caplog):
 
 def test_a_unit_vector_cache_does_not_store_rows_that_are_not(tmp_path):
     """Rows the model gave that are not unit length are returned, not cached (each read would set the shard aside)."""
-    cache = EmbeddingCache(tmp_path, "k", unit_rows=True)
+    cache = EmbeddingCache(tmp_path, "k", unit_length=True)
     vecs = np.array([[1, 0, 0], [0, 0, 0], [0, 0.6, 0.8]], np.float32)
     got, n = cache.fetch_or_compute(["a", "b", "c"], lambda ts: vecs)
     np.testing.assert_array_equal(got, vecs)
     assert _keys_stored(cache.folder) == 2
-    got, n = EmbeddingCache(tmp_path, "k", unit_rows=True).fetch_or_compute(["a", "b", "c"], lambda ts: vecs[[1]])
+    got, n = EmbeddingCache(tmp_path, "k", unit_length=True).fetch_or_compute(["a", "b", "c"], lambda ts: vecs[[1]])
     assert n == 1
     np.testing.assert_array_equal(got, vecs)
 
@@ -311,13 +311,13 @@ def test_unit_check_keeps_bf16_rounding_and_refuses_zero_nan_and_overflow(tmp_pa
     off[0, 0] = np.sqrt(np.float32(1.006))
     nan = np.array([[np.nan, 0, 0, 0]], np.float32)
     huge = np.array([[1e30, 0, 0, 0]], np.float32)
-    cache = EmbeddingCache(tmp_path, "k", unit_rows=True)
+    cache = EmbeddingCache(tmp_path, "k", unit_length=True)
     np.testing.assert_array_equal(
         cache._rows_fit(np.concatenate([off, np.zeros((1, 4), np.float32), nan, huge])),
         [True, False, False, False])
     vecs = np.concatenate([off, np.zeros((1, 4), np.float32), nan, huge])
     got, n = cache.fetch_or_compute(["a", "b", "c", "d"], lambda ts: vecs)
     assert n == 4 and _keys_stored(cache.folder) == 1  # only the bf16-rounded row is cached
-    got, n = EmbeddingCache(tmp_path, "k", unit_rows=True).fetch_or_compute(["a"], lambda ts: 1 / 0)
+    got, n = EmbeddingCache(tmp_path, "k", unit_length=True).fetch_or_compute(["a"], lambda ts: 1 / 0)
     assert n == 0
     np.testing.assert_array_equal(got, off)

@@ -240,13 +240,28 @@ def test_store_checks_unit_rows_where_the_encoder_normalises(tmp_path: Path) -> 
     block zeroed by a lost disk write is finite garbage the NaN check passed); a model kept raw, or a subclass
     with a forward pass of its own, is not held to it."""
     enc = Encoder()
-    assert enc.normalize is True and enc.store.unit_rows is True
+    assert enc.normalize is True and enc.store.unit_length is True
     dot = _copy(tmp_path / "dot", normalize_module=False)
-    assert Encoder(str(dot)).store.unit_rows is False
+    assert Encoder(str(dot)).store.unit_length is False
 
     class Own(Encoder):
         def _forward(self, texts: list[str], progress: bool, role: str = "document") -> np.ndarray:
             return np.ones((len(texts), 4), np.float32)
 
     own = Own(str(dot), normalize=True)  # (a key no ragkit forward pass shares: the folder's, without "|raw")
-    assert own.normalize is True and own.store.unit_rows is False
+    assert own.normalize is True and own.store.unit_length is False
+
+
+def test_unit_length_fixed_per_reader_not_set_by_whoever_came_first(tmp_path: Path) -> None:
+    """Old code: the plain Encoder marked the shared reader of its key unit_rows = True after the fact, so a subclass
+    with a forward pass of its own on the same key, made later, was held to unit rows too (its rows set aside)."""
+
+    class Own(Encoder):
+        def _forward(self, texts: list[str], progress: bool, role: str = "document") -> np.ndarray:
+            return np.ones((len(texts), 4), np.float32)
+
+    plain, own = Encoder(), Own()
+    assert own.key == plain.key
+    assert plain.store.unit_length is True
+    assert own.store.unit_length is False and plain.store.unit_length is True
+    assert own.store.folder == plain.store.folder  # one folder on disk, a reader each

@@ -17,7 +17,7 @@ A folder records the model's width (:data:`WIDTH_FILE`, from the vectors the mod
 serve is set aside, logged (a warning on the ``ragkit`` logger, once per shard file and process) and its texts
 encoded again, never served: unreadable (truncated, a header claiming more than the file holds, an object array),
 rows and keys of different numbers, vectors of another width than the model's, or NaN / infinite vectors, or (where
-the model's vectors are unit length, ``EmbeddingCache(unit_rows=True)``) rows that are not, such as the zeroed rows
+the model's vectors are unit length, ``EmbeddingCache(unit_length=True)``) rows that are not, such as the zeroed rows
 of data a disk lost (found as its rows are read: :meth:`EmbeddingCache.get`).  Vectors the model computes with NaN or
 infinite values are returned but not cached.
 """
@@ -64,7 +64,7 @@ COMPUTE_CHUNK = 50_000
 ORPHAN_SHARD_AGE_S = 3600.0
 
 #: how far from 1 the squared norm of a cached row may be where the model's vectors are unit length
-#: (:attr:`EmbeddingCache.unit_rows`).  Loose on purpose: the check is for rows a lost disk write zero-filled
+#: (:attr:`EmbeddingCache.unit_length`).  Loose on purpose: the check is for rows a lost disk write zero-filled
 #: (squared norm 0, or well below 1 for a partly zeroed row), not for rounding.  Float32 rows normalised by the
 #: model are within about 1e-6, but a model loaded in bfloat16 (transformers reads config.json's torch_dtype)
 #: normalises in bfloat16: squared norms up to ~0.008 off, so a tolerance of 1e-3 refused most of its rows
@@ -594,7 +594,7 @@ class EmbeddingCache(ShardStore[np.ndarray]):
         Cache root; vectors live in ``root / <model key hash>``.
     key : str
         Model identity (name or path plus a fingerprint of its weights and settings).
-    unit_rows : bool
+    unit_length : bool
         The model's vectors are unit length (ragkit's own normalising encoder): a cached row that is not (within
         :data:`UNIT_TOLERANCE`), an all-zero or partly zeroed row above all (a file the disk zero-filled where a
         power loss kept the rename and not the data), sets its shard aside as NaN does, and such rows are not
@@ -610,10 +610,10 @@ class EmbeddingCache(ShardStore[np.ndarray]):
     descriptors open in its readers.
     """
 
-    def __init__(self, root: Path, key: str, *, unit_rows: bool = False) -> None:
+    def __init__(self, root: Path, key: str, *, unit_length: bool = False) -> None:
         super().__init__(root, key)
         #: the model's vectors are unit length: a row read that is not sets its shard aside (see the class)
-        self.unit_rows = bool(unit_rows)
+        self.unit_length = bool(unit_length)
         #: names of shards found large (:meth:`_small_shards`), left out of :meth:`_compact_if_many`'s count
         self._large: set[str] = set()
         #: the model's width: the vectors' dimensions, from what this reader stored (:meth:`put`, the model's own
@@ -631,9 +631,9 @@ class EmbeddingCache(ShardStore[np.ndarray]):
 
     def _rows_fit(self, rows: np.ndarray) -> np.ndarray:
         """``(n,)`` bool: which rows of ``rows`` ``(n, dim)`` may be served: finite, and of unit length (squared norm
-        within :data:`UNIT_TOLERANCE` of 1) where :attr:`unit_rows` says the model's are.  Vectorised (one pass: a
+        within :data:`UNIT_TOLERANCE` of 1) where :attr:`unit_length` says the model's are.  Vectorised (one pass: a
         row of NaN or infinities has no unit norm either)."""
-        if not self.unit_rows:
+        if not self.unit_length:
             return np.isfinite(rows).all(axis=1)
         # in the rows' own dtype (float32: a float64 einsum made every cached read ~40% slower); a row that
         # overflows gives inf and one with NaN gives NaN, both failing the comparison: refused either way
@@ -645,7 +645,7 @@ class EmbeddingCache(ShardStore[np.ndarray]):
     def _damage(self) -> str:
         """What a shard set aside by :meth:`get` holds."""
         return "NaN or infinite values" + (", or vectors not of unit length (zeroed: data the disk lost, or "
-                                           "changed)" if self.unit_rows else "")
+                                           "changed)" if self.unit_length else "")
 
     def _load_index(self) -> DigestIndex:
         """The index (:meth:`ShardStore._load_index`), after reading the model's width from the folder's
@@ -718,7 +718,7 @@ class EmbeddingCache(ShardStore[np.ndarray]):
 
         Every block is checked finite as it is gathered (``np.isfinite`` over the rows read: one vectorised pass, a
         boolean temporary of a quarter of the block), or of unit length where the model's vectors are
-        (:attr:`unit_rows`: the squared norms, one pass too).  A shard found holding NaN or infinite values (or rows
+        (:attr:`unit_length`: the squared norms, one pass too).  A shard found holding NaN or infinite values (or rows
         not of unit length) is set aside (:meth:`_set_aside`: logged, never served again by this reader) and the
         lookup made again without it: its texts come from another shard holding them, or are missing (computed again
         by :meth:`fetch_or_compute`), instead of reaching an index that refuses them, blaming the encoder."""

@@ -55,8 +55,8 @@ _FINGERPRINTS: dict[str, tuple[tuple[tuple[Any, ...], ...], str]] = {}
 _RACY_NS = 2_000_000_000
 _log = logging.getLogger(__name__)
 _ENCODERS: dict[tuple[Any, ...], "Encoder"] = {}
-#: one EmbeddingCache per (folder, model key): encoders of one model with other batch sizes share it
-_STORES: dict[tuple[str, str], EmbeddingCache] = {}
+#: one EmbeddingCache per (folder, model key, unit_length): encoders of one model with other batch sizes share it
+_STORES: dict[tuple[str, str, bool], EmbeddingCache] = {}
 
 
 @functools.lru_cache(maxsize=256)
@@ -592,16 +592,16 @@ class Encoder:
 
         root = cache_dir()
         if self._cache is None or (self._cache_root is not None and self._cache_root != root):
-            self._cache, self._cache_root = self._checked(shared_store(root, self.key)), root
+            self._cache, self._cache_root = shared_store(root, self.key, unit_length=self._unit_length), root
         return self._cache
 
-    def _checked(self, store: EmbeddingCache) -> EmbeddingCache:
-        """``store``, told that this model's vectors are unit length (:attr:`EmbeddingCache.unit_rows`: a cached
-        row that is not, such as one zeroed by data a disk lost, is set aside and encoded again) where they are:
-        ragkit's own forward pass with ``normalize`` on.  A subclass with a forward pass of its own says nothing."""
-        if self.normalize and type(self)._forward is Encoder._forward:
-            store.unit_rows = True
-        return store
+    @property
+    def _unit_length(self) -> bool:
+        """Whether this encoder's vectors are unit length, so that its cache sets aside a row that is not
+        (:attr:`EmbeddingCache.unit_length`: such as one zeroed by data a disk lost; it is encoded again):
+        ragkit's own forward pass with ``normalize`` on.  A subclass with a forward pass of its own is not held to
+        it, even on a key a plain encoder uses too (:func:`shared_store` gives each its own reader)."""
+        return bool(self.normalize) and type(self)._forward is Encoder._forward
 
     @property
     def query_store(self) -> EmbeddingCache:
@@ -613,7 +613,7 @@ class Encoder:
 
         root = cache_dir()
         if self._query_cache is None or (self._query_cache_root is not None and self._query_cache_root != root):
-            self._query_cache = self._checked(shared_store(root, f"{self.key}|query"))
+            self._query_cache = shared_store(root, f"{self.key}|query", unit_length=self._unit_length)
             self._query_cache_root = root
         return self._query_cache
 
@@ -765,15 +765,20 @@ def _load(model: str, path: str, source: str, device: str) -> Any:
             hf_logging.enable_progress_bar()
 
 
-def shared_store(root: Path, key: str) -> EmbeddingCache:
+def shared_store(root: Path, key: str, *, unit_length: bool = False) -> EmbeddingCache:
     """The process's one reader of the embedding cache of model ``key`` under the cache folder ``root``
     (``root / "embeddings"``), made at its first use: every encoder of that key (of any batch size, ragkit's own or
-    a registered one) shares it, so each sees what the others wrote."""
+    a registered one) shares it, so each sees what the others wrote.  ``unit_length``: the encoder's vectors are
+    unit length (:attr:`EmbeddingCache.unit_length`), fixed when the reader is made; encoders of one key that differ
+    in it (a subclass with a forward pass of its own beside a plain :class:`Encoder`) get a reader each, over the
+    same folder (they see each other's writes as another process's), so whichever comes first decides nothing for
+    the other."""
     folder = root / "embeddings"
+    at = (str(folder), key, bool(unit_length))
     with _LOCK:
-        store = _STORES.get((str(folder), key))
+        store = _STORES.get(at)
         if store is None:
-            store = _STORES[(str(folder), key)] = EmbeddingCache(folder, key)
+            store = _STORES[at] = EmbeddingCache(folder, key, unit_length=unit_length)
     return store
 
 
