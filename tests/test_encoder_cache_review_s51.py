@@ -197,14 +197,17 @@ def test_atomic_file_flushes_the_file_before_renaming_it(tmp_path, synced):
     assert synced == []
 
 
-def test_every_file_of_a_cache_shard_is_flushed(tmp_path, synced):
-    """The embedding cache's shards and the token cache's (vectors, offsets, keys) each reach the disk first."""
+def test_every_vectors_file_of_a_cache_shard_is_flushed(tmp_path, synced):
+    """The embedding cache's vectors and the token cache's each reach the disk first; the keys and offsets files,
+    which a read refuses when a power loss left them empty or zero-filled, are not flushed (cache.NOT_FLUSHED)."""
     cache = EmbeddingCache(tmp_path / "e", "k")
     cache.fetch_or_compute(["a", "b"], lambda ts: np.eye(2, 4, dtype=np.float32))
     _, name, folder = _token_shard(tmp_path / "t")
     files = [*cache.folder.glob("*.npy"), *folder.glob("*.npy")]
     assert len(files) == 5
-    assert {os.stat(p).st_ino for p in files} <= set(synced)
+    vectors = [p for p in files if not p.name.endswith((".keys.npy", ".offsets.npy"))]
+    assert len(vectors) == 2 and {os.stat(p).st_ino for p in vectors} <= set(synced)
+    assert not {os.stat(p).st_ino for p in files if p not in vectors} & set(synced)
 
 
 def test_fsync_tree_flushes_every_file_and_folder(tmp_path, synced):
@@ -321,3 +324,22 @@ def test_unit_check_keeps_bf16_rounding_and_refuses_zero_nan_and_overflow(tmp_pa
     got, n = EmbeddingCache(tmp_path, "k", unit_length=True).fetch_or_compute(["a"], lambda ts: 1 / 0)
     assert n == 0
     np.testing.assert_array_equal(got, off)
+
+
+def test_one_put_flushes_one_file(tmp_path, monkeypatch):
+    """Old code: a put flushed its vectors, its keys and (first put) the folder's WIDTH file, ~8 ms each for one row;
+    only the vectors need it (the others are refused when read back empty or zero-filled)."""
+    calls: list[str] = []
+    real = _files.fsync_path
+    monkeypatch.setattr(_files, "fsync_path", lambda p: (calls.append(str(p)), real(p))[1])
+    cache = EmbeddingCache(tmp_path, "k")
+    cache.put(text_digests(["a"]), np.eye(1, 4, dtype=np.float32))
+    assert len(calls) == 1
+    cache.put(text_digests(["b"]), np.eye(1, 4, dtype=np.float32))
+    assert len(calls) == 2
+    # what a power loss may leave of the unflushed files: zero-filled keys and WIDTH; refused, not served
+    for path in [*cache.folder.glob("*.keys.npy"), cache.folder / cache_mod.WIDTH_FILE]:
+        path.write_bytes(bytes(path.stat().st_size))
+    got, n = EmbeddingCache(tmp_path, "k").fetch_or_compute(
+        ["a", "b"], lambda ts: np.full((len(ts), 4), 0.5, np.float32))
+    assert n == 2 and (got == 0.5).all()
