@@ -7,6 +7,7 @@ Model folders are small copies of the installed MiniLM made here: its weights li
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import threading
@@ -265,3 +266,36 @@ def test_unit_length_fixed_per_reader_not_set_by_whoever_came_first(tmp_path: Pa
     assert plain.store.unit_length is True
     assert own.store.unit_length is False and plain.store.unit_length is True
     assert own.store.folder == plain.store.folder  # one folder on disk, a reader each
+
+
+def test_a_key_saved_before_revisions_is_accepted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                  caplog: pytest.LogCaptureFixture) -> None:
+    """Old code: a Dense saved before hub ids were keyed by revision ("me/tiny|msl=None|raw") was refused on a load
+    ("queries would be encoded into another space"), though its vectors are the same model's; a saved key that
+    differs only in |raw or |prompts= says so (the model's settings are now applied: fit again)."""
+    from huggingface_hub import constants
+
+    from ragkit.errors import ArtifactError
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    _fake_hub(tmp_path / "hf" / "hub", "aaaa")
+    enc = Encoder("me/tiny")
+    assert enc.key == "me/tiny@aaaa|msl=None|raw"
+
+    def saved(key: str) -> Path:
+        folder = tmp_path / f"saved{len(list(tmp_path.iterdir()))}"
+        folder.mkdir()
+        (folder / sentence.ENCODER_FILE).write_text(json.dumps({"key": key}), encoding="utf-8")
+        return folder
+
+    with caplog.at_level(logging.INFO, logger="ragkit"):
+        sentence.check_encoder_key(saved("me/tiny|msl=None|raw"), enc, "dense", "me/tiny")
+    assert "before hub ids were keyed by their revision" in caplog.text
+    with pytest.raises(ArtifactError, match=r"same model, but its vectors are now kept raw .*fit it again"):
+        sentence.check_encoder_key(saved("me/tiny|msl=None"), enc, "dense", "me/tiny")
+    with pytest.raises(ArtifactError, match=r"another space"):
+        sentence.check_encoder_key(saved("me/tiny@bbbb|msl=None|raw"), enc, "dense", "me/tiny")
+    with pytest.raises(ArtifactError, match=r"another space"):
+        sentence.check_encoder_key(saved("me/other|msl=None|raw"), enc, "dense", "me/tiny")

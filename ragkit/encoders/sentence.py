@@ -1067,6 +1067,20 @@ def check_encoder_key(folder: Path, encoder: Any, who: str, model: str) -> None:
     saved = read_json(folder / ENCODER_FILE)
     if not isinstance(saved, dict) or saved.get("key") != str(encoder.key):
         was = saved.get("key") if isinstance(saved, dict) else saved
+        now = str(encoder.key)
+        first, _, rest = now.partition("|")
+        if isinstance(was, str) and "@" not in was.partition("|")[0] and "@" in first:
+            # saved before hub ids were keyed by their revision (name@<rev>): the same model, the same vectors
+            now = f"{first.rsplit('@', 1)[0]}|{rest}" if rest else first.rsplit("@", 1)[0]
+            if was == now:
+                _log.info(f"ragkit: {folder}: {who} was saved with the encoder key {was!r}, before hub ids were "
+                          f"keyed by their revision; read as {str(encoder.key)!r}")
+                return
+        changed = _settings_changed(was, now) if isinstance(was, str) else None
+        if changed:
+            raise ArtifactError(
+                f"{folder}: {who} was fitted with the encoder {was!r}, but model {model!r} is now {encoder.key!r}: "
+                f"the same model, but {changed}, so its queries would not match the saved vectors: fit it again")
         from ragkit.encoders.custom import registered_encoder
 
         if registered_encoder(model) is None and "|msl=" not in str(was):  # fitted with a custom encoder
@@ -1079,3 +1093,25 @@ def check_encoder_key(folder: Path, encoder: Any, who: str, model: str) -> None:
             "would be encoded into another space than the saved vectors. Load it where the model is the one it was "
             "fitted with (a custom encoder: register_encoder it first), or fit it again")
 
+
+def _settings_changed(was: str, now: str) -> str | None:
+    """What differs between the encoder keys ``was`` (saved) and ``now`` where only their ``|raw`` and
+    ``|prompts=`` parts do (the model's normalisation and prompts, applied since keys carry them); ``None`` where
+    anything else differs."""
+    def parts(key: str) -> tuple[list[str], bool, str | None]:
+        segs = key.split("|")
+        prompts = [s for s in segs if s.startswith("prompts=")]
+        return ([s for s in segs if s != "raw" and not s.startswith("prompts=")], "raw" in segs,
+                prompts[0] if prompts else None)
+
+    (w_rest, w_raw, w_prompts), (n_rest, n_raw, n_prompts) = parts(was), parts(now)
+    if w_rest != n_rest or (w_raw, w_prompts) == (n_raw, n_prompts):
+        return None
+    said = []
+    if n_prompts != w_prompts:
+        said.append("the model's query / document prompts are now applied" if w_prompts is None else
+                    "its prompts are now none" if n_prompts is None else "its prompts differ")
+    if n_raw != w_raw:
+        said.append("its vectors are now kept raw (not normalised), as the model says" if n_raw else
+                    "its vectors are now normalised")
+    return " and ".join(said)
