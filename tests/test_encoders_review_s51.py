@@ -299,3 +299,20 @@ def test_a_key_saved_before_revisions_is_accepted(tmp_path: Path, monkeypatch: p
         sentence.check_encoder_key(saved("me/tiny@bbbb|msl=None|raw"), enc, "dense", "me/tiny")
     with pytest.raises(ArtifactError, match=r"another space"):
         sentence.check_encoder_key(saved("me/other|msl=None|raw"), enc, "dense", "me/tiny")
+
+
+def test_token_encoder_keys_a_hub_id_by_its_revision(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Old code: TokenEncoder keyed a hub id by its bare name (cached_fingerprint), so a new revision was served the
+    old one's cached token vectors, and it loaded the model apart from a sentence encoder's (name@<rev>)."""
+    from huggingface_hub import constants
+
+    from ragkit.encoders.tokens import TokenEncoder
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    _fake_hub(tmp_path / "hf" / "hub", "aaaa")
+    tok = TokenEncoder("me/tiny")
+    assert tok.key.startswith("me/tiny@aaaa|") and tok.fingerprint == Encoder("me/tiny").fingerprint
+    _fake_hub(tmp_path / "hf" / "hub", "bbbb")
+    assert TokenEncoder("me/tiny").key.startswith("me/tiny@bbbb|") and tok.key.startswith("me/tiny@aaaa|")

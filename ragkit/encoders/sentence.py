@@ -124,6 +124,18 @@ def model_identity(path: str) -> str | None:
     return None if snapshot is None else f"{path}@{snapshot.name}"
 
 
+def identity_at_first_use(name: str, path: str, device: str, max_seq_length: int | None) -> str:
+    """:func:`model_identity` of the model at ``path`` (``name`` as given), for an encoder's first use: a hub id not
+    in the Hugging Face cache is downloaded (loaded, :func:`load_model`, on ``device`` with ``max_seq_length``)
+    first, so that its identity names the revision read (``name@<commit>``).  The sentence and token encoders
+    both key a model by it, so that they share one load and a new revision is never served old vectors."""
+    identity = model_identity(path)
+    if identity is None:
+        load_model(name, path, device, max_seq_length, _UNPINNED)
+        identity = model_identity(path) or path
+    return identity
+
+
 #: a folder is a model folder when one of these is at its top: sentence-transformers (``modules.json``),
 #: transformers (``config.json``) or a PEFT adapter (``adapter_config.json``)
 MODEL_FOLDER_MARKERS = ("modules.json", "config.json", "adapter_config.json")
@@ -533,8 +545,8 @@ class Encoder:
         if identity is None:
             with self._identity_lock:
                 if self._identity is None:
-                    load_model(self.model_name, self.path, self.device, self.max_seq_length, _UNPINNED)
-                    self._identity = self._describe(model_identity(self.path) or self.path)
+                    self._identity = self._describe(
+                        identity_at_first_use(self.model_name, self.path, self.device, self.max_seq_length))
                 identity = self._identity
         return identity
 

@@ -54,9 +54,10 @@ from ragkit.encoders.sentence import (
     _model_name,
     _refuse_unknown_settings,
     as_texts,
-    cached_fingerprint,
     check_encoder_settings,
+    identity_at_first_use,
     load_model,
+    model_identity,
     queries_cached,
     resolve_model,
     settings_key,
@@ -528,10 +529,11 @@ class TokenEncoder:
         self.max_seq_length = max_seq_length
         self.special_tokens = special_tokens
         self.cache_enabled = cache
-        #: the model's files when the encoder was made (:func:`~ragkit.encoders.sentence.cached_fingerprint`): the
-        #: model it loads is theirs
-        self.fingerprint = cached_fingerprint(self.path)
-        self.key = f"{self.fingerprint}|tokens|msl={max_seq_length}|special={special_tokens}|l2"
+        #: what names the model's files (:func:`~ragkit.encoders.sentence.model_identity`, as the sentence encoder
+        #: keys them: a local model's content hash, a hub id's cached revision ``name@<commit>``), taken when the
+        #: encoder was made, or for a hub id not then in the cache at first use (:attr:`fingerprint`)
+        self._fingerprint: str | None = model_identity(self.path)
+        self._fingerprint_lock = threading.Lock()
         self._cache: TokenCache | None = None
         self._cache_root: Path | None = None  # the cache folder ``_cache`` was made for (None: set by hand)
         #: texts actually encoded (not read from cache) since creation: documents (:meth:`encode`)
@@ -545,6 +547,21 @@ class TokenEncoder:
 
     def __repr__(self) -> str:
         return f"TokenEncoder({self.model_name!r}, special_tokens={self.special_tokens!r})"
+
+    @property
+    def fingerprint(self) -> str:
+        """What names the model's files (:func:`~ragkit.encoders.sentence.identity_at_first_use`, the sentence
+        encoder's identity: a hub id keyed by its cached revision): the model it loads is theirs."""
+        if self._fingerprint is None:
+            with self._fingerprint_lock:
+                if self._fingerprint is None:
+                    self._fingerprint = identity_at_first_use(self.model_name, self.path, "cpu", self.max_seq_length)
+        return self._fingerprint
+
+    @property
+    def key(self) -> str:
+        """The cache key: :attr:`fingerprint`, ``max_seq_length``, ``special_tokens``."""
+        return f"{self.fingerprint}|tokens|msl={self.max_seq_length}|special={self.special_tokens}|l2"
 
     @property
     def model(self) -> Any:
