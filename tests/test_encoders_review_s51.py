@@ -316,3 +316,34 @@ def test_token_encoder_keys_a_hub_id_by_its_revision(tmp_path: Path, monkeypatch
     assert tok.key.startswith("me/tiny@aaaa|") and tok.fingerprint == Encoder("me/tiny").fingerprint
     _fake_hub(tmp_path / "hf" / "hub", "bbbb")
     assert TokenEncoder("me/tiny").key.startswith("me/tiny@bbbb|") and tok.key.startswith("me/tiny@aaaa|")
+
+
+def test_a_hub_model_loads_once_per_revision(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Old code: the first use of a hub id not yet downloaded loaded it under a key that never matched (two
+    encoders made before the download each loaded it fully), and a load whose revision had moved loaded the model
+    by name, then its own snapshot again.  Now one load per revision, a pinned one from its snapshot's folder."""
+    from huggingface_hub import constants
+
+    hub = tmp_path / "hf" / "hub"
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(hub))
+    monkeypatch.setattr(sentence, "_MODELS", {})
+    sources: list[str] = []
+
+    def load(model: str, path: str, source: str, device: str) -> list[Any]:
+        sources.append(source)
+        if not hub.exists():
+            _fake_hub(hub, "aaaa")  # (the download)
+        return [object()]
+
+    monkeypatch.setattr(sentence, "_load", load)
+    a = sentence.load_model("me/tiny", "me/tiny", "cpu", None, sentence._UNPINNED)
+    b = sentence.load_model("me/tiny", "me/tiny", "cpu", None, sentence._UNPINNED)
+    assert a is b and sources == ["me/tiny"]
+    assert sentence.load_model("me/tiny", "me/tiny", "cpu", None, "me/tiny@aaaa") is a and len(sources) == 1
+    _fake_hub(hub, "bbbb")  # a newer revision downloaded
+    c = sentence.load_model("me/tiny", "me/tiny", "cpu", None, "me/tiny@bbbb")
+    assert c is not a and sources[1:] == [str(hub / "models--me--tiny" / "snapshots" / "bbbb")]
+    monkeypatch.setattr(sentence, "_MODELS", {})  # (another process: the encoder's revision has moved on)
+    sentence.load_model("me/tiny", "me/tiny", "cpu", None, "me/tiny@aaaa")
+    assert sources[2:] == [str(hub / "models--me--tiny" / "snapshots" / "aaaa")]

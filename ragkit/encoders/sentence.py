@@ -714,23 +714,35 @@ def load_model(model: str, path: str, device: str, max_seq_length: int | None, f
         m = _MODELS.get(key)
         if m is not None:
             return m
-        m = _load(model, path, path, device)
-        now = model_identity(path)
-        if fingerprint == _UNPINNED:  # (an encoder being made: it keys the revision now in the cache)
+        m = None
+        if fingerprint == _UNPINNED:  # (an encoder's first use: it keys the revision in the cache after the load)
+            now = model_identity(path)
+            if now is None:  # (not downloaded: the load downloads it)
+                m = _load(model, path, path, device)
+                now = model_identity(path)
             key = (path, device, max_seq_length, now or path)
-        elif now != fingerprint and fingerprint != path:  # (a hub id named by itself: tokens.py's, not pinned)
-            snapshot = hub_snapshot(path)
-            old = None if snapshot is None else snapshot.parent / fingerprint.rpartition("@")[2]
-            if old is not None and fingerprint.startswith(f"{path}@") and old.is_dir():
-                _log.info("model %r: the Hugging Face cache moved to revision %s after this encoder was made; it "
-                          "loads its own revision (%s)", model, snapshot.name if snapshot else None, old.name)
-                m = _load(model, path, str(old), device)
+            loaded = _MODELS.get(key)  # (another encoder of the same hub id loaded it first)
+            if loaded is not None:
+                return loaded
+            fingerprint = now or path
+        if m is None:
+            snapshot = hub_snapshot(path) if fingerprint.startswith(f"{path}@") else None
+            pinned = None if snapshot is None else snapshot.parent / fingerprint.rpartition("@")[2]
+            if pinned is not None and pinned.is_dir():  # (a hub id keyed by revision: that snapshot's folder)
+                if pinned != snapshot:
+                    _log.info("model %r: the Hugging Face cache moved to revision %s after this encoder was made; "
+                              "it loads its own revision (%s)", model, snapshot.name if snapshot else None,
+                              pinned.name)
+                m = _load(model, path, str(pinned), device)
             else:
-                raise ParamError(
-                    f"model {model!r}: the files of {path!r} changed after this encoder was made (fingerprint "
-                    f"{fingerprint!r} then, {now!r} now): its cache key names the old files, which are no longer "
-                    "there to load. An encoder made now loads the new files (a new process, or other settings); "
-                    "better, write a changed model to a new folder", path="model")
+                m = _load(model, path, path, device)
+                now = model_identity(path)
+                if now != fingerprint and fingerprint != path:  # (a hub id named by itself: not pinned)
+                    raise ParamError(
+                        f"model {model!r}: the files of {path!r} changed after this encoder was made (fingerprint "
+                        f"{fingerprint!r} then, {now!r} now): its cache key names the old files, which are no "
+                        "longer there to load. An encoder made now loads the new files (a new process, or other "
+                        "settings); better, write a changed model to a new folder", path="model")
         limit = _position_limit(m)
         if max_seq_length is not None and limit is not None and max_seq_length > limit:
             raise ParamError(f"model {model!r}: max_seq_length is {max_seq_length}, beyond the {limit} positions the "
