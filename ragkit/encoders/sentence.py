@@ -127,10 +127,14 @@ def model_identity(path: str) -> str | None:
 def identity_at_first_use(name: str, path: str, device: str, max_seq_length: int | None) -> str:
     """:func:`model_identity` of the model at ``path`` (``name`` as given), for an encoder's first use: a hub id not
     in the Hugging Face cache is downloaded (loaded, :func:`load_model`, on ``device`` with ``max_seq_length``)
-    first, so that its identity names the revision read (``name@<commit>``).  The sentence and token encoders
+    first, so that its identity names the revision read (``name@<commit>``); with the hub set offline
+    (:func:`hub_offline`) it is not, and its identity is its name (a key needs no model: an unregistered encoder's
+    name, a saved operator's check; a load then says why it cannot be downloaded).  The sentence and token encoders
     both key a model by it, so that they share one load and a new revision is never served old vectors."""
     identity = model_identity(path)
     if identity is None:
+        if hub_offline():  # (it cannot be downloaded: keyed by its name, as before revisions; a load says why)
+            return path
         load_model(name, path, device, max_seq_length, _UNPINNED)
         identity = model_identity(path) or path
     return identity
