@@ -772,7 +772,6 @@ class Sharded(Operator):
                                       values=dict(rewrites)))
                 state.vectors.update(sub.vectors)
                 results.append(_flat(sub, self._sub_name))
-        self._warn_query_without_word(state, live, rewrites)
         out = state.copy()
         if not results:
             out.rankings = [Ranking.empty() for _ in texts]
@@ -780,20 +779,27 @@ class Sharded(Operator):
         parts = [(r[0] + off, *r[1:]) for r, off in zip(results, self.bounds_[live])]
         finer = None if self._use_ray() else self._finer(live, texts, rewrites)  # (Ray: the actors scored them)
         out.rankings = _split(*_merge_flat(parts, merge_k, finer))
+        self._warn_query_without_word(state, live, rewrites, out.rankings)
         return out
 
-    def _warn_query_without_word(self, state: State, live: np.ndarray, rewrites: dict[str, Any]) -> None:
+    def _warn_query_without_word(self, state: State, live: np.ndarray, rewrites: dict[str, Any],
+                                 rankings: list[Ranking]) -> None:
         """A ``bm25`` per-shard retriever's warning of a query that finds nothing because its tokenizer drops its
         letters (:meth:`~ragkit.retrievers.bm25.BM25._warn_query_without_word`), once per sharded retriever,
         with one index's text: a query finds nothing when no shard holds any of its terms.  The shards' searches
-        skip it (:func:`~ragkit.retrievers.bm25._shard_search`).  Only queries not in ASCII are counted again,
-        over each shard's vocabulary."""
+        skip it (:func:`~ragkit.retrievers.bm25._shard_search`).  Only the queries that found nothing (merged
+        ``rankings`` empty: a query with a term in any shard's vocabulary finds that shard's documents holding it)
+        and are not in ASCII are counted again, over each shard's vocabulary: a search where every query found
+        something tokenises nothing again."""
         from ragkit.retrievers.bm25 import BM25
 
         if not issubclass(self._sub_cls, BM25) or self.__dict__.get("_query_warner_said", False):
             return
+        empty = np.flatnonzero(np.fromiter((r.rows.size == 0 for r in rankings), bool, len(rankings)))
+        if not len(empty):
+            return
         texts = State(list(state.queries), values=dict(rewrites)).texts(lexical=True)
-        odd = [i for i, t in enumerate(texts) if isinstance(t, str) and not t.isascii()]
+        odd = [i for i in empty.tolist() if isinstance(texts[i], str) and not texts[i].isascii()]
         if not odd:
             return
         found = np.ones(len(texts), np.int64)  # (an ASCII query: its letters are never dropped)

@@ -167,3 +167,19 @@ def test_verified_load_of_sharded_dense_reads_no_index_crc(tmp_path, monkeypatch
     assert back.search(["text word3"]).doc_ids[0].tolist() == s.search(["text word3"]).doc_ids[0].tolist()
     Operator.load(tmp_path / "s", verify=False)
     assert calls, "verify=False keeps the shards' CRC32s"
+
+
+def test_non_ascii_queries_that_find_documents_are_not_tokenised_again(monkeypatch):
+    """The no-match check (86f68aa) tokenised every non-ASCII query again over each shard, on every search, while
+    the warning had not been given: with a tokenizer that keeps their letters it never is.  Only queries that
+    found nothing are checked now."""
+    corpus = Corpus.from_texts([f"文書 {i} über Katzen w{i % 5}" for i in range(30)], ids=[f"d{i}" for i in range(30)])
+    sharded = Sharded(retriever={"bm25": {"tokenizer": "unicode"}}, n_shards=3, backend="local").fit(corpus)
+    calls = []
+    orig = BM25.query_matrix
+    monkeypatch.setattr(BM25, "query_matrix", lambda self, texts, *a, **kw: calls.append(len(texts)) or
+                        orig(self, texts, *a, **kw))
+    monkeypatch.setattr(Sharded, "_finer", lambda self, *a: None)  # (tied candidates' scoring tokenises too)
+    out = sharded.search(["über Katzen", "文書 w1"])
+    assert all(len(r.rows) for r in out.rankings)
+    assert len(calls) == 3, calls  # (the three shards' own searches)
