@@ -173,19 +173,8 @@ def _fit_shard(node: dict[str, Any], corpus: Corpus, folder: str) -> str:
     with _shard_fit():
         op.fit(corpus)
     check_parent()
-    _save_shard(op, folder)
+    op.save(folder)
     return folder
-
-
-def _save_shard(op: Operator, folder: str) -> None:
-    """Write the fitted shard ``op`` to ``folder`` (under a temporary name, renamed into place: a memory-mapped
-    earlier one stays readable) without its documents and checksums, as a saved ``sharded`` retriever's shard
-    folders are: every load passes the shard's documents (a slice of the parent's), and this process wrote the
-    folder (a corpus.jsonl written, and hashed by every actor, for nothing)."""
-    from ragkit._saves import atomic_dir
-
-    with atomic_dir(folder) as tmp:
-        op.save_into(tmp, with_corpus=False)
 
 
 class _ShardActor:
@@ -206,8 +195,8 @@ class _ShardActor:
         self.error: str | None = None
         try:
             _import_plugins(modules)  # the modules that register the driver's own operators (custom retrievers)
-            # a shard folder holds no documents (the parent's corpus, sliced, is given) and, saved, no checksums (the
-            # parent's load checked them); one a fit of an earlier version wrote holds both
+            # a saved sharded retriever's shard folders hold no documents (the parent's corpus, sliced, is given)
+            # and no checksums (the parent's load checked them); those a fit just wrote hold both
             self.ops = [Operator.load(f, corpus=c, verify=(Path(f) / CHECKSUMS).is_file())
                         for f, c in zip(folders, corpora)]
         except _FINAL as e:
@@ -618,13 +607,12 @@ class Sharded(Operator):
             # on Ray the actors search and the driver's shards only save (and share BM25's statistics):
             # memory-mapped from the fit's folders, they do not hold every shard's index in the driver
             mapped = self._use_ray()
-            shards = _open_shards(folders, corpus, bounds, mmap=mapped, verify=False)  # (this fit wrote them)
+            shards = _open_shards(folders, corpus, bounds, mmap=mapped)
             if self._share_collection(shards) and mapped:
                 for shard, f in zip(shards, folders):  # the Ray actors load the shards from these folders
                     if shard is not None:  # (written under a temporary name and renamed: mapped files stay readable)
-                        _save_shard(shard, f)
-                # the weights just saved, mapped in turn
-                shards = _open_shards(folders, corpus, bounds, mmap=True, verify=False)
+                        shard.save(f)
+                shards = _open_shards(folders, corpus, bounds, mmap=True)  # the weights just saved, mapped in turn
         except BaseException:
             tmp.cleanup()
             raise

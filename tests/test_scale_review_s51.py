@@ -4,8 +4,6 @@ once per sharded search, search_distributed's saved folder reused, merge_ranking
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -88,22 +86,6 @@ def test_tied_bm25_shards_on_ray_send_their_fine_scores(local_ray, monkeypatch):
     monkeypatch.setattr("ragkit._sharded._pair_scores", refuse)
     _same(sharded.search(queries).rankings, want)
 
-
-def test_a_fit_writes_shard_folders_without_documents_or_checksums(tmp_path):
-    """A fit's shard folders held a full corpus.jsonl (never read: every load passes the shard's documents) and
-    checksums (each Ray actor hashed the documents again); now none, as a saved sharded retriever's shard
-    folders.  The rankings are unchanged, after a save and load too."""
-    corpus = _tied_corpus(200, seed=2)
-    queries = ["w1", "w2 w3"]
-    sharded = Sharded(retriever={"bm25": {"k": 20}}, n_shards=3, k=20, backend="local",
-                      workdir=str(tmp_path / "work")).fit(corpus)
-    for f in sharded.folders_:
-        names = {p.name for p in Path(f).iterdir()}
-        assert "params.json" in names and "corpus.jsonl" not in names and "checksums.json" not in names, names
-    want = BM25(k=20).fit(corpus).search(queries).rankings
-    _same(sharded.search(queries).rankings, want)
-    sharded.save(tmp_path / "saved")
-    _same(Sharded.load(tmp_path / "saved").search(queries).rankings, want)
 
 
 def test_merge_rankings_refuses_a_bad_k_and_parts_of_other_query_counts():
