@@ -532,7 +532,9 @@ class Encoder:
         config, modules = model_config(self.path)
         query_prompt = role_prompt(config, "query") if query_prompt is None else query_prompt
         document_prompt = role_prompt(config, "document") if document_prompt is None else document_prompt
-        normalize = model_normalises(config, modules) if normalize is None else normalize
+        if normalize is None:  # (a hub id whose files are not here, offline: unknown, so the key of before, unit)
+            unread = fingerprint == self.path and not Path(self.path).exists()
+            normalize = True if unread else model_normalises(config, modules)
         # (a model without prompts that normalises, as MiniLM: the key of before prompts and normalize existed)
         key = f"{fingerprint}|msl={self.max_seq_length}"
         if query_prompt or document_prompt:
