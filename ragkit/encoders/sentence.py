@@ -618,8 +618,10 @@ class Encoder:
         """Whether this encoder's vectors are unit length, so that its cache sets aside a row that is not
         (:attr:`EmbeddingCache.unit_length`: such as one zeroed by data a disk lost; it is encoded again):
         ragkit's own forward pass with ``normalize`` on.  A subclass with a forward pass of its own is not held to
-        it, even on a key a plain encoder uses too (:func:`shared_store` gives each its own reader)."""
-        return bool(self.normalize) and type(self)._forward is Encoder._forward
+        it, even on a key a plain encoder uses too (:func:`shared_store` gives each its own reader); nor is an
+        offline hub id whose files are not here (its normalisation is not known, :meth:`_describe`)."""
+        unread = self.fingerprint == self.path and not Path(self.path).exists()
+        return bool(self.normalize) and not unread and type(self)._forward is Encoder._forward
 
     @property
     def query_store(self) -> EmbeddingCache:
