@@ -112,7 +112,8 @@ class Config(NamedTuple):
 
 
 def run_configs(d: np.ndarray, q: np.ndarray, ref: np.ndarray, configs: list[Config], *, k: int, repeat: int,
-                quality=None, builds: int = 1, min_seconds: float = 0.0, timing: dict | None = None) -> list[dict]:
+                quality=None, builds: int = 1, min_seconds: float = 0.0, timing: dict | None = None,
+                threads: int | None = None) -> list[dict]:
     """Build every configuration (each build timed alone), then time their searches together: one warm-up
     call each, then rounds of :func:`interleaved` over all of them (at least ``repeat``, and until each search
     has been timed ``min_seconds`` in all), so the q/s of a table (and each ratio made from it) come from the
@@ -123,7 +124,27 @@ def run_configs(d: np.ndarray, q: np.ndarray, ref: np.ndarray, configs: list[Con
     ``builds > 1`` each graph configuration (``rebuild`` set) is also searched on ``builds - 1`` fresh builds
     of its graph (untimed, one at a time): ``recall@10_median`` / ``recall@10_min`` (and ``ndcg@10_...``) over
     all ``builds``, the values in ``recall@10_builds``.  ``recall@10`` stays the timed build's, the one
-    its q/s (and the ``--at-recall`` interpolation) comes from."""
+    its q/s (and the ``--at-recall`` interpolation) comes from.
+
+    ``threads`` (a count of 1 or more; ``None``: no limit): the builds and searches run inside
+    ``threadpoolctl.threadpool_limits(threads)``, so numpy's BLAS (``numpy Q@D.T``, ragkit's exact searches) and
+    OpenMP use as many threads as faiss and usearch are given (BLAS used every CPU whatever ``--threads`` said)."""
+    if threads is None:
+        return _run_configs(d, q, ref, configs, k=k, repeat=repeat, quality=quality, builds=builds,
+                            min_seconds=min_seconds, timing=timing)
+    if threads < 1:
+        raise ValueError(f"run_configs: threads: expected a thread count of 1 or more (or None: no limit), "
+                         f"got {threads}")
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(threads):
+        return _run_configs(d, q, ref, configs, k=k, repeat=repeat, quality=quality, builds=builds,
+                            min_seconds=min_seconds, timing=timing)
+
+
+def _run_configs(d: np.ndarray, q: np.ndarray, ref: np.ndarray, configs: list[Config], *, k: int, repeat: int,
+                 quality=None, builds: int = 1, min_seconds: float = 0.0, timing: dict | None = None) -> list[dict]:
+    """:func:`run_configs`' work, under whatever thread limits its caller set."""
     objs, build_s = {}, {}
     for c in configs:
         try:
@@ -218,7 +239,8 @@ def configs_for(d: np.ndarray, k: int, scale: bool, efs: list[int], threads: int
     ``threads``, a count of 1 or more (``main`` resolves ``--threads`` 0 or -1, all cores, once, with
     :func:`ragkit._cpus.thread_count`: the CPUs this process may use), is given as the same explicit count to
     ragkit, raw usearch and faiss (usearch's own 0 and ``os.cpu_count()`` count the machine's CPUs, more than a
-    ``taskset`` or a container lets the process run on).
+    ``taskset`` or a container lets the process run on); numpy's BLAS (``numpy Q@D.T``, ragkit's exact searches)
+    gets it from :func:`run_configs` (``threads``).
     """
     from ragkit.retrievers._index import VectorIndex
     from ragkit.retrievers._index_files import resident_bytes
@@ -627,7 +649,8 @@ def main() -> None:
                          "cov: noise with the corpus's covariance (its spectrum)")
     ap.add_argument("--ef", type=str, default=None, help="HNSW expansion_search sweep, comma separated")
     ap.add_argument("--threads", type=int, default=0,
-                    help="threads for ragkit/usearch/faiss (0 = all cores: the CPUs this process may use)")
+                    help="threads for ragkit/usearch/faiss, and numpy's BLAS (threadpoolctl) in the builds and "
+                         "searches (0 = all cores: the CPUs this process may use)")
     ap.add_argument("--connectivity", type=int, default=16,
                     help="HNSW graph degree of both libraries (ragkit connectivity, faiss M)")
     ap.add_argument("--graph-reduce", default="",
@@ -716,7 +739,7 @@ def main() -> None:
         timing: dict = {}
         rows = run_configs(base, qbase, ref, cfgs, k=k, repeat=args.repeat, builds=builds,
                            quality=lambda got: ndcg10(got, doc_ids, qids, qrels), min_seconds=args.min_seconds,
-                           timing=timing)
+                           timing=timing, threads=threads)
         _CACHE.clear()
         result["scifact"] = {"n": len(base), "n_queries": len(qbase), **timing, "rows": rows}
         print(table(rows, "ragkit exact f32", ["build_s", "memory_bytes", "qps", "recall@10", "ndcg@10"]
@@ -739,7 +762,8 @@ def main() -> None:
         rows = run_configs(d, q, ref, selected(configs_for(
             d, k, True, efs, threads, args.connectivity,
             tuple(r for r in args.graph_reduce.split(",") if r), args.graph_oversample, raw_usearch=raw_sel)), k=k,
-                           repeat=args.repeat, builds=builds, min_seconds=args.min_seconds, timing=timing)
+                           repeat=args.repeat, builds=builds, min_seconds=args.min_seconds, timing=timing,
+                           threads=threads)
         _CACHE.clear()
         raw = raw_usearch_pairs(rows, efs)
         rows = [r for r in rows if r["family"] != "usearch-raw" and chosen(r["config"])]

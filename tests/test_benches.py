@@ -704,3 +704,32 @@ def test_bm25_memory_quick_keeps_explicit_queries_and_k(tmp_path: Path, monkeypa
     bm.main()
     res = json.loads((tmp_path / "bm25_memory_quick.json").read_text())
     assert (res["queries"], res["k"]) == (50, 100)
+
+
+def test_dense_run_configs_limits_blas_to_threads() -> None:
+    """``--threads`` went to faiss and usearch only: numpy's BLAS (``numpy Q@D.T``, ragkit's exact searches) used
+    every thread it had.  ``run_configs(threads=...)`` builds and searches under ``threadpool_limits(threads)``:
+    with two BLAS threads outside, a search run with ``threads=1`` sees one, and two again after."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    dense = _dense_bench()
+    seen: list[int] = []
+
+    def blas() -> set[int]:
+        return {i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"}
+
+    def search(x: np.ndarray) -> np.ndarray:
+        seen.extend(blas())
+        return np.argsort(-(x[:3] @ x.T), axis=1)[:, :2]
+
+    x = np.random.default_rng(0).standard_normal((20, 4)).astype(np.float32)
+    cfg = dense.Config("spy", "numpy", lambda: x, search, lambda o: o.nbytes)
+    with threadpoolctl.threadpool_limits(2, user_api="blas"):  # two threads outside, whatever the machine
+        if not blas():
+            pytest.skip("no BLAS library that threadpoolctl controls")
+        rows = dense.run_configs(x, x[:3], np.argsort(-(x[:3] @ x.T), axis=1)[:, :2], [cfg], k=2, repeat=2,
+                                 threads=1)
+        assert blas() == {2}  # restored after
+    assert seen and set(seen) == {1}, seen
+    assert rows[0]["config"] == "spy" and rows[0]["recall@10"] > 0
+    with pytest.raises(ValueError, match=r"run_configs: threads: expected a thread count of 1 or more .*got 0"):
+        dense.run_configs(x, x[:3], x[:3], [cfg], k=2, repeat=1, threads=0)
