@@ -174,7 +174,8 @@ class _FuserParams(Params):
     weights: list[float] | None = Field(default=None, description="Per-branch weights (default: all 1).")
     top_k: int | None = Field(default=None, ge=1, description="Results kept after fusion (default: the whole union).")
     learn: bool = Field(default=False, description="Learn the branch weights from the training split at fit "
-                                                   "(cross-validated grid search maximising nDCG@10).")
+                                                   "(cross-validated grid search maximising nDCG@10; given "
+                                                   "weights are kept unless learned ones beat them).")
     folds: int = Field(default=5, ge=2, description="Cross-validation folds when learning weights.")
 
     @model_validator(mode="after")
@@ -274,6 +275,8 @@ class _Fuser(Operator):
         from ragkit.pipelines.weights import learn_weights
 
         names = [n for n, _ in upstream.branches]
+        given = self._weights(names) if self.params.weights is not None else None  # (checks their number)
+        baseline = None if given is None else given / given.sum()  # what learning must beat, kept on a tie
 
         options = self._learnable_options()
         if not options:
@@ -295,19 +298,20 @@ class _Fuser(Operator):
             where = f"{self.name} ({asked + ', ' if asked else ''}trying {tried})" if tried else self.name
             # several settings, the same queries: no fold to hold out is said once, below, not once a setting
             searches.append((option, learn_weights(fuse, upstream, train.qrels, corpus.ids, folds=self.params.folds,
-                                                   heads=heads, where=where, warn=len(options) == 1)))
+                                                   heads=heads, where=where, warn=len(options) == 1,
+                                                   baseline=baseline)))
         option, found = searches[self._best_search(searches)]
         self.option_ = option
         self.weights_ = found.weights
-        # cv_ndcg@10: the kept weights' cross-validated estimate (equal weights' when they were kept, the
-        # averaged weights' own then under averaged_cv_ndcg@10, beside the weights set aside)
+        # cv_ndcg@10: the kept weights' cross-validated estimate (the baseline's, equal or given weights, when it
+        # was kept, the averaged weights' own then under averaged_cv_ndcg@10, beside the weights set aside)
         set_aside = found.report()
         if set_aside:
             set_aside = {"kept": set_aside.pop("kept"), "averaged_weights": set_aside.pop("averaged_weights"),
                          "averaged_cv_ndcg@10": found.cv_ndcg, **set_aside}
         self.learned_ = {"branches": names, "weights": found.weights.tolist(), **option,
                          "cv_ndcg@10": found.held_out_ndcg, "train_ndcg@10": found.train_ndcg,
-                         "uniform_ndcg@10": found.baseline_ndcg, **set_aside}
+                         f"{found.compared_with}_ndcg@10": found.baseline_ndcg, **set_aside}
 
     def _best_search(self, searches: list[tuple[dict[str, Any], WeightSearch]]) -> int:
         """Which of the ``(setting, weight search)`` pairs of the settings :meth:`_learnable_options` tried to keep: the

@@ -1,25 +1,29 @@
 """Learning a fuser's branch weights from judged training queries.
 
 Grid search over the weight simplex (plus the exact uniform point, which a 0.1 or 0.25 grid
-lacks for 3 or 5+ branches), scored by per-query nDCG@10 (pytrec_eval) on the training
-queries' fused rankings.  K-fold cross-validation (the queries of one text, whitespace and case
-aside, in one fold, as ``ragkit train``'s held-out fold keeps them) picks the best weights on each fold's
-training part (of equally good grid points, the one closest to uniform weights, so no branch
-is dropped for nothing); the final weights are the mean of those per-fold picks (bagging
-across folds, which damps the variance of a single arg-max over a few hundred queries), and
-the mean held-out nDCG@10 of the picks is the estimate of that procedure.
+lacks for 3 or 5+ branches, and the fuser's own ``weights`` when it was given some off the grid),
+scored by per-query nDCG@10 (pytrec_eval) on the training queries' fused rankings.  K-fold
+cross-validation (the queries of one text, whitespace and case aside, in one fold, as ``ragkit
+train``'s held-out fold keeps them) picks the best weights on each fold's training part (of equally
+good grid points, the one closest to the baseline, so no branch is dropped for nothing); the final
+weights are the mean of those per-fold picks (bagging across folds, which damps the variance of a
+single arg-max over a few hundred queries), and the mean held-out nDCG@10 of the picks is the
+estimate of that procedure.
 
-Learning must earn its weights: when that estimate is no better than equal weights scored on the same
-held-out folds, or the averaged weights score below equal weights on the training queries, the equal
-weights are kept (``WeightSearch.kept == "uniform"``, with a warning on the ``ragkit`` logger).  The
-cross-validated score of the weights kept (:attr:`WeightSearch.held_out_ndcg`) took part in that choice, so it
-is optimistic by selection: usually the higher of the two scores on the same folds.
+Learning must earn its weights against a baseline, the weights the fuser would use unlearned: equal
+weights, or the fuser's own ``weights`` when it was given some.  When that estimate is no better than
+the baseline's on the same held-out folds, or the averaged weights score below the baseline on the
+training queries, the baseline is kept (``WeightSearch.kept == "uniform"``, or ``"given"`` for given
+weights, with a warning on the ``ragkit`` logger).  The cross-validated score of the weights kept
+(:attr:`WeightSearch.held_out_ndcg`) took part in that choice, so it is optimistic by selection:
+usually the higher of the two scores on the same folds.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Callable, Literal
 
 import numpy as np
@@ -68,11 +72,13 @@ class WeightSearch:
     """Result of :func:`learn_weights`: chosen weights, per-fold picks and estimates.
 
     ``cv_ndcg`` is the learning procedure's held-out nDCG@10 (each fold scored with the pick of the other
-    folds), ``uniform_cv_ndcg`` equal weights' on the same folds; ``train_ndcg`` is the chosen
-    ``weights``' nDCG@10 on the training queries, ``baseline_ndcg`` equal weights'.  ``kept`` says which
-    weights were chosen: ``"learned"`` (the mean of the per-fold picks, ``averaged``) or ``"uniform"``
-    (equal weights, when the averaged ones do not beat them: ``cv_ndcg <= uniform_cv_ndcg``, or their
-    training nDCG@10, ``averaged_train_ndcg``, is below ``baseline_ndcg``).
+    folds), ``uniform_cv_ndcg`` the baseline's on the same folds; ``train_ndcg`` is the chosen
+    ``weights``' nDCG@10 on the training queries, ``baseline_ndcg`` the baseline's.  The baseline is the
+    fuser's unlearned weights, ``compared_with`` says which: ``"uniform"`` (equal weights) or ``"given"``
+    (the fuser's own ``weights``, normalised to sum to 1).  ``kept`` says which weights were chosen:
+    ``"learned"`` (the mean of the per-fold picks, ``averaged``) or the baseline, ``compared_with``'s value
+    (when the averaged ones do not beat it: ``cv_ndcg <= uniform_cv_ndcg``, or their training nDCG@10,
+    ``averaged_train_ndcg``, is below ``baseline_ndcg``).
 
     ``cv_ndcg`` and ``uniform_cv_ndcg`` are each an unselected held-out estimate of one option; the kept
     weights' one, :attr:`held_out_ndcg`, is not: those two scores chose it."""
@@ -83,7 +89,8 @@ class WeightSearch:
     train_ndcg: float
     baseline_ndcg: float
     uniform_cv_ndcg: float = float("nan")
-    kept: Literal["learned", "uniform"] = "learned"
+    kept: Literal["learned", "uniform", "given"] = "learned"
+    compared_with: Literal["uniform", "given"] = "uniform"
     averaged: np.ndarray = field(default_factory=lambda: np.zeros(0))
     averaged_train_ndcg: float = float("nan")
     #: why no cross-validated estimate was made (the usable queries all have one text), "" when one was: the
@@ -93,7 +100,7 @@ class WeightSearch:
     @property
     def held_out_ndcg(self) -> float:
         """The cross-validated nDCG@10 of the weights kept: ``cv_ndcg`` for learned ones, ``uniform_cv_ndcg``
-        when equal weights were kept (what a choice between fusion settings compares).
+        when the baseline (equal or given weights) was kept (what a choice between fusion settings compares).
 
         Optimistic by selection: the same held-out folds' scores chose between the two (the learned weights
         are kept only when ``cv_ndcg > uniform_cv_ndcg``), so this is their maximum unless the training
@@ -109,16 +116,19 @@ class WeightSearch:
         return bool(np.isfinite(self.held_out_ndcg))
 
     def report(self) -> dict[str, object]:
-        """What a fuser's ``learned_`` should add to its weights and estimates when equal weights were kept
-        (empty otherwise): ``kept``, the averaged weights set aside and the numbers that set them aside."""
-        if self.kept != "uniform":
+        """What a fuser's ``learned_`` should add to its weights and estimates when the baseline was kept
+        (empty otherwise): ``kept``, the averaged weights set aside and the numbers that set them aside (the
+        baseline's held-out estimate as ``uniform_cv_ndcg@10``, or ``given_cv_ndcg@10`` for given weights)."""
+        if self.kept == "learned":
             return {}
-        return {"kept": "uniform", "averaged_weights": self.averaged.tolist(),
-                "averaged_train_ndcg@10": self.averaged_train_ndcg, "uniform_cv_ndcg@10": self.uniform_cv_ndcg}
+        return {"kept": self.kept, "averaged_weights": self.averaged.tolist(),
+                "averaged_train_ndcg@10": self.averaged_train_ndcg,
+                f"{self.compared_with}_cv_ndcg@10": self.uniform_cv_ndcg}
 
 
 def best_grid_point(scores: np.ndarray, from_uniform: np.ndarray, tol: float = 1e-12) -> int:
-    """Index of the best score; ties (within ``tol``) go to the point closest to uniform weights.
+    """Index of the best score; ties (within ``tol``) go to the point closest to the baseline (``from_uniform``:
+    each point's distance from it; equal weights unless a fuser's own weights were given).
 
     Examples
     --------
@@ -133,21 +143,22 @@ def best_grid_point(scores: np.ndarray, from_uniform: np.ndarray, tol: float = 1
 def learn_weights(fuse: Callable[[State, np.ndarray], list[Ranking]], state: State, qrels: Qrels,
                   corpus_ids: np.ndarray, *, folds: int = 5, step: float | None = None, seed: int = 0,
                   heads: Callable[[np.ndarray, int], tuple[np.ndarray, ...]] | None = None,
-                  where: str = "", warn: bool = True) -> WeightSearch:
+                  where: str = "", warn: bool = True, baseline: np.ndarray | None = None) -> WeightSearch:
     """Choose branch weights maximising nDCG@10 on the usable queries of ``state``: those with a judgement
     > 0 of a document in ``corpus_ids`` (:func:`~ragkit.types.usable_query_ids`; others score nDCG 0 for
     every weight and are left out).  At least 2 are needed (:class:`DataError`).
 
-    The weights are the mean of the per-fold picks unless they do not beat equal weights: a cross-validated
-    nDCG@10 (``cv_ndcg``) no higher than equal weights' on the same held-out folds, or a training nDCG@10
-    below equal weights'; then equal weights (``1 / n`` each) are kept (``kept="uniform"``) and a warning
-    on the ``ragkit`` logger gives both pairs of numbers.
+    The weights are the mean of the per-fold picks unless they do not beat the ``baseline`` (equal weights,
+    ``1 / n`` each, unless given): a cross-validated nDCG@10 (``cv_ndcg``) no higher than the baseline's on the
+    same held-out folds, or a training nDCG@10 below the baseline's; then the baseline is kept
+    (``kept="uniform"``, or ``"given"`` for given weights) and a warning on the ``ragkit`` logger gives both
+    pairs of numbers.
 
     The queries of one text (:func:`~ragkit.types.normalised_text`: whitespace and case aside) share a fold,
     whatever their ids, as ``ragkit train``'s held-out fold keeps them; the texts, numbered in the order of their
     first query, are permuted with ``seed`` (without shared texts: the fold of a permutation of the queries).
-    Usable queries of one text leave no question to hold out: equal weights are kept, with a warning (its text
-    also in ``note``), and the cross-validated estimates are nan (only equal weights are scored;
+    Usable queries of one text leave no question to hold out: the baseline is kept, with a warning (its text
+    also in ``note``), and the cross-validated estimates are nan (only the baseline is scored;
     ``cross_validated`` is False).
 
     Parameters
@@ -165,24 +176,40 @@ def learn_weights(fuse: Callable[[State, np.ndarray], list[Ranking]], state: Sta
         with the same nDCG, without building rankings (SciFact train, 3 branches: 3-6x faster).
     where : str
         The fuser and the setting tried (``"weighted (norm: learn, trying zscore)"``), starting the warning
-        when equal weights are kept: a fuser trying several settings may warn once for each (when the learned
-        weights of several do not beat equal weights).
+        when the baseline is kept: a fuser trying several settings may warn once for each (when the learned
+        weights of several do not beat the baseline).
     warn : bool
         False: the queries of one text are not warned of here, only described in the result's ``note`` (a fuser
         trying several settings, the same queries for each, says it once, with how it then chose among them).
+    baseline : (n_branches,) array, optional
+        The fuser's own weights, what it uses unlearned (None: equal weights): scaled to sum to 1, they are a
+        point of the search (added to the grid when off it), win its ties (the grid point closest to them does)
+        and are kept unless the learned weights beat them.  Weights equal to one another are equal weights.
 
-    The weights are exact means: the per-fold picks (multiples of the grid step, or the uniform point's
-    ``1 / n``) are averaged in fractions and rounded once, so 0.8, 0.9, 0.8, 0.8, 0.9 average to 0.84, not
-    the 0.8400000000000001 of a float sum.
+    The weights are exact means: the per-fold picks (multiples of the grid step, the uniform point's
+    ``1 / n``, or a given baseline) are averaged in fractions and rounded once, so 0.8, 0.9, 0.8, 0.8, 0.9
+    average to 0.84, not the 0.8400000000000001 of a float sum.
     """
     n = len(state.branches or [])
     step = step or (0.1 if n <= 3 else 0.25)
     grid = simplex_grid(n, step)
-    from_uniform = np.linalg.norm(grid - 1 / n, axis=1)
-    if from_uniform.min() > 1e-9:  # the unlearned fuser's point: the baseline, and the winner of ties
-        grid = np.vstack([grid, np.full(n, 1 / n)])
-        from_uniform = np.append(from_uniform, 0.0)
-    uniform = int(np.argmin(from_uniform))
+    base = np.full(n, 1 / n)
+    if baseline is not None:
+        given_w = np.asarray(baseline, np.float64)
+        if given_w.shape != (n,) or not np.all(np.isfinite(given_w)) or given_w.min() < 0 or given_w.sum() <= 0:
+            raise ValueError(f"learning fusion weights: baseline must be {n} non-negative finite weights (one a "
+                             f"branch), not all 0, got {given_w.tolist()}")
+        if np.abs(given_w / given_w.sum() - 1 / n).max() > 1e-9:  # weights equal to one another are equal weights
+            base = given_w / given_w.sum()
+    given = bool(np.abs(base - 1 / n).max() > 1e-9)
+    compared_with: Literal["uniform", "given"] = "given" if given else "uniform"
+    said = f"the given weights {np.round(base, 3).tolist()}" if given else "equal weights"
+    for point in ([np.full(n, 1 / n), base] if given else [np.full(n, 1 / n)]):
+        if np.linalg.norm(grid - point, axis=1).min() > 1e-9:  # a point off the grid (uniform: 3 or 5+ branches)
+            grid = np.vstack([grid, point])
+    # the unlearned fuser's point: the baseline, the winner of ties (the point closest to it) and kept on a tie
+    from_base = np.linalg.norm(grid - base, axis=1)
+    at_base = int(np.argmin(from_base))
     # a query judged only 0, or whose relevant documents are none of the corpus's, scores nDCG 0 whatever the
     # weights: it is unjudged here (it would only dilute the folds and the estimates)
     qids = usable_or_refused(state.query_ids, qrels, corpus_ids, "learning fusion weights")
@@ -196,8 +223,8 @@ def learn_weights(fuse: Callable[[State, np.ndarray], list[Ranking]], state: Sta
     numbers: dict[str, int] = {}
     text_group = np.array([numbers.setdefault(normalised_text(text_of[q]), len(numbers)) for q in qids], np.intp)
     n_texts = len(numbers)
-    if n_texts < 2:  # no fold can hold a question out: nothing to earn weights with, equal weights only are scored
-        grid, from_uniform, uniform = grid[[uniform]], from_uniform[[uniform]], 0
+    if n_texts < 2:  # no fold can hold a question out: nothing to earn weights with, the baseline only is scored
+        grid, from_base, at_base = grid[[at_base]], from_base[[at_base]], 0
     # checked once here (string ids, integer grades), not again by each of the grid's evaluations
     judged = check_qrels({q: qrels[q] for q in qids}, "learning fusion weights")
     per_q = np.zeros((len(grid), len(qids)))
@@ -211,60 +238,67 @@ def learn_weights(fuse: Callable[[State, np.ndarray], list[Ranking]], state: Sta
                                  qrels_checked=True).per_query
             per_q[g] = [pq["ndcg@10"][q] for q in qids]
     if n_texts < 2:
-        baseline = float(per_q[uniform].mean())
+        base_ndcg = float(per_q[at_base].mean())
         note = (f"learning fusion weights: the {len(qids)} usable training queries ({some_ids(qids)}) all have one "
                 f"text (whitespace and case aside), {text_of[qids[0]]!r}; cross-validation keeps the queries of one "
-                "text in one fold, so none can be held out; keeping equal weights (no cross-validated nDCG@10: nan)")
+                f"text in one fold, so none can be held out; keeping {said} (no cross-validated nDCG@10: nan)")
         if warn:
             logging.getLogger("ragkit").warning("%s%s", f"{where}: " if where else "", note)
-        return WeightSearch(weights=grid[uniform].copy(), fold_picks=np.zeros((0, n)), cv_ndcg=float("nan"),
-                            train_ndcg=baseline, baseline_ndcg=baseline, kept="uniform", note=note)
+        return WeightSearch(weights=grid[at_base].copy(), fold_picks=np.zeros((0, n)), cv_ndcg=float("nan"),
+                            train_ndcg=base_ndcg, baseline_ndcg=base_ndcg, kept=compared_with,
+                            compared_with=compared_with, note=note)
     # the queries of one text (normalised_text) share a fold, as train's held-out fold keeps them on one side: a
     # question picked on under one id and scored under another is not held out.  The texts, numbered in the order
     # of their first query, are permuted with the seed; without shared texts this is the old per-query fold.
     rng = np.random.default_rng(seed)
     fold_of = (rng.permutation(n_texts) % max(2, min(folds, n_texts)))[text_group]
-    picks, held, held_uniform = [], [], []
+    picks, held, held_base = [], [], []
     for f in range(fold_of.max() + 1):
         tr, te = fold_of != f, fold_of == f
-        best = best_grid_point(per_q[:, tr].mean(axis=1), from_uniform)
+        best = best_grid_point(per_q[:, tr].mean(axis=1), from_base)
         picks.append(grid[best])
         held.append(per_q[best, te].mean())
-        held_uniform.append(per_q[uniform, te].mean())  # equal weights on the same held-out fold
+        held_base.append(per_q[at_base, te].mean())  # the baseline on the same held-out fold
     averaged = _exact_mean(np.array(picks), int(round(1 / step)) * n)
     final = (Run.from_rankings(state.query_ids, fuse(state, averaged), corpus_ids) if heads is None
              else _heads_run(heads(averaged, _DEPTH), state.query_ids, corpus_ids))
     averaged_train = float(_evaluate_noted(final, judged, ["ndcg@10"], qrels_checked=True).scores["ndcg@10"])
-    cv, cv_uniform, baseline = float(np.mean(held)), float(np.mean(held_uniform)), float(per_q[uniform].mean())
+    cv, cv_base, base_ndcg = float(np.mean(held)), float(np.mean(held_base)), float(per_q[at_base].mean())
     weights, train_ndcg = averaged, averaged_train
-    kept: Literal["learned", "uniform"] = "learned"
-    if np.abs(averaged - grid[uniform]).max() > 1e-9 and (cv <= cv_uniform or averaged_train < baseline):
-        weights, train_ndcg, kept = grid[uniform].copy(), baseline, "uniform"
+    kept: Literal["learned", "uniform", "given"] = "learned"
+    if np.abs(averaged - grid[at_base]).max() > 1e-9 and (cv <= cv_base or averaged_train < base_ndcg):
+        weights, train_ndcg, kept = grid[at_base].copy(), base_ndcg, compared_with
         logging.getLogger("ragkit").warning(
-            "%slearning fusion weights: the learned weights %s do not beat equal weights (cross-validated nDCG@10 "
-            "%.4f vs %.4f for equal weights on the same held-out folds; %.4f vs %.4f on the %d training queries); "
-            "keeping equal weights", f"{where}: " if where else "", np.round(averaged, 3).tolist(), cv, cv_uniform,
-            averaged_train, baseline, len(qids))
+            "%slearning fusion weights: the learned weights %s do not beat %s (cross-validated nDCG@10 "
+            "%.4f vs %.4f for %s on the same held-out folds; %.4f vs %.4f on the %d training queries); "
+            "keeping %s", f"{where}: " if where else "", np.round(averaged, 3).tolist(), said, cv, cv_base,
+            "them" if given else said, averaged_train, base_ndcg, len(qids), said)
     return WeightSearch(weights=weights, fold_picks=np.array(picks), cv_ndcg=cv, train_ndcg=train_ndcg,
-                        baseline_ndcg=baseline, uniform_cv_ndcg=cv_uniform, kept=kept, averaged=averaged,
-                        averaged_train_ndcg=averaged_train)
+                        baseline_ndcg=base_ndcg, uniform_cv_ndcg=cv_base, kept=kept, compared_with=compared_with,
+                        averaged=averaged, averaged_train_ndcg=averaged_train)
 
 
 def _exact_mean(points: np.ndarray, denominator: int) -> np.ndarray:
     """The mean of the rows of ``points``, whose entries are fractions with denominators dividing
     ``denominator`` (grid points: multiples of the step; the uniform point: ``1 / n``), computed exactly
-    and rounded once to float64 (a float sum adds rounding errors: 0.8400000000000001).  A few folds
-    times a few branches: plain fractions.
+    and rounded once to float64 (a float sum adds rounding errors: 0.8400000000000001).  An entry no such
+    fraction rounds to (a fuser's given weights, 0.123) is taken as the float it is.  A few folds times a
+    few branches: plain fractions.
 
     Examples
     --------
     >>> _exact_mean(np.array([[0.9, 0.1], [0.8, 0.2], [0.8, 0.2], [0.9, 0.1], [0.8, 0.2]]), 20).tolist()
     [0.84, 0.16]
     """
-    from fractions import Fraction
-
-    exact = [[Fraction(float(x)).limit_denominator(denominator) for x in row] for row in points]
+    exact = [[_fraction(float(x), denominator) for x in row] for row in points]
     return np.array([float(sum(col, Fraction(0)) / len(exact)) for col in zip(*exact)], np.float64)
+
+
+def _fraction(x: float, denominator: int) -> Fraction:
+    """``x`` as the fraction with a denominator up to ``denominator`` that rounds to it, or exactly (its binary
+    value) where none does."""
+    near = Fraction(x).limit_denominator(denominator)
+    return near if float(near) == x else Fraction(x)
 
 
 def _heads_run(heads: tuple[np.ndarray, ...], query_ids: list[str], corpus_ids: np.ndarray) -> Run:

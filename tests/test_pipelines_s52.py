@@ -1,0 +1,93 @@
+"""Review findings (s52) on pipelines, a section each: a learning fuser given weights compares the learned ones
+against them (it compared against equal weights and threw the given ones away)."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+
+from ragkit import Corpus, Pipeline, TrainSet
+from ragkit.encoders import HashingEncoder, register_encoder, unregister_encoder
+from ragkit.eval import evaluate
+from ragkit.pipelines import RRF, Parallel, WeightedFusion
+from ragkit.retrievers import BM25, Dense
+from ragkit.types import Queries
+
+TEXTS = ["aspirin lowers the risk of heart attack", "statins lower cholesterol", "vitamin D and bone fractures",
+         "exercise improves sleep quality", "aspirin and stomach bleeding", "cholesterol diet and heart disease",
+         "sleep and heart health", "bone density in the elderly", "stomach ulcers from aspirin",
+         "diet and exercise for cholesterol"]
+JUDGED = [("q1", "does aspirin prevent heart attacks", ["d0"]), ("q2", "what lowers cholesterol", ["d1", "d5"]),
+          ("q3", "vitamin D fractures", ["d2"]), ("q4", "aspirin side effects", ["d4", "d8"]),
+          ("q5", "sleep quality", ["d3"]), ("q6", "bone elderly", ["d7"])]
+QRELS = {q: {d: 1 for d in r} for q, _, r in JUDGED}
+
+
+@pytest.fixture(scope="module")
+def corpus() -> Corpus:
+    return Corpus.from_records([{"id": f"d{i}", "text": t} for i, t in enumerate(TEXTS)])
+
+
+@pytest.fixture(scope="module")
+def train() -> TrainSet:
+    return TrainSet({q: t for q, t, _ in JUDGED}, QRELS)
+
+
+@pytest.fixture(scope="module")
+def hashing():
+    register_encoder("s52-hash", HashingEncoder(dim=32), replace=True)
+    yield "s52-hash"
+    unregister_encoder("s52-hash")
+
+
+# ------------------------------------------------------------------ 1. given weights are the baseline of learning
+def _train_ndcg(pipe: Pipeline) -> float:
+    queries = Queries([q for q, _, _ in JUDGED], [t for _, t, _ in JUDGED])
+    return evaluate(pipe.search(queries), QRELS, ["ndcg@10"]).scores["ndcg@10"]
+
+
+@pytest.mark.parametrize("fuser", [RRF, WeightedFusion])
+def test_a_learning_fuser_keeps_its_given_weights_unless_learned_ones_beat_them(corpus, train, hashing, fuser, caplog):
+    """RRF(weights=[1.0, 0.0], learn=True) compared the learned weights with equal ones only and kept [0.5, 0.5]:
+    nDCG@10 0.9489 on its own training queries, below the 0.9795 of the weights it was given; its warning said
+    "do not beat equal weights".  The given weights are the baseline: kept on a tie, never scored below."""
+    def pipe(**kw) -> Pipeline:
+        return Pipeline([Parallel([BM25(k=10), Dense(model=hashing, k=10)], fuse=fuser(weights=[1.0, 0.0], **kw))])
+
+    given = _train_ndcg(pipe().fit(corpus))
+    learning = pipe(learn=True, folds=2)
+    with caplog.at_level(logging.WARNING, logger="ragkit"):
+        learning.fit(corpus, train=train)
+    learned = next(iter(learning.learned().values()))
+    assert _train_ndcg(learning) >= given - 1e-12, learned
+    assert learned["train_ndcg@10"] >= learned["given_ndcg@10"] == pytest.approx(given, abs=1e-12)
+    assert "uniform_ndcg@10" not in learned, learned
+    if learned.get("kept"):  # the baseline kept: the given weights themselves, said so
+        assert learned["kept"] == "given" and learned["weights"] == [1.0, 0.0], learned
+        said = [r.getMessage() for r in caplog.records if "learning fusion weights" in r.getMessage()]
+        assert said and all("the given weights [1.0, 0.0]" in m and "equal weights" not in m for m in said), said
+    if fuser is RRF:  # the reviewer's reproducer: the given weights are kept
+        assert learned["weights"] == [1.0, 0.0] and learned["kept"] == "given", learned
+
+
+def test_given_weights_off_the_grid_are_searched_kept_exactly_and_reported(corpus):
+    """Weights off the 0.1 grid ([1, 7]: 0.125, 0.875) are a point of the search, kept as they are (not
+    rounded to a grid fraction when averaged), and the report names them the given ones."""
+    from ragkit.pipelines.weights import learn_weights
+    from ragkit.types import Ranking, State
+
+    qids = [f"q{i}" for i in range(8)]
+    same = [Ranking(np.arange(5), np.linspace(1, 0, 5).astype(np.float32)) for _ in qids]
+    st = State([f"query {q}" for q in qids], query_ids=list(qids), branches=[("a", same), ("b", same)])
+    qrels = {q: {"d0": 1} for q in qids}  # every weight ties: the baseline wins
+    base = np.array([1.0, 7.0])
+    found = learn_weights(lambda s, w: RRF()._prepare(st, with_fields=False)(w, None), st, qrels,
+                          np.array(corpus.ids), folds=2, baseline=base)
+    assert found.weights.tolist() == [0.125, 0.875] and found.compared_with == "given"
+    assert found.fold_picks.tolist() == [[0.125, 0.875]] * 2 and found.kept == "learned"
+    equal = learn_weights(lambda s, w: RRF()._prepare(st, with_fields=False)(w, None), st, qrels,
+                          np.array(corpus.ids), folds=2, baseline=np.array([3.0, 3.0]))
+    assert equal.weights.tolist() == [0.5, 0.5] and equal.compared_with == "uniform"  # equal weights given
+
