@@ -150,9 +150,13 @@ def merge_options(base: Mapping[str, Any], call: Mapping[str, Any]) -> dict[str,
     ``filter`` (both apply, as an operator's own ``filter`` parameter and a call's do: the AND of their masks,
     :func:`~ragkit.metadata.all_filters`; ``{"tags": "x"}`` then ``{"tags": "y"}``: the documents tagged both),
     an operator's options merge option by option (``{"bm25": {"n_jobs": 4}}`` then ``bm25={"k": 5}``: both),
-    anything else the call sets replaces the default.  Values are checked later, by ``search``."""
+    anything else the call sets replaces the default.  A ``filter`` of ``None`` is not given (as a call's
+    ``k=None``), at every level (``filter=None``, ``bm25={"filter": None}``): it never drops a default filter (a
+    tenant's, from ``search_kwargs``).  Values are checked later, by ``search``."""
     out = dict(base)
     for key, value in call.items():
+        if key == "filter" and value is None:  # not given: the default filter, if any, stays
+            continue
         old = out.get(key)
         if key == "filter" and isinstance(old, (Mapping, AllOf)) and isinstance(value, (Mapping, AllOf)):
             out[key] = all_filters(old, value)
@@ -279,7 +283,8 @@ class RagkitRetriever(BaseRetriever):
         Default search options for ``pipeline.search``: ``filter={field: value}``,
         per-operator options ``{"bm25": {"n_jobs": 4}}``, and ``k`` as a LangChain
         ``VectorStoreRetriever``'s (``search_kwargs={"k": 5}``); per-call keyword arguments of
-        ``invoke`` / ``ainvoke`` / ``batch`` are merged over them.  The ``k`` of a call is, first
+        ``invoke`` / ``ainvoke`` / ``batch`` are merged over them (a call's ``filter`` narrows the default
+        one; ``filter=None``, there or in an operator's options, is not given).  The ``k`` of a call is, first
         to last: the call's ``k`` (``invoke(q, k=3)``; ``None`` is not given), ``search_kwargs["k"]``,
         the retriever's ``k``; a call's ``k`` also raises an operator's own ``k`` that ``search_kwargs`` set
         below it (``search_kwargs={"knn_embed": {"k": 4}}``, ``invoke(q, k=8)``: 8 documents; one the call
