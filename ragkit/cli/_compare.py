@@ -15,7 +15,7 @@ from ragkit._files import shell_quote
 from ragkit.cli._app import _examples, _fail, _RunFailure, app
 from ragkit.cli._console import _print_uncut, console, err_console
 from ragkit.cli._data import _check_data_folder, _check_split
-from ragkit.cli._options import _expands_paths, _parse_metric_names, _path_option, _path_parser, _ranged_option
+from ragkit.cli._options import _expands_paths, _given, _parse_metric_names, _path_option, _path_parser, _ranged_option
 from ragkit.cli._outputs import _human_output_to_stderr, _is_stdout, _make_folder, _prepare_output, _write_text
 from ragkit.cli._pipeline import _path_like
 from ragkit.cli._streams import _stdout_utf8
@@ -76,6 +76,35 @@ def _check_no_pipelines(results: list[Path], data: Optional[str], split: str, re
     steps = "\n".join(f"  {eval_command(results[i], data, split, outs[i], extra)}" for i in kinds)
     raise RagkitError(f"RESULTS: {what}, then compare the results written (ragkit compare reads 'ragkit eval -o' "
                       f"JSON files and TREC run files):\n{steps}\n  {then}")
+
+
+def _check_recorded(ctx: typer.Context, loaded: list[Any], split: str, relevance_level: int,
+                    keep_identical_ids: bool) -> None:
+    """Refuse ``--split``, ``--relevance-level`` or ``--keep-identical-ids``, given, that a loaded result (a
+    ``ragkit eval -o`` JSON file) records otherwise: they score TREC run files, and a JSON file's values were
+    scored as it records, so the comparison would report (and its ``-o`` JSON record) scoring that was not
+    applied.  A result that records none (``None``) passes; a run file's are the ones given."""
+    given = {"split": ("--split", split, lambda r: r.split),
+             "relevance_level": ("--relevance-level", relevance_level, lambda r: r.relevance_level),
+             "keep_identical_ids": ("--keep-identical-ids", keep_identical_ids,
+                                    lambda r: None if r.ignore_identical_ids is None else not r.ignore_identical_ids)}
+    for param, (option, value, recorded) in given.items():
+        if not _given(ctx, param):
+            continue
+        for r in loaded:
+            got = recorded(r)
+            if got is None or got == value:
+                continue
+            if param == "split":
+                asked, has = f"--split {value}", f"holds results of split {got!r}"
+            elif param == "relevance_level":
+                asked, has = f"--relevance-level {value}", f"was scored with relevance_level {got}"
+            else:  # (a flag: given, it is True)
+                asked, has = "--keep-identical-ids", ("was scored with ignore_identical_ids true (documents whose id "
+                                                      "is the query's not scored)")
+            raise RagkitError(f"{asked}: {r.source} {has}; {option} scores TREC run files, not the values of a "
+                              f"'ragkit eval -o' JSON file, which are compared as they were scored: leave it out, "
+                              f"or compare results evaluated with ragkit eval {asked}")
 
 
 @app.command("compare", epilog=_examples(
@@ -163,6 +192,7 @@ def compare_cmd(
                               relevance_level=relevance_level, ignore_identical_ids=not keep_identical_ids,
                               qrels_fingerprint=fingerprint)
                   for p, n in zip(results, labels)]
+        _check_recorded(ctx, loaded, split, relevance_level, keep_identical_ids)
         cmp = compare(loaded, names, baseline=base, n_resamples=resamples, seed=seed, alpha=alpha)
         if folder is not None and output is not None:  # (what --data named, for the JSON that reruns the comparison)
             cmp = replace(cmp, data=data, data_resolved=str(folder))

@@ -1,0 +1,55 @@
+"""CLI review s52: ``compare`` options that score TREC run files refused where eval JSON files record otherwise,
+``--alpha``'s open range said by its parser, compare's messages in the command line's words, and notes through one
+helper."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import cli as _cli, tiny_beir as _tiny
+
+
+@pytest.fixture
+def evaluated(tmp_path, monkeypatch) -> tuple[Path, Path]:
+    """Two 'ragkit eval -o' JSON files of BM25 on a tiny dataset's test split (relevance level 1, identical ids
+    ignored)."""
+    monkeypatch.setenv("RAGKIT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    ds = _tiny(tmp_path / "tiny")
+    out = []
+    for name in ("a.json", "b.json"):
+        res = _cli("eval", "--pipeline", "bm25", "--data", ds, "-o", tmp_path / name)
+        assert res.exit_code == 0, res.output
+        out.append(tmp_path / name)
+    return out[0], out[1]
+
+
+# ------------------------------------------------------------------ 1. scoring options against eval JSON files
+
+
+@pytest.mark.parametrize("args, said", [
+    (["--relevance-level", "2"], "--relevance-level 2: {a} was scored with relevance_level 1"),
+    (["--split", "train"], "--split train: {a} holds results of split 'test'"),
+    (["--keep-identical-ids"], "--keep-identical-ids: {a} was scored with ignore_identical_ids true"),
+])
+def test_compare_refuses_a_scoring_option_that_eval_json_files_record_otherwise(evaluated, args, said, tmp_path):
+    """``compare a.json b.json --relevance-level 2`` (or ``--split train``, ``--keep-identical-ids``) compared the
+    files' values as they were scored and wrote ``relevance_level: 2`` in its ``-o`` JSON; now refused (exit 2),
+    naming the option, the value given, the file and what it records, and nothing is written."""
+    a, b = evaluated
+    res = _cli("compare", a, b, *args, "-o", tmp_path / "cmp.json")
+    assert res.exit_code == 2, res.output
+    message = " ".join(res.output.split())
+    assert said.format(a=a) in message, message
+    assert "scores TREC run files" in message and not (tmp_path / "cmp.json").exists()
+
+
+def test_compare_takes_scoring_options_that_eval_json_files_record_alike(evaluated, tmp_path):
+    """Given and agreeing with what every file records: compared, and the JSON records it."""
+    a, b = evaluated
+    res = _cli("compare", a, b, "--split", "test", "--relevance-level", "1", "-o", tmp_path / "cmp.json")
+    assert res.exit_code == 0, res.output
+    written = json.loads((tmp_path / "cmp.json").read_text(encoding="utf-8"))
+    assert written["split"] == "test" and written["relevance_level"] == 1
