@@ -10,7 +10,7 @@ import os
 import threading
 from contextvars import ContextVar
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Literal, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Literal, Mapping, Sequence
 
 import numpy as np
 from pydantic import Field, ValidationInfo, field_validator, model_validator
@@ -207,8 +207,8 @@ class _ShardActor:
         """Each shard's rankings as flat ``(rows, scores, lengths)`` (:func:`_flat`), in the order of its shards.
         The shards share one dict of query vectors, as a local search does: a ``dense`` encodes the queries
         once per call, not once per shard.  ``fine`` (``bm25`` shards): each with a fourth array, every
-        candidate's float64 score (:func:`_pair_scores`), which the driver's merge orders tied candidates of two
-        shards by: the driver scores nothing."""
+        candidate's float64 score, kept by the shard's own top-k (:func:`_shard_fine`; no second product), which
+        the driver's merge orders tied candidates of two shards by: the driver scores nothing."""
         if self.error is not None:
             raise _Permanent(self.error)
         from ragkit.operator import options_checked
@@ -220,17 +220,27 @@ class _ShardActor:
             state = State(list(queries), options=options, vectors=vectors, values=dict(values or {}))
             # a step of the driver's sharded search, which checked the options and cuts to the call's k itself: not
             # an outermost call cutting its rankings to options["k"]; a bm25 shard does not warn (the driver does)
-            with options_checked(), _shard_search():
+            kept: list[list[np.ndarray]] | None = [] if fine else None
+            with options_checked(), _shard_search(kept):
                 sub = op(state)
             vectors.update(sub.vectors)
             flat = _flat(sub, op.name)
-            if fine:
-                rows, _, lens = flat
-                q = np.repeat(np.arange(len(lens)), lens)
-                out.append((*flat, _pair_scores(op, state.texts(lexical=True), q, rows)))
-            else:
-                out.append(flat)
+            out.append((*flat, _shard_fine(op, state, flat, kept)) if kept is not None else flat)
         return out
+
+
+def _shard_fine(op: Operator, state: State, flat: _Flat, kept: list[list[np.ndarray]]) -> np.ndarray:
+    """Every candidate's float64 score of a ``bm25`` shard's search of ``state`` (its rankings flat, ``flat``): the
+    scores its top-k kept (``kept``, filled by a search within :func:`~ragkit.retrievers.bm25._shard_search`), each
+    query's cut to its ranking; :func:`_pair_scores` (a second sparse product) only where the search kept none (a
+    subclass whose search does not go through BM25's top-k)."""
+    rows, _, lens = flat
+    if len(kept) == 1 and len(kept[0]) == len(lens) and all(len(f) >= n for f, n in zip(kept[0], lens.tolist())):
+        # (a ranking is its top-k's prefix: the operator's check may only cut it)
+        return np.concatenate([f[:n] for f, n in zip(kept[0], lens.tolist())]) if len(lens) else \
+            np.zeros(0, np.float64)
+    q = np.repeat(np.arange(len(lens)), lens)
+    return _pair_scores(op, state.texts(lexical=True), q, rows)
 
 
 def _pair_scores(op: Operator, texts: Sequence[str], q: np.ndarray, rows: np.ndarray) -> np.ndarray:
@@ -751,22 +761,27 @@ class Sharded(Operator):
         else:
             from ragkit.retrievers.bm25 import _shard_search
 
+            fine = self._fine(live)
             results = []
             for s in live:
                 shard = self.shards_[s]
                 assert shard is not None  # (a live shard has documents, so it was built)
-                with _shard_search():  # (a bm25 shard does not warn of queries finding nothing: see below, once)
-                    sub = shard(State(texts, list(state.query_ids), options=options, vectors=state.vectors,
-                                      values=dict(rewrites)))
+                kept: list[list[np.ndarray]] | None = [] if fine else None  # (bm25: its candidates' float64 scores)
+                sub_in = State(texts, list(state.query_ids), options=options, vectors=state.vectors,
+                               values=dict(rewrites))
+                with _shard_search(kept):  # (a bm25 shard does not warn of queries finding nothing: see below, once)
+                    sub = shard(sub_in)
                 state.vectors.update(sub.vectors)
-                results.append(_flat(sub, self._sub_name))
+                flat = _flat(sub, self._sub_name)
+                results.append((*flat, _shard_fine(shard, sub_in, flat, kept)) if kept is not None else flat)
         out = state.copy()
         if not results:
             out.rankings = [Ranking.empty() for _ in texts]
             return out
+        # (bm25 shards, on Ray or here: each candidate comes with its float64 score, which the merge orders two shards'
+        # tied candidates by)
         parts = [(r[0] + off, *r[1:]) for r, off in zip(results, self.bounds_[live])]
-        finer = None if self._use_ray() else self._finer(live, texts, rewrites)  # (Ray: the actors scored them)
-        out.rankings = _split(*_merge_flat(parts, merge_k, finer))
+        out.rankings = _split(*_merge_flat(parts, merge_k))
         self._warn_query_without_word(state, live, rewrites, out.rankings)
         return out
 
@@ -811,32 +826,10 @@ class Sharded(Operator):
 
     def _fine(self, live: np.ndarray) -> bool:
         """Whether the merge orders the shards' tied candidates by their float64 scores: two ``bm25`` shards or
-        more with documents."""
+        more with documents, whose searches then keep every candidate's float64 score (:func:`_shard_fine`)."""
         from ragkit.retrievers.bm25 import BM25
 
         return len(live) >= 2 and issubclass(self._sub_cls, BM25)
-
-    def _finer(self, live: np.ndarray, texts: list[str], rewrites: dict[str, Any]
-               ) -> Callable[[np.ndarray, np.ndarray], np.ndarray] | None:
-        """For ``bm25`` shards searched in this process: their float64 scores of given ``(query number, row)``
-        pairs (:func:`_pair_scores` of the text each shard searched), for the merge to order two shards' documents
-        whose float32 scores tie as one index orders them (:func:`_merge_flat`); else None (on Ray the shard actors
-        send those scores with their candidates: :meth:`_ShardActor.search`)."""
-        if not self._fine(live):
-            return None
-        lexical = State(list(texts), values=dict(rewrites)).texts(lexical=True)
-        bounds = self.bounds_
-
-        def finer(q: np.ndarray, rows: np.ndarray) -> np.ndarray:
-            out = np.zeros(len(rows), np.float64)
-            which = np.searchsorted(bounds, rows, side="right") - 1
-            for s in np.unique(which):  # a loop over shards
-                sh = self.shards_[int(s)]
-                assert sh is not None
-                at = np.flatnonzero(which == s)
-                out[at] = _pair_scores(sh, lexical, q[at], rows[at] - bounds[s])
-            return out
-        return finer
 
     def _ray_modules(self, where: str) -> list[tuple[str, str | None]]:
         """The modules Ray workers import before they rebuild the per-shard retriever by name (its class's, when

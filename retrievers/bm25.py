@@ -235,14 +235,23 @@ def _shard_fit() -> Iterator[None]:
 _SHARD_SEARCH: ContextVar[bool] = ContextVar("ragkit_bm25_shard_search", default=False)
 
 
+#: Set, to a list, by :func:`_shard_search` where the ``sharded`` retriever wants every candidate's float64 score:
+#: a BM25 search appends to it one float64 array per query, its ranking's scores before their float32 rounding
+#: (the merge orders two shards' tied candidates by them), kept from its top-k, not scored again.
+_SHARD_FINE: ContextVar[list[list[np.ndarray]] | None] = ContextVar("ragkit_bm25_shard_fine", default=None)
+
+
 @contextlib.contextmanager
-def _shard_search() -> Iterator[None]:
+def _shard_search(fine: list[list[np.ndarray]] | None = None) -> Iterator[None]:
     """Within it, a BM25 search does not warn of queries that find nothing (:data:`_SHARD_SEARCH`): the search is
-    one shard's, whose ``sharded`` retriever warns once (a function, as :func:`_shard_fit` is)."""
+    one shard's, whose ``sharded`` retriever warns once (a function, as :func:`_shard_fit` is).  ``fine``: a list
+    each search within appends its rankings' float64 scores to (:data:`_SHARD_FINE`), one array per query."""
     token = _SHARD_SEARCH.set(True)
+    fine_token = _SHARD_FINE.set(fine)
     try:
         yield
     finally:
+        _SHARD_FINE.reset(fine_token)
         _SHARD_SEARCH.reset(token)
 
 
@@ -394,10 +403,11 @@ def _is_wide(candidates: np.ndarray, n_cols: int, k: int) -> np.ndarray:
 def _merge_rows(n_q: int, parts: list[tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]]) -> tuple[np.ndarray,
                                                                                                   np.ndarray]:
     """One ``(rows int64, scores float32)`` top-k of ``n_q`` queries from ``parts``: ``(positions, (rows,
-    scores))`` each, the top-k of the queries at ``positions``; as wide as the widest, padded with ``-inf``."""
+    scores))`` each, the top-k of the queries at ``positions``; as wide as the widest, padded with ``-inf``
+    (float64 scores where the parts' are: ``exact``)."""
     width = max((r.shape[1] for _, (r, _) in parts), default=0)
     out_rows = np.zeros((n_q, width), np.int64)
-    out_sc = np.full((n_q, width), -np.inf, np.float32)
+    out_sc = np.full((n_q, width), -np.inf, np.result_type(np.float32, *(sc.dtype for _, (_, sc) in parts)))
     for at, (r, sc) in parts:  # (a loop over the parts: two or three)
         out_rows[at, :r.shape[1]] = r
         out_sc[at, :r.shape[1]] = sc
@@ -413,7 +423,7 @@ def _scatter(s: np.ndarray, m: sp.csr_matrix, values: np.ndarray | float) -> Non
 
 
 def _wide_topk(q: sp.csr_matrix, wt: sp.csr_matrix, hits: sp.csr_matrix | None, drop: np.ndarray | None,
-               k: int) -> tuple[np.ndarray, np.ndarray]:
+               k: int, exact: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Top ``k`` of queries ``q`` whose terms' postings hold much of the corpus (:func:`_postings_per_query`),
     as :meth:`BM25._topk_dense` takes it: per chunk of about :data:`_BLOCK_CELLS` cells of rows, the product of
     its queries scattered straight into a dense row of every document (``-inf`` where no query term is held, 0 at
@@ -421,7 +431,8 @@ def _wide_topk(q: sp.csr_matrix, wt: sp.csr_matrix, hits: sp.csr_matrix | None, 
     out to have at most :data:`_DENSE_SHARE` of the documents or ``k`` candidates (:func:`_is_wide`) is ranked
     from its dense row's candidates by :func:`_sparse_topk` instead, as :meth:`BM25._topk` ranks it: every
     query takes the route :meth:`BM25._topk` assigns it, and no entry of the product is copied to get there.
-    Returns ``(rows int64, scores float32)`` of shape ``(n_q, k')``, ``-inf`` scores past a row's candidates."""
+    Returns ``(rows int64, scores float32)`` of shape ``(n_q, k')``, ``-inf`` scores past a row's candidates;
+    ``exact``: the scores float64, as summed (their float32 rounding is the scores otherwise returned)."""
     n_q, n_cols = q.shape[0], wt.shape[1]
     step = max(1, _BLOCK_CELLS // max(n_cols, 1))
     dropped = None if drop is None else np.flatnonzero(drop)
@@ -446,19 +457,36 @@ def _wide_topk(q: sp.csr_matrix, wt: sp.csr_matrix, hits: sp.csr_matrix | None, 
         if not wide.all() and (h is not None or dropped is not None):
             wide = _is_wide(np.count_nonzero(s > -np.inf, axis=1), n_cols, k)
         if wide.all():
-            parts.append((np.arange(a, b), topk_rows(s, k)))
+            parts.append((np.arange(a, b), _exact(s, topk_rows(s, k), exact)))
             continue
         few = s[~wide]
         held = few > -np.inf
         ptr = np.zeros(len(few) + 1, np.int64)
         np.cumsum(np.count_nonzero(held, axis=1), out=ptr[1:])
-        parts.append((a + np.flatnonzero(~wide), _sparse_topk(ptr, few[held], np.nonzero(held)[1], k)))
+        parts.append((a + np.flatnonzero(~wide), _sparse_topk_of(ptr, few[held], np.nonzero(held)[1], k, exact)))
         if wide.any():
-            parts.append((a + np.flatnonzero(wide), topk_rows(s[wide], k)))
+            sw = s[wide]
+            parts.append((a + np.flatnonzero(wide), _exact(sw, topk_rows(sw, k), exact)))
     return _merge_rows(n_q, parts)
 
 
-def _sparse_topk(ptr: np.ndarray, data: np.ndarray, cols: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def _exact(scores: np.ndarray, top: tuple[np.ndarray, np.ndarray], exact: bool) -> tuple[np.ndarray, np.ndarray]:
+    """``top`` (:func:`topk_rows` of the float64 ``scores``), its scores as they are in ``scores`` (float64, not
+    rounded to float32) where ``exact``: a gather of ``k`` cells per row."""
+    if not exact:
+        return top
+    return top[0], np.take_along_axis(scores, top[0], axis=1)
+
+
+def _sparse_topk_of(ptr: np.ndarray, data: np.ndarray, cols: np.ndarray, k: int,
+                    exact: bool) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_sparse_topk`, asked for float64 scores only where ``exact`` (otherwise called as before: with the
+    four arguments alone)."""
+    return _sparse_topk(ptr, data, cols, k, exact=True) if exact else _sparse_topk(ptr, data, cols, k)
+
+
+def _sparse_topk(ptr: np.ndarray, data: np.ndarray, cols: np.ndarray, k: int,
+                 exact: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Top ``k`` of each row of a sparse score matrix given by its CSR arrays (``ptr`` int64 row pointers,
     ``data`` float64 scores, ``cols`` document rows ascending within each row): the first ``k`` of the row's
     entries by score descending, ties by the lower document row, at the cut too, exactly as
@@ -470,12 +498,12 @@ def _sparse_topk(ptr: np.ndarray, data: np.ndarray, cols: np.ndarray, k: int) ->
     at its cut keeps the lower position, i.e. the lower document row).  The cost follows the matches (at most
     twice them, padding included), whatever the corpus size; a loop over the buckets (about log2 of the longest
     row), none over queries.  Returns ``(rows int64, scores float32)`` of shape ``(n_q, min(k, longest row))``,
-    ``-inf`` scores past each row's entries."""
+    ``-inf`` scores past each row's entries; ``exact``: the scores float64, as in ``data``."""
     n_q = len(ptr) - 1
     lens = np.diff(ptr)
     width = int(min(k, lens.max())) if n_q else 0
     out_rows = np.zeros((n_q, width), np.int64)
-    out_sc = np.full((n_q, width), -np.inf, np.float32)
+    out_sc = np.full((n_q, width), -np.inf, np.float64 if exact else np.float32)
     if not width:
         return out_rows, out_sc
     # bucket width: the next power of two (1 for one entry), at most k while the row holds at most k entries
@@ -490,7 +518,7 @@ def _sparse_topk(ptr: np.ndarray, data: np.ndarray, cols: np.ndarray, k: int) ->
         flat = np.repeat(np.arange(len(qs), dtype=np.int64) * w, n) + pos
         block = np.full(len(qs) * w, -np.inf)
         block[flat] = data[src]
-        top, sc = topk_rows(block.reshape(len(qs), w), k)
+        top, sc = _exact(block.reshape(len(qs), w), topk_rows(block.reshape(len(qs), w), k), exact)
         top, sc = top[:, :width], sc[:, :width]  # (a bucket wider than every row: its last columns are pads)
         take = np.minimum(top, (n - 1)[:, None]) + ptr[qs][:, None]  # (pads: any entry of the row; scored -inf)
         out_rows[qs, :top.shape[1]] = cols[take]
@@ -499,10 +527,11 @@ def _sparse_topk(ptr: np.ndarray, data: np.ndarray, cols: np.ndarray, k: int) ->
 
 
 def _narrow_topk(q: sp.csr_matrix, wt: sp.csr_matrix, hits: sp.csr_matrix | None, drop: np.ndarray | None,
-                 k: int) -> tuple[np.ndarray, np.ndarray]:
+                 k: int, exact: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Top ``k`` of queries ``q`` from their rows of the sparse product ``q @ wt`` (with the zero-score matches of
     ``hits``, less the documents ``drop`` excludes) by :func:`_sparse_topk`; none of them has more than
-    :data:`_DENSE_SHARE` of the documents as candidates (:meth:`BM25._topk` sends those to :func:`_wide_topk`)."""
+    :data:`_DENSE_SHARE` of the documents as candidates (:meth:`BM25._topk` sends those to :func:`_wide_topk`);
+    ``exact``: float64 scores (:func:`_sparse_topk`)."""
     m = (q @ wt).tocsr()
     if hits is not None:  # matches whose weights sum to 0 score 0 (scipy's product does not store them)
         m = _with_zero_matches(m, (q @ hits).tocsr())
@@ -514,7 +543,7 @@ def _narrow_topk(q: sp.csr_matrix, wt: sp.csr_matrix, hits: sp.csr_matrix | None
         np.cumsum(keep, out=kept[1:])
         ptr = kept[ptr]
         data, cols = data[keep], cols[keep]
-    return _sparse_topk(*_sorted_rows(ptr, data, cols, wt.shape[1]), k)
+    return _sparse_topk_of(*_sorted_rows(ptr, data, cols, wt.shape[1]), k, exact)
 
 
 def _refuse_one_text(texts: Any, what: str) -> None:
@@ -1499,7 +1528,8 @@ class BM25(Operator):
         return wt, hits
 
     def _topk(self, q: sp.csr_matrix, k: int, drop: np.ndarray | None,
-              index: tuple[sp.csr_matrix, sp.csr_matrix | None] | None = None) -> tuple[np.ndarray, np.ndarray]:
+              index: tuple[sp.csr_matrix, sp.csr_matrix | None] | None = None,
+              exact: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """Top ``k`` of the documents that contain a query term, read from the sparse product's stored entries
         only (:func:`_sparse_topk`): the cost follows the matches, not the corpus.  A query whose candidates are
         more than :data:`_DENSE_SHARE` of the corpus (and ``k``) is ranked from a dense row instead, as
@@ -1509,20 +1539,22 @@ class BM25(Operator):
         (dropped by :func:`~ragkit._topk.rankings_from_matrix`); the rankings are those of :meth:`_topk_dense`
         exactly (ids, float32 scores, ties by the lower document row, at the cut too).  ``index``: the
         ``(weights, hits)`` to score with (the ones held now by default); ``q``'s columns must be their terms and
-        ``drop``'s length their documents, else :func:`_edited_during_search`."""
+        ``drop``'s length their documents, else :func:`_edited_during_search`.  ``exact``: the scores float64,
+        as summed (their float32 rounding is the scores returned otherwise)."""
         wt, hits = self._check_index(q, drop, index)
         k = min(k, wt.shape[1])
         maybe = _is_wide(_postings_per_query(q, wt), wt.shape[1], k)  # (the candidates are at most the postings)
         if not maybe.any():
-            return _narrow_topk(q, wt, hits, drop, k)
+            return _narrow_topk(q, wt, hits, drop, k, exact)
         if maybe.all():
-            return _wide_topk(q, wt, hits, drop, k)
+            return _wide_topk(q, wt, hits, drop, k, exact)
         narrow, wide = np.flatnonzero(~maybe), np.flatnonzero(maybe)
-        return _merge_rows(q.shape[0], [(narrow, _narrow_topk(q[narrow], wt, hits, drop, k)),
-                                        (wide, _wide_topk(q[wide], wt, hits, drop, k))])
+        return _merge_rows(q.shape[0], [(narrow, _narrow_topk(q[narrow], wt, hits, drop, k, exact)),
+                                        (wide, _wide_topk(q[wide], wt, hits, drop, k, exact))])
 
     def _topk_dense(self, q: sp.csr_matrix, k: int, drop: np.ndarray | None,
-                    index: tuple[sp.csr_matrix, sp.csr_matrix | None] | None = None) -> tuple[np.ndarray, np.ndarray]:
+                    index: tuple[sp.csr_matrix, sp.csr_matrix | None] | None = None,
+                    exact: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """:meth:`_topk` through a dense ``(n_q, n_docs)`` row of every document per query (``-inf`` where no
         query term is held) and :func:`~ragkit._topk.topk_rows` over all of it: the path before
         :func:`_sparse_topk`, kept as the reference its rankings are checked against (tests,
@@ -1536,7 +1568,7 @@ class BM25(Operator):
         s[np.repeat(np.arange(m.shape[0]), np.diff(m.indptr)), m.indices] = m.data
         if drop is not None:
             s[:, drop] = -np.inf
-        return topk_rows(s, k)
+        return _exact(s, topk_rows(s, k), exact)
 
     def _call(self, state: State) -> State:
         texts = state.texts(lexical=True)
@@ -1609,7 +1641,9 @@ class BM25(Operator):
             bounds = _query_blocks(q, index[0], n_jobs)
             topk = self._topk
         spans = list(zip(bounds[:-1], bounds[1:]))
-        job = lambda ab: topk(q[ab[0]:ab[1]], k, drop, index)  # noqa: E731
+        fine = _SHARD_FINE.get()  # (read here: the jobs may run on other threads, which do not see it)
+        exact = fine is not None
+        job = lambda ab: topk(q[ab[0]:ab[1]], k, drop, index, exact)  # noqa: E731
         if n_jobs > 1 and len(spans) > 1:  # scipy's sparse product and numpy's sorts release the GIL
             with ThreadPoolExecutor(min(n_jobs, len(spans))) as ex:
                 parts = list(ex.map(job, spans))
@@ -1622,7 +1656,11 @@ class BM25(Operator):
                                                 and not is_prefix(corpus, now.ids)):
             raise _edited_during_search("its documents changed")
         out = state.copy()
-        out.rankings = [r for rows, sc in parts for r in rankings_from_matrix(rows, sc)]
+        if fine is not None:  # (float64 scores: the rankings get their float32 rounding, the shard both)
+            out.rankings = [r for rows, sc in parts for r in rankings_from_matrix(rows, sc.astype(np.float32))]
+            fine.append([s[np.isfinite(s)] for _, sc in parts for s in sc])
+        else:
+            out.rankings = [r for rows, sc in parts for r in rankings_from_matrix(rows, sc)]
         return out
 
     # ------------------------------------------------------------------ persistence

@@ -161,7 +161,6 @@ def test_non_ascii_queries_that_find_documents_are_not_tokenised_again(monkeypat
     orig = BM25.query_matrix
     monkeypatch.setattr(BM25, "query_matrix", lambda self, texts, *a, **kw: calls.append(len(texts)) or
                         orig(self, texts, *a, **kw))
-    monkeypatch.setattr(Sharded, "_finer", lambda self, *a: None)  # (tied candidates' scoring tokenises too)
     out = sharded.search(["über Katzen", "文書 w1"])
     assert all(len(r.rows) for r in out.rankings)
     assert len(calls) == 3, calls  # (the three shards' own searches)

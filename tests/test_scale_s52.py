@@ -1,0 +1,91 @@
+"""Session 52's leftovers of the scale-out layer: bm25 shards keep their top-k's float64 scores for the merge (no
+second sparse product, :func:`ragkit._sharded._pair_scores`), on Ray and locally."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import ragkit.retrievers.bm25 as bm25_mod
+from ragkit._sharded import Sharded, _live, _ShardActor
+from ragkit.retrievers.bm25 import BM25
+from ragkit.types import Corpus
+
+
+def _tied_corpus(n: int = 600, seed: int = 0) -> Corpus:
+    """Documents of a few words, many alike: single-term queries tie (float32 and float64) across shards."""
+    rng = np.random.default_rng(seed)
+    words = [f"w{i}" for i in range(8)]
+    docs = [" ".join(rng.choice(words, rng.integers(1, 12))) for _ in range(n)]
+    return Corpus.from_texts(docs, ids=[f"d{i}" for i in range(n)])
+
+
+_QUERIES = [f"w{i}" for i in range(8)] + ["w1 w2", "w3 w3 w4", "w0 w5 w6 w7", "nothing"]
+
+
+def _same(got, want) -> None:
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g.rows, w.rows)
+        np.testing.assert_array_equal(g.scores, w.scores)
+
+
+def _refuse_pair_scores(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*a, **kw):
+        raise AssertionError("_pair_scores: a second sparse product of the shard's candidates")
+
+    monkeypatch.setattr("ragkit._sharded._pair_scores", refuse)
+
+
+@pytest.mark.parametrize("dense_topk", [False, True])
+@pytest.mark.parametrize("n_jobs", [1, 2])
+def test_local_bm25_shards_merge_ties_without_scoring_again(monkeypatch, dense_topk, n_jobs):
+    """The local merge scored the tied candidates of two shards again (_pair_scores, through Sharded._finer): the
+    shards' own top-k has their float64 scores.  With _pair_scores refused the merge still equals one index's, ids
+    and scores, ties included (threads and the dense top-k path too)."""
+    monkeypatch.setattr(bm25_mod, "_DENSE_TOPK", dense_topk)
+    monkeypatch.setattr(bm25_mod, "_BLOCK_CELLS", 500)  # (several blocks of queries: n_jobs=2 runs them on threads)
+    corpus = _tied_corpus()
+    want = BM25(k=40).fit(corpus).search(_QUERIES).rankings
+    sharded = Sharded(retriever={"bm25": {"k": 40}}, n_shards=3, k=40, backend="local").fit(corpus)
+    _refuse_pair_scores(monkeypatch)
+    got = sharded.search(_QUERIES, bm25={"n_jobs": n_jobs}).rankings
+    _same(got, want)
+    assert any(len(np.unique(r.scores)) < len(r.scores) for r in got)  # (ties there were)
+
+
+def test_shard_actor_sends_its_top_ks_float64_scores_without_scoring_again(monkeypatch):
+    """_ShardActor.search(fine=True) (what a Ray actor runs) computed every candidate's float64 score by a second
+    sparse product (_pair_scores), about doubling the actor's work: now the shard's top-k keeps them.  They are
+    score_matrix's values of the candidates, to the bit, and the flat rankings are those of fine=False."""
+    corpus = _tied_corpus(300, seed=1)
+    sharded = Sharded(retriever={"bm25": {"k": 30}}, n_shards=3, k=30, backend="local").fit(corpus)
+    live = _live(sharded.bounds_)
+    actor = _ShardActor([sharded.folders_[s] for s in live],
+                        *[corpus.subset(np.arange(sharded.bounds_[s], sharded.bounds_[s + 1])) for s in live])
+    plain = actor.search(_QUERIES, {"k": 30}, None, False)
+    _refuse_pair_scores(monkeypatch)
+    fine = actor.search(_QUERIES, {"k": 30}, None, True)
+    assert len(fine) == len(plain) == 3
+    for op, f, p in zip(actor.ops, fine, plain):
+        assert len(f) == 4
+        for a, b in zip(f[:3], p):
+            np.testing.assert_array_equal(a, b)
+        rows, scores, lens, scores64 = f
+        assert scores64.dtype == np.float64
+        q = np.repeat(np.arange(len(lens)), lens)
+        dense = op.score_matrix(_QUERIES)
+        np.testing.assert_array_equal(scores64, dense[q, rows])
+        np.testing.assert_array_equal(scores64.astype(np.float32), scores)
+
+
+def test_ray_bm25_shards_merge_as_one_index_with_the_kept_scores(local_ray, monkeypatch):
+    """On Ray (3 shards, single-term queries tying across them) the merge of the actors' kept float64 scores equals
+    one index's, ids and scores; the driver scores nothing."""
+    corpus = _tied_corpus(300, seed=2)
+    want = BM25(k=30).fit(corpus).search(_QUERIES).rankings
+    sharded = Sharded(retriever={"bm25": {"k": 30}}, n_shards=3, k=30, backend="ray").fit(corpus)
+    _refuse_pair_scores(monkeypatch)
+    _same(sharded.search(_QUERIES).rankings, want)
+    _same(sharded.search(_QUERIES, filter=None, bm25={"k": 7}).rankings,
+          BM25(k=30).fit(corpus).search(_QUERIES, bm25={"k": 7}).rankings)
