@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 from langchain_core.documents import Document
+from langchain_core.runnables import ConfigurableField
 
+from ragkit.errors import DataError, ParamError
 from ragkit.integrations.langchain import RagkitRetriever
 from ragkit.retrievers import BM25
 
@@ -40,3 +43,52 @@ def test_an_operators_own_filter_none_keeps_its_default_filter():
     # no default: filter=None filters nothing, as before
     plain = RagkitRetriever(pipeline=BM25(), corpus=_tenant_docs(), k=5)
     assert len(plain.invoke("cats", filter=None)) == 5 and len(plain.invoke("cats", bm25={"filter": None})) == 5
+
+
+# ---------------------------------------------------------------------- 2. one input given to batch
+# one string, mapping or Document given to batch was split into pieces (its characters, keys or fields) where a
+# batch was expected: the configured retriever's batch / abatch and RagkitGenerator's listed it before any check
+_ONE = [("cats", r"got str 'cats' \(its characters"), ({"a": "cats"}, r"got dict \{'a': 'cats'\} \(its keys"),
+        (Document("cats"), r"got Document .*\(its fields")]
+
+
+@pytest.mark.parametrize("given, said", _ONE)
+async def test_one_query_given_to_a_retrievers_batch_is_refused(given, said):
+    r = RagkitRetriever(pipeline=BM25(), corpus=_tenant_docs(), k=2)
+    configured = r.configurable_fields(k=ConfigurableField(id="k"))
+    for target in (r, configured, configured.with_config(configurable={"k": 1})):
+        with pytest.raises(DataError, match=rf"^batch: expected a list of query strings, {said}"):
+            target.batch(given)
+        with pytest.raises(DataError, match=rf"^abatch: expected a list of query strings, {said}"):
+            await target.abatch(given)
+    with pytest.raises(DataError, match=r"got int 5 \(it is no collection\)"):
+        configured.batch(5)
+    assert [len(x) for x in configured.batch(["cats", "cats"], [{"configurable": {"k": 1}}, {}])] == [1, 2]
+
+
+@pytest.mark.parametrize("given, said", [({"question": "what?", "documents": ["x"]}, r"got dict .*\(its keys"),
+                                         ("what?", r"got str 'what\?' \(its characters"),
+                                         (Document("x"), r"got Document .*\(its fields")])
+async def test_one_input_given_to_the_generators_batch_is_refused(given, said):
+    from ragkit.integrations.langchain import RagkitGenerator
+
+    g = RagkitGenerator(max_new_tokens=2)  # (its model is loaded at the first answer: none here)
+    for method in ("batch", "abatch"):
+        with pytest.raises(ParamError, match=rf"^RagkitGenerator.{method}: expected a list of inputs, each a dict "
+                                             rf"\{{'question'.*, {said}") as e:
+            out = getattr(g, method)(given)
+            if method == "abatch":
+                await out
+        assert e.value.path == "input"
+
+
+def test_documents_given_as_a_mapping_are_refused():
+    from ragkit.integrations.langchain import RagkitGenerator
+
+    g = RagkitGenerator(max_new_tokens=2)
+    with pytest.raises(ParamError, match=r"'documents' is dict \{'a': 'b'\}; expected a list of Documents or "
+                                         r"strings.*list\(mapping.values\(\)\)") as e:
+        g.invoke({"question": "what?", "documents": {"a": "b"}})
+    assert e.value.path == "documents"
+    with pytest.raises(ParamError, match=r"input 0: 'context' is dict"):
+        g.batch([{"question": "what?", "context": {"a": "b"}}])

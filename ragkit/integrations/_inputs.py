@@ -4,7 +4,7 @@ Document (a corpus holding one of them is refused)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, Mapping
 
 from langchain_core.documents import Document
@@ -23,6 +23,26 @@ def _unsearched(bad: Mapping[int, DataError], n: int) -> DataError:
     return DataError(f"not searched: {len(bad)} of the batch's {n} queries failed ({error}), so "
                      "the batch raised before searching; fix those, or pass return_exceptions=True to search the "
                      "others")
+
+
+def _batch_list(inputs: Any, where: str, expected: str = "a list of query strings",
+                mapping: str = "pass list(mapping.values())",
+                error: Callable[[str], Exception] = DataError) -> list[Any]:
+    """The ``inputs`` of a ``batch`` / ``abatch`` (``where``) as a list, or ``error(message)`` saying what was given
+    instead of ``expected``: one string (its characters would be the inputs: wrap it in a list, or call invoke), one
+    mapping (its keys would be; ``mapping`` says what to pass), one Document (a pydantic model iterates as its
+    ``(field, value)`` pairs), or anything that is no collection."""
+    if isinstance(inputs, (str, bytes)):
+        hint = "its characters would be the inputs; wrap it in a list, or call invoke"
+    elif isinstance(inputs, Document):
+        hint = "its fields would be the inputs"
+    elif isinstance(inputs, Mapping):
+        hint = f"its keys would be the inputs; {mapping}"
+    elif not isinstance(inputs, Iterable):
+        hint = "it is no collection"
+    else:
+        return list(inputs)
+    raise error(f"{where}: expected {expected}, got {type(inputs).__name__} {inputs!r:.60} ({hint})")
 
 
 def _query_errors(queries: list[Any], *, one: bool) -> dict[int, DataError]:

@@ -85,6 +85,7 @@ from ragkit.integrations._copies import (
 from ragkit.integrations._embeddings import LangChainEmbeddingsEncoder, RagkitEmbeddings
 from ragkit.integrations._inputs import (
     RESERVED_METADATA as RESERVED_METADATA,
+    _batch_list,
     _check_reserved,
     _checked_texts,
     _document_list,
@@ -1107,16 +1108,13 @@ class RagkitRetriever(BaseRetriever):
                                      run_manager=run_manager.get_sync(), k=k, **kwargs)
 
     def _batch_setup(self, inputs: Any, config: RunnableConfig | list[RunnableConfig] | None,
-                     kwargs: dict[str, Any], manager: type[CallbackManager] | type[AsyncCallbackManager]
-                     ) -> tuple[list[Any], list[RunnableConfig], int | None, dict[str, Any], list[Any]]:
-        """What :meth:`batch` and :meth:`abatch` share: the queries (a list), one config each, the call's
-        ``k``, the search options, and one callback manager of class ``manager`` per query (one for them
-        all when one config is given), configured as ``invoke`` / ``ainvoke`` configure theirs."""
-        if isinstance(inputs, (str, bytes, Mapping)):  # its characters (keys) would be the queries
-            raise DataError(f"batch: expected a list of query strings, got {type(inputs).__name__} {inputs!r:.60}; "
-                            + ("wrap it in a list, or call invoke" if isinstance(inputs, (str, bytes)) else
-                               "pass list(mapping.values())"))
-        inputs = list(inputs)
+                     kwargs: dict[str, Any], manager: type[CallbackManager] | type[AsyncCallbackManager],
+                     where: str) -> tuple[list[Any], list[RunnableConfig], int | None, dict[str, Any], list[Any]]:
+        """What :meth:`batch` and :meth:`abatch` (``where``) share: the queries (a list: one string, mapping or
+        Document is a :class:`DataError`, :func:`_batch_list`), one config each, the call's ``k``, the search
+        options, and one callback manager of class ``manager`` per query (one for them all when one config is
+        given), configured as ``invoke`` / ``ainvoke`` configure theirs."""
+        inputs = _batch_list(inputs, where)
         if not inputs:
             return [], [], None, {}, []
         configs = get_config_list(config, len(inputs))
@@ -1144,9 +1142,10 @@ class RagkitRetriever(BaseRetriever):
         retriever run per query, as with ``invoke``.  A query that is no string (or holds a lone
         surrogate) fails alone with ``return_exceptions``; without it, the batch raises that query's
         ``DataError`` before searching, every run it started ended (the good queries' with a ``DataError``
-        saying they were not searched); an error of the search fails every query.
+        saying they were not searched); an error of the search fails every query.  One string, mapping or
+        Document given as ``inputs`` is a ``DataError`` (its characters, keys or fields would be the queries).
         """
-        inputs, configs, k, options, cms = self._batch_setup(inputs, config, kwargs, CallbackManager)
+        inputs, configs, k, options, cms = self._batch_setup(inputs, config, kwargs, CallbackManager, "batch")
         if not inputs:
             return []
         runs = [cm.on_retriever_start(None, q, name=cfg.get("run_name") or self.get_name(),
@@ -1182,7 +1181,7 @@ class RagkitRetriever(BaseRetriever):
         whole batch, run in a worker thread (the event loop is not blocked); the callbacks run on the
         event loop, as ``ainvoke``'s do (async callback managers: an ``AsyncCallbackHandler`` that feeds an
         ``asyncio.Queue`` of the app's loop works)."""
-        inputs, configs, k, options, cms = self._batch_setup(inputs, config, kwargs, AsyncCallbackManager)
+        inputs, configs, k, options, cms = self._batch_setup(inputs, config, kwargs, AsyncCallbackManager, "abatch")
         if not inputs:
             return []
         runs = [await cm.on_retriever_start(None, q, name=cfg.get("run_name") or self.get_name(),
@@ -1254,8 +1253,9 @@ class _ConfigurableRetriever(RunnableConfigurableFields):
               return_exceptions: bool = False, **kwargs: Any | None) -> list[Any]:
         """The inputs' results in input order: per group of configs that give the fields the same values
         (:meth:`_groups`), one retriever built and one :meth:`RagkitRetriever.batch` (one pipeline search),
-        where LangChain's ``DynamicRunnable.batch`` built a retriever and searched once per input."""
-        inputs = list(inputs)
+        where LangChain's ``DynamicRunnable.batch`` built a retriever and searched once per input.  One string,
+        mapping or Document is a :class:`DataError` (:func:`_batch_list`), as :meth:`RagkitRetriever.batch` says."""
+        inputs = _batch_list(inputs, "batch")
         configs = [merge_configs(self.config, c) for c in get_config_list(config, len(inputs))]
         results: list[Any] = [None] * len(inputs)
         for members in self._groups(configs):
@@ -1269,7 +1269,7 @@ class _ConfigurableRetriever(RunnableConfigurableFields):
     async def abatch(self, inputs: list[Any], config: RunnableConfig | list[RunnableConfig] | None = None, *,
                      return_exceptions: bool = False, **kwargs: Any | None) -> list[Any]:
         """:meth:`batch`'s grouping, each group's retriever's ``abatch`` awaited in turn."""
-        inputs = list(inputs)
+        inputs = _batch_list(inputs, "abatch")
         configs = [merge_configs(self.config, c) for c in get_config_list(config, len(inputs))]
         results: list[Any] = [None] * len(inputs)
         for members in self._groups(configs):

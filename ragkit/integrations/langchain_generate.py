@@ -31,6 +31,7 @@ from typing_extensions import Self, TypedDict
 
 from ragkit.errors import ParamError
 from ragkit.generators.operator import GenerateParams
+from ragkit.integrations._inputs import _batch_list
 from ragkit.params import FloatDtype, ModelName, refusal_of
 
 if TYPE_CHECKING:
@@ -56,6 +57,13 @@ _GREEDY = "decoding is greedy: there are no sampling settings"
 _HINTS = {"top_k": f"every document given is a chunk: set the retriever's k; {_GREEDY}",
           "k": "every document given is a chunk: set the retriever's k",
           **{key: _GREEDY for key in ("temperature", "top_p", "do_sample")}}
+
+
+def _inputs_list(inputs: Any, method: str) -> list[Any]:
+    """The ``inputs`` of :meth:`RagkitGenerator.batch` / ``abatch`` (``method``) as a list, or a :class:`ParamError`
+    (:func:`_batch_list`): one input dict is one input, not a batch."""
+    return _batch_list(inputs, f"RagkitGenerator.{method}", f"a list of inputs, each {_EXPECTED}",
+                       "wrap it in a list, or call invoke", lambda message: ParamError(message, "input"))
 
 
 def _default(name: str) -> Any:
@@ -302,6 +310,9 @@ class RagkitGenerator(RunnableSerializable[dict[str, Any], str]):
         if isinstance(docs, Document):
             raise ParamError(f"{where}: {key!r} is one Document ({docs.page_content[:40]!r}...); expected a list of "
                              "them: wrap it in a list", key)
+        if isinstance(docs, Mapping):  # (its keys would be the chunks)
+            raise ParamError(f"{where}: {key!r} is {_describe(docs)}; expected a list of Documents or strings, one per "
+                             "chunk (a mapping's keys would be read as the chunks: pass list(mapping.values()))", key)
         if not isinstance(docs, Sequence):
             try:
                 docs = list(docs)
@@ -360,9 +371,11 @@ class RagkitGenerator(RunnableSerializable[dict[str, Any], str]):
 
     def batch(self, inputs: list[dict[str, Any]], config: RunnableConfig | list[RunnableConfig] | None = None,
               *, return_exceptions: bool = False, **kwargs: Any | None) -> list[str]:
-        """The answers to ``inputs``, one after another on the one model (each its own run)."""
+        """The answers to ``inputs``, one after another on the one model (each its own run).  One input dict, string
+        or Document given as ``inputs`` is a :class:`ParamError` (its keys, characters or fields would be the
+        inputs: :func:`_batch_list`)."""
         self._refuse_kwargs(kwargs, "batch")
-        inputs = list(inputs)
+        inputs = _inputs_list(inputs, "batch")
         self._check_batch(inputs, return_exceptions)
         out: list[Any] = []
         for x, c in zip(inputs, get_config_list(config, len(inputs))):
@@ -378,7 +391,7 @@ class RagkitGenerator(RunnableSerializable[dict[str, Any], str]):
                      *, return_exceptions: bool = False, **kwargs: Any | None) -> list[str]:
         """:meth:`batch`, each answer awaited in turn (the model on a worker thread)."""
         self._refuse_kwargs(kwargs, "abatch")
-        inputs = list(inputs)
+        inputs = _inputs_list(inputs, "abatch")
         self._check_batch(inputs, return_exceptions)
         out: list[Any] = []
         for x, c in zip(inputs, get_config_list(config, len(inputs))):
