@@ -53,3 +53,42 @@ def test_compare_takes_scoring_options_that_eval_json_files_record_alike(evaluat
     assert res.exit_code == 0, res.output
     written = json.loads((tmp_path / "cmp.json").read_text(encoding="utf-8"))
     assert written["split"] == "test" and written["relevance_level"] == 1
+
+
+# ------------------------------------------------------------------ 2. --alpha's open range
+
+
+def test_compare_alpha_says_its_open_range_in_help_and_refuses_its_bounds_by_the_parser(evaluated, monkeypatch):
+    """``--alpha``'s help and range error said "a number from 0 to 1", but 0 and 1 were refused afterwards by a
+    check in the command's body ("strictly between"); the parser now says and applies the open range."""
+    import importlib
+
+    a, b = evaluated
+    assert "[a number strictly between 0 and 1]" in " ".join(_cli("compare", "--help").output.split())
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a result was read: --alpha should have been refused by its parser")
+
+    monkeypatch.setattr(importlib.import_module("ragkit.eval.compare"), "load_result", refuse)
+    for bound in ("0", "1"):
+        res = _cli("compare", a, b, "--alpha", bound)
+        assert res.exit_code == 2, res.output
+        message = " ".join(res.output.split())
+        assert f"Invalid value for '--alpha': expected a number strictly between 0 and 1, got '{bound}'" in message
+
+
+def test_ranged_parser_with_exclusive_bounds():
+    """``_range_parser(..., exclusive=True)``: the bounds refused, what lies between taken; one bound alone said
+    as ``>`` / ``<``."""
+    import typer
+
+    from ragkit.cli._options import _range_parser, _range_text
+
+    parse = _range_parser("--alpha", float, 0.0, 1.0, exclusive=True)
+    assert parse("0.05") == 0.05 and parse(0.999) == 0.999
+    for bad in ("0", "1", "nan", "-0.1"):
+        with pytest.raises(typer.BadParameter, match="strictly between 0 and 1"):
+            parse(bad)
+    assert _range_text(float, 0.0, None, exclusive=True) == "a number > 0"
+    assert _range_text(int, None, 10, exclusive=True) == "an integer < 10"
+    assert _range_text(float, 0.0, 1.0) == "a number from 0 to 1"  # (closed, as before)

@@ -110,8 +110,8 @@ def test_reduce_is_read_case_insensitively_and_written_lower_case(value, read):
     (["compare", "a.json", "b.json", "--resamples", "0"], "--resamples", "an integer from 1 to 10,000,000", "0"),
     (["compare", "a.json", "b.json", "--seed", "4294967296"], "--seed", "an integer from 0 to 4,294,967,295",
      "4294967296"),
-    (["compare", "a.json", "b.json", "--alpha", "2"], "--alpha", "a number from 0 to 1", "2"),
-    (["compare", "a.json", "b.json", "--alpha", "nan"], "--alpha", "a number from 0 to 1", "nan"),
+    (["compare", "a.json", "b.json", "--alpha", "2"], "--alpha", "a number strictly between 0 and 1", "2"),
+    (["compare", "a.json", "b.json", "--alpha", "nan"], "--alpha", "a number strictly between 0 and 1", "nan"),
     (["compare", "a.json", "b.json", "--relevance-level", "0"], "--relevance-level", "an integer >= 1", "0"),
 ])
 def test_a_ranged_option_out_of_range_names_the_option_range_and_value(args, option, wanted, given, capsys,

@@ -127,8 +127,8 @@ def compare_cmd(
                                     help="Sign flips of the randomisation test and bootstrap resamples (a p-value "
                                          "near 0.05 then has a Monte Carlo standard error of 0.0005)."),
     seed: int = _ranged_option(0, "--seed", lo=0, hi=2**32 - 1, help="Seed of the resampling."),
-    alpha: float = _ranged_option(0.05, "--alpha", kind=float, lo=0.0, hi=1.0,
-                                    help="Significance level (Holm-corrected)."),
+    alpha: float = _ranged_option(0.05, "--alpha", kind=float, lo=0.0, hi=1.0, exclusive=True,
+                                  help="Significance level (Holm-corrected)."),
     output: Optional[Path] = _path_option(None, "--output", "-o", help="Write the comparison as JSON ('-': standard "
                                                                        "output, the table then on standard error)."),
     relevance_level: int = _ranged_option(1, "--relevance-level", lo=1,
@@ -144,9 +144,6 @@ def compare_cmd(
 
     try:
         names = _parse_metric_names(metrics)  # (one named twice: Holm would count the same comparison twice)
-        if not 0 < alpha < 1:
-            raise RagkitError(f"--alpha: expected a significance level strictly between 0 and 1, such as 0.05, "
-                              f"got {alpha:g}")
         if len(results) < 2:
             raise RagkitError(f"RESULTS: expected two or more result files, got {len(results)}")
         if data is not None:  # (the split scores TREC run files against --data's judgements)

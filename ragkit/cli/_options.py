@@ -89,23 +89,36 @@ def _given(ctx: typer.Context, name: str) -> bool:
     return getattr(ctx.get_parameter_source(name), "name", "DEFAULT") != "DEFAULT"  # (typer's own click enum)
 
 
-def _range_text(kind: type, lo: float | None, hi: float | None) -> str:
-    """``an integer >= 1``, ``an integer from 0 to 4,294,967,295``, ``a number from 0 to 1``: what a ranged option
+def _range_text(kind: type, lo: float | None, hi: float | None, exclusive: bool = False) -> str:
+    """``an integer >= 1``, ``an integer from 0 to 4,294,967,295``, ``a number from 0 to 1``, with ``exclusive``
+    (the bounds themselves refused) ``a number strictly between 0 and 1``, ``a number > 0``: what a ranged option
     takes (:func:`_ranged_option`)."""
     noun = "an integer" if kind is int else "a number"
+
+    def num(x: Any) -> str:
+        return f"{x:,}" if kind is int else f"{x:g}"
+
     if lo is not None and hi is not None:
-        return f"{noun} from {lo:,} to {hi:,}" if kind is int else f"{noun} from {lo:g} to {hi:g}"
+        return (f"{noun} strictly between {num(lo)} and {num(hi)}" if exclusive else
+                f"{noun} from {num(lo)} to {num(hi)}")
     if lo is not None:
-        return f"{noun} >= {lo:,}" if kind is int else f"{noun} >= {lo:g}"
-    return f"{noun} <= {hi:,}" if kind is int else f"{noun} <= {hi:g}"
+        return f"{noun} {'>' if exclusive else '>='} {num(lo)}"
+    return f"{noun} {'<' if exclusive else '<='} {num(hi)}"
 
 
-def _range_parser(name: str, kind: type, lo: float | None, hi: float | None) -> Callable[[Any], Any]:
+def _range_parser(name: str, kind: type, lo: float | None, hi: float | None,
+                  exclusive: bool = False) -> Callable[[Any], Any]:
     """The parser of a ranged option ``name`` (:func:`_ranged_option`): its text (or a default, as given) as ``kind``
-    within ``lo`` .. ``hi``, else a ``typer.BadParameter`` naming the option, the range and the value given
+    within ``lo`` .. ``hi`` (with ``exclusive``, strictly between them: the bounds refused), else a
+    ``typer.BadParameter`` naming the option, the range and the value given
     (``Invalid value for '--limit': expected an integer >= 1, got '-3'``; exit status 2), where typer's own
     ``min=`` / ``max=`` said only "Input should be greater than or equal to 1"."""
-    expected = _range_text(kind, lo, hi)
+    expected = _range_text(kind, lo, hi, exclusive)
+
+    def within(x: Any) -> bool:  # (NaN: within no range)
+        if exclusive:
+            return (lo is None or x > lo) and (hi is None or x < hi)
+        return (lo is None or x >= lo) and (hi is None or x <= hi)
 
     def parse(value: Any) -> Any:
         if value is None:  # (an optional option's default)
@@ -118,7 +131,7 @@ def _range_parser(name: str, kind: type, lo: float | None, hi: float | None) -> 
                 x = kind(str(value).strip())
             except ValueError:  # 'abc', '1.5' for an integer, an integer of more digits than Python parses
                 x = None
-        if x is None or not ((lo is None or x >= lo) and (hi is None or x <= hi)):  # (NaN: within no range)
+        if x is None or not within(x):
             given = value if not isinstance(value, str) or len(value) <= 60 else value[:57] + "..."
             raise typer.BadParameter(f"expected {expected}, got {given!r}", param_hint=f"'{name}'")
         return x
@@ -128,13 +141,13 @@ def _range_parser(name: str, kind: type, lo: float | None, hi: float | None) -> 
 
 
 def _ranged_option(default: Any, name: str, *, kind: type = int, lo: float | None = None, hi: float | None = None,
-                   help: str = "", **kw: Any) -> Any:
-    """``typer.Option(default, name, ...)`` taking ``kind`` (int or float) within ``lo`` .. ``hi``, the range said
-    in its help and, with the value given, in its error (:func:`_range_parser`), in place of typer's ``min=`` /
-    ``max=``."""
-    return typer.Option(default, name, parser=_range_parser(name, kind, lo, hi),
-                        help=f"{help}  [{_range_text(kind, lo, hi)}]" if help else f"[{_range_text(kind, lo, hi)}]",
-                        **kw)
+                   exclusive: bool = False, help: str = "", **kw: Any) -> Any:
+    """``typer.Option(default, name, ...)`` taking ``kind`` (int or float) within ``lo`` .. ``hi`` (with
+    ``exclusive``, strictly between them), the range said in its help and, with the value given, in its error
+    (:func:`_range_parser`), in place of typer's ``min=`` / ``max=``."""
+    said = _range_text(kind, lo, hi, exclusive)
+    return typer.Option(default, name, parser=_range_parser(name, kind, lo, hi, exclusive),
+                        help=f"{help}  [{said}]" if help else f"[{said}]", **kw)
 
 
 def _parse_ks(ks: str) -> list[int]:
