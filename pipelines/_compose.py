@@ -1232,11 +1232,17 @@ class Parallel(Composite):
         for b, where in self.child_paths(_path)[:-1]:
             fit_once(b, corpus, train, seen, upstream, where)
         if id(self.fuse) not in seen:
+            from ragkit.pipelines.fusion import FITTED_AT
+
             seen.add(id(self.fuse))
             up = None
             if train is not None and self.fuse.wants_upstream:
                 up = self._branch_state(upstream.copy() if upstream is not None else State.of(train.queries))
-            self.fuse.fit(corpus, train, upstream=up)
+            token = FITTED_AT.set(self.child_paths(_path)[-1][1])  # where a learning fuser's warnings say it is
+            try:
+                self.fuse.fit(corpus, train, upstream=up)
+            finally:
+                FITTED_AT.reset(token)
         return self
 
     def _branch_state(self, state: State, path: str = "") -> State:

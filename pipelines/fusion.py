@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Callable, Literal
 
 import numpy as np
@@ -165,6 +166,13 @@ def _branch_fields(flat: dict[str, np.ndarray], inv: np.ndarray, n: int, names: 
     return fields
 
 
+#: where the fuser a :class:`~ragkit.pipelines.Parallel` fits sits in its pipeline (``pipeline[0].parallel.fuse``),
+#: set by that Parallel around the fuser's fit; ``""`` for a fuser fitted on its own.  A learning fuser's warnings
+#: start with it and the fuser's name (``pipeline[0].parallel.fuse.rrf: ...``), as a router's and a judge's start
+#: with their path.
+FITTED_AT: ContextVar[str] = ContextVar("ragkit_fuser_fitted_at", default="")
+
+
 def _said(option: dict[str, Any]) -> str:
     """A setting of :meth:`_Fuser._learnable_options` as its warnings say it (``"norm: zscore"``)."""
     return ", ".join(f"{k}: {v}" for k, v in option.items())
@@ -275,6 +283,7 @@ class _Fuser(Operator):
         from ragkit.pipelines.weights import learn_weights
 
         names = [n for n, _ in upstream.branches]
+        placed = self._placed()  # what its warnings start with
         given = self._weights(names) if self.params.weights is not None else None  # (checks their number)
         baseline = None if given is None else given / given.sum()  # what learning must beat, kept on a tie
 
@@ -295,7 +304,7 @@ class _Fuser(Operator):
 
             tried = _said(option)  # which of several settings warns
             asked = self._learn_setting()
-            where = f"{self.name} ({asked + ', ' if asked else ''}trying {tried})" if tried else self.name
+            where = f"{placed} ({asked + ', ' if asked else ''}trying {tried})" if tried else placed
             # several settings, the same queries: no fold to hold out is said once, below, not once a setting
             searches.append((option, learn_weights(fuse, upstream, train.qrels, corpus.ids, folds=self.params.folds,
                                                    heads=heads, where=where, warn=len(options) == 1,
@@ -334,9 +343,15 @@ class _Fuser(Operator):
             setting = self._learn_setting()
             logging.getLogger("ragkit").warning(
                 "%s%s: %s; the settings tried are compared by their nDCG@10 on the training queries instead "
-                "(%s; fitted to those queries, not held out): keeping %s", self.name,
+                "(%s; fitted to those queries, not held out): keeping %s", self._placed(),
                 f" ({setting})" if setting else "", why, tried, kept)
         return best
+
+    def _placed(self) -> str:
+        """The fuser as its learning warnings name it: its path and name where a Parallel fits it
+        (:data:`FITTED_AT`: ``pipeline[0].parallel.fuse.rrf``), else its name."""
+        at = FITTED_AT.get()
+        return f"{at}.{self.name}" if at else self.name
 
     def _learnable_options(self) -> list[dict[str, Any]]:
         """Settings tried when learning, each with its own weight search; the best by CV wins (by training

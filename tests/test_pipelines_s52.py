@@ -120,3 +120,32 @@ def test_prf_builds_its_column_terms_at_fit_and_load_not_at_each_call(corpus, mo
         out = op(state.copy())
         assert out.values["lexical_counts"][0].batch.terms is op._terms
     assert sizes and max(sizes) < len(prf.vocab_) == 24, sizes
+
+
+# ------------------------------------------------------------------ 3. a learning fuser's warnings say where it is
+def test_learning_fusers_in_a_route_warn_with_their_own_paths(corpus, caplog):
+    """Fuser-learning warnings started with the bare name ("rrf: learning fusion weights: ...") where a router's
+    and a judge's carry their path: two learned RRFs of one route could not be told apart.  Each starts with its
+    own path now, as a Parallel fitting it knows it."""
+    from ragkit.pipelines import Route, RuleRouter
+
+    # each branch's training queries share one text: each fuser warns that none can be held out
+    texts = {"s1": "aspirin", "s2": "aspirin", "s3": "aspirin",
+             "l1": "what lowers cholesterol", "l2": "what lowers cholesterol", "l3": "what lowers cholesterol"}
+    train = TrainSet(texts, {q: {"d4" if q[0] == "s" else "d1": 1} for q in texts})
+
+    def branch() -> Parallel:
+        return Parallel([BM25(k=5), BM25(k=5, variant="okapi")], fuse=RRF(learn=True, folds=2))
+
+    pipe = Pipeline([Route(RuleRouter(rules=[{"label": "s", "max_words": 1}], default="l"),
+                           {"s": [branch()], "l": [branch()]})])
+    with caplog.at_level(logging.WARNING, logger="ragkit"):
+        pipe.fit(corpus, train=train)
+    said = sorted(r.getMessage() for r in caplog.records if "learning fusion weights" in r.getMessage())
+    assert len(said) == 2, said
+    assert said[0].startswith("pipeline[0].route.branches.l[0].parallel.fuse.rrf: learning fusion weights: the 3 "
+                              "usable training queries"), said
+    assert said[1].startswith("pipeline[0].route.branches.s[0].parallel.fuse.rrf: learning fusion weights: the 3 "
+                              "usable training queries"), said
+    assert set(pipe.learned()) == {"pipeline[0].route.branches.l[0].parallel.fuse.rrf",
+                                   "pipeline[0].route.branches.s[0].parallel.fuse.rrf"}
