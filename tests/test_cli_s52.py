@@ -92,3 +92,48 @@ def test_ranged_parser_with_exclusive_bounds():
     assert _range_text(float, 0.0, None, exclusive=True) == "a number > 0"
     assert _range_text(int, None, 10, exclusive=True) == "an integer < 10"
     assert _range_text(float, 0.0, 1.0) == "a number from 0 to 1"  # (closed, as before)
+
+
+# ------------------------------------------------------------------ 3. compare's messages in the command line's words
+
+
+def _runs(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """A tiny dataset whose test split judges document ``q2`` (query q2's own id) relevant to q2 at grade 2, and two
+    TREC run files of it."""
+    ds = _tiny(tmp_path / "tiny")
+    with open(ds / "corpus.jsonl", "a", encoding="utf-8") as f:
+        f.write(json.dumps({"_id": "q2", "title": "", "text": "cats sleep a lot, s52"}) + "\n")
+    with open(ds / "qrels" / "test.tsv", "a", encoding="utf-8") as f:
+        f.write("q2\tq2\t2\n")
+    runs = []
+    for name, top in (("a.trec", "d1"), ("b.trec", "d3")):
+        (tmp_path / name).write_text(f"q1 Q0 {top} 1 2.0 x\nq1 Q0 d2 2 1.0 x\nq2 Q0 q2 1 2.0 x\nq2 Q0 d2 2 1.0 x\n"
+                                     "q3 Q0 d3 1 2.0 x\n", encoding="utf-8")
+        runs.append(tmp_path / name)
+    return ds, runs[0], runs[1]
+
+
+def test_compare_relevance_level_error_names_the_option_and_data(tmp_path, monkeypatch):
+    """``compare x.trec y.trec --data D --relevance-level 3`` said "error: evaluate: relevance_level 3 ...", in the
+    words of the Python function; now as ragkit eval says it, naming the option and --data."""
+    monkeypatch.setenv("RAGKIT_CACHE", str(tmp_path / "cache"))
+    ds, a, b = _runs(tmp_path)
+    res = _cli("compare", a, b, "--data", ds, "--relevance-level", "3", "--resamples", "100")
+    assert res.exit_code == 2, res.output
+    message = " ".join(res.output.split())
+    assert f"error: --relevance-level (--data {ds}): relevance_level 3 counts no judgement as relevant" in message
+    assert "evaluate:" not in message
+
+
+def test_compare_identical_ids_note_says_the_cli_option_only(tmp_path, monkeypatch):
+    """The note of a judged document with its query's id told a compare user to "pass ignore_identical_ids=False
+    (ragkit eval and compare: --keep-identical-ids)" and "EvalResult.ignored_judged counts them"; now it says the
+    option alone."""
+    monkeypatch.setenv("RAGKIT_CACHE", str(tmp_path / "cache"))
+    ds, a, b = _runs(tmp_path)
+    res = _cli("compare", a, b, "--data", ds, "--resamples", "100")
+    assert res.exit_code == 0, res.output
+    message = " ".join(res.output.split())
+    assert "1 judged-relevant document has its query's id" in message, message
+    assert "pass --keep-identical-ids to score it" in message
+    assert "ignore_identical_ids" not in message and "EvalResult" not in message

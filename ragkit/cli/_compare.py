@@ -182,6 +182,10 @@ def compare_cmd(
             # located once, links resolved once: its judgements are read there, and -o's JSON records it
             folder = _locate_one(data, download=True, base_url=None).resolve()
             ds_name, qrels = _folder_qrels(folder, split)
+            from ragkit.eval.metrics import check_relevance_level
+
+            # (once, in the option's words: each run file's scoring would say "evaluate: relevance_level ...")
+            check_relevance_level(qrels, relevance_level, f"--relevance-level (--data {data})")
             fingerprint = scored_qrels_fingerprint(qrels, qrels)  # once: each run file scores every judged query
         stems = [p.stem for p in results]  # short names in the table: file stems when they tell the files apart
         labels = stems if len(set(stems)) == len(stems) else [str(p) for p in results]
