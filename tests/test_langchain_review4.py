@@ -14,7 +14,7 @@ import pytest
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.language_models.fake_chat_models import FakeListChatModel
 
-from ragkit.errors import DataError
+from ragkit.errors import DataError, ParamError
 from ragkit.generators import Generate
 from ragkit.integrations.langchain import RagkitRetriever
 from ragkit.pipelines import Pipeline
@@ -76,7 +76,7 @@ def test_a_saved_local_generate_pipeline_loads_no_model_when_retrieving(tmp_path
     assert _ids(rr.invoke("dog")) == _ids(plain.invoke("dog"))
 
 
-def test_a_generate_step_inside_a_branch_makes_no_call_and_asking_for_answers_still_answers():
+def test_a_generate_step_inside_a_branch_makes_no_call_and_asking_for_answers_is_refused():
     calls = _ChatCalls()
     chat = FakeListChatModel(responses=["fake answer"], callbacks=[calls])
     gen = Generate(backend="langchain").with_chat_model(chat)
@@ -85,21 +85,21 @@ def test_a_generate_step_inside_a_branch_makes_no_call_and_asking_for_answers_st
     rr = RagkitRetriever(pipeline=nested, k=2)
     assert [d.page_content for d in rr.invoke("dog")][0] in ("a dog ran", "cat and dog")
     assert calls.n == 0
-    # an explicit generate={"answer": True} (a call's option, over search_kwargs) is the caller's choice
-    rr.invoke("dog", generate={"answer": True})
-    assert calls.n == 1
+    # an explicit generate={"answer": True} ran the model and threw its answers away (session 52): refused
+    with pytest.raises(ParamError, match=r"^search option generate.answer: got True; a retriever returns documents"):
+        rr.invoke("dog", generate={"answer": True})
+    assert calls.n == 0
 
 
-def test_no_note_where_search_kwargs_ask_for_answers(caplog):
-    """The note said the generate step was not run while search_kwargs={"generate": {"answer": True}} ran it."""
+def test_search_kwargs_asking_for_answers_are_refused():
+    """search_kwargs={"generate": {"answer": True}} ran the generate step on every retrieval and threw its answers
+    away (session 52: refused, as a call's generate={"answer": True} is)."""
     calls = _ChatCalls()
     chat = FakeListChatModel(responses=["fake answer"], callbacks=[calls])
     rag = (BM25(k=3) | Generate(backend="langchain").with_chat_model(chat)).fit(Corpus.from_texts(TEXTS))
-    with caplog.at_level(logging.INFO, logger="ragkit"):
-        rr = RagkitRetriever(pipeline=rag, k=2, search_kwargs={"generate": {"answer": True}})
-    assert not any("generate step is not run" in r.getMessage() for r in caplog.records)
-    rr.invoke("dog")
-    assert calls.n == 1  # (it answers: the caller's choice)
+    with pytest.raises(ParamError, match=r"^search_kwargs: search option generate.answer: got True"):
+        RagkitRetriever(pipeline=rag, k=2, search_kwargs={"generate": {"answer": True}})
+    assert calls.n == 0
 
 
 def test_a_retriever_without_generate_step_gets_no_generate_option():

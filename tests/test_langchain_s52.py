@@ -92,3 +92,32 @@ def test_documents_given_as_a_mapping_are_refused():
     assert e.value.path == "documents"
     with pytest.raises(ParamError, match=r"input 0: 'context' is dict"):
         g.batch([{"question": "what?", "context": {"a": "b"}}])
+
+
+# ---------------------------------------------------------------------- 3. generate={"answer": True}
+# it ran the pipeline's generate step (a language-model call per query) and the retriever threw the answers away
+def test_asking_a_retriever_for_answers_is_refused_and_runs_no_model(monkeypatch):
+    from ragkit.generators import Generate
+    from ragkit.generators.local import LocalGenerator
+
+    calls = []
+    monkeypatch.setattr(LocalGenerator, "generate", lambda self, *a, **kw: calls.append(a) or "an answer")
+    docs = _tenant_docs()
+    r = RagkitRetriever(pipeline=BM25() | Generate(max_new_tokens=2), corpus=docs, k=2)
+    said = r"generate.answer: got True; a retriever returns documents.*pipeline.search.*RagkitGenerator"
+    with pytest.raises(ParamError, match=rf"^search option {said}") as e:
+        r.invoke("cats", generate={"answer": True})
+    assert e.value.path == "options.generate.answer"
+    with pytest.raises(ParamError, match=rf"^search option {said}"):
+        r.batch(["cats"], generate={"answer": True})
+    with pytest.raises(ParamError, match=rf"^search_kwargs: search option {said}"):
+        RagkitRetriever(pipeline=BM25() | Generate(max_new_tokens=2), corpus=docs,
+                        search_kwargs={"generate": {"answer": True}})
+    with pytest.raises(ParamError, match=rf"^search_kwargs: search option {said}"):
+        r.search_kwargs = {"generate": {"answer": True}}
+    r.search_kwargs["generate"] = {"answer": True}  # (edited in place: refused at the next call)
+    with pytest.raises(ParamError, match=rf"^search_kwargs: search option {said}"):
+        r.invoke("cats")
+    r.search_kwargs.pop("generate")
+    assert len(r.invoke("cats", generate={"answer": False})) == 2 and len(r.invoke("cats")) == 2
+    assert calls == []

@@ -193,23 +193,32 @@ def _call_k_first(options: dict[str, Any], defaults: Mapping[str, Any], call: Ma
 
 _log = logging.getLogger("ragkit")
 
-def _rankings_only(op: Operator, search_kwargs: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def _rankings_only(op: Operator) -> dict[str, Any]:
     """The search options that keep every ``generate`` step of the tree ``op`` from running its language model (it
     passes the rankings on: :func:`~ragkit.generators.operator.rankings_only`), ``{}`` for a tree without one: a
     retriever returns documents, so answers would be thrown away (and an LLM call per query is slow).  Noted once
-    on the ``ragkit`` logger (INFO) when the retriever is built, unless ``search_kwargs`` ask for answers
-    (``{"generate": {"answer": True}}``: the step does run)."""
+    on the ``ragkit`` logger (INFO) when the retriever is built; ``generate={"answer": True}`` is refused
+    (:func:`_refuse_answers`)."""
     from ragkit.generators.operator import rankings_only
 
     options = rankings_only(op)
-    if not options:
-        return {}
-    gen = (search_kwargs or {}).get("generate")
-    if not (isinstance(gen, Mapping) and gen.get("answer")):
+    if options:
         _log.info("RagkitRetriever: the pipeline's generate step is not run (it passes its rankings on): a retriever "
                   "returns documents, so its answers would be thrown away; answer with the pipeline's own search, "
                   "or with a chat model after the retriever in the chain")
     return options
+
+
+def _refuse_answers(options: Mapping[str, Any], where: str) -> None:
+    """Refuse ``generate={"answer": True}`` among ``options`` (a call's, or ``search_kwargs``: ``where`` says which,
+    as the words before the option's name): a :class:`ParamError` saying where to get answers.  The step would run
+    its language model once per query, and a retriever, which returns documents, would throw the answers away."""
+    gen = options.get("generate")
+    if isinstance(gen, Mapping) and gen.get("answer") is True:
+        raise ParamError(f"{where}generate.answer: got True; a retriever returns documents, so the generate step's "
+                         "answers would be thrown away (after one language-model call per query): answer with the "
+                         "pipeline's own search (pipeline.search(queries).values['answer']), or put RagkitGenerator "
+                         "(or a chat model) after the retriever in the chain", path="options.generate.answer")
 
 
 def refuse_unknown_arguments(cls: type[BaseModel], data: Any, hints: Mapping[str, str]) -> Any:
@@ -323,7 +332,8 @@ class RagkitRetriever(BaseRetriever):
     A ``generate`` step of the pipeline (anywhere in it) is not run: it passes on the rankings it would
     answer from, so the documents are those before it, and no language model is called per retrieval (its
     answers would be thrown away; an INFO note on the ``ragkit`` logger says so when the retriever is
-    built).  Answer with a chat model after the retriever in the chain, or with ``pipeline.search``.
+    built), and ``generate={"answer": True}`` (per call or in ``search_kwargs``) is a ``ParamError``.  Answer with
+    :class:`RagkitGenerator` (or a chat model) after the retriever in the chain, or with ``pipeline.search``.
 
     Each returned ``Document`` has the corpus text as ``page_content``, the document id as
     ``id`` and ``metadata`` with ``id`` (where no document has an ``id`` of its own), ``title``,
@@ -505,7 +515,7 @@ class RagkitRetriever(BaseRetriever):
             )
         self.__dict__["pipeline"] = op
         self._producers = _producers_of(op)
-        self._rankings_only = _rankings_only(op, self.search_kwargs)
+        self._rankings_only = _rankings_only(op)
         self._lock = lock_of(op)
         self._op = op
         return self
@@ -566,6 +576,7 @@ class RagkitRetriever(BaseRetriever):
             head = text.split(": ", 1)[0]  # filter.year, bm25.filter.year
             at = "filter" if head.startswith("filter.") else f"{head.split('.filter.', 1)[0]}.filter"
             raise ParamError(f"search_kwargs: {text}", path=f"options.{at}") from None
+        _refuse_answers(self.search_kwargs, "search_kwargs: search option ")
         if searched is None:
             return
         # a filter value of a kind its field does not hold ("2006" for years held as numbers) matches no
@@ -787,11 +798,13 @@ class RagkitRetriever(BaseRetriever):
     def _options(kwargs: dict[str, Any]) -> dict[str, Any]:
         """A call's search options (merged over ``search_kwargs`` by :meth:`_search`): LangChain's own left out.
         One of LangChain's MMR words (``search_type="mmr"``, ``lambda_mult=0.2``: :data:`_MMR_WORDS`), no
-        search option, is a :class:`ParamError` saying what ragkit takes instead (:data:`MMR_HINT`)."""
+        search option, is a :class:`ParamError` saying what ragkit takes instead (:data:`MMR_HINT`), and so is
+        ``generate={"answer": True}`` (:func:`_refuse_answers`)."""
         mmr = next((key for key in _MMR_WORDS if key in kwargs), None)
         if mmr is not None:
             raise ParamError(f"search option {mmr!r} ({mmr}={kwargs[mmr]!r:.40}): not an option of ragkit's search "
                              f"(LangChain's MMR vocabulary); {_mmr_hint(mmr)}", path=f"options.{mmr}")
+        _refuse_answers(kwargs, "search option ")
         return {key: v for key, v in kwargs.items() if key not in _LANGCHAIN_KWARGS}
 
     def _search(self, queries: list[str], k: int | None, call: dict[str, Any]) -> list[list[Document]]:
@@ -804,9 +817,11 @@ class RagkitRetriever(BaseRetriever):
             # the documents this search's rows index: read from the pipeline before and after it, never from
             # this retriever
             with self._reading() as state:  # (an edit through this retriever waits, and is waited for)
-                # a generate step passes its rankings on (the documents it would answer from), unless the
-                # options say generate={"answer": True}: the answers would be thrown away
+                # a generate step passes its rankings on (the documents it would answer from): the answers would
+                # be thrown away (generate={"answer": True} refused: a call's by _options, search_kwargs edited in
+                # place here)
                 options = merge_options(merge_options(state.rankings_only, state.search_kwargs), call)
+                _refuse_answers(options, "search_kwargs: search option ")
                 own_k = options.pop("k", None)  # search_kwargs' (a call's k is never among its options)
                 n = k if k is not None else state.k if own_k is None else _positive_k(own_k, "search_kwargs: ")
                 if k is not None:  # the call's k comes first, over an operator's own k in search_kwargs
