@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Optional
@@ -12,13 +11,12 @@ from rich.table import Table
 from rich.text import Text
 
 from ragkit._files import shell_quote
-from ragkit.cli._app import _examples, _fail, _RunFailure, app
+from ragkit.cli._app import _examples, _fail, app
 from ragkit.cli._console import _print_uncut, console, err_console
 from ragkit.cli._data import _check_data_folder, _check_split
 from ragkit.cli._options import _expands_paths, _given, _parse_metric_names, _path_option, _path_parser, _ranged_option
-from ragkit.cli._outputs import _human_output_to_stderr, _is_stdout, _make_folder, _prepare_output, _write_text
+from ragkit.cli._outputs import _human_output_to_stderr, _is_stdout, _prepare_output, _write_outputs
 from ragkit.cli._pipeline import _path_like
-from ragkit.cli._streams import _stdout_utf8
 from ragkit.errors import RagkitError
 
 
@@ -209,18 +207,10 @@ def compare_cmd(
         err_console.print(Text(f"warning: {warning}", style="yellow"), soft_wrap=True)
     for few in cmp.few_differ():
         err_console.print(Text(f"note: {few}", style="yellow"), soft_wrap=True)
-    if _is_stdout(output):
-        with _stdout_utf8() as out:
-            out.write(json.dumps(cmp.to_dict(), indent=2) + "\n")
-    elif output is not None:
-        try:
-            _make_folder(output, "--output")
-            _write_text(output, json.dumps(cmp.to_dict(), indent=2))
-        except OSError as e:
-            _fail(_RunFailure(f"--output {output}: could not be written: {e.strerror or e}"))
-        except RagkitError as e:  # (its folder could not be created)
-            _fail(e)
-        err_console.print(Text(f"wrote {output}"), soft_wrap=True)
+    try:  # (-: the JSON alone on standard output; a file: written atomically, its folders created)
+        _write_outputs(output, None, None, cmp.to_dict())
+    except RagkitError as e:  # (a _RunFailure: it, or its folder, could not be written)
+        _fail(e)
 
 
 def _print_comparison(cmp: Any, base: int) -> None:

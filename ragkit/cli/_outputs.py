@@ -178,8 +178,9 @@ def _check_not_an_input(path: Optional[Path], option: str, pipeline: str, data: 
 
 def _write_outputs(output: Optional[Path], run_file: Optional[Path], run: Any, payload: dict[str, Any],
                    tag: str = "ragkit") -> None:
-    """Write ``ragkit eval``'s JSON and TREC run file, each atomically; a failed write is a
-    :class:`RagkitError` naming the option and the path."""
+    """Write a command's JSON (``payload``, to ``output``) and TREC run file (``run``, to ``run_file``; ``None``:
+    none, as for ``ragkit compare``), each atomically or alone on standard output (``-``); a failed write is a
+    :class:`_RunFailure` naming the option and the path."""
     for option, path in (("--output", output), ("--run", run_file)):
         if path is None:
             continue
