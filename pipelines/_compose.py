@@ -1251,8 +1251,13 @@ class Parallel(Composite):
         Query vectors computed by a branch are shared with the later branches and kept,
         unless the branch rewrote the query text (``values["query_text"]``); branch
         scratch values are kept (first branch wins), except a rewritten query text
-        (:data:`~ragkit.types.QUERY_REWRITES`), which stays inside its branch.
+        (:data:`~ragkit.types.QUERY_REWRITES`) and PRF's term counts of it
+        (:data:`~ragkit.retrievers.bm25.LEXICAL_COUNTS`), which stay inside their branch.
         """
+        from ragkit.retrievers.bm25 import LEXICAL_COUNTS
+
+        # (not one of QUERY_REWRITES: a route fills those in with the query text where a branch left them None)
+        inside = (*QUERY_REWRITES, LEXICAL_COUNTS)
         qtext = state.values.get("query_text")
         shared = dict(state.vectors)
         outs = []
@@ -1272,7 +1277,7 @@ class Parallel(Composite):
                     merged.values[key] = vals
                 elif key in ("iterations", "route") and not _same_record(vals, state.values.get(key)):
                     merged.values[key] = vals  # written in this branch: the last loop / route to run
-                elif key not in QUERY_REWRITES:
+                elif key not in inside:
                     merged.values.setdefault(key, vals)
         merged.branches = [(n, o.rankings if o.rankings is not None else [Ranking.empty() for _ in range(len(state))])
                            for n, o in zip(self.names, outs)]

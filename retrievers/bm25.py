@@ -921,6 +921,20 @@ class LexicalCounts:
         self.texts = np.fromiter(texts, dtype=object, count=len(texts))
         self.expanded = np.asarray(expanded, dtype=bool)
 
+    def __eq__(self, other: object) -> bool:
+        """The same counts, terms, texts, ``expanded`` and analysis: a run's ``values["lexical_counts"]`` equals that
+        of the same search by the pipeline saved and loaded (by identity they never did).  One batch is compared
+        with itself at no cost (``list.count`` and ``==`` on entries check identity first)."""
+        if not isinstance(other, LexicalCounts):
+            return NotImplemented
+        return other is self or (
+            self.analysis == other.analysis and self.counts.shape == other.counts.shape
+            and np.array_equal(self.expanded, other.expanded) and np.array_equal(self.texts, other.texts)
+            and np.array_equal(self.terms, other.terms) and (self.counts != other.counts).nnz == 0)
+
+    def __hash__(self) -> int:  # equal batches hash alike (what __eq__ compares first)
+        return hash((self.analysis, self.counts.shape))
+
     def row(self, i: int) -> dict[str, int]:
         """Query ``i``'s ``{term: count}`` (empty where it was not expanded)."""
         a, b = self.counts.indptr[i], self.counts.indptr[i + 1]

@@ -149,3 +149,38 @@ def test_learning_fusers_in_a_route_warn_with_their_own_paths(corpus, caplog):
                               "usable training queries"), said
     assert set(pipe.learned()) == {"pipeline[0].route.branches.l[0].parallel.fuse.rrf",
                                    "pipeline[0].route.branches.s[0].parallel.fuse.rrf"}
+
+
+# ------------------------------------------------------------------ 4. PRF's term counts stay in their branch
+def test_prf_counts_stay_inside_their_parallel_branch(corpus):
+    """A rewritten query text (QUERY_REWRITES) stays inside its parallel branch, but PRF's counts of it
+    (``lexical_counts``) leaked out: the run showed one branch's expansion counts without its ``lexical_query``."""
+    from ragkit.filters import TopK
+    from ragkit.pipelines import PRF, Loop, TopKStable
+
+    queries = [t for _, t, _ in JUDGED]
+    pipe = Pipeline([BM25(k=10), Loop([Parallel([[PRF(), BM25(k=10)], [TopK(k=10)]])], until=TopKStable(k=3))])
+    values = pipe.fit(corpus).search(queries).values
+    assert "lexical_counts" not in values and "lexical_query" not in values, sorted(values)
+    alone = Pipeline([BM25(k=10), Parallel([[PRF(), BM25(k=10)], [BM25(k=5)]])]).fit(corpus).search(queries).values
+    assert "lexical_counts" not in alone and "lexical_query" not in alone, sorted(alone)
+
+
+def test_prf_counts_of_a_saved_and_loaded_pipeline_compare_equal(corpus, tmp_path):
+    """run.values of a PRF pipeline and of the same pipeline saved and loaded compared unequal: QueryCounts held a
+    LexicalCounts compared by identity.  Equal counts, terms, texts and analysis are equal; others are not."""
+    import warnings
+
+    from ragkit import Operator
+    from ragkit.pipelines import PRF
+
+    queries = [t for _, t, _ in JUDGED]
+    pipe = Pipeline([BM25(k=10), PRF(fb_docs=3), BM25(k=10)]).fit(corpus)
+    pipe.save(tmp_path / "p")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # (no sparse comparison warning)
+        first, again = pipe.search(queries).values, Operator.load(tmp_path / "p").search(queries).values
+        assert first["lexical_counts"] == again["lexical_counts"] and first == again
+        other = pipe.search(queries[::-1]).values["lexical_counts"]
+        assert other[0] != first["lexical_counts"][0]  # (another batch: its texts differ)
+        assert hash(first["lexical_counts"][0]) == hash(again["lexical_counts"][0])
