@@ -185,9 +185,12 @@ class _ShardActor:
     ragkit error, a missing path: :data:`_FINAL`) does not fail the constructor, which Ray would
     restart (and retry its searches on) ``max_retries`` times, each failing alike, into a long
     "actor died" text: every search raises it as :class:`_Permanent` instead, once, with the
-    original error's text."""
+    original error's text.  ``verified``: the driver's load checked the shard files against the saved
+    retriever's SHA-256 sums, so the shards load as verified (:func:`~ragkit.operator.checksums_verified`: their
+    indexes' CRC32s are not read again), as the driver's own shards do."""
 
-    def __init__(self, folders: list[str], *corpora: Corpus, modules: Sequence[tuple[str, str | None]] = ()) -> None:
+    def __init__(self, folders: list[str], *corpora: Corpus, modules: Sequence[tuple[str, str | None]] = (),
+                 verified: bool = False) -> None:
         from ragkit._saves import CHECKSUMS
         from ragkit.operator import Operator
 
@@ -196,9 +199,11 @@ class _ShardActor:
         try:
             _import_plugins(modules)  # the modules that register the driver's own operators (custom retrievers)
             # a saved sharded retriever's shard folders hold no documents (the parent's corpus, sliced, is given)
-            # and no checksums (the parent's load checked them); those a fit just wrote hold both
-            self.ops = [Operator.load(f, corpus=c, verify=(Path(f) / CHECKSUMS).is_file())
-                        for f, c in zip(folders, corpora)]
+            # and no checksums (the parent's load checked them when asked to: ``verified``); those a fit just wrote
+            # hold both
+            with checksums_verified(verified):
+                self.ops = [Operator.load(f, corpus=c, verify=(Path(f) / CHECKSUMS).is_file())
+                            for f, c in zip(folders, corpora)]
         except _FINAL as e:
             self.error = f"{type(e).__name__}: {e}"
 
@@ -589,7 +594,9 @@ class Sharded(Operator):
             # one actor per CPU at most: an actor per shard would be a worker process (and its memory) each
             n_actors = min(len(live), max(1, int(ray.cluster_resources().get("CPU", 1))))
             modules = self._ray_modules("sharded.search")
-            extra = {"modules": modules} if modules else {}  # (none for ragkit's own retrievers)
+            extra: dict[str, Any] = {"modules": modules} if modules else {}  # (none for ragkit's own retrievers)
+            if self._verified:  # (a load that checked the SHA-256 sums of the shard files the actors read)
+                extra["verified"] = True
             actors = [actor.remote([self.folders_[s] for s in g], *[docs[int(s)] for s in g], **extra)
                       for g in _groups(live, n_actors)]
             self._actors, self._actor_docs, self._actors_session = actors, list(docs.values()), session

@@ -89,3 +89,63 @@ def test_ray_bm25_shards_merge_as_one_index_with_the_kept_scores(local_ray, monk
     _same(sharded.search(_QUERIES).rankings, want)
     _same(sharded.search(_QUERIES, filter=None, bm25={"k": 7}).rankings,
           BM25(k=30).fit(corpus).search(_QUERIES, bm25={"k": 7}).rankings)
+
+
+def _hashed_dense_sharded(tmp_path, name: str):
+    """A 3-shard local ``dense`` (int8 codes with float vectors to rescore: index files CRC32'd at load) over 60
+    documents of a registered test encoder, saved: ``(sharded, corpus, folder)``."""
+    from conftest import HashedEncoder
+
+    from ragkit.encoders import register_encoder
+
+    register_encoder(name, HashedEncoder(f"{name}-v1", 16), replace=True)
+    corpus = Corpus([f"d{i}" for i in range(60)], [f"text {i} word{i % 7}" for i in range(60)])
+    s = Sharded(retriever={"dense": {"model": name, "dtype": "i8", "rescore": True}}, n_shards=3,
+                backend="local").fit(corpus)
+    s.save(tmp_path / "s")
+    return s, corpus, tmp_path / "s"
+
+
+def test_a_shard_actor_of_a_verified_load_reads_no_index_crc(tmp_path, monkeypatch):
+    """A Ray shard actor loaded its shards outside checksums_verified: after a load that verified the saved
+    retriever's SHA-256 sums, every actor CRC32'd its shards' index files again (the driver's own shards do not,
+    bccb0be).  Told verified, it reads none; not told (a load with verify=False), it keeps them."""
+    from ragkit.encoders import unregister_encoder
+    from ragkit.operator import Operator
+    from ragkit.retrievers import _index_files
+
+    s, corpus, folder = _hashed_dense_sharded(tmp_path, "scale-s52-hashed")
+    try:
+        back = Operator.load(folder)
+        assert back._verified
+        corpora = [corpus.subset(np.arange(a, b)) for a, b in zip(back.bounds_[:-1], back.bounds_[1:])]
+        calls: list[str] = []
+        orig = _index_files._crc
+        monkeypatch.setattr(_index_files, "_crc", lambda path: calls.append(str(path)) or orig(path))
+        actor = _ShardActor(back.folders_, *corpora, verified=True)
+        assert actor.error is None and calls == [], calls
+        assert all(op._verified for op in actor.ops)
+        want = [sh.search(["text word3"]).doc_ids[0].tolist() for sh in back.shards_]
+        got = [r.tolist() for r, _, _ in actor.search(["text word3"], {"k": 10})]
+        assert [[f"d{int(back.bounds_[i]) + j}" for j in g] for i, g in enumerate(got)] == want
+        _ShardActor(back.folders_, *corpora)
+        assert calls, "not verified by the driver: the actor keeps its CRC32s"
+    finally:
+        unregister_encoder("scale-s52-hashed")
+
+
+def test_ray_shard_actors_of_a_verified_load_load_their_shards_as_verified(local_ray, tmp_path):
+    """On Ray: the actors of a sharded retriever loaded with its checksums verified hold shards loaded as verified
+    (no CRC32s of their indexes); of one loaded with verify=False, not (they keep them), as the driver's."""
+    from ragkit.operator import Operator
+
+    corpus = _tied_corpus(90, seed=4)
+    Sharded(retriever={"bm25": {"k": 5}}, n_shards=3, k=5, backend="ray").fit(corpus).save(tmp_path / "s")
+    want = BM25(k=5).fit(corpus).search(_QUERIES).rankings
+    for verify in (True, False):
+        back = Operator.load(tmp_path / "s", verify=verify)
+        _same(back.search(_QUERIES).rankings, want)
+        actors = back._ray_actors(local_ray)
+        held = local_ray.get([a.__ray_call__.remote(lambda self: [op._verified for op in self.ops]) for a in actors])
+        assert [v for vs in held for v in vs] == [verify] * 3, (verify, held)
+        back._drop_actors()
