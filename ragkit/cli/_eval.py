@@ -46,15 +46,9 @@ from ragkit.cli._records import (
 )
 from ragkit.cli._scoring import _fit_and_score, _Scored, _Scoring
 from ragkit.errors import RagkitError, some_ids
+from ragkit.eval.compare import _n_queries
 from ragkit.eval.provenance import timestamp
 from ragkit.params import MAX_INT
-
-
-def _n_queries(n: int) -> str:
-    """``1 query``, ``2 queries``."""
-    from ragkit.eval.compare import _n_queries as count
-
-    return count(n)
 
 
 def _note_depth(run: Any, ks: list[int], corpus: Any, pipe: Any, prefix: str = "", flag: Optional[int] = None) -> None:

@@ -19,6 +19,7 @@ from ragkit.cli._options import _expands_paths, _path_option, _ranged_option
 from ragkit.cli._outputs import _check_not_inside, _is_stdout, _prepare_outputs, _write_outputs
 from ragkit.cli._pipeline import _fewer_found, _load_folder, _rankings_only, _without_generation
 from ragkit.errors import RagkitError
+from ragkit.eval.compare import _n_queries
 from ragkit.params import MAX_INT
 
 if TYPE_CHECKING:
@@ -53,7 +54,7 @@ def search_cmd(
 
     try:
         if query and queries_file is not None:
-            raise RagkitError(f"--queries {queries_file} and {len(query)} quer{'y' if len(query) == 1 else 'ies'} "
+            raise RagkitError(f"--queries {queries_file} and {_n_queries(len(query))} "
                               "on the command line: give one or the other")
         if not query and queries_file is None:
             raise RagkitError("no query: give one or more on the command line, or --queries FILE")
@@ -91,7 +92,7 @@ def search_cmd(
             check_run_ids(f"--run {run_file}", pipe.corpus_.ids.tolist(), "document id",
                           f"--index {index} (its corpus)", lookup=index / "corpus.jsonl",
                           fix="fit and save the index again on a corpus whose ids hold no whitespace")
-        with err_console.status(f"searching {len(batch)} quer{'y' if len(batch) == 1 else 'ies'}..."):
+        with err_console.status(f"searching {_n_queries(len(batch))}..."):
             run = pipe.search(batch, k=k, **_rankings_only(pipe))
     except RagkitError as e:
         _fail(e)
@@ -103,7 +104,7 @@ def search_cmd(
         n_empty = sum(not len(ids) for ids in run.doc_ids)
         fewer = _fewer_found(pipe) if n_empty else []
         # (stderr: the standard output carries the results alone, whether -o writes them there or to a file)
-        err_console.print(Text(f"searched {len(batch)} quer{'y' if len(batch) == 1 else 'ies'} in {run.seconds:.2f} s"
+        err_console.print(Text(f"searched {_n_queries(len(batch))} in {run.seconds:.2f} s"
                                + (f"; {n_empty} found no document" if n_empty else "")
                                + (f" ({'; '.join(fewer)})" if fewer else "")), soft_wrap=True)
     try:

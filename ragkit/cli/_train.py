@@ -27,6 +27,7 @@ from ragkit.cli._pipeline import (
 )
 from ragkit.cli._scoring import _Scoring, _search_scored
 from ragkit.errors import MissingExtraError, RagkitError
+from ragkit.eval.compare import _n_queries
 
 #: Judged queries ``ragkit train``'s held-out report needs: one in five is held out.
 MIN_REPORT_QUERIES = 5
@@ -217,7 +218,7 @@ def train_cmd(
             console.print(table)
             if len(held) < MIN_HELD_OUT:
                 err_console.print(Text.assemble(("caution:", "yellow"), (
-                    f" the held-out rows rest on {len(held)} quer{'y' if len(held) == 1 else 'ies'}: a difference "
+                    f" the held-out rows rest on {_n_queries(len(held))}: a difference "
                     f"between them may be chance; a split with at least {5 * MIN_HELD_OUT} judged queries holds out "
                     f"{MIN_HELD_OUT} or more")), soft_wrap=True)
             from ragkit.pipelines.trace import print_stages
