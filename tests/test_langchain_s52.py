@@ -121,3 +121,43 @@ def test_asking_a_retriever_for_answers_is_refused_and_runs_no_model(monkeypatch
     r.search_kwargs.pop("generate")
     assert len(r.invoke("cats", generate={"answer": False})) == 2 and len(r.invoke("cats")) == 2
     assert calls == []
+
+
+# ---------------------------------------------------------------------- 4. search_type's hint by its value
+# every search_type was called "LangChain's MMR vocabulary" with MMR advice, even "similarity" (what ragkit does)
+# and "similarity_score_threshold" (ragkit's ScoreThreshold step)
+_HINTS = {"similarity": r"no search_type: the pipeline is how it searches; ranking the documents by their similarity "
+                        r"to the query is what the pipeline does: leave search_type out$",
+          "similarity_score_threshold": r"no search_type: the pipeline is how it searches; ragkit's score threshold "
+                                        r"is a pipeline step: .*ScoreThreshold\(threshold=\.\.\.\)\), and per call "
+                                        r"score_threshold=\{'threshold': \.\.\.\}$",
+          "mmr": r"no search_type: the pipeline is how it searches; ragkit's MMR is a pipeline step: .*MMR\(k=",
+          "nearest": r"no search_type: the pipeline is how it searches; LangChain's 'similarity' is what the pipeline "
+                     r"does; its 'mmr' and 'similarity_score_threshold' are pipeline steps of ragkit's: MMR, "
+                     r"ScoreThreshold$"}
+
+
+@pytest.mark.parametrize("value", list(_HINTS))
+def test_search_type_gets_the_hint_of_its_value(value):
+    docs = _tenant_docs()
+    hint = _HINTS[value]
+    with pytest.raises(ParamError, match=rf"unknown argument 'search_type'; expected corpus, .*; {hint}") as e:
+        RagkitRetriever(pipeline=BM25(), corpus=docs, search_type=value)
+    assert "MMR" not in str(e.value) or value in ("mmr", "nearest")
+    with pytest.raises(ParamError, match=rf"^search_kwargs: search option 'search_type': not an option; .*; {hint}"):
+        RagkitRetriever(pipeline=BM25(), corpus=docs, search_kwargs={"search_type": value})
+    r = RagkitRetriever(pipeline=BM25(), corpus=docs)
+    with pytest.raises(ParamError, match=rf"^search option 'search_type' \(search_type='{value}'\): not an option of "
+                                         rf"ragkit's search \(LangChain's VectorStoreRetriever vocabulary\); {hint}"):
+        r.invoke("cats", search_type=value)
+    with pytest.raises(ParamError, match=rf"VectorStoreRetriever vocabulary\); {hint}"):
+        r.batch(["cats"], search_type=value)
+
+
+def test_lambda_mult_and_fetch_k_keep_the_mmr_hint():
+    r = RagkitRetriever(pipeline=BM25(), corpus=_tenant_docs())
+    for key in ("lambda_mult", "fetch_k"):
+        with pytest.raises(ParamError, match=rf"^search option '{key}' \({key}=3\): not an option of ragkit's search "
+                                             r"\(LangChain's VectorStoreRetriever vocabulary\); ragkit's MMR is a "
+                                             r"pipeline step: .*mmr=\{'lambda_mult'"):
+            r.invoke("cats", **{key: 3})

@@ -122,18 +122,35 @@ _EDIT_RETRIES = 5
 #: keyword arguments LangChain itself may leave in ``invoke``'s kwargs; never search options
 _LANGCHAIN_KWARGS = frozenset({"verbose", "run_id", "run_name", "callbacks", "tags", "metadata"})
 
-#: LangChain's MMR vocabulary (``as_retriever(search_type="mmr", search_kwargs={"lambda_mult": ..., "fetch_k": ...})``):
-#: no search options of ragkit's, whose MMR is a pipeline step; an error naming one of them says so (:data:`MMR_HINT`)
-_MMR_WORDS = ("search_type", "lambda_mult", "fetch_k")
+#: LangChain's VectorStoreRetriever vocabulary (``as_retriever(search_type="mmr", search_kwargs={"lambda_mult": ...,
+#: "fetch_k": ...})``): no search options of ragkit's, whose pipeline is how it searches (its MMR and score
+#: threshold are pipeline steps); an error naming one of them says what ragkit takes instead (:func:`_langchain_hint`)
+_LANGCHAIN_WORDS = ("search_type", "lambda_mult", "fetch_k")
 
-#: what an error naming one of :data:`_MMR_WORDS` adds (:func:`_mmr_hint`)
+#: what an error naming ``lambda_mult``, ``fetch_k`` or ``search_type="mmr"`` adds (:func:`_langchain_hint`)
 MMR_HINT = ("ragkit's MMR is a pipeline step: RagkitRetriever(pipeline=Dense(k=fetch_k) | MMR(k=..., "
             "lambda_mult=...)), and per call mmr={'lambda_mult': ..., 'fetch_k': ...}")
 
+#: what an error naming ``search_type`` adds, by its value (:func:`_langchain_hint`); any other value: ``None``'s
+_SEARCH_TYPE_HINTS = {
+    "mmr": MMR_HINT,
+    "similarity": "ranking the documents by their similarity to the query is what the pipeline does: leave "
+                  "search_type out",
+    "similarity_score_threshold": "ragkit's score threshold is a pipeline step: RagkitRetriever(pipeline=Dense() | "
+                                  "ScoreThreshold(threshold=...)), and per call score_threshold={'threshold': ...}",
+    None: "LangChain's 'similarity' is what the pipeline does; its 'mmr' and 'similarity_score_threshold' are "
+          "pipeline steps of ragkit's: MMR, ScoreThreshold",
+}
 
-def _mmr_hint(key: str) -> str:
-    """What an error naming ``key``, one of :data:`_MMR_WORDS`, says ragkit takes instead."""
-    return ("no search_type: the pipeline is how it searches; " if key == "search_type" else "") + MMR_HINT
+
+def _langchain_hint(key: str, value: Any) -> str:
+    """What an error naming ``key``, one of :data:`_LANGCHAIN_WORDS` given as ``value``, says ragkit takes instead:
+    for ``search_type``, by its value (:data:`_SEARCH_TYPE_HINTS`: ``"similarity"`` is what ragkit does,
+    ``"similarity_score_threshold"`` a ``ScoreThreshold`` step, ``"mmr"`` an ``MMR`` step)."""
+    if key != "search_type":
+        return MMR_HINT
+    hint = _SEARCH_TYPE_HINTS.get(value if isinstance(value, str) else None, _SEARCH_TYPE_HINTS[None])
+    return f"no search_type: the pipeline is how it searches; {hint}"
 
 #: while LangChain builds a retriever from a configured one (``configurable_fields``: every field of the
 #: configured retriever passed again, the configured ones replaced), the names of the fields the config set
@@ -310,9 +327,13 @@ class RagkitRetriever(BaseRetriever):
         hold, ``{"year": "2006"}`` for years held as numbers, too), per-call ones before each search; a
         key that is no option of the pipeline or a bad value raises ``ParamError``, per call and when
         the retriever is built.  So is an unknown argument (``top_k=1``: "did you mean k?").
-        LangChain's MMR words (``search_type="mmr"``, ``lambda_mult``, ``fetch_k``), as arguments,
-        ``search_kwargs`` keys or call options, are refused saying that ragkit's MMR is a pipeline step
-        (``Dense(k=fetch_k) | MMR(k=..., lambda_mult=...)``), tuned per call with ``mmr={"lambda_mult": ...}``.
+        LangChain's VectorStoreRetriever words (``search_type``, ``lambda_mult``, ``fetch_k``), as arguments,
+        ``search_kwargs`` keys or call options, are refused saying what ragkit takes instead, by value:
+        ``search_type="similarity"`` is what the pipeline does (leave it out); ``"similarity_score_threshold"``
+        is a pipeline step (``Dense() | ScoreThreshold(threshold=...)``, per call
+        ``score_threshold={"threshold": ...}``); ``"mmr"``, ``lambda_mult`` and ``fetch_k``: ragkit's MMR is a
+        pipeline step (``Dense(k=fetch_k) | MMR(k=..., lambda_mult=...)``), tuned per call with
+        ``mmr={"lambda_mult": ...}``.
 
     Assigning ``pipeline``, ``corpus``, ``train``, ``k`` or ``search_kwargs`` after construction is
     checked as construction checks it, with the same errors (``r.k = 0``: a ``ParamError``
@@ -380,11 +401,11 @@ class RagkitRetriever(BaseRetriever):
         """A misspelled argument (``top_k=1``, ``serach_kwargs=...``) is an error, not ignored."""
         try:
             return refuse_unknown_arguments(cls, data, {key: "did you mean k?" for key in ("top_k", "n")})
-        except ParamError as e:  # LangChain's MMR words (search_type="mmr", fetch_k=20): what ragkit takes instead
-            word = next((key for key in _MMR_WORDS if key in data), None)
+        except ParamError as e:  # LangChain's words (search_type="mmr", fetch_k=20): what ragkit takes instead
+            word = next((key for key in _LANGCHAIN_WORDS if key in data), None)
             if word is None:
                 raise
-            raise ParamError(f"{e}; {_mmr_hint(word)}", e.path) from None
+            raise ParamError(f"{e}; {_langchain_hint(word, data[word])}", e.path) from None
 
     if TYPE_CHECKING:  # what the fields hold once built; what the constructor accepts: __init__ below
         @property
@@ -569,7 +590,7 @@ class RagkitRetriever(BaseRetriever):
             check_options(op, self.search_kwargs, searched)
         except ParamError as e:
             key = e.path.removeprefix("options.")
-            hint = f"; {_mmr_hint(key)}" if key in _MMR_WORDS else ""
+            hint = f"; {_langchain_hint(key, self.search_kwargs.get(key))}" if key in _LANGCHAIN_WORDS else ""
             raise ParamError(f"search_kwargs: {e}{hint}", path=e.path) from None
         except DataError as e:  # a filter value of a kind its field does not hold, as the check below words it
             text = str(e).removeprefix("search option ")
@@ -797,13 +818,14 @@ class RagkitRetriever(BaseRetriever):
     @staticmethod
     def _options(kwargs: dict[str, Any]) -> dict[str, Any]:
         """A call's search options (merged over ``search_kwargs`` by :meth:`_search`): LangChain's own left out.
-        One of LangChain's MMR words (``search_type="mmr"``, ``lambda_mult=0.2``: :data:`_MMR_WORDS`), no
-        search option, is a :class:`ParamError` saying what ragkit takes instead (:data:`MMR_HINT`), and so is
-        ``generate={"answer": True}`` (:func:`_refuse_answers`)."""
-        mmr = next((key for key in _MMR_WORDS if key in kwargs), None)
-        if mmr is not None:
-            raise ParamError(f"search option {mmr!r} ({mmr}={kwargs[mmr]!r:.40}): not an option of ragkit's search "
-                             f"(LangChain's MMR vocabulary); {_mmr_hint(mmr)}", path=f"options.{mmr}")
+        One of LangChain's VectorStoreRetriever words (``search_type="mmr"``, ``lambda_mult=0.2``:
+        :data:`_LANGCHAIN_WORDS`), no search option, is a :class:`ParamError` saying what ragkit takes instead
+        (:func:`_langchain_hint`), and so is ``generate={"answer": True}`` (:func:`_refuse_answers`)."""
+        word = next((key for key in _LANGCHAIN_WORDS if key in kwargs), None)
+        if word is not None:
+            raise ParamError(f"search option {word!r} ({word}={kwargs[word]!r:.40}): not an option of ragkit's search "
+                             f"(LangChain's VectorStoreRetriever vocabulary); {_langchain_hint(word, kwargs[word])}",
+                             path=f"options.{word}")
         _refuse_answers(kwargs, "search option ")
         return {key: v for key, v in kwargs.items() if key not in _LANGCHAIN_KWARGS}
 
