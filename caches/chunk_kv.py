@@ -380,6 +380,42 @@ def alone_fix_overhead(cci: float, alpha: float = 1.0) -> float:
     return float(np.clip(alpha * (cci - 0.5) * 2.0, 0.0, 1.0))
 
 
+def fix_overhead(variant: "ChunkVariant", new_prefix: Sequence[str], new_lens: Sequence[int], sys_id: str,
+                 alpha: float | None = None) -> tuple[float, bool]:
+    """Recompute share of reusing ``variant`` after the chunks ``new_prefix`` (keys; ``new_lens`` their token
+    counts) under the system prompt ``sys_id``, and whether the variant is exact there (its rows are reused as
+    they are: share 0).
+
+    Exact: ``variant`` is an exact variant computed after the same system prompt and the same prefix chunks.
+    With ``alpha`` set: Cache-Craft's CFO (:func:`cache_fix_overhead`, Eq. 12), or for a variant captured alone
+    (no prefix chunk, where beta cannot see the added context) :func:`alone_fix_overhead`'s proxy
+    ``alpha * (CCI - 0.5) * 2`` (ALGORITHMS.md §5.3); an inexact variant (its rows approximate themselves) is
+    costed as one captured alone.
+    ``alpha=None``: ragkit's budget weight ``(2 CCI - 1) * (1 - beta' * kappa)``, where ``kappa`` is the share of
+    the new prefix tokens (``new_lens``) that were also in the old prefix (beta alone cannot see added context);
+    ``2 CCI - 1`` for an inexact variant.  Under another system prompt every chunk token saw another context, so
+    nothing of the old context counts as kept (``beta' = 0``).
+    """
+    same_sys = variant.sys_id == sys_id
+    if same_sys and variant.exact and tuple(new_prefix) == tuple(variant.prefix_ids):
+        return 0.0, True
+    if not variant.exact:  # its rows are approximate themselves: none of its context counts as kept, as for a
+        # variant captured alone (beta = 1 had made an inexact variant after the same prefix need nothing)
+        if alpha is not None:
+            return alone_fix_overhead(variant.cci, alpha), False
+        return float(np.clip(2 * variant.cci - 1, 0, 1)), False
+    beta = prefix_overlap(variant.inter, variant.prefix_ids, new_prefix) if same_sys else 0.0
+    gamma = order_penalty(variant.prefix_ids, new_prefix)
+    if alpha is not None:
+        if not variant.prefix_ids:  # captured alone
+            return alone_fix_overhead(variant.cci, alpha), False
+        return cache_fix_overhead(variant.cci, beta, gamma, alpha), False
+    old = set(variant.prefix_ids)
+    tot = sum(new_lens)
+    kappa = sum(n for c, n in zip(new_prefix, new_lens) if c in old) / tot if tot else 1.0
+    return float(np.clip((2 * variant.cci - 1) * (1 - beta * (1 - gamma) * kappa), 0, 1)), False
+
+
 # ----------------------------------------------------------------------------- variant
 @dataclass
 class ChunkVariant:
@@ -476,17 +512,11 @@ class ChunkVariant:
         """What the rows were computed after: ``(prefix_ids, start, sys_id)``."""
         return tuple(self.prefix_ids), int(self.start), self.sys_id
 
-    def cfo(self, new_prefix: Sequence[str], alpha: float = 1.0) -> float:
-        """Cache Fix Overhead of reusing this variant after ``new_prefix`` (chunk keys).
-
-        Eq. 12 for a variant captured after prefix chunks; for one captured alone and reused
-        after other chunks, the proxy of :func:`alone_fix_overhead` (ALGORITHMS.md §5.3).
-        """
-        if not self.prefix_ids and len(new_prefix) > 0:
-            return alone_fix_overhead(self.cci, alpha)
-        beta = prefix_overlap(self.inter, self.prefix_ids, new_prefix)
-        gamma = order_penalty(self.prefix_ids, new_prefix)
-        return cache_fix_overhead(self.cci, beta, gamma, alpha)
+    def cfo(self, new_prefix: Sequence[str], alpha: float = 1.0, sys_id: str | None = None) -> float:
+        """Cache Fix Overhead of reusing this variant after ``new_prefix`` (chunk keys) under the system prompt
+        ``sys_id`` (``None``: this variant's own), as :class:`~ragkit.generators.LocalGenerator` with ``alpha``
+        set costs it: :func:`fix_overhead`'s share (0 for an exact variant of that very context)."""
+        return fix_overhead(self, new_prefix, (), self.sys_id if sys_id is None else sys_id, alpha)[0]
 
     # ------------------------------------------------------------------ (de)serialisation
     @property

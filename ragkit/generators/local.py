@@ -92,12 +92,7 @@ import numpy as np
 import torch
 
 from ragkit.caches import ChunkKVCache, ChunkVariant, PrefixCache, compute_cci
-from ragkit.caches.chunk_kv import (
-    alone_fix_overhead,
-    order_penalty,
-    prefix_overlap,
-    storage_dtype_name,
-)
+from ragkit.caches.chunk_kv import fix_overhead, storage_dtype_name
 from ragkit.errors import ParamError
 from ragkit.generators._model_source import (
     GGUF_PACKAGES as GGUF_PACKAGES,
@@ -770,35 +765,9 @@ class LocalGenerator:
     # ------------------------------------------------------------------ reuse
     def _need(self, v: ChunkVariant, new_prefix: list[str], new_lens: list[int],
               sys_id: str) -> tuple[float, bool]:
-        """Recompute need of reusing variant ``v`` after ``new_prefix``, and whether it is exact.
-
-        Exact: ``v`` is an exact variant computed after the same system prompt (``sys_id``)
-        and the same prefix chunks.  With ``alpha`` set: Cache-Craft's CFO (Eq. 12), or for a
-        variant captured alone (no prefix chunk, where beta cannot see the added context)
-        ALGORITHMS.md §5.3's proxy ``alpha * (CCI - 0.5) * 2``.
-        Otherwise ragkit's budget weight ``(2 CCI - 1) * (1 - beta' * kappa)``, where
-        ``kappa`` is the share of the new prefix tokens that were also in the old prefix
-        (beta alone cannot see added context).  Under another system prompt every chunk
-        token saw another context, so nothing of the old context counts as kept (``beta' = 0``).
-        """
-        same_sys = v.sys_id == sys_id
-        if same_sys and v.exact and tuple(new_prefix) == v.prefix_ids:
-            return 0.0, True
-        if not v.exact:  # its rows are approximate themselves: none of its context counts as kept, as for a
-            # variant captured alone (beta = 1 had made an inexact variant after the same prefix need nothing)
-            if self.alpha is not None:
-                return alone_fix_overhead(v.cci, self.alpha), False
-            return float(np.clip(2 * v.cci - 1, 0, 1)), False
-        beta = prefix_overlap(v.inter, v.prefix_ids, new_prefix) if same_sys else 0.0
-        gamma = order_penalty(v.prefix_ids, new_prefix)
-        if self.alpha is not None:
-            if not v.prefix_ids:  # captured alone
-                return alone_fix_overhead(v.cci, self.alpha), False
-            return float(np.clip(self.alpha * v.cci * (1 - beta * (1 - gamma)), 0, 1)), False
-        old = set(v.prefix_ids)
-        tot = sum(new_lens)
-        kappa = sum(n for c, n in zip(new_prefix, new_lens) if c in old) / tot if tot else 1.0
-        return float(np.clip((2 * v.cci - 1) * (1 - beta * (1 - gamma) * kappa), 0, 1)), False
+        """Recompute need of reusing variant ``v`` after ``new_prefix``, and whether it is exact:
+        :func:`~ragkit.caches.chunk_kv.fix_overhead` with this generator's ``alpha``."""
+        return fix_overhead(v, new_prefix, new_lens, sys_id, self.alpha)
 
     def _reuse(self, seg: PromptSegments, *, fraction: float, selector: str, rerotate: bool, mode: str,
                new_variants: bool = True) -> Prefill:
