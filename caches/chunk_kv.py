@@ -387,10 +387,10 @@ def fix_overhead(variant: "ChunkVariant", new_prefix: Sequence[str], new_lens: S
     they are: share 0).
 
     Exact: ``variant`` is an exact variant computed after the same system prompt and the same prefix chunks.
-    With ``alpha`` set: Cache-Craft's CFO (:func:`cache_fix_overhead`, Eq. 12), or for a variant captured alone
+    With ``alpha`` set: Cache-Craft's CFO (:func:`cache_fix_overhead`, Eq. 12), with ``beta = 0`` for an inexact
+    variant (its rows approximate themselves) or one of another system prompt, or for a variant captured alone
     (no prefix chunk, where beta cannot see the added context) :func:`alone_fix_overhead`'s proxy
-    ``alpha * (CCI - 0.5) * 2`` (ALGORITHMS.md §5.3); an inexact variant (its rows approximate themselves) is
-    costed as one captured alone.
+    ``alpha * (CCI - 0.5) * 2`` (ALGORITHMS.md §5.3, the proxy for those only).
     ``alpha=None``: ragkit's budget weight ``(2 CCI - 1) * (1 - beta' * kappa)``, where ``kappa`` is the share of
     the new prefix tokens (``new_lens``) that were also in the old prefix (beta alone cannot see added context);
     ``2 CCI - 1`` for an inexact variant.  Under another system prompt every chunk token saw another context, so
@@ -399,17 +399,18 @@ def fix_overhead(variant: "ChunkVariant", new_prefix: Sequence[str], new_lens: S
     same_sys = variant.sys_id == sys_id
     if same_sys and variant.exact and tuple(new_prefix) == tuple(variant.prefix_ids):
         return 0.0, True
+    if alpha is not None:
+        if not variant.prefix_ids:  # captured alone: beta = 1 whatever came before, so ALGORITHMS.md §5.3's proxy
+            return alone_fix_overhead(variant.cci, alpha), False
+        # Eq. 12 on the scale of every other variant's CFO; rows that are approximate themselves (inexact) or saw
+        # another system prompt keep nothing of their context (beta' = 0): CFO = alpha * CCI
+        beta = prefix_overlap(variant.inter, variant.prefix_ids, new_prefix) if same_sys and variant.exact else 0.0
+        return cache_fix_overhead(variant.cci, beta, order_penalty(variant.prefix_ids, new_prefix), alpha), False
     if not variant.exact:  # its rows are approximate themselves: none of its context counts as kept, as for a
         # variant captured alone (beta = 1 had made an inexact variant after the same prefix need nothing)
-        if alpha is not None:
-            return alone_fix_overhead(variant.cci, alpha), False
         return float(np.clip(2 * variant.cci - 1, 0, 1)), False
     beta = prefix_overlap(variant.inter, variant.prefix_ids, new_prefix) if same_sys else 0.0
     gamma = order_penalty(variant.prefix_ids, new_prefix)
-    if alpha is not None:
-        if not variant.prefix_ids:  # captured alone
-            return alone_fix_overhead(variant.cci, alpha), False
-        return cache_fix_overhead(variant.cci, beta, gamma, alpha), False
     old = set(variant.prefix_ids)
     tot = sum(new_lens)
     kappa = sum(n for c, n in zip(new_prefix, new_lens) if c in old) / tot if tot else 1.0

@@ -36,3 +36,25 @@ def test_variant_cfo_is_the_cfo_the_generator_uses():
     inexact, other_sys = cases[0][0], cases[1][0]
     assert inexact.cfo(["A"]) > 0  # its own system prompt by default: its rows are approximate, so not free
     assert other_sys.cfo(["A"], sys_id="S2") > 0 and other_sys.cfo(["A"]) == 0.0
+
+
+def test_with_alpha_an_inexact_variant_after_other_chunks_is_costed_by_eq12_not_the_captured_alone_proxy():
+    """Old code: with ``alpha`` set an inexact variant captured after other chunks got the "captured alone" proxy
+    ``alpha * (CCI - 0.5) * 2`` (0.2 at CCI 0.6) where an exact variant of another context got Eq. 12
+    (``alpha * CCI * (1 - beta')``, 0.3 here): two scales, so the approximate rows won the variant choice.
+    ALGORITHMS.md §5.3 keeps the proxy for variants captured alone."""
+    from ragkit.generators.local import LocalGenerator
+
+    g = LocalGenerator(alpha=1.0)
+    inexact = _var(exact=False)
+    other = _var(prefix_ids=("B", "C"), prefix_lens=(5, 5), inter=np.ones((2, 2), np.float32))  # beta 0.5 after (B)
+    assert g._need(inexact, ["A"], [5], "S") == (pytest.approx(0.6), False)  # beta' = 0: its rows are approximate
+    assert g._need(inexact, ["B"], [5], "S")[0] == pytest.approx(0.6)
+    assert g._need(other, ["B"], [5], "S")[0] == pytest.approx(0.3)
+    assert g._need(other, ["B"], [5], "S")[0] < g._need(inexact, ["B"], [5], "S")[0]
+    alone = _var(prefix_ids=(), prefix_lens=(), inter=np.zeros((2, 0), np.float32), exact=False)
+    assert g._need(alone, ["B"], [5], "S")[0] == pytest.approx(0.2)  # the proxy, for a variant captured alone
+    # alpha unset: ragkit's budget weights, as before
+    g0 = LocalGenerator()
+    assert g0._need(inexact, ["B"], [5], "S")[0] == pytest.approx(0.2)
+    assert g0._need(other, ["B"], [5], "S")[0] == pytest.approx(0.2 * (1 - 0.5 * 1.0))

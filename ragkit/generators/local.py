@@ -247,8 +247,9 @@ class LocalGenerator:
         another process or an earlier run (see :class:`~ragkit.caches.ChunkKVCache`); ``math.inf``: no
         wall-clock decay.  A value other than the default needs ``disk_dir``.
     alpha : float or None
-        Cache-Craft's scalar (>= 0) in ``CFO = alpha * CCI * (1 - beta')``; for a variant
-        captured alone (no prefix chunk) ``alpha * (CCI - 0.5) * 2`` (ALGORITHMS.md §5.3).  With
+        Cache-Craft's scalar (>= 0) in ``CFO = alpha * CCI * (1 - beta')`` (``beta' = 0`` for an inexact
+        variant or one of another system prompt); for a variant captured alone (no prefix chunk)
+        ``alpha * (CCI - 0.5) * 2`` (ALGORITHMS.md §5.3).  With
         ``alpha`` set the ``cachecraft`` selector recomputes CFO of each chunk whatever
         ``fraction`` is (``fraction=0`` included; ``naive`` mode recomputes nothing).  ``None``
         (default) sets the per-chunk budgets by distributing ``fraction`` of the chunk tokens
