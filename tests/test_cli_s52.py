@@ -137,3 +137,25 @@ def test_compare_identical_ids_note_says_the_cli_option_only(tmp_path, monkeypat
     assert "1 judged-relevant document has its query's id" in message, message
     assert "pass --keep-identical-ids to score it" in message
     assert "ignore_identical_ids" not in message and "EvalResult" not in message
+
+
+# ------------------------------------------------------------------ 6. notes through one helper
+
+
+def test_pipeline_note_is_escaped_under_an_ascii_stderr(tmp_path):
+    """The note that no operator learns from training queries was written by ``typer.echo``: under
+    ``PYTHONIOENCODING=ascii`` its pipeline path's ``ü`` went out as raw UTF-8 bytes, where every other note (Rich's
+    stderr console) escapes it; now it goes through the same helper, escaped as the error lines are."""
+    import os
+    import subprocess
+    import sys
+
+    ds = _tiny(tmp_path / "tiny")
+    (tmp_path / "pü.yaml").write_text("pipeline:\n  - bm25: {}\n", encoding="utf-8")
+    env = {**{k: v for k, v in os.environ.items() if k not in ("COLUMNS", "NO_COLOR", "FORCE_COLOR")},
+           "PYTHONIOENCODING": "ascii", "RAGKIT_CACHE": str(tmp_path / "cache")}
+    done = subprocess.run([sys.executable, "-m", "ragkit", "eval", "--pipeline", "pü.yaml", "--data", str(ds),
+                           "--train-split", "train"], cwd=tmp_path, capture_output=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.isascii(), done.stderr
+    assert (b"note: --pipeline p\\xfc.yaml: no operator learns from training queries" in done.stderr), done.stderr

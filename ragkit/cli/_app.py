@@ -11,7 +11,7 @@ from typing import Any, Optional
 import typer
 from rich.text import Text
 
-from ragkit.cli._console import console, err_console
+from ragkit.cli._console import _note, console, err_console
 from ragkit.cli._imports import _import_module
 from ragkit.cli._streams import _failing, _new_command, _tolerant_stdout
 from ragkit.errors import RagkitError
@@ -67,7 +67,7 @@ class _NoteHandler(logging.Handler):
         message = record.getMessage()
         for python, cli in _CLI_WORDS:
             message = message.replace(python, cli)
-        err_console.print(Text(f"note: {message}", style="dim"))
+        _note(f"note: {message}", style="dim")
 
 
 def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
@@ -79,7 +79,7 @@ def _show_warning(message: Warning | str, category: type[Warning], filename: str
     from ragkit.encoders.cache import PYTHON_ONLY_ADVICE
 
     text = text.replace(PYTHON_ONLY_ADVICE, "")
-    err_console.print(Text(f"warning: {text}", style="yellow"), soft_wrap=True)
+    _note(f"warning: {text}")
 
 
 def _show_version(value: bool) -> None:

@@ -12,7 +12,7 @@ import typer
 from rich.text import Text
 
 from ragkit.cli._app import _examples, _fail, _RunFailure, app
-from ragkit.cli._console import console, err_console
+from ragkit.cli._console import _note, console, err_console
 from ragkit.cli._options import _expands_paths, _ranged_option
 from ragkit.cli._pipeline import _check_retrieves, _in_file, _rankings_only, _without_generation, resolve_pipeline
 from ragkit.cli._streams import _say_interrupted
@@ -61,9 +61,8 @@ def _default_chunk_dir() -> str | None:
     except ArtifactError as e:
         where = (f"$RAGKIT_CACHE={os.environ['RAGKIT_CACHE']}" if "RAGKIT_CACHE" in os.environ
                  else "~/.cache/ragkit, the default of $RAGKIT_CACHE")
-        err_console.print(Text(f"note: the chunk cache's default folder under {where} cannot be used ({e}); "
-                               "answering without keeping the chunks on disk: set RAGKIT_CACHE to a writable folder, "
-                               "or pass --cache-dir", style="dim"))
+        _note(f"note: the chunk cache's default folder under {where} cannot be used ({e}); answering without "
+              "keeping the chunks on disk: set RAGKIT_CACHE to a writable folder, or pass --cache-dir", style="dim")
         return None
     return str(chunks)
 

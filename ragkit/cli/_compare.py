@@ -12,7 +12,7 @@ from rich.text import Text
 
 from ragkit._files import shell_quote
 from ragkit.cli._app import _examples, _fail, app
-from ragkit.cli._console import _print_uncut, console, err_console
+from ragkit.cli._console import _note, _print_uncut, console
 from ragkit.cli._data import _check_data_folder, _check_split
 from ragkit.cli._options import _expands_paths, _given, _parse_metric_names, _path_option, _path_parser, _ranged_option
 from ragkit.cli._outputs import _human_output_to_stderr, _is_stdout, _prepare_output, _write_outputs
@@ -202,11 +202,11 @@ def compare_cmd(
     console.print(Text(cmp.header()))
     _print_comparison(cmp, base)
     if cmp.note():  # (notes and warnings on stderr, as every command's: stdout carries the table or the JSON)
-        err_console.print(Text(f"note: {cmp.note()}", style="yellow"), soft_wrap=True)
+        _note(f"note: {cmp.note()}")
     for warning in cmp.warnings():
-        err_console.print(Text(f"warning: {warning}", style="yellow"), soft_wrap=True)
+        _note(f"warning: {warning}")
     for few in cmp.few_differ():
-        err_console.print(Text(f"note: {few}", style="yellow"), soft_wrap=True)
+        _note(f"note: {few}")
     try:  # (-: the JSON alone on standard output; a file: written atomically, its folders created)
         _write_outputs(output, None, None, cmp.to_dict())
     except RagkitError as e:  # (a _RunFailure: it, or its folder, could not be written)

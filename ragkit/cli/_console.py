@@ -48,6 +48,15 @@ console = _Console(highlight=False)
 err_console = _Console(stderr=True, soft_wrap=True, highlight=False)
 
 
+def _note(text: str | Text, style: str = "yellow") -> None:
+    """Print a note, warning or caution on standard error (:data:`err_console`), as every command's are: ``text``
+    (``"note: ..."``, its label included) in ``style``, or a :class:`~rich.text.Text` styled already (a label alone
+    in colour: ``Text.assemble(("caution:", "yellow"), " ...")``) as it is; never read as markup, never
+    hard-wrapped (a path in it stays on one line), and each character the stream's encoding lacks written as the
+    codec error handler :data:`FALLBACK_ERRORS` writes it (``PYTHONIOENCODING=ascii``: ``ü`` as ``\\xfc``)."""
+    err_console.print(text if isinstance(text, Text) else Text(text, style=style), soft_wrap=True)
+
+
 #: Characters of ragkit's own output (``·`` between the timings, the ``Δ`` column of ``ragkit compare``) and the
 #: one-character ASCII each is written as where the terminal's encoding lacks it (``PYTHONIOENCODING=ascii``, a C
 #: locale): one column for one, so a table keeps its alignment.  Any other character is escaped (``\u4e1c``).

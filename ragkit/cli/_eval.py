@@ -12,7 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ragkit.cli._app import _examples, _fail, app
-from ragkit.cli._console import _print_uncut, console, err_console
+from ragkit.cli._console import _note, _print_uncut, console
 from ragkit.cli._data import (
     _check_data_folder,
     _check_listed,
@@ -63,9 +63,8 @@ def _note_depth(run: Any, ks: list[int], corpus: Any, pipe: Any, prefix: str = "
                if flag is not None and depth >= flag else
                "what limits it: a step's k (give the last steps a larger one to measure that depth)"
                + (f", or a step that returns fewer: {'; '.join(fewer)}" if fewer else ""))
-        err_console.print(Text(f"note: {prefix}the pipeline returned at most {depth} documents per query, so the "
-                               f"@{', @'.join(map(str, deeper))} metrics count only those; {why}", style="yellow"),
-                          soft_wrap=True)
+        _note(f"note: {prefix}the pipeline returned at most {depth} documents per query, so the "
+              f"@{', @'.join(map(str, deeper))} metrics count only those; {why}")
 
 
 def _empty_queries(run: Any) -> list[str]:
@@ -81,13 +80,11 @@ def _note_empty(empty: list[str], n: int, prefix: str = "") -> None:
     if not empty:
         return
     k = len(empty)
-    err_console.print(Text(
-        f"note: {prefix}{k} of the {n} judged queries returned no document (e.g. {some_ids(empty, 2)}); "
-        f"{'they score' if k > 1 else 'it scores'} 0 on every metric here (as trec_eval -c scores a query its run "
-        f"lacks), but a TREC run file cannot hold an empty ranking (a --run file has no line for "
-        f"{'them' if k > 1 else 'it'}), so a tool that averages over the run file's own queries (BEIR's "
-        f"pytrec_eval, trec_eval without -c) averages over {k} fewer; the JSON lists them (empty_queries)",
-        style="yellow"), soft_wrap=True)
+    _note(f"note: {prefix}{k} of the {n} judged queries returned no document (e.g. {some_ids(empty, 2)}); "
+          f"{'they score' if k > 1 else 'it scores'} 0 on every metric here (as trec_eval -c scores a query its run "
+          f"lacks), but a TREC run file cannot hold an empty ranking (a --run file has no line for "
+          f"{'them' if k > 1 else 'it'}), so a tool that averages over the run file's own queries (BEIR's "
+          f"pytrec_eval, trec_eval without -c) averages over {k} fewer; the JSON lists them (empty_queries)")
 
 
 def _note_scored(run: Any, ks: list[int], corpus: Any, pipe: Any, qrels: Any, scoring: _Scoring,
@@ -105,20 +102,19 @@ def _note_scored(run: Any, ks: list[int], corpus: Any, pipe: Any, qrels: Any, sc
 
     unjudged = unjudged_docs_note(run, qrels)  # ("" unless every metric but hole@k is 0)
     if unjudged:
-        err_console.print(Text(f"warning: {prefix}{unjudged}", style="yellow"), soft_wrap=True)
+        _note(f"warning: {prefix}{unjudged}")
 
     if ignored_judged:
-        err_console.print(Text(
-            f"note: {prefix}{ignored_judged} judged-relevant document(s) have their query's id and are never scored "
-            "as retrieved (a document with its query's id is dropped from the run, as BEIR does for datasets whose "
-            "queries are documents too: ArguAna, Quora), so they count as not found; --keep-identical-ids scores "
-            "them", style="yellow"), soft_wrap=True)
+        _note(f"note: {prefix}{ignored_judged} judged-relevant document(s) have their query's id and are never "
+              "scored as retrieved (a document with its query's id is dropped from the run, as BEIR does for datasets "
+              "whose queries are documents too: ArguAna, Quora), so they count as not found; --keep-identical-ids "
+              "scores them")
     _note_depth(run, ks, corpus, pipe, prefix, scoring.depth)
     empty = _empty_queries(run)
     _note_empty(empty, len(run.query_ids), prefix)
     said = level_note(qrels, scoring.relevance_level, "--relevance-level")
     if said:
-        err_console.print(Text(f"note: {prefix}{said}", style="yellow"), soft_wrap=True)
+        _note(f"note: {prefix}{said}")
     return empty
 
 
@@ -317,9 +313,8 @@ def _eval_subsets(data: str, subs: list[str], pipeline: str, loaded: bool, *, sp
     missing = [] if sources else [s for s in ARCHIVE_SUBSETS.get(parent, ()) if s not in subs]
     if missing:  # a partial local copy: its mean is not the archive's BEIR score
         known = ARCHIVE_SUBSETS[parent]
-        typer.echo(f"note: BEIR scores {parent} as the mean over its {len(known)} datasets; --data {data} holds "
-                   f"{len(subs)} of them, so this mean is not comparable with BEIR's (missing: {', '.join(missing)})",
-                   err=True)
+        _note(f"note: BEIR scores {parent} as the mean over its {len(known)} datasets; --data {data} holds "
+              f"{len(subs)} of them, so this mean is not comparable with BEIR's (missing: {', '.join(missing)})")
     scored: dict[str, _Scored] = {}
     empty: dict[str, list[str]] = {}  # each dataset's queries that returned no document
     prints: dict[str, dict[str, Any]] = {}  # each dataset's corpus and queries fingerprints, while its corpus is read

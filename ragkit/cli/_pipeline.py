@@ -7,10 +7,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-import typer
-from rich.text import Text
-
-from ragkit.cli._console import err_console
+from ragkit.cli._console import _note
 from ragkit.errors import RagkitError
 
 
@@ -160,18 +157,17 @@ def _note_unlearned(pipe: Any) -> None:
             banks[path] = leaf
     if idle:
         one = len(idle) == 1
-        typer.echo(f"note: {', '.join(idle)} {'learns' if one else 'learn'} from judged queries; without "
-                   f"--train-split {'it fits' if one else 'they fit'} with the parameters as given, learning nothing",
-                   err=True)
+        _note(f"note: {', '.join(idle)} {'learns' if one else 'learn'} from judged queries; without "
+              f"--train-split {'it fits' if one else 'they fit'} with the parameters as given, learning nothing")
     if banks:
         one = len(banks) == 1
         pseudo = all(getattr(leaf.params, "query_bank", None) == "train" for leaf in banks.values())
         instead = ("with pseudo-queries (sentences drawn from the corpus) as the query bank instead" if pseudo else
                    "without them")
-        typer.echo(f"note: {', '.join(banks)} {'reads' if one else 'read'} the training queries themselves; without "
-                   f"--train-split {'it fits' if one else 'they fit'} {instead}, which scores differently; pass "
-                   f"--train-split train to give {'it' if one else 'them'} the queries"
-                   + (" (or set query_bank: pseudo to choose pseudo-queries)" if pseudo else ""), err=True)
+        _note(f"note: {', '.join(banks)} {'reads' if one else 'read'} the training queries themselves; without "
+              f"--train-split {'it fits' if one else 'they fit'} {instead}, which scores differently; pass "
+              f"--train-split train to give {'it' if one else 'them'} the queries"
+              + (" (or set query_bank: pseudo to choose pseudo-queries)" if pseudo else ""))
 
 
 def _uses_training(pipe: Any) -> bool:
@@ -185,8 +181,8 @@ def _uses_training(pipe: Any) -> bool:
 def _note_nothing_learns(option: str, so: str) -> None:
     """Say on stderr that no operator of the pipeline learns from training queries, and ``so`` what
     follows (``--train-split train changes nothing``)."""
-    typer.echo(f"note: {option}: no operator learns from training queries (dense or muvera adapt, learn: true, "
-               f"cosine_adapter and dbnorm do), so {so}", err=True)
+    _note(f"note: {option}: no operator learns from training queries (dense or muvera adapt, learn: true, "
+          f"cosine_adapter and dbnorm do), so {so}")
 
 
 def _is_yaml_text(spec: str) -> bool:
@@ -227,11 +223,11 @@ def _without_generation(pipe: Any, option: str, note: bool = True) -> Any:
         raise RagkitError(f"{option}: the {'saved ' if index else ''}pipeline starts with a generate step, which "
                           "has no documents to answer from; put a retriever before it")
     if note and index:
-        err_console.print(Text("note: the pipeline's generate step is not run: search shows the documents; ragkit "
-                               "ask answers with them", style="dim"), soft_wrap=True)
+        _note("note: the pipeline's generate step is not run: search shows the documents; ragkit ask answers with "
+              "them", style="dim")
     elif note:
-        err_console.print(Text(f"note: {option}: the pipeline's generate step (and any step after it) is not run "
-                               "here: the rankings before it are scored; ragkit ask answers with them", style="dim"))
+        _note(f"note: {option}: the pipeline's generate step (and any step after it) is not run here: the rankings "
+              "before it are scored; ragkit ask answers with them", style="dim")
     part = Pipeline(steps[:cut])
     if hasattr(pipe, "corpus_"):
         part.corpus_ = pipe.corpus_

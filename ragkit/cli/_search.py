@@ -14,7 +14,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ragkit.cli._app import _examples, _fail, app
-from ragkit.cli._console import _cell, console, err_console
+from ragkit.cli._console import _cell, _note, console, err_console
 from ragkit.cli._options import _expands_paths, _path_option, _ranged_option
 from ragkit.cli._outputs import _check_not_inside, _is_stdout, _prepare_outputs, _write_outputs
 from ragkit.cli._pipeline import _fewer_found, _load_folder, _rankings_only, _without_generation
@@ -176,8 +176,8 @@ def _without_header(queries: Any, where: str, tabbed: bool) -> Any:
     if len(ids) == 1:
         raise RagkitError(f"{where}: only a header line ({ids[0]}<TAB>{texts[0]}), no query; expected "
                           "query-id<TAB>text lines under it")
-    err_console.print(Text(f"note: {where}: its first line ({ids[0]}<TAB>{texts[0]}) names the columns; "
-                           "skipped as a header", style="dim"), soft_wrap=True)
+    _note(f"note: {where}: its first line ({ids[0]}<TAB>{texts[0]}) names the columns; skipped as a header",
+          style="dim")
     return Queries(ids[1:], texts[1:])
 
 

