@@ -159,3 +159,31 @@ def test_pipeline_note_is_escaped_under_an_ascii_stderr(tmp_path):
     assert done.returncode == 0, done.stderr
     assert done.stderr.isascii(), done.stderr
     assert (b"note: --pipeline p\\xfc.yaml: no operator learns from training queries" in done.stderr), done.stderr
+
+
+# ------------------------------------------------------------------ 7. a folder with a comma in a --data list
+
+
+def test_eval_data_list_refuses_a_folder_whose_name_holds_a_comma(tmp_path, monkeypatch):
+    """``eval --data "tiny,ti,ny"`` where ``ti,ny`` is a local folder split it into ``ti`` and ``ny`` and tried to
+    download ``ti.zip``; now refused (exit 2) before anything is downloaded, naming the folder.  The folder alone is
+    one dataset, as before."""
+    import importlib
+
+    monkeypatch.setenv("RAGKIT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    _tiny(tmp_path / "tiny")
+    _tiny(tmp_path / "ti,ny")
+    downloads: list[str] = []
+
+    def no_download(name, *args, **kwargs):
+        downloads.append(name)
+        raise AssertionError(f"download_beir({name!r}) ran: the list should have been refused")
+
+    monkeypatch.setattr(importlib.import_module("ragkit.eval.beir"), "download_beir", no_download)
+    res = _cli("eval", "--pipeline", "bm25", "--data", "tiny,ti,ny")
+    assert res.exit_code == 2, res.output
+    message = " ".join(res.output.split())
+    assert "--data tiny,ti,ny: 'ti,ny' is a folder whose name holds a comma" in message, message
+    assert "a list cannot hold a folder name with a comma" in message and downloads == []
+    assert _cli("eval", "--pipeline", "bm25", "--data", "ti,ny").exit_code == 0

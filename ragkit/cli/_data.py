@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+from ragkit._files import shell_quote
 from ragkit.cli._outputs import _check_not_an_input
 from ragkit.errors import RagkitError, some_ids
 
@@ -25,6 +26,7 @@ def _dataset_list(data: str) -> Optional[dict[str, str]]:
     same-named items are refused; the datasets themselves are found by :func:`_eval_subsets`."""
     if not _is_list(data):
         return None
+    _refuse_comma_folder(data)
     items = [x.strip() for x in data.split(",")]
     if not all(items):
         raise RagkitError(f"--data {data}: an empty item in the comma-separated list; expected dataset names or "
@@ -37,6 +39,24 @@ def _dataset_list(data: str) -> Optional[dict[str, str]]:
                               "of a list is reported (and compared) by its folder's name: list each once")
         out[label] = item
     return out
+
+
+def _refuse_comma_folder(data: str) -> None:
+    """Refuse a ``--data`` list (``tinyds,ti,ny``) of which two or more items joined by their commas name a path
+    that exists (the folder ``ti,ny``): split at every comma it would be read as ``ti`` and ``ny``, names to
+    download, where a folder was meant."""
+    parts = data.split(",")
+    for width in range(len(parts) - 1, 1, -1):  # (the whole value names no path: _is_list)
+        for i in range(len(parts) - width + 1):
+            joined = ",".join(parts[i:i + width])
+            found = next((Path(x) for x in dict.fromkeys((joined, joined.strip())) if x and Path(x).exists()), None)
+            if found is not None:
+                what = "a folder" if found.is_dir() else "a file"
+                split = " and ".join(repr(x.strip()) for x in parts[i:i + width])
+                raise RagkitError(f"--data {data}: {str(found)!r} is {what} whose name holds a comma, and a list "
+                                  f"cannot hold a folder name with a comma: it would be split into {split}; evaluate "
+                                  f"it alone (--data {shell_quote(str(found))}), or give it a name without a comma (a "
+                                  "link, such as ln -s) to list it")
 
 
 def _check_listed(data: str, sources: dict[str, str], pipeline: str, output: Optional[Path]) -> None:
