@@ -458,12 +458,12 @@ def test_ray_failures_are_ragkit_errors(slice_data, ray_session, monkeypatch, tm
 
     calls = tmp_path / "calls"
 
-    def second_chunk_fails(pipe_dir, ids, texts, k, options=None):
+    def second_chunk_fails(pipe_dir, ids, texts, k, options=None, *saved):
         with open(calls, "a") as f:  # the workers are other processes: count attempts in a file
             f.write(ids[0] + "\n")
         if ids[0] != queries.ids[0]:
             raise ValueError("this chunk failed")
-        return real(pipe_dir, ids, texts, k, options)
+        return real(pipe_dir, ids, texts, k, options, *saved)
 
     monkeypatch.setattr(_distributed, "_search_chunk", second_chunk_fails)
     # a deterministic error is not retried (it would fail the same way again), and the error does not say it was
@@ -472,16 +472,16 @@ def test_ray_failures_are_ragkit_errors(slice_data, ray_session, monkeypatch, tm
     assert calls.read_text().split().count(queries.ids[6]) == 1
     calls.unlink()
 
-    def first_try_hits_the_disk(pipe_dir, ids, texts, k, options=None):
+    def first_try_hits_the_disk(pipe_dir, ids, texts, k, options=None, *saved):
         with open(calls, "a") as f:
             f.write(ids[0] + "\n")
         if calls.read_text().split().count(ids[0]) == 1:
             raise OSError("the shared disk went away for a moment")
-        return real(pipe_dir, ids, texts, k, options)
+        return real(pipe_dir, ids, texts, k, options, *saved)
 
     artifact_calls = tmp_path / "artifact-calls"  # its own file: the calls above are all counted
 
-    def artifact_error(pipe_dir, ids, texts, k, options=None):
+    def artifact_error(pipe_dir, ids, texts, k, options=None, *saved):
         with open(artifact_calls, "a") as f:
             f.write(ids[0] + "\n")
         raise ArtifactError(f"{pipe_dir}: checksum mismatch")
@@ -498,7 +498,7 @@ def test_ray_failures_are_ragkit_errors(slice_data, ray_session, monkeypatch, tm
 
     missing_calls = tmp_path / "missing-calls"
 
-    def missing_file(pipe_dir, ids, texts, k, options=None):
+    def missing_file(pipe_dir, ids, texts, k, options=None, *saved):
         with open(missing_calls, "a") as f:
             f.write(ids[0] + "\n")
         raise FileNotFoundError(2, "No such file or directory", f"{pipe_dir}/gone.npy")

@@ -149,3 +149,58 @@ def test_ray_shard_actors_of_a_verified_load_load_their_shards_as_verified(local
         held = local_ray.get([a.__ray_call__.remote(lambda self: [op._verified for op in self.ops]) for a in actors])
         assert [v for vs in held for v in vs] == [verify] * 3, (verify, held)
         back._drop_actors()
+
+
+def test_a_search_distributed_chunk_loads_the_folder_it_was_given_mapped_and_unchecked(tmp_path, monkeypatch):
+    """Every search_distributed chunk loaded the pipeline the driver had just saved with every file's SHA-256
+    checked again, read into memory, and its corpus.jsonl parsed (400k docs: 0.41 s plain search vs 7.3 s
+    distributed).  Given the digest of the manifest written and the corpus, a chunk loads it memory-mapped without
+    the sums and without reading corpus.jsonl (ranking as pipe.search); a manifest that is not the one written is an
+    ArtifactError; without a digest, the load checks as before."""
+    import ragkit.eval.beir as beir
+    import ragkit._distributed as dist
+    import ragkit.pipelines.store as store
+    from ragkit.errors import ArtifactError
+    from ragkit.pipelines import Pipeline
+
+    corpus = _tied_corpus(200, seed=5)
+    pipe = Pipeline([BM25(k=7)]).fit(corpus)
+    pipe.save(tmp_path / "p")
+    written = dist._manifest_digest(tmp_path / "p")
+    loads: list[tuple[bool, bool]] = []
+    sums: list[int] = []
+    real_load, real_sums = store.load_pipeline, store.verify_checksums
+    monkeypatch.setattr(store, "load_pipeline", lambda folder, **kw: loads.append((kw["mmap"], kw["verify"])) or
+                        real_load(folder, **kw))
+    monkeypatch.setattr(store, "verify_checksums", lambda *a, **kw: sums.append(1) or real_sums(*a, **kw))
+    parsed: list[str] = []
+    real_read = beir.read_corpus
+    monkeypatch.setattr(beir, "read_corpus", lambda path, **kw: parsed.append(str(path)) or real_read(path, **kw))
+    ids, texts = [f"q{i}" for i in range(len(_QUERIES))], list(_QUERIES)
+    got = dist._search_chunk(str(tmp_path / "p"), ids, texts, 5, None, written, corpus)
+    assert loads == [(True, False)] and sums == [] and parsed == []
+    want = pipe.search(dict(zip(ids, texts)), k=5)
+    assert got[0] == list(want.query_ids) and [list(d) for d in got[1]] == [list(d) for d in want.doc_ids]
+    for (rows, scores), r in zip(got[2], want.rankings):
+        np.testing.assert_array_equal(rows, r.rows)
+        np.testing.assert_array_equal(scores, r.scores)
+    with pytest.raises(ArtifactError, match=r"search_distributed: .*manifest\.json has SHA-256 .*expected "
+                                            r"[0-9a-f]{16}\.\.\. \(the pipeline this search saved there\)"):
+        dist._search_chunk(str(tmp_path / "p"), ids, texts, 5, None, "0" * 64)
+    loads.clear()
+    dist._search_chunk(str(tmp_path / "p"), ids, texts, 5)
+    assert loads == [(False, True)] and sums == [1] and len(parsed) == 1
+
+
+def test_search_distributed_ranks_as_pipe_search_with_the_unchecked_mapped_chunks(local_ray):
+    """search_distributed (chunks loading its folder mapped, unchecked) still ranks as pipe.search: ids, scores and
+    tie order, a sharded bm25 step's included."""
+    from ragkit.pipelines import Pipeline
+    from ragkit.scale import search_distributed
+
+    corpus = _tied_corpus(240, seed=6)
+    for pipe in (Pipeline([BM25(k=9)]).fit(corpus),
+                 Pipeline([Sharded(retriever={"bm25": {}}, n_shards=3, k=9, backend="local")]).fit(corpus)):
+        want = pipe.search(_QUERIES)
+        got = search_distributed(pipe, _QUERIES, n_chunks=2)
+        _same(got.rankings, want.rankings)
