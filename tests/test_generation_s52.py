@@ -58,3 +58,54 @@ def test_with_alpha_an_inexact_variant_after_other_chunks_is_costed_by_eq12_not_
     g0 = LocalGenerator()
     assert g0._need(inexact, ["B"], [5], "S")[0] == pytest.approx(0.2)
     assert g0._need(other, ["B"], [5], "S")[0] == pytest.approx(0.2 * (1 - 0.5 * 1.0))
+
+
+# ----------------------------------------------------------------------------- a blank question
+BLANKS = ["", "   ", "\n\t ", "\u3000"]
+
+
+@pytest.mark.parametrize("question", BLANKS)
+def test_a_blank_question_is_refused_by_the_engines_before_the_model_runs(question):
+    """Old code: ``LocalGenerator(max_chunk_tokens=60).generate("", [A], max_new_tokens=8)`` answered
+    'Sailors got scurvy...' (and ``stream``, ``LangChainGenerator.generate`` too), where ``ragkit ask`` and
+    RagkitGenerator refuse it."""
+    from ragkit.errors import ParamError
+    from ragkit.generators.local import LocalGenerator
+
+    g = LocalGenerator()  # never loaded: the check comes first
+    for call in (lambda: g.generate(question, TINY_CHUNKS, max_new_tokens=4),
+                 lambda: list(g.stream(question, TINY_CHUNKS)), lambda: g.generate(question, []),
+                 lambda: g.segments(question, TINY_CHUNKS)):
+        with pytest.raises(ParamError, match="expected a question, got an empty one") as e:
+            call()
+        assert e.value.path == "question" and str(e.value).startswith(f"LocalGenerator: question={question!r}")
+    assert g.model_ is None
+    fake = pytest.importorskip("langchain_core.language_models.fake_chat_models")
+    from ragkit.generators.langchain_chat import LangChainGenerator
+
+    lc = LangChainGenerator(fake.FakeListChatModel(responses=["made up"]))
+    for call in (lambda: lc.generate(question, TINY_CHUNKS), lambda: list(lc.stream(question, TINY_CHUNKS))):
+        with pytest.raises(ParamError, match="expected a question, got an empty one") as e:
+            call()
+        assert e.value.path == "question" and str(e.value).startswith("LangChainGenerator: ")
+
+
+def test_the_generate_step_skips_a_blank_question_and_answers_the_others():
+    """Old code: the generate step sent a blank query with documents (a dense retriever ranks for it) to the model,
+    which answered from the documents alone; refused by the engine now, it is skipped, not raised mid-batch."""
+    fake = pytest.importorskip("langchain_core.language_models.fake_chat_models")
+    from ragkit.generators import NO_DOCUMENT, NO_QUESTION
+    from ragkit.generators.operator import Generate
+    from ragkit.types import Corpus, Ranking, State
+
+    corpus = Corpus.from_records([{"_id": "d0", "text": "Scurvy: no vitamin C."}, {"_id": "d1", "text": "Paris."}])
+    chat = fake.FakeListChatModel(responses=["C", "D"])
+    op = Generate(backend="langchain", top_k=1).with_chat_model(chat)
+    op.fit(corpus)
+    some = Ranking(np.array([0, 1]), np.array([2.0, 1.0], np.float32))
+    none = Ranking(np.zeros(0, np.int64), np.zeros(0, np.float32))
+    out = op(State(["", "What causes scurvy?", " \t", ""], rankings=[some, some, some, none]))
+    assert out.values["answer"] == ["", "C", "", ""]
+    assert out.values["answer_skipped"] == [NO_QUESTION, None, NO_QUESTION, NO_DOCUMENT]
+    assert out.values["prefill"] == [None, None, None, None]
+    assert chat.i == 1  # the chat model was asked once

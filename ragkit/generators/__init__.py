@@ -5,7 +5,8 @@
   Cache-Craft chunk KV-cache reuse (arXiv 2502.15734) and CacheBlend's selector (arXiv 2405.16444);
 * :class:`~ragkit.generators.langchain_chat.LangChainGenerator` — any LangChain chat model;
 * :class:`~ragkit.generators.PrefillCost` — what one answer's prefill cost and reused
-  (``values["prefill"]``), and :data:`~ragkit.generators.NO_DOCUMENT` / :data:`~ragkit.generators.NO_TEXT`,
+  (``values["prefill"]``), and :data:`~ragkit.generators.NO_DOCUMENT` / :data:`~ragkit.generators.NO_TEXT` /
+  :data:`~ragkit.generators.NO_QUESTION`,
   the reasons ``values["answer_skipped"]`` gives for a query not sent to the model.
 
 The engines import torch/transformers/langchain-core lazily, on first use.
@@ -15,14 +16,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ragkit.generators.operator import NO_DOCUMENT, NO_TEXT, Generate, GenerateParams
+from ragkit.generators.operator import NO_DOCUMENT, NO_QUESTION, NO_TEXT, Generate, GenerateParams
 
 if TYPE_CHECKING:
     from ragkit.generators.langchain_chat import LangChainGenerator
     from ragkit.generators.local import LocalGenerator, PrefillCost
 
 __all__ = ["Generate", "GenerateParams", "LocalGenerator", "LangChainGenerator", "PrefillCost", "NO_DOCUMENT",
-           "NO_TEXT"]
+           "NO_TEXT", "NO_QUESTION"]
 
 
 def __getattr__(name: str) -> Any:

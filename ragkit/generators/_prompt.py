@@ -50,10 +50,14 @@ class PromptSegments:
 
 
 def _check_prompt(question: object, chunks: object, where: str = "LocalGenerator") -> None:
-    """Raise :class:`ParamError` (its message starting with ``where``) unless ``question`` is a str and
-    ``chunks`` a sequence of str (a single str would be taken character by character)."""
+    """Raise :class:`ParamError` (its message starting with ``where``) unless ``question`` is a str holding text
+    (a blank one would be answered from the chunks alone) and ``chunks`` a sequence of str (a single str would be
+    taken character by character)."""
     if not isinstance(question, str):
         raise ParamError(f"{where}: question={question!r}; expected a str", "question")
+    if not question.strip():
+        raise ParamError(f"{where}: question={question!r} is blank; expected a question, got an empty one",
+                         "question")
     if isinstance(chunks, (str, bytes)):
         raise ParamError(f"{where}: chunks is one {type(chunks).__name__} ({chunks[:40]!r}...); expected a "
                          "list of str, one per chunk: wrap it in a list ([text])", "chunks")

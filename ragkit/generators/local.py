@@ -1015,7 +1015,8 @@ class LocalGenerator:
         step skips a query that retrieved nothing and
         :class:`~ragkit.integrations.langchain.RagkitGenerator` answers no document.
         The arguments are checked first either way (a :class:`~ragkit.errors.ParamError`):
-        ``max_new_tokens`` is at least 1.
+        ``max_new_tokens`` is at least 1, and a blank ``question`` (empty, or whitespace only) is refused (the
+        model would answer from the chunks alone).
         """
         _check_call("generate", fraction=fraction, max_new_tokens=max_new_tokens, mode=mode, selector=selector)
         kept = _source_chunks(question, chunks, "LocalGenerator", _log, "the model is not run")

@@ -4,7 +4,8 @@ Backends: ``local`` (a Hugging Face causal LM, SmolLM2-135M-Instruct from the ``
 GGUF by default, with Cache-Craft chunk-cache reuse, arXiv 2502.15734) and ``langchain`` (any
 LangChain chat model, attached with :meth:`Generate.with_chat_model`).  Answers are written
 to ``state.values["answer"]``; a query whose ranking is empty (an empty question, or one no
-document matched) gets the answer ``""`` without running the model, and the reason in
+document matched; or a blank question that a retriever gave documents) gets the answer ``""`` without running
+the model, and the reason in
 ``state.values["answer_skipped"]`` (``None`` for the queries answered); what each answer's
 prefill cost and reused is in ``state.values["prefill"]`` (a
 :class:`~ragkit.generators.PrefillCost` per query; ``None`` where no local model ran).  Generation is
@@ -190,6 +191,8 @@ LOCAL_ONLY = ("model", "gguf_file", "mode", "fraction", "selector", "alpha", "ma
 NO_DOCUMENT = "no document retrieved"
 #: ``values["answer_skipped"]`` of a query whose top-k documents hold no text (blank, no title): not run either
 NO_TEXT = "no text in the documents retrieved"
+#: ``values["answer_skipped"]`` of a blank query (empty, or whitespace only) that retrieved documents: not run either
+NO_QUESTION = "empty question"
 
 
 @register
@@ -201,8 +204,9 @@ class Generate(Operator):
     would answer from no source: its answer is ``""``, its ``values["answer_skipped"]`` says why
     (:data:`~ragkit.generators.NO_DOCUMENT`; ``None`` for each query answered), and ``on_token`` is not
     called for it.  So is a query whose top-k documents are all blank (:data:`~ragkit.generators.NO_TEXT`);
-    blank ones beside others are left out of the prompt.  Compare with the constants, importable as
-    ``from ragkit.generators import NO_DOCUMENT, NO_TEXT``.
+    blank ones beside others are left out of the prompt; and a blank query (empty or whitespace only) that a
+    retriever gave documents (:data:`~ragkit.generators.NO_QUESTION`).  Compare with the constants, importable as
+    ``from ragkit.generators import NO_DOCUMENT, NO_TEXT, NO_QUESTION``.
     ``values["prefill"]`` holds what each answer's prefill cost and reused (a
     :class:`~ragkit.generators.PrefillCost`; ``None`` for a skipped query or a chat model's answer).
 
@@ -370,6 +374,11 @@ class Generate(Operator):
             rows = list(rk.rows[: p.top_k])
             skipped.append(None if rows else NO_DOCUMENT)
             if not rows:  # nothing to answer from: the model would make an answer up
+                answers.append("")
+                costs.append(None)
+                continue
+            if isinstance(q, str) and not q.strip():  # (the engines refuse it: the batch would stop there)
+                skipped[-1] = NO_QUESTION
                 answers.append("")
                 costs.append(None)
                 continue
