@@ -161,3 +161,33 @@ def test_lambda_mult_and_fetch_k_keep_the_mmr_hint():
                                              r"\(LangChain's VectorStoreRetriever vocabulary\); ragkit's MMR is a "
                                              r"pipeline step: .*mmr=\{'lambda_mult'"):
             r.invoke("cats", **{key: 3})
+
+
+# ---------------------------------------------------------------------- 5. no filter mask to check search_kwargs
+# _check_search_kwargs built a full-corpus mask of every filter of search_kwargs, at each build and each r.k = ...,
+# though check_options had refused every filter the mask would refuse
+def test_checking_search_kwargs_makes_no_filter_mask(monkeypatch):
+    from ragkit.types import Corpus
+
+    corpus = Corpus.from_records([{"_id": str(i), "text": f"doc {i} cats", "metadata": {"g": i % 5, "s": f"s{i % 3}"}}
+                                  for i in range(50)])
+    masks = []
+    real = Corpus.mask
+    monkeypatch.setattr(Corpus, "mask", lambda self, where: masks.append(where) or real(self, where))
+    given = {"filter": {"g": 1, "s": ["s1", "s2"]}, "bm25": {"filter": {"s": "s1"}}}
+    r = RagkitRetriever(pipeline=BM25(), corpus=corpus, k=5, search_kwargs=given)
+    r.k = 3
+    r.search_kwargs = {"filter": {"g": [1, 2]}}
+    assert masks == []
+    assert {d.metadata["g"] for d in r.invoke("cats")} <= {1, 2} and masks  # (a search does filter)
+    masks.clear()
+    for bad, at in (({"filter": {"g": "1"}}, "filter"), ({"bm25": {"filter": {"g": "1"}}}, "bm25.filter"),
+                    ({"filter": {"g": 1}, "bm25": {"filter": {"s": 2}}}, "bm25.filter"),
+                    ({"bm25": {"filter": {"s": 2}}, "filter": {"g": "1"}}, "bm25.filter")):
+        with pytest.raises(ParamError, match=rf"^search_kwargs: {at}\.[gs]: the field holds") as e:
+            RagkitRetriever(pipeline=BM25(), corpus=corpus, search_kwargs=bad)
+        assert e.value.path == f"options.{at}"
+    # valid filters the kind check lets through stay accepted: a list of two kinds, None, ids given as numbers
+    for ok in ({"g": [1, "2"]}, {"g": None}, {"_id": 5}, {"id": 5}):
+        assert RagkitRetriever(pipeline=BM25(), corpus=corpus, search_kwargs={"filter": ok}).k == 4
+    assert masks == []

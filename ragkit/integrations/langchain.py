@@ -226,6 +226,23 @@ def _rankings_only(op: Operator) -> dict[str, Any]:
     return options
 
 
+def _refused_filter(options: Mapping[str, Any], corpus: Corpus | None) -> str:
+    """Which filter of ``options`` (``filter``, or an operator's own: ``bm25.filter``) ``corpus`` refuses
+    (:meth:`Corpus.check_filter_kinds <ragkit.types.Corpus.check_filter_kinds>`), the first in their order, as
+    :func:`~ragkit.options.check_options` checks them; ``"filter"`` when none is (a :class:`DataError` carries no
+    path: it is found again, on the error's path only)."""
+    for name, value in options.items():
+        at, where = ("filter", value) if name == "filter" else (f"{name}.filter", (
+            value.get("filter") if isinstance(value, Mapping) else None))
+        if where is None or corpus is None:
+            continue
+        try:
+            corpus.check_filter_kinds(where)
+        except DataError:
+            return at
+    return "filter"
+
+
 def _refuse_answers(options: Mapping[str, Any], where: str) -> None:
     """Refuse ``generate={"answer": True}`` among ``options`` (a call's, or ``search_kwargs``: ``where`` says which,
     as the words before the option's name): a :class:`ParamError` saying where to get answers.  The step would run
@@ -581,7 +598,12 @@ class RagkitRetriever(BaseRetriever):
         return op
 
     def _check_search_kwargs(self, op: Operator, searched: Corpus | None) -> None:
-        """``search_kwargs`` checked against the tree ``op`` (and a filter against ``searched``): ParamError."""
+        """``search_kwargs`` checked against the tree ``op`` (and a filter against ``searched``): ParamError.
+
+        :func:`~ragkit.options.check_options` refuses every filter a search would refuse (a field ``searched`` does
+        not have, a value of a kind its field does not hold: ``"2006"`` for years held as numbers, which would match
+        no document whatever the index holds; a filter for a retriever that does not apply one) from the fields'
+        filter codes, without making a mask over the corpus."""
         bad = sorted(set(self.search_kwargs) & _LANGCHAIN_KWARGS)
         if bad:
             raise ParamError(f"search_kwargs: {bad} are not search options (LangChain's own arguments: give them "
@@ -592,25 +614,10 @@ class RagkitRetriever(BaseRetriever):
             key = e.path.removeprefix("options.")
             hint = f"; {_langchain_hint(key, self.search_kwargs.get(key))}" if key in _LANGCHAIN_WORDS else ""
             raise ParamError(f"search_kwargs: {e}{hint}", path=e.path) from None
-        except DataError as e:  # a filter value of a kind its field does not hold, as the check below words it
-            text = str(e).removeprefix("search option ")
-            head = text.split(": ", 1)[0]  # filter.year, bm25.filter.year
-            at = "filter" if head.startswith("filter.") else f"{head.split('.filter.', 1)[0]}.filter"
-            raise ParamError(f"search_kwargs: {text}", path=f"options.{at}") from None
+        except DataError as e:  # a filter value of a kind its field does not hold (Corpus.check_filter_kinds)
+            at = _refused_filter(self.search_kwargs, searched)
+            raise ParamError(f"search_kwargs: {str(e).removeprefix('search option ')}", path=f"options.{at}") from None
         _refuse_answers(self.search_kwargs, "search_kwargs: search option ")
-        if searched is None:
-            return
-        # a filter value of a kind its field does not hold ("2006" for years held as numbers) matches no
-        # document whatever the index holds: refused now, as each search would refuse it
-        filters = [("", self.search_kwargs.get("filter"))] + [
-            (f"{name}.", value.get("filter")) for name, value in self.search_kwargs.items()
-            if name != "filter" and isinstance(value, Mapping)]
-        for where, where_filter in filters:
-            if isinstance(where_filter, Mapping) and where_filter:
-                try:
-                    searched.mask(where_filter)
-                except DataError as e:
-                    raise ParamError(f"search_kwargs: {where}{e}", path=f"options.{where}filter") from None
 
     def __setattr__(self, name: str, value: Any) -> None:
         """An assignment of a field, validated (``validate_assignment``: the field's own checks, then
