@@ -78,8 +78,6 @@ every generator of the process.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 import threading
@@ -400,9 +398,7 @@ class LocalGenerator:
         #: the model's readable name (its GGUF file's or folder's path, or its Hugging Face id): what a chunk cache's
         #: manifest names beside the fingerprint, and errors about a cache of another model show
         self.model_source_ = os.path.join(name, gguf) if gguf else name
-        vocab = self.tokenizer_.get_vocab()
-        self.tokenizer_id_ = f"{type(self.tokenizer_).__name__}:{len(vocab)}:" + hashlib.sha256(
-            json.dumps(sorted(vocab.items())).encode()).hexdigest()[:12]
+        self.tokenizer_id_ = loaded.tokenizer_id  # (hashed once per loaded model)
         if self.chunk_cache is None:
             self.chunk_cache = ChunkKVCache(
                 self.model_id_, self.tokenizer_id_, budget_bytes=self.cache_budget_bytes,
