@@ -25,6 +25,11 @@ def _unsearched(bad: Mapping[int, DataError], n: int) -> DataError:
                      "others")
 
 
+#: keyword arguments LangChain itself may leave in ``invoke``'s (and ``batch``'s, ``stream``'s) kwargs: never search
+#: options of RagkitRetriever's, nor settings of RagkitGenerator's
+_LANGCHAIN_KWARGS = frozenset({"verbose", "run_id", "run_name", "callbacks", "tags", "metadata"})
+
+
 def _batch_list(inputs: Any, where: str, expected: str = "a list of query strings",
                 mapping: str = "pass list(mapping.values())",
                 error: Callable[[str], Exception] = DataError) -> list[Any]:

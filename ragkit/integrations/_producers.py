@@ -8,10 +8,9 @@ from ragkit.operator import Operator
 
 
 def _retriever_names(op: Operator) -> list[str]:
-    from ragkit.pipelines._compose import iter_leaves
+    """The retrievers of the tree ``op`` (:func:`_retriever_leaves`), or ``op``'s own name for a tree without one."""
+    return _retriever_leaves(op) or [op.name or type(op).__name__.lower()]
 
-    names = [leaf.name for leaf in iter_leaves(op) if leaf.kind == "retriever"]
-    return list(dict.fromkeys(names)) or [op.name or type(op).__name__.lower()]
 
 class _Producers:
     """Which retrievers produced each query's documents, for the ``operators`` of their metadata.
@@ -50,6 +49,7 @@ class _Producers:
 
 
 def _retriever_leaves(op: Operator) -> list[str]:
+    """The names of the retrievers of the tree ``op``, each once, in the order of its leaves."""
     from ragkit.pipelines._compose import iter_leaves
 
     return list(dict.fromkeys(leaf.name for leaf in iter_leaves(op) if leaf.kind == "retriever"))

@@ -84,6 +84,7 @@ from ragkit.integrations._copies import (
 )
 from ragkit.integrations._embeddings import LangChainEmbeddingsEncoder, RagkitEmbeddings
 from ragkit.integrations._inputs import (
+    _LANGCHAIN_KWARGS,
     RESERVED_METADATA as RESERVED_METADATA,
     _batch_list,
     _check_reserved,
@@ -110,6 +111,7 @@ from ragkit.pipelines.yaml import unfitted_copy
 from ragkit.types import Corpus, Ranking, TrainSet, ids_and_texts
 
 if TYPE_CHECKING:
+    import numpy as np
     from typing_extensions import Self
 
 
@@ -118,9 +120,6 @@ __all__ = ["RagkitRetriever", "RagkitGenerator", "LangChainEmbeddingsEncoder", "
 
 #: searches made for one call whose documents were each time edited on another thread before a clear error
 _EDIT_RETRIES = 5
-
-#: keyword arguments LangChain itself may leave in ``invoke``'s kwargs; never search options
-_LANGCHAIN_KWARGS = frozenset({"verbose", "run_id", "run_name", "callbacks", "tags", "metadata"})
 
 #: LangChain's VectorStoreRetriever vocabulary (``as_retriever(search_type="mmr", search_kwargs={"lambda_mult": ...,
 #: "fetch_k": ...})``): no search options of ragkit's, whose pipeline is how it searches (its MMR and score
@@ -948,18 +947,9 @@ class RagkitRetriever(BaseRetriever):
             corpus = _corpus_of(state.pipeline)
         assert corpus is not None  # a built retriever's pipeline is fitted
         rows = corpus.row_of([str(i) for i in ids], missing="drop")
-        texts, titles, doc_ids = corpus.texts[rows].tolist(), corpus.titles[rows].tolist(), corpus.ids[rows].tolist()
-        cols = {key: copy.deepcopy(col[rows].tolist()) if col.dtype == object else col[rows].tolist()
-                for key, col in corpus.metadata.items()}  # (copies: the caller may change what it gets)
-        fill_id = "id" not in corpus.metadata
-        docs = []
-        for i in range(len(doc_ids)):  # as a retrieved Document's metadata (_documents), less score and rank
-            meta: dict[str, Any] = {key: col[i] for key, col in cols.items() if col[i] is not None}
-            if fill_id:
-                meta["id"] = doc_ids[i]
-            meta.setdefault("title", titles[i])
-            docs.append(Document(page_content=texts[i], id=doc_ids[i], metadata=meta))
-        return docs
+        # as a retrieved Document's metadata (_documents), less score and rank
+        return [Document(page_content=text, id=doc_id, metadata=meta) for text, doc_id, meta in
+                zip(corpus.texts[rows].tolist(), corpus.ids[rows].tolist(), _stored_metadata(corpus, rows))]
 
     async def aadd_texts(self, texts: Iterable[str], metadatas: Iterable[Mapping[str, Any] | None] | None = None,
                          *, ids: Iterable[str] | None = None) -> list[str]:
@@ -1088,27 +1078,14 @@ class RagkitRetriever(BaseRetriever):
         rows = r.rows
         ids = c.ids[rows].tolist()
         texts = c.texts[rows].tolist()
-        titles = c.titles[rows].tolist()
         scores = r.scores.tolist()
-        # object cells (lists, dicts, ... a document was given) are copied: a caller annotating a returned
-        # document's metadata (tags.append) would otherwise change the index's own value
-        meta_cols = {key: copy.deepcopy(col[rows].tolist()) if col.dtype == object else col[rows].tolist()
-                     for key, col in c.metadata.items()}
+        metas = _stored_metadata(c, rows)
         branch_names = [key[:-5] for key in r.fields if key.endswith(".rank") and f"{key[:-5]}.score" in r.fields]
         branch_cols = [(b, r.fields[f"{b}.rank"].tolist(), r.fields[f"{b}.score"].tolist()) for b in branch_names]
         taken = {f"{b}.{x}" for b in branch_names for x in ("rank", "score")}
         other = {key: v.tolist() for key, v in r.fields.items() if key not in taken}
-        # "id" names the document id where no document has an "id" of its own (filter={"id": ...} matches
-        # it then); where some have, it is theirs alone (the id is Document.id), as a filter reads it
-        fill_id = "id" not in c.metadata
         docs = []
-        for i in range(len(ids)):
-            # the document's own metadata back unchanged: no None for keys it never had (the corpus
-            # stores metadata as columns, a missing key is None), no "id" / "title" over its own
-            meta: dict[str, Any] = {key: col[i] for key, col in meta_cols.items() if col[i] is not None}
-            if fill_id:
-                meta["id"] = ids[i]
-            meta.setdefault("title", titles[i])
+        for i, meta in enumerate(metas):
             meta.update(score=scores[i], rank=i + 1)
             if branch_cols:
                 branches = {b: {"rank": ranks[i], "score": _num(sc[i])} for b, ranks, sc in branch_cols if ranks[i] > 0}
@@ -1254,6 +1231,28 @@ class RagkitRetriever(BaseRetriever):
             await runs[i].on_retriever_end(docs)
             results[i] = docs
         return results
+
+
+def _stored_metadata(c: Corpus, rows: np.ndarray) -> list[dict[str, Any]]:
+    """The metadata of the documents at ``rows`` of ``c``, as a returned Document (``invoke``, ``get_by_ids``) has
+    it before what the retrieval adds: each document's own metadata back unchanged (no ``None`` for keys it never
+    had: the corpus stores metadata as columns, a missing key is ``None``; object cells, lists and dicts a document
+    was given, copied: a caller annotating a returned document's metadata, ``tags.append``, would otherwise change
+    the index's own value), ``id`` the document id where no document has an ``id`` of its own
+    (``filter={"id": ...}`` matches it then; where some have, it is theirs alone, as a filter reads it), and
+    ``title`` its title unless it has a ``title`` of its own."""
+    ids, titles = c.ids[rows].tolist(), c.titles[rows].tolist()
+    cols = {key: copy.deepcopy(col[rows].tolist()) if col.dtype == object else col[rows].tolist()
+            for key, col in c.metadata.items()}
+    fill_id = "id" not in c.metadata
+    metas = []
+    for i in range(len(ids)):
+        meta: dict[str, Any] = {key: col[i] for key, col in cols.items() if col[i] is not None}
+        if fill_id:
+            meta["id"] = ids[i]
+        meta.setdefault("title", titles[i])
+        metas.append(meta)
+    return metas
 
 
 def _with_id(doc: Document, new_id: str) -> Document:

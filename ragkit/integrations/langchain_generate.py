@@ -31,7 +31,7 @@ from typing_extensions import Self, TypedDict
 
 from ragkit.errors import ParamError
 from ragkit.generators.operator import GenerateParams
-from ragkit.integrations._inputs import _batch_list
+from ragkit.integrations._inputs import _LANGCHAIN_KWARGS, _batch_list
 from ragkit.params import FloatDtype, ModelName, refusal_of
 
 if TYPE_CHECKING:
@@ -46,9 +46,6 @@ ENGINE_FIELDS = ("model", "gguf_file", "max_chunk_tokens", "system_prompt", "cac
                  "cache_dir", "disk_budget_mb", "disk_half_life_s", "alpha")
 #: the settings read at each call (``LocalGenerator.generate``'s)
 CALL_FIELDS = ("mode", "fraction", "selector", "max_new_tokens")
-
-#: keyword arguments LangChain itself may pass to ``invoke`` / ``stream``; anything else is refused
-_LANGCHAIN_KWARGS = frozenset({"verbose", "run_id", "run_name", "callbacks", "tags", "metadata"})
 
 _EXPECTED = "a dict {'question': str, 'documents': [Document or str, one per chunk]}"
 
