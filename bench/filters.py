@@ -30,7 +30,7 @@ import time
 
 import numpy as np
 
-from _common import OUT, SCIFACT, atomic_path, held_out, print_machine, write_atomic  # noqa: E402
+from _common import OUT, SCIFACT, atomic_path, best_of, held_out, print_machine, write_atomic  # noqa: E402
 
 
 def main() -> None:
@@ -88,15 +88,18 @@ def main() -> None:
     h_labels = np.concatenate(relevance_labels(run_of(up_hold), hold_rel))
     _, h_c, h_len, h_st, h_qi = flatten(up_hold.rankings)
     h_qv = dense.query_vectors(up_hold)
-    choice = {}
+    choice, choice_taught = {}, {}
     for lf in (True, False):
         ad = CosineAdapter(target_value=args.target, list_features=lf).fit(corpus, fit_set, upstream=up_fit)
         hp, hr, _ = pr_curve(ad._proba_flat(h_qv, h_c, h_len, h_st, h_qi), h_labels)
         choice[f"list_features={lf}"] = float(np.sum(np.diff(np.r_[0.0, hr]) * hp))
-        choice_taught = held_out(test_q, f"the variant choice's adapter (list_features={lf})", ad, up_hold)
+        choice_taught[f"list_features={lf}"] = held_out(test_q, f"the variant choice's adapter (list_features={lf})",
+                                                        ad, up_hold)
     chosen_lf = choice["list_features=True"] >= choice["list_features=False"]
     results["choice_on_train"] = {"held_out_train_queries": len(hold_i), "pr_auc": choice,
-                                  "chosen": f"list_features={chosen_lf}", "learned_from_test": choice_taught}
+                                  "chosen": f"list_features={chosen_lf}",
+                                  "learned_from_test": sum(choice_taught.values()),
+                                  "learned_from_test_by_variant": choice_taught}
 
     # ---------------------------------------------------------------- fit the adapters (train only)
     adapters = {}
@@ -126,9 +129,8 @@ def main() -> None:
               for name, op in filters.items()}
     rows = {}
     for name, op in filters.items():
-        t0 = time.perf_counter()
-        st = op(up_test.copy())
-        dt = time.perf_counter() - t0
+        op(up_test.copy())  # warm-up (untimed)
+        dt, st = best_of(lambda: op(up_test.copy()), 3)  # ms/q: the best of 3 calls, not one cold call
         rep = filter_report(run_of(st), test_rel, reference=ref_test).to_dict()
         rep["ms_per_query"] = 1000 * dt / max(1, len(test_q))
         rep["learned_from_test"] = taught[name]
@@ -182,7 +184,8 @@ def main() -> None:
     print(f"variant chosen on train (PR-AUC on {len(hold_i)} held-out train queries, fitted on the others): "
           + ", ".join(f"{k} {v:.4f}" for k, v in choice.items()) + f" -> list_features={chosen_lf}")
     base = rows[f"cosine >= {t_cos:.3f}"]
-    print(f"\n{'filter':34s} {'precision':>9s} {'recall':>7s} {'kept/q':>7s} {'empty':>6s} "
+    print("\nms/q: each filter over the test candidates, the best of 3 calls after a warm-up call")
+    print(f"{'filter':34s} {'precision':>9s} {'recall':>7s} {'kept/q':>7s} {'empty':>6s} "
           f"{'P ratio':>8s} {'ms/q':>6s}")
     for name, rep in rows.items():
         print(f"{name:34s} {rep['precision']:9.4f} {rep['recall']:7.4f} {rep['mean_kept']:7.2f} {rep['empty']:6.3f} "

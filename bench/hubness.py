@@ -27,7 +27,7 @@ import time
 
 import numpy as np
 
-from _common import OUT, SCIFACT, held_out, print_machine, write_atomic  # noqa: E402
+from _common import OUT, SCIFACT, best_of, held_out, print_machine, write_atomic  # noqa: E402
 
 
 def main() -> None:
@@ -152,9 +152,9 @@ def main() -> None:
             fit_s = time.perf_counter() - t1
             # its bank (the fit records it), and for a tuned one the bank and dev queries of the grid search
             taught = held_out(test_q, name, op, *([bank_q, dev_q] if name.endswith("(tuned on train)") else []))
-            t1 = time.perf_counter()
-            st = op(test_state.copy())
-            ms = 1000 * (time.perf_counter() - t1) / len(test_q)
+            op(test_state.copy())  # warm-up (untimed); ms/q: the best of 3 calls, not one cold call
+            t_best, st = best_of(lambda: op(test_state.copy()), 3)
+            ms = 1000 * t_best / len(test_q)
             run = run_of(st)
             ev = evaluate(run, test_rel, metrics)
             hub = hubness(run, n_docs, k=10)
@@ -172,6 +172,7 @@ def main() -> None:
     print(f"\nSciFact test ({len(test_q)} queries), Dense(k={k}) MiniLM candidates reranked; banks from train "
           f"({len(train_q)} queries) and the corpus ({n_docs} docs); N_10 over all {n_docs} docs")
     print("temperatures chosen on train dev split:", json.dumps(tuned), f"({tuning_seconds:.0f} s)")
+    print("ms/q: each rerank of the test candidates, the best of 3 calls after a warm-up call")
     hdr = (f"{'method':26s} {'nDCG@10':>8s} {'d':>7s} {'p':>6s} {'R@100':>7s} {'d':>7s} {'skew N10':>9s} {'ratio':>6s}"
            f" {'skew>0':>7s} {'never':>6s} {'top1%':>6s} {'maxN':>5s} {'ms/q':>6s}"
            f" | {'probe skew':>10s} {'ratio':>6s} {'never':>6s} {'maxN':>5s}")
