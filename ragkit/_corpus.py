@@ -566,9 +566,7 @@ class Corpus:
 
         The id is ``doc.id``, else ``metadata["id"]``, else the position (``"3"``, or ``"3#1"``,
         ``"3#2"``, ... where another document's own id is already ``"3"``); ``metadata["title"]``
-        becomes the title; the other metadata keys become columns, ``metadata["id"]`` among them (read as the id
-        or not: the metadata comes back as it was given, and ``filter={"id": ...}`` reads it), unless it equals
-        ``doc.id`` (a copy of the id, as a LangChain retriever's ``get_by_ids`` writes it).
+        becomes the title; the other metadata keys become columns.
         """
         if isinstance(docs, (str, bytes, Mapping)) or not isinstance(docs, Iterable):
             raise InputTypeError(f"Corpus.from_documents: expected a list of LangChain Documents, got {_kind(docs)}"
@@ -583,8 +581,8 @@ class Corpus:
             meta = {k: copy.deepcopy(v) if isinstance(v, (list, dict, set)) else v
                     for k, v in (getattr(d, "metadata", {}) or {}).items()}
             did = getattr(d, "id", None)
-            if not did:  # the metadata's id, which stays in the metadata (a field, as given)
-                did = meta.get("id")
+            if not did:
+                did = meta.pop("id", None)
             elif "id" in meta and str(meta["id"]) == str(did):
                 del meta["id"]  # the id written into metadata too (get_by_ids's documents): not a field of its own
             records.append({"_id": None if did is None else str(did), "text": d.page_content,

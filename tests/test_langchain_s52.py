@@ -191,29 +191,3 @@ def test_checking_search_kwargs_makes_no_filter_mask(monkeypatch):
     for ok in ({"g": [1, "2"]}, {"g": None}, {"_id": 5}, {"id": 5}):
         assert RagkitRetriever(pipeline=BM25(), corpus=corpus, search_kwargs={"filter": ok}).k == 4
     assert masks == []
-
-
-# ---------------------------------------------------------------------- 7. metadata["id"] stays in the metadata
-# a Document without Document.id had metadata["id"] read as its id and popped from its metadata: the metadata did
-# not come back as it was given, and filter={"id": ...} (the metadata's field, where some document has one) missed it
-def test_a_metadata_id_read_as_the_id_stays_in_the_metadata():
-    from ragkit.types import Corpus
-
-    docs = [Document("x cat", metadata={"id": "a"}), Document("y cat", id="b", metadata={"id": "zz"}),
-            Document("z cat", id="c")]
-    corpus = Corpus.from_documents(docs)
-    assert list(corpus.ids) == ["a", "b", "c"] and list(corpus.metadata["id"]) == ["a", "zz", None]
-    assert docs[0].metadata == {"id": "a"}  # (the caller's Document unchanged)
-    r = RagkitRetriever(pipeline=BM25(), corpus=docs, k=3)
-    assert [d.id for d in r.invoke("cat", filter={"id": "a"})] == ["a"]
-    assert [d.id for d in r.invoke("cat", filter={"id": "zz"})] == ["b"]
-    assert [(d.id, d.metadata) for d in r.get_by_ids(["a", "b", "c"])] == [
-        ("a", {"id": "a", "title": ""}), ("b", {"id": "zz", "title": ""}), ("c", {"title": ""})]
-    assert RagkitRetriever.from_documents(docs[:1], k=1).invoke("cat")[0].metadata["id"] == "a"
-    # add_documents as the constructor: the id read there, the metadata kept (an int as given)
-    assert r.add_documents([Document("w cat", metadata={"id": "n", "k": 1})]) == ["n"]
-    assert [(d.id, d.metadata) for d in r.get_by_ids(["n"])] == [("n", {"id": "n", "k": 1, "title": ""})]
-    assert [d.id for d in r.invoke("cat", filter={"id": "n"})] == ["n"]
-    plain = RagkitRetriever(pipeline=BM25(), corpus=[Document("q cat", id="q")], k=3)
-    assert plain.add_documents([Document("v cat", metadata={"id": 5})]) == ["5"]
-    assert plain.get_by_ids(["5"])[0].metadata == {"id": 5, "title": ""}

@@ -881,7 +881,7 @@ class RagkitRetriever(BaseRetriever):
     def add_documents(self, documents: Sequence[Document], *, ids: Sequence[str] | None = None) -> list[str]:
         """Index more documents in every retriever of the pipeline (their ``add``: BM25 and dense; no
         refit), as a LangChain vector store's ``add_documents``.  A document's id is ``ids[i]``, else its
-        own ``id`` (or ``metadata["id"]``, which stays in its metadata), else a new UUID.  Returns the ids, in order.
+        own ``id`` (or ``metadata["id"]``), else a new UUID.  Returns the ids, in order.
 
         Everything is checked before any index changes (Documents, ids not already indexed nor given
         twice, metadata keys, each metadata value of the kind its field holds, every retriever able to
@@ -897,17 +897,15 @@ class RagkitRetriever(BaseRetriever):
         ids = _one_each("add_documents", "ids", "one id", ids, len(docs), "document")
         if not docs:
             return []
-        given = [str(i) for i in ids] if ids is not None else [d.id or _metadata_id(d) or uuid.uuid4().hex
-                                                               for d in docs]
+        given = [str(i) for i in ids] if ids is not None else [
+            d.id or (str(d.metadata["id"]) if d.metadata.get("id") is not None else None) or uuid.uuid4().hex
+            for d in docs]
         twice = repeated(given, 5)
         if twice:
             raise DataError(f"add_documents: the documents' ids must be unique; given more than once: {twice} "
                             f"({'ids=' if ids is not None else 'their own id or metadata id'}); give each document "
                             "its own id")
-        # a document whose id is its metadata's (no id of its own, no ids=) as it is: Corpus.from_documents reads
-        # the id there and keeps it in the metadata (under its id as Document.id, the copy would be dropped)
-        new = Corpus.from_documents([d if ids is None and not d.id and _metadata_id(d) else _with_id(d, i)
-                                     for d, i in zip(docs, given)])
+        new = Corpus.from_documents([_with_id(d, i) for d, i in zip(docs, given)])
         _check_reserved(new, "add_documents")
         check_metadata_kinds(new, "add_documents")  # (among themselves; against the index's below)
         self._encode_ahead(new)  # the slow part, before searches wait for the edit
@@ -1255,12 +1253,6 @@ def _stored_metadata(c: Corpus, rows: np.ndarray) -> list[dict[str, Any]]:
         meta.setdefault("title", titles[i])
         metas.append(meta)
     return metas
-
-
-def _metadata_id(doc: Document) -> str | None:
-    """``doc.metadata["id"]`` as a document id (a string; ``None`` where it has none, or an empty one)."""
-    own = doc.metadata.get("id")
-    return str(own) or None if own is not None else None
 
 
 def _with_id(doc: Document, new_id: str) -> Document:
