@@ -52,12 +52,16 @@ class _Loaded:
     lock: threading.RLock = field(default_factory=threading.RLock)
     #: where the weights were read: the model folder or GGUF file, or the dequantized copy of a GGUF
     source: str = ""
-    #: :func:`tokenizer_identity` of ``tokenizer``, computed once per loaded model (every generator's
-    #: ``tokenizer_id_``): hashing SmolLM2's 49k-token vocabulary took 0.3 s of each generator's load
-    tokenizer_id: str = field(init=False, default="")
+    _tokenizer_id: str = field(init=False, default="", repr=False)
 
-    def __post_init__(self) -> None:
-        self.tokenizer_id = tokenizer_identity(self.tokenizer)
+    @property
+    def tokenizer_id(self) -> str:
+        """:func:`tokenizer_identity` of ``tokenizer``, computed once per loaded model, at its first generator's
+        load (every generator's ``tokenizer_id_``): hashing SmolLM2's 49k-token vocabulary took 0.3 s of each
+        generator's load."""
+        if not self._tokenizer_id:  # (two threads at once compute the same string)
+            self._tokenizer_id = tokenizer_identity(self.tokenizer)
+        return self._tokenizer_id
 
 
 def tokenizer_identity(tokenizer: PreTrainedTokenizerBase) -> str:
