@@ -602,12 +602,7 @@ class LocalGenerator:
         fractions on the same prompts and store wants (a 100% recompute would otherwise leave exact
         variants that every later prefill of the prompt reuses).
         """
-        if mode not in MODES:
-            raise ParamError(f"LocalGenerator.prefill: mode must be one of {MODES}; got {mode!r}", "mode")
-        if selector not in SELECTORS:
-            raise ParamError(f"LocalGenerator.prefill: selector must be one of {SELECTORS}; got {selector!r}",
-                             "selector")
-        _check_call("prefill", fraction=fraction)
+        _check_call("prefill", fraction=fraction, mode=mode, selector=selector)
         if not len(seg):
             raise ParamError("LocalGenerator.prefill: the prompt has no token (system, chunks and question are all "
                              "empty)", "seg")
@@ -795,7 +790,7 @@ class LocalGenerator:
                       for j, v in enumerate(variants)]
             (nd, ex), _, j = min(scored, key=lambda t: (t[0][0], not t[0][1], t[1]))  # exact first on ties
             v = variants[j]
-            exact[i] = ex and v.start == starts[i]
+            exact[i] = ex  # (at this chunk's start: the same system prompt and prefix chunks, so the same tokens)
             need[i] = nd
             chosen.append(v)
             k = v.keys.float()
