@@ -187,3 +187,24 @@ def test_eval_data_list_refuses_a_folder_whose_name_holds_a_comma(tmp_path, monk
     assert "--data tiny,ti,ny: 'ti,ny' is a folder whose name holds a comma" in message, message
     assert "a list cannot hold a folder name with a comma" in message and downloads == []
     assert _cli("eval", "--pipeline", "bm25", "--data", "ti,ny").exit_code == 0
+
+
+def test_eval_data_list_refuses_a_file_whose_name_holds_a_comma_as_a_file(tmp_path, monkeypatch):
+    """``eval --data "tiny,ti,ny"`` where ``ti,ny`` is a file (a zip archive, say): refused as for a folder, but the
+    message called it "a folder name with a comma"; now it says a file name."""
+    import importlib
+
+    monkeypatch.setenv("RAGKIT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    _tiny(tmp_path / "tiny")
+    (tmp_path / "ti,ny").write_bytes(b"PK")
+
+    def no_download(name, *args, **kwargs):
+        raise AssertionError(f"download_beir({name!r}) ran: the list should have been refused")
+
+    monkeypatch.setattr(importlib.import_module("ragkit.eval.beir"), "download_beir", no_download)
+    res = _cli("eval", "--pipeline", "bm25", "--data", "tiny,ti,ny")
+    assert res.exit_code == 2, res.output
+    message = " ".join(res.output.split())
+    assert "--data tiny,ti,ny: 'ti,ny' is a file whose name holds a comma" in message, message
+    assert "a list cannot hold a file name with a comma" in message and "folder" not in message, message

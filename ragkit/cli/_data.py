@@ -51,10 +51,10 @@ def _refuse_comma_folder(data: str) -> None:
             joined = ",".join(parts[i:i + width])
             found = next((Path(x) for x in dict.fromkeys((joined, joined.strip())) if x and Path(x).exists()), None)
             if found is not None:
-                what = "a folder" if found.is_dir() else "a file"
+                noun = "folder" if found.is_dir() else "file"
                 split = " and ".join(repr(x.strip()) for x in parts[i:i + width])
-                raise RagkitError(f"--data {data}: {str(found)!r} is {what} whose name holds a comma, and a list "
-                                  f"cannot hold a folder name with a comma: it would be split into {split}; evaluate "
+                raise RagkitError(f"--data {data}: {str(found)!r} is a {noun} whose name holds a comma, and a list "
+                                  f"cannot hold a {noun} name with a comma: it would be split into {split}; evaluate "
                                   f"it alone (--data {shell_quote(str(found))}), or give it a name without a comma (a "
                                   "link, such as ln -s) to list it")
 
