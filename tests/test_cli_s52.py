@@ -208,3 +208,24 @@ def test_eval_data_list_refuses_a_file_whose_name_holds_a_comma_as_a_file(tmp_pa
     message = " ".join(res.output.split())
     assert "--data tiny,ti,ny: 'ti,ny' is a file whose name holds a comma" in message, message
     assert "a list cannot hold a file name with a comma" in message and "folder" not in message, message
+
+
+def test_compare_checks_what_eval_json_files_record_before_scoring_a_run_file(tmp_path, monkeypatch):
+    """``compare a.json run.trec --data D --relevance-level 2``: the JSON file's recorded relevance_level 1 is
+    refused (exit 2) before the run file is read and scored (the check ran after every run file was scored)."""
+    import importlib
+
+    monkeypatch.setenv("RAGKIT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    ds, run, _ = _runs(tmp_path)
+    res = _cli("eval", "--pipeline", "bm25", "--data", ds, "-o", tmp_path / "a.json")
+    assert res.exit_code == 0, res.output
+
+    def no_scoring(*args, **kwargs):
+        raise AssertionError("a run file was scored: the eval JSON file's settings should have been refused first")
+
+    monkeypatch.setattr(importlib.import_module("ragkit.eval.compare"), "_evaluate_noted", no_scoring)
+    res = _cli("compare", tmp_path / "a.json", run, "--data", ds, "--relevance-level", "2", "--resamples", "100")
+    assert res.exit_code == 2, res.output
+    message = " ".join(res.output.split())
+    assert f"--relevance-level 2: {tmp_path / 'a.json'} was scored with relevance_level 1" in message, message

@@ -81,7 +81,8 @@ def _check_recorded(ctx: typer.Context, loaded: list[Any], split: str, relevance
     """Refuse ``--split``, ``--relevance-level`` or ``--keep-identical-ids``, given, that a loaded result (a
     ``ragkit eval -o`` JSON file) records otherwise: they score TREC run files, and a JSON file's values were
     scored as it records, so the comparison would report (and its ``-o`` JSON record) scoring that was not
-    applied.  A result that records none (``None``) passes; a run file's are the ones given."""
+    applied.  A result that records none (``None``) passes; a run file's are the ones given (the command checks
+    the JSON files' before it scores any run file)."""
     given = {"split": ("--split", split, lambda r: r.split),
              "relevance_level": ("--relevance-level", relevance_level, lambda r: r.relevance_level),
              "keep_identical_ids": ("--keep-identical-ids", keep_identical_ids,
@@ -138,7 +139,7 @@ def compare_cmd(
 ) -> None:
     """Compare systems over the same queries: means, differences to a baseline with 95% bootstrap
     intervals, and paired randomisation p-values corrected by Holm's method."""
-    from ragkit.eval.compare import compare, load_result
+    from ragkit.eval.compare import compare, holds_json, load_result
 
     try:
         names = _parse_metric_names(metrics)  # (one named twice: Holm would count the same comparison twice)
@@ -187,11 +188,16 @@ def compare_cmd(
             fingerprint = scored_qrels_fingerprint(qrels, qrels)  # once: each run file scores every judged query
         stems = [p.stem for p in results]  # short names in the table: file stems when they tell the files apart
         labels = stems if len(set(stems)) == len(stems) else [str(p) for p in results]
-        loaded = [load_result(p, qrels=qrels, metrics=names, dataset=ds_name, split=split if qrels else None, name=n,
-                              relevance_level=relevance_level, ignore_identical_ids=not keep_identical_ids,
-                              qrels_fingerprint=fingerprint)
-                  for p, n in zip(results, labels)]
-        _check_recorded(ctx, loaded, split, relevance_level, keep_identical_ids)
+
+        def load(i: int) -> Any:
+            return load_result(results[i], qrels=qrels, metrics=names, dataset=ds_name,
+                               split=split if qrels else None, name=labels[i], relevance_level=relevance_level,
+                               ignore_identical_ids=not keep_identical_ids, qrels_fingerprint=fingerprint)
+
+        # the eval JSON files first: what they record is checked against the options before any run file is scored
+        jsons = {i: load(i) for i, p in enumerate(results) if holds_json(p)}
+        _check_recorded(ctx, list(jsons.values()), split, relevance_level, keep_identical_ids)
+        loaded = [jsons[i] if i in jsons else load(i) for i in range(len(results))]
         cmp = compare(loaded, names, baseline=base, n_resamples=resamples, seed=seed, alpha=alpha)
         if folder is not None and output is not None:  # (what --data named, for the JSON that reruns the comparison)
             cmp = replace(cmp, data=data, data_resolved=str(folder))

@@ -189,9 +189,7 @@ def load_result(path: str | os.PathLike[str], *, qrels: Mapping[str, Mapping[str
         raise DataError(f"{path}: file not found; expected a 'ragkit eval -o' JSON file or a TREC run file")
     name = name or str(path)
     resolved, digest = str(path.resolve()), sha256_file(path)  # (what was read, for Comparison.to_dict)
-    with open(path, "rb") as f:  # (a UTF-8 byte-order mark, as some editors save JSON with, is no part of it)
-        head = f.read(4096).removeprefix(b"\xef\xbb\xbf").lstrip()[:1]
-    if head == b"{":
+    if holds_json(path):
         try:
             payload = json.loads(path.read_text(encoding="utf-8-sig"))
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -250,6 +248,14 @@ def load_result(path: str | os.PathLike[str], *, qrels: Mapping[str, Mapping[str
                         max_ranked=max((len(d) for d in run.doc_ids), default=0), qrels_fingerprint=fingerprint,
                         ranked_queries=frozenset(q for q, d in zip(run.query_ids, run.doc_ids)
                                                  if len(d) and q in scored))
+
+
+def holds_json(path: str | os.PathLike[str]) -> bool:
+    """Whether the file ``path`` begins as a JSON object does (``{``, after a UTF-8 byte-order mark and
+    whitespace): what :func:`load_result` reads as a ``ragkit eval -o`` JSON file, anything else as a TREC run
+    file.  Reads its first 4 KiB."""
+    with open(path, "rb") as f:  # (a UTF-8 byte-order mark, as some editors save JSON with, is no part of it)
+        return f.read(4096).removeprefix(b"\xef\xbb\xbf").lstrip()[:1] == b"{"
 
 
 #: The largest file :func:`pipeline_kind` reads as YAML (a pipeline file is a few hundred bytes; run files
