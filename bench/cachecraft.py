@@ -23,8 +23,9 @@ Timings are wall clock on whatever CPU runs this; report the machine's load with
 
 Timing: after one untimed warm-up prefill per mode (on the last warm prompt), every measured
 prompt gets ``--repeat`` rounds; a round runs every timed prefill once (each mode of the table
-and each sweep point, ``full`` included), in an order rotated per prompt and round, so no mode
-always runs first.  A prefill's time is its best over the rounds, per prompt; the table shows the
+and each sweep point, ``full`` included), in an order shuffled afresh every round
+(``_common.round_orders``, seeded by ``--seed``: the same orders every run), so no mode always runs first, or
+always right after the same other one.  A prefill's time is its best over the rounds, per prompt; the table shows the
 mean over prompts of those, and every speed-up is full's over the mode's (both best of the same
 N).  The prefix mode's repeats start from the prefix cache as it was before the prompt's first
 round (its own rows stored by an earlier round are not reused); writes to the chunk store during
@@ -50,7 +51,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from _common import OUT, SCIFACT as DATA, atomic_path, print_machine, write_atomic  # noqa: E402
+from _common import OUT, SCIFACT as DATA, atomic_path, print_machine, round_orders, write_atomic  # noqa: E402
 
 
 def kl(full: torch.Tensor, other: torch.Tensor) -> float:
@@ -83,13 +84,6 @@ def top5(data_dir: Path, n_queries: int) -> tuple[list[str], list[list[str]]]:
     return list(queries.texts), docs
 
 
-def rotated(items: list, k: int) -> list:
-    """``items`` rotated left by ``k`` (modulo their number): round ``k``'s order, so that over as many rounds
-    as items each item runs once in every position."""
-    k %= max(len(items), 1)
-    return items[k:] + items[:k]
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="smoke run: 3 queries after 1 warm one, 48-token chunks, "
@@ -107,6 +101,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=None, help="rounds per measured prompt; every prefill's time is "
                     "its best over the rounds (default 3; quick 2)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0, help="seed of the rounds' shuffled orders (default 0)")
     ap.add_argument("--data", default=str(DATA))
     ap.add_argument("--out", default=None, help="output stem (default bench/out/cachecraft, "
                     "bench/out/cachecraft_quick with --quick)")
@@ -159,6 +154,8 @@ def main() -> None:
 
     items = [("mode", name, kw) for name, kw in main_modes] + [("sweep", sel, f) for sel in selectors for f in fracs]
     keys = [it[:2] if it[0] == "mode" else it for it in items]  # hashable
+    item_of = dict(zip(keys, items))
+    orders = round_orders(keys, seed=args.seed)  # every round's order a fresh shuffle, over prompts and rounds
     # warm-up, untimed: each code path once on the last warm prompt (prefix mode: a full forward, as `full`;
     # without a warm prompt only `full`, on the first measured one, which changes no cache)
     warm_seg = gen.segments(warm_q[-1], warm_d[-1]) if warm_q else gen.segments(eval_q[0], eval_d[0])
@@ -182,8 +179,9 @@ def main() -> None:
         times: dict = {k: [] for k in keys}
         first: dict = {}
         prefix_before, prefix_runs = copy.deepcopy(gen.prefix_cache), 0
-        for rnd in range(args.repeat):
-            for item, key in rotated(list(zip(items, keys)), qi * args.repeat + rnd):
+        for _ in range(args.repeat):
+            for key in next(orders):
+                item = item_of[key]
                 if key == ("mode", "prefix"):
                     if prefix_runs:  # not its own rows from an earlier round
                         gen.prefix_cache = copy.deepcopy(prefix_before)
@@ -216,7 +214,8 @@ def main() -> None:
              f"~{np.mean([x['n'] for x in rows['full']]):.0f} tokens), SmolLM2-135M fp32, {args.threads} threads, "
              f"cachecraft rows at r={args.fraction}",
              f"prefill s: best of {args.repeat} rounds per prompt (every mode and sweep point once per round, in an "
-             f"order rotated per prompt and round, after a warm-up), mean over prompts; speedup = full's / mode's; "
+             f"order shuffled afresh every round, seed {args.seed}, after a warm-up), mean over prompts; "
+             f"speedup = full's / mode's; "
              f"chunk-store writes during the rounds: {writes[0]}",
              "",
              "| mode | prefill s | speedup | tokens computed | KL vs full (mean / p95) | first token same "
@@ -269,9 +268,9 @@ def main() -> None:
     record = {
         "machine": machine,
         "config": {k: getattr(args, k) for k in ("quick", "queries", "warm", "fractions", "selectors", "fraction",
-                                                  "new_tokens", "chunk_tokens", "threads", "repeat")},
-        "timing": f"best of {args.repeat} rounds per prompt, order rotated per prompt and round; 'ts' = every "
-                  "round's seconds per prompt",
+                                                  "new_tokens", "chunk_tokens", "threads", "repeat", "seed")},
+        "timing": f"best of {args.repeat} rounds per prompt, order shuffled afresh every round (seed "
+                  f"{args.seed}); 'ts' = every round's seconds per prompt",
         "chunk_store_writes_during_rounds": writes[0],
         "prompt_tokens": float(np.mean([x["n"] for x in rows["full"]])),
         "modes": {name: {**summary(xs), "kl_p95": float(np.percentile([x["kl"] for x in xs], 95)),

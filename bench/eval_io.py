@@ -17,9 +17,9 @@ Prints, on synthetic data (seeded):
 The ``_old_*`` functions are copies of the code before the change, kept in ``tests/test_batched_io.py`` (which
 checks the new code against them), so that one process times both (the files each writes and the corpus each
 reads are checked equal first).  Each old / new pair is timed in interleaved rounds (``_common.interleaved``:
-the order shuffled afresh each round, seeded), until each has been timed ``--min-seconds`` in all and at least
-``--repeat`` rounds; a time is its best round, so a ratio compares calls from the same rounds.  The evaluate
-timings are best of ``--repeat`` calls.
+the order shuffled afresh each round, seeded), until each has been timed ``--min-seconds`` in all (0.5 s; 0.05 s
+with ``--quick``) and at least ``--repeat`` rounds; a time is its best round, so a ratio compares calls from the
+same rounds.  The evaluate timings are best of ``--repeat`` calls.
 
 Prints a ``machine:`` line first and writes ``bench/out/eval_io.json`` (``eval_io_quick.json`` with ``--quick``;
 in the folder ``RAGKIT_BENCH_OUT`` names instead of bench/out, when set): the machine, the sizes and every
@@ -51,7 +51,7 @@ from ragkit import Corpus, evaluate  # noqa: E402
 from ragkit.eval import beir  # noqa: E402
 from ragkit.run import Run  # noqa: E402
 
-from _common import OUT, best_of, interleaved, print_machine, write_atomic  # noqa: E402
+from _common import OUT, add_timing_args, best_of, interleaved, print_machine, timing_args, write_atomic  # noqa: E402
 
 METRICS = ["ndcg@10", "recall@100", "map@100", "mrr@10"]
 
@@ -91,14 +91,11 @@ def json_share(fn: Callable[[], Any]) -> tuple[float, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="smaller sizes (a smoke test)")
-    ap.add_argument("--repeat", type=int, default=3,
-                    help="at least this many interleaved rounds of each old / new pair (and calls of each evaluate)")
-    ap.add_argument("--min-seconds", type=float, default=0.5,
-                    help="interleaved rounds until each of an old / new pair is timed this long in all")
+    add_timing_args(ap, "at least this many interleaved rounds of each old / new pair (and calls of each evaluate)")
     args = ap.parse_args()
-    if args.repeat < 1 or not 0 <= args.min_seconds < float("inf"):
-        ap.error(f"--repeat must be >= 1 and --min-seconds a finite number >= 0; got --repeat {args.repeat}, "
-                 f"--min-seconds {args.min_seconds}")
+    timing_args(ap, args)
+    if args.repeat < 1:
+        ap.error(f"--repeat: at least 1 round, got {args.repeat}")
     sizes = (200, 1000) if args.quick else (1000, 10000)
     n_corpus = 5000 if args.quick else 50000
     res: dict = {"machine": print_machine(threads=1), "quick": args.quick, "repeat": args.repeat,

@@ -29,7 +29,6 @@ import json
 import os
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +36,7 @@ import numpy as np
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from _common import OUT, SCIFACT as DEFAULT_DATA, paired_ratio, print_machine, write_atomic  # noqa: E402
+from _common import OUT, SCIFACT as DEFAULT_DATA, best_of, paired_ratio, print_machine, write_atomic  # noqa: E402
 
 
 def build(name: str):
@@ -63,25 +62,19 @@ def same(run, docs) -> bool:
     return True
 
 
-def timed(fn):
-    t0 = time.perf_counter()
-    out = fn()
-    return time.perf_counter() - t0, out
-
-
 def bench_one(name: str, corpus, texts: list[str], k: int, repeats: int, peer_repeats: int) -> dict:
     from langchain_core.runnables import Runnable
 
     from ragkit.integrations.langchain import RagkitRetriever
 
     pipe = build(name)
-    t_fit, _ = timed(lambda: pipe.fit(corpus))
+    t_fit, _ = best_of(lambda: pipe.fit(corpus))
     retriever = RagkitRetriever(pipeline=pipe, k=k)
     real_search = pipe.search
     inner: list[float] = []
 
     def search_timed(*a, **kw):  # the pipeline call made inside retriever.batch, timed
-        t, out = timed(lambda: real_search(*a, **kw))
+        t, out = best_of(lambda: real_search(*a, **kw))
         inner.append(t)
         return out
 
@@ -95,7 +88,7 @@ def bench_one(name: str, corpus, texts: list[str], k: int, repeats: int, peer_re
         order = [("d", lambda: real_search(texts, k=k)), ("w", lambda: retriever.batch(texts))]
         for tag, fn in (order if r % 2 == 0 else order[::-1]):
             n_inner = len(inner)
-            dt, out = timed(fn)
+            dt, out = best_of(fn)
             if tag == "d":
                 direct.append(dt)
             else:
@@ -107,9 +100,9 @@ def bench_one(name: str, corpus, texts: list[str], k: int, repeats: int, peer_re
     if peer_repeats:
         equal_peer = same(run, Runnable.batch(retriever, texts))  # warm-up: the peer is timed warm too
     for _ in range(peer_repeats):  # each right after a wrapper call, so both see the same load
-        dw, _ = timed(lambda: retriever.batch(texts))
+        dw, _ = best_of(lambda: retriever.batch(texts))
         wrapper_next.append(dw)
-        dt, out = timed(lambda: Runnable.batch(retriever, texts))
+        dt, out = best_of(lambda: Runnable.batch(retriever, texts))
         peer.append(dt)
         equal_peer = equal_peer and same(run, out)
     pipe.search = real_search

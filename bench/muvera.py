@@ -61,7 +61,7 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import numpy as np  # noqa: E402
 
-from _common import OUT, SCIFACT, interleaved, print_machine, write_atomic  # noqa: E402
+from _common import OUT, SCIFACT, best_of, interleaved, print_machine, write_atomic  # noqa: E402
 
 
 def _data(quick: bool, n_docs: int, n_queries: int):
@@ -124,19 +124,6 @@ def _muvera_path(spec: str, cfg, dfde: np.ndarray, short: "Shortlist", qd: np.nd
     rr, rs = _reranked(qd, q_off, docs, rows)
     t.append(time.perf_counter())
     return rows, rr, rs, dict(zip(("query_fde", "inner_products", "top_c", "rerank"), np.diff(t).tolist()))
-
-
-def _interleaved_paths(fns: dict, repeat: int) -> dict:
-    """:func:`_common.interleaved` over whole calls: a ratio of two of them (MUVERA's speed-up over the brute
-    force) compares calls made in the same rounds, not minutes apart.  Returns ``{key: (fastest wall
-    seconds, that call's result)}``, so a path's stage times (its result's last item) are its fastest run's."""
-    best, result, _ = interleaved(fns, repeat)
-    return {key: (best[key], result[key]) for key in fns}
-
-
-def _best_path(fn, repeat: int) -> tuple[float, tuple]:
-    """``(fastest wall seconds, that run's result)`` over ``repeat`` whole calls of ``fn`` (at least one)."""
-    return _interleaved_paths({0: fn}, repeat)[0]
 
 
 def _agreement(a: np.ndarray, b: np.ndarray, per_query: bool = False):
@@ -272,8 +259,9 @@ def _select(cfgs: dict, fdes: dict, grid, docs, corpus, enc, short: Shortlist, a
 
             runs[spec] = (c, run)
             break
-    timed = _interleaved_paths({spec: run for spec, (_, run) in runs.items()}, args.repeat)  # same rounds
-    ms = {spec: (c, 1000 * timed[spec][0] / len(train)) for spec, (c, _) in runs.items()}
+    # whole calls in the same rounds (_common.interleaved): a ratio of two compares calls made side by side
+    best, _, _ = interleaved({spec: run for spec, (_, run) in runs.items()}, args.repeat)
+    ms = {spec: (c, 1000 * best[spec] / len(train)) for spec, (c, _) in runs.items()}
     if ms:
         spec = min(ms, key=lambda s_: ms[s_][1])
         c = ms[spec][0]
@@ -392,8 +380,10 @@ def main() -> None:
     rounds = max(1, args.repeat)
     row_keys = [(spec, c) for spec in cfgs for c in grid(spec)]
     print(f"timing the brute force and {len(row_keys)} MUVERA paths in {rounds} interleaved rounds", flush=True)
-    timed = _interleaved_paths({"brute": brute} | {key: partial(path, *key) for key in row_keys}, rounds)
-    t_brute, (exact, (ex_rows, ex_sc)) = timed["brute"]
+    # whole calls (the brute force's, each row's path) in the same rounds; a path's result is its fastest call's,
+    # so its stage times (the result's last item) are that run's
+    best, result, _ = interleaved({"brute": brute} | {key: partial(path, *key) for key in row_keys}, rounds)
+    t_brute, (exact, (ex_rows, ex_sc)) = best["brute"], result["brute"]
     ndcg_exact = _ndcg(ex_rows, ex_sc, queries, corpus, qrels)
     brute_ms = 1000 * t_brute / nq
     print(f"brute-force MaxSim (scores + top 10, best of {rounds} rounds): {t_brute:.1f}s ({brute_ms:.1f} ms/query), "
@@ -429,7 +419,7 @@ def main() -> None:
         if n_c:  # FDE top shortlist, then centroid interaction
             entry.update(centroids=n_c, shortlist=args.shortlist, codebook_build_s=short.build_s[n_c])
         for c in grid(spec):
-            t_path, (rows, rr, rs, stages) = timed[(spec, c)]
+            t_path, (rows, rr, rs, stages) = best[(spec, c)], result[(spec, c)]
             ms = 1000 * t_path / nq
             stage_ms = {k: 1000 * v / nq for k, v in stages.items()}
             row = {"candidates": c, "shortlist": args.shortlist if n_c else c,
@@ -462,8 +452,8 @@ def main() -> None:
         for tau in [float(t) for t in args.tau.split(",") if t]:
             cd, co, cw = ball_carve(qd, qt.offsets, tau)
             rows = short.rows(args.main, ip, cd, co, c, q_w=cw)
-            t_rr, sc = _best_path(lambda: chamfer_pairs(cd, co, docs.data, docs.offsets, rows, q_weights=cw),
-                                  args.repeat)
+            t_rr, sc = best_of(lambda: chamfer_pairs(cd, co, docs.data, docs.offsets, rows, q_weights=cw),
+                               args.repeat)
             order = np.lexsort((rows, -sc), axis=1)
             rr, rs = np.take_along_axis(rows, order, 1), np.take_along_axis(sc, order, 1)
             extra[f"ball_carve_{tau}"] = {"query_tokens": int(co[-1]), "agreement@10": _agreement(rr[:, :10], ex_rows),

@@ -59,6 +59,9 @@ def _check_filters(r: dict) -> None:
     assert all(_finite(o["precision"], o["recall"], o["mean_kept"]) for o in ops.values())
     _held_out(ops)
     _held_out([r["choice_on_train"]])
+    # each variant's held_out count recorded (one variable, overwritten in the loop, kept the last only)
+    assert r["choice_on_train"]["learned_from_test_by_variant"] == {"list_features=True": 0,
+                                                                    "list_features=False": 0}
     baselines = {"raw cosine", "cosine / top cosine", "rank (top-k)"}
     assert baselines | set(adapters) == set(r["pr"]) and all(_finite(*d.values()) for d in r["pr"].values())
     for name in adapters:  # at the adapter's recall, against every baseline score (not raw cosine alone)
@@ -164,7 +167,8 @@ BENCHES = [  # (script and flags, expected in stdout, JSON written, what it must
     # its Ray encoding part (~80 s: three encodings of 200 documents) is what tests/test_scale.py runs already
     ("scale.py --skip-encode", "searched alone", "scale_quick.json", _check_scale),
     # every mode, the selector sweep, the plot and the streaming pass, on 3 short prompts (SmolLM2-135M)
-    # (each timed best of 2 rounds in rotated orders: `full` always went first, once)
+    # (each timed best of 2 rounds in orders shuffled every round: `full` always went first, once, and then each
+    # always right after the same other one, in rotated orders)
     ("cachecraft.py", "best of 2 rounds per prompt", "cachecraft_quick.json", _check_cachecraft),
     # search times from interleaved best-of-N rounds in one process (was one ~12 ms call per phase)
     ("bm25_memory.py", "interleaved rounds", "bm25_memory_quick.json", _check_bm25_memory),
@@ -348,32 +352,29 @@ def test_muvera_select_maps_rows_through_its_corpus() -> None:
     assert sel["ndcg@10_gap"]["1x8x1"][len(corpus)] == pytest.approx(0.0)
 
 
-def test_bench_timings_take_whole_calls_in_rotated_rounds() -> None:
-    """The timing helpers of the muvera, scale and cachecraft benches: a best-of keeps the fastest *whole* call
-    (and that call's result, so MUVERA's stage times are the fastest run's, not each stage's own minimum);
-    rounds change their order (cachecraft's rotate, the others' shuffle), so no timed call always runs first."""
-    import time
+def test_bench_timings_take_whole_calls_in_shuffled_rounds() -> None:
+    """The timing helper the muvera, scale and other benches call (``_common.interleaved``; muvera and scale had
+    thin copies of it): a best-of keeps the fastest *whole* call (and that call's result, so MUVERA's stage times
+    are the fastest run's, not each stage's own minimum); rounds shuffle their order, so no timed call always runs
+    first.  A fake clock gives the calls 0.05, 0.01 and 0.03 s (it slept them, and bounded the best by the
+    machine's timing: ``0.01 <= best < 0.03``)."""
+    common = bench_module("_common")
+    durations = iter([0.05, 0.01, 0.03])
+    ticks: list[float] = []
 
-    mv, sc, cc = bench_module("muvera"), bench_module("scale"), bench_module("cachecraft")
-    sleeps = iter([0.05, 0.01, 0.03])
+    def clock() -> float:  # each call reads the clock twice: 0 at its start, its duration at its end
+        if not ticks:
+            ticks.extend([0.0, next(durations)])
+        return ticks.pop(0)
 
-    def call():
-        d = next(sleeps)
-        time.sleep(d)
-        return d
-
-    best, out = mv._best_path(call, 3)
-    assert out == 0.01 and 0.01 <= best < 0.03
+    best, out, rounds = common.interleaved({0: lambda: ticks[0]}, 3, clock=clock)  # (a call returns its duration)
+    assert (best, out, rounds) == ({0: 0.01}, {0: 0.01}, 3)
     order: list[str] = []
     calls = {k: (lambda k=k: order.append(k) or k) for k in "abc"}
-    best, last = sc.interleaved_best(calls, 3)
-    orders = sc.interleaved.__globals__["round_orders"](list("abc"))  # (shuffled per round, seeded)
+    best, last, _ = common.interleaved(calls, 3)
+    orders = common.round_orders(list("abc"))  # (shuffled per round, seeded)
     assert order == [k for _ in range(3) for k in next(orders)] and sorted(order) == sorted("abc" * 3)
     assert last == {"a": "a", "b": "b", "c": "c"} and set(best) == set("abc")
-    items = list(range(6))
-    rounds = [cc.rotated(items, k) for k in range(6)]
-    assert all(sorted(r) == items for r in rounds)
-    assert all(sorted(r[pos] for r in rounds) == items for pos in range(6))  # every item in every position once
 
 
 def test_interleaved_shuffles_each_round_seeded() -> None:
@@ -436,6 +437,12 @@ def test_bm25_bench_times_bm25s_numba_backend(tmp_path: Path) -> None:
     assert "ragkit q/s / bm25s numba q/s:" in out.stdout and "bm25s numba first calls (JIT" in out.stdout
     assert "threads: '1 thr' = 1 each" in out.stdout and "interleaved rounds" in out.stdout
     res = json.loads((tmp_path / "bm25_quick.json").read_text())
+    # bm25s's q/s is its own tokenizer's, its "nDCG@10" was the same-tokens one: both columns, labelled
+    assert "nDCG@10 (ragkit tokens)" in out.stdout and "nDCG@10 (own tokenizer)" in out.stdout, out.stdout[-3000:]
+    for name, key in (("bm25s numpy", "bm25s"), ("bm25s numba", "bm25s_numba")):
+        cells = rows[name].split()
+        assert cells[-2:] == [f"{res[key]['ndcg@10']:.4f}", f"{res[key]['ndcg@10_own_tokenizer']:.4f}"], rows[name]
+    assert rows["rank-bm25"].split()[-1] == "-", rows["rank-bm25"]
     nb = res["bm25s_numba"]
     assert nb["backend"] == "numba" and nb["qps_1"] > 0 and nb["qps_all"] > 0
     assert set(nb["first_call_s"]) == {"index", "search_1", "search_all"}
@@ -733,3 +740,127 @@ def test_dense_run_configs_limits_blas_to_threads() -> None:
     assert rows[0]["config"] == "spy" and rows[0]["recall@10"] > 0
     with pytest.raises(ValueError, match=r"run_configs: threads: expected a thread count of 1 or more .*got 0"):
         dense.run_configs(x, x[:3], x[:3], [cfg], k=2, repeat=1, threads=0)
+
+
+def test_cachecraft_shuffles_each_round(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    """bench/cachecraft.py rotated its order a step per round, so every prefill always ran right after the same
+    other one (the neighbour whose cache state it inherits); each round's order is now a fresh seeded shuffle
+    (``_common.round_orders``), the prefix cache still reset per prompt.  A fake generator (no model) records
+    the timed prefills of 3 prompts x 2 rounds."""
+    import torch
+
+    import ragkit.generators.local as local
+
+    cc = bench_module("cachecraft")
+    calls: list[tuple] = []
+
+    class Store:
+        nbytes = 0
+
+        def put(self, *a: object, **kw: object) -> None:
+            pass
+
+        def __len__(self) -> int:
+            return 0
+
+    class Gen:
+        model_id_ = tokenizer_id_ = "fake"
+        model = SimpleNamespace(config=SimpleNamespace(num_hidden_layers=1, num_key_value_heads=1, head_dim=2))
+
+        def __init__(self, **kw: object) -> None:
+            self.chunk_cache, self.prefix_cache = Store(), {}
+
+        def load(self) -> Gen:
+            return self
+
+        def segments(self, q: str, docs: list[str]) -> SimpleNamespace:
+            return SimpleNamespace(chunks=[[1, 2] for _ in docs])
+
+        def prefill(self, seg: object, mode: str, fraction: float = 0.0, selector: str = "", rerotate: bool = True,
+                    new_variants: bool = True, capture: bool = False) -> SimpleNamespace:
+            if not new_variants:  # the warm-up and the timed rounds (run())
+                calls.append((mode, fraction if mode == "cachecraft" else None, selector, rerotate))
+            return SimpleNamespace(seconds=0.1, logits=torch.rand(4), computed_share=1.0, n_prompt=10)
+
+        def decode(self, r: object, n: int) -> list[int]:
+            return [1] * n
+
+        def use_cache(self, cache: object) -> None:
+            pass
+
+    monkeypatch.setattr(local, "LocalGenerator", Gen)
+    monkeypatch.setattr(cc, "top5", lambda data, n: ([f"q{i}" for i in range(n)], [["a", "b"]] * n))
+    monkeypatch.setattr(sys, "argv", ["cachecraft.py", "--quick", "--fraction", "0.25", "--out", str(tmp_path / "cc")])
+    cc.main()
+    n_items = 6 + 5 * 2  # the table's modes, every selector at r 0.3 and 1.0
+    rounds = [calls[i:i + n_items] for i in range(5, len(calls), n_items)]  # (after 5 warm-up calls)
+    assert len(rounds) == 6 and all(len(set(r)) == n_items for r in rounds), [len(r) for r in rounds]
+    keys = set(rounds[0])
+    assert all(set(r) == keys for r in rounds)  # each called once a round
+    before = {k: {r[r.index(k) - 1] for r in rounds if r.index(k) > 0} for k in keys}
+    assert all(len(b) >= 2 for b in before.values()), before  # none always follows the same one
+    res = json.loads((tmp_path / "cc.json").read_text())
+    assert res["config"]["seed"] == 0 and "shuffled afresh every round (seed 0)" in res["timing"]
+
+
+def test_alpha_ndcg_bench_times_old_and_new_in_shuffled_rounds(monkeypatch, capsys) -> None:  # noqa: ANN001
+    """bench/alpha_ndcg.py timed old, new, old, new (old always first, no warm-up) and printed the ratio of the
+    medians; it times both in ``_common.interleaved`` rounds after a warm-up call each (so "new" runs first in
+    some round), checks the best calls' values equal, and prints the ratio of the best times and the rounds.
+    (The old and new functions are stand-ins here, recording their calls.)"""
+    import test_batched_eval_prf as ref
+
+    import ragkit.eval.diversity as diversity
+    import ragkit.pipelines.prf as prf
+
+    ab = bench_module("alpha_ndcg")
+    log: list[str] = []
+
+    def rec(name: str, value: object):  # noqa: ANN202
+        return lambda *a, **kw: log.append(name) or value
+
+    monkeypatch.setattr(ref, "_ref_alpha_ndcg", rec("old", {"q0": 0.5}))
+    monkeypatch.setattr(diversity, "alpha_ndcg", rec("new", {"q0": 0.5}))
+    monkeypatch.setattr(ref, "_ref_join", rec("old", ["a"]))
+    monkeypatch.setattr(prf, "_join_per_query", rec("new", ["a"]))
+    monkeypatch.setattr(sys, "argv", ["alpha_ndcg.py", "--quick", "--repeat", "6", "--min-seconds", "0"])
+    ab.main()
+    out = capsys.readouterr().out
+    assert len(log) == 4 * (2 + 2 * 6), log  # 2 sizes x 2 comparisons: a warm-up of each, then 6 rounds of both
+    per = [log[i:i + 14] for i in range(0, len(log), 14)]
+    assert all(p[:2] == ["old", "new"] and sorted(p[2:]) == ["new"] * 6 + ["old"] * 6 for p in per), per
+    assert any(p[2 + 2 * r] == "new" for p in per for r in range(6)), per  # "new" first in some round
+    assert out.count("(best of 6 interleaved rounds each)") == 4, out
+    monkeypatch.setattr(diversity, "alpha_ndcg", rec("new", {"q0": 0.25}))
+    with pytest.raises(AssertionError, match=r"alpha_ndcg@10, 200 queries: the batched values differ"):
+        ab.main()
+
+
+def test_scale_encoding_says_ray_is_timed_cold(tmp_path: Path, monkeypatch, capsys) -> None:  # noqa: ANN001
+    """bench/scale.py's Ray-vs-local encoding ratio divides one cold ``ray_encode`` call (actor start-up and model
+    load included) by the local encoder's warm time (its model loaded before), and its printout said only
+    "ray 1 actor ... docs/s (0.45x)": the line and the JSON keys now say which side was timed cold.  (Ray, the
+    encoder and the shard part are stand-ins here.)"""
+    import ragkit.encoders
+    import ragkit.scale
+
+    sc = bench_module("scale")
+    enc = SimpleNamespace(encode=lambda texts, cache=True: np.ones((len(texts), 2), np.float32))
+    monkeypatch.setattr(ragkit.encoders, "get_encoder", lambda *a, **kw: enc)
+    monkeypatch.setattr(ragkit.scale, "ray_init", lambda *a, **kw: None)
+    monkeypatch.setattr(ragkit.scale, "ray_encode", lambda model, texts, **kw: np.ones((len(texts), 2), np.float32))
+    shards = {"n": 10, "shards": 2, "single_build_s": 0.1, "sharded_build_s_sequential": 0.1, "repeat": 1,
+              "queries": 2, "single_query_ms": 1.0, "single_recall@10": 1.0, "sharded_query_ms": 1.0,
+              "sharded_recall@10": 1.0, "merge_ms_per_query": 0.001, "per_shard_query_ms": [0.5, 0.5]}
+    monkeypatch.setattr(sc, "shard_part", lambda *a, **kw: shards)
+    monkeypatch.setattr(sc, "OUT", tmp_path)
+    monkeypatch.setattr(sys, "argv", ["scale.py", "--docs", "20"])
+    sc.main()
+    out = capsys.readouterr().out
+    (line,) = [x for x in out.splitlines() if x.startswith("encoding 20 docs")]
+    assert "local" in line and "(model loaded before)" in line, line
+    assert "ray (one cold call: actor start-up and model load included) 1 actor" in line, line
+    res = json.loads((tmp_path / "scale.json").read_text())["encode"]
+    assert {"local_docs_per_s_warm", "ray_1_actors_docs_per_s_cold", "ray_2_actors_docs_per_s_cold"} <= set(res)
+    assert not [k for k in res if k.endswith("docs_per_s")], res  # no unlabelled rate left
+    assert "cold" in res["timing"] and "warm" in res["timing"]
