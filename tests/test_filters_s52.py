@@ -1,0 +1,156 @@
+"""Session 52's review of the filters: DBNorm's bank partitions tiled along the documents too (the same results,
+products of hundreds of bank rows), a per-search score_threshold no score can reach refused as the parameter is,
+cosine_adapter's threshold choice on ragkit.eval's pr_curve (the same thresholds), the cut-offs' sort check on
+first_unsorted's rule, and val_fraction above one half refused."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import ragkit.filters.dbnorm as dbn
+from ragkit._topk import topk_rows
+from ragkit.encoders import HashingEncoder, register_encoder
+from ragkit.errors import DataError
+from ragkit.filters.dbnorm import bank_log_partition
+from ragkit.retrievers._index import check_finite_vectors
+
+register_encoder("filters-s52-hash32", HashingEncoder(dim=32), replace=True)
+
+
+# ---------------------------------------------------------------------- 1. bank_log_partition tiled
+def _old_bank_log_partition(
+    docs: np.ndarray, bank: np.ndarray, beta: float, *, bank_rows: np.ndarray | None = None,
+    activation_k: int = 1, max_chunk_floats: int = 1 << 23, who: str = "dbnorm",
+) -> tuple[np.ndarray, np.ndarray]:
+    """``bank_log_partition`` before it tiled the documents (HEAD at session 52), for equality checks."""
+    docs = np.asarray(docs)
+    bank = np.asarray(bank)
+    if bank.ndim != 2:
+        raise DataError(f"{who}: a bank must be a 2-D array (n_items, dim) of vectors, got shape {bank.shape}")
+    if len(bank) == 0:
+        raise DataError(f"{who}: the bank is empty (shape {bank.shape}); give at least one bank item")
+    if docs.ndim != 2:
+        raise DataError(f"{who}: document vectors must be a 2-D array (n_docs, dim), got shape {docs.shape}")
+    if len(docs) == 0:
+        raise DataError(f"{who}: no document vectors (shape {docs.shape})")
+    if bank.shape[1] != docs.shape[1]:
+        raise DataError(f"{who}: bank vectors have dimension {bank.shape[1]} but document vectors have "
+                        f"{docs.shape[1]}; encode both with the same model")
+    check_finite_vectors(bank, who, "bank")  # one NaN spoils every log Z (and was reported as "no bank term")
+    check_finite_vectors(docs, who, "document")
+    n_b, n = len(bank), len(docs)
+    if bank_rows is not None:
+        bank_rows = np.asarray(bank_rows, dtype=np.int64)
+        if bank_rows.shape != (n_b,):
+            raise DataError(f"{who}: bank_rows has shape {bank_rows.shape}, expected ({n_b},)")
+    log_z = np.full(n, -np.inf)
+    active = np.zeros(n, bool)
+    k = min(activation_k, n)
+    step = max(1, max_chunk_floats // n)
+    docs_t = np.ascontiguousarray(docs, np.float32).T
+    for i in range(0, n_b, step):
+        S = np.asarray(bank[i:i + step], np.float32) @ docs_t
+        S *= np.float32(beta)
+        if bank_rows is not None:
+            br = bank_rows[i:i + step]
+            has = br >= 0
+            S[np.nonzero(has)[0], br[has]] = -np.inf
+        # log-sum-exp over the chunk's bank items: shifted by the column max, exp in float32, sum in float64
+        m = S.max(axis=0)
+        m = np.where(np.isfinite(m), m, np.float32(0))
+        with np.errstate(divide="ignore"):  # a column of dropped terms only: log 0 = -inf, refused below
+            part = m.astype(np.float64) + np.log(np.exp(S - m).sum(axis=0, dtype=np.float64))
+        log_z = np.logaddexp(log_z, part)
+        if k == 1:
+            top = S.argmax(axis=1)[:, None]  # ties: the lowest row
+        else:
+            top = topk_rows(S, k)[0]  # ties at the cut: the lower rows
+        finite = np.isfinite(np.take_along_axis(S, top, axis=1))
+        active[top[finite]] = True
+    if not np.isfinite(log_z).all():
+        bad = int((~np.isfinite(log_z)).sum())
+        raise DataError(f"{who}: {bad} documents have no bank term once self-similarity is dropped; "
+                        "the bank needs at least 2 items")
+    return log_z, active
+
+
+def _quantised(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
+    """Vectors of quarters in [-0.5, 0.5]: their products are exact in float32, so ties are real ties (equal
+    in any summation order) and many documents share one score."""
+    return (rng.integers(-2, 3, (n, d)) / 4).astype(np.float32)
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_bank_log_partition_tiled_equals_the_bank_only_chunks(seed):
+    """Tiles along the documents too give the activation sets of before exactly (ties to the lower document
+    row, across tiles as within one), and log Z to float rounding: the bank blocks are larger (up to 512 rows
+    instead of max_chunk_floats // n_docs), so each block's log-sum-exp is shifted by another column maximum
+    and summed over other rows before the logaddexp across blocks (float32 exponentials: ~1e-7 relative)."""
+    rng = np.random.default_rng(seed)
+    n, n_b, d = int(rng.integers(1, 1500)), int(rng.integers(2, 1200)), int(rng.integers(1, 8))
+    docs, bank = _quantised(rng, n, d), _quantised(rng, n_b, d)
+    if seed % 3 == 0:  # continuous vectors: the same matrix products must give the same cosines
+        docs = rng.standard_normal((n, 16)).astype(np.float32)
+        bank = rng.standard_normal((n_b, 16)).astype(np.float32)
+        docs /= np.linalg.norm(docs, axis=1, keepdims=True)
+        bank /= np.linalg.norm(bank, axis=1, keepdims=True)
+    rows = rng.integers(-1, n, n_b) if seed % 2 else None  # self terms dropped, across tiles too
+    for chunk in (int(rng.choice([300, 1000])), int(rng.choice([1 << 14, 1 << 16])), 1 << 23):
+        for k in (1, 3) if chunk > 1000 else (int(rng.choice([1, 2, 7])),):
+            try:
+                old = _old_bank_log_partition(docs, bank, 2.0, bank_rows=rows, activation_k=k, max_chunk_floats=chunk)
+            except DataError:  # a document with no bank term left: refused by both
+                with pytest.raises(DataError, match="no bank term"):
+                    bank_log_partition(docs, bank, 2.0, bank_rows=rows, activation_k=k, max_chunk_floats=chunk)
+                continue
+            new = bank_log_partition(docs, bank, 2.0, bank_rows=rows, activation_k=k, max_chunk_floats=chunk)
+            np.testing.assert_allclose(new[0], old[0], rtol=1e-7, atol=0)
+            assert new[1].tolist() == old[1].tolist(), (chunk, k)
+
+
+def test_bank_log_partition_ties_across_document_tiles_go_to_the_lower_row():
+    """Twin documents in different tiles: the first tile's wins a bank item's activation slot."""
+    docs = np.tile(np.eye(4, dtype=np.float32), (300, 1))  # row r is e_(r % 4): 300 twins of each
+    bank = np.eye(4, dtype=np.float32)
+    for k in (1, 2):
+        _, act = bank_log_partition(docs, bank, 1.0, activation_k=k, max_chunk_floats=4 * 7)  # tiles of 7
+        assert np.flatnonzero(act).tolist() == ([0, 1, 2, 3] if k == 1 else [0, 1, 2, 3, 4, 5, 6, 7])
+
+
+def test_bank_log_partition_products_take_hundreds_of_bank_rows_at_large_n_docs(monkeypatch):
+    """At 40k documents, 8M floats held 209 bank rows per product over every document (20 at 400k), each
+    re-reading the whole document matrix; tiled, every product takes 512 bank rows (or the bank's last ones)
+    within the same budget of scores."""
+    shapes: list[tuple[int, int]] = []
+    real = getattr(dbn, "_bank_scores", None)
+
+    def spy(block, docs_t, beta):  # noqa: ANN001, ANN202
+        shapes.append((block.shape[0], docs_t.shape[1]))
+        return real(block, docs_t, beta)
+
+    monkeypatch.setattr(dbn, "_bank_scores", spy, raising=False)
+    rng = np.random.default_rng(0)
+    docs = rng.standard_normal((40_000, 4)).astype(np.float32)
+    bank = rng.standard_normal((1200, 4)).astype(np.float32)
+    bank_log_partition(docs, bank, 3.0)
+    assert shapes, "bank_log_partition made no product through _bank_scores"
+    assert all(r * w <= 1 << 23 for r, w in shapes), shapes
+    assert {r for r, _ in shapes} == {512, 1200 - 1024}, shapes  # two blocks of 512, then the bank's last 176
+    assert sum(w for r, w in shapes if r == 512) == 2 * 40_000 and sum(w for r, w in shapes if r == 176) == 40_000
+
+
+def test_bank_log_partition_small_corpora_keep_one_pass_over_the_documents(monkeypatch):
+    """Where max_chunk_floats // n_docs bank rows reach 512 (or the whole bank), products still span every
+    document: the results are those of before to the bit."""
+    shapes: list[tuple[int, int]] = []
+    real = dbn._bank_scores
+    monkeypatch.setattr(dbn, "_bank_scores", lambda b, t, beta: shapes.append((b.shape[0], t.shape[1]))
+                        or real(b, t, beta))
+    rng = np.random.default_rng(1)
+    docs = rng.standard_normal((5000, 8)).astype(np.float32)
+    bank = rng.standard_normal((3000, 8)).astype(np.float32)
+    new = bank_log_partition(docs, bank, 3.0)
+    assert {w for _, w in shapes} == {5000} and shapes[0][0] == (1 << 23) // 5000
+    old = _old_bank_log_partition(docs, bank, 3.0)
+    assert new[0].tolist() == old[0].tolist() and new[1].tolist() == old[1].tolist()
