@@ -260,7 +260,7 @@ def check_options(root: "Operator", options: Mapping[str, Any], corpus: "Corpus 
                 out[key] = filter_value(value, corpus)
             except (TypeError, ValueError) as e:
                 raise ParamError(f"{where}filter: {e}", path="options.filter") from None
-            _check_filter_kinds(out[key], corpus, f"{where}filter")
+            _check_filter_kinds(out[key], corpus, f"{where}filter", "options.filter")
         elif isinstance(key, str) and key in readers:
             out[key] = _check_operator_options(key, value, readers[key], corpus, where)
         else:
@@ -296,12 +296,13 @@ def check_option_names(name: str, value: Any, ops: list["Operator"], prefix: str
                              path=f"options.{name}.{key}")
 
 
-def _check_filter_kinds(value: Any, corpus: "Corpus | None", at: str) -> None:
+def _check_filter_kinds(value: Any, corpus: "Corpus | None", at: str, path: str) -> None:
     """Refuse, before any step runs, a filter (checked by :func:`filter_value`) that the corpus searched would
     refuse when a retriever applies it (:meth:`Corpus.check_filter_kinds
     <ragkit.types.Corpus.check_filter_kinds>`: a value of another kind than its field's, ``{"year": "2010"}``
     for years held as numbers): the same :class:`~ragkit.errors.DataError`, its message starting at ``at``
-    (``search option bm25.filter.year: the field holds int values; ...``), not after the other steps' work
+    (``search option bm25.filter.year: the field holds int values; ...``) and its ``path`` attribute the filter's
+    place in the options (``"options.bm25.filter"``, as a :class:`ParamError`'s), not after the other steps' work
     (a dense branch's encoding).  Nothing without a corpus or a filter."""
     if corpus is None or not value:
         return
@@ -310,7 +311,9 @@ def _check_filter_kinds(value: Any, corpus: "Corpus | None", at: str) -> None:
     try:
         corpus.check_filter_kinds(value)
     except DataError as e:
-        raise placed_at(e, at, "filter") from None
+        placed = placed_at(e, at, "filter")
+        setattr(placed, "path", path)  # (DataError declares no path; RagkitRetriever's error names it)
+        raise placed from None
 
 
 def _check_operator_options(name: str, value: Any, ops: list[tuple[str, "Operator"]],
@@ -354,7 +357,7 @@ def _check_one(op: "Operator", value: Mapping[str, Any], name: str, at: str, cor
         except (TypeError, ValueError) as e:
             raise ParamError(f"{where}.{key}: {e}", path=f"options.{name}.{key}") from None
         if key == "filter" and op.applies_filter:
-            _check_filter_kinds(out[key], corpus, f"{where}.filter")
+            _check_filter_kinds(out[key], corpus, f"{where}.filter", f"options.{name}.filter")
     try:  # what the operator's fitted state allows (a muvera prune needs its codebook)
         op.check_run_options(out)
     except (TypeError, ValueError) as e:

@@ -191,3 +191,19 @@ def test_checking_search_kwargs_makes_no_filter_mask(monkeypatch):
     for ok in ({"g": [1, "2"]}, {"g": None}, {"_id": 5}, {"id": 5}):
         assert RagkitRetriever(pipeline=BM25(), corpus=corpus, search_kwargs={"filter": ok}).k == 4
     assert masks == []
+
+
+def test_check_options_filter_kind_refusal_carries_its_path():
+    """``check_options`` refuses a filter value of another kind than its field's with a DataError whose ``path`` is
+    the filter's place in the options (RagkitRetriever's error reads it, where it walked the options again)."""
+    from ragkit.errors import DataError
+    from ragkit.options import check_options
+    from ragkit.types import Corpus
+
+    corpus = Corpus.from_records([{"_id": str(i), "text": f"doc {i}", "metadata": {"g": i}} for i in range(5)])
+    bm25 = BM25().fit(corpus)
+    for options, path in (({"bm25": {"filter": {"g": "1"}}}, "options.bm25.filter"),
+                          ({"filter": {"g": "1"}}, "options.filter")):
+        with pytest.raises(DataError, match="the field holds") as e:
+            check_options(bm25, options, corpus)
+        assert getattr(e.value, "path", None) == path

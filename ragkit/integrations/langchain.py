@@ -225,23 +225,6 @@ def _rankings_only(op: Operator) -> dict[str, Any]:
     return options
 
 
-def _refused_filter(options: Mapping[str, Any], corpus: Corpus | None) -> str:
-    """Which filter of ``options`` (``filter``, or an operator's own: ``bm25.filter``) ``corpus`` refuses
-    (:meth:`Corpus.check_filter_kinds <ragkit.types.Corpus.check_filter_kinds>`), the first in their order, as
-    :func:`~ragkit.options.check_options` checks them; ``"filter"`` when none is (a :class:`DataError` carries no
-    path: it is found again, on the error's path only)."""
-    for name, value in options.items():
-        at, where = ("filter", value) if name == "filter" else (f"{name}.filter", (
-            value.get("filter") if isinstance(value, Mapping) else None))
-        if where is None or corpus is None:
-            continue
-        try:
-            corpus.check_filter_kinds(where)
-        except DataError:
-            return at
-    return "filter"
-
-
 def _refuse_answers(options: Mapping[str, Any], where: str) -> None:
     """Refuse ``generate={"answer": True}`` among ``options`` (a call's, or ``search_kwargs``: ``where`` says which,
     as the words before the option's name): a :class:`ParamError` saying where to get answers.  The step would run
@@ -614,8 +597,8 @@ class RagkitRetriever(BaseRetriever):
             hint = f"; {_langchain_hint(key, self.search_kwargs.get(key))}" if key in _LANGCHAIN_WORDS else ""
             raise ParamError(f"search_kwargs: {e}{hint}", path=e.path) from None
         except DataError as e:  # a filter value of a kind its field does not hold (Corpus.check_filter_kinds)
-            at = _refused_filter(self.search_kwargs, searched)
-            raise ParamError(f"search_kwargs: {str(e).removeprefix('search option ')}", path=f"options.{at}") from None
+            raise ParamError(f"search_kwargs: {str(e).removeprefix('search option ')}",
+                             path=getattr(e, "path", "options.filter")) from None
         _refuse_answers(self.search_kwargs, "search_kwargs: search option ")
 
     def __setattr__(self, name: str, value: Any) -> None:
