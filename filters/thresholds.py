@@ -6,6 +6,8 @@ The top-``k`` cut-off is :class:`ragkit.filters.TopK`.
 
 from __future__ import annotations
 
+from typing import Any, Mapping
+
 import numpy as np
 from pydantic import Field
 
@@ -84,7 +86,8 @@ class ScoreThreshold(_PrefixCut):
     for every query (compare :class:`ragkit.filters.CosineAdapter`, Rossi et al.,
     CIKM 2024, arXiv 2408.04887).  A threshold no cosine can reach (above 1) after a ``dense``
     or ``knn_embed`` is refused before any work (one below -1 keeps everything)
-    (:func:`~ragkit.pipelines._checks.threshold_scale_problem`).  Per-call override:
+    (:func:`~ragkit.pipelines._checks.threshold_scale_problem`), as a parameter at load and fit and as a
+    per-call override at search (:func:`~ragkit.pipelines._checks.search_threshold_problem`): override with
     ``pipeline.search(queries, score_threshold={"threshold": 0.4})``.
 
     Examples
@@ -103,6 +106,18 @@ class ScoreThreshold(_PrefixCut):
 
     def _keep(self, state, scores, lengths, starts, qidx):
         return scores >= float(self.opt(state, "threshold", self.params.threshold))
+
+    def check_run_options(self, options: Mapping[str, Any]) -> None:
+        """A per-search ``threshold`` the scores reaching this step cannot reach (above 1 on a dense retriever's
+        cosines) is refused before any work, as the same parameter is at fit
+        (:func:`~ragkit.pipelines._checks.search_threshold_problem`)."""
+        if options.get("threshold") is None:
+            return
+        from ragkit.pipelines._checks import search_threshold_problem
+
+        problem = search_threshold_problem(self, float(options["threshold"]), options.get("k_min"))
+        if problem is not None:
+            raise ValueError(f"threshold: {problem}")
 
 
 class RelativeThresholdParams(Params):

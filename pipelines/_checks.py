@@ -56,6 +56,7 @@ __all__ = [
     "route_label_problem_at",
     "route_label_problems",
     "same_model",
+    "search_threshold_problem",
     "threshold_scale_problem",
     "unranked_router",
 ]
@@ -673,11 +674,16 @@ def threshold_scale_problem(op: Operator, path: str = "pipeline", *, warn: bool 
     query ``above``, or stops every loop after one iteration, as the ``-inf`` those steps learn does.  Scales
     that are not bounded (BM25's, a fuser's, a reranker's, a step of a plugin's) are not guessed at."""
     notes: list[tuple[Operator, str]] = []
+    found: dict[Operator, list[tuple[str, list[_Source]]]] = {}
 
     def check(step: Operator, at: str, sources: list[_Source]) -> ConfigError | None:
+        if step.name in _SEARCH_CHECKED:
+            found.setdefault(step, []).append((at, list(sources)))
         return _threshold_problem(step, at, sources, notes)
 
     problem = _score_sources(op, path, [], check=check, opaque=True)[1]
+    for step, seen in found.items():  # (a tree refused for a step's own threshold is not searched)
+        _THRESHOLD_SOURCES[step] = seen
     if warn and problem is None:
         for step, note in notes:
             if first_time(_THRESHOLD_WARNED.setdefault(step, set()), note):  # (searches on threads: once)
@@ -687,6 +693,34 @@ def threshold_scale_problem(op: Operator, path: str = "pipeline", *, warn: bool 
 
 #: the threshold warnings already given, per step (so a pipeline checked at load, fit and each search warns once)
 _THRESHOLD_WARNED: "weakref.WeakKeyDictionary[Operator, set[str]]" = weakref.WeakKeyDictionary()
+
+#: the steps whose per-search ``threshold`` is checked as their own (:func:`search_threshold_problem`): those it
+#: refuses (the others' are warned of once, at load and fit)
+_SEARCH_CHECKED = ("score_threshold",)
+
+#: per step of :data:`_SEARCH_CHECKED`, where it was found and the score sources reaching it there
+#: (``[(path, sources), ...]``) by the last :func:`threshold_scale_problem` over a tree holding it: at load, at fit
+#: and at each search, before the search's options are checked (:func:`search_threshold_problem` reads them)
+_THRESHOLD_SOURCES: "weakref.WeakKeyDictionary[Operator, list[tuple[str, list[_Source]]]]" = \
+    weakref.WeakKeyDictionary()
+
+
+def search_threshold_problem(step: Operator, threshold: float, k_min: int | None = None) -> str | None:
+    """Why a ``threshold`` given per search (``search(queries, score_threshold={"threshold": 5})``) for the
+    ``score_threshold`` ``step`` empties results, as :func:`threshold_scale_problem` refuses the same threshold
+    given as its parameter: the message (what was given, for which step, the range the scores reaching it lie in
+    and what to give), else ``None``.  The scores reaching ``step`` are those the last
+    :func:`threshold_scale_problem` over a pipeline holding it found (``Pipeline.search`` runs it before it checks
+    the options); a step not checked in a pipeline (searched on its own) has no sources: ``None``.  ``k_min``: the
+    one given with it per search, else the step's."""
+    if step.name not in _SEARCH_CHECKED:
+        return None
+    for at, sources in _THRESHOLD_SOURCES.get(step, []):
+        problem = _threshold_problem(step, at, sources, [], threshold=threshold, k_min=k_min,
+                                     given=f"{threshold!r}, given per search for {at}, is")
+        if problem is not None:
+            return str(problem)
+    return None
 
 #: what the fixed ``threshold`` of each step compares: ``(feature, gap)``, the feature a score of the ranking
 #: (in its source's range ``[low, high]``), or with ``gap`` the gap between the top two (in ``[0, high - low]``)
@@ -721,16 +755,20 @@ def _score_range(source: Operator) -> tuple[float, float, str] | None:
     return bounded if bounded is not None and _builtin(source) else None
 
 
-def _threshold_problem(step: Operator, at: str, sources: list[_Source],
-                       notes: list[tuple[Operator, str]]) -> ConfigError | None:
+def _threshold_problem(step: Operator, at: str, sources: list[_Source], notes: list[tuple[Operator, str]], *,
+                       threshold: float | None = None, k_min: int | None = None,
+                       given: str | None = None) -> ConfigError | None:
     """Why the fixed threshold of ``step`` (at ``at``) can never be crossed by the scores of ``sources``: the
     error when it empties results (a ``score_threshold``), else ``None``, with a warning added to ``notes`` as
     ``(step, message)`` (a ``score_router``, a ``score_reached``; see :func:`threshold_scale_problem`).
-    Only a ``threshold`` given is checked (not one learned, nor one given per search).  The sources whose scores
+    Only a ``threshold`` given is checked (not one learned): the step's parameter, or ``threshold`` (with
+    ``k_min``) where one is given per search (:func:`search_threshold_problem`; ``given``: how the message
+    starts, before the range, instead of ``"<at>.threshold: <threshold> is"``).  The sources whose scores
     are bounded (:func:`_score_range`: cosines, ``mmr``'s, ``cosine_adapter``'s) with the threshold above their
     feature's range are those it happens to; the others' scores are on another scale."""
     features = _THRESHOLD_FEATURES.get(step.name)
-    threshold = getattr(step.params, "threshold", None)
+    if threshold is None:
+        threshold = getattr(step.params, "threshold", None)
     feature = features.get(str(getattr(step.params, "feature", ""))) if features is not None else None
     if feature is None or threshold is None or getattr(step.params, "learn", False):
         return None
@@ -752,14 +790,16 @@ def _threshold_problem(step: Operator, at: str, sources: list[_Source],
     who = "every query" if not others else f"the queries whose rankings come from {names}"
     shown = ", ".join(f"{lo:g}" for lo in (min(x[1] for x in below), max(x[2] for x in below)))
     kinds = ", ".join(dict.fromkeys(x[3] for x in below))
-    head = (f"{at}.threshold: {threshold!r} is outside [{shown}], where {what} always lies on the scores reaching "
+    given = f"{at}.threshold: {threshold!r} is" if given is None else given
+    head = (f"{given} outside [{shown}], where {what} always lies on the scores reaching "
             f"{step.name}{' from ' if others else ': those of '}{names}, {kinds}")
     verb = {"score_threshold": "filtered", "score_router": "routed"}.get(step.name, "judged")
     rest = f" (those from {', '.join(others)}, on another scale, are {verb} as usual)" if others else ""
     scale_of = "a cosine's scale" if all(x[3] == _COSINE_RANGE[2] for x in below) else "the scale of those scores"
     fix = f"give a threshold within [{shown}] ({scale_of}, not BM25's)"
     if step.name == "score_threshold":
-        k_min = step.params.k_min  # type: ignore[attr-defined]
+        if k_min is None:
+            k_min = step.params.k_min  # type: ignore[attr-defined]
         if not others:
             keeps = "keeps no documents" if not k_min else f"keeps its top {k_min} (k_min), as top_k would"
             return ConfigError(f"{head}; so no document passes it and every query {keeps}; {fix}",

@@ -11,9 +11,13 @@ import pytest
 import ragkit.filters.dbnorm as dbn
 from ragkit._topk import topk_rows
 from ragkit.encoders import HashingEncoder, register_encoder
-from ragkit.errors import DataError
+from ragkit.errors import ConfigError, DataError, ParamError
+from ragkit.filters import ScoreThreshold
 from ragkit.filters.dbnorm import bank_log_partition
+from ragkit.pipelines import Pipeline
+from ragkit.retrievers import Dense
 from ragkit.retrievers._index import check_finite_vectors
+from ragkit.types import Corpus
 
 register_encoder("filters-s52-hash32", HashingEncoder(dim=32), replace=True)
 
@@ -154,3 +158,23 @@ def test_bank_log_partition_small_corpora_keep_one_pass_over_the_documents(monke
     assert {w for _, w in shapes} == {5000} and shapes[0][0] == (1 << 23) // 5000
     old = _old_bank_log_partition(docs, bank, 3.0)
     assert new[0].tolist() == old[0].tolist() and new[1].tolist() == old[1].tolist()
+
+
+# ---------------------------------------------------------------------- 2. per-search score_threshold
+def _dense_threshold() -> Pipeline:
+    corpus = Corpus([f"d{i}" for i in range(40)], [f"w{i % 7} v{i % 5} u{i}" for i in range(40)])
+    return (Dense(model="filters-s52-hash32", k=10) | ScoreThreshold(threshold=0.1)).fit(corpus)
+
+
+def test_a_per_search_threshold_no_cosine_reaches_is_refused_naming_the_option():
+    """ScoreThreshold(threshold=5) after dense is refused at fit, but search(score_threshold={"threshold": 5})
+    returned empty rankings silently."""
+    pipe = _dense_threshold()
+    assert any(len(r) for r in pipe.search(["w1 v2"], score_threshold={"threshold": 0.0}).rankings)
+    with pytest.raises((ParamError, ConfigError), match=r"score_threshold\.threshold.*5\.0.*outside \[-1, 1\].*"
+                       r"pipeline\[0\]\.dense.*keeps no documents") as err:
+        pipe.search(["w1 v2"], score_threshold={"threshold": 5})
+    assert "given per search" in str(err.value)
+    with pytest.raises(ParamError, match=r"keeps its top 2 \(k_min\)"):
+        pipe.search(["w1 v2"], score_threshold={"threshold": 5, "k_min": 2})
+    pipe.search(["w1 v2"], score_threshold={"threshold": -5})  # below the range: keeps everything, as at fit
