@@ -193,28 +193,26 @@ def choose_threshold(probs: np.ndarray, labels: np.ndarray, target: str, value: 
     >>> choose_threshold(np.array([.9, .8, .7]), np.array([0, 1, 0]), "recall", 0.95)
     0.8
     """
-    order = np.argsort(-probs, kind="stable")
-    p, y = probs[order], labels[order].astype(np.float64)
-    tp = np.cumsum(y)
-    if tp[-1] == 0:
+    from ragkit.eval.filtering import pr_curve  # (on use, at fit: the filters do not import ragkit.eval)
+
+    # a cut-off t keeps every candidate with p >= t: one point per distinct probability, highest first (tied
+    # candidates are kept or dropped together); n_relevant=1 makes "recall" the count of relevant ones kept
+    prec, kept, p = pr_curve(probs, labels, n_relevant=1)
+    if not len(kept) or kept[-1] == 0:
         raise DataError("cosine_adapter: the held-out training queries have no relevant candidate; "
                         "cannot choose a threshold")
-    # a cut-off t keeps every candidate with p >= t: only the last position of a run of equal
-    # probabilities is a kept set (tied candidates are kept or dropped together)
-    last = np.r_[np.nonzero(np.diff(p))[0], len(p) - 1]
     if target == "recall":
-        i = int(np.searchsorted(tp[last], value * tp[-1] - 1e-9))
-        return float(p[last[min(i, len(last) - 1)]])
-    prec = tp[last] / (last + 1)
+        i = int(np.searchsorted(kept, value * kept[-1] - 1e-9))
+        return float(p[min(i, len(p) - 1)])
     ok = np.nonzero(prec >= value)[0]
     if len(ok):
-        return float(p[last[int(ok[-1])]])
+        return float(p[int(ok[-1])])
     i = int(np.argmax(prec))
     logging.getLogger("ragkit").warning(
         "cosine_adapter: no threshold reaches the target precision %.4g on the %d %s candidate pairs (%d "
         "relevant); using the most precise one, %.4g, which reaches precision %.4g at recall %.4g",
-        value, len(p), pairs, int(tp[-1]), float(p[last[i]]), float(prec[i]), float(tp[last[i]] / tp[-1]))
-    return float(p[last[i]])
+        value, len(probs), pairs, int(kept[-1]), float(p[i]), float(prec[i]), float(kept[i] / kept[-1]))
+    return float(p[i])
 
 
 def cut_below(probs: np.ndarray, t: float) -> float:

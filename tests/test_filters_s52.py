@@ -5,6 +5,8 @@ first_unsorted's rule, and val_fraction above one half refused."""
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 
@@ -13,6 +15,7 @@ from ragkit._topk import topk_rows
 from ragkit.encoders import HashingEncoder, register_encoder
 from ragkit.errors import ConfigError, DataError, ParamError
 from ragkit.filters import ScoreThreshold
+from ragkit.filters.cosine_adapter import choose_threshold
 from ragkit.filters.dbnorm import bank_log_partition
 from ragkit.pipelines import Pipeline
 from ragkit.retrievers import Dense
@@ -178,3 +181,57 @@ def test_a_per_search_threshold_no_cosine_reaches_is_refused_naming_the_option()
     with pytest.raises(ParamError, match=r"keeps its top 2 \(k_min\)"):
         pipe.search(["w1 v2"], score_threshold={"threshold": 5, "k_min": 2})
     pipe.search(["w1 v2"], score_threshold={"threshold": -5})  # below the range: keeps everything, as at fit
+
+
+# ---------------------------------------------------------------------- 3. choose_threshold on pr_curve
+
+def _old_choose_threshold(probs: np.ndarray, labels: np.ndarray, target: str, value: float,
+                     *, pairs: str = "held-out") -> float:
+    """``choose_threshold`` before it used ``pr_curve`` (HEAD at session 52), for equality checks."""
+    order = np.argsort(-probs, kind="stable")
+    p, y = probs[order], labels[order].astype(np.float64)
+    tp = np.cumsum(y)
+    if tp[-1] == 0:
+        raise DataError("cosine_adapter: the held-out training queries have no relevant candidate; "
+                        "cannot choose a threshold")
+    # a cut-off t keeps every candidate with p >= t: only the last position of a run of equal
+    # probabilities is a kept set (tied candidates are kept or dropped together)
+    last = np.r_[np.nonzero(np.diff(p))[0], len(p) - 1]
+    if target == "recall":
+        i = int(np.searchsorted(tp[last], value * tp[-1] - 1e-9))
+        return float(p[last[min(i, len(last) - 1)]])
+    prec = tp[last] / (last + 1)
+    ok = np.nonzero(prec >= value)[0]
+    if len(ok):
+        return float(p[last[int(ok[-1])]])
+    i = int(np.argmax(prec))
+    logging.getLogger("ragkit").warning(
+        "cosine_adapter: no threshold reaches the target precision %.4g on the %d %s candidate pairs (%d "
+        "relevant); using the most precise one, %.4g, which reaches precision %.4g at recall %.4g",
+        value, len(p), pairs, int(tp[-1]), float(p[last[i]]), float(prec[i]), float(tp[last[i]] / tp[-1]))
+    return float(p[last[i]])
+
+
+def test_choose_threshold_on_pr_curve_equals_its_own_sweep(caplog):
+    rng = np.random.default_rng(0)
+    caplog.set_level(logging.WARNING, logger="ragkit")
+    for trial in range(300):
+        n = int(rng.integers(1, 400))
+        probs = rng.random(n)
+        if trial % 2:  # ties: few distinct probabilities
+            probs = np.round(probs, int(rng.integers(0, 3)))
+        if trial % 5 == 0:
+            probs = probs.astype(np.float32)
+        labels = (rng.random(n) < rng.random()).astype(np.int64)
+        for target, value in (("recall", 0.95), ("recall", 1.0), ("recall", 0.3), ("precision", 0.5),
+                              ("precision", 0.9), ("precision", 1.0)):
+            if labels.sum() == 0:
+                with pytest.raises(DataError, match="no relevant candidate"):
+                    choose_threshold(probs, labels, target, value)
+                continue
+            caplog.clear()
+            old = _old_choose_threshold(probs, labels, target, value)
+            said = [r.getMessage() for r in caplog.records]
+            caplog.clear()
+            assert choose_threshold(probs, labels, target, value) == old, (trial, target, value)
+            assert [r.getMessage() for r in caplog.records] == said
