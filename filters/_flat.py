@@ -12,7 +12,7 @@ from ragkit.options import count_option
 from ragkit.types import Ranking
 
 __all__ = ["flatten", "cut_prefix", "leading_run", "check_rows_in_corpus", "check_cosines", "check_dense_rankings",
-           "first_unsorted", "pad_rows", "first_positions", "read_count", "first_time_for"]
+           "first_unsorted", "unsorted_at", "pad_rows", "first_positions", "read_count", "first_time_for"]
 
 
 def flatten(rankings: list[Ranking]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -159,12 +159,26 @@ def leading_run(keep: np.ndarray, lengths: np.ndarray, starts: np.ndarray, qidx:
     return n_keep
 
 
-def first_unsorted(c: np.ndarray, qidx: np.ndarray) -> int | None:
+def unsorted_at(c: np.ndarray, qidx: np.ndarray, *, nan_last: bool = False) -> int | None:
+    """The first flat position ``i`` where the flattened scores ``c`` (query of each: ``qidx``) break a list's
+    order: ``c[i + 1]``, of the same query, rises above ``c[i]`` (beyond float rounding:
+    :func:`~ragkit._results.score_rises`, the rule every operator's output is held to), or with ``nan_last``
+    is a number after a NaN (NaN only at the end of a list); None when every list is sorted best first."""
+    up = score_rises(c)
+    if nan_last and len(up):
+        nan = np.isnan(c)
+        up |= nan[:-1] & ~nan[1:]
+    up &= qidx[1:] == qidx[:-1]
+    return int(np.argmax(up)) if up.any() else None
+
+
+def first_unsorted(c: np.ndarray, qidx: np.ndarray, *, nan_last: bool = False) -> int | None:
     """The first query (batch position) whose flattened scores ``c`` (query of each: ``qidx``)
     rise somewhere along its list (beyond float rounding: :func:`~ragkit._results.score_rises`, the rule
-    every operator's output is held to), or None when every list is sorted best first."""
-    up = score_rises(c) & (qidx[1:] == qidx[:-1])
-    return int(qidx[1:][up][0]) if up.any() else None
+    every operator's output is held to), or with ``nan_last`` hold a number after a NaN, or None when every
+    list is sorted best first (:func:`unsorted_at`, which gives the position)."""
+    i = unsorted_at(c, qidx, nan_last=nan_last)
+    return None if i is None else int(qidx[i + 1])
 
 
 def first_time_for(op: object, key: str) -> bool:

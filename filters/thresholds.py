@@ -11,9 +11,8 @@ from typing import Any, Mapping
 import numpy as np
 from pydantic import Field
 
-from ragkit._results import score_rises
 from ragkit.errors import DataError
-from ragkit.filters._flat import cut_prefix, flatten, leading_run, read_count
+from ragkit.filters._flat import cut_prefix, flatten, leading_run, read_count, unsorted_at
 from ragkit.operator import Operator
 from ragkit.options import PARAM, count_option
 from ragkit.params import Params
@@ -58,12 +57,8 @@ def _check_sorted(scores: np.ndarray, qidx: np.ndarray, who: str) -> None:
     """Raise DataError unless every ranking is sorted by score, best first (NaN only at the end):
     a cut-off keeps a prefix, which is the passing documents only in such a ranking.  A rise of float
     rounding passes, as in every operator's output (:func:`~ragkit._results.score_rises`)."""
-    if len(scores) < 2:
-        return
-    nan = np.isnan(scores)
-    bad = (qidx[1:] == qidx[:-1]) & (score_rises(scores) | (nan[:-1] & ~nan[1:]))
-    if bad.any():
-        i = int(np.argmax(bad))
+    i = unsorted_at(scores, qidx, nan_last=True)
+    if i is not None:
         raise DataError(f"{who} keeps a prefix of each ranking and expects it sorted by score, best first (NaN "
                         f"last); query {int(qidx[i])} of the batch is not ({float(scores[i]):.9g} before "
                         f"{float(scores[i + 1]):.9g}): put {who} after a step that returns sorted rankings")

@@ -15,12 +15,13 @@ from ragkit._topk import topk_rows
 from ragkit.encoders import HashingEncoder, register_encoder
 from ragkit.errors import ConfigError, DataError, ParamError
 from ragkit.filters import ScoreThreshold
+from ragkit.filters._flat import first_unsorted, unsorted_at
 from ragkit.filters.cosine_adapter import choose_threshold
 from ragkit.filters.dbnorm import bank_log_partition
 from ragkit.pipelines import Pipeline
 from ragkit.retrievers import Dense
 from ragkit.retrievers._index import check_finite_vectors
-from ragkit.types import Corpus
+from ragkit.types import Corpus, Ranking, State
 
 register_encoder("filters-s52-hash32", HashingEncoder(dim=32), replace=True)
 
@@ -235,3 +236,15 @@ def test_choose_threshold_on_pr_curve_equals_its_own_sweep(caplog):
             caplog.clear()
             assert choose_threshold(probs, labels, target, value) == old, (trial, target, value)
             assert [r.getMessage() for r in caplog.records] == said
+
+
+# ---------------------------------------------------------------------- 4. the cut-offs' sort check
+def test_first_unsorted_nan_last_is_the_cutoffs_rule():
+    c = np.array([0.9, np.nan, 0.5, 0.7, 0.6, np.nan, np.nan], np.float32)
+    qidx = np.array([0, 0, 0, 1, 1, 1, 1])
+    assert first_unsorted(c, qidx) is None and unsorted_at(c, qidx) is None  # NaN rises nowhere
+    assert first_unsorted(c, qidx, nan_last=True) == 0 and unsorted_at(c, qidx, nan_last=True) == 1
+    assert first_unsorted(c[3:], qidx[3:], nan_last=True) is None
+    st = State(["a", "b"], rankings=[Ranking([0, 1, 2], c[:3]), Ranking([3, 4], c[3:5])])
+    with pytest.raises(DataError, match=r"query 0 of the batch is not \(nan before 0\.5\)"):
+        ScoreThreshold(threshold=0.0)(st)
