@@ -133,3 +133,39 @@ def test_the_tokenizer_identity_is_hashed_once_per_loaded_model(tiny, monkeypatc
     b = local.LocalGenerator(tiny[0], max_chunk_tokens=50).load()
     assert len(calls) == 1
     assert a.tokenizer_id_ == b.tokenizer_id_ and a.tokenizer_id_.startswith(f"{cls.__name__}:")
+
+
+# ----------------------------------------------------------------------------- the system segment, once
+def test_the_system_segment_is_rendered_and_tokenised_once_per_system_prompt(tiny, monkeypatch):  # noqa: F811
+    """Old code: every question rendered the chat template and tokenised the system segment again (they depend on
+    the system prompt alone).  The segments stay what they were: the first (uncached) call's, and a change of
+    ``system_prompt`` gives its own."""
+    import pickle
+
+    from ragkit.generators.local import LocalGenerator
+
+    g = LocalGenerator(tiny[0]).load()
+    first = g.segments(TINY_Q, TINY_CHUNKS)
+    cls = type(g.tokenizer_)
+    real = cls.__call__
+    texts: list[object] = []
+
+    def counted(self, text, *a, **kw):  # noqa: ANN001, ANN202
+        texts.append(text)
+        return real(self, text, *a, **kw)
+
+    monkeypatch.setattr(cls, "__call__", counted)
+    again = [g.segments(q, TINY_CHUNKS) for q in (TINY_Q, "Where is Paris?", TINY_Q)]
+    assert not [t for t in texts if isinstance(t, str) and t.endswith("Documents:\n")]
+    assert again[0] == first and again[2] == first and again[1].system == first.system
+    assert again[1].chunks == first.chunks and again[1].question != first.question
+    fresh = LocalGenerator(tiny[0]).load().segments(TINY_Q, TINY_CHUNKS)
+    assert fresh == first
+    g.system_prompt = "Answer in one word."
+    other = g.segments(TINY_Q, TINY_CHUNKS)
+    assert other.system != first.system and other.chunks == first.chunks
+    assert other == LocalGenerator(tiny[0], system_prompt="Answer in one word.").load().segments(TINY_Q, TINY_CHUNKS)
+    assert pickle.loads(pickle.dumps(g)).segments(TINY_Q, TINY_CHUNKS) == other
+    n = len(other.system)
+    other.system.append(0)  # the caller's copy: the cached ids stay
+    assert len(g.segments(TINY_Q, TINY_CHUNKS).system) == n

@@ -327,6 +327,9 @@ class LocalGenerator:
         self._load_lock = threading.Lock()  # one load() at a time: two first calls on threads made two chunk caches
         self.prefix_cache = PrefixCache(cache_budget_bytes)  # the prefix mode's store, with the same budget
         self._sys_cache: dict[tuple[int, ...], tuple[torch.Tensor, torch.Tensor]] = {}
+        #: per system prompt: its segment's token ids and the chat template's text after the user turn (rendered and
+        #: tokenised once, not per question; emptied at pickling: another process may load another tokenizer)
+        self._prompt_parts: dict[str, tuple[list[int], str]] = {}
 
     def __getstate__(self) -> dict[str, Any]:
         """Its settings, not what :meth:`load` made: a pickled generator (a pipeline with a ``generate`` step sent to
@@ -336,7 +339,8 @@ class LocalGenerator:
         state = dict(self.__dict__)
         for key in ("tokenizer_", "model_id_", "tokenizer_id_", "eos_ids_", "model_source_"):
             state.pop(key, None)
-        state.update(model_=None, _lock=None, _load_lock=None, prefix_cache=None, _sys_cache={})
+        state.update(model_=None, _lock=None, _load_lock=None, prefix_cache=None, _sys_cache={},
+                     _prompt_parts={})
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -448,23 +452,9 @@ class LocalGenerator:
         """:meth:`segments` of a question and chunks already checked (:func:`_check_prompt`)."""
         self.load()
         tok = self.tokenizer_
-        sentinel = "\u2063RAGKIT\u2063"  # where the user turn goes; not one in the system prompt (it split there)
-        while sentinel in self.system_prompt:
-            sentinel += "\u2063"
-        msgs = [{"role": "system", "content": self.system_prompt}, {"role": "user", "content": sentinel}]
-        if getattr(tok, "chat_template", None):
-            rendered = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
-            assert isinstance(rendered, str), "apply_chat_template(tokenize=False) renders a str"
-        else:
-            rendered = f"{self.system_prompt}\n\nUser: {sentinel}\nAssistant:"
-        parts = rendered.split(sentinel)
-        if len(parts) != 2:
-            raise ParamError(f"LocalGenerator: the model's chat template renders the user turn {len(parts) - 1} "
-                             "times; expected once (the chunks and the question go there)", "model")
-        head, tail = parts
+        system, tail = self._system_part()
         enc = lambda s: tok(s, add_special_tokens=False)["input_ids"]  # noqa: E731
         with self._lock:  # the tokenizer is shared by the generators of this model
-            system = enc(head + "Documents:\n")
             sep = enc(CHUNK_SEP)
             chunk_ids = []
             cut: list[tuple[int, int]] = []  # (position, tokens before the cut) of each chunk cut
@@ -478,7 +468,35 @@ class LocalGenerator:
             q = enc("Question: " + question.strip() + tail)
         if cut:
             self._warn_cut(cut, len(chunk_ids))
-        return PromptSegments(system, chunk_ids, q)
+        return PromptSegments(list(system), chunk_ids, q)
+
+    def _system_part(self) -> tuple[list[int], str]:
+        """The system segment's token ids (the chat template up to the user turn, then ``"Documents:\n"``) and
+        the template's text after the user turn, for the current ``system_prompt``: rendered and tokenised once
+        per system prompt (they do not depend on the question)."""
+        parts = self.__dict__.setdefault("_prompt_parts", {})  # (a generator unpickled from an older ragkit)
+        got = parts.get(self.system_prompt)
+        if got is not None:
+            return got
+        tok = self.tokenizer_
+        sentinel = "\u2063RAGKIT\u2063"  # where the user turn goes; not one in the system prompt (it split there)
+        while sentinel in self.system_prompt:
+            sentinel += "\u2063"
+        msgs = [{"role": "system", "content": self.system_prompt}, {"role": "user", "content": sentinel}]
+        if getattr(tok, "chat_template", None):
+            rendered = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+            assert isinstance(rendered, str), "apply_chat_template(tokenize=False) renders a str"
+        else:
+            rendered = f"{self.system_prompt}\n\nUser: {sentinel}\nAssistant:"
+        split = rendered.split(sentinel)
+        if len(split) != 2:
+            raise ParamError(f"LocalGenerator: the model's chat template renders the user turn {len(split) - 1} "
+                             "times; expected once (the chunks and the question go there)", "model")
+        head, tail = split
+        with self._lock:  # the tokenizer is shared by the generators of this model
+            system = tok(head + "Documents:\n", add_special_tokens=False)["input_ids"]
+        parts[self.system_prompt] = got = (list(system), tail)
+        return got
 
     def _warn_cut(self, cut: list[tuple[int, int]], n_chunks: int) -> None:
         """Say which chunks :meth:`segments` cut to less than half their tokens: the model answers from their
