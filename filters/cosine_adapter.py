@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from ragkit._saves import load_array, read_json, save_arrays, saved_fit_report, write_json
 from ragkit.encoders import DEFAULT_MODEL, check_encoder_key, get_encoder, query_vectors, save_encoder_key
@@ -70,9 +70,22 @@ class CosineAdapterParams(Params):
         default=0.95, gt=0, le=1, description="Recall (share of relevant candidates kept) or precision to reach.")
     val_fraction: float = Field(
         default=0.2,
-        gt=0, lt=1, description="Share of training queries in each cross-validation fold the threshold is "
-                                "chosen on: round(1/val_fraction) folds (0.2: 5), at most one per training "
-                                "query with a relevant candidate.")
+        gt=0, le=0.5, description="Share of training queries in each cross-validation fold the threshold is "
+                                  "chosen on: round(1/val_fraction) folds (0.2: 5; at least 2, so at most 0.5), "
+                                  "at most one per training query with a relevant candidate; info_['fold_share'] "
+                                  "records the share realised.")
+
+    @field_validator("val_fraction", mode="before")
+    @classmethod
+    def _at_most_half(cls, v: object) -> object:
+        """A share above one half is refused with what it would mean: the folds are at least 2, so 0.7, 0.9 or
+        0.99 would each silently be 2 folds of half the queries (the ``le`` bound alone says only "<= 0.5")."""
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and 0.5 < v < 1:
+            raise ValueError(f"val_fraction {v!r} asks each cross-validation fold to hold out more than half of the "
+                             "training queries, which no split into folds does (2 folds, the fewest, hold out half "
+                             "each): it would be read as 2 folds of half the queries, as 0.5 is; expected a share "
+                             "in (0, 0.5] (round(1/val_fraction) folds: 0.2 gives 5, 0.5 gives 2)")
+        return v
     train_k: int = Field(default=100,
                          ge=1, description="Candidates per training query when fit runs its own dense retriever.")
     k_min: int = Field(
@@ -570,6 +583,8 @@ class CosineAdapter(Operator):
             info["threshold_positives"] = int(y.sum())
             info["threshold_kept"] = int((probs >= self.threshold_).sum())
             info["folds"] = n_folds
+            if n_folds:  # the share of the queries each fold holds out (val_fraction rounded to 1 / folds)
+                info["fold_share"] = 1.0 / n_folds
             info["held_out"] = bool(n_folds)  # True: every query's probabilities from an adapter not fitted on it
             if stalled:
                 info["folds_unconverged"] = stalled

@@ -9,12 +9,13 @@ import logging
 
 import numpy as np
 import pytest
+from test_cosine_adapter_small import _two_relevant
 
 import ragkit.filters.dbnorm as dbn
 from ragkit._topk import topk_rows
 from ragkit.encoders import HashingEncoder, register_encoder
 from ragkit.errors import ConfigError, DataError, ParamError
-from ragkit.filters import ScoreThreshold
+from ragkit.filters import CosineAdapter, ScoreThreshold
 from ragkit.filters._flat import first_unsorted, unsorted_at
 from ragkit.filters.cosine_adapter import choose_threshold
 from ragkit.filters.dbnorm import bank_log_partition
@@ -248,3 +249,22 @@ def test_first_unsorted_nan_last_is_the_cutoffs_rule():
     st = State(["a", "b"], rankings=[Ranking([0, 1, 2], c[:3]), Ranking([3, 4], c[3:5])])
     with pytest.raises(DataError, match=r"query 0 of the batch is not \(nan before 0\.5\)"):
         ScoreThreshold(threshold=0.0)(st)
+
+
+# ---------------------------------------------------------------------- 5. val_fraction above one half
+@pytest.mark.parametrize("v", [0.7, 0.9, 0.99, 0.51])
+def test_val_fraction_above_one_half_is_refused_saying_what_it_would_mean(v):
+    """round(1 / v) is 1 for any v above 2/3 and 2 down to 0.4: max(2, ...) made 0.7, 0.9 and 0.99 all 2 folds
+    of half the queries, silently."""
+    with pytest.raises(ParamError, match=rf"val_fraction: val_fraction {v} .*2 folds of half the queries.*"
+                                         r"expected a share in \(0, 0\.5\]"):
+        CosineAdapter(val_fraction=v)
+    with pytest.raises(ParamError, match=r"val_fraction"):
+        Pipeline.from_yaml(f"pipeline:\n  - dense: {{}}\n  - cosine_adapter: {{val_fraction: {v}}}\n")
+    CosineAdapter(val_fraction=0.5)
+
+
+def test_info_records_the_fold_share_realised():
+    corpus, train, state = _two_relevant(30, 0)
+    info = CosineAdapter(max_iter=200, val_fraction=0.3).fit(corpus, train, upstream=state).info_
+    assert info["folds"] == 3 and info["fold_share"] == pytest.approx(1 / 3)
