@@ -38,10 +38,17 @@ __all__ = ["MMR", "MMRParams", "mmr_select", "mmr_select_cosines", "TIE_TOLERANC
 
 _log = logging.getLogger("ragkit")
 
-#: MMR's objectives (in [-1, 1]) within this of the best tie, and a tie goes to the earliest document of the pool
-#: (the incoming rank).  Float32 cosines of one document from two computations (MMR's batched GEMM, the dense
-#: retriever's index) differ by a few 1e-6 at dim 768, as :func:`~ragkit.filters._flat.check_dense_rankings`'s
-#: 1e-5 allows: with 1e-6, ``Dense(k=30) | MMR(k=30, lambda_mult=1)`` still reordered 146 of 500 hashed queries.
+#: The tie tolerance of MMR's greedy selection (:func:`mmr_select_cosines`): a candidate whose objective is within
+#: this of the step's best ties with it, and a tie goes to the earliest document of the pool (the retriever's
+#: rank).  So ragkit's MMR is greedy MMR with a 1e-5 tie tolerance favouring the retriever's rank, not exact
+#: greedy MMR: a document up to 1e-5 below the best may be picked first when the retriever ranked it higher.
+#: The units differ by step: the first pick compares cosines ``cos(q, d)`` alone (in [-1, 1]), so the tolerance
+#: is 1e-5 of cosine; each later pick compares the objective ``lambda_mult * cos(q, d) - (1 - lambda_mult) *
+#: max_{s chosen} cos(d, s)`` (in [-1, 1] too), so it is 1e-5 of that objective (1e-5 / lambda_mult of the
+#: relevance term alone, 1e-5 / (1 - lambda_mult) of the redundancy term alone).  Why 1e-5: float32 cosines of
+#: one document from two computations (MMR's batched GEMM, the dense retriever's index) differ by a few 1e-6 at
+#: dim 768, as :func:`~ragkit.filters._flat.check_dense_rankings`'s 1e-5 allows: with 1e-6,
+#: ``Dense(k=30) | MMR(k=30, lambda_mult=1)`` still reordered 146 of 500 hashed queries.
 TIE_TOLERANCE = 1e-5
 
 
@@ -73,9 +80,11 @@ def mmr_select(q: np.ndarray, pool: np.ndarray, valid: np.ndarray, vectors: np.n
     k : documents to select per query.
     lambda_mult : weight of relevance ``cos(q, d)`` against ``max cos(d, chosen)``.
 
-    Each step picks the available document of the highest objective; objectives within
-    :data:`TIE_TOLERANCE` (1e-5, float32 rounding) of the highest tie, and a tie goes to the lowest pool
-    position, so ``lambda_mult=1`` keeps a pool sorted by cosine in its order.
+    Greedy MMR with a tie tolerance: each step picks the available document of the highest objective;
+    objectives within :data:`TIE_TOLERANCE` (1e-5, float32 rounding) of the highest tie, and a tie goes to the
+    lowest pool position (the retriever's rank), so ``lambda_mult=1`` keeps a pool sorted by cosine in its order.
+    The first pick's tolerance is in cosine units (it compares ``cos(q, d)`` alone), the later picks' in units
+    of the objective ``lambda_mult * cos(q, d) - (1 - lambda_mult) * max cos(d, chosen)``.
 
     Returns
     -------
