@@ -127,16 +127,44 @@ def test_compare_relevance_level_error_names_the_option_and_data(tmp_path, monke
 
 def test_compare_identical_ids_note_says_the_cli_option_only(tmp_path, monkeypatch):
     """The note of a judged document with its query's id told a compare user to "pass ignore_identical_ids=False
-    (ragkit eval and compare: --keep-identical-ids)" and "EvalResult.ignored_judged counts them"; now it says the
-    option alone."""
+    (ragkit eval and compare: --keep-identical-ids)" and "EvalResult.ignored_judged counts them", then (rewritten by
+    substring) still began "evaluate:" and was said once for all run files without naming one; now compare says
+    it per run file, naming the file, in ragkit eval's words (the option alone)."""
     monkeypatch.setenv("RAGKIT_CACHE", str(tmp_path / "cache"))
     ds, a, b = _runs(tmp_path)
     res = _cli("compare", a, b, "--data", ds, "--resamples", "100")
     assert res.exit_code == 0, res.output
     message = " ".join(res.output.split())
-    assert "1 judged-relevant document has its query's id" in message, message
-    assert "pass --keep-identical-ids to score it" in message
+    for run in (a, b):
+        assert (f"note: {run}: 1 judged-relevant document(s) have their query's id and are never scored as "
+                "retrieved") in message, message
+    assert "so they count as not found; --keep-identical-ids scores them" in message
+    assert "evaluate:" not in message
     assert "ignore_identical_ids" not in message and "EvalResult" not in message
+    kept = _cli("compare", a, b, "--data", ds, "--resamples", "100", "--keep-identical-ids")
+    assert kept.exit_code == 0, kept.output
+    assert "judged-relevant document" not in kept.output
+
+
+def test_load_result_counts_identical_ids_and_keeps_its_python_note(tmp_path, caplog):
+    """``load_result`` of a TREC run file records how many judged documents with their query's id its scoring
+    dropped (``ignored_judged``; ``None`` for an eval JSON file); a Python caller still gets evaluate's warning,
+    which ``note_identical=False`` (compare's) leaves out."""
+    import logging
+
+    from ragkit.eval import metrics
+    from ragkit.eval.compare import load_result
+
+    ds, a, _ = _runs(tmp_path)
+    qrels = {"q1": {"d1": 1}, "q2": {"q2": 2}}
+    metrics._WARNED.clear()
+    with caplog.at_level(logging.WARNING, logger="ragkit"):
+        quiet = load_result(a, qrels=qrels, note_identical=False)
+    assert quiet.ignored_judged == 1 and "query's id" not in caplog.text
+    with caplog.at_level(logging.WARNING, logger="ragkit"):
+        said = load_result(a, qrels=qrels)
+    assert said.ignored_judged == 1 and "1 judged-relevant document has its query's id" in caplog.text
+    assert load_result(a, qrels=qrels, ignore_identical_ids=False).ignored_judged == 0
 
 
 # ------------------------------------------------------------------ 6. notes through one helper

@@ -48,26 +48,12 @@ def _plain_if_no_color(ctx: typer.Context) -> None:
         ctx.call_on_close(lambda c=c, was=was: setattr(c, "_color_system", was))
 
 
-#: The library's advice to Python callers in its log messages, and what a command line user is told instead
-#: (:class:`_NoteHandler`): :func:`~ragkit.eval.metrics.evaluate`'s note of judged documents with their query's id,
-#: which ``ragkit compare`` says as it scores run files.
-_CLI_WORDS = (("ignore_identical_ids=True drops a document with its query's id from the run",
-               "a document with its query's id is dropped from the run"),
-              ("pass ignore_identical_ids=False (ragkit eval and compare: --keep-identical-ids)",
-               "pass --keep-identical-ids"),
-              (" (EvalResult.ignored_judged counts them)", ""))
-
-
 class _NoteHandler(logging.Handler):
     """Shows the library's INFO messages (``logging.getLogger("ragkit")``: a fine-tune starting, ...)
-    on stderr as notes while a command runs, its advice to Python callers in the command line's words
-    (:data:`_CLI_WORDS`)."""
+    on stderr as notes while a command runs."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        message = record.getMessage()
-        for python, cli in _CLI_WORDS:
-            message = message.replace(python, cli)
-        _note(f"note: {message}", style="dim")
+        _note(f"note: {record.getMessage()}", style="dim")
 
 
 def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,

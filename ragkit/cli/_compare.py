@@ -14,6 +14,7 @@ from ragkit._files import shell_quote
 from ragkit.cli._app import _examples, _fail, app
 from ragkit.cli._console import _note, _print_uncut, console
 from ragkit.cli._data import _check_data_folder, _check_split
+from ragkit.cli._eval import _note_identical
 from ragkit.cli._options import _expands_paths, _given, _parse_metric_names, _path_option, _path_parser, _ranged_option
 from ragkit.cli._outputs import _human_output_to_stderr, _is_stdout, _prepare_output, _write_outputs
 from ragkit.cli._pipeline import _path_like
@@ -192,7 +193,8 @@ def compare_cmd(
         def load(i: int) -> Any:
             return load_result(results[i], qrels=qrels, metrics=names, dataset=ds_name,
                                split=split if qrels else None, name=labels[i], relevance_level=relevance_level,
-                               ignore_identical_ids=not keep_identical_ids, qrels_fingerprint=fingerprint)
+                               ignore_identical_ids=not keep_identical_ids, qrels_fingerprint=fingerprint,
+                               note_identical=False)  # (said below, per run file, in the options' words)
 
         # the eval JSON files first: what they record is checked against the options before any run file is scored
         jsons = {i: load(i) for i, p in enumerate(results) if holds_json(p)}
@@ -213,6 +215,8 @@ def compare_cmd(
         _note(f"warning: {warning}")
     for few in cmp.few_differ():
         _note(f"note: {few}")
+    for p, r in zip(results, loaded):  # (a TREC run file's, scored here; a JSON file's are unknown: None)
+        _note_identical(r.ignored_judged or 0, f"{p}: ")
     try:  # (-: the JSON alone on standard output; a file: written atomically, its folders created)
         _write_outputs(output, None, None, cmp.to_dict())
     except RagkitError as e:  # (a _RunFailure: it, or its folder, could not be written)

@@ -87,6 +87,17 @@ def _note_empty(empty: list[str], n: int, prefix: str = "") -> None:
           f"pytrec_eval, trec_eval without -c) averages over {k} fewer; the JSON lists them (empty_queries)")
 
 
+def _note_identical(ignored_judged: int, prefix: str = "") -> None:
+    """The note (stderr) of ``ignored_judged`` judged-relevant documents dropped from a run for having their
+    query's id, after ``prefix`` (``"scifact: "``, ``"a.trec: "``): ``ragkit eval``'s, and ``ragkit compare``'s
+    for each TREC run file it scores.  Nothing for 0."""
+    if ignored_judged:
+        _note(f"note: {prefix}{ignored_judged} judged-relevant document(s) have their query's id and are never "
+              "scored as retrieved (a document with its query's id is dropped from the run, as BEIR does for datasets "
+              "whose queries are documents too: ArguAna, Quora), so they count as not found; --keep-identical-ids "
+              "scores them")
+
+
 def _note_scored(run: Any, ks: list[int], corpus: Any, pipe: Any, qrels: Any, scoring: _Scoring,
                  prefix: str = "", ignored_judged: int = 0) -> list[str]:
     """``ragkit eval``'s notes under its table, on stderr (as its other notes; stdout keeps the table), each
@@ -104,11 +115,7 @@ def _note_scored(run: Any, ks: list[int], corpus: Any, pipe: Any, qrels: Any, sc
     if unjudged:
         _note(f"warning: {prefix}{unjudged}")
 
-    if ignored_judged:
-        _note(f"note: {prefix}{ignored_judged} judged-relevant document(s) have their query's id and are never "
-              "scored as retrieved (a document with its query's id is dropped from the run, as BEIR does for datasets "
-              "whose queries are documents too: ArguAna, Quora), so they count as not found; --keep-identical-ids "
-              "scores them")
+    _note_identical(ignored_judged, prefix)
     _note_depth(run, ks, corpus, pipe, prefix, scoring.depth)
     empty = _empty_queries(run)
     _note_empty(empty, len(run.query_ids), prefix)

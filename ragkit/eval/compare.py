@@ -125,6 +125,9 @@ class SystemResult:
     ``source`` is the file it was read from as given (:func:`load_result`), ``source_resolved`` its absolute path
     (links resolved) and ``source_sha256`` the SHA-256 of its bytes as read (``None``: not read from a file), all
     three recorded by :meth:`Comparison.to_dict`, so that a comparison names exactly what it compared.
+    ``ignored_judged`` is how many judged-relevant documents with their query's id a TREC run file's scoring
+    dropped (``ignore_identical_ids``: :attr:`EvalResult.ignored_judged <ragkit.eval.metrics.EvalResult>`), ``None``
+    where unknown (a ``ragkit eval -o`` JSON file, a result built by hand).
     """
 
     name: str
@@ -142,6 +145,7 @@ class SystemResult:
     corpus_fingerprint: str | None = None
     source_resolved: str | None = None
     source_sha256: str | None = None
+    ignored_judged: int | None = None
 
     def values(self, metric: str) -> Mapping[str, float]:
         """Per-query values of ``metric`` in any spelling :func:`parse_metric` reads."""
@@ -160,7 +164,7 @@ def load_result(path: str | os.PathLike[str], *, qrels: Mapping[str, Mapping[str
                 metrics: Sequence[str] = DEFAULT_COMPARE_METRICS,
                 name: str | None = None, dataset: str | None = None, split: str | None = None,
                 relevance_level: int = 1, ignore_identical_ids: bool = True,
-                qrels_fingerprint: str | None = None) -> SystemResult:
+                qrels_fingerprint: str | None = None, note_identical: bool = True) -> SystemResult:
     """A :class:`SystemResult` from a ``ragkit eval -o`` JSON file, or from a TREC run file
     scored here against ``qrels`` on ``metrics`` (with :func:`~ragkit.eval.evaluate`'s
     ``relevance_level`` and ``ignore_identical_ids``; a run file holds no judgements; ``dataset`` and
@@ -175,7 +179,9 @@ def load_result(path: str | os.PathLike[str], *, qrels: Mapping[str, Mapping[str
     always used then: ``relevance_level=1``, ``ignore_identical_ids=True``.  A run file's result carries the
     :func:`scored_qrels_fingerprint` of the judged queries it is scored on; ``qrels_fingerprint``, when given, is
     that fingerprint computed already (``scored_qrels_fingerprint(qrels, qrels)``: ``ragkit compare`` computes it
-    once for all its run files), taken as is."""
+    once for all its run files), taken as is.  A run file's result counts the judged-relevant documents with their
+    query's id its scoring dropped (``ignored_judged``), which :func:`~ragkit.eval.evaluate`'s warning says unless
+    ``note_identical=False`` (``ragkit compare`` says it per file in its own words)."""
     path = Path(path)
 
     def not_results(kind: str | None) -> None:  # a pipeline given where its results belong (a.yaml b.yaml)
@@ -224,7 +230,8 @@ def load_result(path: str | os.PathLike[str], *, qrels: Mapping[str, Mapping[str
                         "score a run of the same dataset and split")
     scores = _evaluate_noted(run, qrels, list(metrics), relevance_level=relevance_level,  # (its own notes below)
                              ignore_identical_ids=ignore_identical_ids, note_unsearched=False, note_level=False,
-                             qrels_checked=True, who=str(path), fingerprint=qrels_fingerprint is None)
+                             note_identical=note_identical, qrels_checked=True, who=str(path),
+                             fingerprint=qrels_fingerprint is None)
     scored = next(iter(scores.per_query.values()), {})
     # (every judged query is scored, so this is the fingerprint of all of qrels' judgements)
     fingerprint = qrels_fingerprint if qrels_fingerprint is not None else scores.qrels_fingerprint
@@ -247,7 +254,7 @@ def load_result(path: str | os.PathLike[str], *, qrels: Mapping[str, Mapping[str
                         source_sha256=digest,
                         max_ranked=max((len(d) for d in run.doc_ids), default=0), qrels_fingerprint=fingerprint,
                         ranked_queries=frozenset(q for q, d in zip(run.query_ids, run.doc_ids)
-                                                 if len(d) and q in scored))
+                                                 if len(d) and q in scored), ignored_judged=scores.ignored_judged)
 
 
 def holds_json(path: str | os.PathLike[str]) -> bool:

@@ -429,12 +429,14 @@ def _evaluate_noted(
     qrels: Mapping[Any, Mapping[Any, int]] | pd.DataFrame | str | os.PathLike[str],
     metrics: str | Sequence[str] = DEFAULT_METRICS,
     *, ignore_identical_ids: bool = True, relevance_level: int = 1, note_unsearched: bool = True,
-    note_level: bool = True, qrels_checked: bool = False, who: str = "evaluate",
+    note_level: bool = True, note_identical: bool = True, qrels_checked: bool = False, who: str = "evaluate",
     annotated: Collection[str] | None = None, fingerprint: bool = False,
 ) -> EvalResult:
     """:func:`evaluate`, whose warning of judged queries the run lacks is left out with ``note_unsearched=False``
     and whose warning of queries with no judgement at ``relevance_level`` (:func:`level_note`) with
-    ``note_level=False`` (:func:`~ragkit.eval.compare.load_result` says both in the words of ``ragkit compare``);
+    ``note_level=False`` (:func:`~ragkit.eval.compare.load_result` says both in the words of ``ragkit compare``),
+    and whose warning of judged documents with their query's id (``EvalResult.ignored_judged``) with
+    ``note_identical=False`` (``ragkit compare`` says it per run file, in its options' words);
     ``qrels_checked`` and ``annotated``: as :func:`_evaluate`.  When every value but hole@k's is 0, a warning
     starting ``who`` says whether none of the run's documents is judged at all (:func:`unjudged_docs_note`).
     ``fingerprint``: set the result's ``qrels_fingerprint``, the
@@ -467,7 +469,8 @@ def _evaluate_noted(
         if said:
             say_once(said, f"evaluate: {said}", logging.WARNING)
     n = result.ignored_judged
-    if n and ignored not in _WARNED:  # once per set of judgements: a learner evaluates the same ones many times
+    # once per set of judgements: a learner evaluates the same ones many times
+    if note_identical and n and ignored not in _WARNED:
         if len(_WARNED) > 1000:
             _WARNED.clear()
         _WARNED.add(ignored)
