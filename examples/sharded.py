@@ -45,8 +45,9 @@ if __name__ == "__main__":
     args = parse_args(__doc__)
     ran = run(build(), args, "sharded")
     single = BM25(k=100).fit(ran.data.corpus).search(ran.data.queries)
-    # the same number of queries too: zip alone stops at the shorter, so a result missing queries read as equal
-    same = len(ran.result.doc_ids) == len(single.doc_ids) and all(
+    # the same queries in the same order (so as many: a Run holds one document list per query; zip alone stops at
+    # the shorter, and a result missing or mislabelling queries read as equal), and each query's documents
+    same = list(ran.result.query_ids) == list(single.query_ids) and all(
         np.array_equal(a, b) for a, b in zip(ran.result.doc_ids, single.doc_ids))
     note(args, f"merged ranking of the 2 shards {'equals' if same else 'DIFFERS from'} one BM25 index's")
     if not same:

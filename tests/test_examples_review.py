@@ -53,11 +53,12 @@ def test_evaluating_the_training_split_is_one_error_line(stem):
     assert err.startswith(f"{stem}.py: error: --split 'train' is the split this example learns from"), err
 
 
-def _sharded_local(monkeypatch, **bm25_params):
-    """sharded.py with its shards local (no Ray) and its unsharded check index built with ``bm25_params``."""
+def _sharded_local(monkeypatch, bm25=None, **bm25_params):
+    """sharded.py with its shards local (no Ray) and its unsharded check index built with ``bm25_params``, of the
+    class ``bm25`` (default: ragkit's BM25)."""
     import ragkit.retrievers
 
-    sharded, bm25 = ragkit.retrievers.Sharded, ragkit.retrievers.BM25
+    sharded, bm25 = ragkit.retrievers.Sharded, bm25 or ragkit.retrievers.BM25
     monkeypatch.setattr(ragkit.retrievers, "Sharded", lambda **kw: sharded(**{**kw, "backend": "local"}))
     monkeypatch.setattr(ragkit.retrievers, "BM25", lambda **kw: bm25(**{**kw, **bm25_params}))
     return _run(EXAMPLES / "sharded.py", "--limit", "4")
@@ -71,6 +72,25 @@ def test_sharded_check_passes_when_the_merge_equals_one_index(monkeypatch):
 def test_sharded_exits_non_zero_when_the_merge_differs(monkeypatch):
     """It printed "DIFFERS from one BM25 index's" and still exited 0."""
     code, out, err = _sharded_local(monkeypatch, k1=0.3)  # another BM25: its rankings differ from the shards'
+    assert code == 1 and "merged ranking of the 2 shards DIFFERS from one BM25 index's" in out, (code, out, err)
+
+
+@pytest.mark.parametrize("change", ["drops the last query", "relabels the last query"])
+def test_sharded_exits_non_zero_when_the_queries_differ(monkeypatch, change):
+    """The check compared each query's documents (and, since, the number of queries), not which queries they
+    were: an unsharded index whose result names another query, its rankings the same, read as equal.  Here the
+    check index's search drops the last query, or gives it another id."""
+    from ragkit import Run
+    from ragkit.retrievers import BM25
+
+    class Changed(BM25):
+        def search(self, *a, **kw):
+            run = super().search(*a, **kw)
+            if change == "drops the last query":
+                return Run(run.query_ids[:-1], run.doc_ids[:-1], run.scores[:-1])
+            return Run([*run.query_ids[:-1], run.query_ids[-1] + "-other"], run.doc_ids, run.scores)
+
+    code, out, err = _sharded_local(monkeypatch, bm25=Changed)
     assert code == 1 and "merged ranking of the 2 shards DIFFERS from one BM25 index's" in out, (code, out, err)
 
 
