@@ -28,7 +28,7 @@ from ragkit._ray import (
 )
 from ragkit._sharded import Sharded, _in_chunk
 from ragkit.errors import ParamError
-from ragkit.operator import Operator
+from ragkit.operator import Operator, checksums_verified
 from ragkit.types import Corpus, Ranking, State
 
 if TYPE_CHECKING:
@@ -91,10 +91,14 @@ def _search_chunk(pipe_dir: str, ids: list[str], texts: list[str], k: int | None
                                 f"expected {written[:16]}... (the pipeline this search saved there): the folder was "
                                 f"changed while the search ran; search again")
     with _in_chunk():  # a ray-backed sharded retriever loads and searches its shards here: no shard actors per chunk
-        # (this search's own temporary folder, just written and its manifest unchanged: its files' sums are not read
-        # again; memory-mapped: the chunks on one machine share the pages of its indexes)
-        pipe = Pipeline.load(pipe_dir, corpus) if written is None else \
-            Pipeline.load(pipe_dir, corpus, mmap=True, verify=False)
+        if written is None:
+            pipe = Pipeline.load(pipe_dir, corpus)
+        else:
+            # (this search's own temporary folder, just written and its manifest unchanged: its files' sums are not
+            # read again, and its steps count as verified (no CRC32 of a dense index, no scan of mapped BM25
+            # weights); memory-mapped: the chunks on one machine share the pages of its indexes)
+            with checksums_verified(True):
+                pipe = Pipeline.load(pipe_dir, corpus, mmap=True, verify=False)
         run = pipe.search(Queries(ids, texts), k=k, **(options or {}))
     return run.query_ids, run.doc_ids, [(r.rows, r.scores) for r in run.rankings or []], run.values
 

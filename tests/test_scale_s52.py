@@ -157,8 +157,8 @@ def test_a_search_distributed_chunk_loads_the_folder_it_was_given_mapped_and_unc
     distributed).  Given the digest of the manifest written and the corpus, a chunk loads it memory-mapped without
     the sums and without reading corpus.jsonl (ranking as pipe.search); a manifest that is not the one written is an
     ArtifactError; without a digest, the load checks as before."""
-    import ragkit.eval.beir as beir
     import ragkit._distributed as dist
+    import ragkit.eval.beir as beir
     import ragkit.pipelines.store as store
     from ragkit.errors import ArtifactError
     from ragkit.pipelines import Pipeline
@@ -190,6 +190,35 @@ def test_a_search_distributed_chunk_loads_the_folder_it_was_given_mapped_and_unc
     loads.clear()
     dist._search_chunk(str(tmp_path / "p"), ids, texts, 5)
     assert loads == [(False, True)] and sums == [1] and len(parsed) == 1
+
+
+def test_a_search_distributed_chunk_loads_its_steps_as_verified(tmp_path, monkeypatch):
+    """A chunk loads the folder it was given with verify=False once the manifest's digest matches, but
+    Pipeline.load ran the steps under checksums_verified(False): a dense step CRC32'd its index files (and a mapped
+    BM25 scanned its weights) in every chunk.  The chunk's load counts as verified now (no _crc); a chunk without
+    the digest (a plain checked load) reads no CRC32 either (the SHA-256 sums cover them)."""
+    from conftest import HashedEncoder
+
+    import ragkit._distributed as dist
+    from ragkit.encoders import register_encoder
+    from ragkit.pipelines import Pipeline
+    from ragkit.retrievers import Dense, _index_files
+
+    register_encoder("scale-s52-hashed", HashedEncoder("scale-s52-hashed-v1", 16), replace=True)
+    corpus = Corpus([f"d{i}" for i in range(60)], [f"text {i} word{i % 7}" for i in range(60)])
+    pipe = Pipeline([Dense(model="scale-s52-hashed", k=5)]).fit(corpus)
+    pipe.save(tmp_path / "p")
+    calls: list[str] = []
+    orig = _index_files._crc
+    monkeypatch.setattr(_index_files, "_crc", lambda path: calls.append(str(path)) or orig(path))
+    got = dist._search_chunk(str(tmp_path / "p"), ["q0"], ["text word3"], 5, None,
+                             dist._manifest_digest(tmp_path / "p"), corpus)
+    assert calls == [], calls
+    assert [list(d) for d in got[1]] == [list(d) for d in pipe.search({"q0": "text word3"}, k=5).doc_ids]
+    dist._search_chunk(str(tmp_path / "p"), ["q0"], ["text word3"], 5)
+    assert calls == [], calls
+    Pipeline.load(tmp_path / "p", corpus, mmap=True, verify=False)  # (outside a chunk: not verified, CRC32s kept)
+    assert calls, "verify=False keeps the dense index's CRC32s"
 
 
 def test_search_distributed_ranks_as_pipe_search_with_the_unchecked_mapped_chunks(local_ray):
