@@ -924,7 +924,7 @@ class LexicalCounts:
     def __eq__(self, other: object) -> bool:
         """The same counts, terms, texts, ``expanded`` and analysis: a run's ``values["lexical_counts"]`` equals that
         of the same search by the pipeline saved and loaded (by identity they never did).  One batch is compared
-        with itself at no cost (``list.count`` and ``==`` on entries check identity first)."""
+        with itself at no cost; :meth:`BM25.expansion_matrix` tells batches apart by identity, not by this."""
         if not isinstance(other, LexicalCounts):
             return NotImplemented
         return other is self or (
@@ -1493,7 +1493,9 @@ class BM25(Operator):
             return None
         batches, rows_t = zip(*entries)
         batch, p = batches[0], self.params
-        if (not isinstance(batch, LexicalCounts) or batches.count(batch) != n
+        # (one PRF call's batch, by identity: equal contents of another call's batch are not its rows, and
+        # LexicalCounts.__eq__ compares contents, at a cost per entry)
+        if (not isinstance(batch, LexicalCounts) or len({id(b) for b in batches}) != 1
                 or batch.analysis != (p.tokenizer, p.stopwords, p.stemmer)):
             return None
         rows = np.fromiter(rows_t, np.int64, n)

@@ -184,3 +184,32 @@ def test_prf_counts_of_a_saved_and_loaded_pipeline_compare_equal(corpus, tmp_pat
         other = pipe.search(queries[::-1]).values["lexical_counts"]
         assert other[0] != first["lexical_counts"][0]  # (another batch: its texts differ)
         assert hash(first["lexical_counts"][0]) == hash(again["lexical_counts"][0])
+
+
+def test_expansion_matrix_tells_prf_batches_apart_without_comparing_their_contents(corpus, monkeypatch):
+    """LexicalCounts compare by content (for run.values), and BM25.expansion_matrix checked its entries were one
+    batch with ``batches.count(batch)``: entries of another batch of the same shape had their counts, terms and
+    texts compared, once per entry (2 x 5,000 queries: 0.38 s, where identity takes 0.4 ms).  Batches are told
+    apart by identity: __eq__ is never called, and two batches still read as not one (the texts are tokenised)."""
+    from ragkit.pipelines import PRF
+    from ragkit.retrievers.bm25 import LexicalCounts
+    from ragkit.types import State
+
+    bm = BM25(k=4).fit(corpus)
+    prf = PRF(fb_docs=3, fb_terms=4, max_df=1.0).fit(corpus)
+    queries = ["aspirin heart", "cholesterol diet"]
+    one, two = prf(bm(State(queries))), prf(bm(State(queries)))
+    a, b = one.values["lexical_counts"][0].batch, two.values["lexical_counts"][0].batch
+    assert a is not b and a.counts.shape == b.counts.shape
+    texts = one.texts(lexical=True)
+    want = bm.expansion_matrix(one, texts)
+    assert want is not None
+
+    def refuse(self, other):  # noqa: ANN001, ANN202
+        raise AssertionError("LexicalCounts.__eq__ called by expansion_matrix")
+
+    monkeypatch.setattr(LexicalCounts, "__eq__", refuse)
+    assert (bm.expansion_matrix(one, texts) != want).nnz == 0  # (one batch: read, no comparison)
+    mixed = one.copy()
+    mixed.values["lexical_counts"][1] = two.values["lexical_counts"][1]
+    assert bm.expansion_matrix(mixed, texts) is None
