@@ -148,10 +148,12 @@ def interleaved_best(fns: dict, repeat: int, min_seconds: float = 0.0, seed: int
     return first, best, result, rounds
 
 
-def add_timing_args(ap: Any, repeat_help: str = "at least this many interleaved timing rounds") -> None:
-    """``--repeat`` (default 3) and ``--min-seconds`` (interleaved rounds until each call is timed this long in
-    all; default 0.5 s, 0.05 s with ``--quick``: :func:`timing_args` sets it) on the ``argparse`` parser ``ap``."""
-    ap.add_argument("--repeat", type=int, default=3, help=repeat_help)
+def add_timing_args(ap: Any, repeat_help: str = "at least this many interleaved timing rounds",
+                    repeat: int = 3) -> None:
+    """``--repeat`` (default ``repeat``, 3) and ``--min-seconds`` (interleaved rounds until each call is timed this
+    long in all; default 0.5 s, 0.05 s with ``--quick``: :func:`timing_args` sets it) on the ``argparse`` parser
+    ``ap``."""
+    ap.add_argument("--repeat", type=int, default=repeat, help=repeat_help)
     ap.add_argument("--min-seconds", type=float, default=None,
                     help="interleaved rounds until each call timed in them is timed this long in all (so a time is "
                          "not the best of a few calls of milliseconds; default 0.5, 0.05 with --quick, a smoke run); "
@@ -159,10 +161,12 @@ def add_timing_args(ap: Any, repeat_help: str = "at least this many interleaved 
 
 
 def timing_args(ap: Any, args: Any) -> None:
-    """After ``ap.parse_args()``: ``args.min_seconds`` defaulted (0.05 with ``args.quick``, else 0.5) and checked
-    (``ap.error`` names the flag and the value given)."""
+    """After ``ap.parse_args()``: ``args.repeat`` checked (at least 1) and ``args.min_seconds`` defaulted (0.05 with
+    ``args.quick``, else 0.5) and checked (``ap.error`` names the flag and the value given)."""
     import math
 
+    if args.repeat < 1:
+        ap.error(f"--repeat: at least 1 round, got {args.repeat}")
     if args.min_seconds is None:
         args.min_seconds = 0.05 if getattr(args, "quick", False) else 0.5
     if not (math.isfinite(args.min_seconds) and args.min_seconds >= 0):

@@ -129,54 +129,55 @@ def run_configs(d: np.ndarray, q: np.ndarray, ref: np.ndarray, configs: list[Con
     ``threads`` (a count of 1 or more; ``None``: no limit): the builds and searches run inside
     ``threadpoolctl.threadpool_limits(threads)``, so numpy's BLAS (``numpy Q@D.T``, ragkit's exact searches) and
     OpenMP use as many threads as faiss and usearch are given (BLAS used every CPU whatever ``--threads`` said)."""
-    if threads is None:
-        return _run_configs(d, q, ref, configs, k=k, repeat=repeat, quality=quality, builds=builds,
-                            min_seconds=min_seconds, timing=timing)
-    if threads < 1:
-        raise ValueError(f"run_configs: threads: expected a thread count of 1 or more (or None: no limit), "
-                         f"got {threads}")
+    from contextlib import nullcontext
+
     from threadpoolctl import threadpool_limits
 
-    with threadpool_limits(threads):
-        return _run_configs(d, q, ref, configs, k=k, repeat=repeat, quality=quality, builds=builds,
-                            min_seconds=min_seconds, timing=timing)
+    if threads is not None:
+        check_threads("run_configs", threads, none_ok=True)
+    with threadpool_limits(threads) if threads is not None else nullcontext():
+        objs, build_s = {}, {}
+        for c in configs:
+            try:
+                build_s[c.name], obj = timed(c.build)
+                cold_floats(obj)
+                c.search(obj)  # warm-up
+            except Exception as e:  # a peer missing or failing is reported, not fatal
+                print(f"  {c.name}: FAILED {type(e).__name__}: {e}")
+                continue
+            objs[c.name] = obj
+        live = [c for c in configs if c.name in objs]
+        best, last, rounds = interleaved({c.name: partial(c.search, objs[c.name]) for c in live}, repeat,
+                                         min_seconds)
+        print(f"  {len(live)} configurations built; their searches timed in {rounds} interleaved rounds, order "
+              f"shuffled per round (after one warm-up call each; each search timed >= {min_seconds:g} s in all)",
+              flush=True)
+        if timing is not None:
+            timing.update(rounds=rounds, min_seconds=min_seconds)
+        rows_out = []
+        for c in live:
+            got = last[c.name]
+            row = {"config": c.name, "family": c.family, "build_s": round(build_s[c.name], 3),
+                   "memory_bytes": int(c.mem(objs[c.name])), "qps": round(len(q) / best[c.name], 1),
+                   "recall@10": round(recall(got, ref, 10), 4)}
+            if quality is not None:
+                row["ndcg@10"] = round(quality(got), 4)
+            row.update(c.extra(objs[c.name]) if c.extra else {})
+            rows_out.append(row)
+        objs.clear()
+        if builds > 1:
+            build_spread(live, rows_out, ref, quality, builds)
+        for row in rows_out:
+            print("  " + "  ".join(f"{k_}={v}" for k_, v in row.items() if not isinstance(v, list)), flush=True)
+        return rows_out
 
 
-def _run_configs(d: np.ndarray, q: np.ndarray, ref: np.ndarray, configs: list[Config], *, k: int, repeat: int,
-                 quality=None, builds: int = 1, min_seconds: float = 0.0, timing: dict | None = None) -> list[dict]:
-    """:func:`run_configs`' work, under whatever thread limits its caller set."""
-    objs, build_s = {}, {}
-    for c in configs:
-        try:
-            build_s[c.name], obj = timed(c.build)
-            cold_floats(obj)
-            c.search(obj)  # warm-up
-        except Exception as e:  # a peer missing or failing is reported, not fatal
-            print(f"  {c.name}: FAILED {type(e).__name__}: {e}")
-            continue
-        objs[c.name] = obj
-    live = [c for c in configs if c.name in objs]
-    best, last, rounds = interleaved({c.name: partial(c.search, objs[c.name]) for c in live}, repeat, min_seconds)
-    print(f"  {len(live)} configurations built; their searches timed in {rounds} interleaved rounds, order shuffled "
-          f"per round (after one warm-up call each; each search timed >= {min_seconds:g} s in all)", flush=True)
-    if timing is not None:
-        timing.update(rounds=rounds, min_seconds=min_seconds)
-    rows_out = []
-    for c in live:
-        got = last[c.name]
-        row = {"config": c.name, "family": c.family, "build_s": round(build_s[c.name], 3),
-               "memory_bytes": int(c.mem(objs[c.name])), "qps": round(len(q) / best[c.name], 1),
-               "recall@10": round(recall(got, ref, 10), 4)}
-        if quality is not None:
-            row["ndcg@10"] = round(quality(got), 4)
-        row.update(c.extra(objs[c.name]) if c.extra else {})
-        rows_out.append(row)
-    objs.clear()
-    if builds > 1:
-        build_spread(live, rows_out, ref, quality, builds)
-    for row in rows_out:
-        print("  " + "  ".join(f"{k_}={v}" for k_, v in row.items() if not isinstance(v, list)), flush=True)
-    return rows_out
+def check_threads(where: str, threads: int, none_ok: bool = False) -> None:
+    """Refuse a ``threads`` below 1 (0 would be usearch's all the machine's CPUs; faiss's ``omp_set_num_threads(0)``
+    and ``threadpool_limits(0)`` are undefined), naming the function ``where`` (``none_ok``: it takes None too)."""
+    if threads < 1:
+        raise ValueError(f"{where}: threads: expected a thread count of 1 or more ({'or None: no limit; ' * none_ok}"
+                         f"resolve 0 or -1, all cores, with ragkit._cpus.thread_count), got {threads}")
 
 
 def build_spread(configs: list[Config], rows: list[dict], ref: np.ndarray, quality, builds: int) -> None:
@@ -245,9 +246,7 @@ def configs_for(d: np.ndarray, k: int, scale: bool, efs: list[int], threads: int
     from ragkit.retrievers._index import VectorIndex
     from ragkit.retrievers._index_files import resident_bytes
 
-    if threads < 1:  # (0 would be usearch's all the machine's CPUs; faiss's omp_set_num_threads(0) is undefined)
-        raise ValueError(f"configs_for: threads: expected a thread count of 1 or more (resolve 0 or -1, all cores, "
-                         f"with ragkit._cpus.thread_count), got {threads}")
+    check_threads("configs_for", threads)
 
     def vi(**kw):
         return lambda: VectorIndex(threads=threads, connectivity=m, **kw).build(d)

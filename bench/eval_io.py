@@ -94,8 +94,6 @@ def main() -> None:
     add_timing_args(ap, "at least this many interleaved rounds of each old / new pair (and calls of each evaluate)")
     args = ap.parse_args()
     timing_args(ap, args)
-    if args.repeat < 1:
-        ap.error(f"--repeat: at least 1 round, got {args.repeat}")
     sizes = (200, 1000) if args.quick else (1000, 10000)
     n_corpus = 5000 if args.quick else 50000
     res: dict = {"machine": print_machine(threads=1), "quick": args.quick, "repeat": args.repeat,

@@ -12,11 +12,13 @@ start-up and each actor's model load included), so its JSON keys end in ``_cold`
 Part 2 builds ``--n`` synthetic 384-d vectors (SciFact vectors plus Gaussian noise, so the geometry
 stays realistic) as one ragkit HNSW index (``VectorIndex``, usearch) and as ``--shards`` shard indexes, searches
 the same queries on both, merges shard rankings with ``ragkit.scale.merge_rankings``, and
-prints latency and recall@10 against exact search.  Every search timing is the best of
-``--repeat`` calls over all queries (the single index; the sharded path as one call: every
-shard's search, its rankings and the merge; each shard alone, whose mean is the measured
-latency of one ``n / shards`` shard, what shards searched in parallel would take before the
-network and the merge; the merge alone), all interleaved: each round runs every one of them once.
+prints latency and recall@10 against exact search.  Every search timing is the best of at least
+``--repeat`` interleaved rounds over all queries, and more until each search was timed ``--min-seconds`` in
+all (0.5 s; 0.05 s with ``--quick``): the single index; the sharded path as one call (every shard's search,
+its rankings and the merge); each shard alone, whose mean is the measured latency of one ``n / shards``
+shard, what shards searched in parallel would take before the network and the merge.  Each round runs every
+one of them once.  The merge alone (microseconds a query) is timed apart, in rounds of its own until it too
+was timed ``--min-seconds`` in all, so it does not multiply the searches' rounds.
 Writes ``bench/out/scale.json`` (``scale_quick.json`` with ``--quick``; in the folder ``RAGKIT_BENCH_OUT`` names,
 when set).
 """
@@ -29,7 +31,17 @@ import time
 
 import numpy as np
 
-from _common import OUT, SCIFACT, exact_topk, interleaved, print_machine, recall, write_atomic  # noqa: E402
+from _common import (  # noqa: E402
+    OUT,
+    SCIFACT,
+    add_timing_args,
+    exact_topk,
+    interleaved,
+    print_machine,
+    recall,
+    timing_args,
+    write_atomic,
+)
 
 
 def encode_part(n_docs: int) -> dict:
@@ -70,11 +82,13 @@ def encode_line(enc: dict) -> str:
 
 
 def shard_part(n: int, shards: int, n_queries: int, ef: int = 64, seed: int = 0, reorder: bool = True,
-               repeat: int = 5) -> dict:
+               repeat: int = 5, min_seconds: float = 0.0) -> dict:
     """Build one index of ``n`` vectors and ``shards`` indexes of ``n / shards``; search ``n_queries`` queries
-    (k = 10) on both, every search timing the best of ``repeat`` interleaved rounds (:func:`_common.interleaved`).
-    Returns build seconds, ms/query and recall@10 against exact search (``per_shard_query_ms``: each shard
-    searched alone)."""
+    (k = 10) on both, every search timing the best of at least ``repeat`` interleaved rounds
+    (:func:`_common.interleaved`), more until each search was timed ``min_seconds`` in all; the merge alone in
+    rounds of its own, as many and as long.  Returns build seconds, ms/query and recall@10 against exact search
+    (``per_shard_query_ms``: each shard searched alone), the ``rounds`` and ``merge_rounds`` run and
+    ``min_seconds``."""
     from ragkit.encoders import get_encoder
     from ragkit.eval.beir import load_beir
     from ragkit.retrievers._index import VectorIndex
@@ -95,7 +109,7 @@ def shard_part(n: int, shards: int, n_queries: int, ef: int = 64, seed: int = 0,
                            expansion_search=ef, reorder=reorder).build(vectors)
 
     res = {"n": n, "shards": shards, "queries": len(Q), "expansion_search": ef, "reorder": reorder,
-           "repeat": repeat}
+           "repeat": repeat, "min_seconds": min_seconds}
     t0 = time.perf_counter()
     one = build(X)
     res["single_build_s"] = time.perf_counter() - t0
@@ -118,15 +132,20 @@ def shard_part(n: int, shards: int, n_queries: int, ef: int = 64, seed: int = 0,
     one.search(Q, 10)  # warm-up (untimed), as every shard's below
     per_shard = [shard_rankings(a, ix) for a, ix in zip(bounds[:-1], parts)]  # also the merge's input
     calls = {"single": lambda: one.search(Q, 10), "sharded": sharded,
-             "merge": lambda: merge_rankings(per_shard, 10),
              **{i: (lambda ix=ix: ix.search(Q, 10)) for i, ix in enumerate(parts)}}
-    best, last, _ = interleaved(calls, repeat)
+    best, last, res["rounds"] = interleaved(calls, repeat, min_seconds)
+
+    def merge():
+        return merge_rankings(per_shard, 10)
+
+    merge()  # warm-up (untimed)
+    merge_best, _, res["merge_rounds"] = interleaved({"merge": merge}, repeat, min_seconds)
     res["single_query_ms"] = ms(best["single"])
     res["single_recall@10"] = recall(last["single"][0], gt)
     res["sharded_query_ms"] = ms(best["sharded"])
     res["sharded_recall@10"] = recall([r.rows for r in last["sharded"][1]], gt)
     res["per_shard_query_ms"] = [ms(best[i]) for i in range(len(parts))]
-    res["merge_ms_per_query"] = ms(best["merge"])
+    res["merge_ms_per_query"] = ms(merge_best["merge"])
     return res
 
 
@@ -137,12 +156,14 @@ def main() -> None:
     ap.add_argument("--shards", type=int, default=8)
     ap.add_argument("--queries", type=int, default=300)
     ap.add_argument("--ef", type=int, default=64, help="HNSW expansion_search of every index")
-    ap.add_argument("--repeat", type=int, default=5, help="every search timing is the best of this many calls")
+    add_timing_args(ap, "every search timing is the best of at least this many interleaved rounds (the merge's "
+                        "of as many rounds of its own)", repeat=5)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--skip-encode", action="store_true")
     ap.add_argument("--no-reorder", action="store_true",
                     help="Build graphs in the given order (VectorIndex(reorder=False)), as before 2026-12-02")
     args = ap.parse_args()
+    timing_args(ap, args)
     if args.quick:
         args.docs, args.n, args.queries = 200, 50_000, 100
     results: dict = {"machine": print_machine()}
@@ -150,12 +171,14 @@ def main() -> None:
         enc = encode_part(args.docs)
         results["encode"] = enc
         print(encode_line(enc), flush=True)
-    sh = shard_part(args.n, args.shards, args.queries, ef=args.ef, reorder=not args.no_reorder, repeat=args.repeat)
+    sh = shard_part(args.n, args.shards, args.queries, ef=args.ef, reorder=not args.no_reorder, repeat=args.repeat,
+                    min_seconds=args.min_seconds)
     results["shards"] = sh
     print(f"{sh['n']:,} vectors: one HNSW index built in {sh['single_build_s']:.1f} s, {sh['shards']} shards in "
           f"{sh['sharded_build_s_sequential']:.1f} s (sequential here; parallel on a cluster)")
     per = np.array(sh["per_shard_query_ms"])
-    print(f"  search timings: best of {sh['repeat']} calls of {sh['queries']} queries each")
+    print(f"  search timings: best of {sh['rounds']} interleaved rounds (each search timed >= {sh['min_seconds']:g} s "
+          f"in all), {sh['queries']} queries a call; the merge: best of {sh['merge_rounds']} rounds of its own")
     print(f"  single index : {sh['single_query_ms']:.3f} ms/query, recall@10 {sh['single_recall@10']:.4f}")
     print(f"  {sh['shards']} shards merged: {sh['sharded_query_ms']:.3f} ms/query "
           f"({sh['sharded_query_ms'] / sh['single_query_ms']:.2f}x), recall@10 {sh['sharded_recall@10']:.4f}; "

@@ -59,9 +59,6 @@ def _check_filters(r: dict) -> None:
     assert all(_finite(o["precision"], o["recall"], o["mean_kept"]) for o in ops.values())
     _held_out(ops)
     _held_out([r["choice_on_train"]])
-    # each variant's held_out count recorded (one variable, overwritten in the loop, kept the last only)
-    assert r["choice_on_train"]["learned_from_test_by_variant"] == {"list_features=True": 0,
-                                                                    "list_features=False": 0}
     baselines = {"raw cosine", "cosine / top cosine", "rank (top-k)"}
     assert baselines | set(adapters) == set(r["pr"]) and all(_finite(*d.values()) for d in r["pr"].values())
     for name in adapters:  # at the adapter's recall, against every baseline score (not raw cosine alone)
@@ -106,6 +103,9 @@ def _check_scale(r: dict) -> None:
     assert _finite(sh["single_query_ms"], sh["sharded_query_ms"], sh["single_recall@10"], sh["sharded_recall@10"],
                    sh["merge_ms_per_query"], *sh["per_shard_query_ms"])
     assert len(sh["per_shard_query_ms"]) == sh["shards"]
+    # --repeat (default 5) and --quick's --min-seconds 0.05, the searches' rounds and the merge's own recorded
+    assert sh["repeat"] == 5 and sh["min_seconds"] == 0.05, sh
+    assert sh["rounds"] >= sh["repeat"] and sh["merge_rounds"] >= sh["repeat"], sh
 
 
 def _check_cachecraft(r: dict) -> None:
@@ -144,6 +144,9 @@ def _check_eval_io(r: dict) -> None:
 
 def _check_muvera(r: dict) -> None:
     assert r["configs"] and _finite(r["brute_force"]["ms_per_query"], r["brute_force"]["ndcg@10"])
+    carved = [v for k, v in r["main_extra"].items() if k.startswith("ball_carve_")]
+    assert carved and all(_finite(b["rerank_ms_per_query"], b["uncarved_rerank_ms_per_query"])
+                          and b["rounds"] >= r["repeat"] for b in carved), carved  # both from the same rounds
 
 
 def _check_machine(r: dict, stdout: str | None = None) -> None:
@@ -352,6 +355,33 @@ def test_muvera_select_maps_rows_through_its_corpus() -> None:
     assert sel["ndcg@10_gap"]["1x8x1"][len(corpus)] == pytest.approx(0.0)
 
 
+def test_muvera_times_the_carved_rerank_beside_the_uncarved(monkeypatch) -> None:  # noqa: ANN001
+    """The ball-carving rerank was timed best of ``--repeat`` calls with no warm-up, alone, and printed beside the
+    main row's (uncarved) rerank stage, timed in other rounds: both reranks are now called once each (untimed),
+    then timed in the same interleaved rounds, the order shuffled per round.  (``chamfer_pairs`` is a stand-in
+    recording its calls.)"""
+    import ragkit.retrievers.fde as fde
+
+    mv = bench_module("muvera")
+    log: list[str] = []
+
+    def pairs(qd, q_off, data, offsets, rows, q_weights=None):  # noqa: ANN001, ANN202
+        log.append("carved" if q_weights is not None else "uncarved")
+        return np.full(rows.shape, 2.0 if q_weights is not None else 1.0, np.float32)
+
+    monkeypatch.setattr(fde, "chamfer_pairs", pairs)
+    docs = SimpleNamespace(data=np.zeros((4, 2), np.float32), offsets=np.array([0, 2, 4]))
+    rows = np.zeros((3, 2), np.int64)
+    best, sc, rounds = mv._carving_rerank(np.zeros((6, 2), np.float32), np.arange(0, 7, 2), rows,
+                                          (np.zeros((3, 2), np.float32), np.arange(4), np.ones(3, np.float32)),
+                                          rows, docs, 8)
+    assert rounds == 8 and set(best) == {"carved", "uncarved"} and (sc == 2.0).all()
+    assert log[:2] == ["carved", "uncarved"] and len(log) == 2 + 2 * 8, log  # a warm-up each, then 8 rounds
+    per_round = [log[i:i + 2] for i in range(2, len(log), 2)]
+    assert all(sorted(p) == ["carved", "uncarved"] for p in per_round), per_round  # both in every round
+    assert {p[0] for p in per_round} == {"carved", "uncarved"}, per_round  # neither always first
+
+
 def test_bench_timings_take_whole_calls_in_shuffled_rounds() -> None:
     """The timing helper the muvera, scale and other benches call (``_common.interleaved``; muvera and scale had
     thin copies of it): a best-of keeps the fastest *whole* call (and that call's result, so MUVERA's stage times
@@ -438,7 +468,9 @@ def test_bm25_bench_times_bm25s_numba_backend(tmp_path: Path) -> None:
     assert "threads: '1 thr' = 1 each" in out.stdout and "interleaved rounds" in out.stdout
     res = json.loads((tmp_path / "bm25_quick.json").read_text())
     # bm25s's q/s is its own tokenizer's, its "nDCG@10" was the same-tokens one: both columns, labelled
-    assert "nDCG@10 (ragkit tokens)" in out.stdout and "nDCG@10 (own tokenizer)" in out.stdout, out.stdout[-3000:]
+    # (in README's table's words), and the closing line no longer repeats the own-tokenizer column
+    assert "nDCG@10, same tokens" in out.stdout and "nDCG@10, own tokenizer" in out.stdout, out.stdout[-3000:]
+    assert "bm25s with its own tokenizer" not in out.stdout, out.stdout[-3000:]
     for name, key in (("bm25s numpy", "bm25s"), ("bm25s numba", "bm25s_numba")):
         cells = rows[name].split()
         assert cells[-2:] == [f"{res[key]['ndcg@10']:.4f}", f"{res[key]['ndcg@10_own_tokenizer']:.4f}"], rows[name]
@@ -716,20 +748,25 @@ def test_bm25_memory_quick_keeps_explicit_queries_and_k(tmp_path: Path, monkeypa
 def test_dense_run_configs_limits_blas_to_threads() -> None:
     """``--threads`` went to faiss and usearch only: numpy's BLAS (``numpy Q@D.T``, ragkit's exact searches) used
     every thread it had.  ``run_configs(threads=...)`` builds and searches under ``threadpool_limits(threads)``:
-    with two BLAS threads outside, a search run with ``threads=1`` sees one, and two again after."""
+    with two BLAS threads outside, a build and a search run with ``threads=1`` see one, and two again after."""
     threadpoolctl = pytest.importorskip("threadpoolctl")
     dense = _dense_bench()
     seen: list[int] = []
+    seen_build: list[int] = []
 
     def blas() -> set[int]:
         return {i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"}
+
+    def build() -> np.ndarray:
+        seen_build.extend(blas())
+        return x
 
     def search(x: np.ndarray) -> np.ndarray:
         seen.extend(blas())
         return np.argsort(-(x[:3] @ x.T), axis=1)[:, :2]
 
     x = np.random.default_rng(0).standard_normal((20, 4)).astype(np.float32)
-    cfg = dense.Config("spy", "numpy", lambda: x, search, lambda o: o.nbytes)
+    cfg = dense.Config("spy", "numpy", build, search, lambda o: o.nbytes)
     with threadpoolctl.threadpool_limits(2, user_api="blas"):  # two threads outside, whatever the machine
         if not blas():
             pytest.skip("no BLAS library that threadpoolctl controls")
@@ -737,6 +774,7 @@ def test_dense_run_configs_limits_blas_to_threads() -> None:
                                  threads=1)
         assert blas() == {2}  # restored after
     assert seen and set(seen) == {1}, seen
+    assert seen_build and set(seen_build) == {1}, seen_build
     assert rows[0]["config"] == "spy" and rows[0]["recall@10"] > 0
     with pytest.raises(ValueError, match=r"run_configs: threads: expected a thread count of 1 or more .*got 0"):
         dense.run_configs(x, x[:3], x[:3], [cfg], k=2, repeat=1, threads=0)
@@ -836,6 +874,18 @@ def test_alpha_ndcg_bench_times_old_and_new_in_shuffled_rounds(monkeypatch, caps
         ab.main()
 
 
+def test_timing_args_refuses_no_rounds(monkeypatch, capsys) -> None:  # noqa: ANN001
+    """``_common.timing_args`` checked ``--min-seconds`` but not ``--repeat`` (eval_io had its own check, the other
+    benches none: ``alpha_ndcg.py --repeat 0`` went on with no timing round): it refuses below 1 for every bench
+    that takes the shared timing flags, before any work."""
+    ab = bench_module("alpha_ndcg")
+    monkeypatch.setattr(sys, "argv", ["alpha_ndcg.py", "--quick", "--repeat", "0"])
+    with pytest.raises(SystemExit) as e:
+        ab.main()
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "alpha_ndcg.py: error: --repeat: at least 1 round, got 0" in err, err
+
+
 def test_scale_encoding_says_ray_is_timed_cold(tmp_path: Path, monkeypatch, capsys) -> None:  # noqa: ANN001
     """bench/scale.py's Ray-vs-local encoding ratio divides one cold ``ray_encode`` call (actor start-up and model
     load included) by the local encoder's warm time (its model loaded before), and its printout said only
@@ -851,7 +901,8 @@ def test_scale_encoding_says_ray_is_timed_cold(tmp_path: Path, monkeypatch, caps
     monkeypatch.setattr(ragkit.scale, "ray_encode", lambda model, texts, **kw: np.ones((len(texts), 2), np.float32))
     shards = {"n": 10, "shards": 2, "single_build_s": 0.1, "sharded_build_s_sequential": 0.1, "repeat": 1,
               "queries": 2, "single_query_ms": 1.0, "single_recall@10": 1.0, "sharded_query_ms": 1.0,
-              "sharded_recall@10": 1.0, "merge_ms_per_query": 0.001, "per_shard_query_ms": [0.5, 0.5]}
+              "sharded_recall@10": 1.0, "merge_ms_per_query": 0.001, "per_shard_query_ms": [0.5, 0.5],
+              "min_seconds": 0.5, "rounds": 1, "merge_rounds": 1}
     monkeypatch.setattr(sc, "shard_part", lambda *a, **kw: shards)
     monkeypatch.setattr(sc, "OUT", tmp_path)
     monkeypatch.setattr(sys, "argv", ["scale.py", "--docs", "20"])
@@ -864,3 +915,29 @@ def test_scale_encoding_says_ray_is_timed_cold(tmp_path: Path, monkeypatch, caps
     assert {"local_docs_per_s_warm", "ray_1_actors_docs_per_s_cold", "ray_2_actors_docs_per_s_cold"} <= set(res)
     assert not [k for k in res if k.endswith("docs_per_s")], res  # no unlabelled rate left
     assert "cold" in res["timing"] and "warm" in res["timing"]
+
+
+def test_scale_times_with_the_shared_timing_flags(tmp_path: Path, monkeypatch, capsys) -> None:  # noqa: ANN001
+    """bench/scale.py had its own ``--repeat`` (unchecked) and no ``--min-seconds``: its merge, microseconds a
+    query, was the best of 5 calls.  It takes ``_common``'s timing flags (``--repeat`` default 5, checked;
+    ``--min-seconds`` 0.5, 0.05 with ``--quick``), gives both to ``shard_part`` and prints the rounds run.  (The
+    shard part is a stand-in here, recording what it is given.)"""
+    sc = bench_module("scale")
+    given: list[dict] = []
+    shards = {"n": 10, "shards": 2, "single_build_s": 0.1, "sharded_build_s_sequential": 0.1, "repeat": 5,
+              "min_seconds": 0.05, "rounds": 7, "merge_rounds": 900, "queries": 2, "single_query_ms": 1.0,
+              "single_recall@10": 1.0, "sharded_query_ms": 1.0, "sharded_recall@10": 1.0,
+              "merge_ms_per_query": 0.001, "per_shard_query_ms": [0.5, 0.5]}
+    monkeypatch.setattr(sc, "shard_part", lambda *a, **kw: given.append(kw) or shards)
+    monkeypatch.setattr(sc, "OUT", tmp_path)
+    monkeypatch.setattr(sys, "argv", ["scale.py", "--quick", "--skip-encode"])
+    sc.main()
+    (kw,) = given
+    assert (kw["repeat"], kw["min_seconds"]) == (5, 0.05), kw
+    out = capsys.readouterr().out
+    assert "best of 7 interleaved rounds (each search timed >= 0.05 s in all)" in out, out
+    assert "the merge: best of 900 rounds of its own" in out, out
+    monkeypatch.setattr(sys, "argv", ["scale.py", "--skip-encode", "--repeat", "0"])
+    with pytest.raises(SystemExit) as e:
+        sc.main()
+    assert e.value.code == 2 and "--repeat: at least 1 round, got 0" in capsys.readouterr().err
