@@ -236,14 +236,22 @@ class _ShardActor:
 
 def _shard_fine(op: Operator, state: State, flat: _Flat, kept: list[list[np.ndarray]]) -> np.ndarray:
     """Every candidate's float64 score of a ``bm25`` shard's search of ``state`` (its rankings flat, ``flat``): the
-    scores its top-k kept (``kept``, filled by a search within :func:`~ragkit.retrievers.bm25._shard_search`), each
-    query's cut to its ranking; :func:`_pair_scores` (a second sparse product) only where the search kept none (a
-    subclass whose search does not go through BM25's top-k)."""
+    scores its top-k kept (``kept``, filled by a search within :func:`~ragkit.retrievers.bm25._shard_search`: one
+    ``(n_q, w)`` array per block of queries), each query's first finite ones cut to its ranking's length, a block at
+    a time; :func:`_pair_scores` (a second sparse product) only where the search kept none (a subclass whose search
+    does not go through BM25's top-k)."""
     rows, _, lens = flat
-    if len(kept) == 1 and len(kept[0]) == len(lens) and all(len(f) >= n for f, n in zip(kept[0], lens.tolist())):
-        # (a ranking is its top-k's prefix: the operator's check may only cut it)
-        return np.concatenate([f[:n] for f, n in zip(kept[0], lens.tolist())]) if len(lens) else \
-            np.zeros(0, np.float64)
+    if len(kept) == 1 and sum(len(sc) for sc in kept[0]) == len(lens):
+        out, at = [], 0
+        for sc in kept[0]:  # (a ranking is its top-k's finite prefix: the operator's check may only cut it)
+            n = lens[at:at + len(sc)]
+            at += len(sc)
+            finite = np.isfinite(sc)
+            if not (finite.sum(axis=1) >= n).all():
+                break
+            out.append(sc[finite & (np.cumsum(finite, axis=1) <= n[:, None])])
+        else:
+            return np.concatenate(out) if out else np.zeros(0, np.float64)
     q = np.repeat(np.arange(len(lens)), lens)
     return _pair_scores(op, state.texts(lexical=True), q, rows)
 

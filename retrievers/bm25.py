@@ -236,8 +236,9 @@ _SHARD_SEARCH: ContextVar[bool] = ContextVar("ragkit_bm25_shard_search", default
 
 
 #: Set, to a list, by :func:`_shard_search` where the ``sharded`` retriever wants every candidate's float64 score:
-#: a BM25 search appends to it one float64 array per query, its ranking's scores before their float32 rounding
-#: (the merge orders two shards' tied candidates by them), kept from its top-k, not scored again.
+#: a BM25 search appends to it the float64 ``(n_q, w)`` top-k arrays of its blocks of queries, in query order (each
+#: row its ranking's scores before their float32 rounding, best first, ``-inf`` past its matches), which the merge
+#: orders two shards' tied candidates by: kept from its top-k, not scored again.
 _SHARD_FINE: ContextVar[list[list[np.ndarray]] | None] = ContextVar("ragkit_bm25_shard_fine", default=None)
 
 
@@ -245,7 +246,8 @@ _SHARD_FINE: ContextVar[list[list[np.ndarray]] | None] = ContextVar("ragkit_bm25
 def _shard_search(fine: list[list[np.ndarray]] | None = None) -> Iterator[None]:
     """Within it, a BM25 search does not warn of queries that find nothing (:data:`_SHARD_SEARCH`): the search is
     one shard's, whose ``sharded`` retriever warns once (a function, as :func:`_shard_fit` is).  ``fine``: a list
-    each search within appends its rankings' float64 scores to (:data:`_SHARD_FINE`), one array per query."""
+    each search within appends its top-k's float64 scores to (:data:`_SHARD_FINE`), one array per block of
+    queries."""
     token = _SHARD_SEARCH.set(True)
     fine_token = _SHARD_FINE.set(fine)
     try:
@@ -1674,7 +1676,7 @@ class BM25(Operator):
         out = state.copy()
         if fine is not None:  # (float64 scores: the rankings get their float32 rounding, the shard both)
             out.rankings = [r for rows, sc in parts for r in rankings_from_matrix(rows, sc.astype(np.float32))]
-            fine.append([s[np.isfinite(s)] for _, sc in parts for s in sc])
+            fine.append([sc for _, sc in parts])  # (the blocks as they are: _shard_fine cuts them, per block)
         else:
             out.rankings = [r for rows, sc in parts for r in rankings_from_matrix(rows, sc)]
         return out
