@@ -23,6 +23,20 @@ def _tied_corpus(n: int = 600, seed: int = 0) -> Corpus:
 _QUERIES = [f"w{i}" for i in range(8)] + ["w1 w2", "w3 w3 w4", "w0 w5 w6 w7", "nothing"]
 
 
+def _float32_tied_corpus(seed: int = 0) -> tuple[Corpus, list[str]]:
+    """Documents over a few words padded with words of their own, some repeated in later shards, and queries of
+    those words: with b ~ 0 (``{"b": 1e-8}``) many candidates tie at float32 whose float64 scores differ by a hair
+    (as test_ray_review4's many-float32-ties corpus): the merge must order such ties by the shards' float64."""
+    rng = np.random.default_rng(seed)
+    words = ["a", "b", "c", "d"]
+    texts = [" ".join(rng.choice(words, int(rng.integers(1, 4))).tolist()
+                      + [f"f{i}x{j}" for j in range(int(rng.integers(0, 12)))]) for i in range(60)]
+    texts += [texts[int(i)] for i in rng.integers(0, 60, 20)]
+    rng.shuffle(texts)
+    queries = [" ".join(rng.choice(words, int(rng.integers(1, 4))).tolist()) for _ in range(30)]
+    return Corpus.from_texts(texts, ids=[f"d{i}" for i in range(len(texts))]), queries
+
+
 def _same(got, want) -> None:
     assert len(got) == len(want)
     for g, w in zip(got, want):
@@ -42,14 +56,20 @@ def _refuse_pair_scores(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_local_bm25_shards_merge_ties_without_scoring_again(monkeypatch, dense_topk, n_jobs):
     """The local merge scored the tied candidates of two shards again (_pair_scores, through Sharded._finer): the
     shards' own top-k has their float64 scores.  With _pair_scores refused the merge still equals one index's, ids
-    and scores, ties included (threads and the dense top-k path too)."""
+    and scores, ties included (threads and the dense top-k path too).  The ties are float32 ones whose float64
+    scores differ (ordered by the kept scores: with them zeroed, the merge orders them by row and differs)."""
     monkeypatch.setattr(bm25_mod, "_DENSE_TOPK", dense_topk)
-    monkeypatch.setattr(bm25_mod, "_BLOCK_CELLS", 500)  # (several blocks of queries: n_jobs=2 runs them on threads)
-    corpus = _tied_corpus()
-    want = BM25(k=40).fit(corpus).search(_QUERIES).rankings
-    sharded = Sharded(retriever={"bm25": {"k": 40}}, n_shards=3, k=40, backend="local").fit(corpus)
+    monkeypatch.setattr(bm25_mod, "_BLOCK_CELLS", 200)  # (several blocks of queries: n_jobs=2 runs them on threads)
+    corpus, queries = _float32_tied_corpus()
+    params = {"k": 40, "b": 1e-8}
+    one = BM25(**params).fit(corpus)
+    want = one.search(queries).rankings
+    dense = one.score_matrix(queries)  # (the case holds: float32 ties of distinct float64 scores, in the top 40)
+    assert any(len(np.unique(dense[i, r.rows].astype(np.float32))) < len(np.unique(dense[i, r.rows]))
+               for i, r in enumerate(want))
+    sharded = Sharded(retriever={"bm25": params}, n_shards=3, k=40, backend="local").fit(corpus)
     _refuse_pair_scores(monkeypatch)
-    got = sharded.search(_QUERIES, bm25={"n_jobs": n_jobs}).rankings
+    got = sharded.search(queries, bm25={"n_jobs": n_jobs}).rankings
     _same(got, want)
     assert any(len(np.unique(r.scores)) < len(r.scores) for r in got)  # (ties there were)
 
