@@ -388,9 +388,9 @@ def fix_overhead(variant: "ChunkVariant", new_prefix: Sequence[str], new_lens: S
 
     Exact: ``variant`` is an exact variant computed after the same system prompt and the same prefix chunks.
     With ``alpha`` set: Cache-Craft's CFO (:func:`cache_fix_overhead`, Eq. 12), with ``beta = 0`` for an inexact
-    variant (its rows approximate themselves) or one of another system prompt, or for a variant captured alone
-    (no prefix chunk, where beta cannot see the added context) :func:`alone_fix_overhead`'s proxy
-    ``alpha * (CCI - 0.5) * 2`` (ALGORITHMS.md §5.3, the proxy for those only).
+    variant (its rows approximate themselves) or one of another system prompt, captured alone or not; for an exact
+    variant of this system prompt captured alone (no prefix chunk, where beta cannot see the added context)
+    :func:`alone_fix_overhead`'s proxy ``alpha * (CCI - 0.5) * 2`` (ALGORITHMS.md §5.3, the proxy for those only).
     ``alpha=None``: ragkit's budget weight ``(2 CCI - 1) * (1 - beta' * kappa)``, where ``kappa`` is the share of
     the new prefix tokens (``new_lens``) that were also in the old prefix (beta alone cannot see added context);
     ``2 CCI - 1`` for an inexact variant.  Under another system prompt every chunk token saw another context, so
@@ -400,11 +400,13 @@ def fix_overhead(variant: "ChunkVariant", new_prefix: Sequence[str], new_lens: S
     if same_sys and variant.exact and tuple(new_prefix) == tuple(variant.prefix_ids):
         return 0.0, True
     if alpha is not None:
-        if not variant.prefix_ids:  # captured alone: beta = 1 whatever came before, so ALGORITHMS.md §5.3's proxy
+        if not (same_sys and variant.exact):  # rows that are approximate themselves (inexact) or saw another system
+            # prompt keep nothing of their context (beta' = 0): Eq. 12 gives CFO = alpha * CCI, captured alone or not
+            return cache_fix_overhead(variant.cci, 0.0, 0.0, alpha), False
+        if not variant.prefix_ids:  # exact, captured alone under this system prompt: beta = 1 whatever came before,
+            # so ALGORITHMS.md §5.3's proxy (the one it gives for chunks prefilled alone after S)
             return alone_fix_overhead(variant.cci, alpha), False
-        # Eq. 12 on the scale of every other variant's CFO; rows that are approximate themselves (inexact) or saw
-        # another system prompt keep nothing of their context (beta' = 0): CFO = alpha * CCI
-        beta = prefix_overlap(variant.inter, variant.prefix_ids, new_prefix) if same_sys and variant.exact else 0.0
+        beta = prefix_overlap(variant.inter, variant.prefix_ids, new_prefix)
         return cache_fix_overhead(variant.cci, beta, order_penalty(variant.prefix_ids, new_prefix), alpha), False
     if not variant.exact:  # its rows are approximate themselves: none of its context counts as kept, as for a
         # variant captured alone (beta = 1 had made an inexact variant after the same prefix need nothing)

@@ -52,12 +52,42 @@ def test_with_alpha_an_inexact_variant_after_other_chunks_is_costed_by_eq12_not_
     assert g._need(inexact, ["B"], [5], "S")[0] == pytest.approx(0.6)
     assert g._need(other, ["B"], [5], "S")[0] == pytest.approx(0.3)
     assert g._need(other, ["B"], [5], "S")[0] < g._need(inexact, ["B"], [5], "S")[0]
-    alone = _var(prefix_ids=(), prefix_lens=(), inter=np.zeros((2, 0), np.float32), exact=False)
-    assert g._need(alone, ["B"], [5], "S")[0] == pytest.approx(0.2)  # the proxy, for a variant captured alone
+    alone = _var(prefix_ids=(), prefix_lens=(), inter=np.zeros((2, 0), np.float32))
+    assert g._need(alone, ["B"], [5], "S")[0] == pytest.approx(0.2)  # the proxy, for an exact variant captured alone
     # alpha unset: ragkit's budget weights, as before
     g0 = LocalGenerator()
     assert g0._need(inexact, ["B"], [5], "S")[0] == pytest.approx(0.2)
     assert g0._need(other, ["B"], [5], "S")[0] == pytest.approx(0.2 * (1 - 0.5 * 1.0))
+
+
+def test_with_alpha_the_captured_alone_proxy_is_for_exact_variants_of_the_same_system_prompt_only():
+    """Old code: with ``alpha`` set the "captured alone" proxy ``alpha * (CCI - 0.5) * 2`` was tried before "kept
+    nothing of its context", so an inexact variant captured alone cost 0.2 and beat an exact variant captured after
+    (B, C) (0.3 after (B)) and, after (A), an inexact variant captured after (A) (0.6); an exact variant captured
+    alone under another system prompt cost 0.2 too.  ALGORITHMS.md §5.3's proxy is for chunks prefilled alone
+    after the same system prompt (exact); rows approximate themselves or of another system prompt keep nothing of
+    their context: ``alpha * CCI``."""
+    from ragkit.generators.local import LocalGenerator
+
+    g = LocalGenerator(alpha=1.0)
+    empty = dict(prefix_ids=(), prefix_lens=(), inter=np.zeros((2, 0), np.float32))
+    alone_inexact = _var(exact=False, **empty)
+    exact_alone = _var(**empty)
+    other_bc = _var(prefix_ids=("B", "C"), prefix_lens=(5, 5), inter=np.ones((2, 2), np.float32))
+    inexact_after_a = _var(exact=False)
+    assert g._need(alone_inexact, ["B"], [5], "S")[0] == pytest.approx(0.6)
+    assert g._need(alone_inexact, ["B"], [5], "S")[0] >= g._need(other_bc, ["B"], [5], "S")[0]
+    assert g._need(inexact_after_a, ["A"], [5], "S")[0] <= g._need(alone_inexact, ["A"], [5], "S")[0]
+    assert g._need(exact_alone, ["B"], [5], "S2")[0] >= 0.3
+    assert g._need(exact_alone, ["B"], [5], "S2") == (pytest.approx(0.6), False)
+    assert g._need(exact_alone, ["B"], [5], "S") == (pytest.approx(0.2), False)  # the proxy stays for these
+    assert alone_inexact.cfo(["B"], 1.0) == pytest.approx(0.6)  # ChunkVariant.cfo is the same function
+    # alpha unset: unchanged (2 CCI - 1 for an inexact variant, the budget weight for an exact one)
+    g0 = LocalGenerator()
+    assert g0._need(alone_inexact, ["B"], [5], "S")[0] == pytest.approx(0.2)
+    assert g0._need(exact_alone, ["B"], [5], "S2")[0] == pytest.approx(0.2)
+    assert g0._need(exact_alone, ["B"], [5], "S")[0] == pytest.approx(0.2)
+    assert g0._need(inexact_after_a, ["A"], [5], "S")[0] == pytest.approx(0.2)
 
 
 # ----------------------------------------------------------------------------- a blank question

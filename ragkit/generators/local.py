@@ -247,8 +247,8 @@ class LocalGenerator:
         wall-clock decay.  A value other than the default needs ``disk_dir``.
     alpha : float or None
         Cache-Craft's scalar (>= 0) in ``CFO = alpha * CCI * (1 - beta')`` (``beta' = 0`` for an inexact
-        variant or one of another system prompt); for a variant captured alone (no prefix chunk)
-        ``alpha * (CCI - 0.5) * 2`` (ALGORITHMS.md §5.3).  With
+        variant or one of another system prompt, captured alone or not); for an exact variant of the same system
+        prompt captured alone (no prefix chunk) ``alpha * (CCI - 0.5) * 2`` (ALGORITHMS.md §5.3).  With
         ``alpha`` set the ``cachecraft`` selector recomputes CFO of each chunk whatever
         ``fraction`` is (``fraction=0`` included; ``naive`` mode recomputes nothing).  ``None``
         (default) sets the per-chunk budgets by distributing ``fraction`` of the chunk tokens
