@@ -91,7 +91,8 @@ def test_with_alpha_the_captured_alone_proxy_is_for_exact_variants_of_the_same_s
 
 
 # ----------------------------------------------------------------------------- a blank question
-BLANKS = ["", "   ", "\n\t ", "\u3000"]
+#: (the last four: invisible characters only, blank as the encoders read them)
+BLANKS = ["", "   ", "\n\t ", "\u3000", "\u200b", "\ufeff", "\x00 ", "\u2063"]
 
 
 @pytest.mark.parametrize("question", BLANKS)
@@ -134,11 +135,40 @@ def test_the_generate_step_skips_a_blank_question_and_answers_the_others():
     op.fit(corpus)
     some = Ranking(np.array([0, 1]), np.array([2.0, 1.0], np.float32))
     none = Ranking(np.zeros(0, np.int64), np.zeros(0, np.float32))
-    out = op(State(["", "What causes scurvy?", " \t", ""], rankings=[some, some, some, none]))
-    assert out.values["answer"] == ["", "C", "", ""]
-    assert out.values["answer_skipped"] == [NO_QUESTION, None, NO_QUESTION, NO_DOCUMENT]
-    assert out.values["prefill"] == [None, None, None, None]
+    out = op(State(["", "What causes scurvy?", " \t", "", "\u200b"], rankings=[some, some, some, none, some]))
+    assert out.values["answer"] == ["", "C", "", "", ""]
+    assert out.values["answer_skipped"] == [NO_QUESTION, None, NO_QUESTION, NO_DOCUMENT, NO_QUESTION]
+    assert out.values["prefill"] == [None, None, None, None, None]
     assert chat.i == 1  # the chat model was asked once
+
+
+INVISIBLE = ["\u200b", "\ufeff", "\x00 ", "\u2063 \u200b"]
+
+
+@pytest.mark.parametrize("question", INVISIBLE)
+def test_a_question_of_invisible_characters_is_blank_everywhere_as_for_the_encoders(question):
+    """Old code: the generators, ``ragkit ask`` and RagkitGenerator took ``not question.strip()`` for blank, so a
+    zero-width space, a BOM or a NUL passed, where the encoders (README: "empty, whitespace or invisible characters
+    only") read them as blank."""
+    from typer.testing import CliRunner
+
+    from ragkit.cli import app
+    from ragkit.encoders.sentence import blank_texts
+    from ragkit.errors import ParamError
+    from ragkit.generators._prompt import _check_prompt
+
+    assert blank_texts([question]).tolist() == [True]  # one rule: the encoders'
+    with pytest.raises(ParamError, match="expected a question, got an empty one"):
+        _check_prompt(question, TINY_CHUNKS)
+    _check_prompt("\u200bWhat causes scurvy?", TINY_CHUNKS)  # text beside them: a question
+    res = CliRunner().invoke(app, ["ask", "--pipeline", "bm25", "--data", "nowhere", question])
+    assert res.exit_code == 2 and "expected a question, got an empty one" in res.output, res.output
+    pytest.importorskip("langchain_core")
+    from ragkit.integrations.langchain import RagkitGenerator
+
+    with pytest.raises(ParamError, match="expected a question, got an empty one") as e:
+        RagkitGenerator(max_new_tokens=4).invoke({"question": question, "documents": []})
+    assert e.value.path == "question"
 
 
 # ----------------------------------------------------------------------------- the tokenizer identity, once

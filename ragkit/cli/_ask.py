@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Optional
 import typer
 from rich.text import Text
 
+from ragkit._text import is_blank
 from ragkit.cli._app import _examples, _fail, _RunFailure, app
 from ragkit.cli._console import _note, console, err_console
 from ragkit.cli._options import _expands_paths, _ranged_option
@@ -124,7 +125,7 @@ def ask_cmd(
 
     if mode not in (None, "full", "prefix", "naive", "cachecraft"):
         raise typer.BadParameter(f"expected one of full, prefix, naive, cachecraft; got {mode!r}", param_hint="--mode")
-    if not question.strip():
+    if is_blank(question):  # (empty, or whitespace and invisible characters only)
         raise typer.BadParameter("expected a question, got an empty one", param_hint="QUESTION")
     if cache_dir is not None and mode in ("full", "prefix"):  # (the folder and its manifest were made for nothing)
         raise typer.BadParameter(f"--mode {mode} uses no chunk cache, so the folder would stay unused; drop "

@@ -19,12 +19,10 @@ import hashlib
 import importlib.util
 import logging
 import os
-import re
 import socket
 import sys
 import threading
 import time
-import unicodedata
 from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
@@ -33,6 +31,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 import numpy as np
 
 from ragkit._locks import MODEL_LOADING
+from ragkit._text import is_blank as _blank
 from ragkit.encoders.cache import EmbeddingCache, env_flag
 from ragkit.encoders.custom import registered_encoder
 from ragkit.errors import DataError, InputTypeError, ParamError
@@ -999,24 +998,6 @@ def query_vectors(state: Any, encoder: Encoder, transform: Callable[[np.ndarray]
                         f"with {width}; an encoder gives documents and queries vectors of one width (its dim), and "
                         "a changed encoder needs a refit")
     return vecs if transform is None else transform(vecs)
-
-
-#: A letter or a digit: a text holding one is not blank (found at its first words: no per-character work)
-_LETTER_OR_DIGIT = re.compile(r"[^\W_]")
-#: Unicode categories of what shows nothing: control characters (NUL, ...), format characters (zero-width space
-#: U+200B, soft hyphen, BOM, ZWJ / ZWNJ, bidi marks, ...) and separators; BERT-style tokenizers (MiniLM's) drop
-#: the first two and split on the third, so a text of only these encodes as the empty text does
-_INVISIBLE = frozenset({"Cc", "Cf", "Zs", "Zl", "Zp"})
-
-
-def _blank(text: str) -> bool:
-    """Whether ``text`` shows nothing: empty, or only whitespace, control and format characters (and U+FFFD, the
-    replacement character, which those tokenizers drop too)."""
-    if not text or text.isspace():
-        return True
-    if _LETTER_OR_DIGIT.search(text) is not None:
-        return False
-    return all(c == "\ufffd" or unicodedata.category(c) in _INVISIBLE for c in text)
 
 
 def blank_texts(texts: Sequence[str]) -> np.ndarray:

@@ -10,6 +10,7 @@ from typing import Sequence
 
 import numpy as np
 
+from ragkit._text import is_blank
 from ragkit.errors import ParamError
 
 #: (the logger of ragkit.generators.local, where these lines were: what its filters and handlers read)
@@ -55,7 +56,7 @@ def _check_prompt(question: object, chunks: object, where: str = "LocalGenerator
     taken character by character)."""
     if not isinstance(question, str):
         raise ParamError(f"{where}: question={question!r}; expected a str", "question")
-    if not question.strip():
+    if is_blank(question):  # (empty, or whitespace and invisible characters only: as the encoders read it)
         raise ParamError(f"{where}: question={question!r} is blank; expected a question, got an empty one",
                          "question")
     if isinstance(chunks, (str, bytes)):

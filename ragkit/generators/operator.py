@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Callable, Literal
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from ragkit._files import user_path
+from ragkit._text import is_blank
 from ragkit.errors import ParamError
 from ragkit.operator import Operator
 from ragkit.options import bool_option, callable_option
@@ -377,7 +378,7 @@ class Generate(Operator):
                 answers.append("")
                 costs.append(None)
                 continue
-            if isinstance(q, str) and not q.strip():  # (the engines refuse it: the batch would stop there)
+            if isinstance(q, str) and is_blank(q):  # (the engines refuse it: the batch would stop there)
                 skipped[-1] = NO_QUESTION
                 answers.append("")
                 costs.append(None)

@@ -29,6 +29,7 @@ from langchain_core.runnables.config import get_config_list, run_in_executor
 from pydantic import ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 from typing_extensions import Self, TypedDict
 
+from ragkit._text import is_blank
 from ragkit.errors import ParamError
 from ragkit.generators.operator import GenerateParams
 from ragkit.integrations._inputs import _LANGCHAIN_KWARGS, _batch_list
@@ -296,7 +297,8 @@ class RagkitGenerator(RunnableSerializable[dict[str, Any], str]):
         question, docs = x["question"], x[key]
         if not isinstance(question, str):
             raise ParamError(f"{where}: 'question' is {_describe(question)}; expected a str", "question")
-        if not question.strip():  # (as ``ragkit ask`` refuses it: the model would answer a question never asked)
+        if is_blank(question):  # (empty, or whitespace and invisible characters only, as ``ragkit ask`` refuses it:
+            # the model would answer a question never asked)
             raise ParamError(f"{where}: 'question' is {_describe(question)}; expected a question, got an empty one",
                              "question")
         if isinstance(docs, (str, bytes)):
