@@ -373,19 +373,14 @@ class Generate(Operator):
         costs: list[PrefillCost | None] = []
         for qi, (q, rk) in enumerate(zip(state.queries, state.rankings)):
             rows = list(rk.rows[: p.top_k])
-            skipped.append(None if rows else NO_DOCUMENT)
-            if not rows:  # nothing to answer from: the model would make an answer up
-                answers.append("")
-                costs.append(None)
-                continue
-            if isinstance(q, str) and is_blank(q):  # (the engines refuse it: the batch would stop there)
-                skipped[-1] = NO_QUESTION
-                answers.append("")
-                costs.append(None)
-                continue
-            chunks = [(f"{titles[r]}. " if titles is not None and titles[r] else "") + str(texts[r]) for r in rows]
-            if not any(c.strip() for c in chunks):  # (the engines drop blank chunks: none would be left)
-                skipped[-1] = NO_TEXT
+            chunks = ([(f"{titles[r]}. " if titles is not None and titles[r] else "") + str(texts[r]) for r in rows]
+                      if rows else [])
+            # skipped: nothing to answer from (the model would make an answer up); a blank question (the engines
+            # refuse it: the batch would stop there); no chunk holding text (the engines drop blank ones)
+            why = (NO_DOCUMENT if not rows else NO_QUESTION if isinstance(q, str) and is_blank(q)
+                   else NO_TEXT if not any(c.strip() for c in chunks) else None)
+            skipped.append(why)
+            if why is not None:
                 answers.append("")
                 costs.append(None)
                 continue
