@@ -166,6 +166,7 @@ __all__ = [
     "order_penalty",
     "cache_fix_overhead",
     "alone_fix_overhead",
+    "fix_overhead",
     "iter_variants",
     "check_cache_dir",
 ]
@@ -515,11 +516,24 @@ class ChunkVariant:
         """What the rows were computed after: ``(prefix_ids, start, sys_id)``."""
         return tuple(self.prefix_ids), int(self.start), self.sys_id
 
-    def cfo(self, new_prefix: Sequence[str], alpha: float = 1.0, sys_id: str | None = None) -> float:
+    def cfo(self, new_prefix: Sequence[str], alpha: float | None = 1.0, sys_id: str | None = None,
+            new_lens: Sequence[int] | None = None) -> float:
         """Cache Fix Overhead of reusing this variant after ``new_prefix`` (chunk keys) under the system prompt
-        ``sys_id`` (``None``: this variant's own), as :class:`~ragkit.generators.LocalGenerator` with ``alpha``
-        set costs it: :func:`fix_overhead`'s share (0 for an exact variant of that very context)."""
-        return fix_overhead(self, new_prefix, (), self.sys_id if sys_id is None else sys_id, alpha)[0]
+        ``sys_id`` (``None``: this variant's own), as :class:`~ragkit.generators.LocalGenerator` with the same
+        ``alpha`` costs it: :func:`fix_overhead`'s share (0 for an exact variant of that very context).
+
+        ``new_lens``: the token counts of the ``new_prefix`` chunks, one per key; needed with ``alpha=None`` (the
+        budget weight counts the share of the new prefix's tokens that were in the old prefix), unused otherwise.
+        """
+        if new_lens is not None and len(new_lens) != len(new_prefix):
+            raise ParamError(f"ChunkVariant.cfo: new_lens has {len(new_lens)} entries for {len(new_prefix)} chunks "
+                             "in new_prefix; expected one token count per chunk", "new_lens")
+        if alpha is None and new_lens is None:
+            raise ParamError("ChunkVariant.cfo: alpha=None without new_lens; expected new_lens, the token count of "
+                             "each new_prefix chunk (the alpha-unset budget weight counts the new prefix's tokens "
+                             "that were in the old prefix), or alpha set", "new_lens")
+        lens = () if new_lens is None else new_lens
+        return fix_overhead(self, new_prefix, lens, self.sys_id if sys_id is None else sys_id, alpha)[0]
 
     # ------------------------------------------------------------------ (de)serialisation
     @property

@@ -90,6 +90,27 @@ def test_with_alpha_the_captured_alone_proxy_is_for_exact_variants_of_the_same_s
     assert g0._need(inexact_after_a, ["A"], [5], "S")[0] == pytest.approx(0.2)
 
 
+def test_variant_cfo_with_alpha_unset_counts_the_new_prefix_tokens_and_fix_overhead_is_public():
+    """Old code: ``ChunkVariant.cfo`` passed no token counts to :func:`fix_overhead`, so with ``alpha=None`` kappa (the
+    share of the new prefix's tokens that were in the old prefix) fell back to 1.0: 0.0 where the generator's budget
+    weight was 0.16; and ``fix_overhead``, which the README names, was not in ``caches.chunk_kv.__all__``."""
+    import ragkit.caches.chunk_kv as chunk_kv
+    from ragkit.errors import ParamError
+    from ragkit.generators.local import LocalGenerator
+
+    assert "fix_overhead" in chunk_kv.__all__
+    v = _var()
+    need = LocalGenerator()._need(v, ["A", "B"], [5, 20], "S")[0]
+    assert need == pytest.approx(0.2 * (1 - 1.0 * 0.2))  # beta 1, kappa 5 / 25
+    assert v.cfo(["A", "B"], None, new_lens=[5, 20]) == pytest.approx(need)
+    with pytest.raises(ParamError, match="alpha=None without new_lens; expected new_lens") as e:
+        v.cfo(["A", "B"], None)
+    assert e.value.path == "new_lens"
+    with pytest.raises(ParamError, match="new_lens has 1 entries for 2 chunks in new_prefix; expected one") as e:
+        v.cfo(["A", "B"], None, new_lens=[5])
+    assert v.cfo(["A", "B"], 1.0) == pytest.approx(LocalGenerator(alpha=1.0)._need(v, ["A", "B"], [5, 20], "S")[0])
+
+
 # ----------------------------------------------------------------------------- a blank question
 #: (the last four: invisible characters only, blank as the encoders read them)
 BLANKS = ["", "   ", "\n\t ", "\u3000", "\u200b", "\ufeff", "\x00 ", "\u2063"]
