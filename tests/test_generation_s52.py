@@ -247,6 +247,11 @@ def test_the_system_segment_is_rendered_and_tokenised_once_per_system_prompt(tin
     assert other.system != first.system and other.chunks == first.chunks
     assert other == LocalGenerator(tiny[0], system_prompt="Answer in one word.").load().segments(TINY_Q, TINY_CHUNKS)
     assert pickle.loads(pickle.dumps(g)).segments(TINY_Q, TINY_CHUNKS) == other
+    older = g.__getstate__()
+    del older["_prompt_parts"]  # (pickled by a ragkit before the memo: set up at unpickling, not per question)
+    back = LocalGenerator.__new__(LocalGenerator)
+    back.__setstate__(older)
+    assert back._prompt_parts == {} and back.load().segments(TINY_Q, TINY_CHUNKS) == other
     n = len(other.system)
     other.system.append(0)  # the caller's copy: the cached ids stay
     assert len(g.segments(TINY_Q, TINY_CHUNKS).system) == n

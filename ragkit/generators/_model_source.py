@@ -5,6 +5,7 @@ the llm packages, the content fingerprints of the weights, and the dequantized f
 
 from __future__ import annotations
 
+import functools
 import glob
 import hashlib
 import importlib.util
@@ -52,16 +53,13 @@ class _Loaded:
     lock: threading.RLock = field(default_factory=threading.RLock)
     #: where the weights were read: the model folder or GGUF file, or the dequantized copy of a GGUF
     source: str = ""
-    _tokenizer_id: str = field(init=False, default="", repr=False)
 
-    @property
+    @functools.cached_property
     def tokenizer_id(self) -> str:
         """:func:`tokenizer_identity` of ``tokenizer``, computed once per loaded model, at its first generator's
         load (every generator's ``tokenizer_id_``): hashing SmolLM2's 49k-token vocabulary took 0.3 s of each
-        generator's load."""
-        if not self._tokenizer_id:  # (two threads at once compute the same string)
-            self._tokenizer_id = tokenizer_identity(self.tokenizer)
-        return self._tokenizer_id
+        generator's load.  (Two threads at once compute the same string.)"""
+        return tokenizer_identity(self.tokenizer)
 
 
 def tokenizer_identity(tokenizer: PreTrainedTokenizerBase) -> str:

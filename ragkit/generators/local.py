@@ -345,6 +345,7 @@ class LocalGenerator:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
+        self.__dict__.setdefault("_prompt_parts", {})  # (a generator pickled by a ragkit before it had one)
         self._lock, self._load_lock = threading.RLock(), threading.Lock()
         self.prefix_cache = PrefixCache(self.cache_budget_bytes)
 
@@ -474,7 +475,7 @@ class LocalGenerator:
         """The system segment's token ids (the chat template up to the user turn, then ``"Documents:\n"``) and
         the template's text after the user turn, for the current ``system_prompt``: rendered and tokenised once
         per system prompt (they do not depend on the question)."""
-        parts = self.__dict__.setdefault("_prompt_parts", {})  # (a generator unpickled from an older ragkit)
+        parts = self._prompt_parts
         got = parts.get(self.system_prompt)
         if got is not None:
             return got
