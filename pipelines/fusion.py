@@ -284,8 +284,9 @@ class _Fuser(Operator):
 
         names = [n for n, _ in upstream.branches]
         placed = self._placed()  # what its warnings start with
-        given = self._weights(names) if self.params.weights is not None else None  # (checks their number)
-        baseline = None if given is None else given / given.sum()  # what learning must beat, kept on a tie
+        # what learning must beat, kept on a tie: the weights as given (learn_weights scales them to sum to 1, and
+        # its warnings quote them as given)
+        baseline = self._weights(names) if self.params.weights is not None else None  # (checks their number)
 
         options = self._learnable_options()
         if not options:

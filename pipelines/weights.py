@@ -184,7 +184,8 @@ def learn_weights(fuse: Callable[[State, np.ndarray], list[Ranking]], state: Sta
     baseline : (n_branches,) array, optional
         The fuser's own weights, what it uses unlearned (None: equal weights): scaled to sum to 1, they are a
         point of the search (added to the grid when off it), win its ties (the grid point closest to them does)
-        and are kept unless the learned weights beat them.  Weights equal to one another are equal weights.
+        and are kept unless the learned weights beat them (a warning quotes them as given: ``[2.0, 1.0]``).
+        Weights equal to one another are equal weights.
 
     The weights are exact means: the per-fold picks (multiples of the grid step, the uniform point's
     ``1 / n``, or a given baseline) are averaged in fractions and rounded once, so 0.8, 0.9, 0.8, 0.8, 0.9
@@ -194,6 +195,7 @@ def learn_weights(fuse: Callable[[State, np.ndarray], list[Ranking]], state: Sta
     step = step or (0.1 if n <= 3 else 0.25)
     grid = simplex_grid(n, step)
     base = np.full(n, 1 / n)
+    given_w = None
     if baseline is not None:
         given_w = np.asarray(baseline, np.float64)
         if given_w.shape != (n,) or not np.all(np.isfinite(given_w)) or given_w.min() < 0 or given_w.sum() <= 0:
@@ -203,7 +205,8 @@ def learn_weights(fuse: Callable[[State, np.ndarray], list[Ranking]], state: Sta
             base = given_w / given_w.sum()
     given = bool(np.abs(base - 1 / n).max() > 1e-9)
     compared_with: Literal["uniform", "given"] = "given" if given else "uniform"
-    said = f"the given weights {np.round(base, 3).tolist()}" if given else "equal weights"
+    # (the weights as the fuser was given them, [2.0, 1.0], not scaled: the learned ones are fractions of 1)
+    said = f"the given weights {given_w.tolist()}" if given and given_w is not None else "equal weights"
     for point in ([np.full(n, 1 / n), base] if given else [np.full(n, 1 / n)]):
         if np.linalg.norm(grid - point, axis=1).min() > 1e-9:  # a point off the grid (uniform: 3 or 5+ branches)
             grid = np.vstack([grid, point])

@@ -213,3 +213,17 @@ def test_expansion_matrix_tells_prf_batches_apart_without_comparing_their_conten
     mixed = one.copy()
     mixed.values["lexical_counts"][1] = two.values["lexical_counts"][1]
     assert bm.expansion_matrix(mixed, texts) is None
+
+
+def test_a_learning_fusers_warning_quotes_its_given_weights_as_given(corpus, hashing, caplog):
+    """RRF(weights=[2, 1], learn=True) passed its weights to learn_weights already scaled to sum to 1 (scaled there
+    again), and the warning called [0.667, 0.333] "the given weights": it quotes them as given now."""
+    one_text = TrainSet({"q1": "aspirin side effects", "q2": "Aspirin  side effects"},
+                        {"q1": {"d4": 1}, "q2": {"d8": 1}})
+    pipe = Pipeline([Parallel([BM25(k=10), Dense(model=hashing, k=10)], fuse=RRF(weights=[2, 1], learn=True))])
+    with caplog.at_level(logging.WARNING, logger="ragkit"):
+        pipe.fit(corpus, train=one_text)  # (one text: no fold to hold out, the given weights kept, said so)
+    said = [r.getMessage() for r in caplog.records if "learning fusion weights" in r.getMessage()]
+    assert said and all("keeping the given weights [2.0, 1.0]" in m for m in said), said
+    learned = next(iter(pipe.learned().values()))
+    assert learned["weights"] == pytest.approx([2 / 3, 1 / 3], abs=1e-15) and learned["kept"] == "given", learned
