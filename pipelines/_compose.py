@@ -1229,7 +1229,8 @@ class Parallel(Composite):
         if _seen is None:  # fitted on its own: a refused refit changes nothing (see check_trainable)
             check_trainable(self, train, corpus, _path)
         seen = set() if _seen is None else _seen
-        for b, where in self.child_paths(_path)[:-1]:
+        paths = self.child_paths(_path)  # the branches', then the fuser's
+        for b, where in paths[:-1]:
             fit_once(b, corpus, train, seen, upstream, where)
         if id(self.fuse) not in seen:
             from ragkit.pipelines.fusion import FITTED_AT
@@ -1238,7 +1239,7 @@ class Parallel(Composite):
             up = None
             if train is not None and self.fuse.wants_upstream:
                 up = self._branch_state(upstream.copy() if upstream is not None else State.of(train.queries))
-            token = FITTED_AT.set(self.child_paths(_path)[-1][1])  # where a learning fuser's warnings say it is
+            token = FITTED_AT.set(paths[-1][1])  # where a learning fuser's warnings say it is
             try:
                 self.fuse.fit(corpus, train, upstream=up)
             finally:

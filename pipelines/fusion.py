@@ -21,6 +21,7 @@ from ragkit.errors import ArtifactError, ParamError
 from ragkit.eval.metrics import _ties_kept
 from ragkit.operator import Operator
 from ragkit.params import Params
+from ragkit.pipelines._compose import _at
 from ragkit.registry import register
 from ragkit.types import Ranking, State
 
@@ -351,8 +352,7 @@ class _Fuser(Operator):
     def _placed(self) -> str:
         """The fuser as its learning warnings name it: its path and name where a Parallel fits it
         (:data:`FITTED_AT`: ``pipeline[0].parallel.fuse.rrf``), else its name."""
-        at = FITTED_AT.get()
-        return f"{at}.{self.name}" if at else self.name
+        return _at(FITTED_AT.get(), self.name)
 
     def _learnable_options(self) -> list[dict[str, Any]]:
         """Settings tried when learning, each with its own weight search; the best by CV wins (by training

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable, Sequence, cast
+from typing import Sequence, cast
 
 import numpy as np
 
@@ -37,16 +37,14 @@ def merge_rankings(parts: Sequence[list[Ranking]], k: int) -> list[Ranking]:
 _MERGE_CELLS = 1 << 22
 
 
-def _refine_ties(neg: np.ndarray, rows: np.ndarray, shard: np.ndarray, kk: int, first: int,
-                 finer: Callable[[np.ndarray, np.ndarray], np.ndarray] | None, fine: np.ndarray | None = None
-                 ) -> None:
+def _refine_ties(neg: np.ndarray, rows: np.ndarray, shard: np.ndarray, kk: int, fine: np.ndarray) -> None:
     """Re-sort in place, by finer score then row, the queries (rows of the sorted ``neg`` / ``rows`` / ``shard``
-    arrays; ``first``: the batch number of the first) where a run of equal float32 scores that reaches into the top
-    ``kk`` holds candidates of two shards (anywhere in the run: its first places may all be one shard's, the other
-    shard's just past the cut); ordered by (float32, finer, row), which is the order by (finer, row): float32
-    rounding never reverses two scores.  The finer scores are ``fine`` (float64, aligned with ``neg``: what the
-    shards sent with their candidates) when given, else ``finer``'s, asked only for the candidates of such runs
-    (float32 score at least the ``kk``-th's); the rest keep places below the top ``kk``."""
+    arrays) where a run of equal float32 scores that reaches into the top ``kk`` holds candidates of two shards
+    (anywhere in the run: its first places may all be one shard's, the other shard's just past the cut); ordered by
+    (float32, finer, row), which is the order by (finer, row): float32 rounding never reverses two scores.  The
+    finer scores are ``fine`` (float64, aligned with ``neg``: what the shards sent with their candidates), read
+    only for the candidates of such runs (float32 score at least the ``kk``-th's); the rest keep places below the
+    top ``kk``."""
     if kk < 1 or neg.shape[1] < 2:
         return
     cut = neg[:, kk - 1:kk]
@@ -59,31 +57,22 @@ def _refine_ties(neg: np.ndarray, rows: np.ndarray, shard: np.ndarray, kk: int, 
         return
     n, r = neg[flagged], rows[flagged]
     top = n <= cut[flagged]  # (NaN pads: False)
-    if fine is not None:
-        f = np.where(top, fine[flagged], 0.0)
-    else:
-        assert finer is not None
-        f = np.zeros(n.shape, np.float64)
-        q = np.broadcast_to((flagged + first)[:, None], n.shape)
-        f[top] = finer(q[top], r[top])
+    f = np.where(top, fine[flagged], 0.0)
     order = np.lexsort((r, -f, n), axis=1)
     neg[flagged] = np.take_along_axis(n, order, axis=1)
     rows[flagged] = np.take_along_axis(r, order, axis=1)
 
 
-def _merge_flat(parts: Sequence[_Flat | _FineFlat], k: int,
-                finer: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None) -> _Flat:
+def _merge_flat(parts: Sequence[_Flat | _FineFlat], k: int) -> _Flat:
     """:func:`merge_rankings` on flat ``(rows, scores, lengths)`` arrays (:data:`_Flat`), one per shard, in shard
     order: each query's candidates are laid out in a padded ``(n_q, width)`` array, shard after shard, and
     sorted row-wise by score with a stable sort (equal scores keep that order); chunks of queries of at most
     :data:`_MERGE_CELLS` cells.  Returns the merged top ``k`` of every query, flat.
 
-    ``finer(queries, rows)``: the finer (float64) scores of candidates, given their query numbers in the batch
-    and their rows.  Documents of two shards whose float32 scores equal the ``k``-th's or a higher one's are then
-    ordered by it (then by row, as one index breaks its ties), for those queries only: their order by float32
-    score alone is the shards' order, not the one index's ranking by its finer score (:func:`_refine_ties`).
-    Parts of four arrays (:data:`_FineFlat`, every part) carry those finer scores themselves, one per candidate
-    (the shards scored them: ``finer`` is not asked)."""
+    Parts of four arrays (:data:`_FineFlat`, every part) carry each candidate's finer (float64) score: documents
+    of two shards whose float32 scores equal the ``k``-th's or a higher one's are then ordered by it (then by row,
+    as one index breaks its ties), for those queries only: their order by float32 score alone is the shards'
+    order, not the one index's ranking by its finer score (:func:`_refine_ties`)."""
     n_s = len(parts)
     n_q = len(parts[0][2]) if n_s else 0
     lens = np.stack([np.asarray(p[2], np.int64) for p in parts]) if n_s else np.zeros((0, 0), np.int64)
@@ -118,10 +107,8 @@ def _merge_flat(parts: Sequence[_Flat | _FineFlat], k: int,
         order = np.argsort(neg, axis=1, kind="stable")
         neg, rows = np.take_along_axis(neg, order, axis=1), np.take_along_axis(rows, order, axis=1)
         if fine is not None and n_s > 1:
-            _refine_ties(neg, rows, np.take_along_axis(shard, order, axis=1), kk, a, None,
+            _refine_ties(neg, rows, np.take_along_axis(shard, order, axis=1), kk,
                          np.take_along_axis(fine, order, axis=1))
-        elif finer is not None and n_s > 1:
-            _refine_ties(neg, rows, np.take_along_axis(shard, order, axis=1), kk, a, finer)
         keep = np.arange(kk) < np.minimum(total[a:b], k)[:, None]
         out_rows.append(rows[:, :kk][keep])
         out_scores.append(-neg[:, :kk][keep])

@@ -465,7 +465,7 @@ def _wide_topk(q: sp.csr_matrix, wt: sp.csr_matrix, hits: sp.csr_matrix | None, 
         held = few > -np.inf
         ptr = np.zeros(len(few) + 1, np.int64)
         np.cumsum(np.count_nonzero(held, axis=1), out=ptr[1:])
-        parts.append((a + np.flatnonzero(~wide), _sparse_topk_of(ptr, few[held], np.nonzero(held)[1], k, exact)))
+        parts.append((a + np.flatnonzero(~wide), _sparse_topk(ptr, few[held], np.nonzero(held)[1], k, exact=exact)))
         if wide.any():
             sw = s[wide]
             parts.append((a + np.flatnonzero(wide), _exact(sw, topk_rows(sw, k), exact)))
@@ -478,13 +478,6 @@ def _exact(scores: np.ndarray, top: tuple[np.ndarray, np.ndarray], exact: bool) 
     if not exact:
         return top
     return top[0], np.take_along_axis(scores, top[0], axis=1)
-
-
-def _sparse_topk_of(ptr: np.ndarray, data: np.ndarray, cols: np.ndarray, k: int,
-                    exact: bool) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`_sparse_topk`, asked for float64 scores only where ``exact`` (otherwise called as before: with the
-    four arguments alone)."""
-    return _sparse_topk(ptr, data, cols, k, exact=True) if exact else _sparse_topk(ptr, data, cols, k)
 
 
 def _sparse_topk(ptr: np.ndarray, data: np.ndarray, cols: np.ndarray, k: int,
@@ -545,7 +538,7 @@ def _narrow_topk(q: sp.csr_matrix, wt: sp.csr_matrix, hits: sp.csr_matrix | None
         np.cumsum(keep, out=kept[1:])
         ptr = kept[ptr]
         data, cols = data[keep], cols[keep]
-    return _sparse_topk_of(*_sorted_rows(ptr, data, cols, wt.shape[1]), k, exact)
+    return _sparse_topk(*_sorted_rows(ptr, data, cols, wt.shape[1]), k, exact=exact)
 
 
 def _refuse_one_text(texts: Any, what: str) -> None:

@@ -191,8 +191,8 @@ def test_wide_queries_are_ranked_from_dense_rows_without_copying_their_matches(
     group_positions, sparse_topk = bm25_mod.group_positions, bm25_mod._sparse_topk
     monkeypatch.setattr(bm25_mod, "group_positions", lambda lens: (gathered.append(int(np.sum(lens))),
                                                                    group_positions(lens))[1])
-    monkeypatch.setattr(bm25_mod, "_sparse_topk", lambda ptr, data, cols, k: (
-        ranked_from_matches.append(len(ptr) - 1), sparse_topk(ptr, data, cols, k))[1])
+    monkeypatch.setattr(bm25_mod, "_sparse_topk", lambda ptr, data, cols, k, **kw: (
+        ranked_from_matches.append(len(ptr) - 1), sparse_topk(ptr, data, cols, k, **kw))[1])
     rng = np.random.default_rng(8)
     for queries in (_WIDE, _WIDE + _NARROW, list(rng.permutation(_WIDE * 3 + _NARROW * 2))):
         q = bm.query_matrix(queries)

@@ -327,21 +327,15 @@ def test_bm25_shards_tied_at_float32_rank_as_one_index(scifact):
 
 
 def test_the_merge_orders_two_shards_float32_ties_by_the_finer_score():
-    a = (np.array([0, 1]), np.float32([2.0, 1.0]), np.array([2]))
-    b = (np.array([10, 11]), np.float32([1.0, 1.0]), np.array([2]))
-    fine = {0: 2.0, 1: 1.0 - 1e-9, 10: 1.0, 11: 1.0 - 1e-9}
-    calls = []
-
-    def finer(q, rows):
-        calls.append(rows.tolist())
-        return np.array([fine[int(r)] for r in rows])
-
-    rows, scores, lens = _merge._merge_flat([a, b], 3, finer)
+    # (each part's 4th array: its candidates' float64 scores, as the shards send them)
+    a = (np.array([0, 1]), np.float32([2.0, 1.0]), np.array([2]), np.array([2.0, 1.0 - 1e-9]))
+    b = (np.array([10, 11]), np.float32([1.0, 1.0]), np.array([2]), np.array([1.0, 1.0 - 1e-9]))
+    rows, scores, lens = _merge._merge_flat([a, b], 3)
     assert rows.tolist() == [0, 10, 1] and lens.tolist() == [3]  # row 1 ties row 10 at float32, scores lower
-    assert calls  # (asked for this query only)
-    calls.clear()
-    rows, _, _ = _merge._merge_flat([a, (np.array([10]), np.float32([0.5]), np.array([1]))], 3, finer)
-    assert rows.tolist() == [0, 1, 10] and not calls  # no tie across shards: not asked
+    # no tie across shards: the float64 scores are not read (ones that would reorder the float32 order are ignored)
+    a_off = (*a[:3], np.array([0.0, 9.0]))
+    rows, _, _ = _merge._merge_flat([a_off, (np.array([10]), np.float32([0.5]), np.array([1]), np.array([9.0]))], 3)
+    assert rows.tolist() == [0, 1, 10]
 
 
 # ---------------------------------------------------------------- 6. no queries; ties past a same-shard cut
@@ -391,7 +385,8 @@ def test_a_float32_tie_past_a_cut_between_one_shards_documents_ranks_as_one_inde
     fine = {0: 5.0000001, 1: 5.0000001, 2: 5.0000001, 10: 5.0000003}
     p0 = (np.array([0, 1, 2]), np.float32([5, 5, 5]), np.array([3]))
     p1 = (np.array([10]), np.float32([5]), np.array([1]))
-    rows, _, lens = _merge._merge_flat([p0, p1], k, lambda q, r: np.array([fine[int(x)] for x in r]))
+    rows, _, lens = _merge._merge_flat([(*p0, np.array([fine[0], fine[1], fine[2]])), (*p1, np.array([fine[10]]))],
+                                       k)
     assert rows.tolist() == [10, 0, 1][:k] and lens.tolist() == [k]
 
 
