@@ -672,10 +672,10 @@ def test_a_shard_actor_that_cannot_load_fails_once_with_the_ragkit_error(slice_d
     calls = tmp_path / "calls"
 
     class CountedActor(_sharded._ShardActor):  # pickled by value: counts the constructor's runs in a file
-        def __init__(self, folders, *args):
+        def __init__(self, folders, *args, **kwargs):  # (kwargs: verified=, for a verified load's actors)
             with open(calls, "a") as f:
                 f.write("".join(folder + "\n" for folder in folders))
-            super().__init__(folders, *args)
+            super().__init__(folders, *args, **kwargs)
 
     monkeypatch.setattr(_sharded, "_ShardActor", CountedActor)
     # the loaded operator's actors read its own copy of the shard folders (a save into tmp_path / "s" cannot reach
