@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import numpy as np
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 
 from ragkit._saves import load_array, read_json, save_arrays, saved_fit_report, write_json
 from ragkit.encoders import DEFAULT_MODEL, check_encoder_key, get_encoder, query_vectors, save_encoder_key
@@ -70,17 +71,22 @@ class CosineAdapterParams(Params):
         default=0.95, gt=0, le=1, description="Recall (share of relevant candidates kept) or precision to reach.")
     val_fraction: float = Field(
         default=0.2,
-        gt=0, le=0.5, description="Share of training queries in each cross-validation fold the threshold is "
-                                  "chosen on: round(1/val_fraction) folds (0.2: 5; at least 2, so at most 0.5), "
-                                  "at most one per training query with a relevant candidate; info_['fold_share'] "
-                                  "records the share realised.")
+        gt=0, lt=1, description="Share of training queries in each cross-validation fold the threshold is "
+                                "chosen on: round(1/val_fraction) folds (0.2: 5; at least 2, so at most 0.5; a "
+                                "save's share above 0.5, from a ragkit before that bound, loads as 0.5, the same "
+                                "2 folds), at most one per training query with a relevant candidate; "
+                                "info_['fold_share'] records the share realised.")
 
-    @field_validator("val_fraction", mode="before")
+    @field_validator("val_fraction", mode="after")
     @classmethod
-    def _at_most_half(cls, v: object) -> object:
+    def _at_most_half(cls, v: float, info: ValidationInfo) -> float:
         """A share above one half is refused with what it would mean: the folds are at least 2, so 0.7, 0.9 or
-        0.99 would each silently be 2 folds of half the queries (the ``le`` bound alone says only "<= 0.5")."""
-        if isinstance(v, (int, float)) and not isinstance(v, bool) and 0.5 < v < 1:
+        0.99 would each silently be 2 folds of half the queries.  A loaded save's share (validation context
+        ``source: "saved"``) is not refused: ragkit took shares up to 1 before, and every one above one half
+        was fitted as 2 folds (``max(2, round(1 / v))``), which 0.5 is, so it is read as 0.5."""
+        if v > 0.5:
+            if isinstance(info.context, Mapping) and info.context.get("source") == "saved":
+                return 0.5
             raise ValueError(f"val_fraction {v!r} asks each cross-validation fold to hold out more than half of the "
                              "training queries, which no split into folds does (2 folds, the fewest, hold out half "
                              "each): it would be read as 2 folds of half the queries, as 0.5 is; expected a share "

@@ -5,6 +5,8 @@ first_unsorted's rule, and val_fraction above one half refused."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 
 import numpy as np
@@ -18,6 +20,7 @@ from ragkit.filters import CosineAdapter, ScoreThreshold
 from ragkit.filters._flat import first_unsorted, unsorted_at
 from ragkit.filters.cosine_adapter import choose_threshold
 from ragkit.filters.dbnorm import bank_log_partition
+from ragkit.operator import Operator
 from ragkit.pipelines import Pipeline
 from ragkit.retrievers import Dense
 from ragkit.types import Corpus, Ranking, State
@@ -212,6 +215,31 @@ def test_val_fraction_above_one_half_is_refused_saying_what_it_would_mean(v):
     with pytest.raises(ParamError, match=r"val_fraction"):
         Pipeline.from_yaml(f"pipeline:\n  - dense: {{}}\n  - cosine_adapter: {{val_fraction: {v}}}\n")
     CosineAdapter(val_fraction=0.5)
+
+
+def test_a_save_with_val_fraction_above_one_half_loads_as_the_two_folds_it_was_fitted_with(tmp_path):
+    """ragkit took val_fraction up to 1 before the (0, 0.5] bound, and fitted every share above one half as 2
+    folds (max(2, round(1 / v))): such a save loads, read as 0.5, the same folds and threshold, while the
+    constructor and YAML still refuse the share."""
+    corpus, train, state = _two_relevant(20, 0)
+    fitted = CosineAdapter(max_iter=200, val_fraction=0.5).fit(corpus, train, upstream=state)
+    folder = tmp_path / "ad"
+    fitted.save(folder)
+    meta = json.loads((folder / "params.json").read_text())
+    meta["params"]["val_fraction"] = 0.7  # as an earlier ragkit wrote it
+    (folder / "params.json").write_text(json.dumps(meta, indent=2))
+    sums = json.loads((folder / "checksums.json").read_text())
+    sums["params.json"] = hashlib.sha256((folder / "params.json").read_bytes()).hexdigest()
+    (folder / "checksums.json").write_text(json.dumps(sums, indent=2))
+    loaded = Operator.load(folder)
+    assert isinstance(loaded, CosineAdapter) and loaded.params.val_fraction == 0.5
+    assert loaded.threshold_ == fitted.threshold_
+    with pytest.raises(ParamError, match=r"val_fraction 0\.7 .*2 folds of half the queries"):
+        CosineAdapter(val_fraction=0.7)
+    with pytest.raises(ParamError, match=r"val_fraction 0\.7 .*2 folds of half the queries"):
+        CosineAdapter(val_fraction="0.7")
+    with pytest.raises(ParamError, match=r"val_fraction 0\.7 .*2 folds of half the queries"):
+        Pipeline.from_yaml("pipeline:\n  - dense: {}\n  - cosine_adapter: {val_fraction: 0.7}\n")
 
 
 def test_info_records_the_fold_share_realised():
