@@ -674,16 +674,11 @@ def threshold_scale_problem(op: Operator, path: str = "pipeline", *, warn: bool 
     query ``above``, or stops every loop after one iteration, as the ``-inf`` those steps learn does.  Scales
     that are not bounded (BM25's, a fuser's, a reranker's, a step of a plugin's) are not guessed at."""
     notes: list[tuple[Operator, str]] = []
-    found: dict[Operator, list[tuple[str, list[_Source]]]] = {}
 
     def check(step: Operator, at: str, sources: list[_Source]) -> ConfigError | None:
-        if step.name in _SEARCH_CHECKED:
-            found.setdefault(step, []).append((at, list(sources)))
         return _threshold_problem(step, at, sources, notes)
 
     problem = _score_sources(op, path, [], check=check, opaque=True)[1]
-    for step, seen in found.items():  # (a tree refused for a step's own threshold is not searched)
-        _THRESHOLD_SOURCES[step] = seen
     if warn and problem is None:
         for step, note in notes:
             if first_time(_THRESHOLD_WARNED.setdefault(step, set()), note):  # (searches on threads: once)
@@ -698,24 +693,35 @@ _THRESHOLD_WARNED: "weakref.WeakKeyDictionary[Operator, set[str]]" = weakref.Wea
 #: refuses (the others' are warned of once, at load and fit)
 _SEARCH_CHECKED = ("score_threshold",)
 
-#: per step of :data:`_SEARCH_CHECKED`, where it was found and the score sources reaching it there
-#: (``[(path, sources), ...]``) by the last :func:`threshold_scale_problem` over a tree holding it: at load, at fit
-#: and at each search, before the search's options are checked (:func:`search_threshold_problem` reads them)
-_THRESHOLD_SOURCES: "weakref.WeakKeyDictionary[Operator, list[tuple[str, list[_Source]]]]" = \
-    weakref.WeakKeyDictionary()
+
+def _sources_reaching(root: Operator, step: Operator, path: str = "pipeline") -> list[tuple[str, list[_Source]]]:
+    """Where ``step`` is in the tree ``root`` (at ``path``) and the sources of the scores reaching it there:
+    ``[(path, sources), ...]``, one per place (a step may be in several branches); empty when it is not in it."""
+    found: list[tuple[str, list[_Source]]] = []
+
+    def check(leaf: Operator, at: str, sources: list[_Source]) -> None:
+        if leaf is step:
+            found.append((at, list(sources)))
+        return None
+
+    _score_sources(root, path, [], check=check, opaque=True)
+    return found
 
 
 def search_threshold_problem(step: Operator, threshold: float, k_min: int | None = None) -> str | None:
     """Why a ``threshold`` given per search (``search(queries, score_threshold={"threshold": 5})``) for the
     ``score_threshold`` ``step`` empties results, as :func:`threshold_scale_problem` refuses the same threshold
     given as its parameter: the message (what was given, for which step, the range the scores reaching it lie in
-    and what to give), else ``None``.  The scores reaching ``step`` are those the last
-    :func:`threshold_scale_problem` over a pipeline holding it found (``Pipeline.search`` runs it before it checks
-    the options); a step not checked in a pipeline (searched on its own) has no sources: ``None``.  ``k_min``: the
-    one given with it per search, else the step's."""
-    if step.name not in _SEARCH_CHECKED:
+    and what to give), else ``None``.  The scores reaching ``step`` are worked out from the tree whose options
+    are being checked (:func:`~ragkit.options.checked_root`: the pipeline searched or called), so a step shared
+    by two pipelines is checked on the scores of the one it runs in; a step checked outside a pipeline (called on
+    its own) has no sources: ``None``.  ``k_min``: the one given with it per search, else the step's."""
+    from ragkit.options import checked_root
+
+    root = checked_root()
+    if step.name not in _SEARCH_CHECKED or root is None:
         return None
-    for at, sources in _THRESHOLD_SOURCES.get(step, []):
+    for at, sources in _sources_reaching(root, step):
         problem = _threshold_problem(step, at, sources, [], threshold=threshold, k_min=k_min,
                                      given=f"{threshold!r}, given per search for {at}, is")
         if problem is not None:

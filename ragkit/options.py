@@ -26,7 +26,9 @@ bad value before any work is done, e.g.::
 from __future__ import annotations
 
 import difflib
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Union
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Optional, Union
 
 from pydantic import ValidationError
 
@@ -57,6 +59,28 @@ CALL_OPTIONS = ("k", "filter")
 #: operator called directly on a ``State`` names it by its place in ``State.options``
 #: (``options.bm25.kk``, the path of every error).
 _WHERE = "search option "
+
+#: the tree :func:`check_options` is checking options against while it runs (``None`` outside a check): an
+#: operator's :meth:`~ragkit.operator.Operator.check_run_options` reads it through :func:`checked_root` when what
+#: it allows depends on the steps around it (a ``score_threshold``'s per-search threshold on the scores reaching
+#: it in that tree)
+_CHECKED_ROOT: "ContextVar[Optional[Operator]]" = ContextVar("ragkit_checked_root", default=None)
+
+
+def checked_root() -> "Operator | None":
+    """The operator tree whose options :func:`check_options` is checking now (the pipeline searched, or the
+    operator called on a :class:`~ragkit.types.State` with options), else ``None``: for an operator's
+    :meth:`~ragkit.operator.Operator.check_run_options`, whose options are checked against the tree it runs in."""
+    return _CHECKED_ROOT.get()
+
+
+@contextmanager
+def _checking(root: "Operator") -> Iterator[None]:
+    token = _CHECKED_ROOT.set(root)
+    try:
+        yield
+    finally:
+        _CHECKED_ROOT.reset(token)
 
 
 # ---------------------------------------------------------------------- checks of single options
@@ -262,7 +286,8 @@ def check_options(root: "Operator", options: Mapping[str, Any], corpus: "Corpus 
                 raise ParamError(f"{where}filter: {e}", path="options.filter") from None
             _check_filter_kinds(out[key], corpus, f"{where}filter", "options.filter")
         elif isinstance(key, str) and key in readers:
-            out[key] = _check_operator_options(key, value, readers[key], corpus, where)
+            with _checking(root):  # (check_run_options may check against the tree: checked_root())
+                out[key] = _check_operator_options(key, value, readers[key], corpus, where)
         else:
             valid = [*CALL_OPTIONS, *readers]
             names = ", ".join(readers) or "(none)"

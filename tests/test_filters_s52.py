@@ -22,7 +22,7 @@ from ragkit.filters.cosine_adapter import choose_threshold
 from ragkit.filters.dbnorm import bank_log_partition
 from ragkit.operator import Operator
 from ragkit.pipelines import Pipeline
-from ragkit.retrievers import Dense
+from ragkit.retrievers import BM25, Dense
 from ragkit.types import Corpus, Ranking, State
 
 register_encoder("filters-s52-hash32", HashingEncoder(dim=32), replace=True)
@@ -136,6 +136,26 @@ def test_a_per_search_threshold_no_cosine_reaches_is_refused_naming_the_option()
     with pytest.raises(ParamError, match=r"keeps its top 2 \(k_min\)"):
         pipe.search(["w1 v2"], score_threshold={"threshold": 5, "k_min": 2})
     pipe.search(["w1 v2"], score_threshold={"threshold": -5})  # below the range: keeps everything, as at fit
+
+
+def test_a_score_threshold_shared_by_two_pipelines_is_checked_on_the_scores_of_the_one_it_runs_in():
+    """The per-search check read the sources the last pipeline checked found for the step: a ScoreThreshold in a
+    dense pipeline and a bm25 one refused BM25's threshold 5 naming the other pipeline's dense."""
+    corpus = Corpus([f"d{i}" for i in range(40)], [f"w{i % 7} v{i % 5} u{i}" for i in range(40)])
+    st = ScoreThreshold(threshold=0.1)
+    dense = Dense(model="filters-s52-hash32", k=10).fit(corpus)
+    (dense | st).fit(corpus)
+    bm25 = BM25(k=10).fit(corpus)
+    on_bm25 = Pipeline([bm25, st])
+    out = on_bm25(State(["w1 v2"], options={"score_threshold": {"threshold": 5}}))
+    assert all(float(s) >= 5 for r in out.rankings for s in r.scores)
+    on_bm25.search(["w1 v2"], score_threshold={"threshold": 5})  # BM25's scale: not refused
+    with pytest.raises((ParamError, ConfigError), match=r"5\.0.*outside \[-1, 1\].*pipeline\[0\]\.dense"):
+        Pipeline([dense, st])(State(["w1 v2"], options={"score_threshold": {"threshold": 5}}))
+    with pytest.raises((ParamError, ConfigError), match=r"5\.0.*outside \[-1, 1\].*pipeline\[0\]\.dense"):
+        Pipeline([dense, st]).search(["w1 v2"], score_threshold={"threshold": 5})
+    assert st(State(["q"], rankings=[Ranking([3, 1], [9.0, 1.0])], options={"score_threshold": {"threshold": 5}})
+              ).rankings[0].rows.tolist() == [3]  # on its own: no scores reach it from a retriever, not checked
 
 
 # ---------------------------------------------------------------------- 3. choose_threshold on pr_curve
