@@ -75,7 +75,7 @@ class CosineAdapterParams(Params):
                                 "chosen on: round(1/val_fraction) folds (0.2: 5; at least 2, so at most 0.5; a "
                                 "save's share above 0.5, from a ragkit before that bound, loads as 0.5, the same "
                                 "2 folds), at most one per training query with a relevant candidate; "
-                                "info_['fold_share'] records the share realised.")
+                                "info_['fold_shares'] records the share of the queries each fold held out.")
 
     @field_validator("val_fraction", mode="after")
     @classmethod
@@ -589,8 +589,8 @@ class CosineAdapter(Operator):
             info["threshold_positives"] = int(y.sum())
             info["threshold_kept"] = int((probs >= self.threshold_).sum())
             info["folds"] = n_folds
-            if n_folds:  # the share of the queries each fold holds out (val_fraction rounded to 1 / folds)
-                info["fold_share"] = 1.0 / n_folds
+            if n_folds and fold_of is not None:  # the share of the training queries each fold held out, as dealt
+                info["fold_shares"] = (np.bincount(fold_of, minlength=n_folds) / len(fold_of)).tolist()
             info["held_out"] = bool(n_folds)  # True: every query's probabilities from an adapter not fitted on it
             if stalled:
                 info["folds_unconverged"] = stalled
