@@ -172,12 +172,12 @@ def unsorted_at(c: np.ndarray, qidx: np.ndarray, *, nan_last: bool = False) -> i
     return int(np.argmax(up)) if up.any() else None
 
 
-def first_unsorted(c: np.ndarray, qidx: np.ndarray, *, nan_last: bool = False) -> int | None:
+def first_unsorted(c: np.ndarray, qidx: np.ndarray) -> int | None:
     """The first query (batch position) whose flattened scores ``c`` (query of each: ``qidx``)
     rise somewhere along its list (beyond float rounding: :func:`~ragkit._results.score_rises`, the rule
-    every operator's output is held to), or with ``nan_last`` hold a number after a NaN, or None when every
-    list is sorted best first (:func:`unsorted_at`, which gives the position)."""
-    i = unsorted_at(c, qidx, nan_last=nan_last)
+    every operator's output is held to), or None when every list is sorted best first (:func:`unsorted_at`,
+    which gives the position, and with ``nan_last`` also refuses a number after a NaN)."""
+    i = unsorted_at(c, qidx)
     return None if i is None else int(qidx[i + 1])
 
 

