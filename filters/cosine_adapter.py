@@ -214,6 +214,14 @@ def choose_threshold(probs: np.ndarray, labels: np.ndarray, target: str, value: 
     """
     from ragkit.eval.filtering import pr_curve  # (on use, at fit: the filters do not import ragkit.eval)
 
+    probs = np.asarray(probs)
+    bad = np.flatnonzero(~np.isfinite(probs))
+    if len(bad):  # (pr_curve's own refusal speaks of ranking padding, which these are not)
+        first = f"{float(probs[bad[0]])!r} at candidate {int(bad[0])}"
+        raise DataError(f"cosine_adapter: {len(bad)} of the {len(probs)} {pairs} candidate probabilities the "
+                        f"threshold is chosen on are not finite (first: {first}); "
+                        "expected probabilities in [0, 1]: the adapter's weights or its input cosines are not "
+                        "finite; check the query vectors and the training candidates' scores")
     # a cut-off t keeps every candidate with p >= t: one point per distinct probability, highest first (tied
     # candidates are kept or dropped together); n_relevant=1 makes "recall" the count of relevant ones kept
     prec, kept, p = pr_curve(probs, labels, n_relevant=1)

@@ -212,6 +212,18 @@ def test_choose_threshold_on_pr_curve_equals_its_own_sweep(caplog):
             assert [r.getMessage() for r in caplog.records] == said
 
 
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_choose_threshold_refuses_non_finite_probabilities_in_its_own_words(bad):
+    """NaN probabilities got pr_curve's refusal, "expected finite scores (drop padding first)", which speaks of
+    ranking padding: choose_threshold says what they are, how many, where."""
+    probs = np.array([0.9, bad, 0.7, 0.2])
+    with pytest.raises(DataError, match=rf"cosine_adapter: 1 of the 4 out-of-fold candidate probabilities .*not "
+                                        rf"finite \(first: {bad!r} at candidate 1\).*expected probabilities in "
+                                        r"\[0, 1\]") as err:
+        choose_threshold(probs, np.array([0, 1, 0, 1]), "recall", 0.95, pairs="out-of-fold")
+    assert "padding" not in str(err.value)
+
+
 # ---------------------------------------------------------------------- 4. the cut-offs' sort check
 def test_first_unsorted_nan_last_is_the_cutoffs_rule():
     c = np.array([0.9, np.nan, 0.5, 0.7, 0.6, np.nan, np.nan], np.float32)
