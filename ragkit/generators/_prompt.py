@@ -75,12 +75,13 @@ def _check_prompt(question: object, chunks: object, where: str = "LocalGenerator
 
 def _source_chunks(question: str, chunks: Sequence[str], who: str, log: logging.Logger | None = None,
                    skipped: str = "") -> list[str]:
-    """The chunks of ``chunks`` that hold text (blank ones dropped: they hold no source), after
+    """The chunks of ``chunks`` that hold text (blank ones dropped: they hold no source; blank as
+    :func:`ragkit._text.is_blank` says, the rule for questions too), after
     :func:`_check_prompt` (``who``: whose call, starting its messages).  With none left, the caller answers
     ``''`` without running the model; with ``log`` that is logged there at INFO level (``skipped``: what is
     not done)."""
     _check_prompt(question, chunks, who)
-    kept = [c for c in chunks if c.strip()]
+    kept = [c for c in chunks if not is_blank(c)]
     if not kept and log is not None:
         log.info(f"{who}: no chunk holding text to answer from: the answer is '' ({skipped})")
     return kept

@@ -378,7 +378,7 @@ class Generate(Operator):
             # skipped: nothing to answer from (the model would make an answer up); a blank question (the engines
             # refuse it: the batch would stop there); no chunk holding text (the engines drop blank ones)
             why = (NO_DOCUMENT if not rows else NO_QUESTION if isinstance(q, str) and is_blank(q)
-                   else NO_TEXT if not any(c.strip() for c in chunks) else None)
+                   else NO_TEXT if all(is_blank(c) for c in chunks) else None)
             skipped.append(why)
             if why is not None:
                 answers.append("")
