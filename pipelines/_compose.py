@@ -281,6 +281,7 @@ def merge_parts(parent: State, parts: Sequence[tuple[Sequence[int], State]]) -> 
 
 
 _Fit = TypeVar("_Fit", bound=Callable[..., Any])
+_Error = TypeVar("_Error", bound=RagkitError)
 
 
 def restoring(fit: _Fit) -> _Fit:
@@ -461,7 +462,7 @@ def _same_record(a: Any, b: Any) -> bool:
         return False
 
 
-def placed_at(e: RagkitError, at: str, name: str) -> RagkitError:
+def placed_at(e: _Error, at: str, name: str) -> _Error:
     """``e`` (raised by the operator ``name`` found at ``at``, ``pipeline[1].dense``) with its message
     starting at ``at``, as :func:`~ragkit.pipelines.yaml.build` places a parameter's error: a message that
     names a place inside the operator (``dense.reduce: ...``, ``weighted.norm: ...``) names it from the top,

@@ -34,7 +34,18 @@ class ConfigError(ParamError):
 
 
 class DataError(RagkitError, ValueError):
-    """Input data (a corpus, queries, qrels, a BEIR folder) is malformed or inconsistent."""
+    """Input data (a corpus, queries, qrels, a BEIR folder) is malformed or inconsistent.
+
+    Attributes
+    ----------
+    path : str
+        Where the data was given, when that is a place in the options (``"options.bm25.filter"``, as a
+        :class:`ParamError`'s path); ``""`` otherwise (a file or a row is named in the message).
+    """
+
+    def __init__(self, message: str = "", path: str = "") -> None:
+        super().__init__(message)
+        self.path = path
 
 
 class NotFittedError(RagkitError, RuntimeError):

@@ -337,7 +337,7 @@ def _check_filter_kinds(value: Any, corpus: "Corpus | None", at: str, path: str)
         corpus.check_filter_kinds(value)
     except DataError as e:
         placed = placed_at(e, at, "filter")
-        setattr(placed, "path", path)  # (DataError declares no path; RagkitRetriever's error names it)
+        placed.path = path  # (RagkitRetriever's error names it)
         raise placed from None
 
 

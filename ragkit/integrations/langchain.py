@@ -598,7 +598,7 @@ class RagkitRetriever(BaseRetriever):
             raise ParamError(f"search_kwargs: {e}{hint}", path=e.path) from None
         except DataError as e:  # a filter value of a kind its field does not hold (Corpus.check_filter_kinds)
             raise ParamError(f"search_kwargs: {str(e).removeprefix('search option ')}",
-                             path=getattr(e, "path", "options.filter")) from None
+                             path=e.path or "options.filter") from None
         _refuse_answers(self.search_kwargs, "search_kwargs: search option ")
 
     def __setattr__(self, name: str, value: Any) -> None:
