@@ -944,15 +944,16 @@ class Pipeline(Composite):
                 from ragkit.types import as_qrels
 
                 qrels = as_qrels(qrels, "search")
-            if isinstance(relevance_level, bool) or not isinstance(relevance_level, (int, np.integer)) or \
-                    relevance_level < 1:
-                raise ParamError(f"search: relevance_level must be an integer grade >= 1, got {relevance_level!r}")
+            from ragkit.eval.metrics import check_relevance_level
+
+            relevance_level = check_relevance_level(qrels, relevance_level, "search")  # (a level no grade reaches:
+            # refused here, as evaluate refuses it, not by the trace after the first step's work)
             if not isinstance(ignore_identical_ids, (bool, np.bool_)):
                 raise ParamError(f"search: ignore_identical_ids must be true or false, got {ignore_identical_ids!r}")
             state = State.of(queries, options=options, trace=[] if trace else None,
                              qrels=dict(qrels) if qrels is not None else None)
             token = _TRACE_IDS.set(corpus.ids)
-            scoring = _TRACE_SCORING.set((int(relevance_level), bool(ignore_identical_ids)))
+            scoring = _TRACE_SCORING.set((relevance_level, bool(ignore_identical_ids)))
             try:
                 t0 = time.perf_counter()
                 with options_checked():  # checked above, once for the whole tree

@@ -14,3 +14,27 @@ def test_a_data_error_has_a_path_attribute_that_defaults_to_empty():
     assert e.path == "options.bm25.filter" and str(e) == "search option bm25.filter.year: ..."
     back = pickle.loads(pickle.dumps(DataError("x")))
     assert str(back) == "x" and back.path == ""
+
+
+def test_search_refuses_a_relevance_level_no_judgement_reaches_before_any_step_runs(monkeypatch):
+    """Old code: the trace refused it after the first step's work, naming ``evaluate``, not ``search``."""
+    import pytest
+
+    from ragkit.errors import ParamError
+    from ragkit.pipelines import Pipeline
+    from ragkit.types import Corpus
+
+    corpus = Corpus.from_records([{"_id": "d0", "text": "cats and dogs"}, {"_id": "d1", "text": "dogs bark"}])
+    p = Pipeline.from_yaml("pipeline:\n  - bm25: {k: 2}\n").fit(corpus)
+    calls: list[int] = []
+    bm25 = type(p.steps[0])
+    real = bm25._call
+    monkeypatch.setattr(bm25, "_call", lambda self, state: calls.append(1) or real(self, state))
+    with pytest.raises(ParamError, match=r"^search: relevance_level 2 counts no judgement as relevant: the qrels' "
+                                         r"highest grade is 1"):
+        p.search(["cats"], qrels={"q0": {"d0": 1}}, relevance_level=2, trace=True)
+    assert calls == []
+    run = p.search(["cats"], qrels={"q0": {"d0": 2}}, relevance_level=2, trace=True)  # a grade reaches it
+    assert calls == [1] and run.trace is not None
+    with pytest.raises(ParamError, match=r"^search: relevance_level must be an integer grade >= 1, got 0"):
+        p.search(["cats"], relevance_level=0)

@@ -860,7 +860,7 @@ _BEIR_CUSTOM: dict[str, Callable[[np.ndarray, np.ndarray | None, np.ndarray, int
     "mrr": _mrr, "r_cap": _r_cap, "hole": _hole, "acc": _acc}
 
 
-def check_relevance_level(qrels: Mapping[str, Mapping[str, int]], relevance_level: int,
+def check_relevance_level(qrels: Mapping[str, Mapping[str, int]] | None, relevance_level: int,
                           where: str = "evaluate") -> int:
     """``relevance_level`` as an ``int``, or a :class:`ParamError` (``where`` names the caller in the message): a
     level that is no integer grade >= 1 (``0``, ``1.5``, ``"2"``, ``True``), or one above 1 that no judgement of
@@ -868,11 +868,11 @@ def check_relevance_level(qrels: Mapping[str, Mapping[str, int]], relevance_leve
     MRR and P would all score 0 while nDCG, which reads the grades, would not change.  Level 1 is never refused
     (qrels of only 0 grades hold no relevant document whatever the level).  :func:`evaluate`,
     :func:`~ragkit.eval.relevance_labels` and :func:`~ragkit.eval.filter_report` call it; call it before a long
-    search to fail early."""
+    search to fail early.  ``qrels=None`` (no judgements at hand yet): the first check only."""
     if isinstance(relevance_level, bool) or not isinstance(relevance_level, (int, np.integer)) or relevance_level < 1:
         raise ParamError(f"{where}: relevance_level must be an integer grade >= 1, got {relevance_level!r}")
     relevance_level = int(relevance_level)
-    if relevance_level <= 1:
+    if relevance_level <= 1 or qrels is None:
         return relevance_level
     grades = np.fromiter((int(g) for rel in qrels.values() for g in rel.values()), np.int64)
     top = int(grades.max()) if len(grades) else 0
