@@ -483,6 +483,14 @@ class Corpus:
             meta[key] = _frozen(col, self.metadata[key])
         self._hold(_frozen(ids, self.ids), _frozen(texts, self.texts), _frozen(titles, self.titles), meta)
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Restore a pickled or copied corpus (``pickle``, ``copy.deepcopy``), its arrays read-only again: a pickle
+        does not keep numpy's ``writeable`` flag, and the cached id lookup and filter codes read these arrays."""
+        self.__dict__.update(state)
+        for arr in (self.ids, self.texts, self.titles, *self.metadata.values(), state.get("_blank")):
+            if isinstance(arr, np.ndarray):
+                arr.flags.writeable = False
+
     def _hold(self, ids: np.ndarray, texts: np.ndarray, titles: np.ndarray, meta: dict[str, np.ndarray]) -> None:
         """Keep the (read-only) columns, and empty caches of what is derived from them."""
         object.__setattr__(self, "ids", ids)
@@ -673,8 +681,6 @@ class Corpus:
             out = blank_texts(cast("Sequence[str]", self.titles)) & blank_texts(cast("Sequence[str]", self.texts))
             out.flags.writeable = False
             object.__setattr__(self, "_blank", out)
-        elif out.flags.writeable:  # (unpickled: a pickle does not keep the flag)
-            out.flags.writeable = False
         return out
 
     def row_of(self, ids: Iterable[str], missing: str = "raise") -> np.ndarray:
