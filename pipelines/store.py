@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
+from ragkit import registry
 from ragkit._files import folder_checksums, folder_lock, saved_relpath, verify_checksums
 from ragkit._fingerprints import corpus_fingerprint
 from ragkit._locks import guarded_any
@@ -289,6 +290,7 @@ def _load_pipeline(folder: Path, corpus: Corpus | None, mmap: bool, verify: bool
                                 "pipeline again, or load it unchecked with verify=False")
         _check_listed(folder, digests, nodes, corpus_read=bool(manifest.get("fitted")) and corpus is None)
         verify_checksums(folder, digests, SHA_RECORD)
+    _refuse_unknown_steps(folder, nodes)
     if not manifest.get("fitted"):
         corpus = None
     elif corpus is None:
@@ -339,6 +341,20 @@ def _load_pipeline(folder: Path, corpus: Corpus | None, mmap: bool, verify: bool
     if corpus is not None:
         pipe.corpus_ = corpus
     return pipe
+
+
+def _refuse_unknown_steps(folder: Path, nodes: dict[str, str]) -> None:
+    """Refuse (:class:`ArtifactError`, one line per step) the steps of the pipeline saved at ``folder`` whose
+    operator (the last part of its node path, ``pipeline[0].my_bm25``) is not registered in this process: a save
+    writes registered names only, so each is a plugin's operator whose module is not imported (said so, not with
+    the YAML reader's "did you mean", which would load another operator)."""
+    known = set(registry.names())  # (the built-in families and the plugins' entry points, loaded)
+    unknown = [(path, name) for path in nodes if (name := path.rsplit(".", 1)[-1]) not in known]
+    if unknown:
+        lines = [f"{folder / 'pipeline.yaml'}: {registry.saved_unknown(name, path)}" for path, name in unknown]
+        cut = registry.PLUGIN_HINT
+        lines[:-1] = [line[:line.index(f" ({cut}")] if cut in line else line for line in lines[:-1]]
+        raise ArtifactError("\n".join(lines))
 
 
 def _refuse_fitted_step(folder: Path, sub: str, node_path: str) -> None:

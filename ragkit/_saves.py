@@ -664,25 +664,50 @@ def _check_learned_loaded(op: Operator, folder: Path, meta: Mapping[str, Any]) -
             f"saved it)")
 
 
-def saved_params_refused(cls: type[Operator], folder: Path, meta: Mapping[str, Any]) -> str:
-    """Why the parameters of the ``params.json`` (``meta``) in ``folder`` are refused by ``cls``, and what to do:
-    for an operator of a plugin (a class whose module is not ragkit's), its ``Params`` changed since the save
-    (load it with the version of the class that saved it, or refit and save); for a built-in one, by the ragkit
-    version that saved it (:func:`saved_by_other_ragkit`), or, saved by this very version, an edit of the folder.
-    A step of a saved pipeline says to save the pipeline again."""
+def saved_params_refused(cls: type[Operator], folder: Path, meta: Mapping[str, Any], error: ParamError | None = None,
+                         verified: bool = False) -> str:
+    """Why the parameters of the ``params.json`` (``meta``) in ``folder`` are refused by ``cls`` (``error``, what
+    was raised), and what to do, saying only what is known: for an operator of a plugin (``cls``, or one the
+    parameters name, at a place of ``error.path``: ``sharded.retriever.my_bm25.x``), its ``Params`` may have
+    changed since the save (load it with the version of the class that saved it, or refit and save); for a
+    built-in one, the ragkit version that saved it (:func:`saved_by_other_ragkit`), or, saved by this very version
+    number, that its files match the checksums written at save (``verified``: the folder is as saved, so the code
+    that reads it changed, which a version number need not tell) or were not checked (``verify=False``: its
+    params.json may have been edited).  A step of a saved pipeline says to save the pipeline again."""
     name = cls.__name__
     whole = _saved_pipeline_above(folder)
     it = "the pipeline" if whole is not None else "the operator"
-    if not _builtin(cls):  # a plugin's class
-        return (f"the parameters of {name} ({cls.__module__}.{cls.__qualname__}) changed since the folder was saved "
-                f"(its params.json holds those of the {name} that saved it), or the folder was changed after "
-                f"saving: load it with the version of {name} that saved it, or fit {it} and save it again with "
-                f"this one")
+    plugin = cls if not _builtin(cls) else _plugin_named(error.path if error is not None else "")
+    if plugin is not None:  # a plugin's class (or one the parameters name)
+        of = f"{plugin.__name__} ({plugin.__module__}.{plugin.__qualname__})"
+        named = f", which {name}'s parameters name," if plugin is not cls else ""
+        edited = "" if verified else ", or the folder was changed after saving (loaded with verify=False)"
+        return (f"the parameters of {of}{named} changed since the folder was saved (its params.json holds those of "
+                f"the {plugin.__name__} that saved it){edited}: load it with the version of {plugin.__name__} that "
+                f"saved it, or fit {it} and save it again with this one")
     other = saved_by_other_ragkit(meta, name, "takes other parameters", "may take other parameters")
     if other:
         return f"{other} (or fit {it} and save it again with this one)"
-    return (f"the folder was saved by this ragkit ({_version()}), whose {name} took these parameters then: the "
-            f"folder was changed after saving: restore its params.json, or fit {it} and save it again")
+    said = f"the saved parameters fail this ragkit's checks; saved by ragkit {_version()}, this one's version number"
+    if verified:
+        return (f"{said}, and its files match the checksums its save wrote: the code that reads them may have "
+                f"changed without a new version number (a development checkout): fit {it} and save it again with "
+                f"this one")
+    return (f"{said}; loaded with verify=False, its files were not checked against the checksums its save wrote "
+            f"(its params.json may have been edited since): load it verified to tell, restore its params.json, or "
+            f"fit {it} and save it again")
+
+
+def _plugin_named(path: str) -> type[Operator] | None:
+    """The class of a plugin's operator (a registered class outside ragkit) named at a place of ``path`` (an
+    error's path, ``sharded.retriever.my_bm25.x``), or None."""
+    from ragkit import registry
+
+    for part in re.split(r"[.\[\]]", path):
+        known = registry._REGISTRY.get(part)
+        if known is not None and not _builtin(known):
+            return known
+    return None
 
 
 def saved_by_other_ragkit(meta: Mapping[str, Any], cls: str, newer: str, other: str) -> str:

@@ -1023,15 +1023,17 @@ class Operator:
             )
         try:
             op_cls = registry.get(meta["operator"]) if cls is Operator else cls
-        except ParamError as e:
-            raise ArtifactError(f"{folder / 'params.json'}: {e}") from None
+        except registry.UnknownOperatorError as e:  # (a plugin not imported: a save writes registered names only)
+            raise ArtifactError(f"{folder / 'params.json'}: {registry.saved_unknown(e.name, '')}") from None
         if op_cls.name != meta["operator"]:
             raise ArtifactError(f"{folder}: holds a {meta['operator']!r} operator, not {op_cls.name!r}")
         try:  # (validated as saved values: a renamed value's note says to save again, not to edit a file)
             op = op_cls(validate_params(op_cls.Params, meta["params"], op_cls.name, source="saved"))
+        except registry.UnknownOperatorError as e:  # one named in its parameters (sharded.retriever: a plugin's)
+            raise ArtifactError(f"{folder / 'params.json'}: {registry.saved_unknown(e.name, e.path)}") from None
         except ParamError as e:  # name the file the parameters came from, not just the field, and why they differ
-            raise ArtifactError(f"{folder / 'params.json'}: {e}; {saved_params_refused(op_cls, folder, meta)}") \
-                from None
+            why = saved_params_refused(op_cls, folder, meta, e, verify or _CHECKSUMS_VERIFIED.get())
+            raise ArtifactError(f"{folder / 'params.json'}: {e}; {why}") from None
         if meta["fitted"]:
             if corpus is None:
                 from ragkit.eval.beir import read_corpus

@@ -22,7 +22,8 @@ if TYPE_CHECKING:
     from ragkit.operator import Operator
     from ragkit.params import Params
 
-__all__ = ["register", "get", "names", "load_all", "structural_keys", "FAMILIES", "KINDS", "Kind", "ENTRY_POINT_GROUP"]
+__all__ = ["register", "get", "names", "load_all", "structural_keys", "FAMILIES", "KINDS", "Kind", "ENTRY_POINT_GROUP",
+           "UnknownOperatorError"]
 
 _REGISTRY: dict[str, type["Operator"]] = {}
 T = TypeVar("T", bound="type[Operator]")
@@ -50,6 +51,34 @@ PLUGIN_HINT = ("An operator of your own is known once its module, where its clas
                "@ragkit.registry.register, is imported: on the command line `ragkit --import mymodule ...` (or "
                "--import ./myops.py) or RAGKIT_IMPORT=mymodule; anywhere, a 'ragkit.operators' entry point of an "
                "installed package")
+
+
+
+class UnknownOperatorError(ParamError):
+    """No operator is registered under :attr:`name` (:func:`get`): a misspelt name, or the operator of a plugin
+    whose module was not imported.  A :class:`~ragkit.errors.ParamError`; a load of a saved folder, whose names a
+    save wrote, tells it from a refused parameter by it (:func:`saved_unknown`: import the plugin, no renaming).
+
+    Attributes
+    ----------
+    name : object
+        The name asked for (a string, or whatever a YAML key held).
+    """
+
+    def __init__(self, message: str, path: str = "", *, name: object = None) -> None:
+        super().__init__(message, path=path)
+        self.name = name
+
+
+def saved_unknown(name: object, where: str) -> str:
+    """The error text for the operator ``name`` that a saved folder names (at ``where``: ``sharded.retriever``, a
+    step's path, or ``""``) and that is not registered in this process: a save writes only registered names, so
+    it is a plugin's operator whose module is not imported (no "did you mean": renaming it would load another
+    operator)."""
+    load_all()
+    return (f"{where + ': ' if where else ''}unknown operator {name!r}: the folder was saved with an operator "
+            f"registered as {name!r}, and none is registered so in this process: import the plugin that registers "
+            f"it before loading ({PLUGIN_HINT}). Registered operators: {', '.join(sorted(_REGISTRY))}")
 
 
 #: The kinds whose :attr:`~ragkit.operator.Operator.reads_rankings` :func:`register` sets where the class leaves it
@@ -289,7 +318,8 @@ def structural_keys() -> list[str]:
 
 
 def get(name: str, path: str = "", *, structural: bool = False) -> type["Operator"]:
-    """The operator class registered as ``name``; an unknown name lists the closest ones.
+    """The operator class registered as ``name``; an unknown name (:class:`UnknownOperatorError`, a
+    :class:`~ragkit.errors.ParamError`) lists the closest ones.
 
     Suggestions are matched case-insensitively.  With ``structural`` (a node key read from
     pipeline YAML), the YAML format's structural keys are suggested and listed too, so
@@ -305,8 +335,8 @@ def get(name: str, path: str = "", *, structural: bool = False) -> type["Operato
         hint = "; did you mean " + ", ".join(f"{c!r} (structural key)" if c in keys else repr(c) for c in close)
         where = f"{path}: " if path else ""
         listed = f"; structural keys: {', '.join(keys)}" if keys else ""
-        raise ParamError(
+        raise UnknownOperatorError(
             f"{where}unknown operator {name!r}{hint + '?' if close else '.'} {PLUGIN_HINT}. Registered operators: "
             f"{', '.join(sorted(_REGISTRY))}{listed}",
-            path=path,
+            path=path, name=name,
         ) from None

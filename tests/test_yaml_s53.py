@@ -1,0 +1,110 @@
+"""Review s53 of pipeline YAML and saved folders: plugin operators not imported at a load, unregistered classes
+saved, the YAML builder's lazy error text and hints."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import edit_json, reseal
+
+from ragkit import Corpus, Operator, Pipeline, registry
+from ragkit.errors import ArtifactError
+from ragkit.retrievers import BM25, Sharded
+from ragkit.retrievers.bm25 import BM25Params
+
+DOCS = Corpus(ids=["a", "b", "c", "d"], texts=["vitamin d", "cancer cells", "heart risk", "statins"])
+
+
+class _S53Params(BM25Params):
+    boost: float = 1.0
+
+
+@registry.register
+class _S53BM25(BM25):
+    """A plugin's operator (its module is not ragkit's)."""
+
+    name = "s53_bm25"
+    Params = _S53Params
+
+
+@pytest.fixture
+def forget(monkeypatch):
+    """A function that forgets ``s53_bm25`` for the rest of the test, as a process that did not import its plugin."""
+    registry.load_all()
+    return lambda: monkeypatch.setattr(registry, "_REGISTRY",
+                                       {k: v for k, v in registry._REGISTRY.items() if k != "s53_bm25"})
+
+
+# ---------------------------------------------------------------- 1. a plugin's operator not imported at a load
+def _saved(tmp_path):
+    sharded = Sharded(retriever={"s53_bm25": {"k": 2, "boost": 2.0}}, n_shards=2, k=2, backend="local").fit(DOCS)
+    sharded.save(tmp_path / "sh")
+    Pipeline([sharded]).save(tmp_path / "nested")
+    Pipeline([_S53BM25(k=2)]).fit(DOCS).save(tmp_path / "step")
+    _S53BM25(k=2).fit(DOCS).save(tmp_path / "op")
+    return tmp_path
+
+
+def test_a_plugin_operator_not_imported_is_said_so_at_a_load_not_a_changed_folder(tmp_path, forget):
+    """Old code: the nested ones ended 'the folder was changed after saving' (the checksums had passed); the
+    others advised 'did you mean 'bm25'?' (a rename, which would load another operator)."""
+    saved = _saved(tmp_path)
+    forget()
+    for name in ("sh", "nested", "step", "op"):
+        with pytest.raises(ArtifactError) as e:
+            Operator.load(saved / name)
+        said = str(e.value)
+        assert "unknown operator 's53_bm25'" in said and "import the plugin that registers it" in said, said
+        assert "changed after saving" not in said and "did you mean" not in said, said
+    with pytest.raises(ArtifactError, match=r"nested/ops/00-sharded/params\.json: sharded\.retriever: unknown "):
+        Operator.load(saved / "nested")
+    with pytest.raises(ArtifactError, match=r"step/pipeline\.yaml: pipeline\[0\]\.s53_bm25: unknown operator"):
+        Pipeline.load(saved / "step")
+
+
+def test_get_raises_an_unknown_operator_error(forget):
+    forget()
+    with pytest.raises(registry.UnknownOperatorError, match="did you mean 'bm25'") as e:
+        registry.get("s53_bm25", path="x")
+    assert e.value.name == "s53_bm25" and e.value.path == "x" and isinstance(e.value, ValueError)
+
+
+def test_a_nested_plugin_whose_params_changed_names_it_not_a_changed_folder(tmp_path, monkeypatch):
+    """Old code: 'the folder was saved by this ragkit (0.1.0), whose Sharded took these parameters then: the
+    folder was changed after saving' (the folder was as saved: the plugin's Params had changed)."""
+    saved = _saved(tmp_path)
+
+    class _NewParams(BM25Params):  # the plugin's next version: 'boost' is gone
+        pass
+
+    monkeypatch.setattr(_S53BM25, "Params", _NewParams)
+    for name in ("sh", "nested"):
+        with pytest.raises(ArtifactError) as e:
+            Operator.load(saved / name)
+        said = str(e.value)
+        assert "boost: unknown parameter" in said and "changed after saving" not in said, said
+        assert (f"the parameters of _S53BM25 ({__name__}._S53BM25), which Sharded's parameters name, changed since "
+                "the folder was saved") in said, said
+        assert "load it with the version of _S53BM25 that saved it" in said
+
+
+def test_a_built_in_refusing_its_saved_params_says_what_is_known(tmp_path):
+    """Saved by this version number: verified, the files are as their save wrote them; unverified, they may not be
+    (old code said 'the folder was changed after saving' either way)."""
+    from ragkit import __version__
+
+    BM25(k=3).fit(DOCS).save(tmp_path / "ix")
+    edit_json(tmp_path / "ix" / "params.json", lambda m: m["params"].update(old=3))
+    with pytest.raises(ArtifactError) as e:
+        Operator.load(tmp_path / "ix", verify=False)
+    said = str(e.value)
+    assert said.startswith(f"{tmp_path / 'ix' / 'params.json'}: bm25.old: unknown parameter")
+    assert (f"; the saved parameters fail this ragkit's checks; saved by ragkit {__version__}, this one's version "
+            "number; loaded with verify=False, its files were not checked against the checksums its save wrote") \
+        in said and "changed after saving" not in said
+    reseal(tmp_path / "ix")
+    with pytest.raises(ArtifactError) as e:
+        Operator.load(tmp_path / "ix")
+    said = str(e.value)
+    assert said.endswith(f"saved by ragkit {__version__}, this one's version number, and its files match the "
+                         "checksums its save wrote: the code that reads them may have changed without a new version "
+                         "number (a development checkout): fit the operator and save it again with this one"), said
