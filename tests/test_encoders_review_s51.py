@@ -255,17 +255,18 @@ def test_store_checks_unit_rows_where_the_encoder_normalises(tmp_path: Path) -> 
 
 def test_unit_length_fixed_per_reader_not_set_by_whoever_came_first(tmp_path: Path) -> None:
     """Old code: the plain Encoder marked the shared reader of its key unit_rows = True after the fact, so a subclass
-    with a forward pass of its own on the same key, made later, was held to unit rows too (its rows set aside)."""
+    with a forward pass of its own on the same key, made later, was held to unit rows too (its rows set aside).
+    Since s53 the subclass's key names its forward pass (``|forward=``): a reader and a folder of its own."""
 
     class Own(Encoder):
         def _forward(self, texts: list[str], progress: bool, role: str = "document") -> np.ndarray:
             return np.ones((len(texts), 4), np.float32)
 
     plain, own = Encoder(), Own()
-    assert own.key == plain.key
+    assert own.key == f"{plain.key}|forward={Own.__module__}.{Own.__qualname__}"
     assert plain.store.unit_length is True
     assert own.store.unit_length is False and plain.store.unit_length is True
-    assert own.store.folder == plain.store.folder  # one folder on disk, a reader each
+    assert own.store is not plain.store and own.store.folder != plain.store.folder
 
 
 def test_a_key_saved_before_revisions_is_accepted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

