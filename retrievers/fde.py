@@ -107,6 +107,15 @@ class FDEConfig:
     seed: int = 42
 
     def __post_init__(self) -> None:
+        for name in ("k_sim", "d_proj", "r_reps", "d_final", "seed"):
+            value = getattr(self, name)
+            if (value is None and name == "d_final") or (isinstance(value, (int, np.integer))
+                                                          and not isinstance(value, (bool, np.bool_))):
+                continue
+            raise ParamError(f"FDEConfig.{name} must be an integer{' or None' if name == 'd_final' else ''}, got "
+                             f"{value!r} ({type(value).__name__})")
+        if not 0 <= self.seed <= 2**32 - 1:
+            raise ParamError(f"FDEConfig.seed must be in 0..{2**32 - 1} (numpy's seed range), got {self.seed}")
         if not 0 <= self.k_sim <= MAX_K_SIM:
             raise ParamError(f"FDEConfig.k_sim must be in 0..{MAX_K_SIM} (2**k_sim buckets), got {self.k_sim}")
         if self.d_proj < 1 or self.r_reps < 1:
@@ -222,7 +231,10 @@ def _check_ends(data: np.ndarray, offsets: np.ndarray, where: str) -> tuple[np.n
     construction and load): the shapes and both ends only, O(1).  The rows a search reads are checked
     by :func:`_candidate_spans`."""
     data = np.asarray(data)
-    offsets = np.asarray(offsets, dtype=np.int64)
+    offsets = np.asarray(offsets)
+    if offsets.size and offsets.dtype.kind not in "iu":  # a float offset 4.5 was read as 4, silently
+        raise DataError(f"{where}: offsets must be integers, got dtype {offsets.dtype}")
+    offsets = offsets.astype(np.int64, copy=False)
     if data.ndim != 2:
         raise DataError(f"{where}: token array must be 2-D (n_tokens, d), got shape {data.shape}")
     if offsets.ndim != 1 or len(offsets) < 1 or offsets[0] != 0 or offsets[-1] != len(data):
