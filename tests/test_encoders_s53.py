@@ -80,3 +80,51 @@ def test_bad_key_tag_refused() -> None:
 
     with pytest.raises(ParamError, match=r"Bad\.key_tag is str 'a\|b'.*without '\|'"):
         Bad()
+
+
+# ------------------------------------------------------------------ 2. LangChain queries
+def _paid() -> Any:
+    """A LangChain ``Embeddings`` that records its calls (each a paid API call)."""
+    from langchain_core.embeddings import Embeddings
+
+    class Paid(Embeddings):
+        def __init__(self) -> None:
+            self.calls: list[tuple[str, Any]] = []
+
+        def embed_documents(self, texts: list[str]) -> list[list[float]]:
+            self.calls.append(("docs", len(texts)))
+            return [[1.0, float(len(t)), 0.0] for t in texts]
+
+        def embed_query(self, text: str) -> list[float]:
+            self.calls.append(("query", text))
+            return [0.0, float(len(text)), 1.0]
+
+    return Paid()
+
+
+def test_langchain_queries_deduplicated_cached_and_no_probe() -> None:
+    """Old code: one query on a fresh encoder was two embed_query calls (the query, then a "dimension probe"), a
+    repeated query was embedded each time it came, and caching_queries() did not cache them."""
+    pytest.importorskip("langchain_core")
+    from ragkit.encoders import caching_queries
+    from ragkit.integrations.langchain import LangChainEmbeddingsEncoder
+
+    paid = _paid()
+    enc = LangChainEmbeddingsEncoder(paid, key="paid-v1", cache=True)
+    v = enc.encode_queries(["what causes scurvy?"])
+    assert paid.calls == [("query", "what causes scurvy?")] and v.shape == (1, 3) and enc.dim == 3
+    paid.calls.clear()
+    v = enc.encode_queries(["same", "other", "same"])  # no cache asked: each distinct query once
+    assert paid.calls == [("query", "same"), ("query", "other")]
+    np.testing.assert_array_equal(v[0], v[2])
+    np.testing.assert_allclose(v[1], np.array([0.0, 5.0, 1.0]) / np.sqrt(26), rtol=1e-6)
+    paid.calls.clear()
+    with caching_queries():
+        first = enc.encode_queries(["q1", "q2", "q1"])
+        again = enc.encode_queries(["q1", "q2", "q1"])
+    assert paid.calls == [("query", "q1"), ("query", "q2")]
+    np.testing.assert_array_equal(first, again)
+    assert enc.query_store is not enc.store and enc.query_store.key == "paid-v1|query"
+    d = enc.encode(["q1"])  # a document's vector is embed_documents', not the cached query's
+    assert not np.allclose(d, first[:1])
+    assert enc.n_queries_encoded == 5 and enc.n_encoded == 1

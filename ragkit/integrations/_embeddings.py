@@ -39,8 +39,12 @@ class LangChainEmbeddingsEncoder:
     """Any LangChain ``Embeddings`` with the interface of :class:`ragkit.encoders.Encoder`.
 
     ``encode(texts)`` calls ``embed_documents`` and ``encode_queries(texts)`` calls
-    ``embed_query`` per text, both returning ``(n, dim)`` float32 L2-normalised vectors
-    (ragkit's dense operators score by inner product = cosine).
+    ``embed_query`` once per distinct text, both returning ``(n, dim)`` float32 L2-normalised vectors
+    (ragkit's dense operators score by inner product = cosine).  With ``cache=True``, query vectors are
+    kept on disk as :meth:`ragkit.encoders.Encoder.encode_queries` keeps them: when asked
+    (``encode_queries(..., cache=True)``, or inside :func:`~ragkit.encoders.caching_queries` /
+    ``RAGKIT_CACHE_QUERIES=1``: ``ragkit eval`` and ``train``), apart from the documents' (key ``<key>|query``:
+    ``embed_query`` may differ from ``embed_documents``).
 
     Parameters
     ----------
@@ -54,7 +58,8 @@ class LangChainEmbeddingsEncoder:
         where the encoder is registered with that ``key``, and ``cache=True`` is refused with it
         (pass a key naming the model).
     dim : int, optional
-        Vector dimension; found by embedding one probe text when not given.
+        Vector dimension; when not given, the width of the first vectors embedded (asked before any: for an empty
+        batch, by embedding one probe query).
     cache : bool
         Keep document vectors in ragkit's on-disk cache under ``key`` (default off: pass a
         ``key`` that truly names the model and settings before turning it on).
@@ -86,7 +91,12 @@ class LangChainEmbeddingsEncoder:
         self._dim = dim
         self._cache: EmbeddingCache | None = None
         self._cache_root: Path | None = None  # the cache folder ``_cache`` was opened under
+        self._query_cache: EmbeddingCache | None = None
+        self._query_cache_root: Path | None = None
+        #: documents embedded (not read from the cache) since creation
         self.n_encoded = 0
+        #: distinct queries embedded (``embed_query`` calls; not read from the cache) since creation
+        self.n_queries_encoded = 0
 
     @staticmethod
     def _default_key(emb: Embeddings) -> str:
@@ -123,8 +133,8 @@ class LangChainEmbeddingsEncoder:
 
     @property
     def dim(self) -> int:
-        """Width of the vectors (an int): the length of the LangChain model's embedding of a probe query,
-        asked for once, on first use."""
+        """Width of the vectors (an int): ``dim`` as given, else that of the first vectors embedded, else (asked
+        before any, e.g. for an empty batch) the length of the LangChain model's embedding of a probe query."""
         if self._dim is None:
             self._dim = int(len(self.embeddings.embed_query("dimension probe")))
         return self._dim
@@ -144,6 +154,28 @@ class LangChainEmbeddingsEncoder:
         if self._cache is None or self._cache_root != root:
             self._cache, self._cache_root = shared_store(root, self.key), root
         return self._cache
+
+    @property
+    def query_store(self) -> EmbeddingCache:
+        """The on-disk cache of query vectors (``embed_query``'s, which may differ from ``embed_documents``'s):
+        :attr:`store`'s, under the key ``<key>|query``."""
+        from ragkit.encoders.sentence import shared_store
+        from ragkit.eval.beir import cache_dir
+
+        self._check_cacheable()
+        root = cache_dir()
+        if self._query_cache is None or self._query_cache_root != root:
+            self._query_cache, self._query_cache_root = shared_store(root, f"{self.key}|query"), root
+        return self._query_cache
+
+    def _forward_queries(self, texts: list[str]) -> np.ndarray:
+        """``embed_query`` of each of ``texts`` (distinct), checked and L2-normalised ``(n, dim)`` float32."""
+        out = _unit([self.embeddings.embed_query(t) for t in texts], len(texts), self._dim,
+                    f"{type(self.embeddings).__name__}.embed_query")
+        if self._dim is None:
+            self._dim = int(out.shape[1])
+        self.n_queries_encoded += len(texts)
+        return out
 
     def _forward(self, texts: list[str]) -> np.ndarray:
         parts = []
@@ -166,13 +198,24 @@ class LangChainEmbeddingsEncoder:
             return self._forward(texts)
         return self.store.fetch_or_compute(texts, self._forward)[0]
 
-    def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
-        """Query vectors (``embed_query`` per text), ``(n, dim)`` float32, unit length."""
+    def encode_queries(self, texts: Sequence[str], *, cache: bool | None = None) -> np.ndarray:
+        """Query vectors (``embed_query`` once per distinct text), ``(n, dim)`` float32, unit length.  Kept in the
+        on-disk cache (:attr:`query_store`) where the encoder caches (``cache=True`` when made) and queries are
+        to be: ``cache=True`` here, or ``None`` inside :func:`~ragkit.encoders.caching_queries` or with
+        ``RAGKIT_CACHE_QUERIES=1``, as :meth:`ragkit.encoders.Encoder.encode_queries`."""
+        from ragkit.encoders.sentence import queries_cached
+
         texts = as_texts(texts, "LangChainEmbeddingsEncoder.encode_queries")
         if not texts:
             return np.zeros((0, self.dim), np.float32)
-        return _unit([self.embeddings.embed_query(t) for t in texts], len(texts), self.dim,
-                     f"{type(self.embeddings).__name__}.embed_query")
+        if self.cache_enabled and (queries_cached() if cache is None else cache):
+            return self.query_store.fetch_or_compute(texts, self._forward_queries)[0]
+        uniq = list(dict.fromkeys(texts))
+        vecs = self._forward_queries(uniq)
+        if len(uniq) == len(texts):
+            return vecs
+        at = {t: i for i, t in enumerate(uniq)}
+        return vecs[[at[t] for t in texts]]
 
     def register(self, name: str, *, replace: bool = False) -> "LangChainEmbeddingsEncoder":
         """Register under ``name`` so that ``Dense(model=name)`` (via ``get_encoder``) uses it."""
