@@ -1369,12 +1369,19 @@ class BM25(Operator):
         """Score with collection statistics given from outside: ``idf`` of each of this index's
         terms (vocabulary order) and the average document length, e.g. those of a whole corpus
         this index holds one shard of (:class:`~ragkit.scale.Sharded`), so that its scores equal
-        one index's over the whole corpus."""
+        one index's over the whole corpus.  ``avgdl`` must be a finite number > 0, as a save's load requires it
+        (``inf``, NaN, 0 or a bool is a :class:`DataError`)."""
         self._check_fitted()
         idf = np.asarray(idf, dtype=np.float64)
-        if idf.shape != (len(self.vocab_),) or not np.isfinite(idf).all() or not avgdl > 0:
-            raise DataError(f"bm25.set_collection: expected {len(self.vocab_)} finite idf values and avgdl > 0, "
-                            f"got idf of shape {idf.shape} and avgdl {avgdl!r}")
+        if idf.shape != (len(self.vocab_),) or not np.isfinite(idf).all():
+            raise DataError(f"bm25.set_collection: expected {len(self.vocab_)} finite idf values (one per term, "
+                            f"vocabulary order), got idf of shape {idf.shape}"
+                            + ("" if idf.shape != (len(self.vocab_),) else " holding values that are not finite"))
+        # (what _load refuses in a save's collection.json: accepted here, a save held what its load refused)
+        if (isinstance(avgdl, (bool, np.bool_)) or not isinstance(avgdl, (int, float, np.integer, np.floating))
+                or not 0 < avgdl < float("inf")):
+            raise DataError(f"bm25.set_collection: expected avgdl a finite number > 0 (the average document "
+                            f"length), got {avgdl!r:.60} ({type(avgdl).__name__})")
         self.collection_ = {"idf": idf, "avgdl": float(avgdl)}
         self._weigh()
 
