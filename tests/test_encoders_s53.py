@@ -16,7 +16,7 @@ import pytest
 
 from ragkit.encoders.sentence import DEFAULT_MODEL, Encoder, resolve_model
 from ragkit.encoders.tokens import TokenEncoder
-from ragkit.errors import ParamError
+from ragkit.errors import DataError, ParamError
 
 
 @pytest.fixture(autouse=True)
@@ -128,3 +128,50 @@ def test_langchain_queries_deduplicated_cached_and_no_probe() -> None:
     d = enc.encode(["q1"])  # a document's vector is embed_documents', not the cached query's
     assert not np.allclose(d, first[:1])
     assert enc.n_queries_encoded == 5 and enc.n_encoded == 1
+
+
+# ------------------------------------------------------------------ 5. LangChain checks shared with ragkit's
+def test_langchain_output_checked_by_the_shared_checks() -> None:
+    """Old code: _unit had its own checks: None from embed_documents was "an array of shape ()", None from
+    embed_query "an array of shape (1,)", a ragged tuple "vectors of lengths None"."""
+    pytest.importorskip("langchain_core")
+    from langchain_core.embeddings import Embeddings
+
+    from ragkit.integrations.langchain import LangChainEmbeddingsEncoder
+
+    class Bad(Embeddings):
+        def embed_documents(self, texts: list[str]) -> Any:
+            return None
+
+        def embed_query(self, text: str) -> Any:
+            return None
+
+    class RaggedTuple(Embeddings):
+        def embed_documents(self, texts: list[str]) -> Any:
+            return (np.ones(2), np.ones(1))
+
+        def embed_query(self, text: str) -> Any:
+            return [1.0, 0.0]
+
+    with pytest.raises(DataError, match=r"Bad.embed_documents \(texts 0..0\) returned None for 1 texts; an encoder "
+                                        r"returns one vector per text"):
+        LangChainEmbeddingsEncoder(Bad(), key="b", dim=3).encode(["x"])
+    with pytest.raises(DataError, match=r"Bad.embed_query returned None for query 'x'; expected its vector"):
+        LangChainEmbeddingsEncoder(Bad(), key="b", dim=3).encode_queries(["x"])
+    with pytest.raises(DataError, match=r"RaggedTuple.embed_documents \(texts 0..1\) returned a tuple that is no "
+                                        r"array of numbers \(vectors of lengths \[1, 2\]\)"):
+        LangChainEmbeddingsEncoder(RaggedTuple(), key="r").encode(["x", "y"])
+    zero = LangChainEmbeddingsEncoder(RaggedTuple(), key="r").encode_queries(["x"])
+    assert zero.dtype == np.float32 and zero.tolist() == [[1.0, 0.0]]
+
+
+@pytest.mark.parametrize("bad", ["8", None, 2.5, True, 0])
+def test_langchain_batch_size_checked(bad: Any) -> None:
+    """Old code: "8" and None were a raw TypeError, 2.5 became 2 and True 1."""
+    pytest.importorskip("langchain_core")
+    from langchain_core.embeddings import DeterministicFakeEmbedding
+
+    from ragkit.integrations.langchain import LangChainEmbeddingsEncoder
+
+    with pytest.raises(ParamError, match=r"LangChainEmbeddingsEncoder: batch_size is \w+ .*; expected a positive int"):
+        LangChainEmbeddingsEncoder(DeterministicFakeEmbedding(size=4), batch_size=bad)

@@ -401,10 +401,10 @@ def test_what_an_embeddings_returns_and_what_it_is_given_are_checked():
         def embed_documents(self, texts):  # noqa: ANN001
             return [v[: 8 - i] for i, v in enumerate(super().embed_documents(texts))]
 
-    with pytest.raises(DataError, match=r"Short.embed_documents \(texts 0..2\): expected 3 vectors \(one per text\), "
-                                        r"got an array of shape \(1, 8\)"):
+    with pytest.raises(DataError, match=r"Short.embed_documents \(texts 0..2\) returned 1 vectors for 3 texts; an "
+                                        r"encoder returns one vector per text, a 2-D float array of shape \(3, dim\)"):
         LangChainEmbeddingsEncoder(Short(size=8)).encode(["a", "b", "c"])
-    with pytest.raises(DataError, match=r"expected 2 vectors of equal length, got vectors of lengths \[7, 8\]"):
+    with pytest.raises(DataError, match=r"returned a list that is no array of numbers \(vectors of lengths \[7, 8\]\)"):
         LangChainEmbeddingsEncoder(Ragged(size=8)).encode(["a", "b"])
     with pytest.raises(DataError, match=r"expected vectors of 99 numbers \(the encoder's dim\), got 8"):
         LangChainEmbeddingsEncoder(DeterministicFakeEmbedding(size=8), dim=99).encode(["a"])

@@ -974,7 +974,9 @@ def encoder_vectors(raw: Any, n: int, who: str) -> np.ndarray:
     try:
         arr = raw if isinstance(raw, np.ndarray) else np.asarray(raw)
     except (TypeError, ValueError, RuntimeError) as e:  # ragged lists, a tensor on a GPU
-        raise DataError(f"{who} returned a {type(raw).__name__} that is no array of numbers ({e}); "
+        lengths = _row_lengths(raw)
+        said = f"vectors of lengths {lengths}" if lengths else str(e)
+        raise DataError(f"{who} returned a {type(raw).__name__} that is no array of numbers ({said}); "
                         f"{expected}") from None
     if raw is None or arr.dtype.kind not in "biufO":  # (None reads as a 0-D object array)
         got = "None" if raw is None else f"an array of {arr.dtype} values, shape {arr.shape}"
@@ -987,6 +989,18 @@ def encoder_vectors(raw: Any, n: int, who: str) -> np.ndarray:
         return np.ascontiguousarray(arr, dtype=np.float32)
     except (TypeError, ValueError) as e:  # an object array holding text or None
         raise DataError(f"{who} returned an array of objects that are not all numbers ({e}); {expected}") from None
+
+
+def _row_lengths(raw: Any) -> list[int] | None:
+    """The distinct lengths of the rows of ``raw``, sorted, when it is a list or tuple of rows of more than one length
+    (ragged vectors: said as ``[7, 8]`` rather than numpy's message); else ``None``."""
+    if not isinstance(raw, (list, tuple)) or not all(hasattr(r, "__len__") for r in raw):
+        return None
+    try:
+        lengths = sorted({len(r) for r in raw})
+    except TypeError:  # (a 0-d array has __len__ and no length)
+        return None
+    return lengths if len(lengths) > 1 else None
 
 
 def encode_documents(encoder: Any, texts: Sequence[str], who: str) -> np.ndarray:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from langchain_core.embeddings import Embeddings
 
-from ragkit.encoders.sentence import as_texts
+from ragkit.encoders.sentence import as_texts, check_encoder_settings, encoder_vectors, unit_rows
 from ragkit.errors import DataError, ParamError
 
 if TYPE_CHECKING:
@@ -20,19 +20,14 @@ if TYPE_CHECKING:
 
 
 def _unit(x: Any, n_texts: int, dim: int | None, who: str) -> np.ndarray:
-    """What an ``Embeddings`` returned for ``n_texts`` texts, checked (one vector each, all of
-    ``dim`` numbers when known) and L2-normalised, ``(n_texts, dim)`` float32."""
-    try:
-        v = np.asarray(x, dtype=np.float32)
-    except (ValueError, TypeError):
-        lens = sorted({len(r) for r in x}) if isinstance(x, list) else None
-        raise DataError(f"{who}: expected {n_texts} vectors of equal length, got vectors of lengths {lens}") from None
-    if v.ndim != 2 or len(v) != n_texts:
-        raise DataError(f"{who}: expected {n_texts} vectors (one per text), got an array of shape {v.shape}")
+    """What an ``Embeddings`` returned for ``n_texts`` texts, checked as ragkit checks every encoder's output
+    (:func:`~ragkit.encoders.sentence.encoder_vectors`: one vector each, a :class:`DataError` naming ``who``
+    otherwise), all of ``dim`` numbers when known, and L2-normalised (:func:`~ragkit.encoders.unit_rows`: a zero
+    vector stays zero), ``(n_texts, dim)`` float32."""
+    v = unit_rows(encoder_vectors(x, n_texts, who))
     if dim is not None and v.shape[1] != dim:
         raise DataError(f"{who}: expected vectors of {dim} numbers (the encoder's dim), got {v.shape[1]}")
-    n = np.linalg.norm(v, axis=1, keepdims=True)
-    return v / np.where(n > 0, n, 1.0)
+    return v
 
 
 class LangChainEmbeddingsEncoder:
@@ -78,10 +73,9 @@ class LangChainEmbeddingsEncoder:
         if not isinstance(embeddings, Embeddings):
             raise ParamError("LangChainEmbeddingsEncoder: expected a LangChain Embeddings, "
                              f"got {type(embeddings).__name__}")
-        if batch_size < 1:
-            raise ParamError(f"LangChainEmbeddingsEncoder: batch_size must be >= 1, got {batch_size}")
+        check_encoder_settings("LangChainEmbeddingsEncoder", batch_size=batch_size)
         self.embeddings = embeddings
-        self.batch_size = int(batch_size)
+        self.batch_size = batch_size
         self.cache_enabled = bool(cache)
         self.key = key or self._default_key(embeddings)
         #: the key is the object's id (no key given, no settings to hash): it names no model, so no cache
@@ -170,8 +164,13 @@ class LangChainEmbeddingsEncoder:
 
     def _forward_queries(self, texts: list[str]) -> np.ndarray:
         """``embed_query`` of each of ``texts`` (distinct), checked and L2-normalised ``(n, dim)`` float32."""
-        out = _unit([self.embeddings.embed_query(t) for t in texts], len(texts), self._dim,
-                    f"{type(self.embeddings).__name__}.embed_query")
+        who = f"{type(self.embeddings).__name__}.embed_query"
+        rows = [self.embeddings.embed_query(t) for t in texts]
+        for i, row in enumerate(rows):  # (the list of rows would read as a 1-D object array: name the query)
+            if row is None:
+                raise DataError(f"{who} returned None for query {texts[i]!r:.60}; expected its vector, a list of "
+                                "numbers")
+        out = _unit(rows, len(texts), self._dim, who)
         if self._dim is None:
             self._dim = int(out.shape[1])
         self.n_queries_encoded += len(texts)
