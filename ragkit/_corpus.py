@@ -3,7 +3,7 @@ and the writing of its JSON Lines file."""
 
 from __future__ import annotations
 
-import copy
+import gc
 import inspect
 import itertools
 import json
@@ -11,6 +11,7 @@ import logging
 import os
 import re
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Sequence, cast, overload
@@ -74,9 +75,12 @@ def _meta_kept(col: np.ndarray) -> tuple[np.ndarray, list[Any] | None, set[type]
     a column that is not of objects), which :func:`_check_meta_text` reads rather than listing them again.
 
     A float16 / float32 column becomes float64 by each value's shortest decimal (``np.float32(0.1)`` as ``0.1``,
-    NaN kept), as a save writes it (:func:`saved_scalar`); numpy scalars inside list and dict values
-    (``[np.float32(0.1)]``) become Python's by :func:`_meta_value` too, looked for one level of nesting at a time
-    (one pass over the types, in C) and rebuilt only in a column that holds one."""
+    NaN kept), as a save writes it (:func:`saved_scalar`).  List and dict values (tags) are copied, so that the
+    corpus's filter codes never change with the caller's own lists (``tags[1].append("x")`` after the corpus
+    was made): where every one holds plain values only (no list, dict nor numpy scalar inside: one pass over
+    their elements' types, in C), by ``list.copy`` / ``dict.copy``; else rebuilt value by value at any depth
+    (:func:`_nested_plain`), with the numpy scalars inside (``[np.float32(0.1)]``) as :func:`_meta_value` keeps
+    them."""
     if col.dtype.kind == "f" and col.dtype != np.float64:  # (str(): the shortest decimal that reads back the same)
         return col.astype(str).astype(np.float64), None, None
     if col.dtype != object:
@@ -84,51 +88,56 @@ def _meta_kept(col: np.ndarray) -> tuple[np.ndarray, list[Any] | None, set[type]
     values = col.tolist()
     types = set(map(type, values))
     odd = types - _PLAIN_META
-    nested = _holds_numpy_scalar([v for v in values if type(v) in _NESTED]) if types & _NESTED else False
+    nested = types & _NESTED
     if not odd and not nested:
         return col, values, types
-    out = [_meta_value(v) if type(v) in odd else _nested_plain(v) if nested and type(v) in _NESTED else v
-           for v in values]
-    if all(a is b for a, b in zip(out, values)):
+    with _gc_paused():  # (new lists and dicts, no garbage: a collection pass per 700 of them tripled the cost)
+        if not odd and _flat_plain(values if types <= _NESTED else [v for v in values if type(v) in _NESTED]):
+            out = (list(map(list.copy, values)) if types == {list} else list(map(dict.copy, values))
+                   if types == {dict} else [v.copy() if type(v) in _NESTED else v for v in values])  # (C calls)
+            return _column(out), out, types
+        out = [_meta_value(v) if type(v) in odd else _nested_plain(v) if type(v) in _NESTED else v for v in values]
+    if not nested and all(a is b for a, b in zip(out, values)):
         return col, values, types
     return _column(out), out, set(map(type, out))
 
 
-#: the types of metadata values that hold other values (:func:`_holds_numpy_scalar`, :func:`_nested_plain`)
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector off while a column's list and dict values are copied (made anew, none
+    of them garbage): with it on, every 700 new containers start a collection, which made copying a column of 1M
+    tags ~3x slower (790 ms where 190 ms without).  Left as it was found (off, where the caller turned it off)."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
+#: the types of metadata values that hold other values (:func:`_flat_plain`, :func:`_nested_plain`)
 _NESTED = frozenset({list, dict})
 
 
-def _holds_numpy_scalar(values: list[Any]) -> bool:
-    """Whether a numpy scalar is inside the lists and dicts ``values``, at any depth: per level of nesting, the
-    elements chained and their types listed (C calls), so that a column of tags costs one pass."""
-    def inside(vs: list[Any]) -> Iterator[Any]:
-        return itertools.chain.from_iterable(v.values() if type(v) is dict else v for v in vs)
-
-    level = values
-    while level:
-        types = set(map(type, inside(level)))
-        if any(issubclass(t, np.generic) for t in types):
-            return True
-        if not types & _NESTED:
-            return False
-        level = [v for v in inside(level) if type(v) in _NESTED]  # (a list of lists: the inner ones)
-    return False
+def _flat_plain(values: list[Any]) -> bool:
+    """Whether the lists and dicts ``values`` hold no list, dict nor numpy scalar (a column of tags): their
+    elements chained and their types listed (C calls), so that a copy of each (``list.copy``) is all they need."""
+    types = set(map(type, itertools.chain.from_iterable(v.values() if type(v) is dict else v for v in values)))
+    return not types & _NESTED and not any(issubclass(t, np.generic) for t in types)
 
 
 def _nested_plain(v: Any) -> Any:
-    """A list or dict metadata value with the numpy scalars in it (at any depth) as :func:`_meta_value` keeps
-    them (``np.float32(0.1)`` as ``0.1``, NaN as None: as a save writes them); ``v`` itself where it holds none."""
+    """A copy of the list or dict metadata value ``v``, at any depth, with the numpy scalars in it as
+    :func:`_meta_value` keeps them (``np.float32(0.1)`` as ``0.1``, NaN as None: as a save writes them): the
+    corpus's own, which the caller's later changes to ``v`` do not reach."""
     if type(v) is list:
-        out: Any = [_nested_plain(x) for x in v]
-        same = all(a is b for a, b in zip(out, v))
-    elif type(v) is dict:
-        out = {k: _nested_plain(x) for k, x in v.items()}
-        same = all(out[k] is x for k, x in v.items())
-    elif isinstance(v, np.generic):
+        return [_nested_plain(x) for x in v]
+    if type(v) is dict:
+        return {k: _nested_plain(x) for k, x in v.items()}
+    if isinstance(v, np.generic):
         return _meta_value(v)
-    else:
-        return v
-    return v if same else out
+    return v
 
 
 def _check_meta_text(key: Any, col: np.ndarray, ids: np.ndarray, values: list[Any] | None = None,
@@ -227,7 +236,9 @@ def _meta_value(v: Any) -> Any:
     if isinstance(v, np.ndarray) and v.ndim == 1:
         return v.tolist()
     if isinstance(v, tuple):
-        return list(v)
+        return _nested_plain(list(v))
+    if type(v) is set:  # (the corpus's own, as a list or dict value is)
+        return set(v)
     v = saved_scalar(v)
     return None if is_missing(v) else v
 
@@ -585,9 +596,8 @@ class Corpus:
             raise InputTypeError(f"Corpus.from_documents: document {bad} is {_kind(docs[bad])}, expected a LangChain "
                                  "Document (with page_content and metadata)" + _other_constructor([docs[bad]]))
         records = []
-        for d in docs:  # lists, dicts and sets copied: the caller's documents stay theirs to change
-            meta = {k: copy.deepcopy(v) if isinstance(v, (list, dict, set)) else v
-                    for k, v in (getattr(d, "metadata", {}) or {}).items()}
+        for d in docs:  # (the constructor copies list, dict and set values: the caller's documents stay theirs)
+            meta = dict(getattr(d, "metadata", {}) or {})
             did = getattr(d, "id", None)
             if not did:
                 did = meta.pop("id", None)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import pickle
 
+import numpy as np
 import pytest
 
 from ragkit import Corpus
@@ -26,3 +27,51 @@ def test_copied_or_unpickled_corpus_stays_read_only(clone) -> None:
         p.metadata["year"][1] = 1999
     assert p.blank.tolist() == [False, True, False] and not p.blank.flags.writeable
     assert p.mask({"year": 2002}).tolist() == [False, True, False]
+
+
+def test_nested_metadata_is_the_corpus_own_not_the_callers() -> None:
+    """The caller's lists and dicts, changed after the corpus was made, change neither its metadata nor its filters:
+    a corpus answers as a fresh one built from the values it was given."""
+    tags = [["x"], ["y"]]
+    deep = [{"k": [1]}, {"k": [2]}]
+    mixed = [["x"], None]
+    c = Corpus(ids=["a", "b"], texts=["1", "2"], metadata={"tags": tags, "deep": deep, "mixed": mixed})
+    assert c.mask({"tags": "x"}).tolist() == [True, False]
+    tags[1].append("x")
+    deep[0]["k"].append(2)
+    mixed[0].append("y")
+    fresh = Corpus(ids=["a", "b"], texts=["1", "2"], metadata={"tags": [["x"], ["y"]]})
+    assert c.mask({"tags": "x"}).tolist() == fresh.mask({"tags": "x"}).tolist() == [True, False]
+    assert c.metadata["tags"].tolist() == [["x"], ["y"]]
+    assert c.metadata["deep"].tolist() == [{"k": [1]}, {"k": [2]}]
+    assert c.metadata["mixed"].tolist() == [["x"], None]
+    assert c.mask({"mixed": "y"}).tolist() == [False, False]
+
+
+def test_from_records_and_from_documents_keep_their_own_nested_metadata() -> None:
+    recs = [{"_id": "a", "text": "t", "metadata": {"tags": ["x"], "m": {"k": 1}, "s": {1, 2}}}]
+    c = Corpus.from_records(recs)
+    recs[0]["metadata"]["tags"].append("q")
+    recs[0]["metadata"]["m"]["k"] = 2
+    recs[0]["metadata"]["s"].add(3)
+    assert c.metadata["tags"].tolist() == [["x"]] and c.metadata["m"].tolist() == [{"k": 1}]
+    assert c.metadata["s"].tolist() == [{1, 2}]
+    assert c.mask({"tags": "q"}).tolist() == [False]
+
+    class Doc:
+        def __init__(self, text: str, metadata: dict) -> None:
+            self.page_content, self.metadata, self.id = text, metadata, None
+
+    doc = Doc("t", {"tags": [["x"]], "title": "T", "s": {1}})
+    d = Corpus.from_documents([doc])
+    doc.metadata["tags"][0].append("y")
+    doc.metadata["s"].add(2)
+    assert doc.metadata["title"] == "T"  # (the caller's dict is not changed either)
+    assert d.metadata["tags"].tolist() == [[["x"]]] and d.metadata["s"].tolist() == [{1}]
+
+
+def test_nested_numpy_scalars_become_python_values_inside_a_tuple_too() -> None:
+    c = Corpus(ids=["a", "b"], texts=["1", "2"],
+               metadata={"w": [[np.float32(0.1)], [1]], "t": [(np.int64(3), [np.float64("nan")]), None]})
+    assert c.metadata["w"].tolist() == [[0.1], [1]] and type(c.metadata["w"][0][0]) is float
+    assert c.metadata["t"].tolist() == [[3, [None]], None] and type(c.metadata["t"][0][0]) is int
