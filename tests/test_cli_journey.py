@@ -500,12 +500,14 @@ def test_the_notes_on_fewer_documents_name_the_steps_of_the_pipeline(tmp_path):
     res = _cli("eval", "--data", data, "-p", tmp_path / "cut.yaml", "--k", "10")
     assert res.exit_code == 0, res.output
     note = res.output[res.output.index("note: the pipeline returned at most"):]
-    assert ("a step's k (give the last steps a larger one to measure that depth), or a step that returns fewer: a "
-            "filter step returns only those that pass it\n") in note, note
+    assert ("what limits it: a step's k (pipeline[0].dense k=3: give it a larger one to measure that depth), or a "
+            "step that returns fewer: a filter step returns only those that pass it\n") in note, note
     assert "BM25" not in note
     res = _cli("eval", "--data", data, "-p", "bm25", "--k", "10")
     note = res.output[res.output.index("note: the pipeline returned at most"):]
-    assert "or a step that returns fewer: BM25 returns only documents sharing a term with the query\n" in note, note
+    assert "what limits it: a step that returns fewer: BM25 returns only documents sharing a term with the query\n" \
+        in note, note
+    assert "a step's k" not in note  # (bm25's k, 100, is not what cut the lists below 10: said before, falsely)
     corpus = read_corpus(data / "corpus.jsonl")
     corpus = type(corpus)(ids=corpus.ids, texts=corpus.texts, titles=corpus.titles,
                           metadata={"lang": np.array(["en", "en", "en", "fr", "en"], dtype=object)})

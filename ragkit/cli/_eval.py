@@ -27,6 +27,7 @@ from ragkit.cli._outputs import _check_not_an_input, _prepare_outputs, _write_ou
 from ragkit.cli._pipeline import (
     _check_retrieves,
     _fewer_found,
+    _short_ks,
     _in_file,
     _note_nothing_learns,
     _note_unlearned,
@@ -57,12 +58,15 @@ def _note_depth(run: Any, ks: list[int], corpus: Any, pipe: Any, prefix: str = "
     depth = max((len(d) for d in run.doc_ids), default=0)
     deeper = [c for c in ks if c > depth]
     if deeper:
-        fewer = _fewer_found(pipe)
+        short, fewer = _short_ks(pipe, max(deeper), flag), _fewer_found(pipe)
+        causes = ([f"a step's k ({', '.join(short)}: give {'them' if len(short) > 1 else 'it'} a larger one to measure "
+                   "that depth)"] if short else []) \
+            + ([f"a step that returns fewer: {'; '.join(fewer)}"] if fewer else [])
         why = (f"the corpus holds {len(corpus)}" if depth >= len(corpus) else
                f"--depth {flag} limits it (give --depth {max(deeper)} or more to measure that depth)"
                if flag is not None and depth >= flag else
-               "what limits it: a step's k (give the last steps a larger one to measure that depth)"
-               + (f", or a step that returns fewer: {'; '.join(fewer)}" if fewer else ""))
+               f"what limits it: {', or '.join(causes)}" if causes else
+               "what limits it: a step's k (give the last steps a larger one to measure that depth)")
         _note(f"note: {prefix}the pipeline returned at most {depth} documents per query, so the "
               f"@{', @'.join(map(str, deeper))} metrics count only those; {why}")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from ragkit.cli._console import _note
 from ragkit.errors import RagkitError
@@ -204,6 +204,24 @@ def _fewer_found(pipe: Any) -> list[str]:
         ("a metadata filter returns only documents that match it",
          any(s.kind == "retriever" and getattr(getattr(s, "params", None), "filter", None) is not None
              for s in leaves))) if held]
+
+
+def _short_ks(pipe: Any, depth: int, searched_at: Optional[int] = None) -> list[str]:
+    """The steps of ``pipe`` whose own ``k`` cuts its lists shorter than ``depth`` (``"pipeline[0].bm25 k=50"``):
+    retrievers, rerankers and filters with a ``k`` (a fuser's ``k`` is RRF's constant, a judge's its own depth,
+    neither a cut).  ``searched_at``: the run-time ``k`` the search was given, which retrievers fetch at least
+    (so they do not cut below it)."""
+    from ragkit.pipelines.yaml import walk_leaves
+
+    out = []
+    for path, leaf in walk_leaves(pipe):
+        k = getattr(getattr(leaf, "params", None), "k", None)
+        if leaf.kind not in ("retriever", "reranker", "filter") or not isinstance(k, int) or k >= depth:
+            continue
+        if searched_at is not None and leaf.kind == "retriever" and searched_at >= depth:
+            continue
+        out.append(f"{path} k={k}")
+    return out
 
 
 def _without_generation(pipe: Any, option: str, note: bool = True) -> Any:
