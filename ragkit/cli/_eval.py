@@ -27,10 +27,10 @@ from ragkit.cli._outputs import _check_not_an_input, _prepare_outputs, _write_ou
 from ragkit.cli._pipeline import (
     _check_retrieves,
     _fewer_found,
-    _short_ks,
     _in_file,
     _note_nothing_learns,
     _note_unlearned,
+    _short_ks,
     _uses_training,
     _without_generation,
     resolve_pipeline,
