@@ -847,14 +847,28 @@ class VectorIndex:
         if not self.built:
             raise ParamError("VectorIndex: call build(vectors) (or load) before searching or editing")
 
-    def set_expansion_search(self, ef: int) -> None:
-        """Make ``ef`` the index's own HNSW beam width (saved with it, and the graph's): searches at it share
-        the graph again, where a per-call width holds it alone (a ``Dense`` whose ``params`` were updated
-        after the fit sets it once, at its next search)."""
+    #: the settings :meth:`apply_settings` changes on a built index: how it searches and grows, not what it stores
+    SETTINGS = ("oversample", "expansion_add", "expansion_search", "exact_max", "threads", "reorder")
+
+    def apply_settings(self, **settings: Any) -> None:
+        """Make ``settings`` (of :data:`SETTINGS`: ``oversample``, ``expansion_add``, ``expansion_search``,
+        ``exact_max``, ``threads``, ``reorder``) the index's own, saved with it; the beam widths the graph's too.
+        Searches at the index's own width share the graph again, where a per-call width holds it alone (a
+        ``Dense`` whose ``params`` were updated after the fit applies them once, at its next search, add or
+        save).  Held alone while set (``_ef_lock``): no graph search runs meanwhile."""
+        unknown = sorted(set(settings) - set(self.SETTINGS))
+        if unknown:
+            raise ParamError(f"VectorIndex.apply_settings: {', '.join(unknown)} cannot change on a built index "
+                             f"(expected some of {', '.join(self.SETTINGS)}): build a new index")
         with self._ef_lock.writing():
-            self.expansion_search = int(ef)
-            if getattr(self, "usearch", None) is not None:
-                self.usearch.expansion_search = int(ef)  # type: ignore[union-attr, misc]
+            for key, value in settings.items():
+                setattr(self, key, bool(value) if key == "reorder" else int(value))
+            graph: Index | None = getattr(self, "usearch", None)  # (none before a build)
+            if graph is not None:  # (usearch defines these setters apart from their getters: read-only to mypy)
+                if "expansion_search" in settings:
+                    graph.expansion_search = self.expansion_search  # type: ignore[misc]
+                if "expansion_add" in settings:
+                    graph.expansion_add = self.expansion_add  # type: ignore[misc]
 
     def _graph(self) -> Index:
         """The usearch graph (``hnsw`` backend)."""

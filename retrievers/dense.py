@@ -234,11 +234,35 @@ class Dense(TunedEncoderMixin, Operator):
         return get_encoder(self.encoder_model, batch_size=self.params.batch_size)
 
     def _new_index(self) -> VectorIndex:
+        return VectorIndex(**_index_config(self.params))
+
+    def _sync_index(self, ix: VectorIndex | None = None) -> None:
+        """Make the fitted index ``ix`` (default ``index_``) agree with ``params``, which may have been replaced
+        since the fit (``d.params = d.params.updated(...)``): a parameter of the stored index
+        (:data:`_INDEX_STATE`: its storage type, metric, reduction, kind of search, float vectors, graph degree)
+        that differs from what the index was built with is a :class:`ParamError` at ``dense.<key>`` (the index is
+        not rebuilt, and a save would write parameters that misdescribe it: set it back or fit again); the
+        settings of how it searches and grows (:data:`VectorIndex.SETTINGS <ragkit.retrievers._index.VectorIndex>`:
+        ``threads``, ``expansion_add``, ``expansion_search``, ``oversample``, ``exact_max``, ``reorder``) are
+        copied into it.  Called by searches, ``add``, ``remove``, ``compact`` and saves (and at load); a no-op
+        while neither ``params`` nor the index changed."""
+        ix = self.index_ if ix is None else ix
         p = self.params
-        return VectorIndex(dtype=p.dtype, metric=p.metric, search=p.search, rescore=p.rescore, oversample=p.oversample,
-                           reduce=p.reduce, whiten=p.whiten, connectivity=p.connectivity, expansion_add=p.expansion_add,
-                           expansion_search=p.expansion_search, exact_max=p.exact_max, threads=max(p.threads, 0),
-                           reorder=p.reorder)
+        synced = self.__dict__.get("_synced")
+        if synced is not None and synced[0] is p and synced[1] == id(ix):
+            return
+        want, built = _index_config(p), ix.config()
+        for key in _INDEX_STATE:
+            if built[key] != want[key]:
+                raise ParamError(
+                    f"{self.name}.{key}: the parameters say {key}={want[key]!r}, but the fitted index was built with "
+                    f"{key}={built[key]!r}; changing it after the fit does not rebuild the index (searches would "
+                    f"read, and a save write, the index built with {built[key]!r}): set {key} back to "
+                    f"{built[key]!r}, or fit again with {key}={want[key]!r}", path=f"{self.name}.{key}")
+        changed = {key: want[key] for key in VectorIndex.SETTINGS if built[key] != want[key]}
+        if changed:
+            ix.apply_settings(**changed)
+        self.__dict__["_synced"] = (p, id(ix))
 
     def _encode_docs(self, corpus: Corpus) -> np.ndarray:
         """The corpus's float32 vectors; one this retriever may hand over (a copy made here, or the fresh array
@@ -471,9 +495,8 @@ class Dense(TunedEncoderMixin, Operator):
                                 f"({len(view.slots)},); got shape {rows_mask.shape}")
         ix, n_view = view.ix, view.n_slots
         p = self.params
+        self._sync_index(ix)  # (params updated after the fit: refused, or the index's own settings from now on)
         ef = p.expansion_search if expansion_search is None else int(expansion_search)
-        if ef == p.expansion_search != ix.expansion_search:  # params updated after the fit: the
-            ix.set_expansion_search(ef)  # graph's own width from now on (a per-call one is exclusive)
         over = p.oversample if oversample is None else oversample
         table = self._row_of_slot(view)
         for _ in range(_GROWN_TRIES):  # a loop over tries (adds on another thread growing the index meanwhile)
@@ -550,6 +573,7 @@ class Dense(TunedEncoderMixin, Operator):
     def add(self, corpus: Corpus) -> "Dense":
         """Index more documents (encoded, reduced and quantised with the fitted transforms; no rebuild)."""
         self._check_fitted()
+        self._sync_index()  # (its threads, expansion_add, reorder: the params' own)
         if not isinstance(corpus, Corpus):
             raise InputTypeError(f"dense.add expects a ragkit Corpus, got {type(corpus).__name__}")
         dup = self.corpus_.held_ids(corpus)  # (the corpus's cached {id: row}: the new ids only are looked up)
@@ -605,6 +629,7 @@ class Dense(TunedEncoderMixin, Operator):
         memory-mapped exact index; a remove that compacts builds an HNSW graph once (the index does not
         also rebuild it for its dead nodes first)."""
         self._check_fitted()
+        self._sync_index()  # (a graph rebuilt at the params' expansion_add, threads)
         rows = self.corpus_.rows_to_remove(ids, "dense.remove")  # sorted, distinct
         if not len(rows):
             return self
@@ -634,6 +659,7 @@ class Dense(TunedEncoderMixin, Operator):
         dead than live (at least ``COMPACT_MIN``), except on a memory-mapped exact index (it would read
         the live codes into memory): call it then.  Returns ``self``."""
         self._check_fitted()
+        self._sync_index()
         self._layout = object()  # (before the slots are renumbered: a search overlapping it sees another token)
         remap = self.index_.compact()
         self.slots_ = _at_slots(remap, self.slots_, -1)  # (a blank document stays in no slot)
@@ -642,6 +668,7 @@ class Dense(TunedEncoderMixin, Operator):
 
     # ------------------------------------------------------------------ persistence
     def _save(self, folder: Path) -> None:
+        self._sync_index()  # (the parameters written beside it describe the index written)
         self.index_.save(folder, prefix="index")
         np.save(folder / "slots.npy", self.slots_, allow_pickle=False)
         self._save_encoder(folder)  # the tuned encoder travels with the index
@@ -686,7 +713,7 @@ class Dense(TunedEncoderMixin, Operator):
         ``params.json`` that disagree with what ``index.json`` records of the stored index (:data:`_INDEX_STATE`:
         its storage type, metric, reduction, kind of search, float vectors, graph): the index searches as it was
         built, so the parameters would misdescribe it (a save or ``to_yaml`` would write them)."""
-        built, want = self.index_.config(), self._new_index().config()
+        built, want = self.index_.config(), _index_config(self.params)
         for key in _INDEX_STATE:
             if key in built and built[key] != want[key]:
                 raise ArtifactError(
@@ -694,11 +721,23 @@ class Dense(TunedEncoderMixin, Operator):
                     f"with {key} {built[key]!r} (recorded in {folder / 'index.json'}); the folder was changed after "
                     f"saving: set {key} back to {built[key]!r}, or fit it again with {key}="
                     f"{getattr(self.params, key)!r} and save it")
+        self._sync_index()  # (the settings: the params' threads, beam widths, ... those the index searches with)
 
 
 #: The parameters that make a stored index (:meth:`Dense._check_index_params`): ``VectorIndex.config`` keys, named
 #: as ``DenseParams`` names them (``search`` is the index's ``search_mode``)
 _INDEX_STATE = ("dtype", "metric", "reduce", "whiten", "search", "rescore", "connectivity")
+
+
+def _index_config(p: DenseParams) -> dict[str, Any]:
+    """The :class:`VectorIndex` of ``p``, as its keyword arguments and :meth:`VectorIndex.config` name them
+    (``threads`` -1 is usearch's 0: every core)."""
+    return {"dtype": p.dtype, "metric": p.metric, "search": p.search, "rescore": p.rescore, "oversample": p.oversample,
+            "reduce": p.reduce, "whiten": p.whiten, "connectivity": p.connectivity, "expansion_add": p.expansion_add,
+            "expansion_search": p.expansion_search, "exact_max": p.exact_max, "threads": max(p.threads, 0),
+            "reorder": p.reorder}
+
+
 #: The folders (resolved paths) whose load warned that an older ragkit wrote them (once per folder and process)
 _OLDER_NOTED: set[str] = set()
 

@@ -1,0 +1,64 @@
+"""Review s53 of the dense retriever and its index: parameters replaced after the fit (refused where they describe
+the stored index, applied where they are settings), ``search_vectors``' argument checks, exact search after a
+removal (contiguous blocks, no gathers), the b1 graph rebuild's memory, an unfiltered HNSW search asked for nearly
+every document, and ``check_corpus``' embedding width."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import HashedEncoder
+
+from ragkit.encoders import register_encoder
+from ragkit.errors import ParamError
+from ragkit.retrievers import Dense
+from ragkit.types import Corpus
+
+register_encoder("dense-s53-hashed", HashedEncoder("dense-s53-hashed-v1", 24), replace=True)
+MODEL = "dense-s53-hashed"
+
+
+def _corpus(n: int) -> Corpus:
+    return Corpus([f"d{i}" for i in range(n)], [f"text {i} word{i % 7} w{i % 11}" for i in range(n)])
+
+
+# ------------------------------------------------------------------ 1. params replaced after the fit
+@pytest.mark.parametrize("change", [dict(dtype="f16"), dict(search="hnsw"), dict(reduce="pca:8"),
+                                    dict(rescore=True), dict(metric="ip"), dict(connectivity=32)])
+def test_index_state_changed_after_the_fit_is_refused(tmp_path, change):
+    """``d.params = d.params.updated(dtype="f16")`` after the fit was accepted: searches read the i8 index, and
+    a save wrote a folder that Dense.load refused, saying it was changed after saving."""
+    base = dict(search="hnsw") if "connectivity" in change else {}
+    d = Dense(model=MODEL, k=5, dtype="i8", **base).fit(_corpus(60))
+    before = d.search(["text 3"]).rankings[0].rows.tolist()
+    d.params = d.params.updated(**change)
+    key = next(iter(change))
+    for act in (lambda: d.search(["text 3"]), lambda: d.save(tmp_path / "x"), lambda: d.add(Corpus(["n"], ["new"])),
+                lambda: d.search_vectors(np.ones((1, 24), np.float32), 3)):
+        with pytest.raises(ParamError, match=rf"dense\.{key}: .*fitted index was built with {key}=") as e:
+            act()
+        assert e.value.path == f"dense.{key}"
+    assert not (tmp_path / "x").exists()
+    d.params = d.params.updated(**{**{k: Dense.Params.model_fields[k].default for k in change}, "dtype": "i8"})
+    assert d.search(["text 3"]).rankings[0].rows.tolist() == before  # set back: searches as before
+    d.save(tmp_path / "y")
+    Dense.load(tmp_path / "y")
+
+
+def test_settings_changed_after_the_fit_reach_the_index(tmp_path):
+    """threads / expansion_add changed after the fit never reached the index (usearch kept all cores, new nodes
+    the old beam), nor its save."""
+    d = Dense(model=MODEL, k=5, search="hnsw").fit(_corpus(200))
+    d.params = d.params.updated(threads=1, expansion_add=300, expansion_search=40, reorder=False)
+    d.search(["text 3"])
+    ix = d.index_
+    assert (ix.threads, ix._threads(), ix.expansion_add, ix.expansion_search, ix.reorder) == (1, 1, 300, 40, False)
+    assert (ix.usearch.expansion_add, ix.usearch.expansion_search) == (300, 40)
+    d.params = d.params.updated(threads=2)
+    d.add(Corpus(["n"], ["new words"]))  # an add applies them too
+    assert d.index_.threads == 2
+    d.params = d.params.updated(threads=-1)
+    d.save(tmp_path / "s")
+    back = Dense.load(tmp_path / "s")
+    assert back.params.threads == -1 and back.index_.threads == 0  # -1: every core, usearch's 0
+    assert (back.index_.expansion_add, back.index_.expansion_search) == (300, 40)
