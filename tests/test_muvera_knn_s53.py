@@ -159,3 +159,22 @@ def test_query_fde_is_one_sparse_product(monkeypatch):
     x, off = _unit_sets(np.random.default_rng(1), [20], 32)
     fde_queries(x, off, FDEConfig())
     assert len(made) == 1
+
+
+@pytest.mark.parametrize("k_sim", [2, 3, 5])
+def test_fill_over_the_documents_with_an_empty_bucket_equals_the_old_path(k_sim):
+    """Long documents fill every bucket, short ones leave some empty: the Hamming table over the short ones'
+    tokens only fills the very tokens the table over every token did (ties to the lowest index included:
+    one-token and duplicated-token documents)."""
+    rng = np.random.default_rng(k_sim)
+    lens = rng.permutation(np.r_[np.full(30, 400), rng.integers(1, 6, 30), [0, 0]])
+    x, off = _unit_sets(rng, lens, 16)
+    x[off[3]:off[4]] = x[off[3]]                                       # one document of one token repeated
+    cfg = FDEConfig(k_sim=k_sim, d_proj=4, r_reps=4)
+    counts = np.stack([np.bincount(
+        np.repeat(np.arange(len(lens)), lens) * cfg.buckets
+        + (((x @ F.draw_matrices(cfg, 16)[0][:, r * k_sim:(r + 1) * k_sim]) > 0) @ (1 << np.arange(k_sim)[::-1])),
+        minlength=len(lens) * cfg.buckets).reshape(len(lens), -1) for r in range(cfg.r_reps)], axis=1)
+    some = ((counts == 0).any(axis=2) & (lens > 0)[:, None]).sum(axis=0)
+    assert ((0 < some) & (some < np.count_nonzero(lens))).all()        # every repetition: some sets, not all
+    assert np.array_equal(fde_documents(x, off, cfg), _old_encode(x, off, cfg, False))
