@@ -905,6 +905,10 @@ class Operator:
         """Write ``params.json``, the fitted artifacts, ``corpus.jsonl`` and ``checksums.json``
         (SHA-256 of every other file, verified by :meth:`load`) to the folder ``path``.
 
+        The folder names the operator by its ``name``: a class that is not the one registered under a registered
+        name (a subclass that kept its parent's) is refused (:class:`~ragkit.errors.ParamError`, nothing
+        written), as :meth:`to_yaml` and ``Pipeline.save`` refuse it, since ``Operator.load`` would build the
+        registered class from the folder.
         The folder is written under a temporary name and renamed into place, so an
         interrupted save never destroys the previous one, and a save during which the operator's
         documents changed (``add`` / ``remove`` on another thread) is refused before it replaces
@@ -913,6 +917,11 @@ class Operator:
         from ragkit._locks import guarded
 
         folder = user_path(path, f"{type(self).__name__}.save: path")
+        # the folder names the operator by its registry name, which Operator.load builds: an unregistered subclass
+        # that kept a registered class's name (its parent's) would load as that class; one of a name of its own,
+        # registered or not, loads with its class's load (MyOp.load(folder))
+        if self.name in registry.names():
+            registry.check_registered(self, f"{type(self).__name__}.save ({self.name!r})")
         if self.is_fitted and hasattr(self, "corpus_"):
             check_savable(self)  # (before the folder is touched)
         with guarded(self), atomic_dir(folder) as tmp:  # a RagkitRetriever's edits of it wait for the save

@@ -72,13 +72,13 @@ class UnknownOperatorError(ParamError):
 
 def saved_unknown(name: object, where: str) -> str:
     """The error text for the operator ``name`` that a saved folder names (at ``where``: ``sharded.retriever``, a
-    step's path, or ``""``) and that is not registered in this process: a save writes only registered names, so
-    it is a plugin's operator whose module is not imported (no "did you mean": renaming it would load another
+    step's path, or ``""``) and that is not registered in this process: a plugin's operator whose module is not
+    imported (no "did you mean": a save wrote the name its class had, and another name would load another
     operator)."""
     load_all()
-    return (f"{where + ': ' if where else ''}unknown operator {name!r}: the folder was saved with an operator "
-            f"registered as {name!r}, and none is registered so in this process: import the plugin that registers "
-            f"it before loading ({PLUGIN_HINT}). Registered operators: {', '.join(sorted(_REGISTRY))}")
+    return (f"{where + ': ' if where else ''}unknown operator {name!r}: the folder names an operator {name!r}, and "
+            f"none is registered so in this process: import the plugin that registers it before loading "
+            f"({PLUGIN_HINT}). Registered operators: {', '.join(sorted(_REGISTRY))}")
 
 
 #: The kinds whose :attr:`~ragkit.operator.Operator.reads_rankings` :func:`register` sets where the class leaves it
@@ -284,7 +284,7 @@ def check_registered(op: "Operator", where: str) -> None:
     what = (f"the name {op.name!r} is {known.__module__}.{known.__qualname__}'s" if known is not None else
             f"no operator is registered as {op.name!r}")
     raise ParamError(f"{where}: {cls.__module__}.{cls.__qualname__} is not a registered operator ({what}), so a saved "
-                     f"or YAML pipeline could not name it: decorate the class with @ragkit.registry.register"
+                     f"folder or YAML pipeline could not name it: decorate the class with @ragkit.registry.register"
                      f"{' and give it a name of its own (name = ...)' if known is not None else ''}")
 
 

@@ -18,12 +18,17 @@ class _S53Params(BM25Params):
     boost: float = 1.0
 
 
-@registry.register
 class _S53BM25(BM25):
     """A plugin's operator (its module is not ragkit's)."""
 
     name = "s53_bm25"
     Params = _S53Params
+
+
+@pytest.fixture(autouse=True)
+def _plugin(scratch):
+    """``s53_bm25`` registered for each test (and the registry as it was after it: other tests list the names)."""
+    registry.register(_S53BM25)
 
 
 @pytest.fixture
@@ -108,3 +113,25 @@ def test_a_built_in_refusing_its_saved_params_says_what_is_known(tmp_path):
     assert said.endswith(f"saved by ragkit {__version__}, this one's version number, and its files match the "
                          "checksums its save wrote: the code that reads them may have changed without a new version "
                          "number (a development checkout): fit the operator and save it again with this one"), said
+
+
+# ---------------------------------------------------------------- 2. an unregistered class is not saved
+def test_saving_an_unregistered_subclass_is_refused_before_anything_is_written(tmp_path):
+    """Old code: saved as 'bm25', and Operator.load brought back a plain BM25 (to_yaml and Pipeline.save refused).
+    A class of a name of its own, registered or not, is saved (it loads with its class's load)."""
+    from ragkit.errors import ParamError
+
+    class Fast(BM25):  # not registered: it keeps BM25's name
+        pass
+
+    op = Fast(k=2).fit(DOCS)
+    with pytest.raises(ParamError, match=r"Fast\.save \('bm25'\): .*Fast is not a registered operator \(the name "
+                                         r"'bm25' is ragkit\.retrievers\.bm25\.BM25's\).*@ragkit\.registry\.register"):
+        op.save(tmp_path / "x")
+    assert not (tmp_path / "x").exists()
+
+    class Mine(BM25):
+        name = "s53_mine"
+
+    Mine(k=2).fit(DOCS).save(tmp_path / "mine")
+    assert type(Mine.load(tmp_path / "mine")) is Mine
