@@ -107,7 +107,8 @@ def _corpus_block(lines: Sequence[int], recs: list[dict[str, Any]], seen: dict[s
     if set(map(type, dids)) != {str}:
         dids = list(map(str, dids))
     first = dict(zip(dids, lines))
-    if len(first) != len(dids) or not first.keys().isdisjoint(seen):
+    # (seen.keys(), not seen: given a dict, isdisjoint walks all of it, per block; given a view, the smaller side)
+    if len(first) != len(dids) or not first.keys().isdisjoint(seen.keys()):
         return False
     cols: list[list[Any]] = [list(map(get, recs, itertools.repeat(key))) for key in ("title", "text")]
     for col in cols:
