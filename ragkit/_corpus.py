@@ -27,6 +27,7 @@ from ragkit._checks import (
     _column,
     _count,
     _first_surrogate,
+    _id_string,
     _kind,
     _one_argument,
     _other_constructor,
@@ -330,6 +331,13 @@ class _Rows(Mapping):
         return dict, (dict(zip(self.ids.tolist(), range(len(self.ids)))),)
 
 
+def _doc_id(given: Any, i: int) -> str | None:
+    """The id of :meth:`Corpus.from_documents`'s document ``i`` (its ``id``, or its metadata's) as the constructor
+    writes ids (:func:`~ragkit._checks._id_string`: ``1.0`` as ``"1"``), ``None`` for a missing one (``None``,
+    NaN): the document's position is its id then."""
+    return None if is_missing(given) else _id_string(given, "Corpus.from_documents: ids", i)
+
+
 def _pandas(who: str) -> Any:
     """The pandas module, imported for ``who``; not installed, a :class:`~ragkit.errors.MissingExtraError` (an
     :class:`ImportError`) saying so (one installed that fails to import raises its own ``ImportError``)."""
@@ -539,10 +547,15 @@ class Corpus:
             if not isinstance(r, Mapping):
                 raise DataError(f"Corpus.from_records: record {i} is {_kind(r)}, expected a "
                                 "dict with '_id' and 'text'")
-            did = r.get("_id", r.get("id"))
+            did = r.get("_id")
+            if did is None:  # (absent, or None: a record of LangChain's or a DataFrame's may hold both keys)
+                did = r.get("id")
             if did is None:
-                raise DataError(f"record {i} has no '_id' (or 'id') field: {dict(r)!r:.200}")
-            ids.append(str(did))
+                given = [k for k in ("_id", "id") if k in r]
+                raise DataError(f"Corpus.from_records: record {i} " + (
+                    f"has {' and '.join(f'{k!r}: None' for k in given)}, expected a document id" if given else
+                    "has no '_id' (or 'id') field") + f": {dict(r)!r:.200}")
+            ids.append(did)  # (written as the constructor writes ids: 1.0 as "1", NaN refused)
             keys_seen.update(r.keys())
             with_text += "text" in r
             texts.append(r.get("text", ""))  # (checked by the constructor: None would be the text "None")
@@ -595,16 +608,16 @@ class Corpus:
         if bad is not None:
             raise InputTypeError(f"Corpus.from_documents: document {bad} is {_kind(docs[bad])}, expected a LangChain "
                                  "Document (with page_content and metadata)" + _other_constructor([docs[bad]]))
-        records = []
+        records: list[dict[str, Any]] = []
         for d in docs:  # (the constructor copies list, dict and set values: the caller's documents stay theirs)
             meta = dict(getattr(d, "metadata", {}) or {})
-            did = getattr(d, "id", None)
+            # ids written as the constructor writes them (1.0 as "1"); a missing one (None, NaN) is no id
+            did = _doc_id(getattr(d, "id", None), len(records))
             if not did:
-                did = meta.pop("id", None)
-            elif "id" in meta and str(meta["id"]) == str(did):
+                did = _doc_id(meta.pop("id", None), len(records))
+            elif "id" in meta and _doc_id(meta["id"], len(records)) == did:
                 del meta["id"]  # the id written into metadata too (get_by_ids's documents): not a field of its own
-            records.append({"_id": None if did is None else str(did), "text": d.page_content,
-                            "title": meta.pop("title", ""), "metadata": meta})
+            records.append({"_id": did, "text": d.page_content, "title": meta.pop("title", ""), "metadata": meta})
         taken = {r["_id"] for r in records if r["_id"] is not None}
         for i, r in enumerate(records):
             if r["_id"] is None:  # the position, unless a given id holds it

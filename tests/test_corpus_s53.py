@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from ragkit import Corpus
+from ragkit.errors import DataError
 
 
 @pytest.mark.parametrize("clone", [copy.deepcopy, lambda c: pickle.loads(pickle.dumps(c))], ids=["deepcopy", "pickle"])
@@ -75,3 +76,32 @@ def test_nested_numpy_scalars_become_python_values_inside_a_tuple_too() -> None:
                metadata={"w": [[np.float32(0.1)], [1]], "t": [(np.int64(3), [np.float64("nan")]), None]})
     assert c.metadata["w"].tolist() == [[0.1], [1]] and type(c.metadata["w"][0][0]) is float
     assert c.metadata["t"].tolist() == [[3, [None]], None] and type(c.metadata["t"][0][0]) is int
+
+
+def test_record_ids_follow_the_constructors_rules() -> None:
+    assert Corpus.from_records([{"_id": 1.0, "text": "x"}, {"_id": 2, "text": "y"}]).ids.tolist() == ["1", "2"]
+    assert Corpus(ids=[1.0], texts=["x"]).ids.tolist() == ["1"]
+    with pytest.raises(DataError, match=r"Corpus.ids\[1\] is nan, not an id"):
+        Corpus.from_records([{"_id": "a", "text": "x"}, {"_id": float("nan"), "text": "y"}])
+
+
+def test_record_id_none_falls_back_to_id_and_the_message_says_what_the_record_has() -> None:
+    assert Corpus.from_records([{"_id": None, "id": "z", "text": "x"}]).ids.tolist() == ["z"]
+    assert Corpus.from_records([{"_id": "a", "id": "z", "text": "x"}]).ids.tolist() == ["a"]
+    with pytest.raises(DataError, match=r"Corpus.from_records: record 0 has '_id': None and 'id': None, expected a "
+                                        r"document id"):
+        Corpus.from_records([{"_id": None, "id": None, "text": "x"}])
+    with pytest.raises(DataError, match=r"Corpus.from_records: record 0 has '_id': None, expected a document id"):
+        Corpus.from_records([{"_id": None, "text": "x"}])
+    with pytest.raises(DataError, match=r"Corpus.from_records: record 1 has no '_id' \(or 'id'\) field"):
+        Corpus.from_records([{"_id": "a", "text": "x"}, {"text": "y"}])
+
+
+def test_from_documents_ids_follow_the_constructors_rules() -> None:
+    class Doc:
+        def __init__(self, text: str, metadata: dict, id: object = None) -> None:
+            self.page_content, self.metadata, self.id = text, metadata, id
+
+    c = Corpus.from_documents([Doc("a", {"id": 1.0}), Doc("b", {"id": float("nan")}), Doc("c", {}, id="7"),
+                               Doc("d", {"id": 3.0}, id="3")])
+    assert c.ids.tolist() == ["1", "1#1", "7", "3"] and "id" not in c.metadata
