@@ -26,8 +26,8 @@ from ragkit.encoders.adapt import AdaptConfig, TunedEncoderMixin
 from ragkit.encoders.sentence import encoder_label, encoder_vectors, unit_rows
 from ragkit.errors import ArtifactError, DataError, InputTypeError, ParamError, some_ids
 from ragkit.operator import Operator, edited_during_search, is_prefix, searched_ids
-from ragkit.options import PARAM
-from ragkit.params import MetadataFilter, Metric, ModelName, Params, VectorDtype, shown
+from ragkit.options import PARAM, positive_k
+from ragkit.params import MetadataFilter, Metric, ModelName, Params, VectorDtype, shown, update_params
 from ragkit.registry import register
 from ragkit.retrievers._index import EXACT_MAX, NonFiniteVectors, VectorIndex
 from ragkit.retrievers._quantize import parse_reduce
@@ -473,8 +473,22 @@ class Dense(TunedEncoderMixin, Operator):
         ``mask`` (bool, ``(n_docs,)`` in corpus rows) restricts the search; ``-1`` / ``-inf`` pad
         queries with fewer passing documents.  ``expansion_search`` (HNSW beam width) and
         ``oversample`` (shortlist multiplier) default to the ``params``' values.
+
+        ``k`` is checked as every run-time ``k`` is (:func:`~ragkit.options.positive_k`: a positive integer, no
+        bool, string or float), ``expansion_search`` and ``oversample`` as the search options of the same names
+        (``search(..., dense={"expansion_search": 256})``: the ``params``' rules, beam widths at most 2**20, an
+        ``oversample`` other than 4 only where there is a shortlist): a :class:`ParamError` at
+        ``dense.search_vectors.<argument>``.
         """
         self._check_fitted()
+        where = f"{self.name}.search_vectors"
+        k = positive_k(k, f"{where}.k", f"{where}.k")
+        given = {key: v for key, v in (("expansion_search", expansion_search), ("oversample", oversample))
+                 if v is not None}
+        if given:  # (the rules of the run options: DenseParams' fields, and its rules across fields)
+            checked = update_params(self.params, given, where)
+            expansion_search, oversample = (None if expansion_search is None else checked.expansion_search,
+                                            None if oversample is None else checked.oversample)
         view = self._search_view()
         assert view is not None
         return self._search_in(view, q, k, mask, expansion_search, oversample)
@@ -496,7 +510,7 @@ class Dense(TunedEncoderMixin, Operator):
         ix, n_view = view.ix, view.n_slots
         p = self.params
         self._sync_index(ix)  # (params updated after the fit: refused, or the index's own settings from now on)
-        ef = p.expansion_search if expansion_search is None else int(expansion_search)
+        ef = p.expansion_search if expansion_search is None else expansion_search  # (checked: ints)
         over = p.oversample if oversample is None else oversample
         table = self._row_of_slot(view)
         for _ in range(_GROWN_TRIES):  # a loop over tries (adds on another thread growing the index meanwhile)

@@ -62,3 +62,29 @@ def test_settings_changed_after_the_fit_reach_the_index(tmp_path):
     back = Dense.load(tmp_path / "s")
     assert back.params.threads == -1 and back.index_.threads == 0  # -1: every core, usearch's 0
     assert (back.index_.expansion_add, back.index_.expansion_search) == (300, 40)
+
+
+# ------------------------------------------------------------------ 2. search_vectors' arguments
+@pytest.mark.parametrize("kw, match", [
+    (dict(expansion_search=0.5), r"search_vectors\.expansion_search: expected an integer, got 0\.5"),
+    (dict(expansion_search=2.5), r"search_vectors\.expansion_search: expected an integer, got 2\.5"),
+    (dict(expansion_search=True), r"search_vectors\.expansion_search: expected an integer, got True"),
+    (dict(expansion_search=2**31 - 1), r"search_vectors\.expansion_search: expected a value <= 1048576"),
+    (dict(oversample=2.5), r"search_vectors\.oversample: expected an integer, got 2\.5"),
+    (dict(k=2.7), r"search_vectors\.k: expected a positive integer, got 2\.7"),
+    (dict(k="5"), r"search_vectors\.k: expected a positive integer, got '5'"),
+    (dict(k=True), r"search_vectors\.k: expected a positive integer, got True"),
+])
+def test_search_vectors_checks_its_arguments_as_the_run_options(kw, match):
+    """``int(expansion_search)`` made 0.5 say "got 0" (naming VectorIndex.search) and accepted 2.5 and True;
+    2**31 - 1 passed the 2**20 bound of the option (usearch: 'Out of memory!'); k 2.7 searched for 2, "5" failed
+    with a TypeError."""
+    d = Dense(model=MODEL, k=5, search="hnsw").fit(_corpus(100))
+    q = np.random.default_rng(0).standard_normal((1, 24)).astype(np.float32)
+    k = kw.pop("k", 5)
+    with pytest.raises(ParamError, match=rf"^dense\.{match}") as e:
+        d.search_vectors(q, k, **kw)
+    assert e.value.path.startswith("dense.search_vectors.")
+    rows, _ = d.search_vectors(q, np.int64(5), expansion_search=np.int64(200))  # numpy integers pass
+    assert rows.shape == (1, 5) and d.index_.expansion_search == 64  # (a per-call width: the index's unchanged)
+    assert np.array_equal(d.search_vectors(q, 5, expansion_search="200")[0], rows)  # as dense={...} converts it
