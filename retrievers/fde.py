@@ -261,9 +261,16 @@ def _chunks(data: np.ndarray, offsets: np.ndarray, cfg: FDEConfig, is_query: boo
 
     Each chunk's temporaries stay near :data:`CHUNK_BYTES` whatever the configuration: per token its
     SimHash bits, all repetitions' projections and (documents) the Hamming table of empty-bucket filling;
-    per set its unsketched FDE row.  Every chunk is a fresh array.
+    per set its unsketched FDE row.  Every chunk is a fresh array.  The input is checked at the call
+    (:func:`_check`), before the first chunk.
     """
     data, offsets = _check(data, offsets)
+    return _checked_chunks(data, offsets, cfg, is_query, chunk_tokens)
+
+
+def _checked_chunks(data: np.ndarray, offsets: np.ndarray, cfg: FDEConfig, is_query: bool,
+                    chunk_tokens: int) -> Iterator[tuple[int, int, np.ndarray]]:
+    """:func:`_chunks` of input :func:`_check` passed."""
     n, d = len(offsets) - 1, data.shape[1]
     width = cfg.r_reps * cfg.buckets * cfg.proj_dim(d)
     n_mean = d if cfg.mean_weight > 0 else 0
@@ -315,11 +322,17 @@ def _mean_channel(x: np.ndarray, off: np.ndarray, cfg: FDEConfig, is_query: bool
 
 def _encode(data: np.ndarray, offsets: np.ndarray, cfg: FDEConfig, is_query: bool,
             chunk_tokens: int = 200_000) -> np.ndarray:
+    """The FDEs of every set, ``(n, fde_dim)`` float32: :func:`_chunks` gathered, or its one chunk itself."""
     data, offsets = _check(data, offsets)
-    out = np.zeros((len(offsets) - 1, fde_dim(cfg, data.shape[1])), np.float32)
-    for lo, hi, rows in _chunks(data, offsets, cfg, is_query, chunk_tokens):
+    n = len(offsets) - 1
+    out = None
+    for lo, hi, rows in _checked_chunks(data, offsets, cfg, is_query, chunk_tokens):
+        if lo == 0 and hi == n:  # one chunk (a search's queries): a fresh array already, no copy
+            return rows
+        if out is None:
+            out = np.empty((n, rows.shape[1]), np.float32)
         out[lo:hi] = rows
-    return out
+    return out if out is not None else np.zeros((0, fde_dim(cfg, data.shape[1])), np.float32)
 
 
 def _longest(offsets: np.ndarray) -> int:

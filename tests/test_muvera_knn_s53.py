@@ -178,3 +178,22 @@ def test_fill_over_the_documents_with_an_empty_bucket_equals_the_old_path(k_sim)
     some = ((counts == 0).any(axis=2) & (lens > 0)[:, None]).sum(axis=0)
     assert ((0 < some) & (some < np.count_nonzero(lens))).all()        # every repetition: some sets, not all
     assert np.array_equal(fde_documents(x, off, cfg), _old_encode(x, off, cfg, False))
+
+
+def test_fde_checks_its_input_once_and_gathers_chunks(monkeypatch):
+    """fde_queries ran _check in _encode and again in _chunks (an O(n_sets) scan twice); a batch of many chunks
+    is gathered in order, a batch of one is that chunk."""
+    calls = []
+    real = F._check
+    monkeypatch.setattr(F, "_check", lambda *a: calls.append(1) or real(*a))
+    rng = np.random.default_rng(3)
+    x, off = _unit_sets(rng, rng.integers(0, 9, 40), 16)
+    cfg = FDEConfig(k_sim=3, d_proj=4, r_reps=2, mean_weight=1.0)
+    whole = fde_queries(x, off, cfg)
+    assert len(calls) == 1 and whole.flags.c_contiguous and whole.shape == (40, 2 * 8 * 4 + 16)
+    monkeypatch.setattr(F, "CHUNK_BYTES", 4 * (2 * 8 * 4 * 2 + 16) * 7)  # 7 sets a chunk
+    assert len(list(F.fde_document_chunks(x, off, cfg))) == 6
+    np.testing.assert_allclose(fde_queries(x, off, cfg), whole, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(fde_documents(x, off, cfg), _old_encode(x, off, cfg, False), rtol=1e-6, atol=1e-7)
+    with pytest.raises(DataError, match="offsets must not decrease"):  # at the call, before the first chunk
+        F.fde_document_chunks(x, np.r_[0, 5, 3, len(x)], cfg)
