@@ -561,7 +561,11 @@ class Corpus:
             texts.append(r.get("text", ""))  # (checked by the constructor: None would be the text "None")
             title = r.get("title")
             titles.append("" if is_missing(title) else title if isinstance(title, str) else str(title))
-            metas.append(r.get("metadata") or {})
+            meta = r.get("metadata")
+            if not isinstance(meta, Mapping) and not is_missing(meta):  # (None, or NaN: a DataFrame's records)
+                raise DataError(f"Corpus.from_records: record {i} (id {did!r:.60}) has the metadata {_kind(meta)}, "
+                                "expected a mapping {field: value} (or None)")
+            metas.append(meta if isinstance(meta, Mapping) else {})
         unknown = sorted(map(str, keys_seen - _RECORD_KEYS))
         if ids and not with_text:
             raise DataError(f"Corpus.from_records: none of the {len(ids)} records has a 'text' field (they have "

@@ -105,3 +105,12 @@ def test_from_documents_ids_follow_the_constructors_rules() -> None:
     c = Corpus.from_documents([Doc("a", {"id": 1.0}), Doc("b", {"id": float("nan")}), Doc("c", {}, id="7"),
                                Doc("d", {"id": 3.0}, id="3")])
     assert c.ids.tolist() == ["1", "1#1", "7", "3"] and "id" not in c.metadata
+
+
+@pytest.mark.parametrize("meta", ["lang=en", [["k", 1]], 5])
+def test_from_records_refuses_metadata_that_is_no_mapping_naming_the_record(meta) -> None:
+    with pytest.raises(DataError, match=r"Corpus.from_records: record 1 \(id 'b'\) has the metadata .*expected a "
+                                        r"mapping \{field: value\}"):
+        Corpus.from_records([{"_id": "a", "text": "x"}, {"_id": "b", "text": "y", "metadata": meta}])
+    assert Corpus.from_records([{"_id": "a", "text": "x", "metadata": None}]).metadata == {}
+    assert Corpus.from_records([{"_id": "a", "text": "x", "metadata": float("nan")}]).metadata == {}
