@@ -1112,13 +1112,15 @@ def build(node: Any, path: str, make_leaf: LeafFactory = _default_leaf, *, expec
     the kind of operator the place takes (``"fuser"``, ``"router"``, ``"judge"``), for the hint
     when its parameters are written there without it (``fuse: {k: 60}``).
     """
-    wanted = (f"a mapping with one {expect} operator name as key ({', '.join(_of_kind(expect))}; e.g. "
-              f"'{_kind_example(expect)}')" if expect is not None else
-              f"a mapping with one operator name as key (e.g. '{_kind_example(None)}')")
+    def wanted() -> str:  # (for the errors only: its example validates the registered examples)
+        return (f"a mapping with one {expect} operator name as key ({', '.join(_of_kind(expect))}; e.g. "
+                f"'{_kind_example(expect)}')" if expect is not None else
+                f"a mapping with one operator name as key (e.g. '{_kind_example(None)}')")
+
     if node is None:  # '-' or 'key:' with nothing after it
-        raise ConfigError(f"{path}: empty (nothing is written after its '-' or key); expected {wanted}", path=path)
+        raise ConfigError(f"{path}: empty (nothing is written after its '-' or key); expected {wanted()}", path=path)
     if not isinstance(node, Mapping):
-        raise ConfigError(f"{path}: expected {wanted}, got {type(node).__name__} {node!r:.60}"
+        raise ConfigError(f"{path}: expected {wanted()}, got {type(node).__name__} {node!r:.60}"
                           f"{_bare_name_hint(node, path, expect)}", path=path)
     if not node:  # '{}': a mapping with no operator in it
         what = f"one {expect} ({', '.join(_of_kind(expect))})" if expect is not None else "one operator"

@@ -135,3 +135,19 @@ def test_saving_an_unregistered_subclass_is_refused_before_anything_is_written(t
 
     Mine(k=2).fit(DOCS).save(tmp_path / "mine")
     assert type(Mine.load(tmp_path / "mine")) is Mine
+
+
+# ---------------------------------------------------------------- 3. the builder's error text is made for errors only
+def test_a_valid_file_loads_without_making_the_error_texts(monkeypatch):
+    """Old code: build() made its 'expected ...' text (validating every registered example) for every node."""
+    from ragkit.pipelines import yaml as pyaml
+
+    def refuse(kind):
+        raise AssertionError(f"_kind_example({kind!r}) called for a valid file")
+
+    monkeypatch.setattr(pyaml, "_kind_example", refuse)
+    pipe = pyaml.load_yaml("pipeline:\n  - parallel: {branches: [bm25: {}, bm25: {variant: okapi}], fuse: {rrf: {}}}\n"
+                           "  - route: {router: {score_router: {feature: top1, threshold: 5.0}}, branches: {easy: [], "
+                           "hard: [top_k: {k: 3}]}}\n  - loop: {body: [prf: {}, bm25: {}], until: {max_only: {}}}\n")
+    assert len(pipe.steps) == 3
+
