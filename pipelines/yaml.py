@@ -1159,6 +1159,7 @@ def build(node: Any, path: str, make_leaf: LeafFactory = _default_leaf, *, expec
                 continue
             close = difflib.get_close_matches(bad, sorted(STRUCTURAL[name]), n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
+            problems.explained.update(close)  # its 'missing' is this problem (as a misspelt top-level 'pipeline')
             problems.wrong(bad, here, f"unknown key{hint}; {name} takes {sorted(STRUCTURAL[name])}")
         try:
             return _STRUCT_BUILDERS[name](body, here, make_leaf, problems)

@@ -151,3 +151,20 @@ def test_a_valid_file_loads_without_making_the_error_texts(monkeypatch):
                            "hard: [top_k: {k: 3}]}}\n  - loop: {body: [prf: {}, bm25: {}], until: {max_only: {}}}\n")
     assert len(pipe.steps) == 3
 
+
+# ---------------------------------------------------------------- 4, 6, 7. hints
+@pytest.mark.parametrize("text, said", [
+    ("pipeline:\n  - parallel:\n      branchs: [bm25: {}, bm25: {}]\n",
+     "pipeline[0].parallel.branchs: unknown key (did you mean 'branches'?); parallel takes ['branches', 'fuse', "
+     "'names']"),
+    ("pipeline:\n  - bm25: {}\n  - loop: {body: [bm25: {}], untill: {max_only: {}}}\n",
+     "pipeline[1].loop.untill: unknown key (did you mean 'until'?); loop takes ['body', 'max_iters', 'until']"),
+])
+def test_a_misspelt_structural_key_is_one_problem_not_also_a_missing_key(text, said):
+    """Old code: also 'pipeline[0].parallel.branches: missing; ...' on a line of its own."""
+    from ragkit.errors import ConfigError
+
+    with pytest.raises(ConfigError) as e:
+        Pipeline.from_yaml(text)
+    assert str(e.value) == said
+
