@@ -175,3 +175,36 @@ def test_langchain_batch_size_checked(bad: Any) -> None:
 
     with pytest.raises(ParamError, match=r"LangChainEmbeddingsEncoder: batch_size is \w+ .*; expected a positive int"):
         LangChainEmbeddingsEncoder(DeterministicFakeEmbedding(size=4), batch_size=bad)
+
+
+# ------------------------------------------------------------------ 3. token encoder and the model's prompts
+def test_token_encoder_applies_the_models_prompts(tmp_path: Path) -> None:
+    """Old code: the token encoder ignored the model's prompts (a query 'x' of an e5-style model was 3 token rows,
+    [CLS] x [SEP], where the model is given 'query: x'), its key did not name them, and queries shared the
+    documents' cache.  MiniLM (no prompts) keeps its key and one cache."""
+    from ragkit.encoders import caching_queries
+
+    e5 = _copy(tmp_path / "e5like", config={"prompts": {"query": "query: ", "document": "passage: "}})
+    tok = TokenEncoder(str(e5))
+    sentence_key = Encoder(str(e5)).key
+    prompts = sentence_key.rpartition("|prompts=")[2]
+    assert tok.key == f"{sentence_key.partition('|')[0]}|tokens|msl=None|special=keep|l2|prompts={prompts}"
+    assert (tok.query_prompt, tok.document_prompt) == ("query: ", "passage: ")
+    plain = TokenEncoder(cache=False)  # the same weights, no prompts: given the prompted texts by hand
+    with caching_queries():
+        q = tok.encode_queries(["x"])
+    d = tok.encode(["x"])
+    want_q, want_d = plain.encode(["query: x"]), plain.encode(["passage: x"])
+    assert q.lengths.tolist() == want_q.lengths.tolist() == [5]
+    np.testing.assert_allclose(q.data.astype(np.float32), want_q.data.astype(np.float32), atol=2e-3)
+    np.testing.assert_allclose(d.data.astype(np.float32), want_d.data.astype(np.float32), atol=2e-3)
+    assert tok.query_store is not tok.store and tok.query_store.key == f"{tok.key}|query"
+    assert tok.n_queries_encoded == 1 and tok.n_encoded == 1
+    # read back from their own caches, each with its prompt
+    again = TokenEncoder(str(e5))
+    with caching_queries():
+        np.testing.assert_array_equal(again.encode_queries(["x"]).data, q.data)
+    np.testing.assert_array_equal(again.encode(["x"]).data, d.data)
+    assert again.n_queries_encoded == 0 and again.n_encoded == 0
+    minilm = TokenEncoder()
+    assert minilm.query_prompt == minilm.document_prompt == "" and minilm.query_store is minilm.store

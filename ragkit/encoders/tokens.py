@@ -14,7 +14,9 @@ Special tokens (``[CLS]``, ``[SEP]``) are **kept by default** (``special_tokens=
 with all-MiniLM-L6-v2 (not trained for late interaction) keeping them measured best here
 (exact MaxSim nDCG@10 0.707 on SciFact test); ``"drop"`` removes every id the tokenizer
 lists in ``all_special_ids``.  Text is truncated at the model's ``max_seq_length``
-(256 for MiniLM) unless ``max_seq_length`` is given.
+(256 for MiniLM) unless ``max_seq_length`` is given.  A model with query / document prompts
+(``config_sentence_transformers.json``: an e5-style ``query: `` / ``passage: ``) is given each text
+after its role's prompt, as the sentence encoder gives it (the prompt's tokens are rows of the text).
 
 Document token vectors are cached on disk like dense embeddings
 (``$RAGKIT_CACHE/tokens/<model key hash>/``), keyed by model identity + settings and the
@@ -28,6 +30,7 @@ corpus written as one shard with texts encoded just now (an edit) retires its ol
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import threading
 import warnings
@@ -57,9 +60,11 @@ from ragkit.encoders.sentence import (
     check_encoder_settings,
     identity_at_first_use,
     load_model,
+    model_config,
     model_identity,
     queries_cached,
     resolve_model,
+    role_prompt,
     settings_key,
 )
 from ragkit.errors import ArtifactError, DataError, ParamError
@@ -509,6 +514,11 @@ class TokenEncoder:
     cache : bool
         Cache document token matrices on disk (``$RAGKIT_CACHE/tokens``).
 
+    The model's own query / document prompts (:func:`~ragkit.encoders.sentence.role_prompt`, as the sentence
+    encoder reads them) are put before each query / document, their tokens kept as rows; a model with prompts keys
+    its cache with them (``|prompts=``, as the sentence encoder), and caches queries apart from documents when their
+    prompts differ.
+
     Examples
     --------
     >>> enc = get_token_encoder()                       # doctest: +SKIP
@@ -534,8 +544,12 @@ class TokenEncoder:
         #: encoder was made, or for a hub id not then in the cache at first use (:attr:`fingerprint`)
         self._fingerprint: str | None = model_identity(self.path)
         self._fingerprint_lock = threading.Lock()
+        #: the model's (query prompt, document prompt), read from its files with the fingerprint (:meth:`_prompts`)
+        self._role_prompts: tuple[str, str] | None = None
         self._cache: TokenCache | None = None
         self._cache_root: Path | None = None  # the cache folder ``_cache`` was made for (None: set by hand)
+        self._query_cache: TokenCache | None = None
+        self._query_cache_root: Path | None = None
         #: texts actually encoded (not read from cache) since creation: documents (:meth:`encode`)
         self.n_encoded = 0
         #: queries actually encoded (not read from the memo or the cache) since creation (:meth:`encode_queries`)
@@ -558,10 +572,40 @@ class TokenEncoder:
                     self._fingerprint = identity_at_first_use(self.model_name, self.path, "cpu", self.max_seq_length)
         return self._fingerprint
 
+    def _prompts(self) -> tuple[str, str]:
+        """The model's ``(query prompt, document prompt)`` (:func:`~ragkit.encoders.sentence.role_prompt` of its
+        ``config_sentence_transformers.json``, ``""`` for none), read once, after :attr:`fingerprint` (a hub id is
+        downloaded first)."""
+        got = self._role_prompts
+        if got is None:
+            fingerprint = self.fingerprint
+            config, _ = model_config(self.path)
+            got = (role_prompt(config, "query"), role_prompt(config, "document"))
+            with self._fingerprint_lock:
+                if self._role_prompts is None and self._fingerprint == fingerprint:
+                    self._role_prompts = got
+        return got
+
+    @property
+    def query_prompt(self) -> str:
+        """The text put before each query (the model's own; ``""``: none)."""
+        return self._prompts()[0]
+
+    @property
+    def document_prompt(self) -> str:
+        """The text put before each document (the model's own; ``""``: none)."""
+        return self._prompts()[1]
+
     @property
     def key(self) -> str:
-        """The cache key: :attr:`fingerprint`, ``max_seq_length``, ``special_tokens``."""
-        return f"{self.fingerprint}|tokens|msl={self.max_seq_length}|special={self.special_tokens}|l2"
+        """The cache key: :attr:`fingerprint`, ``max_seq_length``, ``special_tokens``, and the model's prompts when it
+        has some (``|prompts=``, hashed as the sentence encoder's)."""
+        key = f"{self.fingerprint}|tokens|msl={self.max_seq_length}|special={self.special_tokens}|l2"
+        query_prompt, document_prompt = self._prompts()
+        if query_prompt or document_prompt:
+            said = hashlib.sha1(f"{query_prompt}\x00{document_prompt}".encode("utf-8", "surrogatepass"))
+            key += f"|prompts={said.hexdigest()[:12]}"
+        return key
 
     @property
     def model(self) -> Any:
@@ -597,6 +641,19 @@ class TokenEncoder:
         if self._cache is None or (self._cache_root is not None and self._cache_root != root):
             self._cache, self._cache_root = TokenCache(root / "tokens", self.key), root
         return self._cache
+
+    @property
+    def query_store(self) -> TokenCache:
+        """The on-disk cache of query token vectors: :attr:`store` itself when queries and documents get the same
+        prompt (or none), else a cache of its own (key ``<key>|query``)."""
+        if self.query_prompt == self.document_prompt:
+            return self.store
+        from ragkit.eval.beir import cache_dir
+
+        root = cache_dir()
+        if self._query_cache is None or (self._query_cache_root is not None and self._query_cache_root != root):
+            self._query_cache, self._query_cache_root = TokenCache(root / "tokens", f"{self.key}|query"), root
+        return self._query_cache
 
     def _batches(self, texts: list[str], progress: bool = False,
                  model: bool = True) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
@@ -686,15 +743,16 @@ class TokenEncoder:
         return self._encode(texts, self.cache_enabled if cache is None else cache, progress, count=True)
 
     def _encode(self, texts: list[str], use_cache: bool, progress: bool | None, count: bool) -> TokenVectors:
-        """:meth:`encode`; ``count``: add the texts encoded (not read from the cache) to ``n_encoded``
-        (documents), else to ``n_queries_encoded`` (queries)."""
+        """:meth:`encode`; ``count``: documents (their prompt, their cache; the texts encoded, not read from the
+        cache, added to ``n_encoded``), else queries (``n_queries_encoded``)."""
         if not texts:
             return TokenVectors.empty(self.dim)
+        prompt = self.document_prompt if count else self.query_prompt
         if not use_cache:
             self._count(len(texts), count)
-            return self._forward(texts, bool(progress))
-        digests = text_digests(texts)
-        store = self.store
+            return self._forward([prompt + t for t in texts] if prompt else texts, bool(progress))
+        digests = text_digests(texts)  # (of the texts as given: the prompt is in the key)
+        store = self.store if count else self.query_store
         whole = store.whole(digests)
         if whole is not None:
             return whole  # one shard holds exactly these texts in this order: its memory map
@@ -704,7 +762,7 @@ class TokenEncoder:
         # into its other places (``miss[again]``, from the text ``of`` of the fresh vectors) like a cached part's
         keep, again, of = distinct(digests[miss])
         todo = miss[keep]
-        new = [texts[i] for i in todo]
+        new = [prompt + texts[i] for i in todo]  # (as the model is given them)
         show = progress if progress is not None else len(todo) > 500
         lens = part_lengths(parts, len(texts))
         fresh = None
