@@ -54,7 +54,7 @@ from contextvars import ContextVar
 from functools import lru_cache
 from itertools import chain, repeat
 from pathlib import Path
-from typing import Any, Callable, Iterator, Literal, NamedTuple, Sequence, TypedDict
+from typing import Any, Callable, Iterator, Literal, NamedTuple, Sequence, TypedDict, get_args
 
 import numpy as np
 import scipy.sparse as sp
@@ -63,7 +63,7 @@ from pydantic import Field, model_validator
 from ragkit._cpus import thread_count
 from ragkit._saves import load_array, read_json, save_arrays, write_json
 from ragkit._topk import group_positions, rankings_from_matrix, topk_rows
-from ragkit.errors import DataError, InputTypeError, some_ids
+from ragkit.errors import DataError, InputTypeError, ParamError, some_ids
 from ragkit.operator import Operator, edited_during_search, is_prefix, searched_ids
 from ragkit.options import PARAM
 from ragkit.params import MetadataFilter, Params
@@ -749,6 +749,18 @@ def _append_docs(first: sp.csr_matrix, parts: list[sp.csr_matrix],
     counts.has_sorted_indices = True
     return counts, dl
 
+
+def _check_choice(arg: str, given: Any, field: str) -> None:
+    """A :class:`ParamError` naming the :class:`Tokenizer` argument ``arg``, the value ``given`` and the choices,
+    unless ``given`` is one of the values :class:`BM25Params` allows for ``field`` (its ``Literal``'s: one source of
+    them).  Before, an unknown ``stopwords`` or ``split`` was taken for ``"none"`` / ``"alnum"`` without a word
+    (``Tokenizer("porter")`` removed no stopword) and an unknown stemmer raised PyStemmer's bare ``KeyError``."""
+    choices = get_args(BM25Params.model_fields[field].annotation)
+    if not (isinstance(given, str) and given in choices):
+        raise ParamError(f"Tokenizer: {arg} {given!r:.60} is not one of {', '.join(map(repr, choices))} "
+                         f"(the choices of BM25Params.{field})", f"Tokenizer.{arg}")
+
+
 @lru_cache(maxsize=8)
 def _stemmer(name: str):
     import Stemmer
@@ -758,6 +770,9 @@ def _stemmer(name: str):
 
 class Tokenizer:
     """Lowercase, split, drop stopwords, stem (PyStemmer).
+
+    Each argument takes exactly the values of its :class:`BM25Params` field (``split``: ``tokenizer``'s); any other
+    is a :class:`~ragkit.errors.ParamError` naming the argument, the value and the choices.
 
     Parameters
     ----------
@@ -805,6 +820,9 @@ class Tokenizer:
     """
 
     def __init__(self, stopwords: str = "lucene", stemmer: str = "porter", split: str = "alnum") -> None:
+        for arg, given, field in (("stopwords", stopwords, "stopwords"), ("stemmer", stemmer, "stemmer"),
+                                  ("split", split, "tokenizer")):
+            _check_choice(arg, given, field)
         self.stop = LUCENE_STOPWORDS if stopwords == "lucene" else frozenset()
         self.stemmer_name = stemmer
         self.stem = None if stemmer == "none" else _stemmer(stemmer).stemWords

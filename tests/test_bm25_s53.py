@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from ragkit.errors import DataError
+from ragkit.errors import DataError, ParamError
 from ragkit.retrievers import BM25
+from ragkit.retrievers.bm25 import Tokenizer
 from ragkit.types import Corpus
 
 TEXTS = ["red apples and pears", "green pears", "red cars", "blue sky over the sea", "apples of the sky"]
@@ -45,3 +47,44 @@ def test_set_collection_names_a_wrong_idf() -> None:
         bm.set_collection(bm.idf_[:-1], 3.0)
     with pytest.raises(DataError, match=r"holding values that are not finite$"):
         bm.set_collection(np.where(np.arange(n) == 0, np.nan, bm.idf_), 3.0)
+
+
+@pytest.mark.parametrize(("kwargs", "arg", "given", "choices"), [
+    ({"stopwords": "english"}, "stopwords", "'english'", "'lucene', 'none'"),
+    ({"stopwords": "Lucene"}, "stopwords", "'Lucene'", "'lucene', 'none'"),
+    ({"stopwords": None}, "stopwords", "None", "'lucene', 'none'"),
+    ({"split": "regex"}, "split", "'regex'", "'alnum', 'unicode', 'whitespace'"),
+    ({"split": "Unicode"}, "split", "'Unicode'", "'alnum', 'unicode', 'whitespace'"),
+    ({"stemmer": "porter2"}, "stemmer", "'porter2'", "'porter', 'english', 'none'"),
+    ({"stemmer": "Porter"}, "stemmer", "'Porter'", "'porter', 'english', 'none'"),
+])
+def test_tokenizer_refuses_a_value_outside_the_params_choices(kwargs: dict[str, object], arg: str, given: str,
+                                                               choices: str) -> None:
+    """Was: Tokenizer(stopwords="english") removed no stopword, split="regex" split as alnum, both silently, and
+    stemmer="porter2" raised PyStemmer's KeyError "Stemming algorithm 'porter2' not found"."""
+    field = "tokenizer" if arg == "split" else arg
+    with pytest.raises(ParamError, match=rf"^Tokenizer: {arg} {re.escape(given)} is not one of "
+                                         rf"{re.escape(choices)} \(the choices of BM25Params\.{field}\)$") as e:
+        Tokenizer(**kwargs)  # type: ignore[arg-type]
+    assert e.value.path == f"Tokenizer.{arg}"
+
+
+def test_tokenizer_positional_arguments_are_stopwords_stemmer_split() -> None:
+    """Tokenizer("porter") is stopwords="porter": refused (it removed no stopword), not taken as a stemmer."""
+    with pytest.raises(ParamError, match=r"^Tokenizer: stopwords 'porter' is not one of"):
+        Tokenizer("porter")
+
+
+def test_tokenizer_choices_are_the_params_choices() -> None:
+    """Every combination of BM25Params' values makes a Tokenizer (one source of the choices)."""
+    from typing import get_args
+
+    from ragkit.retrievers.bm25 import BM25Params
+
+    fields = BM25Params.model_fields
+    for stop in get_args(fields["stopwords"].annotation):
+        for stem in get_args(fields["stemmer"].annotation):
+            for split in get_args(fields["tokenizer"].annotation):
+                assert Tokenizer(stop, stem, split)(["The cats"])[0][-1] in {"cat", "cats"}
+    assert Tokenizer("lucene", "none")(["the x"]) == [["x"]]
+    assert Tokenizer("none", "porter", "whitespace")(["x"]) == [["x"]]
