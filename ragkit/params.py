@@ -8,6 +8,7 @@ One model per operator is its constructor signature, its YAML schema and what
 from __future__ import annotations
 
 import collections.abc
+import datetime
 import json
 import math
 import types
@@ -441,6 +442,11 @@ def describe_error(err: Mapping[str, Any], source: str | None = None) -> str:
         return "required parameter is missing"
     if t == "string_type" and isinstance(got, (bool, int, float)):
         return f"expected a string, got {shown(got)}; {_quote_hint(got, source)}"
+    if t == "string_type" and isinstance(got, datetime.date):  # YAML's 2020-01-01 (a filter's too)
+        in_yaml = f"YAML reads an unquoted {got.isoformat()} as a {type(got).__name__}: quote it, \"{got.isoformat()}\""
+        said = in_yaml if source == "yaml" else f"a {type(got).__name__} is not a string" + (
+            "" if source == "python" else f" (in a YAML file: {in_yaml})")
+        return f"expected a string, got {type(got).__name__} {got.isoformat()}; {said}"
     if t == "greater_than_equal" and ctx.get("ge") == 1 and isinstance(got, int) and not isinstance(got, bool):
         return f"expected a positive integer, got {shown(got)}"  # ge=1 bounds counts; gt=0 bounds real numbers
     if t == "finite_number":

@@ -168,3 +168,12 @@ def test_a_misspelt_structural_key_is_one_problem_not_also_a_missing_key(text, s
         Pipeline.from_yaml(text)
     assert str(e.value) == said
 
+
+def test_a_date_where_a_string_goes_says_to_quote_it():
+    from ragkit.errors import ConfigError
+
+    with pytest.raises(ConfigError) as e:
+        Pipeline.from_yaml("pipeline:\n  - rule_router: {rules: [{label: 2020-01-01, max_words: 1}]}\n")
+    assert str(e.value) == ('pipeline[0].rule_router.rules[0].label: expected a string, got date 2020-01-01; YAML '
+                            'reads an unquoted 2020-01-01 as a date: quote it, "2020-01-01"')
+
