@@ -627,7 +627,9 @@ def _load_doc(doc: Mapping[str, Any], make_leaf: LeafFactory) -> Pipeline:
     elif not isinstance(steps, list) or not steps:
         hint = _list_hint(steps, "pipeline") or (
             ": list the steps under it, each on its own line starting with '- ', or as `pipeline: [bm25: {k: 100}, "
-            "top_k: {k: 10}]`" if steps is None or steps == [] else "")
+            "top_k: {k: 10}]`" if steps is None or steps == [] else
+            f": a list of steps, each an operator's name mapped to its parameters, e.g. `pipeline: "
+            f"[{_written(steps)}]`" if isinstance(steps, str) and steps in registry.names() else "")
         problems.append(ConfigError(f"pipeline: expected a non-empty list of operators, got {steps!r:.60}"
                                     f"{';' + hint[1:] if hint else ''}", path="pipeline"))
     else:

@@ -177,3 +177,11 @@ def test_a_date_where_a_string_goes_says_to_quote_it():
     assert str(e.value) == ('pipeline[0].rule_router.rules[0].label: expected a string, got date 2020-01-01; YAML '
                             'reads an unquoted 2020-01-01 as a date: quote it, "2020-01-01"')
 
+
+def test_a_bare_operator_name_as_the_pipeline_is_shown_as_a_list():
+    from ragkit.errors import ConfigError
+
+    with pytest.raises(ConfigError) as e:
+        Pipeline.from_yaml("pipeline: bm25\n")
+    assert str(e.value).endswith("pipeline: expected a non-empty list of operators, got 'bm25'; a list of steps, "
+                                 "each an operator's name mapped to its parameters, e.g. `pipeline: [bm25: {}]`")
