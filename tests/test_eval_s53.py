@@ -4,7 +4,12 @@ nDCG's linear gain; checked qrels not scanned for NULs again."""
 
 from __future__ import annotations
 
-from ragkit.eval import _read
+import json
+
+import pytest
+
+from ragkit.errors import DataError
+from ragkit.eval import _lines, _read, read_corpus
 
 
 class _CountingDict(dict):
@@ -30,3 +35,92 @@ def test_a_corpus_block_checks_its_ids_against_the_seen_ones_without_walking_the
     # a repeated id is still found (the block is left to the record-by-record path)
     assert not _read._corpus_block(range(100_002, 100_003), [{"_id": "d5", "text": "x"}], seen, into)
     assert _CountingDict.walked == 0
+
+
+def _count_line_reads(monkeypatch) -> list[int]:
+    """Patch :func:`ragkit.eval._lines._jsonl_line` (the line-by-line path) to count its calls."""
+    calls: list[int] = []
+    original = _lines._jsonl_line
+
+    def counted(path, n, raw, first, **kw):
+        calls.append(n)
+        return original(path, n, raw, first, **kw)
+
+    monkeypatch.setattr(_lines, "_jsonl_line", counted)
+    return calls
+
+
+def test_a_block_with_escaped_emoji_is_parsed_at_once(tmp_path, monkeypatch):
+    """Any \\ud800-\\udfff escape sent the whole block line by line (~10x slower), though a pair, an emoji as
+    json.dumps writes it, is one character: only a lone surrogate escape does now."""
+    calls = _count_line_reads(monkeypatch)
+    p = tmp_path / "corpus.jsonl"
+    texts = ["plain", "emoji \U0001F600 x", "upper", "two \U0001F600\U0001F680", "meta"]
+    recs = [{"_id": f"d{i}", "title": "", "text": t} for i, t in enumerate(texts)]
+    recs[4]["metadata"] = {"tags": ["\U0001F600"]}
+    lines = [json.dumps(r) for r in recs]  # (ensure_ascii: "\ud83d\ude00")
+    lines[2] = '{"_id": "d2", "title": "", "text": "upper \\uD83D\\uDE00 mixed \\ud83d\\uDE00"}'
+    assert "\\ud83d\\ude00" in lines[1]
+    p.write_text("\n".join(lines) + "\n")
+    corpus = read_corpus(p)
+    assert calls == []
+    assert corpus.texts.tolist() == [json.loads(x)["text"] for x in lines]
+    assert corpus.texts[2] == "upper \U0001F600 mixed \U0001F600"
+    assert corpus.metadata["tags"][4] == ["\U0001F600"]
+
+
+@pytest.mark.parametrize("text, where", [
+    ('"\\ud800"', "at character 1"),  # a lone high surrogate escape
+    ('"\\udc00 x"', "at character 1"),  # a lone low one
+    ('"\\ud83d\\ud83d\\ude00"', "at character 1"),  # a high one before a pair
+    ('"\\ud83d\\ude00\\ude00"', "at character 2"),  # a low one after a pair
+    ('"\\ud83d x \\ude00"', "at character 1"),  # the two halves apart
+    ('"\\\\ud83d\\ude00"', "at character 7"),  # an escaped backslash, "ud83d", then a lone low surrogate escape
+    ('"a\\\\\\\\\\udbff"', "at character 4"),  # two escaped backslashes, then a lone high surrogate escape
+])
+def test_a_lone_surrogate_escape_still_sends_its_block_line_by_line(tmp_path, monkeypatch, text, where):
+    """The lone ones are refused at their line as before, the emoji beside them in the block or not; an escaped
+    backslash before 'ud83d' is no escape, so the low half after it is lone (a regular expression that takes
+    '\\ud83d\\ude00' for a pair wherever it stands would let it into the corpus)."""
+    calls = _count_line_reads(monkeypatch)
+    p = tmp_path / "corpus.jsonl"
+    p.write_text(json.dumps({"_id": "d0", "text": "ok \U0001F600"}) + "\n"
+                 + f'{{"_id": "d1", "text": {text}}}\n')
+    with pytest.raises(DataError, match=rf"corpus\.jsonl:2: field 'text' holds an unpaired surrogate escape "
+                                        rf"\(\\u[0-9a-f]{{4}} {where}\)"):
+        read_corpus(p)
+    assert calls == [1, 2]
+
+
+@pytest.mark.parametrize("text", ['"\\\\ud800"', '"\\\\\\ud83d\\ude00"', '"\\\\u00e9"'])
+def test_text_that_only_looks_like_a_surrogate_escape_is_read(tmp_path, text):
+    """An escaped backslash before 'ud800' (no escape), or before a pair: the text, read line by line or not."""
+    p = tmp_path / "corpus.jsonl"
+    p.write_text(f'{{"_id": "d1", "text": {text}}}\n')
+    assert read_corpus(p).texts.tolist() == [json.loads(text)]
+
+
+@pytest.mark.parametrize("meta, said", [
+    ({"author": "\ud800"}, r"field 'metadata' holds an unpaired surrogate escape at \['author'\] \(\\ud800 at "
+                           r"character 1\)"),
+    ({"tags": ["ok", "x\udfff"]}, r"field 'metadata' holds an unpaired surrogate escape at \['tags'\]\[1\] "
+                                  r"\(\\udfff at character 2\)"),
+    ({"a": {"b\udc00": 1}}, r"field 'metadata' holds an unpaired surrogate escape in a key, at \['a'\]\['b\\udc00'\] "
+                            r"\(\\udc00 at character 2 of the key\)"),
+])
+def test_a_lone_surrogate_in_nested_values_is_refused(tmp_path, meta, said):
+    """Only the record's top-level strings were checked: a lone surrogate in its metadata got into the corpus
+    (and failed later, encoding it)."""
+    p = tmp_path / "corpus.jsonl"
+    p.write_text(json.dumps({"_id": "d0", "text": "ok"}) + "\n"
+                 + json.dumps({"_id": "d1", "text": "x", "metadata": meta}) + "\n")
+    with pytest.raises(DataError, match=rf"corpus\.jsonl:2: {said}, which is not text; fix or drop that escape"):
+        read_corpus(p)
+
+
+def test_a_lone_surrogate_in_a_field_name_is_refused(tmp_path):
+    p = tmp_path / "corpus.jsonl"
+    p.write_text('{"_id": "d1", "text": "x", "\\ud800x": 1}\n')
+    with pytest.raises(DataError, match=r"corpus\.jsonl:1: field '\\ud800x' holds an unpaired surrogate escape in "
+                                        r"its name \(\\ud800 at character 1 of the name\)"):
+        read_corpus(p)

@@ -24,7 +24,27 @@ from ragkit.types import (
     ID_BREAK_NAMES,
 )
 
+#: a surrogate escape (\ud800-\udfff in JSON text), or text that looks like one (``\\ud800``: an escaped backslash)
 _SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]")
+#: a high surrogate escape followed by a low one: one character beyond the BMP, as json.dumps escapes it (an emoji)
+_SURROGATE_PAIR = re.compile(rb"\\u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2}")
+#: :data:`_SURROGATE_PAIR` after a backslash: perhaps no pair (``\\ud83d\ude00``: an escaped backslash, "ud83d", then
+#: a lone low surrogate escape)
+_PAIR_AFTER_BACKSLASH = re.compile(rb"\\" + _SURROGATE_PAIR.pattern)
+
+
+def _lone_surrogate_escape(data: bytes) -> bool:
+    """Whether the JSON text ``data`` may hold a lone surrogate escape, one that is not half of a pair standing for
+    one character beyond the BMP (``\\ud83d\\ude00``, an emoji as ``json.dumps`` writes it): never ``False`` where
+    it holds one.  Some text that only looks like one says ``True`` too (its block is then read line by line,
+    which finds nothing to refuse): a pair right after a backslash (``\\\\ud83d\\ude00``, an escaped backslash,
+    "ud83d" and a lone low surrogate escape; ``\\\\\\ud83d\\ude00`` too, a pair after an escaped backslash), or
+    ``\\\\ud800``.  In C: the pairs are blanked out (where no backslash comes before one, each is two escapes)
+    and what is left searched."""
+    if _SURROGATE.search(data) is None:
+        return False
+    return (_PAIR_AFTER_BACKSLASH.search(data) is not None
+            or _SURROGATE.search(_SURROGATE_PAIR.sub(b".", data)) is not None)
 
 
 @dataclass(frozen=True)
@@ -62,14 +82,36 @@ def _convert_fix(command: str, path: Path, piped: Piped | None, sample: str, out
 
 
 def _check_no_lone_surrogate(rec: dict, path: str | os.PathLike[str], n: int) -> None:
-    for key, value in rec.items():
+    """Refuse, naming ``path:n``, the first string of the record ``rec`` holding a lone surrogate (which a JSON
+    escape such as ``\\ud800`` gives, and no UTF-8 text or tokenizer holds): a field's value, or any string nested
+    in it (``"metadata": {"tags": ["\\ud800"]}``, named by where it stands: ``['tags'][0]``), or a key.  Walked
+    without recursion (JSON nests as deep as its parser allows); called only on a line that shows a surrogate
+    escape (:data:`_SURROGATE`)."""
+    todo: list[tuple[tuple[Any, ...], Any]] = [((), rec)]
+    while todo:
+        route, value = todo.pop()
         if isinstance(value, str):
-            try:
-                value.encode("utf-8")
-            except UnicodeEncodeError as e:
-                raise DataError(f"{path}:{n}: field {key!r} holds an unpaired surrogate escape "
-                                f"(\\u{ord(value[e.start]):04x} at character {e.start + 1}), which is not text; "
-                                "fix or drop that escape") from None
+            _refuse_lone_surrogate(value, route, False, path, n)
+        elif isinstance(value, dict):
+            for key in value:
+                _refuse_lone_surrogate(key, (*route, key), True, path, n)
+            todo.extend(((*route, key), v) for key, v in reversed(value.items()))
+        elif isinstance(value, list):
+            todo.extend(((*route, i), v) for i, v in reversed(list(enumerate(value))))
+
+
+def _refuse_lone_surrogate(text: str, route: tuple[Any, ...], key: bool, path: str | os.PathLike[str], n: int) -> None:
+    """Refuse ``text``, a string of a record on line ``n`` of ``path`` (``route``: the keys and indices leading to it
+    from the record, its own key last where ``key``: the string is that key), where it holds a lone surrogate."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        at = "".join(f"[{k!r}]" for k in route[1:])
+        where = (" in its name" if len(route) == 1 else f" in a key, at {at}") if key else f" at {at}" if at else ""
+        of = (" of the name" if len(route) == 1 else " of the key") if key else ""
+        raise DataError(f"{path}:{n}: field {route[0]!r} holds an unpaired surrogate escape{where} "
+                        f"(\\u{ord(text[e.start]):04x} at character {e.start + 1}{of}), which is not text; "
+                        "fix or drop that escape") from None
 
 
 def _json_problem(e: json.JSONDecodeError) -> str:
@@ -245,15 +287,17 @@ def _lines_close(data: bytes) -> bool:
 def _parse_block(raws: list[bytes], at_start: bool) -> list[dict[str, Any]] | None:
     """The records of the lines ``raws`` (``at_start``: the file's first lines, whose byte-order mark is dropped),
     parsed at once, or ``None`` where the block must be read line by line (:func:`_jsonl_line`): it is not UTF-8,
-    holds a surrogate escape, a blank line, a line that is not one JSON value, or a value that is not an object
-    whose ``_id`` is a non-empty string (or an integer) without a tab or line break.  One decode of the block, one
+    holds a lone surrogate escape (:func:`_lone_surrogate_escape`; a pair, an escaped emoji, is parsed here), a
+    blank line, a line that is not one JSON value, or a value that is not an object whose ``_id`` is a non-empty
+    string (or an integer) without a tab or line break.  One decode of the block, one
     ``json.loads`` of its lines joined into an array, and numpy passes over its bytes checking that the brackets
     outside strings close at the end of every line (:func:`_lines_close`): no value spans lines, so, the values
     being as many as the lines, each line is one value, as it is when parsed alone."""
     data = b"".join(raws)
     if at_start and data.startswith(codecs.BOM_UTF8):  # (line 1 is read as utf-8-sig)
         data = data[len(codecs.BOM_UTF8):]
-    if _SURROGATE.search(data) or b"\\u0000" in data:  # (a NUL, perhaps in an id: refused line by line, at its line)
+    # (a lone surrogate, refused line by line: escaped emoji, \ud83d\ude00, stay in the block; a NUL, perhaps in an id)
+    if _lone_surrogate_escape(data) or b"\\u0000" in data:
         return None
     try:
         text = data.decode("utf-8")
