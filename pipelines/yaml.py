@@ -1349,8 +1349,7 @@ def _build_loop(body: Mapping[str, Any], here: str, make_leaf: LeafFactory, prob
 def _need_kind(op: Operator, kind: str, where: str) -> Operator:
     """``op``, when it is a ``kind`` operator (a fuser, a router, a judge)."""
     if op.kind != kind:
-        names = sorted(n for n in registry.names() if registry.get(n).kind == kind)
-        raise ConfigError(f"{where}: expected a {kind} operator ({', '.join(names)}), got {op.name!r} "
+        raise ConfigError(f"{where}: expected a {kind} operator ({', '.join(_of_kind(kind))}), got {op.name!r} "
                           f"(a {op.kind})", path=where)
     return op
 
@@ -1370,8 +1369,6 @@ def to_node(op: Operator, full: bool = False) -> Any:
         node: dict[str, Any] = {"branches": [to_node(b, full) for b in op.branches]}
         if full or not op.implicit_fuse:
             node["fuse"] = to_node(op.fuse, full)
-        from ragkit.pipelines._compose import unique_names
-
         if full or op.names != unique_names(op.branches):
             node["names"] = list(op.names)
         return {"parallel": node}
