@@ -1837,12 +1837,13 @@ class BM25(Operator):
         dl = _checked_floats(folder, "doc_lengths", dl, n_docs, f"one length per document of the {n_docs:,}-document "
                              "corpus, >= 0", kinds="fiu", nonnegative=True)
         idf = _checked_floats(folder, "idf", idf, n_terms, f"one idf per term of the {n_terms:,}-term vocabulary.json")
-        if nnz and not ((mmap and self._verified) or bool(np.isfinite(w).all())):
-            bad = int(np.flatnonzero(~np.isfinite(w))[0])
-            raise ArtifactError(f"{folder / 'weights.npy'}: corrupt BM25 arrays: document ids {int(ind.min())}.."
-                                f"{int(ind.max())} (the corpus has {n_docs}), weights that are not finite (weight "
-                                f"{float(w[bad])!r} at posting {bad:,}; expected finite float64 weights); save the "
-                                "index again")
+        if nnz and not (mmap and self._verified):
+            bad = ~np.isfinite(w)
+            if bad.any():  # (the ids were checked above: the message says only what is wrong with the weights)
+                at = int(np.argmax(bad))
+                raise ArtifactError(f"{folder / 'weights.npy'}: corrupt BM25 arrays: weights that are not finite "
+                                    f"({int(np.count_nonzero(bad)):,} of {nnz:,}; weight {float(w[at])!r} at posting "
+                                    f"{at:,}; expected finite float64 weights); save the index again")
         self._counts = sp.csr_matrix((data, ind, ptr), shape=(n_terms, n_docs), copy=False)
         self._counts.has_sorted_indices = True
         self._dl = dl

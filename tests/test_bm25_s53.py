@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ragkit.errors import DataError, ParamError
+from ragkit.errors import ArtifactError, DataError, ParamError
 from ragkit.retrievers import BM25
 from ragkit.retrievers.bm25 import Tokenizer
 from ragkit.types import Corpus
@@ -88,3 +88,21 @@ def test_tokenizer_choices_are_the_params_choices() -> None:
                 assert Tokenizer(stop, stem, split)(["The cats"])[0][-1] in {"cat", "cats"}
     assert Tokenizer("lucene", "none")(["the x"]) == [["x"]]
     assert Tokenizer("none", "porter", "whitespace")(["x"]) == [["x"]]
+
+
+@pytest.mark.parametrize("mmap", [False, True])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_weights_are_refused_naming_the_weights_only(tmp_path: Path, mmap: bool, bad: float) -> None:
+    """Was: "corrupt BM25 arrays: document ids 0..4 (the corpus has 5), weights that are not finite ...": the ids
+    (sound, checked before) were named, and read whole again for the message."""
+    BM25(k=3).fit(Corpus.from_texts(TEXTS)).save(tmp_path / "bm")
+    w = np.load(tmp_path / "bm" / "weights.npy")
+    w[[1, 3]] = bad
+    np.save(tmp_path / "bm" / "weights.npy", w)
+    with pytest.raises(ArtifactError) as e:
+        BM25.load(tmp_path / "bm", mmap=mmap, verify=False)
+    msg = str(e.value)
+    assert "document ids" not in msg and "corpus" not in msg
+    assert msg == (f"{tmp_path / 'bm' / 'weights.npy'}: corrupt BM25 arrays: weights that are not finite (2 of "
+                   f"{len(w):,}; weight {float(bad)!r} at posting 1; expected finite float64 weights); save the index "
+                   "again")
