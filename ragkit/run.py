@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Sequence, Te
 
 import numpy as np
 
-from ragkit._checks import _a, _key_ids, _kind, _utf8_clean
+from ragkit._checks import _a, _as_ids, _key_ids, _kind, _utf8_clean, check_id_breaks
 from ragkit._files import text_output, utf8_lines
 from ragkit._qrels import ids_once
 from ragkit.errors import DataError, InputTypeError, repeated, some_ids
@@ -273,14 +273,18 @@ def _preview_score(v: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _f32_scores(query_ids: Sequence[str], scores: Sequence[Any]) -> list[np.ndarray]:
+def _f32_scores(query_ids: Sequence[str], scores: Sequence[Any], doc_ids: Sequence[np.ndarray]) -> list[np.ndarray]:
     """Each query's ``scores`` as a float32 array (:attr:`Run.scores`; a score beyond float32's range becomes
     +-inf, as trec_eval reads it): integers and floats of any width are cast; an array of another kind (strings,
     complex, bool) or a value that is no real number (:func:`_not_a_score`) is a :class:`DataError` naming the
-    query and the value."""
+    query and the value, and so are scores that are no 1-D array (one per document of ``doc_ids``) and a NaN
+    score (naming its document, as :meth:`Run.from_dict` refuses it: NaN has no order)."""
     out = []
-    for q, s in zip(query_ids, scores):
+    for q, s, d in zip(query_ids, scores, doc_ids):
         a = np.asarray(s)
+        if a.ndim != 1:
+            raise DataError(f"Run: query {q!r} has scores of shape {a.shape}; expected a 1-D array, one score per "
+                            "document")
         bad = None
         if a.dtype.kind == "O":  # (Python numbers in an object array: each checked, then read as float64)
             bad = next(([v] for v in a.tolist() if type(v) is not float and _not_a_score(v)), None)
@@ -294,8 +298,21 @@ def _f32_scores(query_ids: Sequence[str], scores: Sequence[Any]) -> list[np.ndar
         if bad is not None:
             raise DataError(f"Run: query {q!r} has the score {_preview_score(bad[0])} ({_not_a_score(bad[0])}); a "
                             "score must be a real number (an int, a float or a numpy number)")
+        if a.dtype.kind == "f" and np.isnan(a).any():
+            check_no_nan([q], np.array([len(a)]), d, a, "Run")
         out.append(a if a.dtype == np.float32 else _f32(a))
     return out
+
+
+def _str_list(ids: Any) -> bool:
+    """Whether ``ids`` is a list of strings (one ``str.join``, in C): :attr:`Run.query_ids` as it is kept."""
+    if type(ids) is not list:
+        return False
+    try:
+        "".join(ids)
+    except TypeError:
+        return False
+    return True
 
 
 def learned_query_ids(op: Any, query_ids: Sequence[str], texts: Sequence[str]) -> list[str]:
@@ -367,6 +384,11 @@ class Run:
     learned_from: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        # what a run built by hand may hold that its methods would fail on later (to_dict, evaluate, write_trec):
+        # ids as Queries writes them (1 as "1", NaN refused), each query's document ids as a 1-D object array;
+        # nothing to do (a join of the query ids, a look at each array's type) for what search and from_dict give
+        if not _str_list(self.query_ids):
+            self.query_ids = _as_ids(self.query_ids, "Run.query_ids").tolist()
         n = len(self.query_ids)
         lens = {"doc_ids": len(self.doc_ids), "scores": len(self.scores)}
         if self.rankings is not None:
@@ -374,6 +396,10 @@ class Run:
         if any(v != n for v in lens.values()):
             raise DataError(f"Run: {n} query ids but " + ", ".join(f"{v} {k}" for k, v in lens.items())
                             + "; expected one list per query")
+        if not all(type(d) is np.ndarray and d.dtype == object and d.ndim == 1 for d in self.doc_ids):
+            self.doc_ids = [d if type(d) is np.ndarray and d.dtype == object and d.ndim == 1 else
+                            _as_ids(d, f"Run: query {q!r}: Run.doc_ids[{i}]")
+                            for i, (q, d) in enumerate(zip(self.query_ids, self.doc_ids))]
         n_docs, n_scores = [len(d) for d in self.doc_ids], [len(s) for s in self.scores]
         if n_docs != n_scores:  # zip would drop the documents past the shorter list
             i = next(i for i, (a, b) in enumerate(zip(n_docs, n_scores)) if a != b)
@@ -384,13 +410,14 @@ class Run:
             raise DataError(f"Run: query id {dup!r} appears more than once; expected one ranking per query")
         # ids no UTF-8 file can hold (a lone surrogate): refused now, not when the run is written.  A run made from
         # rankings names the documents by a Corpus's ids, which the Corpus checked.
-        check_id_surrogates(self.query_ids, "Run.query_ids", "query")
-        check_id_nul(self.query_ids, "Run.query_ids", "query")  # (trec_eval would read it cut at the NUL)
+        # (and an empty one, or one holding a tab or a line break, which no qrels or run file could name; a NUL,
+        # which trec_eval would read it cut at: check_id_breaks, as Queries checks its ids)
+        check_id_breaks(self.query_ids, "Run.query_ids", "query")
         if self.rankings is None:
             _check_doc_surrogates(self.query_ids, self.doc_ids)
         # float32, as documented (trec_eval compares scores at float32; a file written with 9 digits ranks the same)
-        if not all(type(s) is np.ndarray and s.dtype == np.float32 for s in self.scores):
-            self.scores = _f32_scores(self.query_ids, self.scores)
+        if not all(type(s) is np.ndarray and s.dtype == np.float32 and s.ndim == 1 for s in self.scores):
+            self.scores = _f32_scores(self.query_ids, self.scores, self.doc_ids)
 
     @classmethod
     def from_rankings(cls, query_ids: list[str], rankings: list[Ranking], corpus_ids: np.ndarray, **kw: Any) -> "Run":

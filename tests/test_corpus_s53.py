@@ -114,3 +114,43 @@ def test_from_records_refuses_metadata_that_is_no_mapping_naming_the_record(meta
         Corpus.from_records([{"_id": "a", "text": "x"}, {"_id": "b", "text": "y", "metadata": meta}])
     assert Corpus.from_records([{"_id": "a", "text": "x", "metadata": None}]).metadata == {}
     assert Corpus.from_records([{"_id": "a", "text": "x", "metadata": float("nan")}]).metadata == {}
+
+
+def test_run_built_by_hand_from_lists_works_with_its_own_methods(tmp_path) -> None:
+    from ragkit import Run, evaluate
+
+    run = Run(["1"], [["a", "b"]], [[2.0, 1.0]])  # type: ignore[list-item]
+    assert type(run.doc_ids[0]) is np.ndarray and run.doc_ids[0].dtype == object
+    assert run.to_dict() == {"1": {"a": 2.0, "b": 1.0}}
+    run.write_trec(tmp_path / "r.trec")
+    assert Run.read_trec(tmp_path / "r.trec") == run
+    assert evaluate(run, {"1": {"a": 1}}).scores["ndcg@10"] == 1.0
+    assert Run(["1"], [np.array(["a"])], [[1.0]]).doc_ids[0].dtype == object  # (a numpy string array)
+
+
+def test_run_query_and_document_ids_follow_the_queries_rules() -> None:
+    from ragkit import Run, evaluate
+
+    run = Run([1], [np.array(["a"], dtype=object)], [[1.0]])  # type: ignore[list-item]
+    assert run.query_ids == ["1"] and run[1][0].tolist() == ["a"]
+    assert evaluate(run, {"1": {"a": 1}}).scores["ndcg@10"] == 1.0
+    assert Run(np.array([2.0]), [[3.0]], [[1.0]]).to_dict() == {"2": {"3": 1.0}}  # type: ignore[arg-type]
+    with pytest.raises(DataError, match=r"Run.query_ids\[0\] is nan, not an id"):
+        Run([float("nan")], [["a"]], [[1.0]])  # type: ignore[list-item]
+    with pytest.raises(DataError, match=r"Run.query_ids\[0\] is '', an empty id"):
+        Run([""], [np.array(["a"], dtype=object)], [[1.0]])
+    with pytest.raises(DataError, match=r"query id '1' appears more than once"):
+        Run([1, "1"], [["a"], ["b"]], [[1.0], [1.0]])  # type: ignore[list-item]
+
+
+def test_run_refuses_nan_scores_and_arrays_that_are_not_1d() -> None:
+    from ragkit import Run
+
+    with pytest.raises(DataError, match=r"Run: query '1' gives document 'a' the score nan; expected numbers"):
+        Run(["1"], [np.array(["a", "b"], dtype=object)], [[np.nan, 1.0]])
+    with pytest.raises(DataError, match=r"Run: query '1' gives document 'b' the score nan"):
+        Run(["1"], [["a", "b"]], [np.array([1.0, np.nan])])  # type: ignore[list-item]
+    with pytest.raises(DataError, match=r"Run: query '1': Run.doc_ids\[0\] must be a 1-D sequence .* shape \(1, 2\)"):
+        Run(["1"], [np.array([["a", "b"]], dtype=object)], [np.array([[1.0, 2.0]])])
+    with pytest.raises(DataError, match=r"Run: query '1' has scores of shape \(1, 1\); expected a 1-D array"):
+        Run(["1"], [np.array(["a"], dtype=object)], [np.array([[1.0]], np.float32)])
