@@ -208,3 +208,42 @@ def test_token_encoder_applies_the_models_prompts(tmp_path: Path) -> None:
     assert again.n_queries_encoded == 0 and again.n_encoded == 0
     minilm = TokenEncoder()
     assert minilm.query_prompt == minilm.document_prompt == "" and minilm.query_store is minilm.store
+
+
+# ------------------------------------------------------------------ 4. a forward pass's output checked before the cache
+@pytest.mark.parametrize("what, make, said", [
+    ("extra-row", lambda n: np.ones((n + 1, 8), np.float32), r"returned 3 vectors for 2 texts"),
+    ("one-d", lambda n: np.ones(8, np.float32), r"returned a 1-D array of shape \(8,\) for 2 texts"),
+    ("none", lambda n: None, r"returned None for 2 texts"),
+    ("text", lambda n: [["a"] * 8] * n, r"returned an array of <U1 values, shape \(2, 8\) for 2 texts"),
+])
+@pytest.mark.parametrize("cache", [True, False])
+def test_forward_output_checked_before_the_cache(what: str, make: Any, said: str, cache: bool) -> None:
+    """Old code, cache on: a row too many was numpy's "shape mismatch", a 1-D array an IndexError, None was
+    returned as zero vectors (or another's cached rows), and rows were cached before any check."""
+
+    class Mine(Encoder):
+        key_tag = f"bad-{what}"
+
+        def _forward(self, texts: list[str], progress: bool, role: str = "document") -> np.ndarray:
+            return make(len(texts))
+
+    enc = Mine(cache=cache)
+    for call in (enc.encode, lambda t: enc.encode_queries(t, cache=cache)):
+        with pytest.raises(DataError, match=rf"the encoder '[^']+\|forward=bad-{what}' \(Mine\)\._forward {said}; an "
+                                            r"encoder returns one vector per text"):
+            call(["a", "b"])
+    if cache:
+        assert not list(enc.store.folder.glob("*.keys.npy"))  # nothing cached
+
+
+def test_forward_list_of_lists_is_float32_rows_cached_or_not() -> None:
+    """Old code, cache on: a forward pass returning a list of lists cached it, then failed (AttributeError)."""
+
+    class Lists(Encoder):
+        def _forward(self, texts: list[str], progress: bool, role: str = "document") -> Any:
+            return [[1.0] * 8 for _ in texts]
+
+    for cache in (True, False):
+        v = Lists(cache=cache).encode(["a", "b"])
+        assert v.dtype == np.float32 and v.shape == (2, 8)

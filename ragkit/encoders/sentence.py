@@ -678,6 +678,14 @@ class Encoder:
                       normalize_embeddings=self.normalize, show_progress_bar=progress)
         return np.asarray(vecs, dtype=np.float32)
 
+    def _computed(self, texts: list[str], progress: bool, query: bool = False) -> np.ndarray:
+        """:meth:`_forward` of ``texts`` (documents, or queries), checked by :func:`encoder_vectors` before it is
+        returned or cached (``(len(texts), dim)`` float32, else a :class:`DataError` naming the encoder): a
+        subclass's forward pass that returned a row too many, a 1-D array or ``None`` failed inside the cache with
+        a raw numpy error, after caching what it had been given."""
+        raw = self._forward(texts, progress, "query") if query else self._forward(texts, progress)
+        return encoder_vectors(raw, len(texts), f"the encoder {self.key!r} ({type(self).__name__})._forward")
+
     def encode(self, texts: Sequence[str], *, cache: bool | None = None, progress: bool | None = None) -> np.ndarray:
         """Encode documents into float32 vectors, shape ``(n, dim)``: L2-normalised unless ``normalize`` says
         otherwise; the document prompt (``document_prompt``) before each.
@@ -691,9 +699,9 @@ class Encoder:
         use_cache = self.cache_enabled if cache is None else cache
         if not use_cache:
             self.n_encoded += len(texts)
-            return self._forward(texts, bool(progress))
+            return self._computed(texts, bool(progress))
         vecs, n_new = self.store.fetch_or_compute(
-            texts, lambda new: self._forward(new, progress if progress is not None else len(new) > 1000))
+            texts, lambda new: self._computed(new, progress if progress is not None else len(new) > 1000))
         self.n_encoded += n_new
         return vecs
 
@@ -712,8 +720,8 @@ class Encoder:
             return np.zeros((0, self.dim), np.float32)
         if not self.cache_enabled or not (queries_cached() if cache is None else cache):
             self.n_queries_encoded += len(texts)
-            return self._forward(texts, False, "query")
-        vecs, n_new = self.query_store.fetch_or_compute(texts, lambda new: self._forward(new, False, "query"))
+            return self._computed(texts, False, query=True)
+        vecs, n_new = self.query_store.fetch_or_compute(texts, lambda new: self._computed(new, False, query=True))
         self.n_queries_encoded += n_new
         return vecs
 
