@@ -9,7 +9,7 @@ import json
 import pytest
 
 from ragkit.errors import DataError
-from ragkit.eval import _lines, _read, read_corpus
+from ragkit.eval import _lines, _read, read_corpus, read_qrels
 
 
 class _CountingDict(dict):
@@ -124,3 +124,36 @@ def test_a_lone_surrogate_in_a_field_name_is_refused(tmp_path):
     with pytest.raises(DataError, match=r"corpus\.jsonl:1: field '\\ud800x' holds an unpaired surrogate escape in "
                                         r"its name \(\\ud800 at character 1 of the name\)"):
         read_corpus(p)
+
+
+@pytest.mark.parametrize("head", [b"\n", b"\n\r\n\n", b"\xef\xbb\xbf\n", b"\t\n"])
+def test_a_qrels_header_under_blank_lines_is_read_as_the_header(tmp_path, head):
+    """The header was recognised on line 1 only: under a blank line its 'score' was read as a grade ("relevance
+    'score' is not a finite number")."""
+    p = tmp_path / "test.tsv"
+    p.write_bytes(head + b"query-id\tcorpus-id\tscore\nq1\td1\t1\nq1\td2\t0\n")
+    assert read_qrels(p) == {"q1": {"d1": 1, "d2": 0}}
+
+
+def test_messages_name_the_line_of_a_header_under_blank_lines(tmp_path, caplog):
+    p = tmp_path / "test.tsv"
+    p.write_text("\n\ncorpus-id\tquery-id\tscore\tannotators\nd1\tq1\t1\t3\nd2\tq1\t1\n")  # (read by name)
+    with pytest.raises(DataError, match=r"test\.tsv:5: expected 4 tab-separated columns 'corpus-id query-id score "
+                                        r"annotators', as the header on line 3 names them, got 3"):
+        read_qrels(p)
+    p.write_text("\nq1\td1\t\"1\"\nq1\td2\t\"0\"\n")
+    with pytest.raises(DataError, match=r"test\.tsv:2: line 2 'q1\\td1\\t\"1\"': its grade \"1\" is quoted"):
+        read_qrels(p)
+    p.write_text("\nfoo\tbar\tbaz\nq1\td1\t1\n")
+    with caplog.at_level("WARNING", logger="ragkit"):
+        assert read_qrels(p) == {"q1": {"d1": 1}}
+    assert "test.tsv:2: line 2 'foo\\tbar\\tbaz' is read as a header" in caplog.text
+    p.write_text("\n\nqid\tdocid\n")
+    with pytest.raises(DataError, match=r"test\.tsv \(its header, line 3\).*fix the header on line 3"):
+        read_qrels(p)
+
+
+def test_a_headerless_qrels_file_under_a_blank_line_keeps_its_first_judgement(tmp_path):
+    p = tmp_path / "test.tsv"
+    p.write_text("\nq1\td1\t1\nq1\td2\t2\n")
+    assert read_qrels(p) == {"q1": {"d1": 1, "d2": 2}}

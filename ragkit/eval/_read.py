@@ -375,15 +375,15 @@ def _header_roles(header: list[str]) -> list[str | None]:
 _TREC_COLUMNS: tuple[str | None, ...] = ("query-id", None, "corpus-id", "score")
 
 
-def _named_columns(header: list[str], path: Path) -> tuple[int, int, int] | None:
-    """The positions of the query id, document id and grade columns in the qrels header row ``header`` (line 1 of
-    ``path``), read by the names a ``.csv`` file's header or a DataFrame's columns may have
+def _named_columns(header: list[str], path: Path, n: int = 1) -> tuple[int, int, int] | None:
+    """The positions of the query id, document id and grade columns in the qrels header row ``header`` (line ``n``
+    of ``path``, its first non-blank one), read by the names a ``.csv`` file's header or a DataFrame's columns may have
     (:data:`ragkit.types.QRELS_COLUMNS`: ``query-id``, ``qid``, ``docno``, ``label``, ..., case aside); ``None``
     when it has 3 columns whose names, where known, are BEIR's in BEIR's order (BEIR's own ``query-id corpus-id
     score``, ``query_id doc relevance``), or 4 where trec_eval has them (``qid Q0 pid rel``, ``topic iteration docno
     relevance``): read by position, so that trec_eval's 4-column lines under BEIR's header read as they always did;
     ``None`` too when it names no such column
-    (:func:`_read_qrels` reads it by position with a warning naming line 1).  Any other header naming
+    (:func:`_read_qrels` reads it by position with a warning naming its line).  Any other header naming
     some of the three columns but not all (or one twice) is a :class:`DataError` listing the names accepted."""
     roles = _header_roles(header)
     positional = _BEIR_COLUMNS if len(header) == 3 else _TREC_COLUMNS if len(header) == 4 else None
@@ -392,8 +392,8 @@ def _named_columns(header: list[str], path: Path) -> tuple[int, int, int] | None
         # (3 columns whose names, where known, are BEIR's in BEIR's order, 'query doc relevance', or 4 where
         # trec_eval has them, 'qid Q0 pid rel': read by position, as BEIR and trec_eval read them)
         return None
-    return _qrels_columns([c.strip() for c in header], "read_qrels", f"{path} (its header, line 1)",
-                          how="fix the header on line 1, renaming its columns {mapping}",
+    return _qrels_columns([c.strip() for c in header], "read_qrels", f"{path} (its header, line {n})",
+                          how=f"fix the header on line {n}, renaming its columns {{mapping}}",
                           drop="renaming {columns} in the header (to 'unused': a column not named is not read)")
 
 
@@ -401,18 +401,18 @@ def read_qrels(path: str | os.PathLike[str]) -> Qrels:
     """Read a BEIR qrels TSV (``query-id corpus-id score`` with a header) into ``{qid: {doc_id: rel}}``.
 
     A line without a tab is split on whitespace, so trec_eval's qrels (``qid 0 docid rel``) read too;
-    tabs at the end of a line are ignored, as BEIR's reader ignores them.  The first line is a header,
-    and skipped, only when its score column is not a number: a qrels file without a header keeps its
+    tabs at the end of a line are ignored, as BEIR's reader ignores them.  The first line (blank lines aside) is a
+    header, and skipped, only when its score column is not a number: a qrels file without a header keeps its
     first judgement (BEIR's own loader drops line 1 whatever it holds, so it would lose that judgement).
     A header other than BEIR's own has its columns read by name, by the names a ``.csv`` file or a DataFrame
     may use (:data:`ragkit.types.QRELS_COLUMNS`: ``docno<TAB>qid<TAB>label``, ``query-id corpus-id score
     annotators``), other columns ignored, and every line must have its number of columns (a last column left
     empty, ``q1<TAB>d1<TAB>1<TAB>``, counts); a header naming some of the three but not all is a
     :class:`DataError` listing the names accepted (unless it has 3 columns and the names known stand where BEIR's
-    do, ``query doc relevance``, or 4 where trec_eval's do, ``qid Q0 pid rel``: read by position).  A line 1 taken
-    for a header (its last field no number) that names none of them is read as BEIR does, the lines below by
+    do, ``query doc relevance``, or 4 where trec_eval's do, ``qid Q0 pid rel``: read by position).  A first line
+    taken for a header (its last field no number) that names none of them is read as BEIR does, the lines below by
     position, with a warning; where that field is a quoted number (``"1"``: a headerless file with quoted grades)
-    it is a :class:`DataError` naming line 1.
+    it is a :class:`DataError` naming that line.
     Otherwise (BEIR's own header, or none), a line is ``query-id corpus-id score`` (3 columns)
     or trec_eval's ``qid iter docid rel`` (4).  A file with CR-only (old Mac) line endings, or gzip-compressed, is
     a :class:`DataError` saying so.  A ``.csv`` file is read by its header's column names, as
@@ -433,11 +433,12 @@ def _read_qrels(path: str | os.PathLike[str]) -> tuple[Qrels, dict[str, int], di
         raise _not_found(path)
     _refuse_packed(path)
     qrels: Qrels = {}
-    header: list[str] | None = None  # line 1 when its columns are read by name (:func:`_named_columns`)
+    header: list[str] | None = None  # the header's columns, when they are read by name (:func:`_named_columns`)
     named: tuple[int, int, int] | None = None
     line_of: dict[tuple[str, str], int] = {}
     first_line: dict[str, int] = {}
-    first: str | None = None  # line 1, when read as a header
+    first: str | None = None  # the first non-blank line, when read as a header
+    head_at = 0  # its line number (0: no non-blank line yet)
     first_row: list[str] | None = None  # its columns
     others = False  # whether a line other than that header holds anything
     # a byte-order mark is not part of the header; a '"' in an id is part of it (no CSV quoting)
@@ -449,17 +450,19 @@ def _read_qrels(path: str | os.PathLike[str]) -> tuple[Qrels, dict[str, int], di
         # BEIR's TSV splits on tabs (an id may hold a space); trec_eval's 'qid 0 docid rel' on whitespace.
         # Trailing tabs are no columns: BEIR's csv reader reads 'q1<TAB>d1<TAB>1<TAB>' as q1, d1, 1
         row = text.split("\t") if "\t" in text else text.split()
-        # line 1 is a header only when its score is no number (BEIR's loader skips line 1 whatever it holds,
-        # so a headerless file loses its first judgement there; here it is kept)
+        # the first non-blank line is a header only when its score is no number (BEIR's loader skips line 1
+        # whatever it holds, so a headerless file loses its first judgement there; here it is kept)
         if not text.strip():
             continue
-        if n == 1 and _is_header(row):
-            first, first_row = text, row
-            named = _named_columns(row, path)
-            header = row if named is not None else None
-            continue
+        if not head_at:  # (line 1, or the first under blank lines)
+            head_at = n
+            if _is_header(row):
+                first, first_row = text, row
+                named = _named_columns(row, path, n)
+                header = row if named is not None else None
+                continue
         if first_row is not None and not others and named is None and not any(_header_roles(first_row)):
-            _unknown_header(path, first_row)  # (line 1 not dropped silently: said at the first judgement)
+            _unknown_header(path, first_row, head_at)  # (not dropped silently: said at the first judgement)
         others = True
         if named is not None and header is not None:  # extra columns ('annotators') ignored, by name
             # a row has the header's columns when it does counting its trailing tabs as empty columns or not
@@ -467,7 +470,7 @@ def _read_qrels(path: str | os.PathLike[str]) -> tuple[Qrels, dict[str, int], di
             if not len(row) <= len(header) <= (full.count("\t") + 1 if "\t" in text else len(row)):
                 sep = "tab-separated " if "\t" in text else ""
                 raise DataError(f"{path}:{n}: expected {len(header)} {sep}columns {' '.join(header)!r}, as the header "
-                                f"on line 1 names them, got {len(row)}: {row!r}")
+                                f"on line {head_at} names them, got {len(row)}: {row!r}")
             row += [""] * (len(header) - len(row))  # (the empty columns its trailing tabs end)
             q, d, s = (row[i] for i in named)
         elif len(row) not in (3, 4):
@@ -512,20 +515,20 @@ def _read_qrels(path: str | os.PathLike[str]) -> tuple[Qrels, dict[str, int], di
     return qrels, first_line, line_of
 
 
-def _unknown_header(path: Path, row: list[str]) -> None:
-    """Say what became of a qrels file's line 1 (its columns ``row``), taken for a header (its last field is no
-    number) that names no qrels column: a :class:`DataError` where its grade is a quoted number (``"1"``: a
-    headerless file whose grades are quoted would lose its first judgement), else a warning on the ``ragkit``
-    logger that the lines below are read by position, as BEIR's and trec_eval's readers read them (BEIR's loader
-    skips line 1 whatever it holds)."""
+def _unknown_header(path: Path, row: list[str], n: int = 1) -> None:
+    """Say what became of a qrels file's first non-blank line (line ``n``, its columns ``row``), taken for a header
+    (its last field is no number) that names no qrels column: a :class:`DataError` where its grade is a quoted
+    number (``"1"``: a headerless file whose grades are quoted would lose its first judgement), else a warning on
+    the ``ragkit`` logger that the lines below are read by position, as BEIR's and trec_eval's readers read them
+    (BEIR's loader skips line 1 whatever it holds)."""
     shown = "\t".join(row)[:80]
     last = row[-1].strip()
     if len(last) > 1 and last[0] == last[-1] and last[0] in "\"'" and _is_number(last[1:-1]):
-        raise DataError(f"{path}:1: line 1 {shown!r}: its grade {last} is quoted, so the line was taken for a "
+        raise DataError(f"{path}:{n}: line {n} {shown!r}: its grade {last} is quoted, so the line was taken for a "
                         f"header; qrels grades are bare integers (1, not {last}): remove the quotes from the file")
-    _log.warning("%s:1: line 1 %r is read as a header (its last field is not a number) naming no qrels column "
+    _log.warning("%s:%d: line %d %r is read as a header (its last field is not a number) naming no qrels column "
                 "(ragkit.types.QRELS_COLUMNS); the lines below are read by position, as BEIR's 'query-id "
-                "corpus-id score' or trec_eval's 'qid iter docid rel'", path, shown)
+                "corpus-id score' or trec_eval's 'qid iter docid rel'", path, n, n, shown)
 
 
 def _is_number(text: str) -> bool:
