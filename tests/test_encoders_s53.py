@@ -247,3 +247,17 @@ def test_forward_list_of_lists_is_float32_rows_cached_or_not() -> None:
     for cache in (True, False):
         v = Lists(cache=cache).encode(["a", "b"])
         assert v.dtype == np.float32 and v.shape == (2, 8)
+
+
+# ------------------------------------------------------------------ 6. register_encoder checks the key
+@pytest.mark.parametrize("key", [None, 3, "", "  ", b"k"])
+def test_register_encoder_refuses_a_key_that_is_no_str(key: Any) -> None:
+    """Old code: an encoder of key None was registered, and saved its operators' encoder.json as "None"."""
+    from ragkit.encoders import HashingEncoder, register_encoder, registered_encoder
+
+    enc = HashingEncoder(dim=16)
+    enc.key = key  # type: ignore[assignment]
+    with pytest.raises(ParamError, match=r"register_encoder\('s53-bad-key'\): HashingEncoder.key is \w+ .*; expected "
+                                         r"a non-empty str"):
+        register_encoder("s53-bad-key", enc, replace=True)
+    assert registered_encoder("s53-bad-key") is None

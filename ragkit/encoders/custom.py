@@ -46,7 +46,8 @@ def register_encoder(name: str, encoder: Any, *, replace: bool = False) -> Any:
     name : str
         The model name operators will use (``Dense(model=name)``).
     encoder : object
-        Has ``encode``, ``encode_queries``, ``key`` and ``dim`` like :class:`~ragkit.encoders.Encoder`.
+        Has ``encode``, ``encode_queries``, ``key`` (a non-empty str, else a :class:`ParamError`) and ``dim`` like
+        :class:`~ragkit.encoders.Encoder`.
     replace : bool
         Allow replacing an encoder already registered under ``name``.
 
@@ -62,6 +63,15 @@ def register_encoder(name: str, encoder: Any, *, replace: bool = False) -> Any:
             f"register_encoder({name!r}): {type(encoder).__name__} lacks {missing}; an encoder needs "
             f"encode(texts), encode_queries(texts), key and dim (see ragkit.encoders.Encoder)"
         )
+    from ragkit.encoders.sentence import Encoder
+
+    if not isinstance(encoder, Encoder):  # (its key is a str, read lazily: a hub id is downloaded at first use)
+        key = encoder.key
+        if not isinstance(key, str) or not key.strip():
+            raise ParamError(
+                f"register_encoder({name!r}): {type(encoder).__name__}.key is {type(key).__name__} {key!r:.60}; "
+                "expected a non-empty str naming the model and its settings (it names the query vectors operators "
+                "share, the encoder's cache folder, and is saved with what is fitted with it)")
     with _LOCK:
         if name in _CUSTOM and _CUSTOM[name] is not encoder and not replace:
             raise ParamError(f"register_encoder: {name!r} is already registered to {_CUSTOM[name]!r}; "
