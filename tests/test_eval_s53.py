@@ -5,6 +5,7 @@ nDCG's linear gain; checked qrels not scanned for NULs again."""
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
@@ -157,3 +158,21 @@ def test_a_headerless_qrels_file_under_a_blank_line_keeps_its_first_judgement(tm
     p = tmp_path / "test.tsv"
     p.write_text("\nq1\td1\t1\nq1\td2\t2\n")
     assert read_qrels(p) == {"q1": {"d1": 1, "d2": 2}}
+
+
+def test_ndcg_gains_the_grade_itself():
+    """evaluate's nDCG is trec_eval's ndcg_cut (pytrec_eval, BEIR): gain = grade, discount log2(rank + 1); the
+    exponential gain 2**grade - 1 gives another number on graded qrels, pinned here by hand."""
+    from ragkit import Run, evaluate
+
+    run = Run.from_dict({"q1": {"d1": 3.0, "d2": 2.0, "d3": 1.0}, "q2": {"d5": 1.0, "d6": 0.5}})
+    qrels = {"q1": {"d1": 1, "d2": 2, "d4": 3}, "q2": {"d6": 2, "d5": 1}}
+    pq = evaluate(run, qrels, ["ndcg@10", "ndcg@2"]).per_query
+    linear_q1 = (1 / math.log2(2) + 2 / math.log2(3)) / (3 / math.log2(2) + 2 / math.log2(3) + 1 / math.log2(4))
+    linear_q2 = (1 / math.log2(2) + 2 / math.log2(3)) / (2 / math.log2(2) + 1 / math.log2(3))
+    assert pq["ndcg@10"]["q1"] == pytest.approx(linear_q1, abs=1e-12)
+    assert pq["ndcg@10"]["q2"] == pytest.approx(linear_q2, abs=1e-12)
+    cut = (1 / math.log2(2) + 2 / math.log2(3)) / (3 / math.log2(2) + 2 / math.log2(3))  # (the ideal cut at 2 too)
+    assert pq["ndcg@2"]["q1"] == pytest.approx(cut, abs=1e-12)
+    exponential_q1 = (1 + 3 / math.log2(3)) / (7 + 3 / math.log2(3) + 1 / 2)
+    assert abs(pq["ndcg@10"]["q1"] - exponential_q1) > 0.1

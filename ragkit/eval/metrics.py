@@ -310,6 +310,9 @@ def evaluate(
         ``ndcg@k``, ``recall@k``, ``map@k``, ``mrr@k``, ``p@k``, and BEIR's ``r_cap@k``, ``hole@k``,
         ``acc@k`` (at least one; names are read case-insensitively, ``"nDCG@10"`` is ``ndcg@10``, and
         ir_measures' ``R@k``, ``AP@k`` and ``RR@k`` as ``recall@k``, ``map@k`` and ``mrr@k``).
+        ``ndcg@k``'s gain is linear: a document's gain is its grade (trec_eval's ``ndcg_cut``, the nDCG that
+        pytrec_eval and BEIR report), discounted by ``log2(rank + 1)``, not the exponential ``2**grade - 1``
+        some toolkits use; the two agree on binary qrels and differ on graded ones (example below).
         ``mrr@k``, ``acc@k``, ``r_cap@k`` and ``hole@k`` rank tied scores in trec_eval's order, as the
         others do (score descending compared as float32, then document id descending), where BEIR's
         ``evaluate_custom`` keeps the run's insertion order among ties: on tied scores they can differ
@@ -387,6 +390,13 @@ def evaluate(
     (0.8155, 1.0)
     >>> result.per_query["recall@10"]
     {'q1': 1.0, 'q2': 1.0}
+
+    nDCG's gain is the grade itself (linear), not ``2**grade - 1`` (which would give 0.308 here):
+
+    >>> graded = evaluate(Run.from_dict({"q1": {"d1": 3.0, "d2": 2.0, "d3": 1.0}}),
+    ...                   {"q1": {"d1": 1, "d2": 2, "d4": 3}}, "ndcg@10")
+    >>> round(graded["ndcg@10"], 4)  # (1/log2(2) + 2/log2(3)) / (3/log2(2) + 2/log2(3) + 1/log2(4))
+    0.475
     """
     result = _evaluate_noted(run, qrels, metrics, ignore_identical_ids=ignore_identical_ids,
                              relevance_level=relevance_level, annotated=_annotated_ids(annotated), fingerprint=True)
