@@ -287,7 +287,7 @@ class PRF(Operator):
         p = self.params
         self.tf_ = tf
         self.df_ = np.bincount(tf.indices, minlength=tf.shape[1]).astype(np.int64)
-        terms = sorted(self.vocab_, key=self.vocab_.__getitem__)
+        terms = list(self.vocab_)  # (column order: fit and load enumerate the terms into the vocabulary)
         # the term of each column, which every call's LexicalCounts names: built once here (fit and load), not by
         # sorting the vocabulary at each call (SciFact's 26k terms: 2-10 ms of a ~12 ms call)
         self._terms = np.array(terms, dtype=object)

@@ -356,6 +356,15 @@ def series_ids(series: Any, what: str = "Series.index") -> list[str] | None:
     return None
 
 
+def refuse_one_text(values: Any, what: str) -> None:
+    """A :class:`DataError` (``what``: where) where ``values``, a list of texts expected, is one ``str`` or ``bytes``,
+    whose characters would each be taken for a text (BM25's ``score_matrix("red")`` scored the queries "r", "e",
+    "d"): :func:`ids_and_texts` and BM25's tokenizer and query methods refuse it so."""
+    if isinstance(values, (str, bytes)):
+        raise DataError(f"{what}: expected a list of texts, got one {type(values).__name__} ({values!r:.60}); wrap it "
+                        "in a list" + (" (decoded)" if isinstance(values, bytes) else ""))
+
+
 def ids_and_texts(values: Any, what: str) -> tuple[list[str] | None, list[Any]]:
     """``(ids or None, texts)`` of a collection of texts given where a batch is expected.
 
@@ -369,9 +378,7 @@ def ids_and_texts(values: Any, what: str) -> tuple[list[str] | None, list[Any]]:
     process); pass a list (``sorted(texts)``) or a mapping.
     The texts themselves are not checked here (:func:`check_texts` does, where they enter).
     """
-    if isinstance(values, (str, bytes)):
-        raise DataError(f"{what}: expected a list of texts, got one {type(values).__name__} ({values!r:.60}); wrap it "
-                        "in a list" + (" (decoded)" if isinstance(values, bytes) else ""))
+    refuse_one_text(values, what)
     if isinstance(values, (set, frozenset)):
         kind = type(values).__name__
         raise DataError(f"{what}: got a {kind} of {len(values)} texts, whose order (so the id each text gets by its "

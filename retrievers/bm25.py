@@ -60,6 +60,7 @@ import numpy as np
 import scipy.sparse as sp
 from pydantic import Field, model_validator
 
+from ragkit._checks import refuse_one_text
 from ragkit._cpus import thread_count
 from ragkit._saves import load_array, read_json, save_arrays, write_json
 from ragkit._topk import group_positions, rankings_from_matrix, topk_rows
@@ -345,17 +346,22 @@ def _postings_per_query(q: sp.csr_matrix, wt: sp.csr_matrix) -> np.ndarray:
     return upto[q.indptr[1:]] - upto[q.indptr[:-1]]
 
 
-def _query_blocks(q: sp.csr_matrix, wt: sp.csr_matrix, n_jobs: int) -> list[int]:
+def _query_blocks(q: sp.csr_matrix, wt: sp.csr_matrix, n_jobs: int,
+                  postings: np.ndarray | None = None) -> list[int]:
     """Row bounds ``[0, ..., n_q]`` of the blocks of queries ``q`` that :meth:`BM25._search_index` answers at once:
     each holds about :data:`_BLOCK_CELLS` postings of its queries' terms (``wt``'s rows), at most the documents a
     query (an upper bound of the product's entries, and of a dense row's cells: a block's memory is bounded; a block
     of queries matching most of the corpus holds as many as :meth:`BM25._topk_dense`'s did), plus
     :data:`_QUERY_COST` per query; with ``n_jobs > 1`` at least ``n_jobs`` blocks where the batch holds ``n_jobs``
-    times :data:`_MIN_TASK_CELLS`.  A query of more postings than a block is a block alone."""
+    times :data:`_MIN_TASK_CELLS`.  A query of more postings than a block is a block alone.  ``postings``:
+    :func:`_postings_per_query` of ``q`` and ``wt`` where the caller has it (the search passes each block's part
+    of it on to :meth:`BM25._topk`: counted once per batch), else counted here."""
     n_q = q.shape[0]
     if not n_q:
         return [0, 0]
-    cost = np.minimum(_postings_per_query(q, wt), wt.shape[1]) + _QUERY_COST
+    if postings is None:
+        postings = _postings_per_query(q, wt)
+    cost = np.minimum(postings, wt.shape[1]) + _QUERY_COST
     ends = np.cumsum(cost)
     target = _BLOCK_CELLS
     if n_jobs > 1:
@@ -539,14 +545,6 @@ def _narrow_topk(q: sp.csr_matrix, wt: sp.csr_matrix, hits: sp.csr_matrix | None
         ptr = kept[ptr]
         data, cols = data[keep], cols[keep]
     return _sparse_topk(*_sorted_rows(ptr, data, cols, wt.shape[1]), k, exact=exact)
-
-
-def _refuse_one_text(texts: Any, what: str) -> None:
-    """A :class:`DataError` where ``texts`` (a list of texts expected) is one ``str`` or ``bytes``, whose characters
-    would each be taken for a text (``score_matrix("red")`` scored the queries "r", "e", "d")."""
-    if isinstance(texts, (str, bytes)):
-        raise DataError(f"{what}: expected a list of texts, got one {type(texts).__name__} ({texts!r:.60}); wrap it "
-                        "in a list")
 
 
 def _edited_during_search(detail: str) -> DataError:
@@ -845,7 +843,7 @@ class Tokenizer:
         does: Python's ``str.lower`` makes it ``i`` + a combining dot, so "İstanbul" missed "istanbul".
         A text that is not ASCII is NFC-normalised and its format characters are removed first (:func:`_clean`).
         """
-        _refuse_one_text(texts, "Tokenizer.surfaces")
+        refuse_one_text(texts, "Tokenizer.surfaces")
         try:
             if self.split_kind == "whitespace":
                 return list(map(_whitespace_split, texts))
@@ -878,7 +876,7 @@ class Tokenizer:
 
     def __call__(self, texts: Sequence[str]) -> list[list[str]]:
         """Tokens (terms) of each text (a list of texts: one ``str`` is refused, a :class:`DataError`)."""
-        _refuse_one_text(texts, "Tokenizer")
+        refuse_one_text(texts, "Tokenizer")
         docs = self.surfaces(texts)
         uniq = sorted(set(chain.from_iterable(docs)))
         term = dict(zip(uniq, self.normalize(uniq)))
@@ -1370,8 +1368,10 @@ class BM25(Operator):
         return n, (float(lengths.sum()) / n if n else 1.0) or 1.0
 
     def terms(self) -> list[str]:
-        """The indexed terms in vocabulary (column) order."""
-        return sorted(self.vocab_, key=self.vocab_.__getitem__)
+        """The indexed terms in vocabulary (column) order: the vocabulary's own order, which is its columns' (a
+        fit and an ``add`` append each new term at the next column, ``remove`` keeps the order of the terms it
+        keeps and numbers them from 0, a load enumerates the saved list; ``tests/test_bm25_s53.py`` checks it)."""
+        return list(self.vocab_)
 
     def doc_lengths(self) -> np.ndarray:
         """Indexed tokens per document, float64 ``(n_docs,)`` (a copy)."""
@@ -1491,7 +1491,7 @@ class BM25(Operator):
         """Query term counts ``(n_queries, n_terms)``, float64 CSR; repeated query terms count repeatedly, as in
         rank-bm25.  ``queries``: a list of texts (one ``str`` is refused: a :class:`DataError`)."""
         self._check_fitted()
-        _refuse_one_text(queries, "bm25.query_matrix")
+        refuse_one_text(queries, "bm25.query_matrix")
         return self._count_matrix(queries, grow=False)
 
     def expansion_matrix(self, state: State, texts: Sequence[str]) -> sp.csr_matrix | None:
@@ -1546,7 +1546,7 @@ class BM25(Operator):
         """Dense BM25 scores of every document, shape ``(n_queries, n_docs)``, float64.  ``queries``: a list of
         texts (one ``str`` is refused: a :class:`DataError`)."""
         self._check_fitted()
-        _refuse_one_text(queries, "bm25.score_matrix")
+        refuse_one_text(queries, "bm25.score_matrix")
         view = self._search_view()
         assert view is not None
         return (self._query_of(self.query_matrix(queries), view) @ view.wt).toarray()
@@ -1565,7 +1565,7 @@ class BM25(Operator):
 
     def _topk(self, q: sp.csr_matrix, k: int, drop: np.ndarray | None,
               index: tuple[sp.csr_matrix, sp.csr_matrix | None] | None = None,
-              exact: bool = False) -> tuple[np.ndarray, np.ndarray]:
+              exact: bool = False, postings: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Top ``k`` of the documents that contain a query term, read from the sparse product's stored entries
         only (:func:`_sparse_topk`): the cost follows the matches, not the corpus.  A query whose candidates are
         more than :data:`_DENSE_SHARE` of the corpus (and ``k``) is ranked from a dense row instead, as
@@ -1576,10 +1576,14 @@ class BM25(Operator):
         exactly (ids, float32 scores, ties by the lower document row, at the cut too).  ``index``: the
         ``(weights, hits)`` to score with (the ones held now by default); ``q``'s columns must be their terms and
         ``drop``'s length their documents, else :func:`_edited_during_search`.  ``exact``: the scores float64,
-        as summed (their float32 rounding is the scores returned otherwise)."""
+        as summed (their float32 rounding is the scores returned otherwise).  ``postings``: those of ``q``'s queries
+        (:func:`_postings_per_query` over these weights), as the search counted them for its blocks; else counted
+        here."""
         wt, hits = self._check_index(q, drop, index)
         k = min(k, wt.shape[1])
-        maybe = _is_wide(_postings_per_query(q, wt), wt.shape[1], k)  # (the candidates are at most the postings)
+        if postings is None:
+            postings = _postings_per_query(q, wt)
+        maybe = _is_wide(postings, wt.shape[1], k)  # (the candidates are at most the postings)
         if not maybe.any():
             return _narrow_topk(q, wt, hits, drop, k, exact)
         if maybe.all():
@@ -1666,20 +1670,21 @@ class BM25(Operator):
         if not self.__dict__.get("_query_said", False) and not _SHARD_SEARCH.get():  # (a shard's: its sharded
             self._warn_query_without_word(state, texts, q)                          # retriever warns once)
         n_q = q.shape[0]
+        fine = _SHARD_FINE.get()  # (read here: the jobs may run on other threads, which do not see it)
+        exact = fine is not None
+        job: Callable[[tuple[int, int]], tuple[np.ndarray, np.ndarray]]
         if _DENSE_TOPK:  # (the path before: dense blocks of about _BLOCK_CELLS cells)
             n_docs = max(len(corpus), 1)
             chunk = max(1, _BLOCK_CELLS // n_docs)
             if n_jobs > 1:  # split across threads, but keep >= ~100k cells (about a millisecond) per task
                 chunk = min(chunk, max(-(-n_q // n_jobs), _MIN_TASK_CELLS // n_docs))
             bounds = [*range(0, n_q, chunk), n_q]
-            topk = self._topk_dense
+            job = lambda ab: self._topk_dense(q[ab[0]:ab[1]], k, drop, index, exact)  # noqa: E731
         else:
-            bounds = _query_blocks(q, index[0], n_jobs)
-            topk = self._topk
+            posts = _postings_per_query(q, index[0])  # (once: the blocks are cut by them, and _topk routes by them)
+            bounds = _query_blocks(q, index[0], n_jobs, posts)
+            job = lambda ab: self._topk(q[ab[0]:ab[1]], k, drop, index, exact, posts[ab[0]:ab[1]])  # noqa: E731
         spans = list(zip(bounds[:-1], bounds[1:]))
-        fine = _SHARD_FINE.get()  # (read here: the jobs may run on other threads, which do not see it)
-        exact = fine is not None
-        job = lambda ab: topk(q[ab[0]:ab[1]], k, drop, index, exact)  # noqa: E731
         if n_jobs > 1 and len(spans) > 1:  # scipy's sparse product and numpy's sorts release the GIL
             with ThreadPoolExecutor(min(n_jobs, len(spans))) as ex:
                 parts = list(ex.map(job, spans))

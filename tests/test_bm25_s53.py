@@ -106,3 +106,66 @@ def test_non_finite_weights_are_refused_naming_the_weights_only(tmp_path: Path, 
     assert msg == (f"{tmp_path / 'bm' / 'weights.npy'}: corrupt BM25 arrays: weights that are not finite (2 of "
                    f"{len(w):,}; weight {float(bad)!r} at posting 1; expected finite float64 weights); save the index "
                    "again")
+
+
+def _column_order(vocab: dict[str, int]) -> list[str]:
+    return sorted(vocab, key=vocab.__getitem__)
+
+
+@pytest.mark.parametrize("mmap", [False, True])
+def test_terms_are_the_column_order_after_fit_add_remove_and_load(tmp_path: Path, mmap: bool,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """terms() returns the vocabulary in its own (insertion) order: that order must be the columns' after every
+    edit.  An add appends terms after the fitted ones ("aardvark" after "zeta": not alphabetical), as does a fit
+    of several chunks; remove renumbers the kept terms."""
+    from ragkit.retrievers import bm25 as bm25_mod
+
+    monkeypatch.setattr(bm25_mod, "COUNT_CHUNK_CHARS", 12)  # (a fit of several chunks: later ones append terms)
+    bm = BM25(k=3).fit(Corpus.from_texts(["zeta alpha", "beta gamma", "alpha delta", "omicron aardvark"]))
+    seen = []
+
+    def check() -> None:
+        terms = bm.terms()
+        assert terms == _column_order(bm.vocab_) and [bm.vocab_[t] for t in terms] == list(range(len(terms)))
+        assert len(terms) == bm._counts.shape[0]
+        seen.append(terms)
+
+    check()
+    bm.add(Corpus.from_texts(["omega aardvark", "yak"], ids=["x", "y"]))
+    check()
+    bm.remove(["1", "x"])
+    check()
+    bm.save(tmp_path / "bm")
+    bm = BM25.load(tmp_path / "bm", mmap=mmap)
+    check()
+    assert seen[1] != sorted(seen[1]) and seen[2] != sorted(seen[2])  # (an order the sort did not already give)
+    assert seen[3] == seen[2]
+    # each term's document frequency is its column's: a query finds the documents holding it
+    r = bm.search(["aardvark", "yak", "zeta"])
+    assert [d.tolist() for d in r.doc_ids] == [["3"], ["y"], ["0"]]
+
+
+def test_prf_terms_are_its_column_order_after_fit_and_load(tmp_path: Path) -> None:
+    from ragkit.operator import Operator
+    from ragkit.pipelines.prf import PRF
+
+    prf = PRF().fit(Corpus.from_texts(["zeta alpha", "beta gamma", "alpha delta", "omicron aardvark"]))
+    assert prf._terms.tolist() == _column_order(prf.vocab_)
+    prf.save(tmp_path / "prf")
+    back = Operator.load(tmp_path / "prf")
+    assert back._terms.tolist() == _column_order(back.vocab_) == prf._terms.tolist()
+
+
+@pytest.mark.parametrize("name", ["Tokenizer", "Tokenizer.surfaces", "bm25.query_matrix", "bm25.score_matrix"])
+def test_one_text_is_refused_by_the_shared_helper(name: str) -> None:
+    """BM25 refuses one str or bytes where a list of texts is expected with ragkit._checks' message (bytes: wrap
+    it, decoded, in a list)."""
+    bm = BM25(k=3).fit(Corpus.from_texts(TEXTS))
+    call = {"Tokenizer": Tokenizer(), "Tokenizer.surfaces": Tokenizer().surfaces,
+            "bm25.query_matrix": bm.query_matrix, "bm25.score_matrix": bm.score_matrix}[name]
+    with pytest.raises(DataError, match=rf"^{re.escape(name)}: expected a list of texts, got one str \('red'\); wrap "
+                                        r"it in a list$"):
+        call("red")
+    with pytest.raises(DataError, match=rf"^{re.escape(name)}: expected a list of texts, got one bytes \(b'red'\); "
+                                        r"wrap it in a list \(decoded\)$"):
+        call(b"red")
