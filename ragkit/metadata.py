@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import TYPE_CHECKING, Any, Iterable, Literal, Mapping, overload
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Literal, Mapping, overload
 
 import numpy as np
 
@@ -90,10 +90,21 @@ def filter_problem(where: Mapping[str, Any]) -> tuple[str | None, str] | None:
         if isinstance(want, Mapping):
             return key, (f"{dict(want)!r} is not supported; a filter value is a value (equality) or a list of "
                          "values (membership)")
-        wants = want if isinstance(want, (list, tuple, set, frozenset)) else [want]
-        if any(isinstance(w, float) and w != w for w in wants):  # NaN equals nothing, itself included
-            return key, f"{want!r} holds NaN, which equals no value (not even NaN): it would match nothing"
+        if _holds_nan(want):  # NaN equals nothing, itself included
+            shown = repr(want) if "\n" not in repr(want) else f"{type(want).__name__}({filter_values(want)!r:.80})"
+            return key, f"{shown} holds NaN, which equals no value (not even NaN): it would match nothing"
     return None
+
+
+def _holds_nan(want: Any) -> bool:
+    """Whether a filter's value ``want`` is NaN or holds one among the values :func:`filter_values` reads from it
+    (a list, a numpy array, a pandas Series: numpy floats too); a float array by one ``np.isnan``.  An iterator
+    is not read (the filter reads it once)."""
+    if isinstance(want, np.ndarray) and want.dtype.kind == "f":
+        return bool(np.isnan(want).any())
+    if isinstance(want, Iterator):
+        return False
+    return any(isinstance(w, (float, np.floating)) and w != w for w in filter_values(want))
 
 
 class AllOf(tuple[Mapping[str, Any], ...]):

@@ -154,3 +154,23 @@ def test_run_refuses_nan_scores_and_arrays_that_are_not_1d() -> None:
         Run(["1"], [np.array([["a", "b"]], dtype=object)], [np.array([[1.0, 2.0]])])
     with pytest.raises(DataError, match=r"Run: query '1' has scores of shape \(1, 1\); expected a 1-D array"):
         Run(["1"], [np.array(["a"], dtype=object)], [np.array([[1.0]], np.float32)])
+
+
+@pytest.mark.parametrize("want", [[np.float32("nan")], np.array([np.nan, 2001]), (np.float64("nan"), 2001),
+                                  [np.float16("nan"), 2003]])
+def test_filter_refuses_nan_in_any_collection_numpy_floats_too(want) -> None:
+    c = Corpus(ids=["a", "b", "c"], texts=["x"] * 3, metadata={"year": [2001, None, 2003]})
+    with pytest.raises(DataError, match=r"filter.year: .* holds NaN, which equals no value"):
+        c.mask({"year": want})
+    with pytest.raises(DataError, match=r"filter.year: .* holds NaN"):
+        c.check_filter_kinds({"year": want})
+
+
+def test_filter_nan_in_a_pandas_series_is_refused_in_one_line() -> None:
+    pd = pytest.importorskip("pandas")
+    c = Corpus(ids=["a", "b"], texts=["x"] * 2, metadata={"year": [2001, None]})
+    with pytest.raises(DataError, match=r"filter.year: Series\(\[nan, 2001.0\]\) holds NaN") as e:
+        c.mask({"year": pd.Series([np.nan, 2001])})
+    assert "\n" not in str(e.value)
+    assert c.mask({"year": pd.Series([2001])}).tolist() == [True, False]
+    assert c.mask({"year": iter([2001])}).tolist() == [True, False]  # (an iterator: read once, by the mask)
