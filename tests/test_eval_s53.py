@@ -176,3 +176,50 @@ def test_ndcg_gains_the_grade_itself():
     assert pq["ndcg@2"]["q1"] == pytest.approx(cut, abs=1e-12)
     exponential_q1 = (1 + 3 / math.log2(3)) / (7 + 3 / math.log2(3) + 1 / 2)
     assert abs(pq["ndcg@10"]["q1"] - exponential_q1) > 0.1
+
+
+def _count_nul_scans(monkeypatch) -> list[str]:
+    """Count the calls of check_qrels_nul, check_qrels' own and any that ragkit.eval.metrics makes itself."""
+    import ragkit._qrels as Q
+    from ragkit.eval import metrics as M
+
+    calls: list[str] = []
+    original = Q.check_qrels_nul
+
+    def counted(qrels, who):
+        calls.append(who)
+        return original(qrels, who)
+
+    monkeypatch.setattr(Q, "check_qrels_nul", counted)
+    monkeypatch.setattr(M, "check_qrels_nul", counted, raising=False)
+    return calls
+
+
+def test_checked_qrels_are_not_scanned_for_nuls_again(monkeypatch):
+    """_evaluate scanned every id of the qrels for a NUL even with qrels_checked=True (its callers' qrels came from
+    check_qrels / as_qrels, which refuse one), and after its own check_qrels otherwise: twice per evaluate."""
+    from ragkit import Run, evaluate
+    from ragkit.eval import metrics as M
+    from ragkit.types import check_qrels
+
+    run = Run.from_dict({"q1": {"d1": 2.0, "d2": 1.0}})
+    qrels = check_qrels({"q1": {"d1": 1}, "q2": {"d3": 1}}, "test")
+    calls = _count_nul_scans(monkeypatch)
+    M._evaluate(run, qrels, ["ndcg@10"], qrels_checked=True)
+    assert calls == []
+    M._evaluate(run, qrels, ["ndcg@10"])  # (check_qrels' own scan only)
+    assert calls == ["evaluate"]
+    calls.clear()
+    evaluate(run, {"q1": {"d1": 1}}, ["ndcg@10"])  # (as_qrels' scan only)
+    assert calls == ["evaluate"]
+
+
+@pytest.mark.parametrize("qrels", [{"q\x001": {"d1": 1}}, {"q1": {"d\x001": 1}}])
+def test_a_nul_in_a_qrels_id_is_still_refused(qrels):
+    from ragkit import Run, evaluate
+    from ragkit.eval import metrics as M
+
+    run = Run.from_dict({"q1": {"d1": 2.0}})
+    for call in (lambda: evaluate(run, qrels), lambda: M._evaluate(run, qrels, ["ndcg@10"])):
+        with pytest.raises(DataError, match=r"evaluate: qrels.* holds a NUL character"):
+            call()

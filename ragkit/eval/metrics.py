@@ -29,7 +29,7 @@ from ragkit._checks import _a, _key_ids, _kind
 from ragkit._files import first_time
 from ragkit.errors import DataError, ParamError, some_ids
 from ragkit.run import Run, _f32, _flat, _trec_permutation, check_run_queries, check_scores, nan_score_at, string_ids
-from ragkit.types import Ranking, State, as_qrels, check_id_nul, check_qrels, check_qrels_nul
+from ragkit.types import Ranking, State, as_qrels, check_id_nul, check_qrels
 
 if TYPE_CHECKING:  # pandas is optional
     import os
@@ -737,7 +737,8 @@ def _evaluate(
         raise DataError(f"evaluate: every one of the {len(qrels)} queries of the qrels has an empty judgement list"
                         if qrels else "evaluate: qrels are empty")
     relevance_level = check_relevance_level(judged, relevance_level)  # (an integer grade >= 1 some grade reaches)
-    check_qrels_nul(judged, "evaluate")  # (qrels_checked ones too: a qrels file is read without this check)
+    # (a NUL in an id, which trec_eval would read cut there, is refused by check_qrels: above, or by the caller's
+    # check_qrels / as_qrels where qrels_checked)
     trec_judged = _trec_grades(judged)
     d = _clean_run(run, ignore_identical_ids, max(k for _, _, k in parsed) + 1 if parsed else None)
     if d and not judged.keys() & d.keys():  # every query would count 0: judgements of other queries
