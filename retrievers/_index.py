@@ -95,7 +95,7 @@ from ragkit.retrievers._index_files import (
     _whole_map,
 )
 from ragkit.retrievers._index_search import _sort_desc
-from ragkit.retrievers._locality import insertion_order
+from ragkit.retrievers._locality import REORDER_MIN, insertion_order
 from ragkit.retrievers._quantize import BLOCK, STORED_DTYPES, nonfinite_rows, parse_reduce
 
 if TYPE_CHECKING:
@@ -118,6 +118,8 @@ B1_WIDEN = 4
 #: an HNSW graph is rebuilt from its live codes (:meth:`VectorIndex.rebuild_graph`) when the dead nodes it keeps
 #: after ``remove`` pass this share of its nodes (searches drop them from a shortlist widened by that share)
 GRAPH_DEAD_FRACTION = 0.25
+#: vectors handed to usearch's ``add`` a call while a graph is built (bounds the reordered copy of their codes)
+GRAPH_ADD_CHUNK = 131_072
 
 
 def _dead_slots(dead: np.ndarray | None, n: int) -> np.ndarray | None:
@@ -572,18 +574,17 @@ class VectorIndex:
             u.expansion_add, u.expansion_search = self.expansion_add, self.expansion_search  # type: ignore[misc]
         return u
 
-    def _add_to_graph(self, slots: np.ndarray, x: np.ndarray, chunk: int = 131_072) -> None:
+    def _add_to_graph(self, slots: np.ndarray, x: np.ndarray) -> None:
         """Add reduced vectors ``x`` ``(m, ndim)`` to the usearch graph as ``slots``, in
-        :func:`~ragkit.retrievers._locality.insertion_order` when ``reorder`` (chunks of ``chunk``
-        rows bound the reordered copy of the codes)."""
-        graph = self._graph()
+        :func:`~ragkit.retrievers._locality.insertion_order` of ``x`` when ``reorder``, coded a chunk
+        (:data:`GRAPH_ADD_CHUNK` rows) at a time (:meth:`_insert_codes`): the chunks bound the reordered copy."""
         order = insertion_order(x) if self.reorder else np.arange(len(x), dtype=np.int64)
-        for lo in range(0, len(x), chunk):
-            rows = order[lo: lo + chunk]
-            part = x[rows]  # a copy (fancy index): int8 codes scale it in place
-            codes = self._codes(part, for_usearch=True, inplace=True)
-            del part
-            graph.add(slots[rows].astype(np.uint64), codes, threads=self._threads())
+
+        def coded(rows: np.ndarray) -> np.ndarray:
+            # (x[rows]: a copy (fancy index), which int8 codes scale in place)
+            return self._codes(x[rows], for_usearch=True, inplace=True)
+
+        self._insert_codes(slots, coded, order)
 
     def _scratch(self) -> Path:
         if self.workdir is not None:
@@ -800,21 +801,40 @@ class VectorIndex:
         self._view = False
         self._insert_codes(keys, codes)
 
-    def _insert_codes(self, keys: np.ndarray, codes: np.ndarray) -> None:
+    def _insert_codes(self, keys: np.ndarray, codes: np.ndarray | Callable[[np.ndarray], np.ndarray],
+                      order: np.ndarray | None = None) -> None:
         """Add ``codes`` (the graph's own codes, as usearch hands them back) to the (new) HNSW graph under ``keys``,
-        in :func:`~ragkit.retrievers._locality.insertion_order` of those codes when ``reorder``."""
+        in ``order`` (default: :func:`~ragkit.retrievers._locality.insertion_order` of those codes when ``reorder``,
+        :func:`_code_points`), :data:`GRAPH_ADD_CHUNK` rows a call.  ``codes`` may be a function of the rows of a
+        chunk returning their codes (:meth:`_add_to_graph` codes its float vectors a chunk at a time); then
+        ``order`` is needed."""
         if not len(keys):
             return
-        if self.reorder:
-            xs = np.unpackbits(codes, axis=1)[:, : self.ndim].astype(np.float32) * 2 - 1 \
-                if self.dtype == "b1" else codes.astype(np.float32)
-            order = insertion_order(xs)
-            del xs
-        else:
-            order = np.arange(len(keys), dtype=np.int64)
-        for a in range(0, len(order), 131_072):
-            rows = order[a:a + 131_072]
-            self._graph().add(keys[rows].astype(np.uint64), codes[rows], threads=self._threads())
+        if order is None:
+            if not isinstance(codes, np.ndarray):
+                raise TypeError("VectorIndex._insert_codes: codes given as a function need an order")
+            order = insertion_order(self._code_points(codes)) if self.reorder and len(keys) >= REORDER_MIN \
+                else np.arange(len(keys), dtype=np.int64)  # (insertion_order keeps fewer rows in order)
+        for a in range(0, len(order), GRAPH_ADD_CHUNK):
+            rows = order[a:a + GRAPH_ADD_CHUNK]
+            part = codes[rows] if isinstance(codes, np.ndarray) else codes(rows)
+            self._graph().add(keys[rows].astype(np.uint64), part, threads=self._threads())
+            del part
+
+    def _code_points(self, codes: np.ndarray) -> np.ndarray:
+        """``(n, ndim)`` float32: the points of the graph's ``codes`` that :func:`insertion_order` clusters: the
+        codes as floats, a b1 code's bits as ±1.  b1: unpacked ``BLOCK`` rows at a time into the one float32
+        matrix, in place (``unpackbits(...).astype(float32) * 2 - 1`` made three more temporaries of its size and
+        a uint8 one: a rebuild peaked at ~44x the codes)."""
+        if self.dtype != "b1":
+            return codes.astype(np.float32)
+        out = np.empty((len(codes), self.ndim), np.float32)
+        for a in range(0, len(codes), BLOCK):
+            block = out[a:a + BLOCK]
+            block[...] = np.unpackbits(codes[a:a + BLOCK], axis=1)[:, : self.ndim]
+            block *= 2
+            block -= 1
+        return out
 
     def _write_live_floats(self, live: np.ndarray) -> np.ndarray:
         """A new scratch ``.npy`` of the float vectors of slots ``live``, copied in chunks of ``COPY_BYTES``."""

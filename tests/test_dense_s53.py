@@ -130,3 +130,31 @@ def test_exact_search_after_a_removal_reads_contiguous_blocks(dtype):
             for a, b in zip(got, want):
                 np.testing.assert_array_equal(a, b)
             assert (got[0] >= 0).sum(axis=1).max() == min(k, ix.n_alive)
+
+
+# ------------------------------------------------------------------ 4. a b1 graph's rebuild
+def test_b1_graph_rebuild_unpacks_its_codes_in_place():
+    """A b1 graph rebuilt from its live codes (a remove past GRAPH_DEAD_FRACTION) peaked at ~44x the codes:
+    ``unpackbits(codes).astype(float32) * 2 - 1`` made a uint8 and three float32 temporaries of the ±1 matrix
+    that insertion_order clusters; it is unpacked a block at a time into the one matrix, in place (the same
+    points, so the same order and graph)."""
+    from conftest import traced_peak
+
+    from ragkit.retrievers._index import VectorIndex
+    from ragkit.retrievers._locality import insertion_order
+
+    rng = np.random.default_rng(3)
+    n, d = 25_000, 128
+    ix = VectorIndex(dtype="b1", search="hnsw", threads=1).build(rng.standard_normal((n, d)).astype(np.float32))
+    live = np.flatnonzero(np.arange(n) % 3 != 0)
+    codes = ix._live_codes(live)
+    _, peak = traced_peak(lambda: ix.remove(np.arange(0, n, 3)))  # a third: the graph is rebuilt
+    assert len(ix.usearch) == len(live)
+    matrix = len(live) * d * 4  # the ±1 float32 matrix of the live codes (32x them)
+    assert peak < 1.45 * matrix, (peak / matrix, peak / codes.nbytes)
+    old = np.unpackbits(codes, axis=1)[:, :d].astype(np.float32) * 2 - 1
+    points = ix._code_points(codes)
+    np.testing.assert_array_equal(points, old)
+    np.testing.assert_array_equal(insertion_order(points), insertion_order(old))
+    got, _ = ix.search(points[:5], 1)
+    assert np.array_equal(got[:, 0], live[:5])
