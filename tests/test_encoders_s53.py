@@ -261,3 +261,47 @@ def test_register_encoder_refuses_a_key_that_is_no_str(key: Any) -> None:
                                          r"a non-empty str"):
         register_encoder("s53-bad-key", enc, replace=True)
     assert registered_encoder("s53-bad-key") is None
+
+
+# ------------------------------------------------------------------ 8. texts checked once, MODEL written once
+def test_query_batch_checked_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Old code: query_vectors checked the batch (blank_texts), then the encoder's as_texts checked it again."""
+    import ragkit.types
+    from ragkit.encoders.sentence import as_texts, query_vectors
+    from ragkit.types import State
+
+    class Ones(Encoder):
+        def _forward(self, texts: list[str], progress: bool, role: str = "document") -> np.ndarray:
+            return np.ones((len(texts), 4), np.float32)
+
+    enc = Ones(cache=False)
+    state = State(["a query", "", "another"])
+    seen: list[str] = []
+    real = ragkit.types.check_texts
+
+    def counting(values: Any, what: str, *args: Any, **kwargs: Any) -> Any:
+        seen.append(what)
+        return real(values, what, *args, **kwargs)
+
+    monkeypatch.setattr(ragkit.types, "check_texts", counting)
+    vecs = query_vectors(state, enc)
+    assert seen == ["query"] and vecs.shape == (3, 4) and not vecs[1].any()
+    assert enc.n_queries_encoded == 2
+    seen.clear()
+    assert as_texts([np.str_("a"), "b"], "encode") == ["a", "b"] and seen == ["encode: text"]
+    assert all(type(t) is str for t in as_texts([np.str_("a")], "encode"))
+
+
+def test_model_file_written_only_when_absent(tmp_path: Path) -> None:
+    """Old code: every shard write rewrote the folder's MODEL file (not atomically)."""
+    from ragkit.encoders.cache import EmbeddingCache, text_digests
+
+    store = EmbeddingCache(tmp_path / "emb", "some-key")
+    store.put(text_digests(["a"]), np.ones((1, 4), np.float32))
+    model = store.folder / "MODEL"
+    assert model.read_text(encoding="utf-8") == "some-key"
+    os.utime(model, ns=(1_000_000_000, 1_000_000_000))
+    before = model.stat()
+    store.put(text_digests(["b"]), np.ones((1, 4), np.float32))
+    after = model.stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, 1_000_000_000)

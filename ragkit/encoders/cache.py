@@ -167,14 +167,15 @@ def write_shard(folder: Path, key: str, arrays: Sequence[tuple[str, CacheFile]],
                 extra: Sequence[tuple[str, CacheFile]] = ()) -> str | None:
     """Write one cache shard: ``<name><suffix>`` per ``(suffix, array or writer)``, each through a
     temporary file renamed into place, in order (put the keys file last: a shard is found through it);
-    ``extra``: ``(file name, text, array or writer)`` of the folder written first (the model's width).
+    ``extra``: ``(file name, text, array or writer)`` of the folder written first (the model's width).  The
+    informational ``MODEL`` file (the key, for a person looking at the folder) is written only when absent.
 
     Returns the shard's name, or ``None`` when ``folder`` cannot be written (a read-only or full
     cache): then a ``RuntimeWarning`` says so, what was written of the shard is removed, and the
     caller keeps its vectors uncached instead of losing the work that computed them.
     """
     name = uuid.uuid4().hex
-    files: list[tuple[str, CacheFile]] = [("MODEL", key), *extra]
+    files: list[tuple[str, CacheFile]] = [*([] if (folder / "MODEL").is_file() else [("MODEL", key)]), *extra]
     ok = write_cache_files(folder, files + [(f"{name}{suffix}", arr) for suffix, arr in arrays],
                            "the vectors are used but not cached. Set RAGKIT_CACHE to a writable folder"
                            + PYTHON_ONLY_ADVICE)

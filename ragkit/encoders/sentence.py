@@ -1032,14 +1032,14 @@ def query_vectors(state: Any, encoder: Encoder, transform: Callable[[np.ndarray]
     vecs = state.vectors.get(encoder.key)
     if vecs is None:
         texts = state.texts()
-        blank = blank_texts(texts)
+        blank = blank_texts(texts)  # (checks them: the encoder's as_texts takes them as they are, _Checked)
         if not blank.any():
-            vecs = (encoder_vectors(encoder.encode_queries(texts), len(texts), who) if len(texts)
+            vecs = (encoder_vectors(encoder.encode_queries(_Checked(texts)), len(texts), who) if len(texts)
                     else np.zeros((0, encoder.dim), np.float32))
         else:
             keep = np.flatnonzero(~blank)
-            some = (encoder_vectors(encoder.encode_queries([texts[i] for i in keep]), len(keep), who) if len(keep)
-                    else None)
+            some = (encoder_vectors(encoder.encode_queries(_Checked([texts[i] for i in keep])), len(keep), who)
+                    if len(keep) else None)
             vecs = np.zeros((len(texts), encoder.dim if some is None else some.shape[1]), np.float32)
             if some is not None:
                 vecs[keep] = some
@@ -1066,12 +1066,27 @@ def blank_texts(texts: Sequence[str]) -> np.ndarray:
     return np.fromiter(map(_blank, texts), bool, len(texts))
 
 
+class _Checked(list[str]):
+    """Texts :func:`blank_texts` has checked (strings, no lone surrogate), as plain ``str``: :func:`query_vectors`
+    hands them to the encoder so that its :func:`as_texts` takes them as they are (a query batch was checked
+    twice)."""
+
+    def __init__(self, texts: Sequence[str]) -> None:
+        super().__init__(texts if set(map(type, texts)) <= {str} else [str(t) for t in texts])
+
+
 def as_texts(texts: Any, who: str) -> list[str]:
     """``texts`` (a sequence of strings) as a list of ``str``.  A non-string item is a DataError
     naming its position (``str(None)`` would be embedded as the text "None"), and so are one string
     given for a list (its characters would be embedded one by one) and a text holding a lone surrogate
     (decoded with ``errors="surrogateescape"``: tokenizers fail on it).  ``None``, a mapping (its keys would be
-    embedded) or anything else that is no collection is an :class:`InputTypeError`; all before any model work."""
+    embedded) or anything else that is no collection is an :class:`InputTypeError`; all before any model work.
+
+    No Python loop over the texts where they are all ``str`` (their types read with ``map``, then
+    :func:`~ragkit.types.check_texts`' batched join); texts :func:`query_vectors` checked already are taken as they
+    are."""
+    if type(texts) is _Checked:
+        return texts
     if isinstance(texts, (str, bytes)):
         raise DataError(f"{who}: expected a list of texts, got one {type(texts).__name__} ({texts!r:.60}); wrap it "
                         "in a list")
@@ -1080,13 +1095,15 @@ def as_texts(texts: Any, who: str) -> list[str]:
                              "(strings)" + (": the values, list(texts.values())?" if isinstance(texts, Mapping)
                                             else ""))
     out = list(texts)
-    for i, t in enumerate(out):
-        if not isinstance(t, str):
-            raise DataError(f"{who}: text {i} is a {type(t).__name__} ({t!r:.60}), expected a string")
+    plain = set(map(type, out)) <= {str}
+    if not plain:  # (a text that is no string, or a str subclass such as numpy.str_): found one by one
+        for i, t in enumerate(out):
+            if not isinstance(t, str):
+                raise DataError(f"{who}: text {i} is a {type(t).__name__} ({t!r:.60}), expected a string")
     from ragkit.types import check_texts
 
     check_texts(out, f"{who}: text", surrogates=True)  # a lone surrogate: the tokenizer's TypeError otherwise
-    return [t if type(t) is str else str(t) for t in out]
+    return out if plain else [str(t) for t in out]
 
 
 def unit_rows(x: Any) -> np.ndarray:
