@@ -946,8 +946,8 @@ class Pipeline(Composite):
                 qrels = as_qrels(qrels, "search")
             from ragkit.eval.metrics import check_relevance_level
 
-            relevance_level = check_relevance_level(qrels, relevance_level, "search")  # (a level no grade reaches:
-            # refused here, as evaluate refuses it, not by the trace after the first step's work)
+            # a level no grade reaches: refused here, as evaluate refuses it, not by the trace after the first step
+            relevance_level = check_relevance_level(qrels, relevance_level, "search", "the trace's recall would be 0")
             if not isinstance(ignore_identical_ids, (bool, np.bool_)):
                 raise ParamError(f"search: ignore_identical_ids must be true or false, got {ignore_identical_ids!r}")
             state = State.of(queries, options=options, trace=[] if trace else None,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-INVISIBLE = ["\u200b", "\ufeff \u00ad", "\u2028\t"]
+INVISIBLE = ["\u200b", "\ufeff \u00ad", "\u2060\u200c"]  # (each kept by str.strip())
 
 
 @pytest.mark.parametrize("blank", INVISIBLE)

@@ -207,20 +207,20 @@ def _fewer_found(pipe: Any) -> list[str]:
 
 
 def _short_ks(pipe: Any, depth: int, searched_at: Optional[int] = None) -> list[str]:
-    """The steps of ``pipe`` whose own ``k`` cuts its lists shorter than ``depth`` (``"pipeline[0].bm25 k=50"``):
-    retrievers, rerankers and filters with a ``k`` (a fuser's ``k`` is RRF's constant, a judge's its own depth,
-    neither a cut).  ``searched_at``: the run-time ``k`` the search was given, which retrievers fetch at least
-    (so they do not cut below it)."""
+    """The steps of ``pipe`` whose own cut-off is below ``depth`` (``"pipeline[0].bm25 k=50"``): the ``k`` of
+    retrievers, rerankers and filters, a fuser's ``top_k`` (a fuser's ``k`` is RRF's constant and a judge's its
+    own depth, neither a cut).  ``searched_at``: the run-time ``k`` the search was given, which raises every
+    such cut-off to it (:func:`ragkit.options.resolve_k`): none is short when it reaches ``depth``."""
     from ragkit.pipelines.yaml import walk_leaves
 
+    if searched_at is not None and searched_at >= depth:
+        return []
     out = []
     for path, leaf in walk_leaves(pipe):
-        k = getattr(getattr(leaf, "params", None), "k", None)
-        if leaf.kind not in ("retriever", "reranker", "filter") or not isinstance(k, int) or k >= depth:
-            continue
-        if searched_at is not None and leaf.kind == "retriever" and searched_at >= depth:
-            continue
-        out.append(f"{path} k={k}")
+        field = "top_k" if leaf.kind == "fuser" else "k" if leaf.kind in ("retriever", "reranker", "filter") else None
+        k = getattr(getattr(leaf, "params", None), field, None) if field else None
+        if isinstance(k, int) and max(k, searched_at or 0) < depth:  # (said as raised: what cut the lists)
+            out.append(f"{path} {field}={max(k, searched_at or 0)}")
     return out
 
 

@@ -872,14 +872,15 @@ _BEIR_CUSTOM: dict[str, Callable[[np.ndarray, np.ndarray | None, np.ndarray, int
 
 
 def check_relevance_level(qrels: Mapping[str, Mapping[str, int]] | None, relevance_level: int,
-                          where: str = "evaluate") -> int:
+                          where: str = "evaluate", zero: str = "recall, MAP, MRR and P would all be 0") -> int:
     """``relevance_level`` as an ``int``, or a :class:`ParamError` (``where`` names the caller in the message): a
     level that is no integer grade >= 1 (``0``, ``1.5``, ``"2"``, ``True``), or one above 1 that no judgement of
     ``qrels`` reaches (2 on SciFact's binary qrels), naming the level and the qrels' highest grade: recall, MAP,
     MRR and P would all score 0 while nDCG, which reads the grades, would not change.  Level 1 is never refused
     (qrels of only 0 grades hold no relevant document whatever the level).  :func:`evaluate`,
     :func:`~ragkit.eval.relevance_labels` and :func:`~ragkit.eval.filter_report` call it; call it before a long
-    search to fail early.  ``qrels=None`` (no judgements at hand yet): the first check only."""
+    search to fail early.  ``qrels=None`` (no judgements at hand yet): the first check only.  ``zero``: what the
+    message says would score 0 (a search's trace computes recall alone)."""
     if isinstance(relevance_level, bool) or not isinstance(relevance_level, (int, np.integer)) or relevance_level < 1:
         raise ParamError(f"{where}: relevance_level must be an integer grade >= 1, got {relevance_level!r}")
     relevance_level = int(relevance_level)
@@ -889,7 +890,7 @@ def check_relevance_level(qrels: Mapping[str, Mapping[str, int]] | None, relevan
     top = int(grades.max()) if len(grades) else 0
     if top < relevance_level:
         raise ParamError(f"{where}: relevance_level {relevance_level} counts no judgement as relevant: the qrels' "
-                         f"highest grade is {top}, so recall, MAP, MRR and P would all be 0"
+                         f"highest grade is {top}, so {zero}"
                          + (f"; give a level of at most {top}" if top >= 1 else ""))
     return relevance_level
 
