@@ -244,16 +244,23 @@ def _meta_value(v: Any) -> Any:
     return None if is_missing(v) else v
 
 
-def _filter_wants(want: Any) -> list[Any]:
+def _filter_wants(want: Any, dtype: np.dtype | None = None) -> list[Any]:
     """The values a filter's ``want`` asks for (:func:`filter_values`), a missing one (pandas.NA, NaT) as None and
     a float32 / float16 scalar with its shortest decimal too (``np.float32(0.1)`` also as ``0.1``: how
     :func:`saved_scalar` makes it, as :func:`_meta_value` keeps such a value of the documents and a save writes
-    it)."""
+    it).  For a column of ``dtype`` datetime64 / timedelta64, a numpy date or duration as the Python value of
+    that dtype (``.item()``: a ``date`` for ``datetime64[D]``, an int for ``datetime64[ns]``), which the
+    column's filter codes hold, where it converts exactly (a noon is no day: kept, it matches none)."""
     out: list[Any] = []
+    timed = dtype is not None and dtype.kind in "mM"
     for w in filter_values(want):
         if is_missing(w):
             out.append(None)
             continue
+        if timed and isinstance(w, np.datetime64 if cast(np.dtype, dtype).kind == "M" else np.timedelta64):
+            same = w.astype(dtype)
+            if same == w:
+                w = same.item()
         out.append(w)
         if isinstance(w, np.floating) and w.dtype != np.float64:  # (np.float32(0.1) == 0.1 in numpy 2, not in a
             out.append(saved_scalar(w))  # dict of the column's values, which the filter codes look up)
@@ -938,7 +945,7 @@ class Corpus:
             key, column = self._filter_column(key)
             # any collection of values (a list, a set, a range, dict keys, a numpy array or pandas
             # Series) means membership; a string or a single value means equality
-            wants = _filter_wants(want)
+            wants = _filter_wants(want, column.dtype)
             if column is self.titles:  # strings only ('' for none): one vectorised membership test
                 strings = [w for w in wants if isinstance(w, str)]
                 if not strings:  # a number for a title (title: 2020) matches no document: refused, as for a field
@@ -965,7 +972,7 @@ class Corpus:
         check_filter(where)
         for key, want in where.items():
             key, column = self._filter_column(key)
-            wants = _filter_wants(want)
+            wants = _filter_wants(want, column.dtype)
             if column is self.titles:
                 if not any(isinstance(w, str) for w in wants):
                     check_kinds(key, dict.fromkeys(self.titles[:1].tolist(), 0), wants)

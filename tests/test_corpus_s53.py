@@ -174,3 +174,20 @@ def test_filter_nan_in_a_pandas_series_is_refused_in_one_line() -> None:
     assert "\n" not in str(e.value)
     assert c.mask({"year": pd.Series([2001])}).tolist() == [True, False]
     assert c.mask({"year": iter([2001])}).tolist() == [True, False]  # (an iterator: read once, by the mask)
+
+
+def test_numpy_date_filters_on_a_numpy_date_column() -> None:
+    ns = np.array(["2020-01-01T00:00:00.000000001"] * 2 + ["2021-01-01"], dtype="datetime64[ns]")
+    day = np.array(["2020-01-01", "2021-01-01", "NaT"], dtype="datetime64[D]")
+    c = Corpus(ids=["a", "b", "c"], texts=["x"] * 3,
+               metadata={"ns": ns, "day": day, "dur": np.array([1, 2, 3], dtype="timedelta64[s]")})
+    assert c.mask({"ns": np.datetime64("2020-01-01T00:00:00.000000001")}).tolist() == [True, True, False]
+    assert c.mask({"ns": [np.datetime64("2021-01-01")]}).tolist() == [False, False, True]
+    assert c.mask({"day": np.datetime64("2021-01-01")}).tolist() == [False, True, False]
+    assert c.mask({"day": np.datetime64("2020-01-01T00:00", "m")}).tolist() == [True, False, False]
+    assert c.mask({"day": None}).tolist() == [False, False, True]
+    assert c.mask({"dur": np.timedelta64(2000, "ms")}).tolist() == [False, True, False]
+    c.check_filter_kinds({"ns": np.datetime64("2020-01-01T00:00:00.000000001"), "day": np.datetime64("2020-01-01")})
+    with pytest.raises(DataError, match=r"filter.day: the field holds date values; got "
+                                        r"np.datetime64\('2020-01-01T12:00'\)"):
+        c.mask({"day": np.datetime64("2020-01-01T12:00")})  # (a noon is no day)
