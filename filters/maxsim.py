@@ -35,7 +35,11 @@ class MaxSim(TokenOperatorMixin, Operator):
     re-sorted (ties: lower corpus row first) and their ``fields`` follow them.  Optional
     query-side ball carving (``ball_carve_tau``) shrinks the query token set first.  A blank
     document of an input ranking (empty, whitespace or invisible characters only, title and text)
-    has no tokens: it scores 0.0, so it comes after every candidate of positive score (in practice last).
+    has no tokens, so no similarity to the query (Chamfer ``-inf``): it is left out of the reranked
+    ranking, as ``muvera`` and ``maxsim_exact`` never return one (a score of 0.0 put it above every
+    candidate of negative score; ``-inf`` or a float32 floor would break the finite-score check
+    every operator's output passes, and score fusion's normalisation).  A query without tokens keeps
+    its ranking and scores as given.
 
     Khattab & Zaharia, "ColBERT", SIGIR 2020; Dhulipala et al., "MUVERA", arXiv 2405.19504
     (ball carving, Chamfer notation).
@@ -75,7 +79,10 @@ class MaxSim(TokenOperatorMixin, Operator):
         k = resolve_k(self.opt(state, "k"), self.params.k, state.options.get("k"), self.name)
         rankings = []
         for r, o, s, keep in zip(state.rankings, order, sc, tokenless):  # Ranking objects (work is done above)
-            o = o[:len(r)][:k] if k is not None else o[:len(r)]
+            o = o[:len(r)]
+            if not keep:  # a blank candidate (no tokens: -inf, sorted last) is left out
+                o = o[np.isfinite(s[o])]
+            o = o[:k] if k is not None else o
             new = r.take(o)
             rankings.append(Ranking(new.rows, new.scores if keep else s[o], new.fields))
         out.rankings = rankings

@@ -174,7 +174,7 @@ def centroid_pairs(q_data: np.ndarray, q_off: np.ndarray, centroids: np.ndarray,
     ``q_data`` ``(query tokens, d)`` with ragged ``q_off``; ``centroids`` ``(C, d)``;
     ``code_data``/``code_off`` the documents' code sets (:func:`code_sets`); ``q_weights``
     per query token (ball carving; positive), default 1.  ``rows`` entries < 0 score ``-inf``;
-    a document without tokens scores 0, as in :func:`ragkit.retrievers.fde.chamfer_pairs`.
+    a document without tokens scores ``-inf`` too, as in :func:`ragkit.retrievers.fde.chamfer_pairs`.
 
     Batched over chunks of queries of similar length (sorted; no loop over queries or
     documents).  Per chunk of ``n`` queries padded to ``T`` tokens (zero rows: they score 0
@@ -201,7 +201,7 @@ def centroid_pairs(q_data: np.ndarray, q_off: np.ndarray, centroids: np.ndarray,
     out = np.full(rows.shape, -np.inf, np.float32)
     n_codes = np.diff(code_off)
     per_pair = np.where(rows >= 0, n_codes[np.maximum(rows, 0)], -1)         # codes per pair; -1 = none
-    out[per_pair == 0] = 0.0                                                  # empty documents
+    # documents without tokens keep -inf, as in chamfer_pairs (no similarity; 0 ranked them above negatives)
     ok = per_pair > 0
     if nq == 0 or not ok.any():
         return out

@@ -593,6 +593,8 @@ def chamfer_pairs(q_data: np.ndarray, q_off: np.ndarray, d_data: np.ndarray, d_o
     gathered into it with ``index_select``): fresh per-chunk arrays and numpy's float16 cast cost
     as much as the GEMMs (bench/muvera.py: 1.5x faster rerank with the scratch).
     ``rows`` entries ``-1`` score ``-inf`` (padding of short candidate lists); other negative rows are refused.
+    A document without tokens (a blank one) scores ``-inf`` too: it has no similarity to any query (0 would
+    rank it above every candidate of negative Chamfer), and a token retriever never returns it.
     The document offsets are not scanned whole (O(corpus) per call): they are checked where they were made
     (:class:`~ragkit.encoders.tokens.TokenVectors`), and here only at both ends and at the candidates' rows.
     ``where`` names the caller in errors.
@@ -680,6 +682,7 @@ def chamfer_pairs(q_data: np.ndarray, q_off: np.ndarray, d_data: np.ndarray, d_o
         best = sim.amax(dim=2).numpy()
         vals = np.where(lens_c[tg] > 0, best[tg, tp], 0.0) * qw[tok]    # empty document -> 0
         res[pp] = np.bincount(np.repeat(np.arange(len(pp)), ql), weights=vals, minlength=len(pp))
+    res[u_len[inv] == 0] = -np.inf                                       # documents without tokens
     flat = out.reshape(-1)
     flat[valid] = res
     return out

@@ -167,7 +167,8 @@ def rerank_tokens(q_data: np.ndarray, q_off: np.ndarray, q_w: np.ndarray | None,
                   rows: np.ndarray, where: str = "rerank_tokens") -> tuple[np.ndarray, np.ndarray]:
     """Exact MaxSim of padded candidate ``rows`` ``(n_q, k)`` (``-1`` = none), sorted best first.
 
-    Returns ``(rows, scores)`` of the same shape; missing candidates sort last with ``-inf``.
+    Returns ``(rows, scores)`` of the same shape; missing candidates and those without tokens (blank documents)
+    sort last with ``-inf``.
     Ties keep the lower corpus row first.  ``where`` (the operator) names the caller in errors.
     """
     sc = chamfer_pairs(q_data, q_off, docs.data, docs.offsets, rows, q_weights=q_w, where=where)

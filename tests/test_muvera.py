@@ -194,6 +194,7 @@ def test_chamfer_scores_and_pairs_match_naive():
     rows[1, 5:] = -1
     pairs = chamfer_pairs(Q, Qoff, D, Doff, rows, chunk_elems=1000)
     want = np.take_along_axis(naive, np.maximum(rows, 0), 1)
+    want[np.diff(Doff)[np.maximum(rows, 0)] == 0] = -np.inf  # a document without tokens: no similarity (s53)
     np.testing.assert_allclose(pairs[rows >= 0], want[rows >= 0], atol=1e-5)
     assert np.isneginf(pairs[1, 5:]).all()
 
@@ -212,7 +213,9 @@ def test_chamfer_on_float16_memory_map_matches_float32(tmp_path):
         full = chamfer_scores(Q, Qoff, D16, Doff, chunk_elems=700)
         pairs = chamfer_pairs(Q, Qoff, D16, Doff, rows, chunk_elems=2000)
     np.testing.assert_allclose(full, chamfer_scores(Q, Qoff, D32, Doff), atol=1e-5)
-    np.testing.assert_allclose(pairs, np.take_along_axis(full, rows, 1), atol=1e-5)
+    want = np.take_along_axis(full, rows, 1)
+    want[np.diff(Doff)[rows] == 0] = -np.inf  # chamfer_pairs: a document without tokens has no similarity (s53)
+    np.testing.assert_allclose(pairs, want, atol=1e-5)
 
 
 def test_chamfer_rejects_mismatched_input():
@@ -540,7 +543,7 @@ def test_chamfer_pairs_padding_never_wins():
     Qoff = np.array([0, 2])
     rows = np.array([[0, 1, 2, 3, 4]])
     got = chamfer_pairs(Q, Qoff, D, Doff, rows)
-    want = [(Q @ D[Doff[j]:Doff[j + 1]].T).max(1).sum() if lens[j] else 0.0 for j in range(5)]
+    want = [(Q @ D[Doff[j]:Doff[j + 1]].T).max(1).sum() if lens[j] else -np.inf for j in range(5)]  # (s53)
     np.testing.assert_allclose(got[0], want, rtol=1e-5)
     assert (got[0, :4] < 0).all()
 
@@ -594,7 +597,7 @@ def test_centroid_pairs_match_naive_and_equal_chamfer_with_exact_codebook():
                 assert np.isneginf(got[i, j])
                 continue
             P = moved[Doff[d]:Doff[d + 1]]
-            want = ((Q[Qoff[i]:Qoff[i + 1]] @ P.T).max(1) * w[Qoff[i]:Qoff[i + 1]]).sum() if len(P) else 0.0
+            want = ((Q[Qoff[i]:Qoff[i + 1]] @ P.T).max(1) * w[Qoff[i]:Qoff[i + 1]]).sum() if len(P) else -np.inf
             assert got[i, j] == pytest.approx(want, abs=1e-5)
     exact_cd, exact_co = code_sets(np.arange(len(D)), Doff)  # codebook = the tokens themselves
     np.testing.assert_allclose(centroid_pairs(Q, Qoff, D, exact_cd, exact_co, np.maximum(rows, 0)),

@@ -197,3 +197,79 @@ def test_fde_checks_its_input_once_and_gathers_chunks(monkeypatch):
     np.testing.assert_allclose(fde_documents(x, off, cfg), _old_encode(x, off, cfg, False), rtol=1e-6, atol=1e-7)
     with pytest.raises(DataError, match="offsets must not decrease"):  # at the call, before the first chunk
         F.fde_document_chunks(x, np.r_[0, 5, 3, len(x)], cfg)
+
+
+# ------------------------------------------------------------------------------ MaxSim: a blank candidate
+class _FakeTokens:
+    """Token encoder without a model: each lower-cased word a fixed random unit vector (zlib.crc32 seeded)."""
+    key = "fake-tok-s53"
+    dim = 32
+    cache_enabled = False
+
+    @staticmethod
+    def vec(word: str) -> np.ndarray:
+        import zlib
+
+        v = np.random.default_rng(zlib.crc32(word.encode())).standard_normal(32).astype(np.float32)
+        return v / np.linalg.norm(v)
+
+    def encode(self, texts, **kw):
+        import re
+
+        from ragkit.encoders.tokens import TokenVectors
+
+        sets = [[self.vec(w) for w in re.findall(r"\w+", str(t).lower())] for t in texts]
+        off = np.zeros(len(sets) + 1, np.int64)
+        np.cumsum([len(s) for s in sets], out=off[1:])
+        data = np.array([v for s in sets for v in s], np.float32).reshape(-1, 32)
+        return TokenVectors(data.astype(np.float16), off)
+
+    encode_queries = encode
+
+
+@pytest.fixture
+def fake_tokens(monkeypatch):
+    from ragkit.retrievers import muvera as M
+
+    fake = _FakeTokens()
+    monkeypatch.setattr(M.TokenOperatorMixin, "token_encoder", property(lambda self: fake))
+    return fake
+
+
+def test_maxsim_leaves_a_blank_candidate_out(fake_tokens):
+    """A blank (tokenless) candidate scored 0.0 and was ranked first, above three documents of negative Chamfer;
+    now it has no similarity (-inf) and is left out, as muvera and maxsim_exact never return one (a -inf score
+    fails the finite check of every operator's output)."""
+    from ragkit.filters import MaxSim
+    from ragkit.types import Corpus, Ranking, State
+
+    q = _FakeTokens.vec("w0")
+    neg = [w for w in (f"w{i}" for i in range(1, 400)) if float(q @ _FakeTokens.vec(w)) < -0.2][:3]
+    corpus = Corpus.from_texts([neg[0], "  ", neg[1], "\u200b", neg[2]])
+    op = MaxSim().fit(corpus)
+    state = State(["w0", "w0"], rankings=[Ranking(np.array([1, 0, 2, 3, 4]), np.array([5, 4, 3, 2, 1], np.float32)),
+                                          Ranking(np.array([3, 4]), np.array([2, 1], np.float32))])
+    out = op(state)
+    want = sorted([0, 2, 4], key=lambda i: -float(q @ _FakeTokens.vec(neg[i // 2])))
+    assert out.rankings[0].rows.tolist() == want and (out.rankings[0].scores < 0).all()
+    assert out.rankings[1].rows.tolist() == [4]
+    assert MaxSim(k=2).fit(corpus)(state).rankings[0].rows.tolist() == want[:2]
+    # a query without tokens keeps its ranking and scores as given, blank candidates included
+    kept = op(State([" "], rankings=[Ranking(np.array([1, 0]), np.array([2, 1], np.float32))])).rankings[0]
+    assert kept.rows.tolist() == [1, 0] and kept.scores.tolist() == [2, 1]
+
+
+def test_chamfer_and_centroid_pairs_score_a_document_without_tokens_minus_inf():
+    from ragkit.retrievers.centroids import centroid_pairs, code_sets
+
+    rng = np.random.default_rng(5)
+    d, off = _unit_sets(rng, [3, 0, 2], 8)
+    q, qo = _unit_sets(rng, [2, 0], 8)
+    rows = np.array([[0, 1, 2, -1], [1, 0, -1, -1]])
+    sc = F.chamfer_pairs(q, qo, d, off, rows)
+    assert np.isneginf(sc[0, [1, 3]]).all() and np.isfinite(sc[0, [0, 2]]).all()
+    assert np.isneginf(sc[1, [0, 2, 3]]).all() and sc[1, 1] == 0.0  # a tokenless query: 0 with a document
+    cent = _unit_sets(rng, [4], 8)[0]
+    codes, code_off = code_sets(np.argmax(d @ cent.T, axis=1), off)
+    cs = centroid_pairs(q, qo, cent, codes, code_off, rows)
+    assert np.array_equal(np.isneginf(cs), np.isneginf(sc))
