@@ -912,6 +912,7 @@ class VectorIndex:
     # (methods written as functions of ``self`` in :mod:`ragkit.retrievers._index_search`)
     _block_scores = _index_search._block_scores
     _exact = _index_search._exact
+    _exact_short = _index_search._exact_short
     _get = _index_search._get
     _graph_search = _index_search._graph_search
     _hnsw = _index_search._hnsw
@@ -983,8 +984,11 @@ class VectorIndex:
         elif mask is None:  # a request for every live slot is answered exactly (no graph walk can miss one)
             if first >= self.n_alive:
                 s, i = self._exact(qr, first, None)
-            else:  # a graph holding dead nodes: those are dropped from a wider shortlist
-                s, i = self._filtered_hnsw(qr, first, None, ef) if self._graph_dead() else self._hnsw(qr, first, ef)
+            elif self._graph_dead():  # a graph holding dead nodes: those are dropped from a wider shortlist
+                s, i = self._filtered_hnsw(qr, first, None, ef)
+            else:  # the queries the graph gave fewer than ``first`` (a beam can miss nodes, k near n): exactly
+                s, i = self._hnsw(qr, first, ef)
+                s, i = self._exact_short(qr, first, s, i, np.flatnonzero((i >= 0).sum(axis=1) < first), None)
         else:
             s, i = self._filtered_hnsw(qr, first, mask, ef)
         if b1_graph and i.shape[1]:  # the float query against the bits

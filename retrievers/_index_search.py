@@ -299,12 +299,24 @@ def _filtered_hnsw(self: VectorIndex, qr: np.ndarray, kk: int, mask: np.ndarray 
         s2, i2 = self._passing_hnsw(qr[short], int(min(nodes, 4 * fetch)), kk, ok, ef)
         s[short], i[short] = s2, i2
         short = short[(i2 >= 0).sum(axis=1) < want]
-    if len(short):  # still too few: answer those exactly
-        es, ei = self._exact(qr[short], kk, np.flatnonzero(ok))
-        es, ei = _sort_desc(es, ei)
-        pad = kk - es.shape[1]
-        s[short] = np.pad(es, ((0, 0), (0, pad)), constant_values=-np.inf)
-        i[short] = np.pad(ei, ((0, 0), (0, pad)), constant_values=-1)
+    return self._exact_short(qr, kk, s, i, short, np.flatnonzero(ok))  # (still too few: those exactly)
+
+
+def _exact_short(self: VectorIndex, qr: np.ndarray, kk: int, s: np.ndarray, i: np.ndarray, short: np.ndarray,
+                 rows: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """``(s, i)``, a graph search's top ``kk`` of queries ``qr`` (-1 pads; narrower where usearch cut a one-query
+    batch to its hits), with the queries ``short`` (positions) answered exactly on ``rows`` (None: every live
+    slot), sorted, all padded to ``kk``: those the graph gave too few results (a beam that missed nodes)."""
+    if not len(short):
+        return s, i
+    if s.shape[1] < kk:
+        s = np.pad(s, ((0, 0), (0, kk - s.shape[1])), constant_values=-np.inf)
+        i = np.pad(i, ((0, 0), (0, kk - i.shape[1])), constant_values=-1)
+    es, ei = self._exact(qr[short], kk, rows)
+    es, ei = _sort_desc(es, ei)
+    pad = kk - es.shape[1]
+    s[short] = np.pad(es, ((0, 0), (0, pad)), constant_values=-np.inf)
+    i[short] = np.pad(ei, ((0, 0), (0, pad)), constant_values=-1)
     return s, i
 
 

@@ -158,3 +158,22 @@ def test_b1_graph_rebuild_unpacks_its_codes_in_place():
     np.testing.assert_array_equal(insertion_order(points), insertion_order(old))
     got, _ = ix.search(points[:5], 1)
     assert np.array_equal(got[:, 0], live[:5])
+
+
+# ------------------------------------------------------------------ 5. an unfiltered graph search for k near n
+def test_unfiltered_hnsw_search_returns_k_when_k_exist():
+    """usearch's beam can miss nodes when k is near the corpus size (k 2,999 of 3,000: 2,994 found); an unfiltered
+    search took that as the answer, where a filtered one answers its short queries exactly."""
+    from ragkit.retrievers._index import VectorIndex
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((3000, 32)).astype(np.float32)
+    q = rng.standard_normal((20, 32)).astype(np.float32)
+    ix = VectorIndex(dtype="f32", search="hnsw", threads=8).build(x)  # (8 threads: a graph whose beam misses some)
+    assert ((ix._hnsw(q, 2999)[1] >= 0).sum(axis=1) < 2999).any()  # the graph alone: short
+    slots, scores = ix.search(q, 2999)
+    assert (slots >= 0).all() and np.isfinite(scores).all()
+    assert all(len(set(r)) == 2999 for r in slots.tolist())
+    assert (np.diff(scores, axis=1) <= 0).all()
+    one, _ = ix.search(q[:1], 2999)  # one query: usearch cuts its matches to the hits found
+    assert (one >= 0).all()
