@@ -169,3 +169,15 @@ def test_one_text_is_refused_by_the_shared_helper(name: str) -> None:
     with pytest.raises(DataError, match=rf"^{re.escape(name)}: expected a list of texts, got one bytes \(b'red'\); "
                                         r"wrap it in a list \(decoded\)$"):
         call(b"red")
+
+
+def test_as_texts_refuses_one_text_with_the_shared_helpers_message() -> None:
+    """Was: the sentence encoders' as_texts had its own copy of the refusal, whose bytes message lacked
+    "(decoded)" (one bytes given: wrap it, decoded, in a list)."""
+    from ragkit.encoders.sentence import as_texts
+
+    with pytest.raises(DataError, match=r"^x: expected a list of texts, got one bytes \(b'red'\); wrap it in a list "
+                                        r"\(decoded\)$"):
+        as_texts(b"red", "x")
+    with pytest.raises(DataError, match=r"^x: expected a list of texts, got one str \('red'\); wrap it in a list$"):
+        as_texts("red", "x")

@@ -30,6 +30,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from ragkit._checks import refuse_one_text
 from ragkit._locks import MODEL_LOADING
 from ragkit._text import is_blank as _blank
 from ragkit.encoders.cache import EmbeddingCache, env_flag
@@ -1087,9 +1088,7 @@ def as_texts(texts: Any, who: str) -> list[str]:
     are."""
     if type(texts) is _Checked:
         return texts
-    if isinstance(texts, (str, bytes)):
-        raise DataError(f"{who}: expected a list of texts, got one {type(texts).__name__} ({texts!r:.60}); wrap it "
-                        "in a list")
+    refuse_one_text(texts, who)  # (one str or bytes: the message ids_and_texts and BM25 give)
     if texts is None or not isinstance(texts, Iterable) or isinstance(texts, Mapping):
         raise InputTypeError(f"{who}: texts is {type(texts).__name__} {texts!r:.60}; expected a list of texts "
                              "(strings)" + (": the values, list(texts.values())?" if isinstance(texts, Mapping)
