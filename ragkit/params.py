@@ -419,16 +419,24 @@ QUOTE_AS_WRITTEN = "quote the value as you wrote it"
 
 
 def _quote_hint(got: Any, source: str | None) -> str:
-    """For a boolean or a number given where a string is expected: why, and how to write it."""
+    """For a boolean, a number or a date (YAML's unquoted ``2020-01-01``) given where a string is expected: why,
+    and how to write it."""
     if isinstance(got, bool):  # what was written (yes, on, true) is not known once YAML has read it
         words = ("yes", "on", "true") if got else ("no", "off", "false")
         in_yaml = (f"YAML reads unquoted {'/'.join(words)} as {got}: quote the word you wrote, "
                    f'e.g. "{words[0]}" (or "{words[1]}", "{words[2]}")')
+        kind = "a boolean"
+    elif isinstance(got, datetime.datetime):  # its isoformat ("...T10:00:00") need not be what was written
+        in_yaml = f"YAML reads unquoted dates with a time (2020-01-01 10:00:00) as datetimes: {QUOTE_AS_WRITTEN}"
+        kind = "a datetime"
+    elif isinstance(got, datetime.date):  # YAML reads a date only as YYYY-MM-DD, which its isoformat is
+        in_yaml = f'YAML reads an unquoted {got.isoformat()} as a date: quote it, "{got.isoformat()}"'
+        kind = "a date"
     else:  # the number's own text ("1000.0" for 1e3) is not what was written
         in_yaml = f"YAML reads unquoted numbers (10, 1.5, 1e3, 0x1f) as numbers: {QUOTE_AS_WRITTEN}"
+        kind = "a number"
     if source == "yaml":
         return in_yaml
-    kind = "a boolean" if isinstance(got, bool) else "a number"
     return f"{kind} is not a string" if source == "python" else f"{kind} is not a string (in a YAML file: {in_yaml})"
 
 
@@ -440,13 +448,9 @@ def describe_error(err: Mapping[str, Any], source: str | None = None) -> str:
         return "unknown parameter"
     if t == "missing":
         return "required parameter is missing"
-    if t == "string_type" and isinstance(got, (bool, int, float)):
-        return f"expected a string, got {shown(got)}; {_quote_hint(got, source)}"
-    if t == "string_type" and isinstance(got, datetime.date):  # YAML's 2020-01-01 (a filter's too)
-        in_yaml = f"YAML reads an unquoted {got.isoformat()} as a {type(got).__name__}: quote it, \"{got.isoformat()}\""
-        said = in_yaml if source == "yaml" else f"a {type(got).__name__} is not a string" + (
-            "" if source == "python" else f" (in a YAML file: {in_yaml})")
-        return f"expected a string, got {type(got).__name__} {got.isoformat()}; {said}"
+    if t == "string_type" and isinstance(got, (bool, int, float, datetime.date)):  # YAML's 1e3, on, 2020-01-01
+        said = f"{type(got).__name__} {got}" if isinstance(got, datetime.date) else shown(got)
+        return f"expected a string, got {said}; {_quote_hint(got, source)}"
     if t == "greater_than_equal" and ctx.get("ge") == 1 and isinstance(got, int) and not isinstance(got, bool):
         return f"expected a positive integer, got {shown(got)}"  # ge=1 bounds counts; gt=0 bounds real numbers
     if t == "finite_number":

@@ -178,6 +178,20 @@ def test_a_date_where_a_string_goes_says_to_quote_it():
                             'reads an unquoted 2020-01-01 as a date: quote it, "2020-01-01"')
 
 
+def test_a_date_with_a_time_where_a_string_goes_is_quoted_as_written():
+    """Old code: 'got datetime 2020-01-01T10:00:00; ... quote it, "2020-01-01T10:00:00"', its isoformat, not what
+    the file holds."""
+    from ragkit.errors import ConfigError
+
+    with pytest.raises(ConfigError) as e:
+        Pipeline.from_yaml("pipeline:\n  - rule_router: {rules: [{label: 2020-01-01 10:00:00, max_words: 1}]}\n")
+    said = str(e.value)
+    assert said == ('pipeline[0].rule_router.rules[0].label: expected a string, got datetime 2020-01-01 10:00:00; YAML '
+                    'reads unquoted dates with a time (2020-01-01 10:00:00) as datetimes: quote the value as you wrote '
+                    'it: "2020-01-01 10:00:00"'), said
+    assert "T10:00" not in said
+
+
 def test_a_bare_operator_name_as_the_pipeline_is_shown_as_a_list():
     from ragkit.errors import ConfigError
 
