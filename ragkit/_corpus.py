@@ -939,17 +939,10 @@ class Corpus:
         if isinstance(where, AllOf):
             masks = [m for m in map(self.mask, where) if m is not None]
             return np.logical_and.reduce(masks) if masks else None
-        check_filter(where)
         keep = np.ones(len(self), dtype=bool)
-        for key, want in where.items():
-            key, column = self._filter_column(key)
-            # any collection of values (a list, a set, a range, dict keys, a numpy array or pandas
-            # Series) means membership; a string or a single value means equality
-            wants = _filter_wants(want, column.dtype)
+        for key, column, wants in self._filter_parts(where):
             if column is self.titles:  # strings only ('' for none): one vectorised membership test
-                strings = [w for w in wants if isinstance(w, str)]
-                if not strings:  # a number for a title (title: 2020) matches no document: refused, as for a field
-                    check_kinds(key, dict.fromkeys(self.titles[:1].tolist(), 0), wants)
+                strings = self._title_strings(key, wants)
                 keep &= np.isin(self.titles, strings) if strings else False
             elif key == "_id":  # ids are strings; an id given as a number means the same document
                 hit = np.zeros(len(self), dtype=bool)
@@ -969,13 +962,9 @@ class Corpus:
             for part in where:
                 self.check_filter_kinds(part)
             return
-        check_filter(where)
-        for key, want in where.items():
-            key, column = self._filter_column(key)
-            wants = _filter_wants(want, column.dtype)
+        for key, column, wants in self._filter_parts(where):
             if column is self.titles:
-                if not any(isinstance(w, str) for w in wants):
-                    check_kinds(key, dict.fromkeys(self.titles[:1].tolist(), 0), wants)
+                self._title_strings(key, wants)
             elif key != "_id":
                 if column.dtype.kind == "f":  # (None matches a float column's NaN)
                     wants = [w for w in wants if w is not None]
@@ -983,19 +972,32 @@ class Corpus:
                 if coded is not None and not any(hashable(w) and w in coded[1] for w in wants):
                     check_kinds(key, coded[1], wants)
 
+    def _filter_parts(self, where: Mapping[str, Any]) -> Iterator[tuple[str, np.ndarray, list[Any]]]:
+        """``where`` checked (:func:`~ragkit.metadata.check_filter`), then per field it names: the field
+        (:func:`filter_field`), its column and the values asked for (:func:`_filter_wants`: any collection of
+        values, a list, a set, a range, dict keys, a numpy array or pandas Series, means membership; a string or
+        a single value means equality), as :meth:`mask` and :meth:`check_filter_kinds` read them."""
+        check_filter(where)
+        for key, want in where.items():
+            key, column = self._filter_column(key)
+            yield key, column, _filter_wants(want, column.dtype)
+
+    def _title_strings(self, key: str, wants: list[Any]) -> list[str]:
+        """The strings among ``wants``, a filter's values for the titles; none (``title: 2020``, which matches no
+        document) is refused as for a field of strings (:func:`~ragkit.metadata.check_kinds`)."""
+        strings = [w for w in wants if isinstance(w, str)]
+        if not strings:
+            check_kinds(key, dict.fromkeys(self.titles[:1].tolist(), 0), wants)
+        return strings
+
     def _filter_column(self, key: str) -> tuple[str, np.ndarray]:
-        """The field a filter's ``key`` names, and its column: ``"_id"`` (``"id"`` too, where no metadata field
-        has that name) the ids, a metadata field its column, ``"title"`` (where no metadata field has that name)
-        the titles; any other name is a :class:`DataError` listing the fields."""
-        if key == "id" and "id" not in self.metadata:  # as a returned Document's metadata names it
-            key = "_id"
-        if key == "_id":
-            return key, self.ids
-        if key in self.metadata:
-            return key, self.metadata[key]
-        if key == "title":  # the documents' titles (BEIR's field; where a Document's metadata title goes)
-            return key, self.titles
-        raise DataError(f"filter {unknown_filter_field(key, self.metadata)}")
+        """The field a filter's ``key`` names (:func:`filter_field`), and its column: the ids, a metadata field's
+        column or the titles; any other name is a :class:`DataError` listing the fields."""
+        field_ = filter_field(key, self.metadata)
+        if field_ is None:
+            raise DataError(f"filter {unknown_filter_field(key, self.metadata)}")
+        return field_, (self.ids if field_ == "_id" else self.metadata[field_] if field_ in self.metadata
+                        else self.titles)
 
     def _coded(self, key: str, column: np.ndarray) -> Coded:
         """The filter codes of the metadata field ``key`` (its ``column``), made once (with a warning where it
@@ -1142,6 +1144,18 @@ def _jsonable_column(col: np.ndarray, field: str) -> list[Any]:
     if values is not None and set(map(type, values)) <= {str, int, bool, type(None)}:
         return values
     return [_jsonable(v, field) for v in col]
+
+
+def filter_field(key: str, metadata: Mapping[str, Any]) -> str | None:
+    """The field a filter's ``key`` names on a corpus of these ``metadata`` fields, ``None`` where none: ``"_id"``
+    (``"id"`` too, where no metadata field has that name: as a returned LangChain ``Document``'s metadata names
+    the ids) the document ids, a metadata field itself, ``"title"`` (where no metadata field has that name) the
+    titles.  The rule of :meth:`Corpus.mask` and of :func:`ragkit.options.filter_value`."""
+    if key == "id" and "id" not in metadata:
+        return "_id"
+    if key == "_id" or key in metadata or key == "title":
+        return key
+    return None
 
 
 def unknown_filter_field(key: str, metadata: Mapping[str, Any]) -> str:

@@ -92,6 +92,7 @@ def filter_value(value: Any, corpus: "Corpus | None" = None) -> Any:
     metadata fields, ``_id`` (or ``id``, where no metadata field has that name: the document ids) or
     ``title``.  Raises ``TypeError`` / ``ValueError`` (``expected ..., got ...``).
     """
+    from ragkit._corpus import filter_field
     from ragkit.metadata import AllOf, filter_problem
     from ragkit.types import unknown_filter_field
 
@@ -108,8 +109,7 @@ def filter_value(value: Any, corpus: "Corpus | None" = None) -> Any:
         key, what = bad
         raise (ValueError(f"field {key!r}: {what}") if key is not None else TypeError(what))
     for key in value:
-        if corpus is not None and key not in ("_id", "id", "title") and key not in corpus.metadata:
-            # 'id' as a LangChain Document's metadata names it (a metadata field of that name is listed itself)
+        if corpus is not None and filter_field(key, corpus.metadata) is None:  # (Corpus.mask's rule)
             raise ValueError(unknown_filter_field(key, corpus.metadata))
     return value
 
