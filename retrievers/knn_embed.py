@@ -416,7 +416,7 @@ class KnnEmbed(Operator):
         self._starts = starts.astype(np.int64)
         self._members = [self._order[starts[i]:starts[i + 1]] for i in range(c)]  # views into _order
         self._sizes = sizes
-        self._parts: list[np.ndarray] | None = None  # per-cluster contiguous vectors, built on first use
+        self._parts: list[np.ndarray] | None = None  # per-cluster contiguous vectors, built on first partitioned use
 
     def _part(self, c: int) -> np.ndarray:
         if self._parts is None:
@@ -732,7 +732,9 @@ class KnnEmbed(Operator):
                 if rocchio:
                     qc = self._rocchio(q[qi], top_rows[qi, :min(p.n_neighbors, n)], c, labels, v, mask)
                 if method in ("partitioned", "gather"):
-                    sub = (qc if rocchio else q[qi]) @ self._part(c).T
+                    # gather (rocchio_filter): the cluster's rows, read when used; partitioned: its prebuilt
+                    # contiguous copy of every cluster (a second copy of the vectors, of a memory-mapped save too)
+                    sub = (qc if rocchio else q[qi]) @ (v[members] if method == "gather" else self._part(c)).T
                     sub[taken[qi][:, members]] = -np.inf
                     r, sc = topk_rows(sub, int(quota[qi, jj].max()))
                     r = members[r]

@@ -273,3 +273,42 @@ def test_chamfer_and_centroid_pairs_score_a_document_without_tokens_minus_inf():
     codes, code_off = code_sets(np.argmax(d @ cent.T, axis=1), off)
     cs = centroid_pairs(q, qo, cent, codes, code_off, rows)
     assert np.array_equal(np.isneginf(cs), np.isneginf(sc))
+
+
+# ------------------------------------------------------------------------------ KnnEmbed
+def _clustered(seed: int = 0, n: int = 300, d: int = 16, c: int = 8):
+    from ragkit.types import Corpus
+
+    rng = np.random.default_rng(seed)
+    cent = rng.standard_normal((c, d))
+    cent /= np.linalg.norm(cent, axis=1, keepdims=True)
+    v = cent[rng.integers(0, c, n)] + 0.35 * rng.standard_normal((n, d))
+    v = (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32)
+    q = cent[:5] + 0.3 * cent[3:8] + 0.2 * rng.standard_normal((5, d))
+    q = (q / np.linalg.norm(q, axis=1, keepdims=True)).astype(np.float32)
+    return Corpus.from_texts([f"doc {i}" for i in range(n)]), v, q
+
+
+def test_rocchio_filter_gather_search_copies_no_cluster_of_a_memory_mapped_save(tmp_path):
+    """component_query='rocchio_filter' under search='auto' (gather) built a contiguous copy of every cluster's
+    vectors on first use: a second copy of vectors_ in RAM, read whole from a memory-mapped save.  Now gather
+    reads the used clusters' rows only; the rankings are those of the partitioned search (its copies)."""
+    from ragkit.operator import Operator
+    from ragkit.retrievers.knn_embed import KnnEmbed
+    from ragkit.types import State
+
+    corpus, v, q = _clustered()
+    KnnEmbed(k=30, n_clusters=10, n_init=1, component_query="rocchio_filter").fit_vectors(corpus, v).save(
+        tmp_path / "k")
+    op = Operator.load(tmp_path / "k", mmap=True)
+    assert isinstance(op.vectors_, np.memmap)
+    got = op(State([f"q{i}" for i in range(5)], vectors={op.dense.encoder.key: q}))
+    assert op._parts is None
+    part = op.with_params(search="partitioned")
+    want = part(State([f"q{i}" for i in range(5)], vectors={op.dense.encoder.key: q}))
+    assert part._parts is not None  # (partitioned keeps its per-cluster copies)
+    assert sum(len(r) for r in got.rankings) == 150
+    assert sum(int((r.fields["component"] >= 0).sum()) for r in got.rankings) > 30  # components did search
+    for a, b in zip(got.rankings, want.rankings):
+        assert np.array_equal(a.rows, b.rows) and np.array_equal(a.scores, b.scores)
+        assert np.array_equal(a.fields["component"], b.fields["component"])
