@@ -312,3 +312,33 @@ def test_rocchio_filter_gather_search_copies_no_cluster_of_a_memory_mapped_save(
     for a, b in zip(got.rankings, want.rankings):
         assert np.array_equal(a.rows, b.rows) and np.array_equal(a.scores, b.scores)
         assert np.array_equal(a.fields["component"], b.fields["component"])
+
+
+def test_knn_embed_says_once_when_components_outnumber_their_slots(caplog):
+    """examples/diverse.py's setting (k=10, anchor_share 0.3, weight_floor 0, max_components 10): a query keeps
+    10 components for 7 slots, so each of the 7 heaviest got one and the mixture weights set no quota, silently.
+    Now logged once per operator, naming the parameters; quiet when the slots outnumber the components."""
+    import logging
+
+    from ragkit.retrievers.knn_embed import KnnEmbed
+    from ragkit.types import State
+
+    corpus, v, q = _clustered(1, n=600, c=26)
+    op = KnnEmbed(k=10, n_clusters=26, anchor_share=0.3, weight_floor=0.0, max_components=10, n_init=1).fit_vectors(
+        corpus, v)
+    state = State([f"q{i}" for i in range(5)], vectors={op.dense.encoder.key: q})
+    with caplog.at_level(logging.WARNING, logger="ragkit"):
+        out = op(state)
+        op(state)
+    said = [r.getMessage() for r in caplog.records if "component slots" in r.getMessage()]
+    assert len(said) == 1, said
+    assert "keep as many components as the 7 component slots or more" in said[0]
+    for name in ("max_components 10", "weight_floor 0.0", "anchor_share 0.3", "lower max_components below 7"):
+        assert name in said[0], said[0]
+    comp = [np.bincount(r.fields["component"][r.fields["component"] >= 0], minlength=10) for r in out.rankings]
+    assert any((c[:7] == 1).all() and not c[7:].any() for c in comp)  # one slot each, weights or not
+    caplog.clear()
+    quiet = op.with_params(max_components=3)
+    with caplog.at_level(logging.WARNING, logger="ragkit"):
+        quiet(state)
+    assert not [r for r in caplog.records if "component slots" in r.getMessage()]
