@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import re
 import threading
@@ -615,12 +616,16 @@ def _checked_vocab(path: Path, terms: Any) -> dict[str, int]:
     return vocab
 
 
-def _checked_floats(folder: Path, name: str, arr: np.ndarray, n: int, what: str, kinds: str = "f",
+def _checked_floats(folder: Path, name: str, arr: np.ndarray, n: int, what: str, unit: str, kinds: str = "f",
                     nonnegative: bool = False) -> np.ndarray:
     """``arr`` (``<name>.npy`` in ``folder``) as float64 (itself where it is already), once it is 1-D of ``n``
     finite values (``>= 0`` with ``nonnegative``) of a dtype of ``kinds`` (numpy's kind letters: ``f`` float,
     ``i`` / ``u`` integers); else an :class:`ArtifactError` naming the file, ``what`` it should hold and what it
-    holds (a string idf crashed the load in a numpy ufunc, an int8 one was taken)."""
+    holds (a string idf crashed the load in a numpy ufunc, an int8 one was taken): for a value out of range, the
+    first one, its position (``unit``: what an entry is, "term", "document", "posting") and how many there are.
+
+    The values are read with ``min`` and ``max`` (NaN propagates through both; an infinity is one of them): no
+    temporary of the array's size, which a mask of the bad values is (made only to name them, on failure)."""
     from ragkit.errors import ArtifactError
 
     path = folder / f"{name}.npy"
@@ -629,9 +634,17 @@ def _checked_floats(folder: Path, name: str, arr: np.ndarray, n: int, what: str,
         raise ArtifactError(f"{path}: an array of shape {arr.shape} and dtype {arr.dtype} (expected {n:,} "
                             f"{' or '.join(names[k] for k in kinds)} values: {what}); save the index again")
     out = np.asarray(arr, dtype=np.float64)
-    if n and not bool(np.isfinite(out).all() and (not nonnegative or out.min() >= 0)):
-        bad = out[~np.isfinite(out) | ((out < 0) if nonnegative else False)][0]
-        raise ArtifactError(f"{path}: a value {float(bad)!r} (expected {what}, finite); save the index again")
+    if not n:
+        return out
+    lo, hi = float(out.min()), float(out.max())
+    if not (math.isfinite(lo) and math.isfinite(hi) and (not nonnegative or lo >= 0)):
+        bad = ~np.isfinite(out)
+        if nonnegative:
+            bad |= out < 0
+        at = int(np.argmax(bad))
+        raise ArtifactError(f"{path}: a value {float(out[at])!r} at {unit} {at:,} ({int(np.count_nonzero(bad)):,} of "
+                            f"{n:,} {'negative or ' if nonnegative else ''}not finite; expected {what}, finite); save "
+                            "the index again")
     return out
 
 
@@ -1803,7 +1816,7 @@ class BM25(Operator):
         self.collection_ = None
         if (folder / "collection.json").is_file():
             idf = _checked_floats(folder, "collection_idf", load_array(folder, "collection_idf"), n_terms,
-                                  f"one idf per term of the {n_terms:,}-term vocabulary.json")
+                                  f"one idf per term of the {n_terms:,}-term vocabulary.json", "term")
             stats = read_json(folder / "collection.json")
             avgdl = stats.get("avgdl") if isinstance(stats, dict) else None
             if isinstance(avgdl, bool) or not isinstance(avgdl, (int, float)) or not 0 < avgdl < float("inf"):
@@ -1840,15 +1853,11 @@ class BM25(Operator):
                                 f"(expected {nnz:,} float64 weights, one per posting of tf_indices.npy); save the "
                                 "index again")
         dl = _checked_floats(folder, "doc_lengths", dl, n_docs, f"one length per document of the {n_docs:,}-document "
-                             "corpus, >= 0", kinds="fiu", nonnegative=True)
-        idf = _checked_floats(folder, "idf", idf, n_terms, f"one idf per term of the {n_terms:,}-term vocabulary.json")
-        if nnz and not (mmap and self._verified):
-            bad = ~np.isfinite(w)
-            if bad.any():  # (the ids were checked above: the message says only what is wrong with the weights)
-                at = int(np.argmax(bad))
-                raise ArtifactError(f"{folder / 'weights.npy'}: corrupt BM25 arrays: weights that are not finite "
-                                    f"({int(np.count_nonzero(bad)):,} of {nnz:,}; weight {float(w[at])!r} at posting "
-                                    f"{at:,}; expected finite float64 weights); save the index again")
+                             "corpus, >= 0", "document", kinds="fiu", nonnegative=True)
+        idf = _checked_floats(folder, "idf", idf, n_terms, f"one idf per term of the {n_terms:,}-term vocabulary.json",
+                              "term")
+        if not (mmap and self._verified):  # (the ids were checked above: the message names the weights alone)
+            _checked_floats(folder, "weights", w, nnz, "one float64 weight per posting of tf_indices.npy", "posting")
         self._counts = sp.csr_matrix((data, ind, ptr), shape=(n_terms, n_docs), copy=False)
         self._counts.has_sorted_indices = True
         self._dl = dl

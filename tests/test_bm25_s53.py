@@ -103,9 +103,8 @@ def test_non_finite_weights_are_refused_naming_the_weights_only(tmp_path: Path, 
         BM25.load(tmp_path / "bm", mmap=mmap, verify=False)
     msg = str(e.value)
     assert "document ids" not in msg and "corpus" not in msg
-    assert msg == (f"{tmp_path / 'bm' / 'weights.npy'}: corrupt BM25 arrays: weights that are not finite (2 of "
-                   f"{len(w):,}; weight {float(bad)!r} at posting 1; expected finite float64 weights); save the index "
-                   "again")
+    assert msg == (f"{tmp_path / 'bm' / 'weights.npy'}: a value {float(bad)!r} at posting 1 (2 of {len(w):,} not "
+                   "finite; expected one float64 weight per posting of tf_indices.npy, finite); save the index again")
 
 
 def _column_order(vocab: dict[str, int]) -> list[str]:
@@ -181,3 +180,40 @@ def test_as_texts_refuses_one_text_with_the_shared_helpers_message() -> None:
         as_texts(b"red", "x")
     with pytest.raises(DataError, match=r"^x: expected a list of texts, got one str \('red'\); wrap it in a list$"):
         as_texts("red", "x")
+
+
+@pytest.mark.parametrize(("name", "unit", "value", "nonnegative"), [
+    ("idf", "term", np.nan, False), ("collection_idf", "term", np.inf, False),
+    ("doc_lengths", "document", -2.0, True), ("doc_lengths", "document", -np.inf, True)])
+def test_float_arrays_of_a_save_name_the_first_bad_value_its_position_and_count(
+        tmp_path: Path, name: str, unit: str, value: float, nonnegative: bool) -> None:
+    """idf, collection idf, document lengths and weights say what is wrong in one style: the first value out of
+    range, where, and how many (was: "a value nan (expected ...)", without a position or count, for the first
+    three; weights in a style of their own)."""
+    from ragkit.retrievers.bm25 import _checked_floats
+
+    arr = np.arange(1.0, 7.0)
+    arr[[2, 4]] = value
+    with pytest.raises(ArtifactError) as e:
+        _checked_floats(tmp_path, name, arr, 6, "what it holds", unit, nonnegative=nonnegative)
+    assert str(e.value) == (f"{tmp_path / f'{name}.npy'}: a value {value!r} at {unit} 2 (2 of 6 "
+                            f"{'negative or ' if nonnegative else ''}not finite; expected what it holds, finite); "
+                            "save the index again")
+    assert _checked_floats(tmp_path, name, np.arange(6), 6, "x", unit, kinds="i", nonnegative=True).dtype == np.float64
+
+
+def test_the_finite_check_makes_no_temporary_of_the_arrays_size(tmp_path: Path) -> None:
+    """Was: every load built ~isfinite(weights), two bool arrays of one byte per posting (the idf and lengths:
+    isfinite(...).all(), one); min and max read them without one."""
+    import tracemalloc
+
+    from ragkit.retrievers.bm25 import _checked_floats
+
+    w = np.random.default_rng(0).random(2_000_000)
+    tracemalloc.start()
+    try:
+        out = _checked_floats(tmp_path, "weights", w, len(w), "weights", "posting")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert out is w and peak < len(w) // 20, peak
