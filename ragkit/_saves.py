@@ -653,9 +653,10 @@ def _check_learned_loaded(op: Operator, folder: Path, meta: Mapping[str, Any]) -
                  f"(params.json records what a fit learned), but its _load did not restore {them}")
         other = saved_by_other_ragkit(meta, cls, "learns more", "may learn otherwise")
         if _builtin(type(op)):  # a built-in operator: its own _load is not the cause
-            cause = other or (f"the folder was saved by this ragkit ({_version()}), whose {cls} restores it: the "
-                              f"folder was changed after it was saved")
-            raise ArtifactError(f"{lacks}; {cause} (or fit and save it again with this one)")
+            if other:
+                raise ArtifactError(f"{lacks}; {other} (or fit and save it again with this one)")
+            it = "the pipeline" if _saved_pipeline_above(folder) is not None else "the operator"
+            raise ArtifactError(f"{lacks}; {same_version_save(bool(op._verified), it, 'its files', 'one of them')}")
         plugin = (f"{cls} must implement _save(folder), writing everything fit learned as plain files, and "
                   f"_load(folder, mmap=False), reading it back into the same attributes; then fit and save it again")
         raise ArtifactError(
@@ -688,14 +689,27 @@ def saved_params_refused(cls: type[Operator], folder: Path, meta: Mapping[str, A
     other = saved_by_other_ragkit(meta, name, "takes other parameters", "may take other parameters")
     if other:
         return f"{other} (or fit {it} and save it again with this one)"
-    said = f"the saved parameters fail this ragkit's checks; saved by ragkit {_version()}, this one's version number"
+    return (f"the saved parameters fail this ragkit's checks; "
+            f"{same_version_save(verified, it, 'its files', 'its params.json', restore='restore its params.json, ')}")
+
+
+def same_version_save(verified: bool, it: str, files: str, edited: str, *, record: str = "the checksums its save wrote",
+                      agreed: str = "", restore: str = "") -> str:
+    """Why the folder of ``it`` (``"the operator"``, ``"the pipeline"``), saved by this very ragkit version number,
+    fails this ragkit's load, saying only what is known, and what to do: ``verified``, its ``files`` match
+    ``record`` (the checksums its save wrote), so they are as saved and the code that reads them changed without
+    a new version number (a development checkout); else they were loaded with ``verify=False``, unchecked, so
+    ``edited`` (``"its params.json"``) may have been edited.  ``agreed``: what the save checked, said after the
+    version (``", whose save checked that they agreed"``); ``restore``: a first thing to do when unchecked
+    (``"restore its params.json, "``).  The loads' wording wherever a folder's files disagree with this ragkit
+    (:func:`saved_params_refused`, :func:`_check_learned_loaded`, ``Pipeline.load``'s steps), never "the folder
+    was changed after saving", which the checksums would have refused."""
+    said = f"saved by ragkit {_version()}, this one's version number{agreed}"
     if verified:
-        return (f"{said}, and its files match the checksums its save wrote: the code that reads them may have "
-                f"changed without a new version number (a development checkout): fit {it} and save it again with "
-                f"this one")
-    return (f"{said}; loaded with verify=False, its files were not checked against the checksums its save wrote "
-            f"(its params.json may have been edited since): load it verified to tell, restore its params.json, or "
-            f"fit {it} and save it again")
+        return (f"{said}, and {files} match {record}: the code that reads them may have changed without a new "
+                f"version number (a development checkout): fit {it} and save it again with this one")
+    return (f"{said}; loaded with verify=False, {files} were not checked against {record} ({edited} may have been "
+            f"edited since): load it verified to tell, {restore}or fit {it} and save it again")
 
 
 def _plugin_named(path: str) -> type[Operator] | None:
@@ -714,10 +728,11 @@ def saved_by_other_ragkit(meta: Mapping[str, Any], cls: str, newer: str, other: 
     """Why a built-in operator's folder (its ``params.json``, ``meta``) may not suit this ragkit's class ``cls`` (a
     class name), by the ragkit version that saved it (``meta["ragkit_version"]``): a clause ending in what to do,
     the class of a newer ragkit described by ``newer`` (``"learns more"``: upgrade ragkit), of another one by
-    ``other`` (``"may learn otherwise"``: load it with that version); ``""`` when this very version saved it (the
-    folder was then changed after saving).  A folder recording no version may be a newer ragkit's.  The loads'
-    wording for a learned attribute missing (:func:`_check_learned_loaded`) and for parameters its class refuses
-    (:meth:`Operator.load <ragkit.operator.Operator.load>`, a step of ``Pipeline.load`` included)."""
+    ``other`` (``"may learn otherwise"``: load it with that version); ``""`` when this very version saved it
+    (:func:`same_version_save` says what is known then).  A folder recording no version may be a newer ragkit's.
+    The loads' wording for a learned attribute missing (:func:`_check_learned_loaded`), for parameters its class
+    refuses (:meth:`Operator.load <ragkit.operator.Operator.load>`, a step of ``Pipeline.load`` included) and for a
+    step that disagrees with its ``pipeline.yaml``."""
     saved_by, this = meta.get("ragkit_version"), _version()
     if isinstance(saved_by, str) and saved_by != this:
         order = _version_order(saved_by, this)

@@ -115,6 +115,66 @@ def test_a_built_in_refusing_its_saved_params_says_what_is_known(tmp_path):
                          "number (a development checkout): fit the operator and save it again with this one"), said
 
 
+def test_a_step_disagreeing_with_pipeline_yaml_says_what_is_known(tmp_path):
+    """Old code: 'the folder was changed after saving' also when both files matched the manifest's checksums."""
+    from ragkit import __version__
+
+    Pipeline([BM25(k=3)]).fit(DOCS).save(tmp_path / "p")
+    yaml_file = tmp_path / "p" / "pipeline.yaml"
+    yaml_file.write_text(yaml_file.read_text().replace("k: 3", "k: 4"))
+    with pytest.raises(ArtifactError) as e:
+        Pipeline.load(tmp_path / "p", verify=False)
+    said = str(e.value)
+    assert said.startswith(f"{yaml_file}: pipeline[0].bm25 is {{bm25: {{'k': 4}}}}, but "), said
+    assert said.endswith(f"; saved by ragkit {__version__}, this one's version number, whose save checked that they "
+                         "agreed; loaded with verify=False, the two files were not checked against manifest.json's "
+                         "checksums (either may have been edited since): load it verified to tell, or fit the "
+                         "pipeline and save it again"), said
+    reseal(tmp_path / "p")
+    with pytest.raises(ArtifactError) as e:
+        Pipeline.load(tmp_path / "p")
+    said = str(e.value)
+    assert said.endswith(f"; saved by ragkit {__version__}, this one's version number, whose save checked that they "
+                         "agreed, and the two files match manifest.json's checksums: the code that reads them may have "
+                         "changed without a new version number (a development checkout): fit the pipeline and save "
+                         "it again with this one"), said
+    assert "changed after" not in said
+    edit_json(tmp_path / "p" / "manifest.json", lambda m: m.update(ragkit_version="0.0.1"))
+    reseal(tmp_path / "p")
+    with pytest.raises(ArtifactError, match=r"saved by another ragkit \(ragkit 0\.0\.1, this is .*\), whose BM25 may "
+                                            r"read them otherwise: load it with that version \(or fit the pipeline"):
+        Pipeline.load(tmp_path / "p")
+
+
+@pytest.mark.parametrize("whole", [False, True])
+def test_a_built_in_losing_a_learned_attribute_at_its_load_says_what_is_known(tmp_path, monkeypatch, whole):
+    """Old code: 'the folder was saved by this ragkit (...), whose BM25 restores it: the folder was changed after it
+    was saved', though its files matched their checksums (here, this ragkit's BM25._load drops one)."""
+    from ragkit import __version__
+
+    (Pipeline([BM25(k=3)]).fit(DOCS) if whole else BM25(k=3).fit(DOCS)).save(tmp_path / "x")
+    it = "the pipeline" if whole else "the operator"
+    load = BM25._load
+
+    def dropping(self, folder, mmap=False):
+        load(self, folder, mmap=mmap)
+        del self.idf_
+
+    monkeypatch.setattr(BM25, "_load", dropping)
+    for verify in (True, False):
+        with pytest.raises(ArtifactError) as e:
+            Operator.load(tmp_path / "x", verify=verify)
+        said = str(e.value)
+        assert "lacks idf_ once loaded" in said and "changed after" not in said, said
+        assert said.endswith(
+            f"saved by ragkit {__version__}, this one's version number, and its files match the checksums its save "
+            "wrote: the code that reads them may have changed without a new version number (a development "
+            f"checkout): fit {it} and save it again with this one" if verify else
+            f"saved by ragkit {__version__}, this one's version number; loaded with verify=False, its files were not "
+            f"checked against the checksums its save wrote (one of them may have been edited since): load it "
+            f"verified to tell, or fit {it} and save it again"), said
+
+
 # ---------------------------------------------------------------- 2. an unregistered class is not saved
 def test_saving_an_unregistered_subclass_is_refused_before_anything_is_written(tmp_path):
     """Old code: saved as 'bm25', and Operator.load brought back a plain BM25 (to_yaml and Pipeline.save refused).
