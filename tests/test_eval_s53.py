@@ -70,6 +70,21 @@ def test_a_block_with_escaped_emoji_is_parsed_at_once(tmp_path, monkeypatch):
     assert corpus.metadata["tags"][4] == ["\U0001F600"]
 
 
+@pytest.mark.parametrize("text", ["C:\\\U0001F600", "\\\\\U0001F600", "a\\\U0001F600\\\\\U0001F680"])
+def test_an_emoji_after_a_backslash_is_parsed_at_once(tmp_path, monkeypatch, text):
+    """A backslash right before an emoji (the text 'C:' backslash emoji, which json.dumps writes as an escaped
+    backslash and then a pair) sent its block line by line, a pair after a backslash being taken for a lone
+    surrogate: escaped backslashes are blanked out before the pairs are looked for."""
+    calls = _count_line_reads(monkeypatch)
+    p = tmp_path / "corpus.jsonl"
+    line = json.dumps({"_id": "d0", "text": text})
+    assert "\\\\\\ud83d\\ude00" in line
+    # (\u005c, a backslash written as an escape: the 'ud800' after it is text, and a pair after it a pair)
+    p.write_text(line + '\n{"_id": "d1", "text": "\\u005cud800 \\u005c\\ud83d\\ude00"}\n')
+    assert read_corpus(p).texts.tolist() == [text, "\\ud800 \\\U0001F600"]
+    assert calls == []
+
+
 @pytest.mark.parametrize("text, where", [
     ('"\\ud800"', "at character 1"),  # a lone high surrogate escape
     ('"\\udc00 x"', "at character 1"),  # a lone low one
@@ -78,6 +93,7 @@ def test_a_block_with_escaped_emoji_is_parsed_at_once(tmp_path, monkeypatch):
     ('"\\ud83d x \\ude00"', "at character 1"),  # the two halves apart
     ('"\\\\ud83d\\ude00"', "at character 7"),  # an escaped backslash, "ud83d", then a lone low surrogate escape
     ('"a\\\\\\\\\\udbff"', "at character 4"),  # two escaped backslashes, then a lone high surrogate escape
+    ('"\\u005c\\ud800"', "at character 2"),  # a backslash written as an escape, then a lone surrogate escape
 ])
 def test_a_lone_surrogate_escape_still_sends_its_block_line_by_line(tmp_path, monkeypatch, text, where):
     """The lone ones are refused at their line as before, the emoji beside them in the block or not; an escaped
