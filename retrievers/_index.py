@@ -978,21 +978,24 @@ class VectorIndex:
         # recall@10 with rescore at oversample 4: 0.862 with the Hamming top-kk, 0.952 so (exact 0.960).
         b1_graph = self.dtype == "b1" and self.backend != "numpy"
         first = max(kk * min(over, B1_WIDEN), self.expansion_search if ef is None else ef) if b1_graph else kk
+        exactly = False  # (every query answered by _exact: a b1 graph's scores are the float query's already)
         if self.backend == "numpy":
             rows = None if mask is None else np.flatnonzero(mask & self.alive)
             s, i = self._exact(qr, first, rows)
         elif mask is None:  # a request for every live slot is answered exactly (no graph walk can miss one)
             if first >= self.n_alive:
                 s, i = self._exact(qr, first, None)
+                exactly = True
             elif self._graph_dead():  # a graph holding dead nodes: those are dropped from a wider shortlist
-                s, i = self._filtered_hnsw(qr, first, None, ef)
+                s, i, exactly = self._filtered_hnsw(qr, first, None, ef)
             else:  # the queries the graph gave fewer than ``first`` (a beam can miss nodes, k near n): exactly
                 s, i = self._hnsw(qr, first, ef)
                 s, i = self._exact_short(qr, first, s, i, np.flatnonzero((i >= 0).sum(axis=1) < first), None)
         else:
-            s, i = self._filtered_hnsw(qr, first, mask, ef)
-        if b1_graph and i.shape[1]:  # the float query against the bits
-            s = self._second_stage(q_full, qr, i, use_floats=False)
+            s, i, exactly = self._filtered_hnsw(qr, first, mask, ef)
+        if b1_graph and i.shape[1]:  # the float query against the bits (which _exact scored already)
+            if not exactly:
+                s = self._second_stage(q_full, qr, i, use_floats=False)
             if self.rescore and i.shape[1] > kk:
                 s, i = _sort_desc(s, i)
                 s, i = s[:, :kk], i[:, :kk]

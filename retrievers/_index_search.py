@@ -269,9 +269,10 @@ def _hnsw(self: VectorIndex, qr: np.ndarray, kk: int, ef: int | None = None) -> 
 
 
 def _filtered_hnsw(self: VectorIndex, qr: np.ndarray, kk: int, mask: np.ndarray | None,
-                   ef: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+                   ef: int | None = None) -> tuple[np.ndarray, np.ndarray, bool]:
     """Top-``kk`` of the graph among the live slots ``mask`` passes (None: every live slot, of a graph that
-    still holds dead nodes).
+    still holds dead nodes): ``(scores, slots, exactly)``, ``exactly`` where every query was answered by
+    :func:`_exact` (its scores, a b1 graph's float query against the bits, need no second look).
 
     A filter passing at most ``min(FILTER_EXACT_MAX, exact_max)`` live rows is answered exactly on
     them (their codes fetched from usearch, one Python object a row: 40,000 rows x 128 dims, a 50%
@@ -285,7 +286,7 @@ def _filtered_hnsw(self: VectorIndex, qr: np.ndarray, kk: int, mask: np.ndarray 
     n_pass = self.n_alive if mask is None else int(np.count_nonzero(ok))
     want = min(kk, n_pass)
     if want == 0 or (mask is not None and n_pass <= min(FILTER_EXACT_MAX, self.exact_max)):
-        return self._exact(qr, kk, np.flatnonzero(ok))
+        return (*self._exact(qr, kk, np.flatnonzero(ok)), True)
     nodes = max(len(self._graph()), n_pass)
     sel = n_pass / nodes
     beam = self.expansion_search if ef is None else ef
@@ -299,7 +300,7 @@ def _filtered_hnsw(self: VectorIndex, qr: np.ndarray, kk: int, mask: np.ndarray 
         s2, i2 = self._passing_hnsw(qr[short], int(min(nodes, 4 * fetch)), kk, ok, ef)
         s[short], i[short] = s2, i2
         short = short[(i2 >= 0).sum(axis=1) < want]
-    return self._exact_short(qr, kk, s, i, short, np.flatnonzero(ok))  # (still too few: those exactly)
+    return (*self._exact_short(qr, kk, s, i, short, np.flatnonzero(ok)), False)  # (still too few: exactly)
 
 
 def _exact_short(self: VectorIndex, qr: np.ndarray, kk: int, s: np.ndarray, i: np.ndarray, short: np.ndarray,

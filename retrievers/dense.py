@@ -293,8 +293,9 @@ class Dense(TunedEncoderMixin, Operator):
         kind, dims = parse_reduce(self.params.reduce)
         if kind != "none":  # before fine-tuning and encoding: the base model's width is the tuned one's; a known
             # width loads no model (2.5 s for MiniLM, where fit otherwise reads cached embeddings only)
-            width = (KNOWN_DIMS.get(self.params.model.lower())
-                     or get_encoder(self.params.model, batch_size=self.params.batch_size).dim)
+            width = _known_width(self.params.model)  # (a registered encoder's own width first, as a load reads it)
+            if width is None:
+                width = get_encoder(self.params.model, batch_size=self.params.batch_size).dim
             if dims > width:
                 raise ParamError(f"dense.reduce: {self.params.reduce!r} asks for {dims} dimensions but "
                                  f"{self.params.model} embeddings have {width}; choose at most {width}",

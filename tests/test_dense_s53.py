@@ -177,3 +177,53 @@ def test_unfiltered_hnsw_search_returns_k_when_k_exist():
     assert (np.diff(scores, axis=1) <= 0).all()
     one, _ = ix.search(q[:1], 2999)  # one query: usearch cuts its matches to the hits found
     assert (one >= 0).all()
+
+
+# ------------------------------------------------------------------ 6. check_corpus' width, a b1 graph's exact answers
+def test_check_corpus_reads_a_registered_encoders_width_first():
+    """check_corpus read KNOWN_DIMS before the encoder registered under the name (the opposite of _known_width,
+    which a load reads): a 32-d encoder registered as all-MiniLM-L6-v2 passed reduce: pca:64 (384 known)."""
+    from ragkit.encoders.custom import registered_encoder, unregister_encoder
+
+    name = "all-MiniLM-L6-v2"
+    before = registered_encoder(name)
+    register_encoder(name, HashedEncoder("dense-s53-minilm-32", 32), replace=True)
+    try:
+        with pytest.raises(ParamError, match=r"^dense\.reduce: 'pca:64' asks for 64 dimensions but .* have 32") as e:
+            Dense(model=name, reduce="pca:64").check_corpus(_corpus(100))
+        assert e.value.path == "dense.reduce"
+        Dense(model=name, reduce="pca:16").check_corpus(_corpus(100))
+    finally:
+        unregister_encoder(name)
+        if before is not None:
+            register_encoder(name, before)
+
+
+def test_a_b1_graphs_exact_answers_are_not_scored_twice(monkeypatch):
+    """A b1 graph's request for every live slot, or a filter passing few, is answered by the exact scan, whose
+    scores are already the float query against the bits; the second stage fetched and scored those candidates
+    again.  The answers are a b1 exact index's, to the bit."""
+    from ragkit.retrievers._index import VectorIndex
+
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((300, 32)).astype(np.float32)
+    q = rng.standard_normal((6, 32)).astype(np.float32)
+    graph = VectorIndex(dtype="b1", search="hnsw", threads=1).build(x)
+    flat = VectorIndex(dtype="b1", search="exact").build(x)
+    calls = []
+    real = VectorIndex._second_stage
+
+    def counted(self, *a, **kw):  # noqa: ANN001, ANN002, ANN003, ANN202
+        calls.append(kw.get("use_floats"))
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(VectorIndex, "_second_stage", counted)
+    few = np.zeros(300, bool)
+    few[::7] = True
+    for k, mask in ((80, None), (10, few)):  # 80 * oversample 4 >= 300 live: every slot; a filter of 43
+        got, want = graph.search(q, k, mask=mask), flat.search(q, k, mask=mask)
+        for a, b in zip(got, want):
+            np.testing.assert_array_equal(a, b)
+    assert calls == []
+    graph.search(q, 5)  # (a graph search: re-ranked by the float query)
+    assert calls == [False]
