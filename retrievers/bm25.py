@@ -616,6 +616,21 @@ def _checked_vocab(path: Path, terms: Any) -> dict[str, int]:
     return vocab
 
 
+def _avgdl_of(value: object) -> float | None:
+    """``value`` as an average document length, a float, where it is one: a real number (``int``, ``float`` or a
+    numpy one; not a bool) whose float is finite and > 0; else ``None``.  :meth:`BM25.set_collection` and a save's
+    load (``collection.json``) both test it so, so that a save holds no avgdl its load refuses, and the weights
+    never divide by 0 (an int too large for a float, or a numpy ``longdouble`` too small for one, was taken by
+    one or the other: an OverflowError, or an avgdl of 0.0)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        return None
+    try:
+        out = float(value)
+    except OverflowError:
+        return None
+    return out if 0 < out < math.inf else None
+
+
 def _checked_floats(folder: Path, name: str, arr: np.ndarray, n: int, what: str, unit: str, kinds: str = "f",
                     nonnegative: bool = False) -> np.ndarray:
     """``arr`` (``<name>.npy`` in ``folder``) as float64 (itself where it is already), once it is 1-D of ``n``
@@ -1408,12 +1423,11 @@ class BM25(Operator):
             raise DataError(f"bm25.set_collection: expected {len(self.vocab_)} finite idf values (one per term, "
                             f"vocabulary order), got idf of shape {idf.shape}"
                             + ("" if idf.shape != (len(self.vocab_),) else " holding values that are not finite"))
-        # (what _load refuses in a save's collection.json: accepted here, a save held what its load refused)
-        if (isinstance(avgdl, (bool, np.bool_)) or not isinstance(avgdl, (int, float, np.integer, np.floating))
-                or not 0 < avgdl < float("inf")):
+        value = _avgdl_of(avgdl)  # (the test _load makes of a save's collection.json: a save loads as it was set)
+        if value is None:
             raise DataError(f"bm25.set_collection: expected avgdl a finite number > 0 (the average document "
                             f"length), got {avgdl!r:.60} ({type(avgdl).__name__})")
-        self.collection_ = {"idf": idf, "avgdl": float(avgdl)}
+        self.collection_ = {"idf": idf, "avgdl": value}
         self._weigh()
 
     def _weigh(self) -> None:
@@ -1435,7 +1449,6 @@ class BM25(Operator):
         else:
             n, avgdl = self.collection_of(dl)
             idf = self.idf_of(df, n)
-        avgdl = avgdl or 1.0
         num_scale = p.k1 + 1.0 if p.variant == "okapi" else 1.0
         norm_doc = p.k1 * (1 - p.b + p.b * dl / avgdl)  # (per document: each posting's value, gathered)
         w = np.empty(c.nnz, np.float64)
@@ -1818,12 +1831,12 @@ class BM25(Operator):
             idf = _checked_floats(folder, "collection_idf", load_array(folder, "collection_idf"), n_terms,
                                   f"one idf per term of the {n_terms:,}-term vocabulary.json", "term")
             stats = read_json(folder / "collection.json")
-            avgdl = stats.get("avgdl") if isinstance(stats, dict) else None
-            if isinstance(avgdl, bool) or not isinstance(avgdl, (int, float)) or not 0 < avgdl < float("inf"):
+            avgdl = _avgdl_of(stats.get("avgdl")) if isinstance(stats, dict) else None
+            if avgdl is None:
                 raise ArtifactError(f"{folder / 'collection.json'}: expected a JSON object whose 'avgdl' is a finite "
                                     f"number > 0 (the average document length), got {stats!r:.80}; save the index "
                                     "again")
-            self.collection_ = {"idf": idf, "avgdl": float(avgdl)}
+            self.collection_ = {"idf": idf, "avgdl": avgdl}
         if not (folder / "weights.json").is_file():
             self._load_docs_by_terms(folder, terms)
             self._warn_older(folder, "format 1: no weights.json", reweighed=True)

@@ -18,9 +18,10 @@ TEXTS = ["red apples and pears", "green pears", "red cars", "blue sky over the s
 
 
 @pytest.mark.parametrize("avgdl", [math.inf, -math.inf, math.nan, 0.0, -1.0, True, False, np.bool_(True),
-                                   np.float32("inf"), "3.0", None])
+                                   np.float32("inf"), "3.0", None, 10**400, np.longdouble("1e-4000")])
 def test_set_collection_refuses_an_avgdl_a_load_refuses(avgdl: object) -> None:
-    """Was: avgdl=inf (or True) was taken, and the save it made held an avgdl its load refused."""
+    """Was: avgdl=inf (or True) was taken, and the save it made held an avgdl its load refused; an int too large
+    for a float raised OverflowError, a longdouble too small for one was taken as 0.0 (then weighed as 1.0)."""
     bm = BM25(k=3).fit(Corpus.from_texts(TEXTS))
     with pytest.raises(DataError, match=r"^bm25\.set_collection: expected avgdl a finite number > 0 \(the average "
                                         r"document length\), got .*\("):
@@ -217,3 +218,31 @@ def test_the_finite_check_makes_no_temporary_of_the_arrays_size(tmp_path: Path) 
     finally:
         tracemalloc.stop()
     assert out is w and peak < len(w) // 20, peak
+
+
+@pytest.mark.parametrize("text", ['{"avgdl": -1}', '{"avgdl": 0}', '{"avgdl": 0.0}', '{"avgdl": true}',
+                                  '{"avgdl": "3.0"}', '{"avgdl": null}', '{"avgdl": NaN}', '{"avgdl": Infinity}',
+                                  '{"avgdl": 1e400}', '{"avgdl": 1' + "0" * 400 + '}', '{"avgdl": [3.0]}', '{}',
+                                  '[3.0]', '3.0'])
+def test_a_saved_collection_json_with_a_bad_avgdl_is_an_artifact_error(tmp_path: Path, text: str) -> None:
+    """A hand-written collection.json is tested as set_collection tests its avgdl (one helper, _avgdl_of).  Was: an
+    integer too large for a float raised a bare OverflowError."""
+    bm = BM25(k=3).fit(Corpus.from_texts(TEXTS))
+    bm.set_collection(bm.idf_, 3.0)
+    bm.save(tmp_path / "bm")
+    (tmp_path / "bm" / "collection.json").write_text(text)
+    with pytest.raises(ArtifactError, match=rf"^{re.escape(str(tmp_path / 'bm' / 'collection.json'))}: expected a "
+                                            r"JSON object whose 'avgdl' is a finite number > 0 \(the average "
+                                            r"document length\), got .*; save the index again$"):
+        BM25.load(tmp_path / "bm", verify=False)
+
+
+@pytest.mark.parametrize(("text", "avgdl"), [('{"avgdl": 2.5}', 2.5), ('{"avgdl": 4}', 4.0), ('{"avgdl": 1e-3}', 1e-3)])
+def test_a_saved_collection_json_with_a_good_avgdl_loads(tmp_path: Path, text: str, avgdl: float) -> None:
+    bm = BM25(k=3).fit(Corpus.from_texts(TEXTS))
+    bm.set_collection(bm.idf_, 3.0)
+    bm.save(tmp_path / "bm")
+    (tmp_path / "bm" / "collection.json").write_text(text)
+    back = BM25.load(tmp_path / "bm", verify=False)
+    assert back.collection_ is not None and type(back.collection_["avgdl"]) is float
+    assert back.collection_["avgdl"] == avgdl
