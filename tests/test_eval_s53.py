@@ -85,6 +85,26 @@ def test_an_emoji_after_a_backslash_is_parsed_at_once(tmp_path, monkeypatch, tex
     assert calls == []
 
 
+def test_an_emoji_record_read_line_by_line_is_not_walked(tmp_path, monkeypatch):
+    """On the line-by-line path (a blank line in the block), a record was walked for a lone surrogate wherever its
+    line showed any surrogate escape, a pair (an emoji) too: only a lone one is walked now."""
+    walked: list[int] = []
+    original = _lines._check_no_lone_surrogate
+
+    def counted(rec, path, n):
+        walked.append(n)
+        return original(rec, path, n)
+
+    monkeypatch.setattr(_lines, "_check_no_lone_surrogate", counted)
+    calls = _count_line_reads(monkeypatch)
+    p = tmp_path / "corpus.jsonl"
+    rec = {"_id": "d1", "text": "emoji \U0001F600", "metadata": {"tags": ["\U0001F680"]}}
+    p.write_text(json.dumps(rec) + "\n\n" + json.dumps({"_id": "d2", "text": "x \ud800"}) + "\n")
+    with pytest.raises(DataError, match=r"corpus\.jsonl:3: field 'text' holds an unpaired surrogate escape"):
+        read_corpus(p)
+    assert calls == [1, 2, 3] and walked == [3]
+
+
 @pytest.mark.parametrize("text, where", [
     ('"\\ud800"', "at character 1"),  # a lone high surrogate escape
     ('"\\udc00 x"', "at character 1"),  # a lone low one

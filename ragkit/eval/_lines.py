@@ -80,8 +80,8 @@ def _check_no_lone_surrogate(rec: dict, path: str | os.PathLike[str], n: int) ->
     """Refuse, naming ``path:n``, the first string of the record ``rec`` holding a lone surrogate (which a JSON
     escape such as ``\\ud800`` gives, and no UTF-8 text or tokenizer holds): a field's value, or any string nested
     in it (``"metadata": {"tags": ["\\ud800"]}``, named by where it stands: ``['tags'][0]``), or a key.  Walked
-    without recursion (JSON nests as deep as its parser allows); called only on a line that shows a surrogate
-    escape (:data:`_SURROGATE`)."""
+    without recursion (JSON nests as deep as its parser allows); called only on a line holding a lone surrogate
+    escape (:func:`_lone_surrogate_escape`)."""
     todo: list[tuple[tuple[Any, ...], Any]] = [((), rec)]
     while todo:
         route, value = todo.pop()
@@ -222,10 +222,10 @@ def _read_jsonl(path: Path, *, piped: Piped | None = None) -> Iterator[tuple[int
 def _jsonl_blocks(path: Path, *, piped: Piped | None = None) -> Iterator[tuple[Sequence[int], list[dict[str, Any]]]]:
     """The records of the JSON Lines file ``path`` (objects with an ``_id``, a string or an integer; blank lines
     skipped) with their line numbers, in blocks: :data:`~ragkit._corpus._JSONL_BLOCK` lines decoded and parsed at
-    once (:func:`_parse_block`).  A block that fails there (a bad line, a blank one, a BOM past line 1, a surrogate
-    escape, ...) is read line by line as before (:func:`_jsonl_line`), one record per block, so that every error is
-    the one that line gave, naming the file (or ``piped``, the input it holds) and the line, and raised before any
-    later line is read."""
+    once (:func:`_parse_block`).  A block that fails there (a bad line, a blank one, a BOM past line 1, a lone
+    surrogate escape, ...) is read line by line as before (:func:`_jsonl_line`), one record per block, so that every
+    error is the one that line gave, naming the file (or ``piped``, the input it holds) and the line, and raised
+    before any later line is read."""
     if not path.is_file():
         raise _not_found(path)
     _refuse_packed(path, piped=piped)
@@ -352,6 +352,6 @@ def _jsonl_line(path: Path, n: int, raw: bytes, first: bool, *, piped: Piped | N
                         f"{rec['_id']!r:.40}")
     if isinstance(rec["_id"], str):
         _check_id(rec["_id"], where, n)
-    if _SURROGATE.search(raw):  # a \ud800-\udfff escape: JSON allows it, no UTF-8 text (or tokenizer) does
+    if _lone_surrogate_escape(raw):  # JSON allows a lone \ud800-\udfff escape, no UTF-8 text (or tokenizer) does
         _check_no_lone_surrogate(rec, where, n)
     return rec
