@@ -263,7 +263,8 @@ def test_unit_length_fixed_per_reader_not_set_by_whoever_came_first(tmp_path: Pa
             return np.ones((len(texts), 4), np.float32)
 
     plain, own = Encoder(), Own()
-    assert own.key == f"{plain.key}|forward={Own.__module__}.{Own.__qualname__}"
+    digest = sentence._forward_digest(Own._forward)
+    assert own.key == f"{plain.key}|forward={Own.__module__}.{Own.__qualname__}#{digest}"
     assert plain.store.unit_length is True
     assert own.store.unit_length is False and plain.store.unit_length is True
     assert own.store is not plain.store and own.store.folder != plain.store.folder

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from ragkit.encoders.sentence import DEFAULT_MODEL, Encoder, resolve_model
+from ragkit.encoders.sentence import DEFAULT_MODEL, Encoder, _forward_digest, resolve_model
 from ragkit.encoders.tokens import TokenEncoder
 from ragkit.errors import DataError, ParamError
 
@@ -63,7 +63,7 @@ def test_subclass_forward_keyed_apart_from_the_plain_encoder() -> None:
     """Old code: Flipped shared the plain encoder's key, so its encode was served the plain model's cached vectors
     (n_encoded 0) and a pipeline's query vectors of the plain encoder (state.vectors, by key)."""
     plain, mine = Encoder(), Flipped()
-    assert mine.key == f"{plain.key}|forward={__name__}.Flipped"
+    assert mine.key == f"{plain.key}|forward={__name__}.Flipped#{_forward_digest(Flipped.__dict__['_forward'])}"
     assert FlippedAgain().key == mine.key
     assert Tagged().key == f"{plain.key}|forward=flipped-v2"
     text = ["scurvy and vitamin C"]
@@ -72,6 +72,82 @@ def test_subclass_forward_keyed_apart_from_the_plain_encoder() -> None:
     assert mine.n_encoded == 1 and np.allclose(b, -a, atol=1e-6)
     assert mine.store.folder != plain.store.folder
     assert np.allclose(Flipped().encode(text), -a, atol=1e-6)  # read back from its own cache
+
+
+def _factory(sign: float) -> type[Encoder]:
+    class Signed(Encoder):
+        def _forward(self, texts: list[str], progress: bool, role: str = "document") -> np.ndarray:
+            return sign * super()._forward(texts, progress, role)
+
+    return Signed
+
+
+def test_forward_tag_names_the_code_not_only_the_class_name() -> None:
+    """Old code: the default tag was the module.qualname alone: classes of one factory (make(1.0), make(-1.0)), or
+    two __main__.Mine of two scripts over one cache, shared a key and its cached vectors."""
+    plus, minus = _factory(1.0)(), _factory(-1.0)()
+    assert plus.key != minus.key and plus.key.rpartition("#")[0] == minus.key.rpartition("#")[0]
+    text = ["scurvy and vitamin C"]
+    np.testing.assert_allclose(minus.encode(text), -plus.encode(text), atol=1e-6)
+    assert minus.n_encoded == 1  # (not served plus's cached vectors)
+    mains = []
+    for body in ("return np.ones((len(texts), 4), np.float32)", "return np.zeros((len(texts), 4), np.float32)"):
+        space: dict[str, Any] = {"Encoder": Encoder, "np": np, "__name__": "__main__"}
+        exec(f"class Mine(Encoder):\n    def _forward(self, texts, progress, role='document'):\n        {body}\n",
+             space)
+        mains.append(space["Mine"](cache=False))
+    assert mains[0].key.partition("|forward=")[2].startswith("__main__.Mine#")
+    assert mains[0].key != mains[1].key
+
+
+def test_forward_digest_is_the_same_in_every_process() -> None:
+    """The digest reads no memory address nor set order (a nested function's code object, a frozenset constant):
+    another process, with another string hash seed, keys the same class alike (its cached vectors are found)."""
+    import subprocess
+    import sys
+
+    def run(seed: str) -> str:
+        code = ("from tests.test_encoders_s53 import Nested; from ragkit.encoders.sentence import _forward_digest; "
+                "print(_forward_digest(Nested.__dict__['_forward']))")
+        return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                              cwd=Path(__file__).resolve().parents[1],
+                              env={**os.environ, "PYTHONHASHSEED": seed}).stdout.strip()
+
+    assert run("1") == run("2") == _forward_digest(Nested.__dict__["_forward"])
+
+
+class Nested(Encoder):
+    def _forward(self, texts: list[str], progress: bool, role: str = "document") -> np.ndarray:
+        keep = [t for t in texts if t not in {"alpha", "beta", "gamma", "delta"}]
+        return np.array(list(map(lambda t: [float(len(t)), 1.0], keep or texts)), np.float32)
+
+
+def test_key_tag_read_from_the_instance() -> None:
+    """Old code: key_tag was read from the class only: a tag an instance set before super().__init__ was ignored."""
+
+    class Scaled(Encoder):
+        def __init__(self, scale: float, **kwargs: Any) -> None:
+            self.scale = scale
+            self.key_tag = f"scaled-{scale}"
+            super().__init__(**kwargs)
+
+        def _forward(self, texts: list[str], progress: bool, role: str = "document") -> np.ndarray:
+            return self.scale * super()._forward(texts, progress, role)
+
+    plain = Encoder()
+    assert Scaled(2.0).key == f"{plain.key}|forward=scaled-2.0"
+    assert Scaled(3.0).key == f"{plain.key}|forward=scaled-3.0"
+
+
+def test_key_tag_without_a_forward_pass_of_its_own_refused() -> None:
+    """Old code: a key_tag on a subclass that keeps ragkit's _forward was ignored without a word (the plain key)."""
+
+    class Renamed(Encoder):
+        key_tag = "renamed-v1"
+
+    with pytest.raises(ParamError, match=r"Renamed\.key_tag is str 'renamed-v1', but Renamed keeps ragkit's forward "
+                                         r"pass \(Encoder\._forward\).*expected key_tag None"):
+        Renamed()
 
 
 def test_bad_key_tag_refused() -> None:

@@ -453,6 +453,95 @@ def check_encoder_settings(who: str, *, batch_size: Any = 64, max_seq_length: An
                          "None (the model's own) or an int >= 1 (tokens kept per text)", path="max_seq_length")
 
 
+def forward_tag(encoder: Any, base: type) -> str | None:
+    """What names ``encoder``'s forward pass in its key (``|forward=<tag>``), ``base`` being the ragkit class whose
+    ``_forward`` is ragkit's own (:class:`Encoder`, :class:`~ragkit.encoders.tokens.TokenEncoder`).
+
+    ``None`` where the class keeps ``base._forward`` (ragkit's vectors: the plain key).  Else ``encoder.key_tag``
+    (read from the instance, then its class: a tag set on the instance before ``super().__init__()``, which makes
+    the key, counts), or where that is ``None`` the ``module.qualname`` of the class that defines the ``_forward``
+    and a digest of its code (:func:`_forward_digest`): two classes of one name (``__main__.Mine`` in two scripts
+    over one cache, classes made by one factory) computing otherwise never share a key, nor its cached vectors.
+    A subclass that keeps its parent's ``_forward`` shares the parent's tag.  A :class:`ParamError` names the class
+    when ``key_tag`` is no non-empty str without ``|``, or is set where ``_forward`` is ragkit's (it would name
+    nothing: the plain encoder's vectors, its key)."""
+    cls = type(encoder)
+    tag = getattr(encoder, "key_tag", None)
+    if getattr(cls, "_forward", None) is getattr(base, "_forward"):
+        if tag is not None:
+            raise ParamError(f"{cls.__name__}.key_tag is {type(tag).__name__} {tag!r:.60}, but {cls.__name__} keeps "
+                             f"ragkit's forward pass ({base.__name__}._forward): its vectors are the plain "
+                             f"{base.__name__}'s, under the plain key; expected key_tag None, or a _forward of its "
+                             "own that the tag names", path="key_tag")
+        return None
+    if tag is None:
+        owner = next(c for c in cls.__mro__ if "_forward" in vars(c))
+        return f"{owner.__module__}.{owner.__qualname__}#{_forward_digest(vars(owner)['_forward'])}"
+    if not isinstance(tag, str) or not tag.strip() or "|" in tag:
+        raise ParamError(f"{cls.__name__}.key_tag is {type(tag).__name__} {tag!r:.60}; expected None (the "
+                         "class's module.qualname and a digest of its _forward's code) or a non-empty str without "
+                         "'|' naming its forward pass in the cache key", path="key_tag")
+    return tag
+
+
+#: the types of closure values :func:`_forward_digest` reads by value (their repr is the same in every process)
+_PLAIN_VALUES = (type(None), bool, int, float, complex, str, bytes)
+
+
+def _forward_digest(func: Any) -> str:
+    """12 hex digits naming the code of ``func`` (a class's ``_forward``): its bytecode, constants (code objects of
+    nested functions by their own code, the items of a frozen set sorted: ``repr`` gives neither the same in every
+    process) and names, and the values of its closure that are plain constants (numbers, strings, bytes, ``None``,
+    tuples of them; any other by its type alone: a ``repr`` may hold a memory address).  What it does not read:
+    the functions and globals it calls (by name only), settings held by the instance: a ``key_tag`` names those.
+    The bytecode is the Python version's: another version keys apart (encodes anew, never serves other vectors)."""
+    h = hashlib.sha1()
+    fn = getattr(func, "__func__", func)  # (a staticmethod / classmethod: the function it holds)
+    code = getattr(fn, "__code__", None)
+    if code is None:  # (a callable object: named by its type)
+        h.update(f"{type(fn).__module__}.{type(fn).__qualname__}".encode())
+        return h.hexdigest()[:12]
+    _digest_code(code, h)
+    for name, cell in zip(code.co_freevars, getattr(fn, "__closure__", None) or ()):
+        try:
+            value = cell.cell_contents
+        except ValueError:  # (an empty cell)
+            value = None
+        h.update(f"{name}={_plain_repr(value)}\x00".encode("utf-8", "surrogatepass"))
+    return h.hexdigest()[:12]
+
+
+def _digest_code(code: Any, h: Any) -> None:
+    h.update(code.co_code)
+    for c in code.co_consts:
+        if hasattr(c, "co_code"):
+            _digest_code(c, h)
+        else:
+            h.update(_const_repr(c).encode("utf-8", "surrogatepass") + b"\x00")
+    h.update(repr(code.co_names).encode("utf-8", "surrogatepass"))
+
+
+def _const_repr(c: Any) -> str:
+    """``repr`` of code constant ``c``, a frozen set's items sorted (their order follows the string hash seed)."""
+    if isinstance(c, frozenset):
+        return "frozenset(" + repr(sorted(map(_const_repr, c))) + ")"
+    if isinstance(c, tuple):
+        return "(" + ", ".join(map(_const_repr, c)) + ",)"
+    return repr(c)
+
+
+def _plain_repr(value: Any) -> str:
+    """A closure value as :func:`_forward_digest` reads it: a plain constant (or a tuple of them) by its ``repr``,
+    a class by its ``module.qualname``, anything else by its type's."""
+    if isinstance(value, _PLAIN_VALUES):
+        return repr(value)
+    if isinstance(value, tuple):
+        return "(" + ", ".join(map(_plain_repr, value)) + ",)"
+    if isinstance(value, type):
+        return f"class {value.__module__}.{value.__qualname__}"
+    return f"a {type(value).__module__}.{type(value).__qualname__}"
+
+
 def _check_prompt(value: Any, name: str) -> None:
     if value is not None and not isinstance(value, str):
         raise ParamError(f"Encoder: {name} is {type(value).__name__} {value!r:.60}; expected None (the model's own) "
@@ -488,9 +577,10 @@ class Encoder:
         the prompts, and when queries and documents get different prompts, their vectors are cached apart.
 
     A subclass with a forward pass of its own (``_forward``) computes other vectors than the model's: its key ends
-    with ``|forward=<tag>``, the tag its class attribute :attr:`key_tag` or else the ``module.qualname`` of the
-    class that defines the ``_forward`` (so it never shares cached vectors, nor a pipeline's query vectors, with the
-    plain encoder of the model).  A subclass that keeps ragkit's forward pass keys as the plain encoder.
+    with ``|forward=<tag>`` (:func:`forward_tag`), the tag its :attr:`key_tag` or else the ``module.qualname`` of
+    the class that defines the ``_forward`` and a digest of that method's code (so it never shares cached vectors,
+    nor a pipeline's query vectors, with the plain encoder of the model, nor with another class of its name).  A
+    subclass that keeps ragkit's forward pass keys as the plain encoder (a ``key_tag`` on it is refused).
 
     Examples
     --------
@@ -500,8 +590,11 @@ class Encoder:
     """
 
     #: what names a subclass's own forward pass (``_forward``) in the key, ``|forward=<key_tag>``; ``None``: the
-    #: ``module.qualname`` of the class that defines it (change the tag when the forward pass changes its vectors).
-    #: Read only where ``_forward`` is overridden: a subclass of ragkit's forward pass keys as the plain encoder
+    #: ``module.qualname`` of the class that defines it and a digest of its code, its closure's plain values (numbers,
+    #: strings) included.  Set it where the vectors depend on what that digest does not read: settings the
+    #: instance holds (``self.scale``; set ``self.key_tag`` before ``super().__init__()``, which makes the key),
+    #: objects in a closure (a model, an array), the functions it calls; change it when they change the vectors.
+    #: Refused (:class:`ParamError`) on a class that keeps ragkit's ``_forward``: the vectors are the plain key's
     key_tag: str | None = None
 
     def __init__(self, model: str = DEFAULT_MODEL, *, batch_size: int = 64, max_seq_length: int | None = None,
@@ -552,27 +645,14 @@ class Encoder:
             key += f"|prompts={said.hexdigest()[:12]}"
         if not normalize:
             key += "|raw"
-        forward = self._forward_tag()
+        forward = self._forward_tag()  # (read here, in __init__: an instance's key_tag is set before it)
         if forward is not None:
             key += f"|forward={forward}"
         return fingerprint, query_prompt, document_prompt, normalize, key
 
     def _forward_tag(self) -> str | None:
-        """What names this encoder's forward pass in its key: ``None`` for ragkit's own (:meth:`_forward` not
-        overridden); else the class attribute :attr:`key_tag`, or the ``module.qualname`` of the class that defines
-        the ``_forward`` (a subclass of it that keeps it computes the same vectors, and shares its key)."""
-        cls = type(self)
-        if cls._forward is Encoder._forward:
-            return None
-        tag = cls.key_tag
-        if tag is None:
-            owner = next(c for c in cls.__mro__ if "_forward" in vars(c))
-            return f"{owner.__module__}.{owner.__qualname__}"
-        if not isinstance(tag, str) or not tag.strip() or "|" in tag:
-            raise ParamError(f"{cls.__name__}.key_tag is {type(tag).__name__} {tag!r:.60}; expected None (the "
-                             "class's module.qualname) or a non-empty str without '|' naming its forward pass in "
-                             "the cache key", path="key_tag")
-        return tag
+        """What names this encoder's forward pass in its key (:func:`forward_tag`): ``None`` for ragkit's own."""
+        return forward_tag(self, Encoder)
 
     def _resolved(self) -> tuple[str, str, str, bool, str]:
         """:meth:`_describe` of the model's files, for a hub id not in the Hugging Face cache when the encoder was
