@@ -276,6 +276,11 @@ def _check_meta_types(folder: Path, meta: Mapping[str, Any]) -> None:
                             "their ids (hex)}")
     if TEXTS_KEY in meta and not isinstance(meta[TEXTS_KEY], str):
         raise bad(TEXTS_KEY, "the digest of the documents' texts, a hex string")
+    if CLASS_KEY in meta and not (isinstance(meta[CLASS_KEY], str) and meta[CLASS_KEY].count(":") == 1
+                                  and all(meta[CLASS_KEY].split(":"))):
+        raise bad(CLASS_KEY, "the class that saved it, a string \"module:qualname\"")
+    if REGISTERED_KEY in meta and not isinstance(meta[REGISTERED_KEY], bool):
+        raise bad(REGISTERED_KEY, "true or false (whether the class that saved it was the registered one)")
 
 
 def _json_kind(value: Any) -> str:
@@ -598,6 +603,11 @@ def _version() -> str:
 
 #: params.json's key for the names of the attributes a fit learned (:func:`learned_attributes`)
 LEARNED_KEY = "learned"
+#: params.json's key for the class that saved the operator (``module:qualname``, :func:`ragkit.registry.class_path`)
+CLASS_KEY = "class"
+#: params.json's key for whether that class was the one registered under the operator's name (which
+#: ``Operator.load`` builds: a folder saved by another is refused there, and loads with its class's own ``load``)
+REGISTERED_KEY = "registered"
 # (set by the base class's fit and load themselves, not by ``_fit`` / ``_load``)
 _BASE_LEARNED = frozenset({"corpus_", "trained_on_"})
 

@@ -53,8 +53,10 @@ from ragkit._fingerprints import TEXTS_KEY, corpus_fingerprint, corpus_texts_dig
 from ragkit._results import check_result
 from ragkit._saves import (
     CHECKSUMS,
+    CLASS_KEY,
     FORMAT_VERSION,
     LEARNED_KEY,
+    REGISTERED_KEY,
     RESERVED_FILES,
     TRAINED,
     _before_checksums,
@@ -905,10 +907,11 @@ class Operator:
         """Write ``params.json``, the fitted artifacts, ``corpus.jsonl`` and ``checksums.json``
         (SHA-256 of every other file, verified by :meth:`load`) to the folder ``path``.
 
-        The folder names the operator by its ``name``: a class that is not the one registered under a registered
-        name (a subclass that kept its parent's) is refused (:class:`~ragkit.errors.ParamError`, nothing
-        written), as :meth:`to_yaml` and ``Pipeline.save`` refuse it, since ``Operator.load`` would build the
-        registered class from the folder.
+        The folder names the operator by its ``name`` and records its class (``params.json``'s ``class``,
+        ``module:qualname``) and whether that class was the one registered under the name (``registered``): a
+        class that was not (unregistered, or a subclass that kept its parent's name) loads with its own
+        ``load`` (``Fast.load(folder)``), and ``Operator.load`` refuses it rather than build the registered
+        class from the folder.
         The folder is written under a temporary name and renamed into place, so an
         interrupted save never destroys the previous one, and a save during which the operator's
         documents changed (``add`` / ``remove`` on another thread) is refused before it replaces
@@ -917,11 +920,6 @@ class Operator:
         from ragkit._locks import guarded
 
         folder = user_path(path, f"{type(self).__name__}.save: path")
-        # the folder names the operator by its registry name, which Operator.load builds: an unregistered subclass
-        # that kept a registered class's name (its parent's) would load as that class; one of a name of its own,
-        # registered or not, loads with its class's load (MyOp.load(folder))
-        if self.name in registry.names():
-            registry.check_registered(self, f"{type(self).__name__}.save ({self.name!r})")
         if self.is_fitted and hasattr(self, "corpus_"):
             check_savable(self)  # (before the folder is touched)
         with guarded(self), atomic_dir(folder) as tmp:  # a RagkitRetriever's edits of it wait for the save
@@ -939,6 +937,9 @@ class Operator:
         meta = {
             "operator": self.name, "params": self.params.model_dump(mode="json"),
             "fitted": fitted, "format_version": FORMAT_VERSION, "ragkit_version": _version(),
+            # (the class that saved it, and whether it was the one registered under its name, which Operator.load
+            # builds: an unregistered one is refused there, loaded by its own load)
+            CLASS_KEY: registry.class_path(type(self)), REGISTERED_KEY: registry.is_registered(self),
             **({"corpus": corpus_fingerprint(self.corpus_), TEXTS_KEY: corpus_texts_digest(self.corpus_),
                 LEARNED_KEY: learned_attributes(self)} if fitted else {}),
         }
@@ -1036,6 +1037,15 @@ class Operator:
             raise ArtifactError(f"{folder / 'params.json'}: {registry.saved_unknown(e.name, '')}") from None
         if op_cls.name != meta["operator"]:
             raise ArtifactError(f"{folder}: holds a {meta['operator']!r} operator, not {op_cls.name!r}")
+        saved_by = meta.get(CLASS_KEY)
+        if cls is Operator and isinstance(saved_by, str) and meta.get(REGISTERED_KEY) is False \
+                and not registry.is_class_path(op_cls, saved_by):
+            # (saved by a class that was not the registered one: a subclass that kept its parent's name)
+            raise ArtifactError(
+                f"{folder / 'params.json'}: saved by {registry.shown_class_path(saved_by)}, which was not registered "
+                f"under {meta['operator']!r} (the class registered so is {op_cls.__module__}.{op_cls.__qualname__}, "
+                f"which Operator.load would build from it instead): load it with "
+                f"{registry.class_name(saved_by)}.load(folder)")
         try:  # (validated as saved values: a renamed value's note says to save again, not to edit a file)
             op = op_cls(validate_params(op_cls.Params, meta["params"], op_cls.name, source="saved"))
         except registry.UnknownOperatorError as e:  # one named in its parameters (sharded.retriever: a plugin's)

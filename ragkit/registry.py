@@ -288,6 +288,41 @@ def check_registered(op: "Operator", where: str) -> None:
                      f"{' and give it a name of its own (name = ...)' if known is not None else ''}")
 
 
+def is_registered(op: "Operator") -> bool:
+    """Whether ``op``'s class is the one registered under its ``name`` (:func:`check_registered` without the
+    error; the registry as it is: a class is registered when its module is imported, so nothing is loaded)."""
+    known = _REGISTRY.get(op.name) if isinstance(op.name, str) else None
+    return known is not None and (known is type(op) or same_class(known, type(op)))
+
+
+def class_path(cls: type) -> str:
+    """``module:qualname`` of ``cls``, as a saved folder records the class that saved it."""
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def is_class_path(cls: type, recorded: object) -> bool:
+    """Whether ``recorded`` (:func:`class_path` as a saved folder holds it) names ``cls``: the same module and
+    qualified name, or the same qualified name in a module imported here from the same source file (one file
+    imported under two module names, as :func:`same_class` tells)."""
+    if not isinstance(recorded, str):
+        return False
+    module, _, qualname = recorded.partition(":")
+    if (module, qualname) == (cls.__module__, cls.__qualname__):
+        return True
+    file = getattr(sys.modules.get(module), "__file__", None)
+    return qualname == cls.__qualname__ and isinstance(file, str) and os.path.realpath(file) == _source_file(cls)
+
+
+def shown_class_path(recorded: str) -> str:
+    """A recorded :func:`class_path` as Python spells the class (``mymodule.Fast``)."""
+    return recorded.replace(":", ".", 1)
+
+
+def class_name(recorded: str) -> str:
+    """The class's own name in a recorded :func:`class_path` (``Fast`` of ``tests.x:test_y.<locals>.Fast``)."""
+    return recorded.rsplit(":", 1)[-1].rsplit(".", 1)[-1]
+
+
 def names() -> list[str]:
     """Sorted registry names of all operators."""
     load_all()

@@ -175,26 +175,54 @@ def test_a_built_in_losing_a_learned_attribute_at_its_load_says_what_is_known(tm
             f"verified to tell, or fit {it} and save it again"), said
 
 
-# ---------------------------------------------------------------- 2. an unregistered class is not saved
-def test_saving_an_unregistered_subclass_is_refused_before_anything_is_written(tmp_path):
-    """Old code: saved as 'bm25', and Operator.load brought back a plain BM25 (to_yaml and Pipeline.save refused).
-    A class of a name of its own, registered or not, is saved (it loads with its class's load)."""
-    from ragkit.errors import ParamError
+# ---------------------------------------------------------------- 2. an unregistered class saved
+def test_an_unregistered_subclass_saves_loads_with_its_own_class_and_operator_load_refuses_it(tmp_path):
+    """319ad17 refused Fast.save (it had loaded back with Fast.load); before it, Operator.load brought back a plain
+    BM25. Now the folder records the class and that it was not the registered one: Fast.load loads it, Operator.load
+    refuses it naming Fast. A class of a name of its own, registered or not, saves and loads with its class."""
+    import json
 
     class Fast(BM25):  # not registered: it keeps BM25's name
         pass
 
-    op = Fast(k=2).fit(DOCS)
-    with pytest.raises(ParamError, match=r"Fast\.save \('bm25'\): .*Fast is not a registered operator \(the name "
-                                         r"'bm25' is ragkit\.retrievers\.bm25\.BM25's\).*@ragkit\.registry\.register"):
-        op.save(tmp_path / "x")
-    assert not (tmp_path / "x").exists()
+    Fast(k=2).fit(DOCS).save(tmp_path / "x")
+    meta = json.loads((tmp_path / "x" / "params.json").read_text())
+    assert meta["class"] == f"{__name__}:{Fast.__qualname__}" and meta["registered"] is False
+    loaded = Fast.load(tmp_path / "x")
+    assert type(loaded) is Fast and loaded.search(["vitamin"]).to_dict()["q0"]
+    with pytest.raises(ArtifactError) as e:
+        Operator.load(tmp_path / "x")
+    assert str(e.value) == (f"{tmp_path / 'x' / 'params.json'}: saved by {__name__}.{Fast.__qualname__}, which was not "
+                            "registered under 'bm25' (the class registered so is ragkit.retrievers.bm25.BM25, which "
+                            "Operator.load would build from it instead): load it with Fast.load(folder)")
 
     class Mine(BM25):
         name = "s53_mine"
 
     Mine(k=2).fit(DOCS).save(tmp_path / "mine")
     assert type(Mine.load(tmp_path / "mine")) is Mine
+
+
+def test_a_registered_class_records_itself_and_older_saves_load_as_before(tmp_path):
+    """A folder without the record (saved before it) loads through the registered class, as it did."""
+    import json
+
+    BM25(k=2).fit(DOCS).save(tmp_path / "b")
+    meta = json.loads((tmp_path / "b" / "params.json").read_text())
+    assert meta["class"] == "ragkit.retrievers.bm25:BM25" and meta["registered"] is True
+    assert type(Operator.load(tmp_path / "b")) is BM25
+
+    class Fast(BM25):
+        pass
+
+    Fast(k=2).fit(DOCS).save(tmp_path / "old")
+    edit_json(tmp_path / "old" / "params.json", lambda m: [m.pop("class"), m.pop("registered")])
+    reseal(tmp_path / "old")
+    assert type(Operator.load(tmp_path / "old")) is BM25  # (what the folder says: no more is known)
+    edit_json(tmp_path / "old" / "params.json", lambda m: m.update({"class": "Fast", "registered": False}))
+    with pytest.raises(ArtifactError, match=r"'class' holds \"Fast\" \(a JSON string\); expected the class that "
+                                            r"saved it, a string \"module:qualname\""):
+        Operator.load(tmp_path / "old", verify=False)
 
 
 # ---------------------------------------------------------------- 3. the builder's error text is made for errors only
