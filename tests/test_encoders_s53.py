@@ -150,6 +150,38 @@ def test_key_tag_without_a_forward_pass_of_its_own_refused() -> None:
         Renamed()
 
 
+def test_operator_saved_before_forward_keys_told_why(tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    """Old code: an operator saved (encoder.json) before an Encoder subclass's forward pass was keyed apart (its key
+    was the plain model's) was refused on a load saying its queries "would be encoded into another space", which is
+    false: its saved vectors may be the plain model's, from the cache they shared."""
+    from ragkit.encoders import register_encoder, sentence, unregister_encoder
+    from ragkit.errors import ArtifactError
+
+    mine = Flipped()
+    register_encoder("s53-flipped", mine, replace=True)
+    request.addfinalizer(lambda: unregister_encoder("s53-flipped"))
+    plain_key = Encoder().key
+
+    def saved(key: str) -> Path:
+        folder = tmp_path / f"saved{len(list(tmp_path.iterdir()))}"
+        folder.mkdir()
+        (folder / sentence.ENCODER_FILE).write_text(json.dumps({"key": key}), encoding="utf-8")
+        return folder
+
+    tag = mine.key.partition("|forward=")[2]
+    with pytest.raises(ArtifactError, match=r"the same model, but its own forward pass is now keyed apart "
+                                            rf"\(\|forward={tag}\): its saved vectors may be the plain model's, "
+                                            r"served from the cache they shared: fit it again"):
+        sentence.check_encoder_key(saved(plain_key), mine, "dense", "s53-flipped")
+    old_tag = f"{plain_key}|forward={__name__}.Flipped"  # (da85366's default tag: no digest)
+    with pytest.raises(ArtifactError, match=r"its forward pass is named otherwise \(\|forward=[^ ]+\.Flipped then, "
+                                            r"\|forward=[^ ]+\.Flipped#[0-9a-f]{12} now.*fit it again"):
+        sentence.check_encoder_key(saved(old_tag), mine, "dense", "s53-flipped")
+    sentence.check_encoder_key(saved(mine.key), mine, "dense", "s53-flipped")  # its own key: accepted
+    with pytest.raises(ArtifactError, match=r"another space"):  # a forward pass saved, the plain encoder now
+        sentence.check_encoder_key(saved(mine.key), Encoder(), "dense", DEFAULT_MODEL)
+
+
 def test_bad_key_tag_refused() -> None:
     class Bad(Flipped):
         key_tag = "a|b"

@@ -1240,9 +1240,11 @@ def check_encoder_key(folder: Path, encoder: Any, who: str, model: str) -> None:
                 return
         changed = _settings_changed(was, now) if isinstance(was, str) else None
         if changed:
+            said, forward = changed
             raise ArtifactError(
                 f"{folder}: {who} was fitted with the encoder {was!r}, but model {model!r} is now {encoder.key!r}: "
-                f"the same model, but {changed}, so its queries would not match the saved vectors: fit it again")
+                f"the same model, but {said}" + ("" if forward else ", so its queries would not match the saved "
+                                                 "vectors") + ": fit it again")
         from ragkit.encoders.custom import registered_encoder
 
         if registered_encoder(model) is None and "|msl=" not in str(was):  # fitted with a custom encoder
@@ -1256,18 +1258,20 @@ def check_encoder_key(folder: Path, encoder: Any, who: str, model: str) -> None:
             "fitted with (a custom encoder: register_encoder it first), or fit it again")
 
 
-def _settings_changed(was: str, now: str) -> str | None:
-    """What differs between the encoder keys ``was`` (saved) and ``now`` where only their ``|raw`` and
-    ``|prompts=`` parts do (the model's normalisation and prompts, applied since keys carry them); ``None`` where
-    anything else differs."""
-    def parts(key: str) -> tuple[list[str], bool, str | None]:
+def _settings_changed(was: str, now: str) -> tuple[str, bool] | None:
+    """What differs between the encoder keys ``was`` (saved) and ``now`` where only their ``|raw``, ``|prompts=``
+    and ``|forward=`` parts do (the model's normalisation and prompts, applied since keys carry them; a subclass's
+    own forward pass, keyed apart since da85366, or its tag changed), and whether the forward pass is among them;
+    ``None`` where anything else differs (or a forward pass keyed before is gone: another encoder)."""
+    def parts(key: str) -> tuple[list[str], bool, str | None, str | None]:
         segs = key.split("|")
         prompts = [s for s in segs if s.startswith("prompts=")]
-        return ([s for s in segs if s != "raw" and not s.startswith("prompts=")], "raw" in segs,
-                prompts[0] if prompts else None)
+        forward = [s for s in segs if s.startswith("forward=")]
+        return ([s for s in segs if s != "raw" and not s.startswith(("prompts=", "forward="))], "raw" in segs,
+                prompts[0] if prompts else None, forward[0] if forward else None)
 
-    (w_rest, w_raw, w_prompts), (n_rest, n_raw, n_prompts) = parts(was), parts(now)
-    if w_rest != n_rest or (w_raw, w_prompts) == (n_raw, n_prompts):
+    (w_rest, w_raw, w_prompts, w_fwd), (n_rest, n_raw, n_prompts, n_fwd) = parts(was), parts(now)
+    if w_rest != n_rest or (w_raw, w_prompts, w_fwd) == (n_raw, n_prompts, n_fwd) or (w_fwd and not n_fwd):
         return None
     said = []
     if n_prompts != w_prompts:
@@ -1276,4 +1280,10 @@ def _settings_changed(was: str, now: str) -> str | None:
     if n_raw != w_raw:
         said.append("its vectors are now kept raw (not normalised), as the model says" if n_raw else
                     "its vectors are now normalised")
-    return " and ".join(said)
+    if n_fwd != w_fwd:
+        said.append(f"its own forward pass is now keyed apart (|{n_fwd}): its saved vectors may be the plain "
+                    "model's, served from the cache they shared" if w_fwd is None else
+                    f"its forward pass is named otherwise (|{w_fwd} then, |{n_fwd} now: its key_tag changed, or "
+                    "the default tag now holds a digest of _forward's code): its saved vectors may come from "
+                    "another forward pass")
+    return " and ".join(said), n_fwd != w_fwd
