@@ -292,7 +292,7 @@ def _load_pipeline(folder: Path, corpus: Corpus | None, mmap: bool, verify: bool
                                 "pipeline again, or load it unchecked with verify=False")
         _check_listed(folder, digests, nodes, corpus_read=bool(manifest.get("fitted")) and corpus is None)
         verify_checksums(folder, digests, SHA_RECORD)
-    _refuse_unknown_steps(folder, nodes)
+    _refuse_unknown_steps(folder, nodes, manifest.get("ragkit_version"))
     if not manifest.get("fitted"):
         corpus = None
     elif corpus is None:
@@ -349,7 +349,7 @@ def _load_pipeline(folder: Path, corpus: Corpus | None, mmap: bool, verify: bool
     return pipe
 
 
-def _refuse_unknown_steps(folder: Path, nodes: dict[str, str]) -> None:
+def _refuse_unknown_steps(folder: Path, nodes: dict[str, str], saved_by: object) -> None:
     """Refuse (:class:`ArtifactError`, one line per step) the steps of the pipeline saved at ``folder`` whose
     operator (the last part of its node path, ``pipeline[0].my_bm25``) is not registered in this process: a save
     writes registered names only, so each is a plugin's operator whose module is not imported (said so, not with
@@ -357,9 +357,10 @@ def _refuse_unknown_steps(folder: Path, nodes: dict[str, str]) -> None:
     known = set(registry.names())  # (the built-in families and the plugins' entry points, loaded)
     unknown = [(path, name) for path in nodes if (name := path.rsplit(".", 1)[-1]) not in known]
     if unknown:
-        lines = [f"{folder / 'pipeline.yaml'}: {registry.saved_unknown(name, path)}" for path, name in unknown]
+        lines = [f"{folder / 'pipeline.yaml'}: {registry.saved_unknown(name, path, saved_by)}"
+                 for path, name in unknown]
         cut = registry.PLUGIN_HINT
-        lines[:-1] = [line[:line.index(f" ({cut}")] if cut in line else line for line in lines[:-1]]
+        lines[:-1] = [line[:line.index(f" {cut}")] if cut in line else line for line in lines[:-1]]
         raise ArtifactError("\n".join(lines))
 
 

@@ -1034,7 +1034,9 @@ class Operator:
         try:
             op_cls = registry.get(meta["operator"]) if cls is Operator else cls
         except registry.UnknownOperatorError as e:  # (a plugin not imported: a save writes registered names only)
-            raise ArtifactError(f"{folder / 'params.json'}: {registry.saved_unknown(e.name, '')}") from None
+            raise ArtifactError(f"{folder / 'params.json'}: "
+                                f"{registry.saved_unknown(e.name, '', meta.get('ragkit_version'), meta.get(CLASS_KEY))}"
+                                ) from None
         if op_cls.name != meta["operator"]:
             raise ArtifactError(f"{folder}: holds a {meta['operator']!r} operator, not {op_cls.name!r}")
         saved_by = meta.get(CLASS_KEY)
@@ -1049,7 +1051,8 @@ class Operator:
         try:  # (validated as saved values: a renamed value's note says to save again, not to edit a file)
             op = op_cls(validate_params(op_cls.Params, meta["params"], op_cls.name, source="saved"))
         except registry.UnknownOperatorError as e:  # one named in its parameters (sharded.retriever: a plugin's)
-            raise ArtifactError(f"{folder / 'params.json'}: {registry.saved_unknown(e.name, e.path)}") from None
+            raise ArtifactError(f"{folder / 'params.json'}: "
+                                f"{registry.saved_unknown(e.name, e.path, meta.get('ragkit_version'))}") from None
         except ParamError as e:  # name the file the parameters came from, not just the field, and why they differ
             why = saved_params_refused(op_cls, folder, meta, e, verify or _CHECKSUMS_VERIFIED.get())
             raise ArtifactError(f"{folder / 'params.json'}: {e}; {why}") from None

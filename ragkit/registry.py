@@ -70,15 +70,27 @@ class UnknownOperatorError(ParamError):
         self.name = name
 
 
-def saved_unknown(name: object, where: str) -> str:
+def saved_unknown(name: object, where: str, saved_by: object = None, saved_class: object = None) -> str:
     """The error text for the operator ``name`` that a saved folder names (at ``where``: ``sharded.retriever``, a
-    step's path, or ``""``) and that is not registered in this process: a plugin's operator whose module is not
-    imported (no "did you mean": a save wrote the name its class had, and another name would load another
-    operator)."""
+    step's path, or ``""``: the folder's own operator) and that is not registered in this process: a plugin's
+    operator whose module is not imported (no "did you mean": a save wrote the name its class had, and another
+    name would load another operator); when the folder was saved by another ragkit version (``saved_by``, its
+    ``ragkit_version``), that one may have it built in.  The folder's own operator may also be a class saved
+    unregistered, which loads with its own ``load`` (``saved_class``: the class its ``params.json`` records).
+    The advice of :data:`PLUGIN_HINT` and the registered names come last (one line of several keeps them only
+    on the last: :func:`ragkit.pipelines.yaml._combined`)."""
+    from ragkit._saves import saved_by_other_ragkit
+
     load_all()
+    other = saved_by_other_ragkit({"ragkit_version": saved_by}, "operators", "may include it built in",
+                                  "may have included it") if isinstance(saved_by, str) else ""
+    own = class_name(saved_class) if isinstance(saved_class, str) and ":" in saved_class else "MyOp"
+    loads = (f"; a class saved unregistered under a name of its own loads with that class: {own}.load(folder)"
+             if not where else "")
     return (f"{where + ': ' if where else ''}unknown operator {name!r}: the folder names an operator {name!r}, and "
-            f"none is registered so in this process: import the plugin that registers it before loading "
-            f"({PLUGIN_HINT}). Registered operators: {', '.join(sorted(_REGISTRY))}")
+            f"none is registered so in this process: import the plugin that registers it before loading"
+            f"{f' ({other})' if other else ''}{loads}. {PLUGIN_HINT}. Registered operators: "
+            f"{', '.join(sorted(_REGISTRY))}")
 
 
 #: The kinds whose :attr:`~ragkit.operator.Operator.reads_rankings` :func:`register` sets where the class leaves it

@@ -66,6 +66,36 @@ def test_a_plugin_operator_not_imported_is_said_so_at_a_load_not_a_changed_folde
         Pipeline.load(saved / "step")
 
 
+def test_an_unknown_operator_of_a_folder_saved_by_another_ragkit_says_that_one_may_have_it(tmp_path, forget):
+    """Old code: only 'import the plugin that registers it', whatever ragkit version saved the folder."""
+    saved = _saved(tmp_path)
+    forget()
+    edit_json(saved / "op" / "params.json", lambda m: m.update(ragkit_version="9.9.0"))
+    edit_json(saved / "step" / "manifest.json", lambda m: m.update(ragkit_version="9.9.0"))
+    for name in ("op", "step"):
+        with pytest.raises(ArtifactError) as e:
+            Operator.load(saved / name, verify=False)
+        said = str(e.value)
+        assert ("import the plugin that registers it before loading (the folder was saved by a newer ragkit (ragkit "
+                "9.9.0, this is ") in said and "whose operators may include it built in: upgrade ragkit)" in said, said
+
+
+def test_an_unknown_operator_saved_alone_says_its_class_loads_it(tmp_path):
+    """Old code: 'import the plugin that registers it' only, though a class saved unregistered under a name of its
+    own loads with its own load."""
+
+    class Mine(BM25):  # not registered
+        name = "s53_unregistered"
+
+    Mine(k=2).fit(DOCS).save(tmp_path / "mine")
+    with pytest.raises(ArtifactError) as e:
+        Operator.load(tmp_path / "mine")
+    said = str(e.value)
+    assert ("before loading; a class saved unregistered under a name of its own loads with that class: "
+            f"Mine.load(folder). {registry.PLUGIN_HINT}. Registered operators: ") in said, said
+    assert type(Mine.load(tmp_path / "mine")) is Mine
+
+
 def test_get_raises_an_unknown_operator_error(forget):
     forget()
     with pytest.raises(registry.UnknownOperatorError, match="did you mean 'bm25'") as e:
