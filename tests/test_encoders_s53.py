@@ -371,19 +371,12 @@ def test_register_encoder_refuses_a_key_that_is_no_str(key: Any) -> None:
     assert registered_encoder("s53-bad-key") is None
 
 
-# ------------------------------------------------------------------ 8. texts checked once, MODEL written once
-def test_query_batch_checked_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Old code: query_vectors checked the batch (blank_texts), then the encoder's as_texts checked it again."""
+# ------------------------------------------------------------------ 8. texts' types read with map, MODEL written once
+def test_as_texts_reads_types_without_a_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    """as_texts converts a str subclass (numpy.str_) to str, and checks the texts with one check_texts call."""
     import ragkit.types
-    from ragkit.encoders.sentence import as_texts, query_vectors
-    from ragkit.types import State
+    from ragkit.encoders.sentence import as_texts
 
-    class Ones(Encoder):
-        def _forward(self, texts: list[str], progress: bool, role: str = "document") -> np.ndarray:
-            return np.ones((len(texts), 4), np.float32)
-
-    enc = Ones(cache=False)
-    state = State(["a query", "", "another"])
     seen: list[str] = []
     real = ragkit.types.check_texts
 
@@ -392,12 +385,33 @@ def test_query_batch_checked_once(monkeypatch: pytest.MonkeyPatch) -> None:
         return real(values, what, *args, **kwargs)
 
     monkeypatch.setattr(ragkit.types, "check_texts", counting)
-    vecs = query_vectors(state, enc)
-    assert seen == ["query"] and vecs.shape == (3, 4) and not vecs[1].any()
-    assert enc.n_queries_encoded == 2
-    seen.clear()
     assert as_texts([np.str_("a"), "b"], "encode") == ["a", "b"] and seen == ["encode: text"]
     assert all(type(t) is str for t in as_texts([np.str_("a")], "encode"))
+
+
+def test_registered_encoder_given_a_plain_list_of_queries() -> None:
+    """Old code (9baf0c6): query_vectors handed encode_queries a list subclass (_Checked), which ragkit's as_texts
+    took unchecked: a registered encoder saw another type than the list it was always given."""
+    from ragkit.encoders.sentence import query_vectors
+    from ragkit.types import State
+
+    class Mine:
+        key, dim = "s53-mine", 4
+
+        def __init__(self) -> None:
+            self.given: list[type] = []
+
+        def encode(self, texts: Any) -> np.ndarray:
+            return np.ones((len(texts), 4), np.float32)
+
+        def encode_queries(self, texts: Any) -> np.ndarray:
+            self.given.append(type(texts))
+            return np.ones((len(texts), 4), np.float32)
+
+    enc = Mine()
+    query_vectors(State(["a query", "another"]), enc)  # type: ignore[arg-type]
+    vecs = query_vectors(State(["a query", "", "another"]), enc)  # type: ignore[arg-type]
+    assert enc.given == [list, list] and vecs.shape == (3, 4) and not vecs[1].any()
 
 
 def test_model_file_written_only_when_absent(tmp_path: Path) -> None:

@@ -1113,13 +1113,13 @@ def query_vectors(state: Any, encoder: Encoder, transform: Callable[[np.ndarray]
     vecs = state.vectors.get(encoder.key)
     if vecs is None:
         texts = state.texts()
-        blank = blank_texts(texts)  # (checks them: the encoder's as_texts takes them as they are, _Checked)
-        if not blank.any():
-            vecs = (encoder_vectors(encoder.encode_queries(_Checked(texts)), len(texts), who) if len(texts)
+        blank = blank_texts(texts)
+        if not blank.any():  # (a plain list: a registered encoder is given what it was always given)
+            vecs = (encoder_vectors(encoder.encode_queries(texts), len(texts), who) if len(texts)
                     else np.zeros((0, encoder.dim), np.float32))
         else:
             keep = np.flatnonzero(~blank)
-            some = (encoder_vectors(encoder.encode_queries(_Checked([texts[i] for i in keep])), len(keep), who)
+            some = (encoder_vectors(encoder.encode_queries([texts[i] for i in keep]), len(keep), who)
                     if len(keep) else None)
             vecs = np.zeros((len(texts), encoder.dim if some is None else some.shape[1]), np.float32)
             if some is not None:
@@ -1147,15 +1147,6 @@ def blank_texts(texts: Sequence[str]) -> np.ndarray:
     return np.fromiter(map(_blank, texts), bool, len(texts))
 
 
-class _Checked(list[str]):
-    """Texts :func:`blank_texts` has checked (strings, no lone surrogate), as plain ``str``: :func:`query_vectors`
-    hands them to the encoder so that its :func:`as_texts` takes them as they are (a query batch was checked
-    twice)."""
-
-    def __init__(self, texts: Sequence[str]) -> None:
-        super().__init__(texts if set(map(type, texts)) <= {str} else [str(t) for t in texts])
-
-
 def as_texts(texts: Any, who: str) -> list[str]:
     """``texts`` (a sequence of strings) as a list of ``str``.  A non-string item is a DataError
     naming its position (``str(None)`` would be embedded as the text "None"), and so are one string
@@ -1164,10 +1155,7 @@ def as_texts(texts: Any, who: str) -> list[str]:
     embedded) or anything else that is no collection is an :class:`InputTypeError`; all before any model work.
 
     No Python loop over the texts where they are all ``str`` (their types read with ``map``, then
-    :func:`~ragkit.types.check_texts`' batched join); texts :func:`query_vectors` checked already are taken as they
-    are."""
-    if type(texts) is _Checked:
-        return texts
+    :func:`~ragkit.types.check_texts`' batched join)."""
     refuse_one_text(texts, who)  # (one str or bytes: the message ids_and_texts and BM25 give)
     if texts is None or not isinstance(texts, Iterable) or isinstance(texts, Mapping):
         raise InputTypeError(f"{who}: texts is {type(texts).__name__} {texts!r:.60}; expected a list of texts "
