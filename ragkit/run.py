@@ -11,7 +11,7 @@ from __future__ import annotations
 import numbers
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from itertools import chain
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Sequence, TextIO
@@ -304,6 +304,18 @@ def _f32_scores(query_ids: Sequence[str], scores: Sequence[Any], doc_ids: Sequen
     return out
 
 
+def _check_nan_scores(query_ids: Sequence[str], doc_ids: Sequence[np.ndarray], scores: Sequence[np.ndarray]) -> None:
+    """Refuse a NaN among ``scores`` (float arrays, one per query of ``query_ids``, as long as its ``doc_ids``), as
+    :func:`check_no_nan` words it (naming the query and document): one ``np.isnan`` of all the scores joined; the
+    ids are joined only to name a NaN found."""
+    if not len(scores):
+        return
+    flat = np.concatenate(scores)
+    if np.isnan(flat).any():
+        lens = np.fromiter(map(len, scores), np.int64, len(scores))
+        check_no_nan(query_ids, lens, np.concatenate(doc_ids), flat, "Run")
+
+
 def _str_list(ids: Any) -> bool:
     """Whether ``ids`` is a list of strings (one ``str.join``, in C): :attr:`Run.query_ids` as it is kept."""
     if type(ids) is not list:
@@ -382,8 +394,10 @@ class Run:
     trace: list[TraceEvent] | None = None
     seconds: float | None = None
     learned_from: list[str] = field(default_factory=list)
+    #: (private) the scores are known to hold no NaN: :meth:`from_dict` checked them, naming its own caller
+    _nan_checked: InitVar[bool] = False
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, _nan_checked: bool = False) -> None:
         # what a run built by hand may hold that its methods would fail on later (to_dict, evaluate, write_trec):
         # ids as Queries writes them (1 as "1", NaN refused), each query's document ids as a 1-D object array;
         # nothing to do (a join of the query ids, a look at each array's type) for what search and from_dict give
@@ -418,6 +432,8 @@ class Run:
         # float32, as documented (trec_eval compares scores at float32; a file written with 9 digits ranks the same)
         if not all(type(s) is np.ndarray and s.dtype == np.float32 and s.ndim == 1 for s in self.scores):
             self.scores = _f32_scores(self.query_ids, self.scores, self.doc_ids)
+        elif self.rankings is None and not _nan_checked:  # (float32 already, by hand: NaN has no order either)
+            _check_nan_scores(self.query_ids, self.doc_ids, self.scores)
 
     @classmethod
     def from_rankings(cls, query_ids: list[str], rankings: list[Ranking], corpus_ids: np.ndarray, **kw: Any) -> "Run":
@@ -452,7 +468,7 @@ class Run:
         ends = np.cumsum(lens).tolist()
         spans = list(zip([0, *ends[:-1]], ends))
         s32 = _f32(s64)
-        return cls(list(written), [docs[a:b] for a, b in spans], [s32[a:b] for a, b in spans])
+        return cls(list(written), [docs[a:b] for a, b in spans], [s32[a:b] for a, b in spans], _nan_checked=True)
 
     def __len__(self) -> int:
         return len(self.query_ids)

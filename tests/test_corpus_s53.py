@@ -191,3 +191,22 @@ def test_numpy_date_filters_on_a_numpy_date_column() -> None:
     with pytest.raises(DataError, match=r"filter.day: the field holds date values; got "
                                         r"np.datetime64\('2020-01-01T12:00'\)"):
         c.mask({"day": np.datetime64("2020-01-01T12:00")})  # (a noon is no day)
+
+
+def test_run_by_hand_refuses_nan_among_float32_scores_and_from_dict_checks_once(monkeypatch) -> None:
+    import ragkit.run as run_mod
+    from ragkit import Run
+    from ragkit.types import Ranking
+
+    with pytest.raises(DataError, match=r"Run: query '2' gives document 'c' the score nan; expected numbers"):
+        Run(["1", "2"], [np.array(["a"], dtype=object), np.array(["b", "c"], dtype=object)],
+            [np.array([1.0], np.float32), np.array([1.0, np.nan], np.float32)])
+    calls = []
+    real = run_mod._check_nan_scores
+    monkeypatch.setattr(run_mod, "_check_nan_scores", lambda *a: (calls.append(1), real(*a))[1])
+    Run(["1"], [np.array(["a"], dtype=object)], [np.array([1.0], np.float32)])
+    assert len(calls) == 1
+    Run.from_dict({"1": {"a": 1.0}})  # (from_dict checked its scores itself: not joined again)
+    ranking = Ranking(rows=np.array([0]), scores=np.array([1.0], np.float32))
+    Run.from_rankings(["1"], [ranking], np.array(["a"], dtype=object))  # (search's runs: no new work)
+    assert len(calls) == 1
