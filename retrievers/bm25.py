@@ -780,11 +780,26 @@ def _check_choice(arg: str, given: Any, field: str) -> None:
     """A :class:`ParamError` naming the :class:`Tokenizer` argument ``arg``, the value ``given`` and the choices,
     unless ``given`` is one of the values :class:`BM25Params` allows for ``field`` (its ``Literal``'s: one source of
     them).  Before, an unknown ``stopwords`` or ``split`` was taken for ``"none"`` / ``"alnum"`` without a word
-    (``Tokenizer("porter")`` removed no stopword) and an unknown stemmer raised PyStemmer's bare ``KeyError``."""
+    (``Tokenizer("porter")`` removed no stopword).  ``stemmer`` is :func:`_check_stemmer`'s."""
     choices = get_args(BM25Params.model_fields[field].annotation)
     if not (isinstance(given, str) and given in choices):
         raise ParamError(f"Tokenizer: {arg} {given!r:.60} is not one of {', '.join(map(repr, choices))} "
                          f"(the choices of BM25Params.{field})", f"Tokenizer.{arg}")
+
+
+def _check_stemmer(given: Any) -> None:
+    """A :class:`ParamError` naming ``given`` and the choices unless it is ``"none"`` or one of PyStemmer's
+    algorithms (``Stemmer.algorithms()``: ``"german"``, ``"porter"``, ...), which the standalone :class:`Tokenizer`
+    takes; :class:`BM25Params` (BM25, PRF) limits ``stemmer`` to its own choices, which its model checks.  An unknown
+    name raised PyStemmer's bare ``KeyError`` before."""
+    import Stemmer
+
+    algorithms = sorted(Stemmer.algorithms())
+    if not (isinstance(given, str) and (given == "none" or given in algorithms)):
+        params = get_args(BM25Params.model_fields["stemmer"].annotation)
+        raise ParamError(f"Tokenizer: stemmer {given!r:.60} is not 'none' nor one of PyStemmer's algorithms "
+                         f"({', '.join(map(repr, algorithms))}); BM25 and PRF take {', '.join(map(repr, params))} "
+                         "(the choices of BM25Params.stemmer)", "Tokenizer.stemmer")
 
 
 @lru_cache(maxsize=8)
@@ -797,16 +812,19 @@ def _stemmer(name: str):
 class Tokenizer:
     """Lowercase, split, drop stopwords, stem (PyStemmer).
 
-    Each argument takes exactly the values of its :class:`BM25Params` field (``split``: ``tokenizer``'s); any other
-    is a :class:`~ragkit.errors.ParamError` naming the argument, the value and the choices.
+    ``stopwords`` and ``split`` take exactly the values of their :class:`BM25Params` fields (``split``:
+    ``tokenizer``'s), ``stemmer`` ``"none"`` or any of PyStemmer's algorithms (``Stemmer.algorithms()``: ``"german"``,
+    ``"french"``, ..., a superset of the ``"porter"``, ``"english"`` BM25 and PRF take); any other value is a
+    :class:`~ragkit.errors.ParamError` naming the argument, the value and the choices.
 
     Parameters
     ----------
     stopwords : "lucene" | "none"
         Lucene's English stop set, removed before stemming.
-    stemmer : "porter" | "english" (Snowball) | "none"
+    stemmer : "porter" | "english" (Snowball) | "none" | any other PyStemmer algorithm ("german", ...)
         PyStemmer's algorithms: its Porter stems one- and two-letter words too (``ms`` -> ``m``),
-        where Lucene's ``PorterStemmer`` leaves them alone (see the module docs).
+        where Lucene's ``PorterStemmer`` leaves them alone (see the module docs).  BM25 and PRF take the first
+        three (:class:`BM25Params`); this tokenizer, used on its own, any of ``Stemmer.algorithms()``.
     split : "alnum" | "unicode" | "whitespace"
         ``alnum`` splits on every character that is not ``[0-9a-z]`` after lowercasing (fast;
         letters outside ASCII are dropped: ``café`` -> ``caf``, Greek or Chinese text has no
@@ -846,9 +864,9 @@ class Tokenizer:
     """
 
     def __init__(self, stopwords: str = "lucene", stemmer: str = "porter", split: str = "alnum") -> None:
-        for arg, given, field in (("stopwords", stopwords, "stopwords"), ("stemmer", stemmer, "stemmer"),
-                                  ("split", split, "tokenizer")):
-            _check_choice(arg, given, field)
+        _check_choice("stopwords", stopwords, "stopwords")
+        _check_stemmer(stemmer)  # ("none" or any PyStemmer algorithm: BM25Params' choices are BM25's and PRF's)
+        _check_choice("split", split, "tokenizer")
         self.stop = LUCENE_STOPWORDS if stopwords == "lucene" else frozenset()
         self.stemmer_name = stemmer
         self.stem = None if stemmer == "none" else _stemmer(stemmer).stemWords

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import pickle
 import re
 from pathlib import Path
 
@@ -56,8 +57,6 @@ def test_set_collection_names_a_wrong_idf() -> None:
     ({"stopwords": None}, "stopwords", "None", "'lucene', 'none'"),
     ({"split": "regex"}, "split", "'regex'", "'alnum', 'unicode', 'whitespace'"),
     ({"split": "Unicode"}, "split", "'Unicode'", "'alnum', 'unicode', 'whitespace'"),
-    ({"stemmer": "porter2"}, "stemmer", "'porter2'", "'porter', 'english', 'none'"),
-    ({"stemmer": "Porter"}, "stemmer", "'Porter'", "'porter', 'english', 'none'"),
 ])
 def test_tokenizer_refuses_a_value_outside_the_params_choices(kwargs: dict[str, object], arg: str, given: str,
                                                                choices: str) -> None:
@@ -68,6 +67,37 @@ def test_tokenizer_refuses_a_value_outside_the_params_choices(kwargs: dict[str, 
                                          rf"{re.escape(choices)} \(the choices of BM25Params\.{field}\)$") as e:
         Tokenizer(**kwargs)  # type: ignore[arg-type]
     assert e.value.path == f"Tokenizer.{arg}"
+
+
+@pytest.mark.parametrize("stemmer", ["porter2", "Porter", "German", "", None, 3])
+def test_tokenizer_refuses_a_stemmer_pystemmer_lacks_listing_its_algorithms(stemmer: object) -> None:
+    """Was (before the choices were checked): stemmer="porter2" raised PyStemmer's KeyError "Stemming algorithm
+    'porter2' not found"."""
+    import Stemmer
+
+    algorithms = ", ".join(map(repr, sorted(Stemmer.algorithms())))
+    assert "'german'" in algorithms
+    with pytest.raises(ParamError, match=rf"^Tokenizer: stemmer {re.escape(repr(stemmer))} is not 'none' nor one of "
+                                         rf"PyStemmer's algorithms \({re.escape(algorithms)}\); BM25 and PRF take "
+                                         r"'porter', 'english', 'none' \(the choices of BM25Params\.stemmer\)$") as e:
+        Tokenizer(stemmer=stemmer)  # type: ignore[arg-type]
+    assert e.value.path == "Tokenizer.stemmer"
+
+
+def test_tokenizer_takes_any_pystemmer_algorithm() -> None:
+    """Was: Tokenizer(stopwords="none", stemmer="german") (any PyStemmer algorithm), which worked before the
+    choices were checked, was refused for not being one of BM25Params' ('porter', 'english', 'none')."""
+    import Stemmer
+
+    assert Tokenizer("none", "german")(["Die Katzen laufen"]) == [["die", "katz", "lauf"]]
+    assert Tokenizer("lucene", "french", "unicode")(["les chats mangeaient"]) == [["le", "chat", "mang"]]
+    for name in Stemmer.algorithms():
+        tok = Tokenizer("none", name, "unicode")
+        assert tok.stemmer_name == name and len(tok(["word"])[0]) == 1
+    back = pickle.loads(pickle.dumps(Tokenizer("none", "german")))  # (the stemmer rebuilt from its name)
+    assert back(["Katzen"]) == [["katz"]]
+    with pytest.raises(ParamError, match=r"stemmer"):  # BM25 (and PRF, the same params) keep BM25Params' choices
+        BM25(stemmer="german")  # type: ignore[arg-type]
 
 
 def test_tokenizer_positional_arguments_are_stopwords_stemmer_split() -> None:
