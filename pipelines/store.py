@@ -351,13 +351,14 @@ def _load_pipeline(folder: Path, corpus: Corpus | None, mmap: bool, verify: bool
 
 def _refuse_unknown_steps(folder: Path, nodes: dict[str, str], saved_by: object) -> None:
     """Refuse (:class:`ArtifactError`, one line per step) the steps of the pipeline saved at ``folder`` whose
-    operator (the last part of its node path, ``pipeline[0].my_bm25``) is not registered in this process: a save
-    writes registered names only, so each is a plugin's operator whose module is not imported (said so, not with
-    the YAML reader's "did you mean", which would load another operator)."""
+    operator (the last part of its node path in ``manifest.json``'s ``nodes``, ``pipeline[0].my_bm25``, the file
+    the error names) is not registered in this process: a save writes registered names only, so each is a
+    plugin's operator whose module is not imported (said so, not with the YAML reader's "did you mean", which
+    would load another operator); ``saved_by``: the manifest's ``ragkit_version``."""
     known = set(registry.names())  # (the built-in families and the plugins' entry points, loaded)
     unknown = [(path, name) for path in nodes if (name := path.rsplit(".", 1)[-1]) not in known]
     if unknown:
-        lines = [f"{folder / 'pipeline.yaml'}: {registry.saved_unknown(name, path, saved_by)}"
+        lines = [f"{folder / 'manifest.json'}: nodes: {registry.saved_unknown(name, path, saved_by)}"
                  for path, name in unknown]
         cut = registry.PLUGIN_HINT
         lines[:-1] = [line[:line.index(f" {cut}")] if cut in line else line for line in lines[:-1]]

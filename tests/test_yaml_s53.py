@@ -62,7 +62,7 @@ def test_a_plugin_operator_not_imported_is_said_so_at_a_load_not_a_changed_folde
         assert "changed after saving" not in said and "did you mean" not in said, said
     with pytest.raises(ArtifactError, match=r"nested/ops/00-sharded/params\.json: sharded\.retriever: unknown "):
         Operator.load(saved / "nested")
-    with pytest.raises(ArtifactError, match=r"step/pipeline\.yaml: pipeline\[0\]\.s53_bm25: unknown operator"):
+    with pytest.raises(ArtifactError, match=r"step/manifest\.json: nodes: pipeline\[0\]\.s53_bm25: unknown operator"):
         Pipeline.load(saved / "step")
 
 
@@ -94,6 +94,19 @@ def test_an_unknown_operator_saved_alone_says_its_class_loads_it(tmp_path):
     assert ("before loading; a class saved unregistered under a name of its own loads with that class: "
             f"Mine.load(folder). {registry.PLUGIN_HINT}. Registered operators: ") in said, said
     assert type(Mine.load(tmp_path / "mine")) is Mine
+
+
+def test_an_unknown_step_name_is_said_in_the_file_it_was_read_from(tmp_path):
+    """Old code: a node path edited in manifest.json (loaded with verify=False) was said to be pipeline.yaml's."""
+    Pipeline([BM25(k=2)]).fit(DOCS).save(tmp_path / "p")
+    edit_json(tmp_path / "p" / "manifest.json",
+              lambda m: m.update(nodes={k.replace("bm25", "s53_gone"): v for k, v in m["nodes"].items()}))
+    with pytest.raises(ArtifactError) as e:
+        Pipeline.load(tmp_path / "p", verify=False)
+    said = str(e.value)
+    assert said.startswith(f"{tmp_path / 'p' / 'manifest.json'}: nodes: pipeline[0].s53_gone: unknown operator "
+                           "'s53_gone'"), said
+    assert "pipeline.yaml" not in said
 
 
 def test_get_raises_an_unknown_operator_error(forget):
