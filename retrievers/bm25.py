@@ -607,7 +607,7 @@ def _checked_vocab(path: Path, terms: Any) -> dict[str, int]:
                             f"{', '.join(sorted(k.__name__ for k in kinds - {str}))} values such as {bad!r:.40} (entry "
                             f"{next(i for i, t in enumerate(terms) if not isinstance(t, str)):,}); save the index "
                             "again")
-    vocab = {t: i for i, t in enumerate(terms)}
+    vocab = {t: i for i, t in enumerate(terms)}  # (the saved column order, as insertion order: terms() reads it)
     if len(vocab) != len(terms):
         seen: set[str] = set()
         first = next(i for i, t in enumerate(terms) if t in seen or seen.add(t))  # type: ignore[func-returns-value]
@@ -1145,6 +1145,9 @@ class BM25(Operator):
                 j = -1 if t is None else vocab.get(t, -1)
                 if j < 0 and t is not None:
                     if grow:
+                        # a new term's column is the next one, and a dict keeps insertion order: vocab_'s order
+                        # stays its column order (terms() and PRF._set_counts read it so, without sorting;
+                        # remove and _checked_vocab keep it too; tests/test_bm25_s53.py checks it)
                         j = vocab[t] = len(vocab)
                     else:
                         unknown.append(s)
@@ -1383,6 +1386,8 @@ class BM25(Operator):
         counts.has_sorted_indices = True
         if not used.all():
             new_col = np.cumsum(used) - 1
+            # (in vocab_'s own order, which is its columns': the kept terms keep it and are numbered 0, 1, ... as
+            # their new columns, so the order stays the column order terms() and PRF read)
             self.vocab_ = {t: int(new_col[j]) for t, j in self.vocab_.items() if used[j]}
             self._s2i = None  # surface -> old column
         self._counts, self._dl = counts, self._dl[keep]
@@ -1414,10 +1419,8 @@ class BM25(Operator):
         return n, (float(lengths.sum()) / n if n else 1.0) or 1.0
 
     def terms(self) -> list[str]:
-        """The indexed terms in vocabulary (column) order: the vocabulary's own order, which is its columns' (a
-        fit and an ``add`` append each new term at the next column, ``remove`` keeps the order of the terms it
-        keeps and numbers them from 0, a load enumerates the saved list; ``tests/test_bm25_s53.py`` checks it)."""
-        return list(self.vocab_)
+        """The indexed terms in vocabulary (column) order."""
+        return list(self.vocab_)  # (vocab_'s insertion order is its column order: kept where it grows / is rebuilt)
 
     def doc_lengths(self) -> np.ndarray:
         """Indexed tokens per document, float64 ``(n_docs,)`` (a copy)."""
