@@ -273,14 +273,14 @@ def _preview_score(v: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _f32_scores(query_ids: Sequence[str], scores: Sequence[Any], doc_ids: Sequence[np.ndarray]) -> list[np.ndarray]:
+def _f32_scores(query_ids: Sequence[str], scores: Sequence[Any]) -> list[np.ndarray]:
     """Each query's ``scores`` as a float32 array (:attr:`Run.scores`; a score beyond float32's range becomes
     +-inf, as trec_eval reads it): integers and floats of any width are cast; an array of another kind (strings,
     complex, bool) or a value that is no real number (:func:`_not_a_score`) is a :class:`DataError` naming the
-    query and the value, and so are scores that are no 1-D array (one per document of ``doc_ids``) and a NaN
-    score (naming its document, as :meth:`Run.from_dict` refuses it: NaN has no order)."""
+    query and the value, and so are scores that are no 1-D array (looked at before their lengths are compared
+    with the documents', which a 2-D array's would wrongly fail).  NaN is left to :func:`_check_nan_scores`."""
     out = []
-    for q, s, d in zip(query_ids, scores, doc_ids):
+    for q, s in zip(query_ids, scores):
         a = np.asarray(s)
         if a.ndim != 1:
             raise DataError(f"Run: query {q!r} has scores of shape {a.shape}; expected a 1-D array, one score per "
@@ -298,8 +298,6 @@ def _f32_scores(query_ids: Sequence[str], scores: Sequence[Any], doc_ids: Sequen
         if bad is not None:
             raise DataError(f"Run: query {q!r} has the score {_preview_score(bad[0])} ({_not_a_score(bad[0])}); a "
                             "score must be a real number (an int, a float or a numpy number)")
-        if a.dtype.kind == "f" and np.isnan(a).any():
-            check_no_nan([q], np.array([len(a)]), d, a, "Run")
         out.append(a if a.dtype == np.float32 else _f32(a))
     return out
 
@@ -414,6 +412,11 @@ class Run:
             self.doc_ids = [d if type(d) is np.ndarray and d.dtype == object and d.ndim == 1 else
                             _as_ids(d, f"Run: query {q!r}: Run.doc_ids[{i}]")
                             for i, (q, d) in enumerate(zip(self.query_ids, self.doc_ids))]
+        # float32, as documented (trec_eval compares scores at float32; a file written with 9 digits ranks the same);
+        # other scores cast (and their shape checked) before the lengths are compared
+        cast = not all(type(s) is np.ndarray and s.dtype == np.float32 and s.ndim == 1 for s in self.scores)
+        if cast:
+            self.scores = _f32_scores(self.query_ids, self.scores)
         n_docs, n_scores = [len(d) for d in self.doc_ids], [len(s) for s in self.scores]
         if n_docs != n_scores:  # zip would drop the documents past the shorter list
             i = next(i for i, (a, b) in enumerate(zip(n_docs, n_scores)) if a != b)
@@ -429,10 +432,7 @@ class Run:
         check_id_breaks(self.query_ids, "Run.query_ids", "query")
         if self.rankings is None:
             _check_doc_surrogates(self.query_ids, self.doc_ids)
-        # float32, as documented (trec_eval compares scores at float32; a file written with 9 digits ranks the same)
-        if not all(type(s) is np.ndarray and s.dtype == np.float32 and s.ndim == 1 for s in self.scores):
-            self.scores = _f32_scores(self.query_ids, self.scores, self.doc_ids)
-        elif self.rankings is None and not _nan_checked:  # (float32 already, by hand: NaN has no order either)
+        if cast or (self.rankings is None and not _nan_checked):  # (NaN has no order: refused as from_dict does)
             _check_nan_scores(self.query_ids, self.doc_ids, self.scores)
 
     @classmethod

@@ -210,3 +210,16 @@ def test_run_by_hand_refuses_nan_among_float32_scores_and_from_dict_checks_once(
     ranking = Ranking(rows=np.array([0]), scores=np.array([1.0], np.float32))
     Run.from_rankings(["1"], [ranking], np.array(["a"], dtype=object))  # (search's runs: no new work)
     assert len(calls) == 1
+
+
+def test_run_scores_of_two_dimensions_are_named_by_shape_not_by_a_false_count() -> None:
+    from ragkit import Run
+
+    with pytest.raises(DataError, match=r"Run: query '1' has scores of shape \(1, 2\); expected a 1-D array"):
+        Run(["1"], [np.array(["a", "b"], dtype=object)], [np.array([[1.0, 2.0]])])
+    with pytest.raises(DataError, match=r"Run: query '1' has scores of shape \(2, 1\); expected a 1-D array"):
+        Run(["1"], [["a", "b"]], [[[1.0], [2.0]]])  # type: ignore[list-item]
+    with pytest.raises(DataError, match=r"Run: query '1' has 2 document ids and 1 scores"):
+        Run(["1"], [["a", "b"]], [[1.0]])  # type: ignore[list-item]
+    with pytest.raises(DataError, match=r"Run: query '1' gives document 'b' the score nan"):
+        Run(["1"], [["a", "b"]], [[1.0, float("nan")]])  # type: ignore[list-item]
