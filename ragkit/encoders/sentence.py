@@ -26,7 +26,7 @@ import time
 from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, TypeVar
 
 import numpy as np
 
@@ -639,10 +639,7 @@ class Encoder:
             unread = fingerprint == self.path and not Path(self.path).exists()
             normalize = True if unread else model_normalises(config, modules)
         # (a model without prompts that normalises, as MiniLM: the key of before prompts and normalize existed)
-        key = f"{fingerprint}|msl={self.max_seq_length}"
-        if query_prompt or document_prompt:
-            said = hashlib.sha1(f"{query_prompt}\x00{document_prompt}".encode("utf-8", "surrogatepass"))
-            key += f"|prompts={said.hexdigest()[:12]}"
+        key = f"{fingerprint}|msl={self.max_seq_length}{prompts_part(query_prompt, document_prompt)}"
         if not normalize:
             key += "|raw"
         forward = self._forward_tag()  # (read here, in __init__: an instance's key_tag is set before it)
@@ -741,13 +738,7 @@ class Encoder:
         (a query's vector is then a document's), else a cache of its own (key ``<key>|query``)."""
         if self.query_prompt == self.document_prompt:
             return self.store
-        from ragkit.eval.beir import cache_dir
-
-        root = cache_dir()
-        if self._query_cache is None or (self._query_cache_root is not None and self._query_cache_root != root):
-            self._query_cache = shared_store(root, f"{self.key}|query", unit_length=self._unit_length)
-            self._query_cache_root = root
-        return self._query_cache
+        return query_reader(self, lambda root, key: shared_store(root, key, unit_length=self._unit_length))
 
     def _forward(self, texts: list[str], progress: bool, role: str = "document") -> np.ndarray:
         m = self.model
@@ -915,6 +906,34 @@ def _load(model: str, path: str, source: str, device: str) -> Any:
     finally:
         if bars:
             hf_logging.enable_progress_bar()
+
+
+def prompts_part(query_prompt: str, document_prompt: str) -> str:
+    """The part of an encoder's key that names the prompts put before its queries and documents: ``""`` where both
+    are empty (a model without prompts keeps the key of before prompts), else ``|prompts=<12 hex digits>`` of their
+    SHA-1.  The sentence and token encoders' keys both end with it."""
+    if not (query_prompt or document_prompt):
+        return ""
+    said = hashlib.sha1(f"{query_prompt}\x00{document_prompt}".encode("utf-8", "surrogatepass"))
+    return f"|prompts={said.hexdigest()[:12]}"
+
+
+_Reader = TypeVar("_Reader")
+
+
+def query_reader(encoder: Any, make: Callable[[Path, str], _Reader]) -> _Reader:
+    """The on-disk cache of ``encoder``'s query vectors, apart from its documents' (key ``<encoder.key>|query``),
+    made by ``make(root, key)`` under the cache folder in force now (``$RAGKIT_CACHE`` is read at each use) and
+    kept in ``encoder._query_cache`` until that folder changes (``encoder._query_cache_root``: the folder it was
+    made for; ``None``, one set by hand, is kept).  The sentence, token and LangChain encoders' ``query_store``."""
+    from ragkit.eval.beir import cache_dir
+
+    root = cache_dir()
+    held = encoder._query_cache
+    if held is None or (encoder._query_cache_root is not None and encoder._query_cache_root != root):
+        held = encoder._query_cache = make(root, f"{encoder.key}|query")
+        encoder._query_cache_root = root
+    return held
 
 
 def shared_store(root: Path, key: str, *, unit_length: bool = False) -> EmbeddingCache:

@@ -30,7 +30,6 @@ corpus written as one shard with texts encoded just now (an edit) retires its ol
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import threading
 import warnings
@@ -62,7 +61,9 @@ from ragkit.encoders.sentence import (
     load_model,
     model_config,
     model_identity,
+    prompts_part,
     queries_cached,
+    query_reader,
     resolve_model,
     role_prompt,
     settings_key,
@@ -601,11 +602,7 @@ class TokenEncoder:
         """The cache key: :attr:`fingerprint`, ``max_seq_length``, ``special_tokens``, and the model's prompts when it
         has some (``|prompts=``, hashed as the sentence encoder's)."""
         key = f"{self.fingerprint}|tokens|msl={self.max_seq_length}|special={self.special_tokens}|l2"
-        query_prompt, document_prompt = self._prompts()
-        if query_prompt or document_prompt:
-            said = hashlib.sha1(f"{query_prompt}\x00{document_prompt}".encode("utf-8", "surrogatepass"))
-            key += f"|prompts={said.hexdigest()[:12]}"
-        return key
+        return key + prompts_part(*self._prompts())
 
     @property
     def model(self) -> Any:
@@ -648,12 +645,7 @@ class TokenEncoder:
         prompt (or none), else a cache of its own (key ``<key>|query``)."""
         if self.query_prompt == self.document_prompt:
             return self.store
-        from ragkit.eval.beir import cache_dir
-
-        root = cache_dir()
-        if self._query_cache is None or (self._query_cache_root is not None and self._query_cache_root != root):
-            self._query_cache, self._query_cache_root = TokenCache(root / "tokens", f"{self.key}|query"), root
-        return self._query_cache
+        return query_reader(self, lambda root, key: TokenCache(root / "tokens", key))
 
     def _batches(self, texts: list[str], progress: bool = False,
                  model: bool = True) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:

@@ -153,14 +153,10 @@ class LangChainEmbeddingsEncoder:
     def query_store(self) -> EmbeddingCache:
         """The on-disk cache of query vectors (``embed_query``'s, which may differ from ``embed_documents``'s):
         :attr:`store`'s, under the key ``<key>|query``."""
-        from ragkit.encoders.sentence import shared_store
-        from ragkit.eval.beir import cache_dir
+        from ragkit.encoders.sentence import query_reader, shared_store
 
         self._check_cacheable()
-        root = cache_dir()
-        if self._query_cache is None or self._query_cache_root != root:
-            self._query_cache, self._query_cache_root = shared_store(root, f"{self.key}|query"), root
-        return self._query_cache
+        return query_reader(self, shared_store)
 
     def _forward_queries(self, texts: list[str]) -> np.ndarray:
         """``embed_query`` of each of ``texts`` (distinct), checked and L2-normalised ``(n, dim)`` float32."""
