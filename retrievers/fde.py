@@ -305,7 +305,11 @@ def _checked_chunks(data: np.ndarray, offsets: np.ndarray, cfg: FDEConfig, is_qu
             _mean_channel(x, off, cfg, is_query, out[:, cols - n_mean:])
         else:
             out = block
+            del block
         yield lo, hi, out
+        # drop this chunk before the next is encoded: the caller's reference is its own to keep (held here
+        # across the next chunk's encoding, two chunks' rows were alive at its peak)
+        del out, x
         lo = hi
 
 
@@ -332,6 +336,7 @@ def _encode(data: np.ndarray, offsets: np.ndarray, cfg: FDEConfig, is_query: boo
         if out is None:
             out = np.empty((n, rows.shape[1]), np.float32)
         out[lo:hi] = rows
+        del rows  # (copied: not alive while the next chunk is encoded)
     return out if out is not None else np.zeros((0, fde_dim(cfg, data.shape[1])), np.float32)
 
 
