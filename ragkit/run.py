@@ -180,11 +180,20 @@ def check_trec_ids(path: str | os.PathLike[str], query_ids: Sequence[str], doc_i
                 raise DataError(f"{path}: cannot write a TREC run file: {e}") from None
 
 
-def _check_doc_surrogates(query_ids: Sequence[str], doc_ids: Sequence[np.ndarray]) -> None:
-    """Refuse a document id of ``doc_ids`` (one array per query of ``query_ids``) holding a lone surrogate
+def _checked_doc_ids(query_ids: Sequence[str], doc_ids: list[np.ndarray]) -> list[np.ndarray]:
+    """``doc_ids`` (one 1-D object array per query of ``query_ids``) with ids that are no strings written as
+    :func:`~ragkit._checks._as_ids` writes them (``1`` as ``"1"``, which a qrels' ``"1"`` matches; ``None`` and NaN
+    refused naming the query): a 1-D object array may hold anything.  Then an id holding a lone surrogate
     (:func:`~ragkit.types.check_id_surrogates`) or a NUL (:func:`~ragkit.types.check_id_nul`: trec_eval would read
-    it cut there), naming the query; one check of all the ids at once, and one per query only where it fails."""
+    it cut there) is refused, naming the query.  One ``str.join`` of all the ids (in C) tells they are strings,
+    one check of them all the rest; only where one fails is each query looked at."""
     flat = list(chain.from_iterable(d.tolist() if isinstance(d, np.ndarray) else d for d in doc_ids))
+    try:
+        "".join(flat)
+    except TypeError:  # (an id that is no string: its query's ids written anew)
+        doc_ids = [d if _str_list(d.tolist()) else _as_ids(d, f"Run: query {q!r}: Run.doc_ids[{i}]")
+                   for i, (q, d) in enumerate(zip(query_ids, doc_ids))]
+        flat = list(chain.from_iterable(d.tolist() for d in doc_ids))
     for check in (check_id_surrogates, check_id_nul):
         try:
             check(flat, "Run.doc_ids", "document")
@@ -192,6 +201,7 @@ def _check_doc_surrogates(query_ids: Sequence[str], doc_ids: Sequence[np.ndarray
             for i, (q, d) in enumerate(zip(query_ids, doc_ids)):
                 check(list(d), f"query {q!r}: Run.doc_ids[{i}]", "document")
             raise
+    return doc_ids
 
 
 def _not_a_score(v: Any) -> str:
@@ -425,13 +435,14 @@ class Run:
         if len(set(self.query_ids)) != n:  # to_dict would keep the last list, a TREC file both
             dup = repeated(self.query_ids)[0]
             raise DataError(f"Run: query id {dup!r} appears more than once; expected one ranking per query")
-        # ids no UTF-8 file can hold (a lone surrogate): refused now, not when the run is written.  A run made from
-        # rankings names the documents by a Corpus's ids, which the Corpus checked.
+        # document ids that are no strings (an object array of ints: written as strings, as qrels' are; None
+        # refused) and ids no UTF-8 file can hold (a lone surrogate): refused now, not when the run is written.  A
+        # run made from rankings names the documents by a Corpus's ids, which the Corpus checked.
         # (and an empty one, or one holding a tab or a line break, which no qrels or run file could name; a NUL,
         # which trec_eval would read it cut at: check_id_breaks, as Queries checks its ids)
         check_id_breaks(self.query_ids, "Run.query_ids", "query")
         if self.rankings is None:
-            _check_doc_surrogates(self.query_ids, self.doc_ids)
+            self.doc_ids = _checked_doc_ids(self.query_ids, self.doc_ids)
         if cast or (self.rankings is None and not _nan_checked):  # (NaN has no order: refused as from_dict does)
             _check_nan_scores(self.query_ids, self.doc_ids, self.scores)
 

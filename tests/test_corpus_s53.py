@@ -223,3 +223,17 @@ def test_run_scores_of_two_dimensions_are_named_by_shape_not_by_a_false_count() 
         Run(["1"], [["a", "b"]], [[1.0]])  # type: ignore[list-item]
     with pytest.raises(DataError, match=r"Run: query '1' gives document 'b' the score nan"):
         Run(["1"], [["a", "b"]], [[1.0, float("nan")]])  # type: ignore[list-item]
+
+
+def test_run_document_ids_in_an_object_array_are_written_as_strings_or_refused() -> None:
+    from ragkit import Run, evaluate
+
+    ids = np.empty(2, dtype=object)
+    ids[:] = [1, 2.0]
+    run = Run(["q", "r"], [np.array(["a"], dtype=object), ids], [[1.0], [2.0, 1.0]])  # type: ignore[list-item]
+    assert run.doc_ids[1].tolist() == ["1", "2"] and run.doc_ids[1].dtype == object
+    assert evaluate(run, {"r": {"1": 1}}).scores["ndcg@10"] == 1.0
+    for bad, shown in ((None, "None"), (float("nan"), "nan")):
+        ids = np.array(["a", bad], dtype=object)
+        with pytest.raises(DataError, match=rf"Run: query 'r': Run.doc_ids\[1\]\[1\] is {shown}, not an id"):
+            Run(["q", "r"], [np.array(["a"], dtype=object), ids], [[1.0], [2.0, 1.0]])  # type: ignore[list-item]
