@@ -555,13 +555,16 @@ class Corpus:
                 raise DataError(f"Corpus.from_records: record {i} is {_kind(r)}, expected a "
                                 "dict with '_id' and 'text'")
             did = r.get("_id")
-            if did is None:  # (absent, or None: a record of LangChain's or a DataFrame's may hold both keys)
+            # absent or missing (None; NaN in a DataFrame's records, whose rows hold every column): 'id' instead (a
+            # record of LangChain's or a DataFrame's may hold both keys); a NaN '_id' alone is left to the
+            # constructor, which names its position
+            if is_missing(did) and (did is None or "id" in r):
                 did = r.get("id")
-            if did is None:
-                given = [k for k in ("_id", "id") if k in r]
-                raise DataError(f"Corpus.from_records: record {i} " + (
-                    f"has {' and '.join(f'{k!r}: None' for k in given)}, expected a document id" if given else
-                    "has no '_id' (or 'id') field") + f": {dict(r)!r:.200}")
+                if is_missing(did):
+                    given = [k for k in ("_id", "id") if k in r]
+                    raise DataError(f"Corpus.from_records: record {i} " + (
+                        f"has {' and '.join(f'{k!r}: {r[k]!r:.60}' for k in given)}, expected a document id" if given
+                        else "has no '_id' (or 'id') field") + f": {dict(r)!r:.200}")
             ids.append(did)  # (written as the constructor writes ids: 1.0 as "1", NaN refused)
             keys_seen.update(r.keys())
             with_text += "text" in r

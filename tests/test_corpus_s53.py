@@ -237,3 +237,15 @@ def test_run_document_ids_in_an_object_array_are_written_as_strings_or_refused()
         ids = np.array(["a", bad], dtype=object)
         with pytest.raises(DataError, match=rf"Run: query 'r': Run.doc_ids\[1\]\[1\] is {shown}, not an id"):
             Run(["q", "r"], [np.array(["a"], dtype=object), ids], [[1.0], [2.0, 1.0]])  # type: ignore[list-item]
+
+
+def test_record_id_missing_in_a_dataframe_falls_back_to_id() -> None:
+    pd = pytest.importorskip("pandas")
+    recs = pd.DataFrame([{"_id": "a", "text": "t"}, {"id": "b", "text": "u"}]).to_dict("records")
+    assert Corpus.from_records(recs).ids.tolist() == ["a", "b"]
+    recs = pd.DataFrame([{"_id": "a", "text": "t"}, {"id": None, "text": "u"}]).to_dict("records")
+    with pytest.raises(DataError, match=r"Corpus.from_records: record 1 has '_id': nan and 'id': nan, expected a "
+                                        r"document id"):
+        Corpus.from_records(recs)
+    with pytest.raises(DataError, match=r"Corpus.from_records: record 0 has 'id': nan, expected a document id"):
+        Corpus.from_records([{"id": float("nan"), "text": "x"}])
