@@ -6,9 +6,10 @@ pipeline as ``diverse.yaml``.
 A query becomes a mixture over 26 corpus clusters; three of the ten slots stay with plain dense
 results, the other seven go one each to the seven heaviest clusters of the mixture: with
 weight_floor 0 and max_components 10 a query keeps up to ten components, more than the seven slots,
-so the mixture weights choose the clusters but set no quota (kNN-Embed logs this once; slots in
-proportion to the weights need fewer components than slots). The same fitted pipeline is asked for
-10 results (nDCG@10, intra-list diversity) and for 100 (Recall@100), beside plain dense retrieval.
+so the mixture weights choose the clusters but set no quota (kNN-Embed logs this once at INFO
+level; slots in proportion to the weights need fewer components than slots). The same fitted
+pipeline is asked for 10 results (nDCG@10, intra-list diversity) and for 100 (Recall@100), beside
+plain dense retrieval.
 
 The first run of a dense example encodes the 5,183 SciFact documents with MiniLM (about 5 min on
 2 cores; cached on disk after, as are the queries' vectors), later runs take seconds. Prints, on the

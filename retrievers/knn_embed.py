@@ -602,20 +602,22 @@ class KnnEmbed(Operator):
         if first_time_for(self, "_warned_dense_head"):
             _log.warning(said)
 
-    def _warn_slots(self, clusters: np.ndarray, k: int, k_a: int) -> None:
-        """Warn once per operator object when a (not collapsed) query keeps at least as many components as
-        there are component slots (``k - k_a``): each of the heaviest gets one slot and the mixture weights
-        set no quota (largest remainder raises every kept component to one slot).  ``clusters``: the kept
-        components of the searched queries, ``-1`` past them."""
+    def _note_slots(self, clusters: np.ndarray, k: int, k_a: int) -> None:
+        """Say once per operator object, at INFO level (``ragkit`` logger), when a (not collapsed) query keeps
+        at least as many components as there are component slots (``k - k_a``): each of the heaviest gets
+        one slot and the mixture weights set no quota (largest remainder raises every kept component to one
+        slot).  Not a warning: it can be a deliberate setting (``examples/diverse.yaml``'s, tuned on train
+        queries), and a warning on every run of it would cry wolf.  ``clusters``: the kept components of the
+        searched queries, ``-1`` past them."""
         from ragkit.filters._flat import first_time_for
 
         p = self.params
         k_r = k - k_a
         kept = (clusters >= 0).sum(axis=1)
         many = int((kept >= k_r).sum())
-        if not many or not first_time_for(self, "_warned_slots"):
+        if not many or not first_time_for(self, "_noted_slots"):
             return
-        _log.warning(
+        _log.info(
             f"knn_embed: {many} of {len(kept)} mixed queries keep as many components as the {k_r} component "
             f"slots or more (up to {int(kept.max())}: max_components {p.max_components}, weight_floor "
             f"{p.weight_floor}; k={k} less {k_a} dense slots of anchor_share {p.anchor_share}): each of the "
@@ -645,7 +647,7 @@ class KnnEmbed(Operator):
         comp = np.full((n_q, k), -1, np.int32)
         live = np.flatnonzero(~collapsed)
         if len(live):
-            self._warn_slots(clusters[live], k, k_a)
+            self._note_slots(clusters[live], k, k_a)
             out_rows[live], comp[live] = self._mixture_search(
                 q[live], s[live], top_rows[live], clusters[live], weights[live], k, k_a, k_r, labels, mask)
         out_sc = np.take_along_axis(s, out_rows, axis=1).astype(np.float32)
