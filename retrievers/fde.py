@@ -114,8 +114,9 @@ class FDEConfig:
                 continue
             raise ParamError(f"FDEConfig.{name} must be an integer{' or None' if name == 'd_final' else ''}, got "
                              f"{value!r} ({type(value).__name__})")
-        if not 0 <= self.seed <= 2**32 - 1:
-            raise ParamError(f"FDEConfig.seed must be in 0..{2**32 - 1} (numpy's seed range), got {self.seed}")
+        if not 0 <= self.seed <= 2**32 - 1:  # (ragkit.params.Seed's bound; params.py exports no constant for it)
+            raise ParamError(f"FDEConfig.seed must be in 0..{2**32 - 1} (ragkit's seed range, as every seed "
+                             f"parameter: ragkit.params.Seed), got {self.seed}")
         if not 0 <= self.k_sim <= MAX_K_SIM:
             raise ParamError(f"FDEConfig.k_sim must be in 0..{MAX_K_SIM} (2**k_sim buckets), got {self.k_sim}")
         if self.d_proj < 1 or self.r_reps < 1:

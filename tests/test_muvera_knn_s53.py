@@ -31,10 +31,25 @@ def test_fde_config_refuses_non_integer_sizes(field, value):
 
 
 @pytest.mark.parametrize("seed", [-1, 2**32])
-def test_fde_config_refuses_a_seed_outside_numpys_range(seed):
+def test_fde_config_refuses_a_seed_outside_ragkits_seed_range(seed):
     """seed -1 failed at the first encoding with numpy's "expected non-negative integer"."""
     with pytest.raises(ParamError, match=rf"FDEConfig\.seed must be in 0\.\.4294967295.*got {seed}"):
         FDEConfig(seed=seed)
+
+
+def test_fde_config_seed_message_names_ragkits_range_not_numpys():
+    """The message called 0..2**32-1 "numpy's seed range": default_rng takes any non-negative integer; the bound
+    is ragkit's own (ragkit.params.Seed, which every seed parameter uses), and the two must not drift apart."""
+    import typing
+
+    from ragkit.params import Seed
+
+    with pytest.raises(ParamError) as e:
+        FDEConfig(seed=2**32)
+    assert "numpy" not in str(e.value) and "(ragkit's seed range" in str(e.value) and "Seed" in str(e.value)
+    bounds = {type(m).__name__: m for m in typing.get_args(Seed)[1].metadata}
+    assert (bounds["Ge"].ge, bounds["Le"].le) == (0, 2**32 - 1)  # the bound FDEConfig checks
+    np.random.default_rng(2**32 + 5)  # (numpy's own range is wider)
 
 
 def test_fde_config_takes_numpy_integers():
