@@ -249,3 +249,24 @@ def test_record_id_missing_in_a_dataframe_falls_back_to_id() -> None:
         Corpus.from_records(recs)
     with pytest.raises(DataError, match=r"Corpus.from_records: record 0 has 'id': nan, expected a document id"):
         Corpus.from_records([{"id": float("nan"), "text": "x"}])
+
+
+@pytest.mark.parametrize("odd", [float("nan"), ("t", 1), np.array([1, 2]), np.float32(0.5)])
+def test_one_odd_metadata_value_does_not_send_flat_lists_through_the_deep_copy(monkeypatch, odd) -> None:
+    import ragkit._corpus as corpus_mod
+
+    calls = []
+    real = corpus_mod._nested_plain
+    monkeypatch.setattr(corpus_mod, "_nested_plain", lambda v: (calls.append(v), real(v))[1])
+    tags = [["a"], {"k": "v"}]
+    c = Corpus(ids=["a", "b", "c"], texts=["x"] * 3, metadata={"tags": [tags[0], odd, tags[1]]})
+    assert not [v for v in calls if v is tags[0] or v is tags[1]]  # (a copy each, by .copy())
+    assert len(calls) == (3 if type(odd) is tuple else 0)  # (the tuple, as a list, and its two elements)
+    assert c.metadata["tags"][0] == ["a"] and c.metadata["tags"][0] is not tags[0]
+    assert c.metadata["tags"][2] == {"k": "v"} and c.metadata["tags"][2] is not tags[1]
+    tags[0].append("b")
+    assert c.mask({"tags": "b"}).tolist() == [False, False, False]
+    meta = {"x": [1]}
+    d = Corpus(ids=["a", "b"], texts=["x"] * 2, metadata={"deep": [meta, odd]})
+    meta["x"].append(2)  # (a list inside a dict: copied at depth still)
+    assert d.metadata["deep"][0] == {"x": [1]}
