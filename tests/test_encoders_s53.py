@@ -318,6 +318,38 @@ def test_token_encoder_applies_the_models_prompts(tmp_path: Path) -> None:
     assert minilm.query_prompt == minilm.document_prompt == "" and minilm.query_store is minilm.store
 
 
+class FlippedTokens(TokenEncoder):
+    """The same model, token vectors of its own (negated)."""
+
+    def _forward(self, texts: list[str], progress: bool = False, lens: np.ndarray | None = None) -> Any:
+        got = super()._forward(texts, progress, lens)
+        return type(got)(-np.asarray(got.data), got.offsets)
+
+
+def test_token_encoder_subclass_forward_keyed_apart() -> None:
+    """Old code: a TokenEncoder subclass with a _forward of its own shared the plain token key, so its encode was
+    served the plain model's cached token vectors (n_encoded 0)."""
+    plain, mine = TokenEncoder(), FlippedTokens()
+    digest = _forward_digest(FlippedTokens.__dict__["_forward"])
+    assert mine.key == f"{plain.key}|forward={__name__}.FlippedTokens#{digest}"
+    text = ["scurvy and vitamin C"]
+    a = plain.encode(text)
+    b = mine.encode(text)
+    assert mine.n_encoded == 1 and mine.store.folder != plain.store.folder
+    np.testing.assert_array_equal(np.asarray(b.data), -np.asarray(a.data))
+
+    class Tagged(FlippedTokens):
+        key_tag = "flipped-tokens-v1"
+
+    class Renamed(TokenEncoder):
+        key_tag = "renamed"
+
+    assert Tagged().key == f"{plain.key}|forward=flipped-tokens-v1"
+    with pytest.raises(ParamError, match=r"Renamed\.key_tag is str 'renamed', but Renamed keeps ragkit's forward "
+                                         r"pass \(TokenEncoder\._forward\)"):
+        Renamed()
+
+
 # ------------------------------------------------------------------ 4. a forward pass's output checked before the cache
 @pytest.mark.parametrize("what, make, said", [
     ("extra-row", lambda n: np.ones((n + 1, 8), np.float32), r"returned 3 vectors for 2 texts"),

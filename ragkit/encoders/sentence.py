@@ -488,13 +488,15 @@ def forward_tag(encoder: Any, base: type) -> str | None:
 _PLAIN_VALUES = (type(None), bool, int, float, complex, str, bytes)
 
 
+@functools.lru_cache(maxsize=256)
 def _forward_digest(func: Any) -> str:
     """12 hex digits naming the code of ``func`` (a class's ``_forward``): its bytecode, constants (code objects of
     nested functions by their own code, the items of a frozen set sorted: ``repr`` gives neither the same in every
     process) and names, and the values of its closure that are plain constants (numbers, strings, bytes, ``None``,
     tuples of them; any other by its type alone: a ``repr`` may hold a memory address).  What it does not read:
     the functions and globals it calls (by name only), settings held by the instance: a ``key_tag`` names those.
-    The bytecode is the Python version's: another version keys apart (encodes anew, never serves other vectors)."""
+    The bytecode is the Python version's: another version keys apart (encodes anew, never serves other vectors).
+    Once per function (the token encoder's key is read at each use)."""
     h = hashlib.sha1()
     fn = getattr(func, "__func__", func)  # (a staticmethod / classmethod: the function it holds)
     code = getattr(fn, "__code__", None)

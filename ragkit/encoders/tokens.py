@@ -57,6 +57,7 @@ from ragkit.encoders.sentence import (
     _refuse_unknown_settings,
     as_texts,
     check_encoder_settings,
+    forward_tag,
     identity_at_first_use,
     load_model,
     model_config,
@@ -520,6 +521,10 @@ class TokenEncoder:
     its cache with them (``|prompts=``, as the sentence encoder), and caches queries apart from documents when their
     prompts differ.
 
+    A subclass with a forward pass of its own (``_forward``) is keyed apart from the plain token encoder of its
+    model, ``|forward=<tag>`` (:func:`~ragkit.encoders.sentence.forward_tag`, as the sentence encoder's: its
+    :attr:`key_tag`, or the ``module.qualname`` of the class defining ``_forward`` and a digest of its code).
+
     Examples
     --------
     >>> enc = get_token_encoder()                       # doctest: +SKIP
@@ -527,9 +532,15 @@ class TokenEncoder:
     ([6], 384)
     """
 
+    #: what names a subclass's own forward pass (``_forward``) in the key, as :attr:`Encoder.key_tag
+    #: <ragkit.encoders.sentence.Encoder.key_tag>` does (``None``: its class's module.qualname and a digest of its
+    #: code); refused on a class that keeps ragkit's ``_forward``
+    key_tag: str | None = None
+
     def __init__(self, model: str = DEFAULT_MODEL, *, batch_size: int = 32, max_seq_length: int | None = None,
                  special_tokens: Literal["keep", "drop"] = "keep", cache: bool = True) -> None:
         model = _model_name(model, "TokenEncoder", TokenEncoder)  # (None: an AttributeError in resolve_model)
+        forward_tag(self, TokenEncoder)  # (a key_tag that is refused: said now, not at the first encode)
         check_encoder_settings("TokenEncoder", batch_size=batch_size, max_seq_length=max_seq_length)
         if special_tokens not in ("keep", "drop"):
             raise ParamError(f"TokenEncoder: special_tokens must be 'keep' or 'drop', got {special_tokens!r}",
@@ -599,10 +610,12 @@ class TokenEncoder:
 
     @property
     def key(self) -> str:
-        """The cache key: :attr:`fingerprint`, ``max_seq_length``, ``special_tokens``, and the model's prompts when it
-        has some (``|prompts=``, hashed as the sentence encoder's)."""
+        """The cache key: :attr:`fingerprint`, ``max_seq_length``, ``special_tokens``, the model's prompts when it
+        has some (``|prompts=``, hashed as the sentence encoder's), and ``|forward=<tag>`` for a subclass's own
+        forward pass (:attr:`key_tag`; it shared the plain key, and so its cached token vectors)."""
         key = f"{self.fingerprint}|tokens|msl={self.max_seq_length}|special={self.special_tokens}|l2"
-        return key + prompts_part(*self._prompts())
+        forward = forward_tag(self, TokenEncoder)
+        return key + prompts_part(*self._prompts()) + ("" if forward is None else f"|forward={forward}")
 
     @property
     def model(self) -> Any:
