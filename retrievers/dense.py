@@ -27,7 +27,7 @@ from ragkit.encoders.sentence import encoder_label, encoder_vectors, unit_rows
 from ragkit.errors import ArtifactError, DataError, InputTypeError, ParamError, some_ids
 from ragkit.operator import Operator, edited_during_search, is_prefix, searched_ids
 from ragkit.options import PARAM, positive_k
-from ragkit.params import MetadataFilter, Metric, ModelName, Params, VectorDtype, shown, update_params
+from ragkit.params import FieldRefusal, MetadataFilter, Metric, ModelName, Params, VectorDtype, shown, update_params
 from ragkit.registry import register
 from ragkit.retrievers._index import EXACT_MAX, NonFiniteVectors, VectorIndex
 from ragkit.retrievers._quantize import parse_reduce
@@ -155,10 +155,10 @@ class DenseParams(Params):
                            ("connectivity", graph, "search: hnsw (or auto)"),
                            ("expansion_add", graph, "search: hnsw (or auto)"),
                            ("expansion_search", graph, "search: hnsw (or auto)"))
-        known = KNOWN_DIMS.get(self.model.lower())
-        if kind != "none" and known is not None and dims > known:
-            raise ValueError(f"reduce={self.reduce!r} asks for {dims} dimensions but {self.model} embeddings have "
-                             f"only {known}; choose at most {known}")
+        if kind != "none":  # a width known without loading a model (check_corpus reads the others at fit)
+            refusal = _too_wide(self.reduce, self.model, _known_width(self.model))
+            if refusal is not None:
+                raise FieldRefusal("reduce", refusal)
         return self
 
 
@@ -296,10 +296,9 @@ class Dense(TunedEncoderMixin, Operator):
             width = _known_width(self.params.model)  # (a registered encoder's own width first, as a load reads it)
             if width is None:
                 width = get_encoder(self.params.model, batch_size=self.params.batch_size).dim
-            if dims > width:
-                raise ParamError(f"dense.reduce: {self.params.reduce!r} asks for {dims} dimensions but "
-                                 f"{self.params.model} embeddings have {width}; choose at most {width}",
-                                 path="dense.reduce")
+            refusal = _too_wide(self.params.reduce, self.params.model, width)
+            if refusal is not None:
+                raise ParamError(f"dense.reduce: {refusal}", path="dense.reduce")
             if kind == "pca":
                 self._check_pca_corpus(corpus, dims)
 
@@ -793,6 +792,18 @@ def _known_width(model: str) -> int | None:
     except Exception:  # (a custom encoder's property may fail; its searches will say why)
         return None
     return dim if isinstance(dim, int) and not isinstance(dim, bool) and dim > 0 else None
+
+
+def _too_wide(reduce: str, model: str, width: int | None) -> str | None:
+    """Why ``reduce`` (``pca:<dims>`` / ``matryoshka:<dims>``) cannot be fitted on the ``width``-d embeddings of
+    ``model``: it asks for more dimensions than they have; ``None`` where it fits, or where ``width`` is not known.
+    The one wording of the check, made at construction (:meth:`DenseParams._compatible`, widths known without
+    loading a model: :func:`_known_width`) and at fit (:meth:`Dense.check_corpus`, any model)."""
+    kind, dims = parse_reduce(reduce)
+    if kind == "none" or width is None or dims <= width:
+        return None
+    return (f"{reduce!r} asks for {dims} dimensions but {model} embeddings have {width}, only {width} to keep; "
+            f"choose at most {kind}:{width}")
 
 
 def _earliest_layout(folder: Path, cls: type) -> str:

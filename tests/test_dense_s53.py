@@ -227,3 +227,31 @@ def test_a_b1_graphs_exact_answers_are_not_scored_twice(monkeypatch):
     assert calls == []
     graph.search(q, 5)  # (a graph search: re-ranked by the float query)
     assert calls == [False]
+
+
+# ------------------------------------------------------------------ 7. re-review: the params' width, scores()
+def test_params_read_a_registered_encoders_width_first():
+    """DenseParams' own check of reduce against the model's width read KNOWN_DIMS, not the encoder registered
+    under the name (78b7787 changed check_corpus only): a 1024-d encoder registered as all-MiniLM-L6-v2 could
+    not be built with reduce: pca:500 (384 known), and pca:2000 was refused naming 384."""
+    from ragkit.encoders.custom import registered_encoder, unregister_encoder
+
+    name = "all-MiniLM-L6-v2"
+    before = registered_encoder(name)
+    register_encoder(name, HashedEncoder("dense-s53-minilm-1024", 1024), replace=True)
+    try:
+        assert Dense(model=name, reduce="pca:500").params.reduce == "pca:500"
+        Dense(model=name, reduce="pca:500").check_corpus(_corpus(600))
+        for reduce in ("pca:2000", "matryoshka:1025"):
+            with pytest.raises(ParamError, match=rf"^dense\.reduce: '{reduce}' asks for \d+ dimensions but "
+                                                 rf"{name} embeddings have 1024.*choose at most \w+:1024$") as e:
+                Dense(model=name, reduce=reduce)
+            assert e.value.path == "dense.reduce"
+    finally:
+        unregister_encoder(name)
+        if before is not None:
+            register_encoder(name, before)
+    with pytest.raises(ParamError, match=r"^dense\.reduce: 'pca:500' .* have 384, only 384 to keep; choose at most "
+                                         r"pca:384$"):
+        Dense(model=name, reduce="pca:500")  # (unregistered: KNOWN_DIMS)
+
