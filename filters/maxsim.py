@@ -80,8 +80,8 @@ class MaxSim(TokenOperatorMixin, Operator):
         rankings = []
         for r, o, s, keep in zip(state.rankings, order, sc, tokenless):  # Ranking objects (work is done above)
             o = o[:len(r)]
-            if not keep:  # a blank candidate (no tokens: -inf, sorted last) is left out
-                o = o[np.isfinite(s[o])]
+            if not keep:  # a blank candidate (no tokens: -inf, sorted last) is left out; a NaN is not (it fails
+                o = o[~np.isneginf(s[o])]  # the finite-score check of the output, where dropping it hid it)
             o = o[:k] if k is not None else o
             new = r.take(o)
             rankings.append(Ranking(new.rows, new.scores if keep else s[o], new.fields))

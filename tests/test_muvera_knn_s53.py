@@ -274,6 +274,29 @@ def test_maxsim_leaves_a_blank_candidate_out(fake_tokens):
     assert kept.rows.tolist() == [1, 0] and kept.scores.tolist() == [2, 1]
 
 
+def test_maxsim_refuses_a_nan_score_instead_of_dropping_the_candidate(fake_tokens, monkeypatch):
+    """MaxSim left out candidates with o[np.isfinite(s[o])], meant for the -inf of a blank candidate: a NaN score
+    (a corrupt token vector) was dropped with it, silently.  Now only -inf is left out, and a NaN reaches the
+    finite-score check every operator's output passes."""
+    from ragkit.filters import MaxSim, maxsim as MS
+    from ragkit.types import Corpus, Ranking, State
+
+    corpus = Corpus.from_texts(["alpha beta", "gamma", "delta epsilon"])
+    op = MaxSim().fit(corpus)
+    state = State(["alpha"], rankings=[Ranking(np.array([0, 1, 2]), np.array([3, 2, 1], np.float32))])
+    assert op(state).rankings[0].rows.tolist() != []
+    real = MS.chamfer_pairs
+
+    def nan_for_one(*a, **kw):
+        sc = real(*a, **kw)
+        sc[0, 1] = np.nan
+        return sc
+
+    monkeypatch.setattr(MS, "chamfer_pairs", nan_for_one)
+    with pytest.raises(DataError, match=r"\('maxsim'\) returned the score nan .*\(row 1\).*expected finite scores"):
+        op(state)
+
+
 def test_chamfer_and_centroid_pairs_score_a_document_without_tokens_minus_inf():
     from ragkit.retrievers.centroids import centroid_pairs, code_sets
 
