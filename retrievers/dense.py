@@ -244,8 +244,8 @@ class Dense(TunedEncoderMixin, Operator):
         not rebuilt, and a save would write parameters that misdescribe it: set it back or fit again); the
         settings of how it searches and grows (:data:`VectorIndex.SETTINGS <ragkit.retrievers._index.VectorIndex>`:
         ``threads``, ``expansion_add``, ``expansion_search``, ``oversample``, ``exact_max``, ``reorder``) are
-        copied into it.  Called by searches, ``add``, ``remove``, ``compact`` and saves (and at load); a no-op
-        while neither ``params`` nor the index changed."""
+        copied into it.  Called by searches, :meth:`scores`, ``add``, ``remove``, ``compact`` and saves (and at
+        load); a no-op while neither ``params`` nor the index changed."""
         ix = self.index_ if ix is None else ix
         p = self.params
         synced = self.__dict__.get("_synced")
@@ -457,7 +457,11 @@ class Dense(TunedEncoderMixin, Operator):
         ``(n_q, n_docs)``: cosines for ``metric="cos"`` (rows of ``q`` not of unit length normalised here, as a
         search normalises them, by :func:`~ragkit.encoders.sentence.unit_rows`: an encoder that does not normalise,
         a dot-product model's, gives vectors of any length; unit rows are taken as given, to the bit), inner
-        products for ``"ip"``."""
+        products for ``"ip"``.  ``params`` replaced since the fit are met as a search meets them
+        (:meth:`_sync_index`: a ``metric`` other than the index's is a :class:`ParamError` at ``dense.metric``,
+        not scores of the other metric over vectors indexed for the first)."""
+        self._check_fitted()
+        self._sync_index()
         docs = np.asarray(self.document_vectors())
         q = unit_rows(q) if self.params.metric == "cos" else np.asarray(q, dtype=np.float32)
         return q @ docs.T

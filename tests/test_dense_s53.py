@@ -255,3 +255,17 @@ def test_params_read_a_registered_encoders_width_first():
                                          r"pca:384$"):
         Dense(model=name, reduce="pca:500")  # (unregistered: KNOWN_DIMS)
 
+
+def test_scores_meets_params_replaced_after_the_fit():
+    """scores() read params.metric itself, skipping _sync_index: a metric changed after the fit silently gave
+    raw inner products over the vectors the index had normalised (searches refused it)."""
+    d = Dense(model=MODEL, k=5, metric="cos").fit(_corpus(40))
+    q = np.random.default_rng(1).standard_normal((2, 24)).astype(np.float32) * 3
+    before = d.scores(q)
+    d.params = d.params.updated(metric="ip")
+    with pytest.raises(ParamError, match=r"^dense\.metric: .*fitted index was built with metric='cos'") as e:
+        d.scores(q)
+    assert e.value.path == "dense.metric"
+    d.params = d.params.updated(metric="cos", threads=1)  # set back (a setting changed meanwhile: applied)
+    np.testing.assert_array_equal(d.scores(q), before)
+    assert d.index_.threads == 1
