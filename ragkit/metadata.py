@@ -98,12 +98,16 @@ def filter_problem(where: Mapping[str, Any]) -> tuple[str | None, str] | None:
 
 def _holds_nan(want: Any) -> bool:
     """Whether a filter's value ``want`` is NaN or holds one among the values :func:`filter_values` reads from it
-    (a list, a numpy array, a pandas Series: numpy floats too); a float array by one ``np.isnan``.  An iterator
-    is not read (the filter reads it once)."""
-    if isinstance(want, np.ndarray) and want.dtype.kind == "f":
-        return bool(np.isnan(want).any())
-    if isinstance(want, Iterator):
+    (a list, a numpy array, a pandas Series: numpy floats too).  Told by the dtype where there is one: a float
+    array or Series by one ``np.isnan``, one of another dtype than objects (ints, strings, dates)
+    holds none, nor does a ``range``; only a list, a set, a tuple, an object array (and what else is iterable) is
+    looked at value by value.  An iterator is not read (the filter reads it once)."""
+    if isinstance(want, range) or isinstance(want, Iterator):
         return False
+    dtype = getattr(want, "dtype", None)
+    held = isinstance(want, np.ndarray) or hasattr(want, "to_numpy")  # (a numpy scalar: one value, looked at below)
+    if held and isinstance(dtype, np.dtype) and dtype.kind != "O":
+        return dtype.kind == "f" and bool(np.isnan(np.asarray(want)).any())
     return any(isinstance(w, (float, np.floating)) and w != w for w in filter_values(want))
 
 

@@ -270,3 +270,27 @@ def test_one_odd_metadata_value_does_not_send_flat_lists_through_the_deep_copy(m
     d = Corpus(ids=["a", "b"], texts=["x"] * 2, metadata={"deep": [meta, odd]})
     meta["x"].append(2)  # (a list inside a dict: copied at depth still)
     assert d.metadata["deep"][0] == {"x": [1]}
+
+
+def test_filter_nan_check_reads_arrays_and_ranges_by_their_dtype_not_value_by_value(monkeypatch) -> None:
+    import ragkit.metadata as metadata_mod
+    from ragkit.metadata import check_filter
+
+    calls = []
+    real = metadata_mod.filter_values
+    monkeypatch.setattr(metadata_mod, "filter_values", lambda w: (calls.append(1), real(w))[1])
+    for want in (np.arange(10), range(10), np.array(["a", "b"]), np.array(["2020-01-01"], dtype="datetime64[D]"),
+                 np.array([1.0, 2.0], np.float32)):
+        check_filter({"year": want})
+    assert calls == []
+    for want in ([1, np.float32("nan")], np.array([1, float("nan")], dtype=object), {float("nan")}):
+        with pytest.raises(DataError, match=r"filter.year: .* holds NaN"):
+            check_filter({"year": want})
+    with pytest.raises(DataError, match=r"filter.year: .* holds NaN"):
+        check_filter({"year": np.array([[1.0, np.nan]])})
+    pd = pytest.importorskip("pandas")
+    calls.clear()
+    check_filter({"year": pd.Series([2001, 2002])})
+    assert calls == []
+    with pytest.raises(DataError, match=r"filter.year: .* holds NaN"):
+        check_filter({"year": pd.Series([2001, float("nan")], dtype=object)})
