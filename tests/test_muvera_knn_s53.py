@@ -177,7 +177,7 @@ def test_query_fde_is_one_sparse_product(monkeypatch):
 
 
 @pytest.mark.parametrize("k_sim", [2, 3, 5])
-def test_fill_over_the_documents_with_an_empty_bucket_equals_the_old_path(k_sim):
+def test_fill_over_the_documents_with_an_empty_bucket_equals_the_old_path(k_sim, monkeypatch):
     """Long documents fill every bucket, short ones leave some empty: the Hamming table over the short ones'
     tokens only fills the very tokens the table over every token did (ties to the lowest index included:
     one-token and duplicated-token documents)."""
@@ -192,7 +192,19 @@ def test_fill_over_the_documents_with_an_empty_bucket_equals_the_old_path(k_sim)
         minlength=len(lens) * cfg.buckets).reshape(len(lens), -1) for r in range(cfg.r_reps)], axis=1)
     some = ((counts == 0).any(axis=2) & (lens > 0)[:, None]).sum(axis=0)
     assert ((0 < some) & (some < np.count_nonzero(lens))).all()        # every repetition: some sets, not all
+    rows, real = [], F._min_reduceat
+
+    def spy(code, starts, axis=0):
+        rows.append((code.shape[0], len(starts)))
+        return real(code, starts, axis=axis)
+
+    monkeypatch.setattr(F, "_min_reduceat", spy)
     assert np.array_equal(fde_documents(x, off, cfg), _old_encode(x, off, cfg, False))
+    # the Hamming table of each repetition holds the tokens of the sets with an empty bucket only (the old path:
+    # every token, one row per token of the chunk)
+    short = (counts == 0).any(axis=2) & (lens > 0)[:, None]            # (sets, repetitions)
+    want = [(int(lens[short[:, r]].sum()), int(short[:, r].sum())) for r in range(cfg.r_reps)]
+    assert rows == want and all(t < int(lens.sum()) for t, _ in rows), (rows, want)
 
 
 def test_fde_checks_its_input_once_and_gathers_chunks(monkeypatch):
@@ -208,8 +220,8 @@ def test_fde_checks_its_input_once_and_gathers_chunks(monkeypatch):
     assert len(calls) == 1 and whole.flags.c_contiguous and whole.shape == (40, 2 * 8 * 4 + 16)
     monkeypatch.setattr(F, "CHUNK_BYTES", 4 * (2 * 8 * 4 * 2 + 16) * 7)  # 7 sets a chunk
     assert len(list(F.fde_document_chunks(x, off, cfg))) == 6
-    np.testing.assert_allclose(fde_queries(x, off, cfg), whole, rtol=1e-6, atol=1e-7)
-    np.testing.assert_allclose(fde_documents(x, off, cfg), _old_encode(x, off, cfg, False), rtol=1e-6, atol=1e-7)
+    assert np.array_equal(fde_queries(x, off, cfg), whole)  # chunks gathered: the very FDEs, bit for bit
+    assert np.array_equal(fde_documents(x, off, cfg), _old_encode(x, off, cfg, False))
     with pytest.raises(DataError, match="offsets must not decrease"):  # at the call, before the first chunk
         F.fde_document_chunks(x, np.r_[0, 5, 3, len(x)], cfg)
 
