@@ -350,6 +350,15 @@ def _doc_id(given: Any, i: int) -> str | None:
     return None if is_missing(given) else _id_string(given, "Corpus.from_documents: ids", i)
 
 
+def _same_id(given: Any, did: str) -> bool:
+    """Whether the metadata ``"id"`` ``given`` names the document whose own id is ``did`` (written as
+    :func:`_doc_id` writes it), without refusing one that is no id (infinity): it is a field of its own then."""
+    try:
+        return _doc_id(given, 0) == did
+    except DataError:
+        return False
+
+
 def _pandas(who: str) -> Any:
     """The pandas module, imported for ``who``; not installed, a :class:`~ragkit.errors.MissingExtraError` (an
     :class:`ImportError`) saying so (one installed that fails to import raises its own ``ImportError``)."""
@@ -634,7 +643,7 @@ class Corpus:
             did = _doc_id(getattr(d, "id", None), len(records))
             if not did:
                 did = _doc_id(meta.pop("id", None), len(records))
-            elif "id" in meta and _doc_id(meta["id"], len(records)) == did:
+            elif "id" in meta and _same_id(meta["id"], did):
                 del meta["id"]  # the id written into metadata too (get_by_ids's documents): not a field of its own
             records.append({"_id": did, "text": d.page_content, "title": meta.pop("title", ""), "metadata": meta})
         taken = {r["_id"] for r in records if r["_id"] is not None}

@@ -294,3 +294,14 @@ def test_filter_nan_check_reads_arrays_and_ranges_by_their_dtype_not_value_by_va
     assert calls == []
     with pytest.raises(DataError, match=r"filter.year: .* holds NaN"):
         check_filter({"year": pd.Series([2001, float("nan")], dtype=object)})
+
+
+def test_from_documents_keeps_a_non_finite_metadata_id_beside_the_documents_own_id() -> None:
+    class Doc:
+        def __init__(self, text: str, metadata: dict, id: object = None) -> None:
+            self.page_content, self.metadata, self.id = text, metadata, id
+
+    c = Corpus.from_documents([Doc("a", {"id": float("inf")}, id="7"), Doc("b", {"id": "8"}, id="8")])
+    assert c.ids.tolist() == ["7", "8"] and c.metadata["id"].tolist() == [float("inf"), None]
+    with pytest.raises(DataError, match=r"Corpus.from_documents: ids\[0\] is inf, not an id"):
+        Corpus.from_documents([Doc("a", {"id": float("inf")})])
