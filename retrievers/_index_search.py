@@ -162,9 +162,12 @@ def _exact(self: VectorIndex, qr: np.ndarray, kk: int, rows: np.ndarray | None) 
     Without ``rows``, the stored codes (``numpy`` backend) are read in contiguous blocks, removed slots
     included, whose scores are set to ``-inf`` before the merge (their slots are -1 in the result): a gather
     (``codes[rows]``) copies each block, which made every search of an index with one removed document
-    slower (100,000 x 384, one query: f32 1.38x).  A live slot never scores ``-inf`` (the vectors are finite),
-    so the same slots and scores come out, ties ranked by lower slot as before.  ``rows`` (a filter's) are
-    gathered; the graph's codes (``hnsw`` backend) are fetched by slot, the live ones only."""
+    slower (100,000 x 384, one query: f32 1.38x).  The same slots and scores come out, ties ranked by lower slot
+    as before, except where a live slot scores ``-inf`` too (finite vectors whose product overflows float32:
+    ``ip`` with coordinates ~1e20) and a removed slot won its tie (a result lost to a -1): the queries that picked
+    a removed slot while their live picks are fewer than ``min(kk, live slots)`` are searched again on the live
+    slots, gathered.  ``rows`` (a filter's) are gathered; the graph's codes (``hnsw`` backend) are fetched by
+    slot, the live ones only."""
     nq = len(qr)
     numpy_backend = self.backend == "numpy"
     dead: np.ndarray | None = None  # (the removed slots, scored -inf in contiguous blocks)
@@ -200,7 +203,17 @@ def _exact(self: VectorIndex, qr: np.ndarray, kk: int, rows: np.ndarray | None) 
     if best_s is None or best_i is None:
         return np.full((nq, 0), -np.inf, np.float32), np.full((nq, 0), -1, np.int64)
     if dead is not None:  # (removed slots picked where fewer than kk are live: no result)
-        best_i = np.where(dead[best_i], -1, best_i)
+        gone = dead[best_i]
+        best_i = np.where(gone, -1, best_i)
+        # a live slot scoring -inf (an overflow) may have lost its tie to a removed one: those queries again,
+        # on the live slots only (rare: a removed slot is picked only where the kk-th best score is -inf)
+        redo = np.flatnonzero(gone.any(axis=1) & ((~gone).sum(axis=1) < min(kk, self.n_alive)))
+        if len(redo):
+            es, ei = self._exact(qr[redo], kk, np.flatnonzero(self.alive))
+            pad = best_i.shape[1] - es.shape[1]  # (min(kk, live) columns where the blocks gave min(kk, slots))
+            best_s = np.array(best_s)  # (writable: the first block's scores may be a view)
+            best_s[redo] = np.pad(es, ((0, 0), (0, pad)), constant_values=-np.inf)
+            best_i[redo] = np.pad(ei, ((0, 0), (0, pad)), constant_values=-1)
     return best_s, best_i
 
 

@@ -269,3 +269,24 @@ def test_scores_meets_params_replaced_after_the_fit():
     d.params = d.params.updated(metric="cos", threads=1)  # set back (a setting changed meanwhile: applied)
     np.testing.assert_array_equal(d.scores(q), before)
     assert d.index_.threads == 1
+
+
+# ------------------------------------------------------------------ 8. re-review: exact search, a live -inf score
+def test_exact_search_after_a_removal_keeps_a_live_slot_scoring_minus_inf():
+    """The contiguous-block exact search (1e32677) scores removed slots -inf; a live slot can score -inf too (ip,
+    f32 vectors of 1e20 overflow), and a removed slot won the tie (lower slot) and became -1: slot 4 was lost."""
+    from ragkit.retrievers._index import VectorIndex
+
+    x = np.full((5, 8), 1e20, np.float32)
+    ix = VectorIndex(dtype="f32", metric="ip", search="exact").build(x)
+    ix.remove(np.array([0]))
+    q = np.full((1, 8), -1e20, np.float32)
+    with np.errstate(over="ignore"):
+        want = ix.search(q, 4, mask=np.ones(5, bool))
+        for k in (4, 5):
+            got = ix.search(q, k)
+            for a, b in zip(got, want):
+                np.testing.assert_array_equal(a[:, :4], b)
+            assert sorted(got[0][0, :4].tolist()) == [1, 2, 3, 4]
+        both = ix.search(np.concatenate([q, -q]), 4)  # (only the query that lost a slot is searched again)
+    np.testing.assert_array_equal(both[0], [[1, 2, 3, 4], [1, 2, 3, 4]])
