@@ -10,7 +10,7 @@ import math
 import pytest
 
 from ragkit.errors import DataError
-from ragkit.eval import _lines, _read, read_corpus, read_qrels
+from ragkit.eval import _lines, _read, read_corpus, read_qrels, read_queries
 
 
 class _CountingDict(dict):
@@ -146,8 +146,8 @@ def test_text_that_only_looks_like_a_surrogate_escape_is_read(tmp_path, text):
                             r"\(\\udc00 at character 2 of the key\)"),
 ])
 def test_a_lone_surrogate_in_nested_values_is_refused(tmp_path, meta, said):
-    """Only the record's top-level strings were checked: a lone surrogate in its metadata got into the corpus
-    (and failed later, encoding it)."""
+    """A lone surrogate in metadata was refused by Corpus, without file:line ("Corpus metadata field 'author' of
+    document 'd1' (row 0) holds a lone surrogate"); now named at its line, and where it stands in the metadata."""
     p = tmp_path / "corpus.jsonl"
     p.write_text(json.dumps({"_id": "d0", "text": "ok"}) + "\n"
                  + json.dumps({"_id": "d1", "text": "x", "metadata": meta}) + "\n")
@@ -155,12 +155,29 @@ def test_a_lone_surrogate_in_nested_values_is_refused(tmp_path, meta, said):
         read_corpus(p)
 
 
-def test_a_lone_surrogate_in_a_field_name_is_refused(tmp_path):
+@pytest.mark.parametrize("extra", [{"\ud800x": 1}, {"source": "\ud800"}, {"source": {"a": ["\udfff"]}}])
+def test_a_lone_surrogate_in_a_dropped_field_is_dropped_with_it(tmp_path, caplog, extra):
+    """Only the fields a reader keeps are refused for a lone surrogate (a corpus line's _id, title, text and
+    metadata; a queries line's _id and text): a field it drops is dropped, with the warning it had."""
     p = tmp_path / "corpus.jsonl"
-    p.write_text('{"_id": "d1", "text": "x", "\\ud800x": 1}\n')
-    with pytest.raises(DataError, match=r"corpus\.jsonl:1: field '\\ud800x' holds an unpaired surrogate escape in "
-                                        r"its name \(\\ud800 at character 1 of the name\)"):
-        read_corpus(p)
+    p.write_text(json.dumps({"_id": "d1", "text": "x", **extra}) + "\n")
+    with caplog.at_level("WARNING", logger="ragkit"):
+        corpus = read_corpus(p)
+    assert corpus.ids.tolist() == ["d1"] and corpus.texts.tolist() == ["x"] and corpus.metadata == {}
+    assert f"dropped the documents' fields {next(iter(extra))!r}" in caplog.text
+    q = tmp_path / "queries.jsonl"
+    q.write_text(json.dumps({"_id": "q1", "text": "x", **extra}) + "\n")
+    assert read_queries(q) == {"q1": "x"}
+
+
+def test_read_queries_drops_metadata_holding_a_lone_surrogate(tmp_path):
+    """read_queries keeps '_id' and 'text' only: a lone surrogate in metadata it drops is no error."""
+    q = tmp_path / "queries.jsonl"
+    q.write_text('{"_id": "q1", "text": "x", "metadata": {"a": "\\ud800"}}\n')
+    assert read_queries(q) == {"q1": "x"}
+    q.write_text('{"_id": "q1", "text": "x \\ud800"}\n')
+    with pytest.raises(DataError, match=r"queries\.jsonl:1: field 'text' holds an unpaired surrogate escape"):
+        read_queries(q)
 
 
 @pytest.mark.parametrize("head", [b"\n", b"\n\r\n\n", b"\xef\xbb\xbf\n", b"\t\n"])

@@ -12,7 +12,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Collection, Iterator, Sequence
 
 import numpy as np
 
@@ -213,19 +213,22 @@ def _check_id(did: str, path: str | os.PathLike[str], n: int) -> None:
                         "naming it; expected an id without tabs or line breaks")
 
 
-def _read_jsonl(path: Path, *, piped: Piped | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
+def _read_jsonl(path: Path, *, kept: Collection[str] | None = None,
+                piped: Piped | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
     """``(line number, record)`` of each record of the JSON Lines file ``path`` (:func:`_jsonl_blocks`)."""
-    for lines, recs in _jsonl_blocks(path, piped=piped):
+    for lines, recs in _jsonl_blocks(path, kept=kept, piped=piped):
         yield from zip(lines, recs)
 
 
-def _jsonl_blocks(path: Path, *, piped: Piped | None = None) -> Iterator[tuple[Sequence[int], list[dict[str, Any]]]]:
+def _jsonl_blocks(path: Path, *, kept: Collection[str] | None = None,
+                  piped: Piped | None = None) -> Iterator[tuple[Sequence[int], list[dict[str, Any]]]]:
     """The records of the JSON Lines file ``path`` (objects with an ``_id``, a string or an integer; blank lines
     skipped) with their line numbers, in blocks: :data:`~ragkit._corpus._JSONL_BLOCK` lines decoded and parsed at
     once (:func:`_parse_block`).  A block that fails there (a bad line, a blank one, a BOM past line 1, a lone
     surrogate escape, ...) is read line by line as before (:func:`_jsonl_line`), one record per block, so that every
     error is the one that line gave, naming the file (or ``piped``, the input it holds) and the line, and raised
-    before any later line is read."""
+    before any later line is read.  ``kept``: the fields the reader keeps (``None``: all), the only ones refused for
+    a lone surrogate (:func:`_jsonl_line`)."""
     if not path.is_file():
         raise _not_found(path)
     _refuse_packed(path, piped=piped)
@@ -239,7 +242,7 @@ def _jsonl_blocks(path: Path, *, piped: Piped | None = None) -> Iterator[tuple[S
                 yield range(done + 1, done + len(raws) + 1), recs
             else:
                 for n, raw in enumerate(raws, done + 1):
-                    rec = _jsonl_line(path, n, raw, first, piped=piped)
+                    rec = _jsonl_line(path, n, raw, first, kept=kept, piped=piped)
                     if rec is not None:
                         first = False
                         yield (n,), [rec]
@@ -323,10 +326,12 @@ def _parse_block(raws: list[bytes], at_start: bool) -> list[dict[str, Any]] | No
 _ID_KEYS = frozenset({"_id", "id", "doc_id", "docid", "docno", "corpus_id", "query_id", "queryid", "qid", "q_id"})
 
 
-def _jsonl_line(path: Path, n: int, raw: bytes, first: bool, *, piped: Piped | None = None) -> dict[str, Any] | None:
+def _jsonl_line(path: Path, n: int, raw: bytes, first: bool, *, kept: Collection[str] | None = None,
+                piped: Piped | None = None) -> dict[str, Any] | None:
     """The record of line ``n`` of ``path`` (its bytes ``raw``; ``first``: no record read before it), ``None`` for
     a blank line; a line that is not UTF-8, not JSON, a JSON array's opening line (the first), no object with an
-    ``_id`` that is a string or an integer, a bad ``_id`` (:func:`_check_id`) or a lone surrogate is a
+    ``_id`` that is a string or an integer, a bad ``_id`` (:func:`_check_id`) or a lone surrogate in a field of
+    ``kept`` (the fields the reader keeps, ``None``: all; one it drops is dropped whatever it holds) is a
     :class:`DataError` naming ``path:n`` (``piped``: the input it holds, :class:`Piped`)."""
     where = _shown(path, piped)
     line = utf8_line(raw, n, where, "BEIR files are UTF-8 JSON lines")
@@ -353,5 +358,5 @@ def _jsonl_line(path: Path, n: int, raw: bytes, first: bool, *, piped: Piped | N
     if isinstance(rec["_id"], str):
         _check_id(rec["_id"], where, n)
     if _lone_surrogate_escape(raw):  # JSON allows a lone \ud800-\udfff escape, no UTF-8 text (or tokenizer) does
-        _check_no_lone_surrogate(rec, where, n)
+        _check_no_lone_surrogate(rec if kept is None else {k: v for k, v in rec.items() if k in kept}, where, n)
     return rec

@@ -57,7 +57,7 @@ def read_corpus(path: str | os.PathLike[str], *, allow_empty: bool = False) -> C
     metas: list[dict[str, Any]] = []
     seen: dict[str, int] = {}
     fields: set[str] = set()  # every record's keys (for the warning naming the fields not read)
-    for lines, recs in _jsonl_blocks(path):
+    for lines, recs in _jsonl_blocks(path, kept=_CORPUS_KEYS):
         fields.update(*map(dict.keys, recs))  # (in C)
         if _corpus_block(lines, recs, seen, (ids, titles, texts, metas)):
             continue
@@ -165,6 +165,9 @@ def _text(v: object, path: Path, n: int, key: str) -> str:
                     "JSON string (or null, for none)")
 
 
+#: the keys of a BEIR queries line that :func:`read_queries` reads (others are dropped)
+_QUERY_KEYS = frozenset({"_id", "text"})
+
 #: ``(file, size, modification time)`` of the ``queries.jsonl`` files :func:`read_queries` warned of blank queries
 #: in: each file is warned of once (``ragkit eval`` of several datasets reads each file twice: at the checks, and
 #: again when its corpus is loaded after the others were released)
@@ -202,7 +205,7 @@ def _read_queries(path: Path, *, note_blank: bool = True, piped: Piped | None = 
     out: dict[str, str] = {}
     seen: dict[str, int] = {}
     where = _shown(path, piped)
-    for n, rec in _read_jsonl(path, piped=piped):
+    for n, rec in _read_jsonl(path, kept=_QUERY_KEYS, piped=piped):
         qid = str(rec["_id"])
         if not isinstance(rec.get("text"), str):
             v = rec.get("text")
