@@ -91,7 +91,7 @@ def test_beirs_header_however_spelt_reads_its_lines_by_position(tmp_path, header
     from ragkit.eval._read import _named_columns
     from ragkit.eval.beir import read_qrels
 
-    assert _named_columns(header.split("\t"), tmp_path / "test.tsv") is None
+    assert _named_columns(header.split("\t"), tmp_path / "test.tsv", 1) is None
     path = tmp_path / "test.tsv"
     path.write_text(header + "\nq1\td1\t1\nq2 0 d2 2\n")  # (trec_eval's 4 columns under it, as always)
     assert read_qrels(path) == {"q1": {"d1": 1}, "q2": {"d2": 2}}

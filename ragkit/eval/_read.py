@@ -378,7 +378,7 @@ def _header_roles(header: list[str]) -> list[str | None]:
 _TREC_COLUMNS: tuple[str | None, ...] = ("query-id", None, "corpus-id", "score")
 
 
-def _named_columns(header: list[str], path: Path, n: int = 1) -> tuple[int, int, int] | None:
+def _named_columns(header: list[str], path: Path, n: int) -> tuple[int, int, int] | None:
     """The positions of the query id, document id and grade columns in the qrels header row ``header`` (line ``n``
     of ``path``, its first non-blank one), read by the names a ``.csv`` file's header or a DataFrame's columns may have
     (:data:`ragkit.types.QRELS_COLUMNS`: ``query-id``, ``qid``, ``docno``, ``label``, ..., case aside); ``None``
@@ -518,7 +518,7 @@ def _read_qrels(path: str | os.PathLike[str]) -> tuple[Qrels, dict[str, int], di
     return qrels, first_line, line_of
 
 
-def _unknown_header(path: Path, row: list[str], n: int = 1) -> None:
+def _unknown_header(path: Path, row: list[str], n: int) -> None:
     """Say what became of a qrels file's first non-blank line (line ``n``, its columns ``row``), taken for a header
     (its last field is no number) that names no qrels column: a :class:`DataError` where its grade is a quoted
     number (``"1"``: a headerless file whose grades are quoted would lose its first judgement), else a warning on
