@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -22,17 +21,6 @@ from ragkit.errors import DataError, ParamError
 @pytest.fixture(autouse=True)
 def _own_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RAGKIT_CACHE", str(tmp_path / "cache"))
-
-
-def _copy(dst: Path, *, config: dict[str, Any] | None = None) -> Path:
-    """A copy of the installed MiniLM at ``dst``: ``model.safetensors`` linked to (never written), the rest copied;
-    ``config`` replaces its ``config_sentence_transformers.json``."""
-    src = Path(resolve_model(DEFAULT_MODEL))
-    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("model.safetensors", "*.onnx", "onnx", "openvino"))
-    os.symlink(src / "model.safetensors", dst / "model.safetensors")
-    if config is not None:
-        (dst / "config_sentence_transformers.json").write_text(json.dumps(config), encoding="utf-8")
-    return dst
 
 
 # ------------------------------------------------------------------ MiniLM's keys unchanged
@@ -290,7 +278,10 @@ def test_token_encoder_applies_the_models_prompts(tmp_path: Path) -> None:
     """Old code: the token encoder ignored the model's prompts (a query 'x' of an e5-style model was 3 token rows,
     [CLS] x [SEP], where the model is given 'query: x'), its key did not name them, and queries shared the
     documents' cache.  MiniLM (no prompts) keeps its key and one cache."""
+    from test_encoders_review_s51 import _copy  # (MiniLM's files copied, weights linked; imported here: a
+
     from ragkit.encoders import caching_queries
+    # subprocess of this file's digest test imports it as tests.test_encoders_s53, without tests/ on its path)
 
     e5 = _copy(tmp_path / "e5like", config={"prompts": {"query": "query: ", "document": "passage: "}})
     tok = TokenEncoder(str(e5))
