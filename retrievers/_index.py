@@ -822,12 +822,13 @@ class VectorIndex:
             del part
 
     def _code_points(self, codes: np.ndarray) -> np.ndarray:
-        """``(n, ndim)`` float32: the points of the graph's ``codes`` that :func:`insertion_order` clusters: the
-        codes as floats, a b1 code's bits as ±1.  b1: unpacked ``BLOCK`` rows at a time into the one float32
-        matrix, in place (``unpackbits(...).astype(float32) * 2 - 1`` made three more temporaries of its size and
-        a uint8 one: a rebuild peaked at ~44x the codes)."""
+        """``(n, ndim)``: the points of the graph's ``codes`` that :func:`insertion_order` clusters: f32 / f16 / i8
+        codes as they are (its k-means sample and its assignment convert a chunk at a time to float32, exactly:
+        the same order; a float32 copy of them all was 4x an i8 graph's codes), a b1 code's bits as ±1 float32,
+        unpacked ``BLOCK`` rows at a time into the one matrix, in place (``unpackbits(...).astype(float32) * 2 -
+        1`` made three more temporaries of its size and a uint8 one: a rebuild peaked at ~44x the codes)."""
         if self.dtype != "b1":
-            return codes.astype(np.float32)
+            return codes
         out = np.empty((len(codes), self.ndim), np.float32)
         for a in range(0, len(codes), BLOCK):
             block = out[a:a + BLOCK]

@@ -151,7 +151,7 @@ def test_b1_graph_rebuild_unpacks_its_codes_in_place():
     _, peak = traced_peak(lambda: ix.remove(np.arange(0, n, 3)))  # a third: the graph is rebuilt
     assert len(ix.usearch) == len(live)
     matrix = len(live) * d * 4  # the ±1 float32 matrix of the live codes (32x them)
-    assert peak < 1.45 * matrix, (peak / matrix, peak / codes.nbytes)
+    assert peak < 1.7 * matrix, (peak / matrix, peak / codes.nbytes)  # (measured 1.44x; old 2.06x)
     old = np.unpackbits(codes, axis=1)[:, :d].astype(np.float32) * 2 - 1
     points = ix._code_points(codes)
     np.testing.assert_array_equal(points, old)
@@ -290,3 +290,29 @@ def test_exact_search_after_a_removal_keeps_a_live_slot_scoring_minus_inf():
             assert sorted(got[0][0, :4].tolist()) == [1, 2, 3, 4]
         both = ix.search(np.concatenate([q, -q]), 4)  # (only the query that lost a slot is searched again)
     np.testing.assert_array_equal(both[0], [[1, 2, 3, 4], [1, 2, 3, 4]])
+
+
+# ------------------------------------------------------------------ 9. re-review: an i8 / f16 graph's rebuild
+def test_graph_rebuild_clusters_its_codes_as_they_are():
+    """A non-b1 graph rebuilt from its live codes (remove past GRAPH_DEAD_FRACTION) copied them all to float32
+    for insertion_order (4x an i8 graph's codes), which converts a chunk at a time itself: the codes are handed
+    over as they are, in the same order (k-means sample and assignment convert exactly)."""
+    from conftest import traced_peak
+
+    from ragkit.retrievers._index import VectorIndex
+    from ragkit.retrievers._locality import REORDER_MIN, insertion_order
+
+    rng = np.random.default_rng(3)
+    n, d = 25_000, 128
+    ix = VectorIndex(dtype="i8", search="hnsw", threads=1).build(rng.standard_normal((n, d)).astype(np.float32))
+    live = np.flatnonzero(np.arange(n) % 3 != 0)
+    assert len(live) >= REORDER_MIN  # (a rebuild that reorders)
+    codes = ix._live_codes(live)
+    _, peak = traced_peak(lambda: ix.remove(np.arange(0, n, 3)))  # a third: the graph is rebuilt
+    assert len(ix.usearch) == len(live)
+    matrix = codes.size * 4  # a float32 copy of the live codes (old: 1.66x it; now 1.29x)
+    assert peak < 1.45 * matrix, (peak / matrix, peak / codes.nbytes)
+    small = rng.standard_normal((REORDER_MIN + 500, 16)).astype(np.float32)
+    for codes in (small, small.astype(np.float16), np.clip(np.round(small * 40), -127, 127).astype(np.int8)):
+        assert ix._code_points(codes) is codes
+        np.testing.assert_array_equal(insertion_order(codes), insertion_order(codes.astype(np.float32)))
