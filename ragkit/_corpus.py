@@ -3,6 +3,7 @@ and the writing of its JSON Lines file."""
 
 from __future__ import annotations
 
+import datetime
 import gc
 import inspect
 import itertools
@@ -253,23 +254,47 @@ def _filter_wants(want: Any, dtype: np.dtype | None = None) -> list[Any]:
     """The values a filter's ``want`` asks for (:func:`filter_values`), a missing one (pandas.NA, NaT) as None and
     a float32 / float16 scalar with its shortest decimal too (``np.float32(0.1)`` also as ``0.1``: how
     :func:`saved_scalar` makes it, as :func:`_meta_value` keeps such a value of the documents and a save writes
-    it).  For a column of ``dtype`` datetime64 / timedelta64, a numpy date or duration as the Python value of
-    that dtype (``.item()``: a ``date`` for ``datetime64[D]``, an int for ``datetime64[ns]``), which the
-    column's filter codes hold, where it converts exactly (a noon is no day: kept, it matches none)."""
+    it).  For a column of ``dtype`` datetime64 / timedelta64, a date or duration in any form (numpy's; Python's
+    ``datetime``, ``date``, ``timedelta``; pandas' ``Timestamp``, ``Timedelta``, and so the values of a Series
+    of them: :func:`_numpy_time`) as the Python value of that dtype (``.item()``: a ``date`` for
+    ``datetime64[D]``, an int for ``datetime64[ns]``), which the column's filter codes hold, where it converts
+    exactly; one that does not (a noon for a column of days) is kept as given, and so refused by the kind check
+    (:func:`~ragkit.metadata.check_kinds`: ``the field holds date values``)."""
     out: list[Any] = []
-    timed = dtype is not None and dtype.kind in "mM"
+    kind = dtype.kind if dtype is not None and dtype.kind in "mM" else None
     for w in filter_values(want):
         if is_missing(w):
             out.append(None)
             continue
-        if timed and isinstance(w, np.datetime64 if cast(np.dtype, dtype).kind == "M" else np.timedelta64):
-            same = w.astype(dtype)
-            if same == w:
+        t = _numpy_time(w, kind) if kind is not None else None
+        if t is not None:
+            same = t.astype(dtype)
+            if same == t:
                 w = same.item()
         out.append(w)
         if isinstance(w, np.floating) and w.dtype != np.float64:  # (np.float32(0.1) == 0.1 in numpy 2, not in a
             out.append(saved_scalar(w))  # dict of the column's values, which the filter codes look up)
     return out
+
+
+def _numpy_time(w: Any, kind: str) -> np.datetime64 | np.timedelta64 | None:
+    """The filter value ``w`` as a numpy date (``kind`` ``"M"``) or duration (``"m"``) where it is one: numpy's
+    own, pandas' (``to_datetime64`` / ``to_timedelta64``: a ``Timestamp`` to the nanosecond), Python's
+    (``datetime``, ``date``, ``timedelta``); ``None`` for any other value and for a date with a time zone (a
+    column of numpy dates has none: which instant would it be?)."""
+    if kind == "M":
+        if isinstance(w, np.datetime64):
+            return w
+        if getattr(w, "tzinfo", None) is not None:
+            return None
+        if hasattr(w, "to_datetime64"):
+            return cast(np.datetime64, w.to_datetime64())
+        return np.datetime64(w) if isinstance(w, datetime.date) else None
+    if isinstance(w, np.timedelta64):
+        return w
+    if hasattr(w, "to_timedelta64"):
+        return cast(np.timedelta64, w.to_timedelta64())
+    return np.timedelta64(w) if isinstance(w, datetime.timedelta) else None
 
 
 def _frozen(arr: np.ndarray, given: Any) -> np.ndarray:

@@ -305,3 +305,26 @@ def test_from_documents_keeps_a_non_finite_metadata_id_beside_the_documents_own_
     assert c.ids.tolist() == ["7", "8"] and c.metadata["id"].tolist() == [float("inf"), None]
     with pytest.raises(DataError, match=r"Corpus.from_documents: ids\[0\] is inf, not an id"):
         Corpus.from_documents([Doc("a", {"id": float("inf")})])
+
+
+def test_python_and_pandas_dates_filter_a_numpy_date_column() -> None:
+    import datetime as dt
+
+    ns = np.array(["2020-01-01", "2020-01-01T10:00", "2021-01-01"], dtype="datetime64[ns]")
+    day = np.array(["2020-01-01", "2021-01-01", "NaT"], dtype="datetime64[D]")
+    c = Corpus(ids=["a", "b", "c"], texts=["x"] * 3,
+               metadata={"ns": ns, "day": day, "dur": np.array([1, 2, 3], dtype="timedelta64[s]")})
+    assert c.mask({"ns": dt.datetime(2020, 1, 1, 10)}).tolist() == [False, True, False]
+    assert c.mask({"ns": dt.date(2021, 1, 1)}).tolist() == [False, False, True]
+    assert c.mask({"day": dt.date(2020, 1, 1)}).tolist() == [True, False, False]
+    assert c.mask({"day": dt.datetime(2021, 1, 1)}).tolist() == [False, True, False]
+    assert c.mask({"dur": dt.timedelta(seconds=2)}).tolist() == [False, True, False]
+    c.check_filter_kinds({"ns": dt.date(2020, 1, 1), "day": [dt.date(2020, 1, 1)], "dur": dt.timedelta(0)})
+    with pytest.raises(DataError, match=r"filter.day: the field holds date values; got datetime.datetime\(2020, 1, 1"):
+        c.mask({"day": dt.datetime(2020, 1, 1, 12)})  # (a noon is no day)
+    pd = pytest.importorskip("pandas")
+    assert c.mask({"ns": pd.Timestamp("2020-01-01T10:00")}).tolist() == [False, True, False]
+    assert c.mask({"ns": pd.Series(pd.to_datetime(["2020-01-01", "2021-01-01"]))}).tolist() == [True, False, True]
+    assert c.mask({"day": pd.Timestamp("2021-01-01")}).tolist() == [False, True, False]
+    assert c.mask({"dur": pd.Timedelta(seconds=3)}).tolist() == [False, False, True]
+    assert c.mask({"ns": pd.NaT}).tolist() == [False, False, False]
