@@ -14,7 +14,7 @@ import os
 import re
 import weakref
 from pathlib import Path
-from typing import Any, ClassVar, Literal, NamedTuple
+from typing import Any, Callable, ClassVar, Literal, NamedTuple
 
 import numpy as np
 from pydantic import Field, field_validator, model_validator
@@ -236,7 +236,8 @@ class Dense(TunedEncoderMixin, Operator):
     def _new_index(self) -> VectorIndex:
         return VectorIndex(**_index_config(self.params))
 
-    def _sync_index(self, ix: VectorIndex | None = None) -> None:
+    def _sync_index(self, ix: VectorIndex | None = None,
+                    mismatch: Callable[[str, Any, Any], Exception] | None = None) -> None:
         """Make the fitted index ``ix`` (default ``index_``) agree with ``params``, which may have been replaced
         since the fit (``d.params = d.params.updated(...)``): a parameter of the stored index
         (:data:`_INDEX_STATE`: its storage type, metric, reduction, kind of search, float vectors, graph degree)
@@ -244,8 +245,10 @@ class Dense(TunedEncoderMixin, Operator):
         not rebuilt, and a save would write parameters that misdescribe it: set it back or fit again); the
         settings of how it searches and grows (:data:`VectorIndex.SETTINGS <ragkit.retrievers._index.VectorIndex>`:
         ``threads``, ``expansion_add``, ``expansion_search``, ``oversample``, ``exact_max``, ``reorder``) are
-        copied into it.  Called by searches, :meth:`scores`, ``add``, ``remove``, ``compact`` and saves (and at
-        load); a no-op while neither ``params`` nor the index changed."""
+        copied into it.  Called by searches, :meth:`scores`, ``add``, ``remove``, ``compact`` and saves, and at
+        load (:meth:`_check_index_params`), whose ``mismatch`` makes the error of a differing parameter from its
+        key, the parameters' value and the index's instead; a no-op while neither ``params`` nor the index
+        changed."""
         ix = self.index_ if ix is None else ix
         p = self.params
         synced = self.__dict__.get("_synced")
@@ -254,6 +257,8 @@ class Dense(TunedEncoderMixin, Operator):
         want, built = _index_config(p), ix.config()
         for key in _INDEX_STATE:
             if built[key] != want[key]:
+                if mismatch is not None:
+                    raise mismatch(key, want[key], built[key])
                 raise ParamError(
                     f"{self.name}.{key}: the parameters say {key}={want[key]!r}, but the fitted index was built with "
                     f"{key}={built[key]!r}; changing it after the fit does not rebuild the index (searches would "
@@ -730,16 +735,16 @@ class Dense(TunedEncoderMixin, Operator):
         """Refuse (:class:`ArtifactError` naming ``params.json``, the parameter and both values) parameters of
         ``params.json`` that disagree with what ``index.json`` records of the stored index (:data:`_INDEX_STATE`:
         its storage type, metric, reduction, kind of search, float vectors, graph): the index searches as it was
-        built, so the parameters would misdescribe it (a save or ``to_yaml`` would write them)."""
-        built, want = self.index_.config(), _index_config(self.params)
-        for key in _INDEX_STATE:
-            if key in built and built[key] != want[key]:
-                raise ArtifactError(
-                    f"{folder / 'params.json'}: {key} is {getattr(self.params, key)!r}, but the saved index was built "
-                    f"with {key} {built[key]!r} (recorded in {folder / 'index.json'}); the folder was changed after "
-                    f"saving: set {key} back to {built[key]!r}, or fit it again with {key}="
-                    f"{getattr(self.params, key)!r} and save it")
-        self._sync_index()  # (the settings: the params' threads, beam widths, ... those the index searches with)
+        built, so the parameters would misdescribe it (a save or ``to_yaml`` would write them).  The check is
+        :meth:`_sync_index`'s, which then applies the settings (the params' threads, beam widths, ...)."""
+
+        def changed(key: str, given: Any, built: Any) -> ArtifactError:
+            return ArtifactError(
+                f"{folder / 'params.json'}: {key} is {given!r}, but the saved index was built with {key} {built!r} "
+                f"(recorded in {folder / 'index.json'}); the folder was changed after saving: set {key} back to "
+                f"{built!r}, or fit it again with {key}={given!r} and save it")
+
+        self._sync_index(mismatch=changed)
 
 
 #: The parameters that make a stored index (:meth:`Dense._check_index_params`): ``VectorIndex.config`` keys, named

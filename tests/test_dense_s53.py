@@ -316,3 +316,25 @@ def test_graph_rebuild_clusters_its_codes_as_they_are():
     for codes in (small, small.astype(np.float16), np.clip(np.round(small * 40), -127, 127).astype(np.int8)):
         assert ix._code_points(codes) is codes
         np.testing.assert_array_equal(insertion_order(codes), insertion_order(codes.astype(np.float32)))
+
+
+# ------------------------------------------------------------------ 10. re-review: the load's check is _sync_index's
+@pytest.mark.parametrize("key, value", [("dtype", "f16"), ("metric", "ip"), ("search", "hnsw")])
+def test_load_refuses_params_that_misdescribe_the_saved_index(tmp_path, key, value):
+    """params.json edited after the save to describe another index: an ArtifactError naming params.json, the
+    key and both values (the load's check is _sync_index's loop, with the load's own error)."""
+    import json
+
+    from ragkit.errors import ArtifactError
+
+    Dense(model=MODEL, k=5, dtype="i8", search="exact").fit(_corpus(40)).save(tmp_path / "d")
+    p = tmp_path / "d" / "params.json"
+    saved = json.loads(p.read_text())
+    built = saved["params"].get(key, Dense.Params.model_fields[key].default)
+    saved["params"][key] = value
+    p.write_text(json.dumps(saved))
+    with pytest.raises(ArtifactError, match=rf"params\.json: {key} is '{value}', but the saved index was built with "
+                                            rf"{key} '{built}' \(recorded in .*index\.json\); the folder was changed "
+                                            rf"after saving: set {key} back to '{built}', or fit it again with "
+                                            rf"{key}='{value}' and save it$"):
+        Dense.load(tmp_path / "d", verify=False)
