@@ -32,7 +32,9 @@ from ragkit._fingerprints import corpus_fingerprint
 from ragkit._locks import guarded_any
 from ragkit._saves import (
     _LOST_MANIFEST,
+    CLASS_KEY,
     FORMAT_VERSION,
+    REGISTERED_KEY,
     _interrupted_save,
     _old_save_hint,
     _saved_pipeline_above,
@@ -358,11 +360,23 @@ def _refuse_unknown_steps(folder: Path, nodes: dict[str, str], saved_by: object)
     known = set(registry.names())  # (the built-in families and the plugins' entry points, loaded)
     unknown = [(path, name) for path in nodes if (name := path.rsplit(".", 1)[-1]) not in known]
     if unknown:
-        lines = [f"{folder / 'manifest.json'}: nodes: {registry.saved_unknown(name, path, saved_by)}"
+        lines = [f"{folder / 'manifest.json'}: nodes: "
+                 f"{registry.saved_unknown(name, path, saved_by, *_step_class(folder / nodes[path]))}"
                  for path, name in unknown]
         cut = registry.PLUGIN_HINT
         lines[:-1] = [line[:line.index(f" {cut}")] if cut in line else line for line in lines[:-1]]
         raise ArtifactError("\n".join(lines))
+
+
+def _step_class(step: Path) -> tuple[object, object]:
+    """The class a step's ``params.json`` records as the one that saved it and whether it was the registered one
+    (``CLASS_KEY``, ``REGISTERED_KEY``); ``(None, None)`` where the file is missing, unreadable or holds no record
+    (an older save): the caller's error is about the step's operator, not its file."""
+    try:
+        meta = read_json(step / "params.json")
+    except ArtifactError:
+        return None, None
+    return (meta.get(CLASS_KEY), meta.get(REGISTERED_KEY)) if isinstance(meta, dict) else (None, None)
 
 
 def _refuse_fitted_step(folder: Path, sub: str, node_path: str) -> None:

@@ -1034,9 +1034,9 @@ class Operator:
         try:
             op_cls = registry.get(meta["operator"]) if cls is Operator else cls
         except registry.UnknownOperatorError as e:  # (a plugin not imported: a save writes registered names only)
-            raise ArtifactError(f"{folder / 'params.json'}: "
-                                f"{registry.saved_unknown(e.name, '', meta.get('ragkit_version'), meta.get(CLASS_KEY))}"
-                                ) from None
+            said = registry.saved_unknown(e.name, '', meta.get('ragkit_version'), meta.get(CLASS_KEY),
+                                          meta.get(REGISTERED_KEY))
+            raise ArtifactError(f"{folder / 'params.json'}: {said}") from None
         if op_cls.name != meta["operator"]:
             raise ArtifactError(f"{folder}: holds a {meta['operator']!r} operator, not {op_cls.name!r}")
         saved_by = meta.get(CLASS_KEY)

@@ -70,27 +70,41 @@ class UnknownOperatorError(ParamError):
         self.name = name
 
 
-def saved_unknown(name: object, where: str, saved_by: object = None, saved_class: object = None) -> str:
+def saved_unknown(name: object, where: str, saved_by: object = None, saved_class: object = None,
+                  registered: object = None) -> str:
     """The error text for the operator ``name`` that a saved folder names (at ``where``: ``sharded.retriever``, a
-    step's path, or ``""``: the folder's own operator) and that is not registered in this process: a plugin's
-    operator whose module is not imported (no "did you mean": a save wrote the name its class had, and another
-    name would load another operator); when the folder was saved by another ragkit version (``saved_by``, its
-    ``ragkit_version``), that one may have it built in.  The folder's own operator may also be a class saved
-    unregistered, which loads with its own ``load`` (``saved_class``: the class its ``params.json`` records).
+    step's path, or ``""``: the folder's own operator) and that is not registered in this process (no "did you
+    mean": a save wrote the name its class had, and another name would load another operator).  What to do is
+    read from the class the folder's ``params.json`` records (``saved_class``, ``module:qualname``, and
+    ``registered``, whether it was the registered one; a pipeline's step: the step's ``params.json``): a registered
+    class's module to import (``ragkit --import pkg.ops``), or, for a class saved unregistered, its own ``load``
+    (``Foo.load(folder)``).  Without that record (a nested operator's name, an older save), the plugin that
+    registers it is to be imported, or, for the folder's own operator, a class saved unregistered loads with its own
+    ``load``.  When the folder was saved by another ragkit version (``saved_by``, its ``ragkit_version``), that one
+    may have it built in: said only where the recorded class is ragkit's own (``ragkit.*``) or none is recorded.
     The advice of :data:`PLUGIN_HINT` and the registered names come last (one line of several keeps them only
     on the last: :func:`ragkit.pipelines.yaml._combined`)."""
     from ragkit._saves import saved_by_other_ragkit
 
     load_all()
+    record = saved_class if isinstance(saved_class, str) and ":" in saved_class and isinstance(registered, bool) \
+        else None
+    module = record.partition(":")[0] if record is not None else None
     other = saved_by_other_ragkit({"ragkit_version": saved_by}, "operators", "may include it built in",
-                                  "may have included it") if isinstance(saved_by, str) else ""
-    own = class_name(saved_class) if isinstance(saved_class, str) and ":" in saved_class else "MyOp"
-    loads = (f"; a class saved unregistered under a name of its own loads with that class: {own}.load(folder)"
-             if not where else "")
+                                  "may have included it") \
+        if isinstance(saved_by, str) and (module is None or module == "ragkit" or module.startswith("ragkit.")) \
+        else ""
+    if record is None:
+        advice = "import the plugin that registers it before loading"
+    elif registered:
+        advice = f"saved by {shown_class_path(record)}: import {module} (ragkit --import {module}) before loading"
+    else:
+        advice = f"saved by {shown_class_path(record)}, not registered: {class_name(record)}.load(folder)"
+    loads = ("; a class saved unregistered under a name of its own loads with that class: MyOp.load(folder)"
+             if not where and record is None else "")
     return (f"{where + ': ' if where else ''}unknown operator {name!r}: the folder names an operator {name!r}, and "
-            f"none is registered so in this process: import the plugin that registers it before loading"
-            f"{f' ({other})' if other else ''}{loads}. {PLUGIN_HINT}. Registered operators: "
-            f"{', '.join(sorted(_REGISTRY))}")
+            f"none is registered so in this process: {advice}{f' ({other})' if other else ''}{loads}. "
+            f"{PLUGIN_HINT}. Registered operators: {', '.join(sorted(_REGISTRY))}")
 
 
 #: The kinds whose :attr:`~ragkit.operator.Operator.reads_rankings` :func:`register` sets where the class leaves it

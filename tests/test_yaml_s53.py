@@ -58,7 +58,10 @@ def test_a_plugin_operator_not_imported_is_said_so_at_a_load_not_a_changed_folde
         with pytest.raises(ArtifactError) as e:
             Operator.load(saved / name)
         said = str(e.value)
-        assert "unknown operator 's53_bm25'" in said and "import the plugin that registers it" in said, said
+        # (a folder's or step's own operator: the module of the class that saved it; a nested one: none recorded)
+        advice = (f"saved by {__name__}._S53BM25: import {__name__} (ragkit --import {__name__}) before loading. "
+                  if name in ("step", "op") else "import the plugin that registers it before loading")
+        assert "unknown operator 's53_bm25'" in said and advice in said, said
         assert "changed after saving" not in said and "did you mean" not in said, said
     with pytest.raises(ArtifactError, match=r"nested/ops/00-sharded/params\.json: sharded\.retriever: unknown "):
         Operator.load(saved / "nested")
@@ -67,17 +70,76 @@ def test_a_plugin_operator_not_imported_is_said_so_at_a_load_not_a_changed_folde
 
 
 def test_an_unknown_operator_of_a_folder_saved_by_another_ragkit_says_that_one_may_have_it(tmp_path, forget):
-    """Old code: only 'import the plugin that registers it', whatever ragkit version saved the folder."""
+    """Only where the class that saved it is ragkit's own, or none is recorded (an older save). Old code: said
+    for a plugin's class too (no ragkit version has it built in), and without its module to import."""
+    from ragkit import __version__
+
     saved = _saved(tmp_path)
     forget()
     edit_json(saved / "op" / "params.json", lambda m: m.update(ragkit_version="9.9.0"))
     edit_json(saved / "step" / "manifest.json", lambda m: m.update(ragkit_version="9.9.0"))
+    step = next((saved / "step" / "ops").iterdir()) / "params.json"
+    clause = (f"(the folder was saved by a newer ragkit (ragkit 9.9.0, this is {__version__}) whose operators may "
+              "include it built in: upgrade ragkit)")
     for name in ("op", "step"):
         with pytest.raises(ArtifactError) as e:
             Operator.load(saved / name, verify=False)
         said = str(e.value)
-        assert ("import the plugin that registers it before loading (the folder was saved by a newer ragkit (ragkit "
-                "9.9.0, this is ") in said and "whose operators may include it built in: upgrade ragkit)" in said, said
+        assert (f"none is registered so in this process: saved by {__name__}._S53BM25: import {__name__} (ragkit "
+                f"--import {__name__}) before loading. {registry.PLUGIN_HINT}") in said, said
+        assert "built in" not in said and "9.9.0" not in said, said
+    for record in ({"class": "ragkit.retrievers.gone:Gone", "registered": True}, None):  # ragkit's own; none
+        for params in (saved / "op" / "params.json", step):
+            edit_json(params, lambda m: [m.pop("class", None), m.pop("registered", None), m.update(record or {})])
+        for name in ("op", "step"):
+            with pytest.raises(ArtifactError) as e:
+                Operator.load(saved / name, verify=False)
+            said = str(e.value)
+            advice = ("saved by ragkit.retrievers.gone.Gone: import ragkit.retrievers.gone (ragkit --import "
+                      "ragkit.retrievers.gone) before loading" if record else
+                      "import the plugin that registers it before loading")
+            assert f"{advice} {clause}" in said, said
+
+
+def test_an_unknown_operator_saved_unregistered_names_its_class_and_a_step_its_module(tmp_path, forget):
+    """A class recorded as saved unregistered: its own load, no import and no other ragkit; a pipeline's unknown
+    step: the module of the class its params.json records. Old code: 'import the plugin that registers it', and
+    for a step no module."""
+    _S53BM25(k=2).fit(DOCS).save(tmp_path / "op")
+    edit_json(tmp_path / "op" / "params.json", lambda m: m.update(registered=False, ragkit_version="0.0.1"))
+    Pipeline([_S53BM25(k=2)]).fit(DOCS).save(tmp_path / "step")
+    forget()
+    with pytest.raises(ArtifactError) as e:
+        Operator.load(tmp_path / "op", verify=False)
+    assert str(e.value).startswith(
+        f"{tmp_path / 'op' / 'params.json'}: unknown operator 's53_bm25': the folder names an operator 's53_bm25', "
+        f"and none is registered so in this process: saved by {__name__}._S53BM25, not registered: "
+        f"_S53BM25.load(folder). {registry.PLUGIN_HINT}. Registered operators: "), str(e.value)
+    with pytest.raises(ArtifactError) as e:
+        Pipeline.load(tmp_path / "step")
+    assert str(e.value).startswith(
+        f"{tmp_path / 'step' / 'manifest.json'}: nodes: pipeline[0].s53_bm25: unknown operator 's53_bm25': the "
+        f"folder names an operator 's53_bm25', and none is registered so in this process: saved by "
+        f"{__name__}._S53BM25: import {__name__} (ragkit --import {__name__}) before loading. "), str(e.value)
+
+
+def test_a_plugin_saved_in_a_process_that_imported_it_names_its_module_where_it_was_not(tmp_path):
+    """A real plugin module, not imported by the loading process (a subprocess): the message names it."""
+    import subprocess
+    import sys
+
+    (tmp_path / "s53_plug_ops.py").write_text(
+        "from ragkit import registry\nfrom ragkit.retrievers import BM25\n\n\n@registry.register\n"
+        "class Plug(BM25):\n    name = 's53_plug'\n")
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import s53_plug_ops; from ragkit import Corpus, Pipeline; "
+            "Pipeline([s53_plug_ops.Plug(k=1)]).fit(Corpus(ids=['a'], texts=['x y'])).save(sys.argv[1] + '/p')")
+    subprocess.run([sys.executable, "-c", code, str(tmp_path)], check=True)
+    load = "import sys; from ragkit import Pipeline; Pipeline.load(sys.argv[1] + '/p')"
+    run = subprocess.run([sys.executable, "-c", load, str(tmp_path)], capture_output=True, text=True)
+    assert run.returncode == 1 and (
+        "pipeline[0].s53_plug: unknown operator 's53_plug': the folder names an operator 's53_plug', and none is "
+        "registered so in this process: saved by s53_plug_ops.Plug: import s53_plug_ops (ragkit --import "
+        "s53_plug_ops) before loading. ") in run.stderr, run.stderr
 
 
 def test_an_unknown_operator_saved_alone_says_its_class_loads_it(tmp_path):
@@ -91,7 +153,7 @@ def test_an_unknown_operator_saved_alone_says_its_class_loads_it(tmp_path):
     with pytest.raises(ArtifactError) as e:
         Operator.load(tmp_path / "mine")
     said = str(e.value)
-    assert ("before loading; a class saved unregistered under a name of its own loads with that class: "
+    assert (f"none is registered so in this process: saved by {__name__}.{Mine.__qualname__}, not registered: "
             f"Mine.load(folder). {registry.PLUGIN_HINT}. Registered operators: ") in said, said
     assert type(Mine.load(tmp_path / "mine")) is Mine
 
