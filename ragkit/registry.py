@@ -345,8 +345,10 @@ def shown_class_path(recorded: str) -> str:
 
 
 def class_name(recorded: str) -> str:
-    """The class's own name in a recorded :func:`class_path` (``Fast`` of ``tests.x:test_y.<locals>.Fast``)."""
-    return recorded.rsplit(":", 1)[-1].rsplit(".", 1)[-1]
+    """The class as code that holds it spells it, from a recorded :func:`class_path`: its qualified name after the
+    last ``<locals>.`` (``Fast`` of ``tests.x:test_y.<locals>.Fast``; ``Outer.Inner`` of ``pkg.ops:Outer.Inner``,
+    a nested class, whose own name alone names no class of its module)."""
+    return recorded.rsplit(":", 1)[-1].rsplit("<locals>.", 1)[-1]
 
 
 def names() -> list[str]:

@@ -392,3 +392,28 @@ def test_a_bare_operator_name_as_the_pipeline_is_shown_as_a_list():
         Pipeline.from_yaml("pipeline: bm25\n")
     assert str(e.value).endswith("pipeline: expected a non-empty list of operators, got 'bm25'; a list of steps, "
                                  "each an operator's name mapped to its parameters, e.g. `pipeline: [bm25: {}]`")
+
+
+# ---------------------------------------------------------------- class_name of a nested class
+@pytest.mark.parametrize("recorded, name", [
+    ("pkg.ops:Outer.Inner", "Outer.Inner"), ("pkg.ops:Foo", "Foo"), ("tests.x:test_y.<locals>.Fast", "Fast"),
+    ("m:f.<locals>.g.<locals>.Outer.Inner", "Outer.Inner"),
+])
+def test_class_name_keeps_a_nested_class_s_outer_class(recorded, name):
+    """Old code: 'Inner' of Outer.Inner, which names no class of its module (Inner.load(folder) fails)."""
+    assert registry.class_name(recorded) == name
+
+
+class _S53Outer:
+    class Fast(BM25):  # not registered: it keeps BM25's name
+        pass
+
+
+def test_a_nested_unregistered_class_is_named_with_its_outer_class(tmp_path):
+    _S53Outer.Fast(k=2).fit(DOCS).save(tmp_path / "x")
+    with pytest.raises(ArtifactError) as e:
+        Operator.load(tmp_path / "x")
+    assert str(e.value).endswith(f"saved by {__name__}._S53Outer.Fast, which was not registered under 'bm25' (the "
+                                 "class registered so is ragkit.retrievers.bm25.BM25, which Operator.load would build "
+                                 "from it instead): load it with _S53Outer.Fast.load(folder)"), str(e.value)
+    assert type(_S53Outer.Fast.load(tmp_path / "x")) is _S53Outer.Fast
