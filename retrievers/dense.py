@@ -155,8 +155,8 @@ class DenseParams(Params):
                            ("connectivity", graph, "search: hnsw (or auto)"),
                            ("expansion_add", graph, "search: hnsw (or auto)"),
                            ("expansion_search", graph, "search: hnsw (or auto)"))
-        if kind != "none":  # a width known without loading a model (check_corpus reads the others at fit)
-            refusal = _too_wide(self.reduce, self.model, _known_width(self.model))
+        if kind != "none":  # a width known without any model work (check_corpus reads the others at fit)
+            refusal = _too_wide(self.reduce, self.model, _known_width(self.model, read_dim=False))
             if refusal is not None:
                 raise FieldRefusal("reduce", refusal)
         return self
@@ -788,14 +788,19 @@ def _slots_of(blank: np.ndarray, start: int) -> np.ndarray:
     return slots
 
 
-def _known_width(model: str) -> int | None:
+def _known_width(model: str, read_dim: bool = True) -> int | None:
     """The embedding width of ``model`` where known without loading it: a registered encoder's ``dim``, or
-    :data:`KNOWN_DIMS`; None otherwise (a sentence-transformers model is not loaded for it)."""
+    :data:`KNOWN_DIMS`; None otherwise (a sentence-transformers model is not loaded for it).  ``read_dim=False``:
+    None for a registered encoder, whose ``dim`` may cost a model load or an API call (a registered ``Encoder``, a
+    LangChain model without ``dim`` given): what the parameters' own check passes, so that building or validating
+    an operator does no model work (the fit's :meth:`Dense.check_corpus` reads it)."""
     from ragkit.encoders.custom import registered_encoder
 
     enc = registered_encoder(model)
     if enc is None:
         return KNOWN_DIMS.get(model.lower())
+    if not read_dim:
+        return None
     try:
         dim = enc.dim
     except Exception:  # (a custom encoder's property may fail; its searches will say why)

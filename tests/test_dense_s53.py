@@ -233,7 +233,9 @@ def test_a_b1_graphs_exact_answers_are_not_scored_twice(monkeypatch):
 def test_params_read_a_registered_encoders_width_first():
     """DenseParams' own check of reduce against the model's width read KNOWN_DIMS, not the encoder registered
     under the name (78b7787 changed check_corpus only): a 1024-d encoder registered as all-MiniLM-L6-v2 could
-    not be built with reduce: pca:500 (384 known), and pca:2000 was refused naming 384."""
+    not be built with reduce: pca:500 (384 known), and pca:2000 was refused naming 384.  A registered encoder's
+    width is read at fit (check_corpus), not when the parameters are checked: its dim may cost a model load or an
+    API call (a LangChain model's probe)."""
     from ragkit.encoders.custom import registered_encoder, unregister_encoder
 
     name = "all-MiniLM-L6-v2"
@@ -243,10 +245,10 @@ def test_params_read_a_registered_encoders_width_first():
         assert Dense(model=name, reduce="pca:500").params.reduce == "pca:500"
         Dense(model=name, reduce="pca:500").check_corpus(_corpus(600))
         for reduce in ("pca:2000", "matryoshka:1025"):
-            with pytest.raises(ParamError, match=rf"^dense\.reduce: '{reduce}' asks for \d+ dimensions but "
-                                                 rf"{name} embeddings have 1024.*choose at most \w+:1024$") as e:
-                Dense(model=name, reduce=reduce)
-            assert e.value.path == "dense.reduce"
+            op = Dense(model=name, reduce=reduce)  # (built without reading the encoder's dim)
+            with pytest.raises(ParamError, match=rf"'{reduce}' asks for \d+ dimensions but {name} embeddings have "
+                                                 r"1024.*choose at most \w+:1024"):
+                op.check_corpus(_corpus(600))
     finally:
         unregister_encoder(name)
         if before is not None:
@@ -338,3 +340,32 @@ def test_load_refuses_params_that_misdescribe_the_saved_index(tmp_path, key, val
                                             rf"after saving: set {key} back to '{built}', or fit it again with "
                                             rf"{key}='{value}' and save it$"):
         Dense.load(tmp_path / "d", verify=False)
+
+
+def test_building_a_dense_step_reads_no_registered_encoders_dim():
+    """3bcce4b read a registered encoder's dim when the parameters were checked: a LangChain model without dim
+    given was called (its probe) by Dense(model=..., reduce=...), by every params.updated and by ragkit validate."""
+    from ragkit.encoders.custom import unregister_encoder
+
+    calls: list[int] = []
+
+    class Costly:  # (an encoder whose dim costs a call, as a LangChain model's probe does)
+        key = "dense-s53-costly"
+
+        def encode(self, texts, **kw):  # noqa: ANN001, ANN003, ANN201
+            return HashedEncoder(self.key, 64).encode(texts)
+
+        encode_queries = encode
+
+        @property
+        def dim(self) -> int:
+            calls.append(1)
+            return 64
+
+    register_encoder("dense-s53-costly", Costly())
+    try:
+        op = Dense(model="dense-s53-costly", reduce="pca:8")
+        op.params.updated(k=5)
+        assert calls == []
+    finally:
+        unregister_encoder("dense-s53-costly")
