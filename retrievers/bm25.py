@@ -631,6 +631,10 @@ def _avgdl_of(value: object) -> float | None:
     return out if 0 < out < math.inf else None
 
 
+#: Bytes of an array :func:`_checked_floats` tests at a time (small enough to stay in the cache between its tests).
+_CHECK_CHUNK = 1 << 20
+
+
 def _checked_floats(folder: Path, name: str, arr: np.ndarray, n: int, what: str, unit: str, kinds: str = "f",
                     nonnegative: bool = False) -> np.ndarray:
     """``arr`` (``<name>.npy`` in ``folder``) as float64 (itself where it is already), once it is 1-D of ``n``
@@ -639,8 +643,10 @@ def _checked_floats(folder: Path, name: str, arr: np.ndarray, n: int, what: str,
     holds (a string idf crashed the load in a numpy ufunc, an int8 one was taken): for a value out of range, the
     first one, its position (``unit``: what an entry is, "term", "document", "posting") and how many there are.
 
-    The values are read with ``min`` and ``max`` (NaN propagates through both; an infinity is one of them): no
-    temporary of the array's size, which a mask of the bad values is (made only to name them, on failure)."""
+    The values are read once, in chunks of :data:`_CHECK_CHUNK` bytes, each read by ``min`` and ``max`` while it
+    is in the cache (NaN propagates through both; an infinity is one of them; a memory-mapped file is read once, not
+    once per reduction of the whole array): no temporary, which a mask of the bad values is (made only to name them,
+    on failure), or ``isfinite`` of a chunk would be."""
     from ragkit.errors import ArtifactError
 
     path = folder / f"{name}.npy"
@@ -651,8 +657,9 @@ def _checked_floats(folder: Path, name: str, arr: np.ndarray, n: int, what: str,
     out = np.asarray(arr, dtype=np.float64)
     if not n:
         return out
-    lo, hi = float(out.min()), float(out.max())
-    if not (math.isfinite(lo) and math.isfinite(hi) and (not nonnegative or lo >= 0)):
+    step = max(1, _CHECK_CHUNK // out.itemsize)
+    if not all(math.isfinite(lo := float(c.min())) and math.isfinite(float(c.max())) and (not nonnegative or lo >= 0)
+               for c in (out[i:i + step] for i in range(0, n, step))):
         bad = ~np.isfinite(out)
         if nonnegative:
             bad |= out < 0

@@ -276,3 +276,36 @@ def test_a_saved_collection_json_with_a_good_avgdl_loads(tmp_path: Path, text: s
     back = BM25.load(tmp_path / "bm", verify=False)
     assert back.collection_ is not None and type(back.collection_["avgdl"]) is float
     assert back.collection_["avgdl"] == avgdl
+
+
+@pytest.mark.parametrize("nonnegative", [False, True])
+def test_the_finite_check_reads_the_array_once_in_chunks(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                         nonnegative: bool) -> None:
+    """Was: ``min()`` then ``max()`` of the whole array, two passes over it (a memory-mapped weights.npy loaded with
+    verify=False: the file read twice).  Every numpy operation of the check now takes one chunk of at most 1 MiB (its
+    min and max read it while it is in the cache), and the chunks cover the array once."""
+    import types
+
+    from ragkit.retrievers import bm25
+
+    seen: list[tuple[str, int, int]] = []  # (operation, first element, elements)
+
+    class Tracked(np.ndarray):
+        def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):  # type: ignore[no-untyped-def]
+            for x in inputs:
+                if isinstance(x, Tracked):
+                    seen.append((f"{ufunc.__name__}.{method}", (x.ctypes.data - base) // 8, x.size))
+            plain = [x.view(np.ndarray) if isinstance(x, Tracked) else x for x in inputs]
+            return getattr(ufunc, method)(*plain, **kwargs)
+
+    w = np.random.default_rng(0).random(300_000)
+    base = w.ctypes.data
+    shim = types.SimpleNamespace(**{k: getattr(np, k) for k in dir(np) if not k.startswith("__")})
+    shim.asarray = lambda a, dtype=None: np.asarray(a, dtype=dtype).view(Tracked)
+    monkeypatch.setattr(bm25, "np", shim)
+    bm25._checked_floats(tmp_path, "weights", w, len(w), "weights", "posting", nonnegative=nonnegative)
+    step = (1 << 20) // 8
+    assert seen and all(size <= step for _, _, size in seen), [s for s in seen if s[2] > step]
+    chunks = [(i, min(step, len(w) - i)) for i in range(0, len(w), step)]
+    for op in ("minimum.reduce", "maximum.reduce"):
+        assert sorted((start, size) for name, start, size in seen if name == op) == chunks, seen
