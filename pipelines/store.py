@@ -41,8 +41,7 @@ from ragkit._saves import (
     atomic_dir,
     read_json,
     restore_interrupted_save,
-    same_version_save,
-    saved_by_other_ragkit,
+    saved_differs,
     write_json,
 )
 from ragkit.errors import ArtifactError, ArtifactNotFoundError, ConfigError, DataError, ParamError
@@ -321,10 +320,9 @@ def _load_pipeline(folder: Path, corpus: Corpus | None, mmap: bool, verify: bool
         # it leaves out were the defaults when it was saved, which may have changed since (see _changed_defaults)
         named = _saved_step_agrees(op, cls, params)
         if named is None:  # (the save checked that its pipeline.yaml reads back as its steps: _check_reads_back)
-            other = saved_by_other_ragkit(manifest, cls.__name__, "reads them otherwise", "may read them otherwise")
-            why = f"{other} (or fit the pipeline and save it again with this one)" if other else same_version_save(
-                _CHECKSUMS_VERIFIED.get(), "the pipeline", "the two files", "either",
-                record="manifest.json's checksums", agreed=", whose save checked that they agreed")
+            why = saved_differs(manifest, cls.__name__, "reads them otherwise", "may read them otherwise",
+                                _CHECKSUMS_VERIFIED.get(), "the pipeline", "the two files", "either",
+                                record="manifest.json's checksums", agreed=", whose save checked that they agreed")
             raise ArtifactError(f"{folder / 'pipeline.yaml'}: {node_path} is {{{cls.name}: {dict(params)}}}, but "
                                 f"{folder / sub / 'params.json'} holds {{{op.name}: {op.params.non_default()}}}; "
                                 f"{why}")

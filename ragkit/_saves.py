@@ -661,12 +661,12 @@ def _check_learned_loaded(op: Operator, folder: Path, meta: Mapping[str, Any]) -
         them = "it" if len(missing) == 1 else "them"
         lacks = (f"{folder}: {cls} ({op.name!r}) lacks {', '.join(missing)} once loaded: its fit had set {them} "
                  f"(params.json records what a fit learned), but its _load did not restore {them}")
-        other = saved_by_other_ragkit(meta, cls, "learns more", "may learn otherwise")
         if _builtin(type(op)):  # a built-in operator: its own _load is not the cause
-            if other:
-                raise ArtifactError(f"{lacks}; {other} (or fit and save it again with this one)")
             it = "the pipeline" if _saved_pipeline_above(folder) is not None else "the operator"
-            raise ArtifactError(f"{lacks}; {same_version_save(bool(op._verified), it, 'its files', 'one of them')}")
+            raise ArtifactError(f"{lacks}; " + saved_differs(meta, cls, "learns more", "may learn otherwise",
+                                                             bool(op._verified), it, "its files", "one of them",
+                                                             refit="fit"))
+        other = saved_by_other_ragkit(meta, cls, "learns more", "may learn otherwise")
         plugin = (f"{cls} must implement _save(folder), writing everything fit learned as plain files, and "
                   f"_load(folder, mmap=False), reading it back into the same attributes; then fit and save it again")
         raise ArtifactError(
@@ -696,11 +696,24 @@ def saved_params_refused(cls: type[Operator], folder: Path, meta: Mapping[str, A
         return (f"the parameters of {of}{named} changed since the folder was saved (its params.json holds those of "
                 f"the {plugin.__name__} that saved it){edited}: load it with the version of {plugin.__name__} that "
                 f"saved it, or fit {it} and save it again with this one")
-    other = saved_by_other_ragkit(meta, name, "takes other parameters", "may take other parameters")
-    if other:
-        return f"{other} (or fit {it} and save it again with this one)"
-    return (f"the saved parameters fail this ragkit's checks; "
-            f"{same_version_save(verified, it, 'its files', 'its params.json', restore='restore its params.json, ')}")
+    return saved_differs(meta, name, "takes other parameters", "may take other parameters", verified, it,
+                         "its files", "its params.json", same="the saved parameters fail this ragkit's checks; ",
+                         restore="restore its params.json, ")
+
+
+def saved_differs(meta: Mapping[str, Any], cls: str, newer: str, other: str, verified: bool, it: str, files: str,
+                  edited: str, *, refit: str = "", same: str = "", **options: str) -> str:
+    """Why a built-in operator's saved files (``meta``: the ``params.json`` or ``manifest.json`` holding the
+    ``ragkit_version`` that saved them) fail this ragkit's class ``cls``, and what to do: saved by another ragkit,
+    :func:`saved_by_other_ragkit`'s clause (``newer``, ``other``) and ``(or <refit> and save it again with this
+    one)`` (``refit``: ``"fit <it>"`` unless given); by this very version, ``same`` (what failed, said first) and
+    :func:`same_version_save`'s text (``verified``, ``it``, ``files``, ``edited`` and its keyword ``options``).
+    The one composition of the three loads that say it (:func:`saved_params_refused`, :func:`_check_learned_loaded`,
+    ``Pipeline.load``'s step that disagrees with its ``pipeline.yaml``)."""
+    by_other = saved_by_other_ragkit(meta, cls, newer, other)
+    if by_other:
+        return f"{by_other} (or {refit or f'fit {it}'} and save it again with this one)"
+    return same + same_version_save(verified, it, files, edited, **options)
 
 
 def same_version_save(verified: bool, it: str, files: str, edited: str, *, record: str = "the checksums its save wrote",
