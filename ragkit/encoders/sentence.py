@@ -455,61 +455,69 @@ def check_encoder_settings(who: str, *, batch_size: Any = 64, max_seq_length: An
 
 def forward_tag(encoder: Any, base: type) -> str | None:
     """What names ``encoder``'s forward pass in its key (``|forward=<tag>``), ``base`` being the ragkit class whose
-    ``_forward`` is ragkit's own (:class:`Encoder`, :class:`~ragkit.encoders.tokens.TokenEncoder`).
+    ``_forward`` is ragkit's own (:class:`Encoder`, :class:`~ragkit.encoders.tokens.TokenEncoder`); read once, when
+    the encoder is made (its ``__init__``).
 
-    ``None`` where the class keeps ``base._forward`` (ragkit's vectors: the plain key).  Else ``encoder.key_tag``
-    (read from the instance, then its class: a tag set on the instance before ``super().__init__()``, which makes
-    the key, counts), or where that is ``None`` the ``module.qualname`` of the class that defines the ``_forward``
-    and a digest of its code (:func:`_forward_digest`): two classes of one name (``__main__.Mine`` in two scripts
-    over one cache, classes made by one factory) computing otherwise never share a key, nor its cached vectors.
-    A subclass that keeps its parent's ``_forward`` shares the parent's tag.  A :class:`ParamError` names the class
-    when ``key_tag`` is no non-empty str without ``|``, or is set where ``_forward`` is ragkit's (it would name
-    nothing: the plain encoder's vectors, its key)."""
+    ``encoder.key_tag`` where it is set (read from the instance, then its class: a tag set on the instance before
+    ``super().__init__()``, which makes the key, counts), whether or not the class defines a ``_forward`` of its
+    own: a subclass may change the vectors another way (its ``model``, ``encode``, the token encoder's
+    ``_batches``), and its tag keys them apart.  Else ``None`` where the class keeps ``base._forward`` (ragkit's
+    vectors: the plain key), or the ``module.qualname`` of the class that defines the ``_forward`` and a digest of
+    its code (:func:`_forward_digest`): two classes of one name (``__main__.Mine`` in two scripts over one cache,
+    classes made by one factory) computing otherwise never share a key, nor its cached vectors.  A subclass that
+    keeps its parent's ``_forward`` shares the parent's tag.  A :class:`ParamError` names the class when
+    ``key_tag`` is neither ``None`` nor a non-empty str without ``|``."""
     cls = type(encoder)
     tag = getattr(encoder, "key_tag", None)
+    if tag is not None:
+        if not isinstance(tag, str) or not tag.strip() or "|" in tag:
+            raise ParamError(f"{cls.__name__}.key_tag is {type(tag).__name__} {tag!r:.60}; expected None (the "
+                             "plain key, or for a _forward of its own the class's module.qualname and a digest of "
+                             "its code) or a non-empty str without '|' naming its vectors in the cache key",
+                             path="key_tag")
+        return tag
     if getattr(cls, "_forward", None) is getattr(base, "_forward"):
-        if tag is not None:
-            raise ParamError(f"{cls.__name__}.key_tag is {type(tag).__name__} {tag!r:.60}, but {cls.__name__} keeps "
-                             f"ragkit's forward pass ({base.__name__}._forward): its vectors are the plain "
-                             f"{base.__name__}'s, under the plain key; expected key_tag None, or a _forward of its "
-                             "own that the tag names", path="key_tag")
         return None
-    if tag is None:
-        owner = next(c for c in cls.__mro__ if "_forward" in vars(c))
-        return f"{owner.__module__}.{owner.__qualname__}#{_forward_digest(vars(owner)['_forward'])}"
-    if not isinstance(tag, str) or not tag.strip() or "|" in tag:
-        raise ParamError(f"{cls.__name__}.key_tag is {type(tag).__name__} {tag!r:.60}; expected None (the "
-                         "class's module.qualname and a digest of its _forward's code) or a non-empty str without "
-                         "'|' naming its forward pass in the cache key", path="key_tag")
-    return tag
+    owner = next(c for c in cls.__mro__ if "_forward" in vars(c))
+    return f"{owner.__module__}.{owner.__qualname__}#{_forward_digest(vars(owner)['_forward'])}"
 
 
 #: the types of closure values :func:`_forward_digest` reads by value (their repr is the same in every process)
 _PLAIN_VALUES = (type(None), bool, int, float, complex, str, bytes)
 
 
-@functools.lru_cache(maxsize=256)
 def _forward_digest(func: Any) -> str:
     """12 hex digits naming the code of ``func`` (a class's ``_forward``): its bytecode, constants (code objects of
     nested functions by their own code, the items of a frozen set sorted: ``repr`` gives neither the same in every
-    process) and names, and the values of its closure that are plain constants (numbers, strings, bytes, ``None``,
-    tuples of them; any other by its type alone: a ``repr`` may hold a memory address).  What it does not read:
-    the functions and globals it calls (by name only), settings held by the instance: a ``key_tag`` names those.
-    The bytecode is the Python version's: another version keys apart (encodes anew, never serves other vectors).
-    Once per function (the token encoder's key is read at each use)."""
+    process) and names, its default arguments and the values of its closure that are plain constants (numbers,
+    strings, bytes, ``None``, numpy scalars, tuples of them; any other by its type alone: a ``repr`` may hold a
+    memory address), and so for each function a decorator wrapped (``__wrapped__``: ``functools.wraps``,
+    ``@torch.no_grad()``).  What it does not read: the functions and globals it calls (by name only), settings
+    held by the instance: a ``key_tag`` names those.  The bytecode is the Python version's: another version keys
+    apart (encodes anew, never serves other vectors).  Not cached: an encoder reads it once, when it is made (a
+    cache would keep each function, and the objects its closure holds, alive)."""
     h = hashlib.sha1()
-    fn = getattr(func, "__func__", func)  # (a staticmethod / classmethod: the function it holds)
-    code = getattr(fn, "__code__", None)
-    if code is None:  # (a callable object: named by its type)
-        h.update(f"{type(fn).__module__}.{type(fn).__qualname__}".encode())
-        return h.hexdigest()[:12]
-    _digest_code(code, h)
-    for name, cell in zip(code.co_freevars, getattr(fn, "__closure__", None) or ()):
-        try:
-            value = cell.cell_contents
-        except ValueError:  # (an empty cell)
-            value = None
-        h.update(f"{name}={_plain_repr(value)}\x00".encode("utf-8", "surrogatepass"))
+    seen: set[int] = set()
+    while func is not None and id(func) not in seen:
+        seen.add(id(func))
+        fn = getattr(func, "__func__", func)  # (a staticmethod / classmethod: the function it holds)
+        code = getattr(fn, "__code__", None)
+        if code is None:  # (a callable object: named by its type)
+            h.update(f"{type(fn).__module__}.{type(fn).__qualname__}\x00".encode())
+        else:
+            _digest_code(code, h)
+            for name, cell in zip(code.co_freevars, getattr(fn, "__closure__", None) or ()):
+                try:
+                    value = cell.cell_contents
+                except ValueError:  # (an empty cell)
+                    value = None
+                h.update(f"{name}={_plain_repr(value)}\x00".encode("utf-8", "surrogatepass"))
+            defaults = getattr(fn, "__defaults__", None)
+            kwdefaults = getattr(fn, "__kwdefaults__", None) or {}
+            h.update(f"defaults={_plain_repr(tuple(defaults or ()))}\x00".encode("utf-8", "surrogatepass"))
+            for name in sorted(kwdefaults):
+                h.update(f"{name}:={_plain_repr(kwdefaults[name])}\x00".encode("utf-8", "surrogatepass"))
+        func = getattr(fn, "__wrapped__", None)  # (a decorator's wrapper: the function it calls, digested too)
     return h.hexdigest()[:12]
 
 
@@ -533,8 +541,11 @@ def _const_repr(c: Any) -> str:
 
 
 def _plain_repr(value: Any) -> str:
-    """A closure value as :func:`_forward_digest` reads it: a plain constant (or a tuple of them) by its ``repr``,
-    a class by its ``module.qualname``, anything else by its type's."""
+    """A closure value (or default argument) as :func:`_forward_digest` reads it: a plain constant (or a tuple of
+    them) by its ``repr``, a numpy scalar by its value's, a class by its ``module.qualname``, anything else by its
+    type's."""
+    if isinstance(value, np.generic):  # (np.float32(0.5), np.float64 too: its value, as numpy 1 and 2 alike say it)
+        return repr(value.item())
     if isinstance(value, _PLAIN_VALUES):
         return repr(value)
     if isinstance(value, tuple):
@@ -582,7 +593,8 @@ class Encoder:
     with ``|forward=<tag>`` (:func:`forward_tag`), the tag its :attr:`key_tag` or else the ``module.qualname`` of
     the class that defines the ``_forward`` and a digest of that method's code (so it never shares cached vectors,
     nor a pipeline's query vectors, with the plain encoder of the model, nor with another class of its name).  A
-    subclass that keeps ragkit's forward pass keys as the plain encoder (a ``key_tag`` on it is refused).
+    subclass that keeps ragkit's forward pass keys as the plain encoder unless it sets a :attr:`key_tag` (one that
+    changes the vectors another way: its ``model``, its ``encode``).
 
     Examples
     --------
@@ -596,12 +608,15 @@ class Encoder:
     #: strings) included.  Set it where the vectors depend on what that digest does not read: settings the
     #: instance holds (``self.scale``; set ``self.key_tag`` before ``super().__init__()``, which makes the key),
     #: objects in a closure (a model, an array), the functions it calls; change it when they change the vectors.
-    #: Refused (:class:`ParamError`) on a class that keeps ragkit's ``_forward``: the vectors are the plain key's
+    #: Honoured too on a class that keeps ragkit's ``_forward`` but changes the vectors otherwise (its ``model``)
     key_tag: str | None = None
 
     def __init__(self, model: str = DEFAULT_MODEL, *, batch_size: int = 64, max_seq_length: int | None = None,
                  cache: bool = True, device: str = "cpu", normalize: bool | None = None,
                  query_prompt: str | None = None, document_prompt: str | None = None) -> None:
+        #: what names this encoder's vectors in its key (:func:`forward_tag`; ``None``: ragkit's forward pass),
+        #: read first: a bad key_tag is refused when the encoder is made, even for a hub id downloaded at first use
+        self._forward_name = forward_tag(self, Encoder)
         model = _model_name(model, "Encoder")  # (None: an AttributeError in resolve_model)
         check_encoder_settings("Encoder", batch_size=batch_size, max_seq_length=max_seq_length)
         if normalize is not None and not isinstance(normalize, bool):
@@ -644,14 +659,9 @@ class Encoder:
         key = f"{fingerprint}|msl={self.max_seq_length}{prompts_part(query_prompt, document_prompt)}"
         if not normalize:
             key += "|raw"
-        forward = self._forward_tag()  # (read here, in __init__: an instance's key_tag is set before it)
-        if forward is not None:
-            key += f"|forward={forward}"
+        if self._forward_name is not None:
+            key += f"|forward={self._forward_name}"
         return fingerprint, query_prompt, document_prompt, normalize, key
-
-    def _forward_tag(self) -> str | None:
-        """What names this encoder's forward pass in its key (:func:`forward_tag`): ``None`` for ragkit's own."""
-        return forward_tag(self, Encoder)
 
     def _resolved(self) -> tuple[str, str, str, bool, str]:
         """:meth:`_describe` of the model's files, for a hub id not in the Hugging Face cache when the encoder was
@@ -727,12 +737,13 @@ class Encoder:
     def _unit_length(self) -> bool:
         """Whether this encoder's vectors are unit length, so that its cache sets aside a row that is not
         (:attr:`EmbeddingCache.unit_length`: such as one zeroed by data a disk lost; it is encoded again):
-        ragkit's own forward pass with ``normalize`` on.  A subclass with a forward pass of its own is not held to
-        it (its vectors are its own; its key names it, ``|forward=``, so no plain encoder shares its reader); nor is
+        ragkit's own forward pass with ``normalize`` on.  A subclass keyed apart (a forward pass of its own, or a
+        ``key_tag``) is not held to it (its vectors are its own; its key names them, ``|forward=``, so no plain
+        encoder shares its reader); nor is
         an offline hub id whose files are not here (its normalisation is not known, :meth:`_describe`).  Encoders
         of one key agree on it: the key names the forward pass, the normalisation and an unread hub id."""
         unread = self.fingerprint == self.path and not Path(self.path).exists()
-        return bool(self.normalize) and not unread and type(self)._forward is Encoder._forward
+        return bool(self.normalize) and not unread and self._forward_name is None
 
     @property
     def query_store(self) -> EmbeddingCache:

@@ -534,13 +534,16 @@ class TokenEncoder:
 
     #: what names a subclass's own forward pass (``_forward``) in the key, as :attr:`Encoder.key_tag
     #: <ragkit.encoders.sentence.Encoder.key_tag>` does (``None``: its class's module.qualname and a digest of its
-    #: code); refused on a class that keeps ragkit's ``_forward``
+    #: code); honoured too on a class that keeps ragkit's ``_forward`` but changes the vectors otherwise
+    #: (its ``model``, ``_batches``)
     key_tag: str | None = None
 
     def __init__(self, model: str = DEFAULT_MODEL, *, batch_size: int = 32, max_seq_length: int | None = None,
                  special_tokens: Literal["keep", "drop"] = "keep", cache: bool = True) -> None:
         model = _model_name(model, "TokenEncoder", TokenEncoder)  # (None: an AttributeError in resolve_model)
-        forward_tag(self, TokenEncoder)  # (a key_tag that is refused: said now, not at the first encode)
+        #: what names this encoder's vectors in its key (:func:`~ragkit.encoders.sentence.forward_tag`; ``None``:
+        #: ragkit's forward pass), read once, now: a bad key_tag is refused here, not at the first encode
+        self._forward_name = forward_tag(self, TokenEncoder)
         check_encoder_settings("TokenEncoder", batch_size=batch_size, max_seq_length=max_seq_length)
         if special_tokens not in ("keep", "drop"):
             raise ParamError(f"TokenEncoder: special_tokens must be 'keep' or 'drop', got {special_tokens!r}",
@@ -614,7 +617,7 @@ class TokenEncoder:
         has some (``|prompts=``, hashed as the sentence encoder's), and ``|forward=<tag>`` for a subclass's own
         forward pass (:attr:`key_tag`; it shared the plain key, and so its cached token vectors)."""
         key = f"{self.fingerprint}|tokens|msl={self.max_seq_length}|special={self.special_tokens}|l2"
-        forward = forward_tag(self, TokenEncoder)
+        forward = self._forward_name
         return key + prompts_part(*self._prompts()) + ("" if forward is None else f"|forward={forward}")
 
     @property
