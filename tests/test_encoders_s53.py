@@ -582,3 +582,35 @@ def test_model_overriding_subclass_keyed_by_its_tag() -> None:
 
     assert LoraTokens().key == TokenEncoder().key + "|forward=lora-v1"
 
+
+def test_changed_forward_tag_told_why(tmp_path: Path) -> None:
+    """Old code: a saved digest that differs from the code's now was said to be "its key_tag changed, or the default
+    tag now holds a digest" (neither); and a changed prompt along with a changed forward pass lost its ", so its
+    queries would not match the saved vectors"."""
+    from ragkit.encoders import sentence
+    from ragkit.errors import ArtifactError
+
+    mine, plain_key = Flipped(), Encoder().key
+    name = mine.key.partition("|forward=")[2].partition("#")[0]
+
+    def saved(key: str) -> Path:
+        folder = tmp_path / f"saved{len(list(tmp_path.iterdir()))}"
+        folder.mkdir()
+        (folder / sentence.ENCODER_FILE).write_text(json.dumps({"key": key}), encoding="utf-8")
+        return folder
+
+    def said(key: str) -> str:
+        with pytest.raises(ArtifactError) as got:
+            sentence.check_encoder_key(saved(key), mine, "dense", "s53-flipped")
+        return str(got.value)
+
+    code = said(f"{plain_key}|forward={name}#000000000000")
+    assert ("now: _forward's code differs (an edit, or another Python version: the digest reads its bytecode); set "
+            "key_tag to keep the name stable): its saved vectors may come from another forward pass: fit it again"
+            in code)
+    assert "its key_tag changed" not in code
+    assert "now: the default tag now holds a digest of _forward's code)" in said(f"{plain_key}|forward={name}")
+    assert "now: its key_tag or class name changed)" in said(f"{plain_key}|forward=flipped-v1")
+    both = said(f"{plain_key}|prompts=0123456789ab|forward={name}#000000000000")
+    assert "but its prompts are now none, so its queries would not match the saved vectors, and its forward pass is " \
+           "named otherwise" in both

@@ -1260,11 +1260,9 @@ def check_encoder_key(folder: Path, encoder: Any, who: str, model: str) -> None:
                 return
         changed = _settings_changed(was, now) if isinstance(was, str) else None
         if changed:
-            said, forward = changed
             raise ArtifactError(
                 f"{folder}: {who} was fitted with the encoder {was!r}, but model {model!r} is now {encoder.key!r}: "
-                f"the same model, but {said}" + ("" if forward else ", so its queries would not match the saved "
-                                                 "vectors") + ": fit it again")
+                f"the same model, but {changed}: fit it again")
         from ragkit.encoders.custom import registered_encoder
 
         if registered_encoder(model) is None and "|msl=" not in str(was):  # fitted with a custom encoder
@@ -1278,11 +1276,12 @@ def check_encoder_key(folder: Path, encoder: Any, who: str, model: str) -> None:
             "fitted with (a custom encoder: register_encoder it first), or fit it again")
 
 
-def _settings_changed(was: str, now: str) -> tuple[str, bool] | None:
+def _settings_changed(was: str, now: str) -> str | None:
     """What differs between the encoder keys ``was`` (saved) and ``now`` where only their ``|raw``, ``|prompts=``
     and ``|forward=`` parts do (the model's normalisation and prompts, applied since keys carry them; a subclass's
-    own forward pass, keyed apart since da85366, or its tag changed), and whether the forward pass is among them;
-    ``None`` where anything else differs (or a forward pass keyed before is gone: another encoder)."""
+    own forward pass, keyed apart since da85366, or its tag changed), said for an error message: the prompts /
+    normalisation (``, so its queries would not match the saved vectors``), then the forward pass; ``None`` where
+    anything else differs (or a forward pass keyed before is gone: another encoder)."""
     def parts(key: str) -> tuple[list[str], bool, str | None, str | None]:
         segs = key.split("|")
         prompts = [s for s in segs if s.startswith("prompts=")]
@@ -1300,10 +1299,21 @@ def _settings_changed(was: str, now: str) -> tuple[str, bool] | None:
     if n_raw != w_raw:
         said.append("its vectors are now kept raw (not normalised), as the model says" if n_raw else
                     "its vectors are now normalised")
+    text = " and ".join(said) + (", so its queries would not match the saved vectors" if said else "")
     if n_fwd != w_fwd:
-        said.append(f"its own forward pass is now keyed apart (|{n_fwd}): its saved vectors may be the plain "
-                    "model's, served from the cache they shared" if w_fwd is None else
-                    f"its forward pass is named otherwise (|{w_fwd} then, |{n_fwd} now: its key_tag changed, or "
-                    "the default tag now holds a digest of _forward's code): its saved vectors may come from "
-                    "another forward pass")
-    return " and ".join(said), n_fwd != w_fwd
+        if w_fwd is None:
+            why = (f"its own forward pass is now keyed apart (|{n_fwd}): its saved vectors may be the plain model's, "
+                   "served from the cache they shared")
+        else:
+            assert n_fwd is not None  # (a forward part gone: None above)
+            w_name, w_hash, _ = w_fwd.partition("#")
+            n_name, n_hash, _ = n_fwd.partition("#")
+            same = w_name == n_name and bool(n_hash)
+            cause = ("the default tag now holds a digest of _forward's code" if same and not w_hash
+                     else "_forward's code differs (an edit, or another Python version: the digest reads its "
+                          "bytecode); set key_tag to keep the name stable" if same
+                     else "its key_tag or class name changed")
+            why = (f"its forward pass is named otherwise (|{w_fwd} then, |{n_fwd} now: {cause}): its saved vectors "
+                   "may come from another forward pass")
+        text = f"{text}, and {why}" if text else why
+    return text
