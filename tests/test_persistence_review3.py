@@ -78,8 +78,8 @@ def test_a_key_pipeline_yaml_names_must_still_agree_with_params_json(corpus, tmp
     edit_json(params, lambda m: m["params"].update(k1=1.5))
     reseal(tmp_path / "p")
     with pytest.raises(ArtifactError, match=r"pipeline.yaml: pipeline\[0\]\.bm25 is \{bm25: \{'k': 5, 'k1': 1.2\}\}, "
-                                            r"but .*params.json holds .*'k1': 1.5.*the two files match manifest\.json's "
-                                            r"checksums: the code that reads them may have changed"):
+                                            r"but .*params.json holds .*'k1': 1.5.*the two files match "
+                                            r"manifest\.json's checksums: the code that reads them may have changed"):
         Pipeline.load(tmp_path / "p")
 
 
