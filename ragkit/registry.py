@@ -96,6 +96,11 @@ def saved_unknown(name: object, where: str, saved_by: object = None, saved_class
         else ""
     if record is None:
         advice = "import the plugin that registers it before loading"
+    elif registered and (module == "__main__" or "<locals>" in record):  # (no import registers it: as _plugins
+        # refuses such a class for Ray workers)
+        advice = (f"saved by {shown_class_path(record)}, defined in "
+                  f"{'the script that saved it' if module == '__main__' else 'a function'}: no import registers it; "
+                  "define it at the top level of a module and import that module before loading")
     elif registered:
         advice = f"saved by {shown_class_path(record)}: import {module} (ragkit --import {module}) before loading"
     else:

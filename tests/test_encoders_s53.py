@@ -177,6 +177,12 @@ def test_bad_key_tag_refused() -> None:
     with pytest.raises(ParamError, match=r"Bad\.key_tag is str 'a\|b'.*without '\|'"):
         Bad()
 
+    class Hashed(Flipped):  # ('#' marks a default tag's digest: a tag 'v#1' then 'v#2' was told as a code change)
+        key_tag = "lora#1"
+
+    with pytest.raises(ParamError, match=r"Hashed\.key_tag is str 'lora#1'.*without '\|' or '#'"):
+        Hashed()
+
 
 # ------------------------------------------------------------------ 2. LangChain queries
 def _paid() -> Any:
@@ -605,9 +611,9 @@ def test_changed_forward_tag_told_why(tmp_path: Path) -> None:
         return str(got.value)
 
     code = said(f"{plain_key}|forward={name}#000000000000")
-    assert ("now: _forward's code differs (an edit, or another Python version: the digest reads its bytecode); set "
-            "key_tag to keep the name stable): its saved vectors may come from another forward pass: fit it again"
-            in code)
+    assert ("now: _forward's digest differs (its code, default arguments or closure values, a decorated function, "
+            "or another Python or ragkit version: the digest reads its bytecode); set key_tag to keep the name "
+            "stable): its saved vectors may come from another forward pass: fit it again" in code)
     assert "its key_tag changed" not in code
     assert "now: the default tag now holds a digest of _forward's code)" in said(f"{plain_key}|forward={name}")
     assert "now: its key_tag or class name changed)" in said(f"{plain_key}|forward=flipped-v1")

@@ -142,6 +142,17 @@ def test_a_plugin_saved_in_a_process_that_imported_it_names_its_module_where_it_
         "s53_plug_ops) before loading. ") in run.stderr, run.stderr
 
 
+@pytest.mark.parametrize("record, where", [("__main__:Plug", "the script that saved it"),
+                                           ("pkg.ops:make.<locals>.Plug", "a function")])
+def test_a_registered_class_no_import_registers_is_not_told_to_be_imported(record, where):
+    """d5ac179 told a folder saved by a class registered in a script (``__main__``) or inside a function to
+    ``ragkit --import __main__`` / its module, which registers nothing (as _plugins refuses such classes)."""
+    said = registry.saved_unknown("s53_x", "", None, record, True)
+    assert f"defined in {where}: no import registers it; define it at the top level of a module and import that " \
+        "module before loading" in said, said
+    assert "--import" not in said.split(registry.PLUGIN_HINT)[0], said
+
+
 def test_an_unknown_operator_saved_alone_says_its_class_loads_it(tmp_path):
     """Old code: 'import the plugin that registers it' only, though a class saved unregistered under a name of its
     own loads with its own load."""

@@ -466,14 +466,16 @@ def forward_tag(encoder: Any, base: type) -> str | None:
     its code (:func:`_forward_digest`): two classes of one name (``__main__.Mine`` in two scripts over one cache,
     classes made by one factory) computing otherwise never share a key, nor its cached vectors.  A subclass that
     keeps its parent's ``_forward`` shares the parent's tag.  A :class:`ParamError` names the class when
-    ``key_tag`` is neither ``None`` nor a non-empty str without ``|``."""
+    ``key_tag`` is neither ``None`` nor a non-empty str without ``|`` or ``#`` (``#`` marks a default tag's digest:
+    a message telling a changed digest from a changed tag reads it)."""
     cls = type(encoder)
     tag = getattr(encoder, "key_tag", None)
     if tag is not None:
-        if not isinstance(tag, str) or not tag.strip() or "|" in tag:
+        if not isinstance(tag, str) or not tag.strip() or "|" in tag or "#" in tag:
             raise ParamError(f"{cls.__name__}.key_tag is {type(tag).__name__} {tag!r:.60}; expected None (the "
                              "plain key, or for a _forward of its own the class's module.qualname and a digest of "
-                             "its code) or a non-empty str without '|' naming its vectors in the cache key",
+                             "its code) or a non-empty str without '|' or '#' (the default tags' digest mark) "
+                             "naming its vectors in the cache key",
                              path="key_tag")
         return tag
     if getattr(cls, "_forward", None) is getattr(base, "_forward"):
@@ -1310,8 +1312,9 @@ def _settings_changed(was: str, now: str) -> str | None:
             n_name, n_hash, _ = n_fwd.partition("#")
             same = w_name == n_name and bool(n_hash)
             cause = ("the default tag now holds a digest of _forward's code" if same and not w_hash
-                     else "_forward's code differs (an edit, or another Python version: the digest reads its "
-                          "bytecode); set key_tag to keep the name stable" if same
+                     else "_forward's digest differs (its code, default arguments or closure values, a decorated "
+                          "function, or another Python or ragkit version: the digest reads its bytecode); set "
+                          "key_tag to keep the name stable" if same
                      else "its key_tag or class name changed")
             why = (f"its forward pass is named otherwise (|{w_fwd} then, |{n_fwd} now: {cause}): its saved vectors "
                    "may come from another forward pass")
