@@ -96,14 +96,18 @@ def _meta_kept(col: np.ndarray) -> tuple[np.ndarray, list[Any] | None, set[type]
     with _gc_paused():  # (new lists and dicts, no garbage: a collection pass per 700 of them tripled the cost)
         # (whether the lists and dicts need more than a copy, whatever else the column holds: one odd value, a NaN,
         # does not send every list through _nested_plain)
-        flat = _flat_plain(values if types <= _NESTED else [v for v in values if type(v) in _NESTED])
+        # (a column with no list nor dict, strings beside NaN, neither looks for them nor asks each value for one)
+        flat = not nested or _flat_plain(values if types <= _NESTED else [v for v in values if type(v) in _NESTED])
         if not odd and flat:
             out = (list(map(list.copy, values)) if types == {list} else list(map(dict.copy, values))
                    if types == {dict} else [v.copy() if type(v) in _NESTED else v for v in values])  # (C calls)
             return _column(out), out, types
-        deep = _NESTED if not flat else frozenset()
-        out = [_meta_value(v) if type(v) in odd else _nested_plain(v) if type(v) in deep else
-               v.copy() if type(v) in _NESTED else v for v in values]
+        if not nested:
+            out = [_meta_value(v) if type(v) in odd else v for v in values]
+        else:
+            deep = _NESTED if not flat else frozenset()
+            out = [_meta_value(v) if type(v) in odd else _nested_plain(v) if type(v) in deep else
+                   v.copy() if type(v) in _NESTED else v for v in values]
     if not nested and all(a is b for a, b in zip(out, values)):
         return col, values, types
     return _column(out), out, set(map(type, out))

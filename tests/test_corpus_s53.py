@@ -328,3 +328,17 @@ def test_python_and_pandas_dates_filter_a_numpy_date_column() -> None:
     assert c.mask({"day": pd.Timestamp("2021-01-01")}).tolist() == [False, True, False]
     assert c.mask({"dur": pd.Timedelta(seconds=3)}).tolist() == [False, False, True]
     assert c.mask({"ns": pd.NaT}).tolist() == [False, False, False]
+
+
+def test_metadata_with_missing_values_but_no_lists_does_not_look_for_flat_lists(monkeypatch) -> None:
+    import ragkit._corpus as corpus_mod
+
+    calls = []
+    real = corpus_mod._flat_plain
+    monkeypatch.setattr(corpus_mod, "_flat_plain", lambda v: (calls.append(1), real(v))[1])
+    c = Corpus(ids=["a", "b"], texts=["x"] * 2, metadata={"lang": ["en", float("nan")]})
+    assert calls == []  # (strings beside NaN: no list nor dict to look into)
+    assert c.metadata["lang"].tolist() == ["en", None]
+    assert c.mask({"lang": "en"}).tolist() == [True, False]
+    Corpus(ids=["a", "b"], texts=["x"] * 2, metadata={"tags": [["a"], float("nan")]})
+    assert calls == [1]  # (a list beside NaN: looked into once)
