@@ -402,10 +402,14 @@ class Run:
     trace: list[TraceEvent] | None = None
     seconds: float | None = None
     learned_from: list[str] = field(default_factory=list)
-    #: (private) the scores are known to hold no NaN: :meth:`from_dict` checked them, naming its own caller
+    #: (private) the scores are known to hold no NaN: :meth:`from_dict` checked them, naming its own caller; a
+    #: run cut from a checked run (:meth:`head`, ragkit's evaluation), or from rankings whose scores were looked at
     _nan_checked: InitVar[bool] = False
+    #: (private) the document ids are strings a Run checked already (:func:`_checked_doc_ids`): a run cut from a
+    #: checked run (:meth:`head`, :func:`~ragkit.eval.metrics.drop_identical_ids`), not looked at again
+    _ids_checked: InitVar[bool] = False
 
-    def __post_init__(self, _nan_checked: bool = False) -> None:
+    def __post_init__(self, _nan_checked: bool = False, _ids_checked: bool = False) -> None:
         # what a run built by hand may hold that its methods would fail on later (to_dict, evaluate, write_trec):
         # ids as Queries writes them (1 as "1", NaN refused), each query's document ids as a 1-D object array;
         # nothing to do (a join of the query ids, a look at each array's type) for what search and from_dict give
@@ -441,7 +445,7 @@ class Run:
         # (and an empty one, or one holding a tab or a line break, which no qrels or run file could name; a NUL,
         # which trec_eval would read it cut at: check_id_breaks, as Queries checks its ids)
         check_id_breaks(self.query_ids, "Run.query_ids", "query")
-        if self.rankings is None:
+        if self.rankings is None and not _ids_checked:
             self.doc_ids = _checked_doc_ids(self.query_ids, self.doc_ids)
         if cast or (self.rankings is None and not _nan_checked):  # (NaN has no order: refused as from_dict does)
             _check_nan_scores(self.query_ids, self.doc_ids, self.scores)
@@ -568,6 +572,7 @@ class Run:
             self.query_ids, [d[:k] for d in self.doc_ids], [s[:k] for s in self.scores],
             rankings=None if self.rankings is None else [r.head(k) for r in self.rankings],
             values=self.values, trace=self.trace, seconds=self.seconds, learned_from=self.learned_from,
+            _nan_checked=True, _ids_checked=True,  # (this run's own ids and scores, checked when it was made)
         )
 
     def write_trec(self, path: str | os.PathLike[str], tag: str = "ragkit") -> None:

@@ -342,3 +342,39 @@ def test_metadata_with_missing_values_but_no_lists_does_not_look_for_flat_lists(
     assert c.mask({"lang": "en"}).tolist() == [True, False]
     Corpus(ids=["a", "b"], texts=["x"] * 2, metadata={"tags": [["a"], float("nan")]})
     assert calls == [1]  # (a list beside NaN: looked into once)
+
+
+def test_runs_cut_from_checked_runs_are_not_checked_again(monkeypatch) -> None:
+    import ragkit.run as run_mod
+    from ragkit import Run, evaluate
+    from ragkit.eval.metrics import drop_identical_ids, per_query_ndcg
+    from ragkit.types import Ranking, State
+
+    ids = np.array(["a", "b", "c"], dtype=object)
+    state = State(["x", "y"], ["1", "2"], rankings=[
+        Ranking(rows=np.array([0, 1, 2]), scores=np.array([3.0, 2.0, 1.0], np.float32)),
+        Ranking(rows=np.array([2, 0]), scores=np.array([2.0, 1.0], np.float32))])
+    qrels = {"1": {"a": 1}, "2": {"a": 1}}
+    run = Run(["1", "2"], [np.array(["a", "1", "c"], dtype=object), np.array(["c", "a"], dtype=object)],
+              [np.array([3.0, 2.0, 1.0], np.float32), np.array([2.0, 1.0], np.float32)])
+    nan_calls, id_calls = [], []
+    real_nan, real_ids = run_mod._check_nan_scores, run_mod._checked_doc_ids
+    monkeypatch.setattr(run_mod, "_check_nan_scores", lambda *a: (nan_calls.append(1), real_nan(*a))[1])
+    monkeypatch.setattr(run_mod, "_checked_doc_ids", lambda *a: (id_calls.append(1), real_ids(*a))[1])
+    seen = {}
+
+    def step(name: str) -> None:
+        seen[name] = (len(nan_calls), len(id_calls))
+        nan_calls.clear()
+        id_calls.clear()
+
+    assert per_query_ndcg(state, qrels, ids).tolist() == pytest.approx([1.0, 1 / np.log2(3)])
+    step("per_query_ndcg")  # (_with_ties_at refused NaN; the corpus ids, given, are still checked)
+    head = run.head(1)
+    step("head")
+    assert head.doc_ids[0].tolist() == ["a"] and head.scores[1].tolist() == [2.0]
+    assert drop_identical_ids(run).doc_ids[0].tolist() == ["a", "c"]
+    step("drop_identical_ids")
+    assert evaluate(run, qrels, ["ndcg@1"]).scores["ndcg@1"] == 0.5  # (cut to its ties at 2 by _cut_run)
+    step("evaluate")
+    assert seen == {"per_query_ndcg": (0, 1), "head": (0, 0), "drop_identical_ids": (0, 0), "evaluate": (0, 0)}

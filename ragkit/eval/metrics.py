@@ -1052,7 +1052,7 @@ def _per_query_metrics(state: State, qrels: Mapping[str, Mapping[str, int]], cor
     # cost ~10x more); one more document per query covers one ignored for having the query's id
     k = max(parse_metric(m)[1] for m in metrics) + 1
     doc_ids, scores = _with_ties_at(rankings, k, corpus_ids, state.query_ids)
-    run = Run(list(state.query_ids), doc_ids, scores)
+    run = Run(list(state.query_ids), doc_ids, scores, _nan_checked=True)  # (_with_ties_at refused NaN)
     # hole@k: a document judged for a query the state lacks is no hole (evaluate on the whole qrels says the same)
     annotated = ({d if type(d) is str else str(d) for rel in qrels.values() for d in rel}
                  if any(parse_metric(m)[0] == "hole" for m in metrics) and len(qids) < len(qrels) else None)
@@ -1138,7 +1138,8 @@ def _cut_run(run: Run, k: int) -> Run:
     scores = np.concatenate(run.scores)
     keep = _ties_kept(lens, scores.astype(np.float32, copy=False), owner, k)
     cut = np.cumsum(np.bincount(owner[keep], minlength=len(lens)))[:-1]
-    return Run(run.query_ids, np.split(np.concatenate(run.doc_ids)[keep], cut), np.split(scores[keep], cut))
+    return Run(run.query_ids, np.split(np.concatenate(run.doc_ids)[keep], cut), np.split(scores[keep], cut),
+               _nan_checked=True, _ids_checked=True)  # (run's own ids and scores, checked when it was made)
 
 
 def drop_identical_ids(run: Run, k: int | None = None) -> Run:
@@ -1170,4 +1171,5 @@ def drop_identical_ids(run: Run, k: int | None = None) -> Run:
         r.take(i) for r, i in zip(run.rankings, at)]
     return Run(list(run.query_ids), np.split(docs[keep], cut),
                np.split(np.concatenate(run.scores)[keep], cut), rankings=rankings, values=run.values,
-               trace=run.trace, seconds=run.seconds, learned_from=run.learned_from)
+               trace=run.trace, seconds=run.seconds, learned_from=run.learned_from,
+               _nan_checked=True, _ids_checked=True)  # (run's own ids and scores, checked when it was made)
