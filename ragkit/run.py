@@ -186,14 +186,18 @@ def _checked_doc_ids(query_ids: Sequence[str], doc_ids: list[np.ndarray]) -> lis
     refused naming the query): a 1-D object array may hold anything.  Then an id holding a lone surrogate
     (:func:`~ragkit.types.check_id_surrogates`) or a NUL (:func:`~ragkit.types.check_id_nul`: trec_eval would read
     it cut there) is refused, naming the query.  One ``str.join`` of all the ids (in C) tells they are strings,
-    one check of them all the rest; only where one fails is each query looked at."""
+    one look at that join for a NUL and one UTF-8 test the rest; only where one fails are the ids looked at (one
+    check of them all, then each query, to name it)."""
     flat = list(chain.from_iterable(d.tolist() if isinstance(d, np.ndarray) else d for d in doc_ids))
     try:
-        "".join(flat)
+        joined = "".join(flat)
     except TypeError:  # (an id that is no string: its query's ids written anew)
         doc_ids = [d if _str_list(d.tolist()) else _as_ids(d, f"Run: query {q!r}: Run.doc_ids[{i}]")
                    for i, (q, d) in enumerate(zip(query_ids, doc_ids))]
         flat = list(chain.from_iterable(d.tolist() for d in doc_ids))
+        joined = "".join(flat)
+    if "\x00" not in joined and _utf8_clean(joined):
+        return doc_ids
     for check in (check_id_surrogates, check_id_nul):
         try:
             check(flat, "Run.doc_ids", "document")

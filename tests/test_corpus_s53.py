@@ -378,3 +378,23 @@ def test_runs_cut_from_checked_runs_are_not_checked_again(monkeypatch) -> None:
     assert evaluate(run, qrels, ["ndcg@1"]).scores["ndcg@1"] == 0.5  # (cut to its ties at 2 by _cut_run)
     step("evaluate")
     assert seen == {"per_query_ndcg": (0, 1), "head": (0, 0), "drop_identical_ids": (0, 0), "evaluate": (0, 0)}
+
+
+def test_run_document_ids_are_joined_once_and_looked_at_only_when_the_join_fails(monkeypatch) -> None:
+    import ragkit.run as run_mod
+    from ragkit import Run
+
+    calls = []
+    for name in ("check_id_surrogates", "check_id_nul"):
+        real = getattr(run_mod, name)
+        monkeypatch.setattr(run_mod, name, lambda *a, _real=real, _name=name: (calls.append(_name), _real(*a))[1])
+    ints = np.empty(2, dtype=object)
+    ints[:] = [1, 2]
+    run = Run(["q", "r"], [np.array(["a", "é"], dtype=object), ints], [[1.0, 0.5], [2.0, 1.0]])
+    assert calls == []  # (ASCII, other Unicode and ints written as strings: clean)
+    assert run.doc_ids[1].tolist() == ["1", "2"]
+    with pytest.raises(DataError, match=r"query 'r': Run.doc_ids\[1\]\[0\] is 'b\\x00c', which holds a NUL"):
+        Run(["q", "r"], [np.array(["a"], dtype=object), np.array(["b\x00c"], dtype=object)], [[1.0], [1.0]])
+    with pytest.raises(DataError, match=r"query 'q': Run.doc_ids\[0\]\[0\] is '\\udcff', which holds a lone "):
+        Run(["q"], [np.array(["\udcff"], dtype=object)], [[1.0]])
+    assert {"check_id_nul", "check_id_surrogates"} <= set(calls)  # (a join that fails: looked at to name the id)
