@@ -254,7 +254,7 @@ def _meta_value(v: Any) -> Any:
     return None if is_missing(v) else v
 
 
-def _filter_wants(want: Any, dtype: np.dtype | None = None) -> list[Any]:
+def _filter_wants(want: Any, dtype: np.dtype | None = None, key: str = "") -> list[Any]:
     """The values a filter's ``want`` asks for (:func:`filter_values`), a missing one (pandas.NA, NaT) as None and
     a float32 / float16 scalar with its shortest decimal too (``np.float32(0.1)`` also as ``0.1``: how
     :func:`saved_scalar` makes it, as :func:`_meta_value` keeps such a value of the documents and a save writes
@@ -262,23 +262,48 @@ def _filter_wants(want: Any, dtype: np.dtype | None = None) -> list[Any]:
     ``datetime``, ``date``, ``timedelta``; pandas' ``Timestamp``, ``Timedelta``, and so the values of a Series
     of them: :func:`_numpy_time`) as the Python value of that dtype (``.item()``: a ``date`` for
     ``datetime64[D]``, an int for ``datetime64[ns]``), which the column's filter codes hold, where it converts
-    exactly; one that does not (a noon for a column of days) is kept as given, and so refused by the kind check
-    (:func:`~ragkit.metadata.check_kinds`: ``the field holds date values``)."""
+    exactly.  Where none of the values given does (a string, a date with a time zone, a noon for a column of
+    days: they would match no document), :class:`DataError` says why, naming ``filter.<key>`` and the dtype."""
     out: list[Any] = []
     kind = dtype.kind if dtype is not None and dtype.kind in "mM" else None
+    odd: tuple[Any, Any] | None = None  # (the first value given that is no exact date / duration of the column)
+    exact = False  # (whether any is one)
     for w in filter_values(want):
         if is_missing(w):
             out.append(None)
             continue
-        t = _numpy_time(w, kind) if kind is not None else None
-        if t is not None:
-            same = t.astype(dtype)
-            if same == t:
-                w = same.item()
+        if kind is not None:
+            t = _numpy_time(w, kind)
+            same = t.astype(dtype) if t is not None else None
+            if same is not None and same == t:
+                w, exact = same.item(), True
+            elif odd is None:
+                odd = (w, t)
         out.append(w)
         if isinstance(w, np.floating) and w.dtype != np.float64:  # (np.float32(0.1) == 0.1 in numpy 2, not in a
             out.append(saved_scalar(w))  # dict of the column's values, which the filter codes look up)
+    if odd is not None and not exact:
+        raise DataError(_time_mismatch(key, cast(np.dtype, dtype), *odd))
     return out
+
+
+def _time_mismatch(key: str, dtype: np.dtype, w: Any, t: np.datetime64 | np.timedelta64 | None) -> str:
+    """Why the filter value ``w`` (``t``: it as a numpy date / duration, ``None`` where it is none) matches no
+    value of field ``key``, a column of ``dtype`` datetime64 / timedelta64 (:func:`_filter_wants`)."""
+    what = "dates" if dtype.kind == "M" else "durations"
+    head = f"filter.{key}: the field holds {what} ({dtype}); got {w!r:.80} ({type(w).__name__}), which "
+    if t is not None:
+        unit = np.datetime_data(dtype)[0]
+        return (head + f"is not a whole {dtype} value (the field counts in {unit!r}), so it would match no "
+                f"document; give it in that unit (np.{'datetime64' if dtype.kind == 'M' else 'timedelta64'}"
+                f"(value, {unit!r}) rounds it down)")
+    if dtype.kind == "M" and getattr(w, "tzinfo", None) is not None:
+        return (head + "has a time zone; a numpy date has none (which instant would it be?): give it without "
+                "one, in the zone of the field's dates (datetime: .replace(tzinfo=None); pandas Timestamp: "
+                ".tz_convert(zone).tz_localize(None))")
+    given = ("np.datetime64('2020-01-01'), a datetime.date / datetime or a pandas Timestamp" if dtype.kind == "M"
+             else "np.timedelta64(3, 'D'), a datetime.timedelta or a pandas Timedelta")
+    return head + f"is not one, so it would match no document; give one as {given}"
 
 
 def _numpy_time(w: Any, kind: str) -> np.datetime64 | np.timedelta64 | None:
@@ -1026,7 +1051,7 @@ class Corpus:
         check_filter(where)
         for key, want in where.items():
             key, column = self._filter_column(key)
-            yield key, column, _filter_wants(want, column.dtype)
+            yield key, column, _filter_wants(want, column.dtype, key)
 
     def _title_strings(self, key: str, wants: list[Any]) -> list[str]:
         """The strings among ``wants``, a filter's values for the titles; none (``title: 2020``, which matches no

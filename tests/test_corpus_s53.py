@@ -188,8 +188,9 @@ def test_numpy_date_filters_on_a_numpy_date_column() -> None:
     assert c.mask({"day": None}).tolist() == [False, False, True]
     assert c.mask({"dur": np.timedelta64(2000, "ms")}).tolist() == [False, True, False]
     c.check_filter_kinds({"ns": np.datetime64("2020-01-01T00:00:00.000000001"), "day": np.datetime64("2020-01-01")})
-    with pytest.raises(DataError, match=r"filter.day: the field holds date values; got "
-                                        r"np.datetime64\('2020-01-01T12:00'\)"):
+    with pytest.raises(DataError, match=r"filter.day: the field holds dates \(datetime64\[D\]\); got "
+                                        r"np.datetime64\('2020-01-01T12:00'\) \(datetime64\), which is not a whole "
+                                        r"datetime64\[D\] value"):
         c.mask({"day": np.datetime64("2020-01-01T12:00")})  # (a noon is no day)
 
 
@@ -320,7 +321,8 @@ def test_python_and_pandas_dates_filter_a_numpy_date_column() -> None:
     assert c.mask({"day": dt.datetime(2021, 1, 1)}).tolist() == [False, True, False]
     assert c.mask({"dur": dt.timedelta(seconds=2)}).tolist() == [False, True, False]
     c.check_filter_kinds({"ns": dt.date(2020, 1, 1), "day": [dt.date(2020, 1, 1)], "dur": dt.timedelta(0)})
-    with pytest.raises(DataError, match=r"filter.day: the field holds date values; got datetime.datetime\(2020, 1, 1"):
+    with pytest.raises(DataError, match=r"filter.day: the field holds dates \(datetime64\[D\]\); got "
+                                        r"datetime.datetime\(2020, 1, 1, 12"):
         c.mask({"day": dt.datetime(2020, 1, 1, 12)})  # (a noon is no day)
     pd = pytest.importorskip("pandas")
     assert c.mask({"ns": pd.Timestamp("2020-01-01T10:00")}).tolist() == [False, True, False]
