@@ -728,12 +728,8 @@ class Encoder:
         shared by every encoder of the model (of any batch size), so that each sees what the others wrote; under
         the cache folder in force now (``$RAGKIT_CACHE`` is read at each use: encoders shared by the process,
         :func:`get_encoder`, kept the folder of their first use)."""
-        from ragkit.eval.beir import cache_dir
-
-        root = cache_dir()
-        if self._cache is None or (self._cache_root is not None and self._cache_root != root):
-            self._cache, self._cache_root = shared_store(root, self.key, unit_length=self._unit_length), root
-        return self._cache
+        return held_reader(self, "_cache", self.key,
+                           lambda root, key: shared_store(root, key, unit_length=self._unit_length))
 
     @property
     def _unit_length(self) -> bool:
@@ -936,19 +932,27 @@ def prompts_part(query_prompt: str, document_prompt: str) -> str:
 _Reader = TypeVar("_Reader")
 
 
-def query_reader(encoder: Any, make: Callable[[Path, str], _Reader]) -> _Reader:
-    """The on-disk cache of ``encoder``'s query vectors, apart from its documents' (key ``<encoder.key>|query``),
-    made by ``make(root, key)`` under the cache folder in force now (``$RAGKIT_CACHE`` is read at each use) and
-    kept in ``encoder._query_cache`` until that folder changes (``encoder._query_cache_root``: the folder it was
-    made for; ``None``, one set by hand, is kept).  The sentence, token and LangChain encoders' ``query_store``."""
+def held_reader(encoder: Any, slot: str, key: str, make: Callable[[Path, str], _Reader]) -> _Reader:
+    """The on-disk cache reader ``encoder`` holds in its attribute ``slot`` (``"_cache"``: its documents',
+    ``"_query_cache"``: its queries'), made by ``make(root, key)`` under the cache folder in force now
+    (``$RAGKIT_CACHE`` is read at each use) and kept until that folder changes (``<slot>_root``: the folder it was
+    made for; ``None``, one set by hand, is kept).  The sentence, token and LangChain encoders' ``store`` and
+    ``query_store`` (:func:`query_reader`)."""
     from ragkit.eval.beir import cache_dir
 
     root = cache_dir()
-    held = encoder._query_cache
-    if held is None or (encoder._query_cache_root is not None and encoder._query_cache_root != root):
-        held = encoder._query_cache = make(root, f"{encoder.key}|query")
-        encoder._query_cache_root = root
+    held, made_for = getattr(encoder, slot), getattr(encoder, f"{slot}_root")
+    if held is None or (made_for is not None and made_for != root):
+        held = make(root, key)
+        setattr(encoder, slot, held)
+        setattr(encoder, f"{slot}_root", root)
     return held
+
+
+def query_reader(encoder: Any, make: Callable[[Path, str], _Reader]) -> _Reader:
+    """The on-disk cache of ``encoder``'s query vectors, apart from its documents' (key ``<encoder.key>|query``),
+    held in ``encoder._query_cache`` (:func:`held_reader`)."""
+    return held_reader(encoder, "_query_cache", f"{encoder.key}|query", make)
 
 
 def shared_store(root: Path, key: str, *, unit_length: bool = False) -> EmbeddingCache:

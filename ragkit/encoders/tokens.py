@@ -58,6 +58,7 @@ from ragkit.encoders.sentence import (
     as_texts,
     check_encoder_settings,
     forward_tag,
+    held_reader,
     identity_at_first_use,
     load_model,
     model_config,
@@ -648,12 +649,7 @@ class TokenEncoder:
         """The on-disk cache of this encoder's token vectors, under the cache folder in force now
         (``$RAGKIT_CACHE`` is read at each use: encoders shared by the process, :func:`get_token_encoder`,
         kept the folder of their first use, another program's or test's ``$RAGKIT_CACHE``)."""
-        from ragkit.eval.beir import cache_dir
-
-        root = cache_dir()
-        if self._cache is None or (self._cache_root is not None and self._cache_root != root):
-            self._cache, self._cache_root = TokenCache(root / "tokens", self.key), root
-        return self._cache
+        return held_reader(self, "_cache", self.key, lambda root, key: TokenCache(root / "tokens", key))
 
     @property
     def query_store(self) -> TokenCache:

@@ -84,7 +84,7 @@ class LangChainEmbeddingsEncoder:
             self._check_cacheable()
         self._dim = dim
         self._cache: EmbeddingCache | None = None
-        self._cache_root: Path | None = None  # the cache folder ``_cache`` was opened under
+        self._cache_root: Path | None = None  # the cache folder ``_cache`` was made for (None: set by hand)
         self._query_cache: EmbeddingCache | None = None
         self._query_cache_root: Path | None = None
         #: documents embedded (not read from the cache) since creation
@@ -140,14 +140,10 @@ class LangChainEmbeddingsEncoder:
         (``embeddings/``): one reader per folder and key in a process, shared with every encoder of that key
         (each sees what the others wrote), under the cache folder in force now (``$RAGKIT_CACHE`` is read at
         each use), as :attr:`ragkit.encoders.Encoder.store` does."""
-        from ragkit.encoders.sentence import shared_store
-        from ragkit.eval.beir import cache_dir
+        from ragkit.encoders.sentence import held_reader, shared_store
 
         self._check_cacheable()
-        root = cache_dir()
-        if self._cache is None or self._cache_root != root:
-            self._cache, self._cache_root = shared_store(root, self.key), root
-        return self._cache
+        return held_reader(self, "_cache", self.key, shared_store)
 
     @property
     def query_store(self) -> EmbeddingCache:
