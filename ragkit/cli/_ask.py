@@ -15,7 +15,7 @@ from ragkit._text import is_blank
 from ragkit.cli._app import _examples, _fail, _RunFailure, app
 from ragkit.cli._console import _note, console, err_console
 from ragkit.cli._options import _expands_paths, _ranged_option
-from ragkit.cli._pipeline import _check_retrieves, _in_file, _rankings_only, _without_generation, resolve_pipeline
+from ragkit.cli._pipeline import _check_retrieves, _in_file, _without_generation, resolve_pipeline
 from ragkit.cli._streams import _say_interrupted
 from ragkit.errors import ParamError, RagkitError
 
@@ -119,7 +119,7 @@ def ask_cmd(
     (SmolLM2-135M-Instruct by default, with Cache-Craft chunk-cache reuse; the chunks' key/value
     rows are kept on disk, --cache-dir, so that a later ask reuses them).
     """
-    from ragkit.generators.operator import Generate
+    from ragkit.generators.operator import NO_DOCUMENT, Generate
     from ragkit.pipelines import Pipeline
     from ragkit.pipelines._compose import iter_leaves
 
@@ -133,7 +133,7 @@ def ask_cmd(
     given = {f: v for f, v in (("--top-k", top_k), ("--mode", mode), ("--max-new-tokens", max_new_tokens),
                                ("--cache-dir", cache_dir)) if v is not None}
     streamed = False
-    found: Any = None  # the retrieval's ranking, once known: the sources of an interrupted answer
+    found: Any = None  # the documents the answer reads, once the generate step names them: an interrupted one's
     try:
         pipe, fitted = resolve_pipeline(pipeline)
         _check_retrieves(pipe, f"--pipeline {pipeline}")  # before the fit and the LLM's load
@@ -173,23 +173,30 @@ def ask_cmd(
             corpus = _read_ask_corpus(data)
             with err_console.status(f"fitting the pipeline on {len(corpus):,} documents..."):
                 pipe.fit(corpus)
-        retrieval = _without_generation(pipe, f"--pipeline {pipeline}", note=False)
-        if retrieval is not pipe:
-            found = retrieval.search([question], **_rankings_only(retrieval)).doc_ids[0]
-        if found is not None and not len(found):
-            raise RagkitError(f"no document of the {len(corpus):,} matched the question {question!r}, so there is "
-                              "nothing to answer from (a bm25 step returns only documents that share a word with "
-                              "it, stopwords aside); ask with the words the documents would use")
-        with err_console.status("loading the language model..."), _quiet_model_loading():
-            for g in gens:
-                load = getattr(getattr(g, "engine_", None), "load", None)
-                if load is not None:
-                    try:
-                        load()
-                    except ParamError:  # a path that holds no model: bad input (2)
-                        raise
-                    except RagkitError as e:  # (its source was checked before the fit: a failure while running)
-                        raise _RunFailure(str(e)) from None
+        _without_generation(pipe, f"--pipeline {pipeline}", note=False)  # (refuses a generate step first)
+        loaded = False
+
+        def load_models() -> None:  # once a question has documents: none is loaded for one that matched nothing
+            nonlocal loaded
+            if loaded:
+                return
+            loaded = True
+            with err_console.status("loading the language model..."), _quiet_model_loading():
+                for g in gens:
+                    load = getattr(getattr(g, "engine_", None), "load", None)
+                    if load is not None:
+                        try:
+                            load()
+                        except ParamError:  # a path that holds no model: bad input (2)
+                            raise
+                        except RagkitError as e:  # (its source was checked before the fit: a failure while running)
+                            raise _RunFailure(str(e)) from None
+
+        def sources(_qi: int, doc_ids: list[str]) -> None:  # the generate step's, before it answers: one retrieval
+            nonlocal found
+            found = doc_ids
+            if len(doc_ids):
+                load_models()
 
         def show(_qi: int, piece: str) -> None:
             nonlocal streamed
@@ -197,7 +204,11 @@ def ask_cmd(
             sys.stdout.write(piece)
             sys.stdout.flush()
 
-        run = pipe.search([question], generate={"on_token": show})
+        run = pipe.search([question], generate={"on_token": show, "on_sources": sources})
+        if (run.values.get("answer_skipped") or [None])[0] == NO_DOCUMENT:
+            raise RagkitError(f"no document of the {len(corpus):,} matched the question {question!r}, so there is "
+                              "nothing to answer from (a bm25 step returns only documents that share a word with "
+                              "it, stopwords aside); ask with the words the documents would use")
     except RagkitError as e:
         _fail(_in_file(e, pipeline))
         return
@@ -207,7 +218,7 @@ def ask_cmd(
             sys.stdout.flush()
         _say_interrupted()
         if found is not None and len(found):
-            _print_sources(found[: gens[-1].params.top_k], corpus)
+            _print_sources(found, corpus)
         raise typer.Exit(code=130) from None
     sys.stdout.write("\n")
     sys.stdout.flush()

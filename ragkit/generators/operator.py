@@ -233,9 +233,12 @@ class Generate(Operator):
     unsaved = frozenset({"engine_"})
     example = {"top_k": 2, "max_new_tokens": 4, "mode": "full"}
     #: ``search(..., generate={"on_token": f})`` streams the answers: ``f(query index, text piece)``;
+    #: ``generate={"on_sources": f}`` calls ``f(query index, doc ids)`` with the ids of the top-k documents each
+    #: query's answer reads (empty for a query whose ranking is), before that answer is generated or skipped
+    #: (``ragkit ask`` names them, also when the answer is interrupted, without a retrieval of its own);
     #: ``generate={"answer": False}`` passes the rankings on without running the model (what ``ragkit eval``,
     #: ``train`` and ``search`` do with a generate step inside a branch, route or loop: they score or show rankings)
-    run_options = {"on_token": callable_option, "answer": bool_option}
+    run_options = {"on_token": callable_option, "on_sources": callable_option, "answer": bool_option}
     #: calling it loads a 135M-parameter LLM (~30 s on 2 cores the first time; ~2 s from the dequantized copy
     #: that first load saves): conformance runs it as slow
     slow_conformance = True
@@ -365,6 +368,7 @@ class Generate(Operator):
             raise ParamError("generate(backend='langchain'): no chat model; attach one with .with_chat_model(model) "
                              "(a saved pipeline does not hold it: attach it after loading)")
         on_token: Callable[[int, str], None] | None = self.opt(state, "on_token")
+        on_sources: Callable[[int, list[str]], None] | None = self.opt(state, "on_sources")
         texts = self.corpus_.texts
         titles = getattr(self.corpus_, "titles", None)
         out = state.copy()
@@ -373,6 +377,8 @@ class Generate(Operator):
         costs: list[PrefillCost | None] = []
         for qi, (q, rk) in enumerate(zip(state.queries, state.rankings)):
             rows = list(rk.rows[: p.top_k])
+            if on_sources is not None:
+                on_sources(qi, [str(self.corpus_.ids[r]) for r in rows])
             chunks = ([(f"{titles[r]}. " if titles is not None and titles[r] else "") + str(texts[r]) for r in rows]
                       if rows else [])
             # skipped: nothing to answer from (the model would make an answer up); a blank question (the engines

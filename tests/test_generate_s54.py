@@ -1,0 +1,116 @@
+"""Session 54's generation fixes: ``ragkit ask`` retrieves once (the generate step names the sources it reads),
+the reuse modes refuse a model whose layout they do not handle and apply Gemma2's logit softcapping, Cache-Craft's
+CFO with ``alpha`` counts chunks inserted before a reused one, a cut chunk is tokenised once, and the context-window
+error names the system prompt when it alone is too long."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+DOCS = [("d1", "Vitamin D", "Vitamin D prevents fractures in elderly people."),
+        ("d2", "Cats", "Cats sleep most of the day."),
+        ("d3", "Dogs", "Dogs bark at strangers.")]
+
+
+def _cli(*args: object):
+    from typer.testing import CliRunner
+
+    from ragkit.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args], env={"COLUMNS": "200"})
+
+
+def _corpus_file(root: Path) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / "corpus.jsonl"
+    path.write_text("".join(json.dumps({"_id": i, "title": t, "text": x}) + "\n" for i, t, x in DOCS),
+                    encoding="utf-8")
+    return path
+
+
+class _Engine:
+    """Stands for the local LLM: streams ``pieces`` then raises ``then`` (if any); counts its loads."""
+
+    def __init__(self, pieces=("ok",), then: BaseException | None = None) -> None:
+        self.pieces, self.then, self.loads = list(pieces), then, 0
+
+    def load(self) -> "_Engine":
+        self.loads += 1
+        return self
+
+    def generate(self, question, chunks, *, on_token=None, on_prefill=None, **kw) -> str:
+        for p in self.pieces:
+            if on_token is not None:
+                on_token(p)
+        if self.then is not None:
+            raise self.then
+        return "".join(self.pieces)
+
+
+def _spy_bm25(monkeypatch) -> list[int]:
+    from ragkit.retrievers import BM25
+
+    calls: list[int] = []
+    real = BM25._call
+
+    def spy(self, state, *a, **kw):
+        calls.append(len(state.queries))
+        return real(self, state, *a, **kw)
+
+    monkeypatch.setattr(BM25, "_call", spy)
+    return calls
+
+
+# ---------------------------------------------------------------- 1. ragkit ask retrieves once
+@pytest.mark.parametrize("then", [None, KeyboardInterrupt()])
+def test_ask_runs_the_retrieval_once(tmp_path, monkeypatch, then):
+    """Old code: two BM25 searches per ask (one for the sources, one inside the pipeline's search)."""
+    from ragkit.generators.operator import Generate
+
+    engine = _Engine(pieces=("Cats sleep",), then=then)
+    monkeypatch.setattr(Generate, "_fit", lambda self, corpus, train, upstream: setattr(self, "engine_", engine))
+    calls = _spy_bm25(monkeypatch)
+    res = _cli("ask", "-p", "bm25", "--data", _corpus_file(tmp_path / "docs"), "Do cats sleep?")
+    assert res.exit_code == (0 if then is None else 130), res.output
+    assert res.stdout.startswith("Cats sleep\n") and "sources: d2 (Cats)" in res.stdout, res.stdout
+    assert calls == [1] and engine.loads == 1
+
+
+def test_ask_that_matches_nothing_retrieves_once_and_loads_no_model(tmp_path, monkeypatch):
+    from ragkit.generators.operator import Generate
+
+    engine = _Engine()
+    monkeypatch.setattr(Generate, "_fit", lambda self, corpus, train, upstream: setattr(self, "engine_", engine))
+    calls = _spy_bm25(monkeypatch)
+    res = _cli("ask", "-p", "bm25", "--data", _corpus_file(tmp_path / "docs"), "what is the of and")
+    assert res.exit_code == 2 and "sources" not in res.output, res.output
+    assert "no document of the 3 matched the question 'what is the of and', so there is nothing to answer from" \
+        in res.output
+    assert calls == [1] and engine.loads == 0
+
+
+def test_generate_reports_each_querys_sources_before_answering():
+    from ragkit.generators.operator import NO_DOCUMENT, Generate
+    from ragkit.pipelines import Pipeline
+    from ragkit.retrievers import BM25
+    from ragkit.types import Corpus
+
+    corpus = Corpus([d for d, _, _ in DOCS], [x for _, _, x in DOCS], [t for _, t, _ in DOCS])
+    events: list[tuple] = []
+
+    class Engine(_Engine):
+        def generate(self, question, chunks, **kw):
+            events.append(("answer", question))
+            return "ok"
+
+    gen = Generate(top_k=1, mode="full")
+    pipe = Pipeline([BM25(k=3), gen])
+    pipe.fit(corpus)
+    gen.engine_ = Engine()
+    run = pipe.search(["Do cats sleep?", "the of and"],
+                      generate={"on_sources": lambda qi, ids: events.append(("sources", qi, ids))})
+    assert events == [("sources", 0, ["d2"]), ("answer", "Do cats sleep?"), ("sources", 1, [])]
+    assert run.values["answer_skipped"] == [None, NO_DOCUMENT]
