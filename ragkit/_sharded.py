@@ -177,6 +177,27 @@ def _fit_shard(node: dict[str, Any], corpus: Corpus, folder: str) -> str:
     return folder
 
 
+def _set_shard_collection(folder: str, corpus: Corpus, idf: np.ndarray, avgdl: float) -> str:
+    """Give the ``bm25`` shard saved in ``folder`` (documents ``corpus``, its slice) the whole corpus's
+    statistics (:meth:`~ragkit.retrievers.bm25.BM25.set_collection`: ``idf`` of its own terms, in its vocabulary's
+    order, and ``avgdl``) and save it there again: a Ray task of a sharded fit, so that one shard's float64 weights
+    at a time are computed, on a worker, never the whole index's in the driver.  The shard is loaded
+    memory-mapped and unchecked (this fit's tasks have just written it; the driver's load of the result checks its
+    new checksums), and saved under a temporary name renamed into place (a mapped file stays readable)."""
+    from ragkit.operator import Operator
+
+    with checksums_verified(True):
+        op = Operator.load(folder, corpus=corpus, mmap=True, verify=False)
+    from ragkit.retrievers.bm25 import BM25
+
+    if not isinstance(op, BM25):
+        raise ShardError(f"sharded: {folder} holds a {op.name!r} shard, expected a bm25 one (its statistics are "
+                         f"the whole corpus's); the fit's folder was changed while it ran")
+    op.set_collection(idf, avgdl)
+    op.save(folder)
+    return folder
+
+
 class _ShardActor:
     """Holds loaded shard operators (one or several shards, in shard order) on a Ray worker.
 
@@ -629,15 +650,24 @@ class Sharded(Operator):
             root = Path(os.path.abspath(tmp.name))
             folders = [str(root / f"shard-{s:03d}") for s in range(self.params.n_shards)]
             self._build_shards(corpus, bounds, folders)
-            # on Ray the actors search and the driver's shards only save (and share BM25's statistics):
-            # memory-mapped from the fit's folders, they do not hold every shard's index in the driver
+            # on Ray the actors search, and the driver's shards are memory-mapped from the fit's folders: they do not
+            # hold every shard's index in the driver.  BM25's whole-corpus statistics are computed here from the
+            # shards' terms, document frequencies and lengths, and each shard is weighed with them and saved again
+            # by a Ray task of its own (:func:`_set_shard_collection`): no shard's weights are computed here
             mapped = self._use_ray()
             shards = _open_shards(folders, corpus, bounds, mmap=mapped)
-            if self._share_collection(shards) and mapped:
-                for shard, f in zip(shards, folders):  # the Ray actors load the shards from these folders
-                    if shard is not None:  # (written under a temporary name and renamed: mapped files stay readable)
-                        shard.save(f)
+            stats = self._collection(shards)
+            if stats is not None and mapped:
+                del shards
+                self._set_collection_ray(corpus, bounds, folders, *stats)
                 shards = _open_shards(folders, corpus, bounds, mmap=True)  # the weights just saved, mapped in turn
+            elif stats is not None:
+                from ragkit.retrievers.bm25 import BM25
+
+                idfs, avgdl = stats
+                for sh, idf in zip(shards, idfs):
+                    if isinstance(sh, BM25) and idf is not None:  # (every built shard is: _collection checked it)
+                        sh.set_collection(idf, avgdl)
         except BaseException:
             tmp.cleanup()
             raise
@@ -698,15 +728,21 @@ class Sharded(Operator):
                     if why is None:  # (the arguments pickle: not theirs; raised as it was)
                         raise
                     raise failed(s, why) from None
-            for s, ref in zip(live, refs):
-                try:
-                    ray.get(ref)
-                except Exception as e:
-                    raise failed(s, _reason(e), _retried(self.params.max_retries, e)) from None
+            self._gather(ray, live, refs, bounds, "build")
         except BaseException:
             _drain(ray, refs)  # the other shards' tasks end before the fit's folder is removed
             raise
         self._check_script(corpus)
+
+    def _gather(self, ray: Any, live: list[int], refs: list[Any], bounds: np.ndarray, what: str) -> None:
+        """Wait for the Ray tasks ``refs`` of the shards ``live`` (one each); a failed one is a :class:`ShardError`
+        naming the shard, its documents (``bounds``) and what it failed to do (``what``: ``"build"``)."""
+        for s, ref in zip(live, refs):
+            try:
+                ray.get(ref)
+            except Exception as e:
+                raise ShardError(f"sharded: shard {s} (documents {bounds[s]}..{bounds[s + 1] - 1}) failed to {what}"
+                                 f"{_retried(self.params.max_retries, e)}: {_reason(e)}") from None
 
     def _check_script(self, corpus: Corpus) -> None:
         """A BM25 per-shard retriever's check of the script of ``corpus``, the whole corpus (which one index's fit
@@ -717,19 +753,21 @@ class Sharded(Operator):
         if isinstance(sub, BM25):
             sub._check_script(corpus)
 
-    def _share_collection(self, every: list[Operator | None]) -> bool:
-        """Give BM25 shards the whole corpus's idf and average length (as Elasticsearch's
-        ``dfs_query_then_fetch`` does), so that the merged ranking equals one index's.
+    def _collection(self, every: list[Operator | None]) -> tuple[list[np.ndarray | None], float] | None:
+        """The whole corpus's statistics for BM25 shards (as Elasticsearch's ``dfs_query_then_fetch`` has them),
+        so that the merged ranking equals one index's: each shard's idf of its own terms (vocabulary order; None for
+        an empty shard) and the average document length, for :meth:`~ragkit.retrievers.bm25.BM25.set_collection`;
+        None for other retrievers.  ``every``: the shards, in corpus order, None for an empty one (read only: their
+        terms, document frequencies and lengths, not their weights).
 
-        Document frequencies are summed per term over the shards' vocabularies (one
-        ``np.unique`` over their concatenation); returns False for other retrievers.  ``every``: the
-        shards, in corpus order, None for an empty one (changed in place)."""
+        Document frequencies are summed per term over the shards' vocabularies (one ``np.unique`` over their
+        concatenation)."""
         from ragkit.retrievers.bm25 import BM25
 
         built = [sh for sh in every if sh is not None]  # (an empty shard has no documents and no statistics)
         shards = [sh for sh in built if isinstance(sh, BM25)]
         if not shards or len(shards) < len(built):
-            return False
+            return None
         terms = [np.array(sh.terms(), dtype=object) for sh in shards]
         dfs = [sh.doc_freqs() for sh in shards]
         lengths = np.concatenate([sh.doc_lengths() for sh in shards])  # corpus order, as one index sums them
@@ -738,9 +776,28 @@ class Sharded(Operator):
         n, avgdl = shards[0].collection_of(lengths)  # (as one index counts its documents and averages them)
         idf = shards[0].idf_of(df, n)
         cuts = np.cumsum([0] + [len(t) for t in terms])
-        for sh, a, b in zip(shards, cuts[:-1], cuts[1:]):
-            sh.set_collection(idf[inv[a:b]], avgdl)
-        return True
+        parts = iter([idf[inv[a:b]] for a, b in zip(cuts[:-1], cuts[1:])])
+        return [next(parts) if sh is not None else None for sh in every], avgdl
+
+    def _set_collection_ray(self, corpus: Corpus, bounds: np.ndarray, folders: list[str],
+                            idfs: list[np.ndarray | None], avgdl: float) -> None:
+        """Give each ``bm25`` shard saved in ``folders`` the whole corpus's statistics (:meth:`_collection`:
+        ``idfs``, ``avgdl``) and save it again, a Ray task per shard (:func:`_set_shard_collection`): one shard's
+        weights at a time on each worker, none in the driver.  A shard that fails is a :class:`ShardError` naming
+        it, raised once no other shard's task still runs, as :meth:`_build_shards` raises it."""
+        live = [s for s, idf in enumerate(idfs) if idf is not None]
+        ray = ray_init()
+        task = ray.remote(max_retries=self.params.max_retries, retry_exceptions=list(_TRANSIENT))(
+            _deterministic_errors_final(_with_plugins(self._ray_modules("sharded.fit"), _set_shard_collection)))
+        refs: list[Any] = []
+        try:
+            for s in live:
+                refs.append(task.remote(folders[s], corpus.subset(np.arange(bounds[s], bounds[s + 1])), idfs[s],
+                                        avgdl))
+            self._gather(ray, live, refs, bounds, "be given the whole corpus's statistics")
+        except BaseException:
+            _drain(ray, refs)  # the other shards' tasks end before the fit's folder is removed
+            raise
 
 
     def k_for(self, state: State) -> int:
