@@ -317,6 +317,24 @@ def call_checked(op: "Operator", state: State, call: Callable[[State], State]) -
     return cut_to_k(out, state.options.get("k"))
 
 
+def without_stale_vectors(state: State, out: State) -> State:
+    """``out`` (what an operator returned for ``state``) without the query vectors it carried over from ``state``
+    where it changed the query text (:meth:`State.texts <ragkit.types.State.texts>`: a rewriter's
+    ``values["query_text"]``): they encode the text it was given, which the steps after it no longer search, and
+    ``State.vectors`` is keyed by encoder only, so a dense step after it would take them for the new text's (in a
+    list ``[dense, rewrite, dense]``, or a parallel branch ``[rewrite, dense]`` after a branch that encoded the
+    query).  Carried over: the same array object as ``state``'s under that key (``state.copy()`` copies the dict,
+    not the arrays; a step that encodes puts a new array there).  ``out`` itself when the text is unchanged; else
+    ``out`` with a new ``vectors`` dict (the dict it returned is not changed)."""
+    if not out.vectors or out is state:
+        return out
+    given, got = state.values.get("query_text"), out.values.get("query_text")
+    if (given is got or given == got) or out.texts() == state.texts():
+        return out
+    out.vectors = {key: vec for key, vec in out.vectors.items() if state.vectors.get(key) is not vec}
+    return out
+
+
 def cut_to_k(state: State, k: int | None) -> State:
     """``state`` with each ranking cut to its first ``k`` documents (:meth:`Ranking.head
     <ragkit.types.Ranking.head>`), as :meth:`Pipeline.search <ragkit.pipelines.Pipeline.search>` cuts its
@@ -591,7 +609,9 @@ class Operator:
         and not from a retriever) or one ``Ranking`` per query whose rows are rows of the corpus searched, each
         once, by finite scores sorted best first; anything else is a :class:`~ragkit.errors.DataError` naming
         the operator and the query (:func:`~ragkit._results.check_result`).  A retriever's rankings longer than
-        :meth:`k_for` are cut to it.
+        :meth:`k_for` are cut to it.  A step that rewrites the query text (``values["query_text"]``) returns no
+        query vectors of the text it was given: those it carried over from its input are dropped
+        (:func:`without_stale_vectors`), so that a dense step after it encodes the new text.
         """
         check_state(self, state)
         self._check_fitted()
@@ -599,7 +619,8 @@ class Operator:
             refuse_unapplied_filter(self, state.options)
         with model_named(self.name):
             before = self.__dict__.get("corpus_")  # (check_result says a concurrent edit when it changed)
-            return check_result(self, state, call_checked(self, state, self._call), corpus_before=before)
+            out = check_result(self, state, call_checked(self, state, self._call), corpus_before=before)
+        return without_stale_vectors(state, out)
 
     @property
     def wants_upstream(self) -> bool:

@@ -1,0 +1,107 @@
+"""Pipeline review, stop 54: query vectors of the text a rewriter replaced were handed to the dense steps after it
+(results depended on branch order); errors raised while fit ran the steps before a learning step named a wrong
+path or none; two generators in the branches of one parallel both called the LLM and one answer was dropped; fit
+ran the steps before each learning step again for every one; a nested loop removed the outer loop's
+``values["iteration"]``."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ragkit.encoders import HashingEncoder, register_encoder
+from ragkit.filters import TopK
+from ragkit.operator import Operator
+from ragkit.pipelines import Parallel, Pipeline, Route, RuleRouter
+from ragkit.retrievers import Dense
+from ragkit.types import Corpus, Queries, State, TrainSet
+
+register_encoder("s54-hash", HashingEncoder(dim=32), replace=True)
+
+TEXTS = ["red apples and pears", "green pears", "red cars fast", "blue sky", "apple pie recipe", "fast cars race",
+         "sky is blue and clear", "pear tree garden"]
+
+
+@pytest.fixture(scope="module")
+def corpus() -> Corpus:
+    return Corpus.from_texts(TEXTS, ids=[f"d{i}" for i in range(len(TEXTS))])
+
+
+@pytest.fixture(scope="module")
+def train() -> TrainSet:
+    queries = Queries([f"t{i}" for i in range(4)], ["red apples", "fast cars", "blue sky", "pear tree"])
+    return TrainSet(queries, {"t0": {"d0": 1}, "t1": {"d5": 1}, "t2": {"d3": 1}, "t3": {"d7": 1}})
+
+
+class _Rewrite(Operator):
+    """A plugin rewriter as the README's "Writing an operator" describes one: writes ``values["query_text"]``."""
+
+    name = "s54_rewrite"
+    kind = "rewriter"
+    stateless = True
+
+    def _call(self, state: State) -> State:
+        out = state.copy()
+        out.values["query_text"] = ["blue sky"] * len(state)
+        return out
+
+
+def _dense() -> Dense:
+    return Dense(model="s54-hash", k=3)
+
+
+def _ids(rows: np.ndarray, corpus: Corpus) -> list[str]:
+    return [corpus.ids[r] for r in rows]
+
+
+# ----------------------------------------------------------------------------- 1. no stale query vectors
+def _branch_ranking(out: State, name: str, corpus: Corpus) -> list[str]:
+    """The documents branch ``name`` of a parallel ranked (its ``<name>.rank`` field), best first."""
+    fields, rows = out.rankings[0].fields, out.rankings[0].rows
+    ranks = np.asarray(fields[f"{name}.rank"])
+    order = np.argsort(np.where(ranks > 0, ranks, np.inf), kind="stable")
+    return [corpus.ids[r] for r in rows[order] if ranks[r == rows].item() > 0]
+
+
+def test_a_rewritten_parallel_branch_searches_the_new_text_in_either_branch_order(corpus):
+    alone = Pipeline([_Rewrite(), _dense()]).fit(corpus).search(["fast cars"]).doc_ids[0].tolist()
+    plain = Pipeline([_dense()]).fit(corpus).search(["fast cars"]).doc_ids[0].tolist()
+    assert alone != plain  # (else the test shows nothing)
+    original = _dense().fit(corpus)(State.of(["fast cars"])).vectors
+    for branches, names in (([_dense(), [_Rewrite(), _dense()]], ["plain", "rewritten"]),
+                            ([[_Rewrite(), _dense()], _dense()], ["rewritten", "plain"])):
+        out = Parallel(branches, names=names).fit(corpus)(State.of(["fast cars"]))
+        # the plain branch encoded 'fast cars' first: the rewritten branch was given its vectors (old: plain's ranking)
+        assert _branch_ranking(out, "rewritten", corpus) == alone, names
+        assert _branch_ranking(out, "plain", corpus) == plain, names
+        # what the parallel passes on encodes the text it passes on (the rewrite stays inside its branch)
+        assert [np.array_equal(v, original[k]) for k, v in out.vectors.items()] == [True] * len(original)
+
+
+def test_a_rewrite_in_a_list_drops_the_query_vectors_it_was_given(corpus):
+    alone = Pipeline([_Rewrite(), _dense()]).fit(corpus).search(["fast cars"]).doc_ids[0].tolist()
+    listed = Pipeline([_dense(), _Rewrite(), _dense()]).fit(corpus)
+    assert listed.search(["fast cars"]).doc_ids[0].tolist() == alone
+    # step by step: the rewriter returns no vectors of the text it replaced; a step that keeps the text keeps them
+    first = listed.steps[0](State.of(["fast cars"]))
+    key = listed.steps[0].encoder.key
+    assert list(first.vectors) == [key]
+    rewritten = listed.steps[1](first)
+    assert rewritten.vectors == {} and list(first.vectors) == [key]  # (its input unchanged)
+    assert _ids(listed.steps[2](rewritten).rankings[0].rows, corpus) == alone
+    kept = TopK(k=2).fit(corpus)(first)
+    assert kept.vectors[key] is first.vectors[key]
+    # a rewrite to the text it was given keeps them (nothing changed)
+    same = _Rewrite()
+    again = same(State.of(["blue sky"], vectors={key: np.ones((1, 32), np.float32)}))
+    assert list(again.vectors) == [key]
+
+
+def test_a_route_with_a_rewriting_branch_searches_each_query_as_its_branch_alone(corpus):
+    router = RuleRouter(rules=[{"label": "rewrite", "keywords": ["fast"]}], default="plain")
+    branches = {"rewrite": Pipeline([_Rewrite(), _dense()]), "plain": _dense()}
+    route = Pipeline([_dense(), Route(router, branches)]).fit(corpus)
+    got = route.search(["fast cars", "red apples"]).doc_ids
+    rewritten = Pipeline([_Rewrite(), _dense()]).fit(corpus).search(["fast cars"]).doc_ids[0].tolist()
+    plain = Pipeline([_dense()]).fit(corpus).search(["red apples"]).doc_ids[0].tolist()
+    assert [got[0].tolist(), got[1].tolist()] == [rewritten, plain]
