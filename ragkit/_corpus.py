@@ -896,15 +896,15 @@ class Corpus:
 
     def rows_to_remove(self, ids: Any, who: str) -> np.ndarray:
         """Sorted distinct rows of the document ``ids`` (one id, or any iterable of ids; numbers as
-        strings), for an operator's ``remove``; an unknown id is a :class:`DataError` naming ``who``.  ``None``, a
-        :class:`Corpus` (whose ids are ``corpus.ids``) or another value that is neither an id nor an iterable of
-        ids is an :class:`InputTypeError` naming ``who``."""
+        the constructor writes them: ``1.0`` as ``"1"``), for an operator's ``remove``; an unknown id is a
+        :class:`DataError` naming ``who``.  ``None``, a :class:`Corpus` (whose ids are ``corpus.ids``) or another
+        value that is neither an id nor an iterable of ids is an :class:`InputTypeError` naming ``who``."""
         if isinstance(ids, Corpus) or ids is None or not isinstance(ids, (str, bytes, int, np.integer, Iterable)):
             hint = "; pass corpus.ids" if isinstance(ids, Corpus) else ""
             raise InputTypeError(f"{who}: expected document ids (an id, or a list of ids), got "
                                  f"{'a Corpus' if isinstance(ids, Corpus) else _kind(ids)}{hint}")
         one = isinstance(ids, (str, bytes)) or not isinstance(ids, Iterable)  # any other iterable lists ids
-        ids = [str(i) for i in cast(Iterable[Any], [ids] if one else ids)]
+        ids = [_id_string(x, f"{who}: ids", n) for n, x in enumerate(cast(Iterable[Any], [ids] if one else ids))]
         lut = self._lookup()
         unknown = [d for d in ids if d not in lut]
         if unknown:

@@ -10,8 +10,9 @@ from typing import Any, Mapping
 from langchain_core.documents import Document
 from pydantic import BaseModel
 
-from ragkit._checks import _SURROGATE, _utf8_clean
+from ragkit._checks import _SURROGATE, _id_string, _utf8_clean
 from ragkit.errors import DataError, InputTypeError, ParamError
+from ragkit.metadata import is_missing
 from ragkit.types import Corpus
 
 
@@ -122,12 +123,25 @@ def _one_each(where: str, name: str, what: str, value: Any, n: int, per: str = "
     return listed
 
 
+def _written_id(value: Any, what: str, i: int) -> str | None:
+    """One given document id written as a :class:`Corpus` writes ids (:func:`~ragkit._checks._id_string`: ``1.0``
+    as ``"1"``, so that the id names the document the constructor named so), ``None`` for a missing one (``None``,
+    NaN): no id given; an infinite id is a :class:`DataError` naming ``what[i]``."""
+    return None if is_missing(value) else _id_string(value, what, i)
+
+
+def _written_ids(where: str, ids: list[Any] | None) -> list[str | None] | None:
+    """The ids of ``where``'s ``ids=`` (``None``: not given) each as :func:`_written_id` writes it."""
+    return None if ids is None else [_written_id(x, f"{where}: ids", i) for i, x in enumerate(ids)]
+
+
 def _checked_texts(where: str, texts: list[Any], metadatas: Any, ids: Any,
-                   docs_method: str) -> tuple[list[dict[str, Any]], list[str] | None]:
+                   docs_method: str) -> tuple[list[dict[str, Any]], list[str | None] | None]:
     """The checks of ``add_texts`` and ``from_texts`` (``where``), before any Document is made: every text a
     string, ``metadatas`` one dict (or ``None``) per text, ``ids`` one id per text; a :class:`DataError` naming
-    the first that is not.  Returns each text's metadata (a new dict) and the ids as strings (``None``: not
-    given).  A Document among the texts is said to be ``docs_method``'s."""
+    the first that is not.  Returns each text's metadata (a new dict) and the ids as a Corpus writes them
+    (:func:`_written_ids`: a missing one ``None``; the list ``None``: not given).  A Document among the texts is
+    said to be ``docs_method``'s."""
     bad = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
     if bad is not None:
         hint = f" ({docs_method} takes Documents)" if isinstance(texts[bad], Document) else ""
@@ -136,12 +150,12 @@ def _checked_texts(where: str, texts: list[Any], metadatas: Any, ids: Any,
     metas = _one_each(where, "metadatas", "one dict", metadatas, len(texts))
     listed = _one_each(where, "ids", "one id", ids, len(texts))
     if metas is None:
-        return [{} for _ in texts], None if listed is None else [str(i) for i in listed]
+        return [{} for _ in texts], _written_ids(where, listed)
     bad = next((i for i, m in enumerate(metas) if m is not None and not isinstance(m, Mapping)), None)
     if bad is not None:
         raise DataError(f"{where}: metadatas[{bad}] is {type(metas[bad]).__name__} {metas[bad]!r:.60}, "
                         "expected a dict")
-    return [dict(m or {}) for m in metas], None if listed is None else [str(i) for i in listed]
+    return [dict(m or {}) for m in metas], _written_ids(where, listed)
 
 # Keys each returned Document's metadata gets from the retrieval: a document's own key of the same name is refused
 RESERVED_METADATA = ("score", "rank", "operators", "branches", "fields")

@@ -94,6 +94,8 @@ from ragkit.integrations._inputs import (
     _positional,
     _query_errors,
     _unsearched,
+    _written_id,
+    _written_ids,
 )
 from ragkit.integrations._producers import _Producers, _producers_of
 from ragkit.integrations._sources import (
@@ -672,7 +674,7 @@ class RagkitRetriever(BaseRetriever):
     @classmethod
     def from_texts(cls, texts: Sequence[str] | Mapping[Any, str], *args: Any,
                    pipeline: Operator | str | os.PathLike[str] | None = None,
-                   ids: Iterable[str] | None = None, metadatas: Iterable[Mapping[str, Any] | None] | None = None,
+                   ids: Iterable[str | None] | None = None, metadatas: Iterable[Mapping[str, Any] | None] | None = None,
                    **kwargs: Any) -> "RagkitRetriever":
         """Fit ``pipeline`` (default: BM25) on plain texts and wrap it.  ``texts`` may be a mapping
         ``{doc_id: text}``; one string is a :class:`DataError` (its characters would be the documents).  The texts,
@@ -692,9 +694,9 @@ class RagkitRetriever(BaseRetriever):
         if given is not None and ids is not None:
             raise DataError("from_texts: ids given twice: by ids= and by the keys (or index) of texts")
         metas, listed = _checked_texts("from_texts", texts, metadatas, ids, "from_documents")
-        if listed is None:
-            listed = given if given is not None else [str(i) for i in range(len(texts))]
-        docs = [Document(page_content=t, id=i, metadata=m) for t, i, m in zip(texts, listed, metas)]
+        written: Sequence[str | None] = (listed if listed is not None else given if given is not None
+                                     else [str(i) for i in range(len(texts))])
+        docs = [Document(page_content=t, id=i, metadata=m) for t, i, m in zip(texts, written, metas)]
         return cls.from_documents(docs, pipeline=pipeline, **kwargs)
 
     @classmethod
@@ -861,10 +863,12 @@ class RagkitRetriever(BaseRetriever):
         return [self._documents(r, corpus, names) for r, names in zip(rankings, producers)]
 
     # ------------------------------------------------------------------ edits
-    def add_documents(self, documents: Sequence[Document], *, ids: Sequence[str] | None = None) -> list[str]:
+    def add_documents(self, documents: Sequence[Document], *, ids: Sequence[str | None] | None = None) -> list[str]:
         """Index more documents in every retriever of the pipeline (their ``add``: BM25 and dense; no
         refit), as a LangChain vector store's ``add_documents``.  A document's id is ``ids[i]``, else its
-        own ``id`` (or ``metadata["id"]``), else a new UUID.  Returns the ids, in order.
+        own ``id`` (or ``metadata["id"]``), else a new UUID; a missing one (``None``, NaN) is not given.  Ids
+        are written as a Corpus writes them (``1.0`` as ``"1"``: the id the constructor gave the same document).
+        Returns the ids, in order.
 
         Everything is checked before any index changes (Documents, ids not already indexed nor given
         twice, metadata keys, each metadata value of the kind its field holds, every retriever able to
@@ -880,9 +884,10 @@ class RagkitRetriever(BaseRetriever):
         ids = _one_each("add_documents", "ids", "one id", ids, len(docs), "document")
         if not docs:
             return []
-        given = [str(i) for i in ids] if ids is not None else [
-            d.id or (str(d.metadata["id"]) if d.metadata.get("id") is not None else None) or uuid.uuid4().hex
-            for d in docs]
+        listed = _written_ids("add_documents", ids) or [None] * len(docs)
+        given = [g if g is not None else _written_id(d.id, "add_documents: the documents' id", i)
+                 or _written_id(d.metadata.get("id"), "add_documents: the documents' metadata id", i)
+                 or uuid.uuid4().hex for i, (g, d) in enumerate(zip(listed, docs))]
         twice = repeated(given, 5)
         if twice:
             raise DataError(f"add_documents: the documents' ids must be unique; given more than once: {twice} "
@@ -903,7 +908,7 @@ class RagkitRetriever(BaseRetriever):
         return new.ids.tolist()
 
     def add_texts(self, texts: Iterable[str], metadatas: Iterable[Mapping[str, Any] | None] | None = None, *,
-                  ids: Iterable[str] | None = None) -> list[str]:
+                  ids: Iterable[str | None] | None = None) -> list[str]:
         """:meth:`add_documents` of plain texts, as a LangChain vector store's ``add_texts``: one ``Document``
         per text, with ``metadatas[i]`` (default none) and the id ``ids[i]`` (default a new UUID).  Returns the
         ids, in order.  One string is a :class:`DataError` (its characters would be the documents), and so are
@@ -923,19 +928,21 @@ class RagkitRetriever(BaseRetriever):
         ``ids``, an unknown id skipped (so fewer documents may come back), each with its text as
         ``page_content``, its id as ``id`` and its own metadata (any key it was given,
         ``id`` and ``title`` as a retrieved Document's metadata has them; no ``score`` / ``rank``: nothing was
-        retrieved).  Numbers are read as the string ids they write."""
+        retrieved).  Ids are read as a Corpus writes them (``1.0`` as ``"1"``); a missing one (``None``, NaN) names
+        no document."""
         if ids is None or isinstance(ids, (str, bytes)):
             raise DataError(f"get_by_ids: expected a list of document ids, got {ids!r:.80}")
         with self._reading() as state:
             corpus = _corpus_of(state.pipeline)
         assert corpus is not None  # a built retriever's pipeline is fitted
-        rows = corpus.row_of([str(i) for i in ids], missing="drop")
+        written = (_written_id(x, "get_by_ids: ids", i) for i, x in enumerate(ids))
+        rows = corpus.row_of([x for x in written if x is not None], missing="drop")
         # as a retrieved Document's metadata (_documents), less score and rank
         return [Document(page_content=text, id=doc_id, metadata=meta) for text, doc_id, meta in
                 zip(corpus.texts[rows].tolist(), corpus.ids[rows].tolist(), _stored_metadata(corpus, rows))]
 
     async def aadd_texts(self, texts: Iterable[str], metadatas: Iterable[Mapping[str, Any] | None] | None = None,
-                         *, ids: Iterable[str] | None = None) -> list[str]:
+                         *, ids: Iterable[str | None] | None = None) -> list[str]:
         """:meth:`add_texts` for the event loop (LangChain ``VectorStore.aadd_texts``), in a worker thread."""
         return await run_in_executor(None, self.add_texts, texts, metadatas, ids=ids)
 
@@ -993,7 +1000,8 @@ class RagkitRetriever(BaseRetriever):
                 self._edit(pipe, "remove", gone_ids, lambda leaf: leaf.add(gone), realign)
         return True
 
-    async def aadd_documents(self, documents: Sequence[Document], *, ids: Sequence[str] | None = None) -> list[str]:
+    async def aadd_documents(self, documents: Sequence[Document], *,
+                             ids: Sequence[str | None] | None = None) -> list[str]:
         """:meth:`add_documents` for the event loop (LangChain ``VectorStore.aadd_documents``): run in a worker
         thread, so the loop goes on while the new documents are encoded and the edit waits for the searches."""
         return await run_in_executor(None, self.add_documents, documents, ids=ids)
@@ -1238,13 +1246,22 @@ def _stored_metadata(c: Corpus, rows: np.ndarray) -> list[dict[str, Any]]:
     return metas
 
 
+def _id_text(value: Any) -> str | None:
+    """``value`` as a Corpus writes ids (``1.0`` as ``"1"``), or ``None`` where it is missing or no id (infinity)."""
+    try:
+        return _written_id(value, "id", 0)
+    except DataError:
+        return None
+
+
 def _with_id(doc: Document, new_id: str) -> Document:
     """``doc`` (a copy) under the id ``new_id``, without the ``metadata["id"]`` a retriever wrote into it (equal to
     its own id: a document of ``invoke`` or ``get_by_ids`` added again under another id), which would otherwise
     become a metadata field of its own (the other documents then lost their ``id`` in what searches return, and
     ``filter={"id": ...}`` found only this one)."""
     meta = doc.metadata
-    if doc.id and "id" in meta and str(meta["id"]) == str(doc.id) and str(doc.id) != new_id:
+    own = _id_text(doc.id)
+    if own and "id" in meta and _id_text(meta["id"]) == own and own != new_id:
         meta = {key: v for key, v in meta.items() if key != "id"}
     return doc.model_copy(update={"id": new_id, "metadata": meta})
 
