@@ -40,32 +40,42 @@ def validate_cmd(path: Path = typer.Argument(..., metavar="PIPELINE", parser=_pa
 
     saved = path if path.is_dir() and any((path / f).exists() for f in ("manifest.json", "params.json")) \
         else None  # a folder written by Pipeline.save or Operator.save
-    if path.is_dir() and (path / "pipeline.yaml").is_file():
-        path = path / "pipeline.yaml"
+    if saved is not None and (path / "manifest.json").is_file() and (path / "pipeline.yaml").is_file():
+        path = path / "pipeline.yaml"  # a saved pipeline: its YAML read, for the line of an error in it
+    runs = None  # what runs, where it differs from pipe (a saved pipeline's folder as loaded)
     try:
-        if path.is_dir() and (path / "params.json").is_file():  # a folder written by Operator.save
-            from ragkit import registry
-            from ragkit._saves import read_json
+        yaml_file = False
+        if path.is_dir() and saved is None:  # no save: loaded (refused) as eval's --pipeline loads it, said of
+            try:  # the argument (_load_folder: the shared resolver's)
+                pipe = _load_folder(path)[0]
+            except RagkitError as e:
+                raise RagkitError(str(e).removeprefix("--pipeline ")) from None
+        elif path.is_dir():  # a folder written by Operator.save (params.json), or Pipeline.save's without its YAML
+            if (path / "params.json").is_file():  # its parameters checked first: a bad one named in its file
+                from ragkit import registry
+                from ragkit._saves import read_json
 
-            meta = read_json(path / "params.json")
-            if not isinstance(meta, dict) or "operator" not in meta or not isinstance(meta.get("params"), dict):
-                raise RagkitError(f"{path / 'params.json'}: not a ragkit operator's parameters (operator, params)")
-            try:
-                pipe = Pipeline([registry.get(meta["operator"], path=str(path / "params.json"))(meta["params"])])
-            except ParamError as e:  # the file the bad parameter came from
-                raise RagkitError(f"{path / 'params.json'}: {e}") from None
+                meta = read_json(path / "params.json")
+                if not isinstance(meta, dict) or "operator" not in meta or not isinstance(meta.get("params"), dict):
+                    raise RagkitError(f"{path / 'params.json'}: not a ragkit operator's parameters (operator, params)")
+                try:
+                    registry.get(meta["operator"], path=str(path / "params.json"))(meta["params"])
+                except ParamError as e:  # the file the bad parameter came from
+                    raise RagkitError(f"{path / 'params.json'}: {e}") from None
+            pipe = runs = _load_saved(path)  # as loaded (fitted where it holds a fit)
         elif not path.exists() and not _path_like(str(path)):
             try:
                 pipe = resolve_pipeline(str(path))[0]  # an operator's name, as --pipeline takes it (bm25)
             except ParamError as e:
                 unknown = str(e).removeprefix("--pipeline: ")
                 raise RagkitError(f"{path}: no such file or folder, and {unknown}") from None
-            _check_retrieves(pipe, str(path))
         elif not path.exists() and not _is_yaml_text(str(path)):
             raise no_such_pipeline(str(path), str(path), "no such file or folder")
         else:
             pipe = Pipeline.from_yaml(path)
-            _check_retrieves(pipe, str(path))  # what eval, train and ask refuse (a saved operator may be a reranker)
+            yaml_file = True
+        _check_retrieves(pipe, str(path))  # what eval, train and ask refuse (a saved operator may be a reranker)
+        if yaml_file:
             from ragkit.pipelines._checks import encoder_mismatch, encoder_notes
 
             problem = encoder_mismatch(pipe)  # what its fit would refuse (a dbnorm on another model's cosines)
@@ -76,7 +86,8 @@ def validate_cmd(path: Path = typer.Argument(..., metavar="PIPELINE", parser=_pa
             for said in encoder_notes(pipe):  # what its fit would warn (an mmr encoding again with the default)
                 _note(Text.assemble(("note:", "yellow"), f" {said}"))
         # what runs: a saved folder's pipeline as loaded, fitted where it holds a fit (searched, never fine-tuned)
-        runs = pipe if saved is None else _load_saved(saved)
+        if runs is None:
+            runs = pipe if saved is None else _load_saved(saved)
     except RagkitError as e:
         _fail(e)
         return
