@@ -34,15 +34,18 @@ def _sentence_encoders() -> tuple[type, ...]:
     return Dense, KnnEmbed, MMR, DBNorm
 
 
-def corpus_models(pipe: Any) -> list[str]:
+def corpus_models(pipe: Any, ray_shards: bool = True) -> list[str]:
     """The models whose sentence vectors of the corpus ``pipe``'s fit reads (a ``sharded``
     retriever's per-shard retriever included), sorted, without registered encoders (see
-    :func:`fit_pipeline`)."""
+    :func:`fit_pipeline`).  ``ray_shards=False``: not those of a ``sharded`` retriever whose shards a
+    ``fit(backend="ray")`` builds on Ray (``backend`` not ``local``), which encode their own slices there."""
     from ragkit.pipelines._compose import iter_leaves
 
     kinds = _sentence_encoders()
     models: set[str] = set()
     for leaf in iter_leaves(pipe):
+        if isinstance(leaf, Sharded) and not ray_shards and leaf.params.backend != "local":
+            continue
         op = leaf.sub_retriever() if isinstance(leaf, Sharded) else leaf
         model = getattr(op.params, "model", None)
         if isinstance(op, kinds) and isinstance(model, str) and not _registered(model):
@@ -99,7 +102,8 @@ def fit_pipeline(pipe: Any, corpus: Corpus, train: TrainSet | None, *, backend: 
     """Fit ``pipe`` (a pipeline or any operator) with Ray encoding: pre-encode the corpus's sentence
     vectors of every model :func:`corpus_models` names on Ray, write them into this process's
     embedding cache, then fit in this process (which reads them from the cache: nothing is encoded
-    twice, whichever cache the Ray workers have).
+    twice, whichever cache the Ray workers have).  A ``sharded`` retriever fitted on Ray is not
+    pre-encoded for (its shards' tasks encode their own slices), though its model is checked to load.
 
     ``num_actors`` encoder actors per model (default: ``$RAGKIT_RAY_ACTORS`` when set, else one per
     CPU of the Ray cluster; see :func:`ray_encode`).
@@ -134,9 +138,11 @@ def fit_pipeline(pipe: Any, corpus: Corpus, train: TrainSet | None, *, backend: 
     for leaf in sharded:
         leaf._check_ray_model("fit(backend='ray')")
         leaf._ray_modules("fit(backend='ray')")
-    models = corpus_models(pipe)
-    for model in models:  # each checked to load before Ray starts
+    for model in corpus_models(pipe):  # each checked to load before Ray starts
         _check_model(model, 64, "fit(backend='ray')")
+    # (a sharded retriever fitted on Ray encodes its shards' slices in its own Ray tasks: the whole corpus is not
+    # encoded for it first; a model another step also reads is)
+    models = corpus_models(pipe, ray_shards=False)
     if models:
         from ragkit.encoders.cache import text_digests
 

@@ -43,3 +43,28 @@ def test_ray_fit_of_bm25_shards_weighs_no_shard_in_the_driver(local_ray, monkeyp
     np.testing.assert_allclose(np.concatenate(got.scores), np.concatenate(want.scores), rtol=1e-6)
     for shard in sh.shards_:  # (memory-mapped, their saved weights the whole corpus's)
         assert shard.collection_ is not None
+
+
+def test_ray_fit_does_not_pre_encode_for_sharded_retrievers_built_on_ray(monkeypatch):
+    """fit(backend="ray") encoded the whole corpus on Ray (ray_encode) for a sharded retriever's per-shard dense,
+    though its shards, built on Ray, encode their own slices: a sharded-only pipeline calls ray_encode no more (its
+    model is still checked to load); a sharded one with backend local, fitted in this process, still is."""
+    from ragkit import _ray_fit
+    from ragkit.pipelines import Pipeline
+
+    encoded, checked = [], []
+    monkeypatch.setattr(_ray_fit, "_check_model", lambda model, batch_size, where: checked.append(model) or 8)
+    monkeypatch.setattr(_ray_fit, "ray_encode",
+                        lambda model, texts, **kw: encoded.append(model) or np.zeros((len(texts), 8), np.float32))
+    monkeypatch.setattr(_ray_fit, "_cache_vectors", lambda model, digests, vectors: 0)
+    monkeypatch.setattr(_ray_fit, "_uncached", lambda model, digests: np.arange(len(digests)))
+    monkeypatch.setattr(_ray_fit, "_ray", lambda: None)
+    for backend in ("auto", "ray"):
+        pipe = Pipeline([Sharded(retriever={"dense": {"model": "m-s54"}}, backend=backend)])
+        monkeypatch.setattr(pipe, "fit", lambda corpus, train, **kw: pipe)
+        assert _ray_fit.fit_pipeline(pipe, _corpus(20), None) is pipe
+    assert encoded == [] and checked == ["m-s54", "m-s54"]
+    pipe = Pipeline([Sharded(retriever={"dense": {"model": "m-s54"}}, backend="local")])
+    monkeypatch.setattr(pipe, "fit", lambda corpus, train, **kw: pipe)
+    _ray_fit.fit_pipeline(pipe, _corpus(20), None)
+    assert encoded == ["m-s54"]
