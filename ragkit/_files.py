@@ -16,6 +16,7 @@ import os
 import re
 import secrets
 import stat
+import sys
 import threading
 import time
 from contextlib import contextmanager
@@ -27,8 +28,8 @@ from ragkit.errors import ArtifactError, DataError, InputTypeError
 __all__ = ["atomic_file", "sha256_file", "folder_checksums", "verify_checksums", "saved_relpath", "check_inside",
            "utf8_line", "utf8_lines", "shared_tempdir", "private_tempdir", "remove_stale_tempdirs", "share_like_umask",
            "share_file_like_umask", "user_path", "folder_lock", "remove_stale_tempfiles", "owner_tag", "owner_ended",
-           "SAVE_ERRNOS", "save_unwritable", "writes_through", "text_output", "first_time", "shell_quote", "shell_join",
-           "fsync_path", "fsync_tree"]
+           "SAVE_ERRNOS", "save_unwritable", "writes_through", "stdout_file", "text_output", "first_time",
+           "shell_quote", "shell_join", "fsync_path", "fsync_tree"]
 
 #: seconds a save waits for the loads of the folder it replaces to finish (then it replaces it anyway: those
 #: loads notice and load again); a load waits as long for a save's swap, which holds the lock for microseconds
@@ -137,10 +138,28 @@ def _keep_mode(path: Path, tmp: Path) -> None:
     os.chmod(tmp, stat.S_IMODE(st.st_mode) & 0o777)  # (after chown, which may clear bits)
 
 
+def stdout_file(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is the file, pipe or socket standard output writes into (its ``(st_dev, st_ino)`` are
+    ``os.fstat(sys.stdout.fileno())``'s: ``/dev/stdout`` with standard output redirected to a file, or that file's
+    own name): written through standard output, after what it holds (:func:`text_output`), as ``-`` is, neither
+    replaced by a renamed file nor truncated by an ``open(path, "w")``.  A character device is not (``/dev/null``,
+    a terminal: opened and written into, :func:`writes_through`); nor is anything where standard output is closed or
+    is no file (a test's ``StringIO``)."""
+    try:
+        out = os.fstat(sys.stdout.fileno())
+        st = os.stat(path)
+    except (AttributeError, OSError, ValueError):  # (no stdout, no fileno: io.UnsupportedOperation, a ValueError)
+        return False
+    return (st.st_dev, st.st_ino) == (out.st_dev, out.st_ino) and not stat.S_ISCHR(st.st_mode)
+
+
 def writes_through(path: str | os.PathLike[str]) -> bool:
     """Whether ``path`` is no regular file but a character device or a pipe (``/dev/null``, ``/dev/stdout``,
-    a shell's ``>(cmd)``, a named pipe): written straight into, since a temporary file renamed over it would
-    replace the device or the pipe (there is no file to keep whole)."""
+    a shell's ``>(cmd)``, a named pipe), or the file standard output writes into (:func:`stdout_file`): written
+    straight into, since a temporary file renamed over it would replace the device, the pipe or the file standard
+    output is writing (there is no file to keep whole)."""
+    if stdout_file(path):
+        return True
     try:
         mode = os.stat(path).st_mode
     except OSError:
@@ -150,9 +169,15 @@ def writes_through(path: str | os.PathLike[str]) -> bool:
 
 @contextmanager
 def text_output(path: str | os.PathLike[str]) -> Iterator[TextIO]:
-    """A UTF-8 text stream onto ``path``: straight into a character device or a pipe (:func:`writes_through`;
-    lines end in ``\\n``), else into a temporary file beside it, renamed into place when the block ends and
-    deleted if it raises (:func:`atomic_file`, whose errors for a folder or a socket it keeps)."""
+    """A UTF-8 text stream onto ``path``: through standard output where ``path`` is what it writes into
+    (:func:`stdout_file`: after what is there, not truncating it), straight into a character device or a pipe
+    (:func:`writes_through`; lines end in ``\\n``), else into a temporary file beside it, renamed into place when the
+    block ends and deleted if it raises (:func:`atomic_file`, whose errors for a folder or a socket it keeps)."""
+    if stdout_file(path):
+        sys.stdout.flush()  # (what was printed before goes first)
+        with open(os.dup(sys.stdout.fileno()), "w", encoding="utf-8", newline="\n") as f:  # (at its offset)
+            yield f
+        return
     if writes_through(path):
         with open(path, "w", encoding="utf-8", newline="\n") as f:
             yield f

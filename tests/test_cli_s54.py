@@ -4,6 +4,7 @@ standard input for ``--queries -``, no temporary file left by a killed write, an
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -70,3 +71,52 @@ def test_validate_still_takes_saved_folders_and_a_saved_retriever(tmp_path):
     for folder in (idx, tmp_path / "op"):
         res = _cli("validate", folder)
         assert res.exit_code == 0 and "ok" in res.output and "BM25" in res.output, res.output
+
+
+# ------------------------------------------------------------------ 2. /dev/stdout onto a redirected file
+
+
+def test_run_to_dev_stdout_appends_to_the_file_standard_output_is_redirected_to(tmp_path):
+    """``--run /dev/stdout >> log.txt`` (and ``-o /dev/stdout``) replaced log.txt with the run file (a temporary
+    file renamed over /dev/stdout's target): the line already there was lost.  Now it is written as ``-`` is,
+    after what the file holds, the human output on standard error."""
+    import json
+
+    idx = _index(tmp_path / "idx")
+    log = tmp_path / "log.txt"
+    log.write_text("line kept from an earlier run\n", encoding="utf-8")
+    with open(log, "a", encoding="utf-8") as out:
+        done = _ragkit("search", "--index", idx, "cats", "--run", "/dev/stdout", cwd=tmp_path, stdout=out,
+                       stderr=subprocess.PIPE, text=True)
+    assert done.returncode == 0, done.stderr
+    lines = log.read_text(encoding="utf-8").splitlines()
+    assert lines[0] == "line kept from an earlier run" and lines[1].split()[:3] == ["1", "Q0", "d2"], lines
+    assert "searched 1 query" in done.stderr
+    with open(log, "a", encoding="utf-8") as out:
+        done = _ragkit("search", "--index", idx, "cats", "-o", "/dev/stdout", cwd=tmp_path, stdout=out,
+                       stderr=subprocess.PIPE, text=True)
+    assert done.returncode == 0, done.stderr
+    text = log.read_text(encoding="utf-8")
+    assert text.startswith("line kept from an earlier run\n1 Q0 d2 ")
+    payload = json.loads(text[text.index("{"):])
+    assert payload["results"][0]["documents"][0]["doc_id"] == "d2"
+
+
+def test_json_and_run_both_onto_standard_output_are_refused_and_dev_null_twice_is_taken(tmp_path):
+    """``-o - --run /dev/stdout`` with standard output redirected to a file: the run replaced the file (the JSON
+    lost); now refused, as ``-o - --run -`` is, for both would run together there.  Both to /dev/null: taken."""
+    idx = _index(tmp_path / "idx")
+    log = tmp_path / "o.txt"
+    log.write_text("old\n", encoding="utf-8")
+    with open(log, "a", encoding="utf-8") as out:
+        done = _ragkit("search", "--index", idx, "cats", "-o", "-", "--run", "/dev/stdout", cwd=tmp_path,
+                       stdout=out, stderr=subprocess.PIPE, text=True)
+    assert done.returncode == 2, done.stderr
+    assert "--output - and --run /dev/stdout both name standard output" in " ".join(done.stderr.split())
+    assert log.read_text(encoding="utf-8") == "old\n"
+    res = _cli("search", "--index", idx, "cats", "-o", "-", "--run", "-")
+    assert res.exit_code == 2 and "both name standard output" in " ".join(res.output.split()), res.output
+    with open(os.devnull, "w") as null:
+        done = _ragkit("search", "--index", idx, "cats", "-o", "/dev/null", "--run", "/dev/null", cwd=tmp_path,
+                       stdout=null, stderr=subprocess.PIPE, text=True)
+    assert done.returncode == 0, done.stderr

@@ -13,7 +13,7 @@ from typing import Any, Optional
 import typer
 from rich.text import Text
 
-from ragkit._files import file_above, text_output, writes_through
+from ragkit._files import file_above, stdout_file, text_output, writes_through
 from ragkit.cli._app import _RunFailure
 from ragkit.cli._console import console, err_console
 from ragkit.cli._options import _given
@@ -28,14 +28,23 @@ def _write_text(path: Path, text: str) -> None:
 
 
 def _is_stdout(path: Optional[Path]) -> bool:
-    """Whether an output option says ``-``: standard output (the human output goes to standard error)."""
+    """Whether an option says ``-``: standard output (an output's; the human output goes to standard error), or
+    standard input (``--queries -``)."""
     return path is not None and str(path) == "-"
+
+
+def _onto_stdout(path: Optional[Path]) -> bool:
+    """Whether an output option writes to standard output: ``-``, or a path naming what standard output writes into
+    (:func:`~ragkit._files.stdout_file`: ``--run /dev/stdout`` with standard output redirected to a file, which a
+    file written and renamed there would replace, and ``open(path, "w")`` truncate).  Written as ``-`` is, after what
+    standard output holds, the human output going to standard error."""
+    return _is_stdout(path) or (path is not None and stdout_file(path))
 
 
 def _prepare_output(path: Optional[Path], option: str, example: str) -> None:
     """Check before any work starts that ``path`` can be written: create its folder.  A file path (not ``-``)
     marks the command as one with files to write (:data:`_files_requested`)."""
-    if path is None or _is_stdout(path):
+    if path is None or _onto_stdout(path):
         return
     _want_files()
     if path.is_dir():
@@ -131,11 +140,13 @@ def _prepare_outputs(ctx: typer.Context, output: Optional[Path], run_file: Optio
     if run_file is None and _given(ctx, "run_tag"):
         raise RagkitError(f"--run-tag {run_tag!r}: the tag column of the --run file, but no --run is given, so it "
                           "would be ignored; add --run FILE (or '-' for standard output), or leave out --run-tag")
-    if _is_stdout(output) or _is_stdout(run_file):
+    if _onto_stdout(output) or _onto_stdout(run_file):
         _human_output_to_stderr(ctx)
-    if output is not None and run_file is not None and (str(output) == str(run_file) == "-" or (
-            not _is_stdout(output) and not _is_stdout(run_file) and output.resolve() == run_file.resolve()
-            and not writes_through(output))):  # (both to /dev/null: nothing is replaced)
+    if _onto_stdout(output) and _onto_stdout(run_file):
+        raise RagkitError(f"--output {output} and --run {run_file} both name standard output, where the JSON results "
+                          "and the run would run together; write one of them to a file (--run run.trec)")
+    if output is not None and run_file is not None and not _onto_stdout(output) and not _onto_stdout(run_file) \
+            and output.resolve() == run_file.resolve() and not writes_through(output):  # (/dev/null: nothing lost)
         raise RagkitError(f"--output and --run both name {output}; the run file would replace the JSON results: "
                           "give two paths")
     if run_file is not None:  # the tag column: no whitespace (the file's columns), not empty
@@ -184,7 +195,7 @@ def _write_outputs(output: Optional[Path], run_file: Optional[Path], run: Any, p
     for option, path in (("--output", output), ("--run", run_file)):
         if path is None:
             continue
-        if _is_stdout(path):  # for a script: the JSON or the run alone on standard output, UTF-8 whatever the locale
+        if _onto_stdout(path):  # for a script: the JSON or the run alone on standard output, UTF-8 whatever the locale
             with _stdout_utf8() as out:
                 if option == "--output":
                     out.write(json.dumps(payload, indent=2) + "\n")
