@@ -762,7 +762,7 @@ class Pipeline(Composite):
         for i, (step, where) in enumerate(self.child_paths(_path)):
             up = upstream
             if train is not None and _wants_upstream(step):
-                up = self._upstream(i, train, upstream, state_cache)
+                up = self._upstream(i, train, upstream, state_cache, _path)
             fit_once(step, corpus, train, seen, up, where)
         if _seen is None:
             self.corpus_ = corpus
@@ -813,12 +813,16 @@ class Pipeline(Composite):
                 out[path] = entry
         return out
 
-    def _upstream(self, i: int, train: TrainSet, upstream: State | None, cache: dict[int, State]) -> State:
+    def _upstream(self, i: int, train: TrainSet, upstream: State | None, cache: dict[int, State],
+                  path: str = "pipeline") -> State:
+        """The training queries as they reach step ``i``: the steps before it run on them (on ``upstream``, where
+        this pipeline is itself a step), each at its path (``path``: this pipeline's), so that an error one raises
+        names the step as a search's does (``pipeline[2].parallel.branches[0][1].boom: ...``)."""
         if i in cache:
             return cache[i]
         state = upstream.copy() if upstream is not None else State.of(train.queries)
-        for step in self.steps[:i]:
-            state = step(state)
+        for step, where in self.child_paths(path)[:i]:
+            state = run_step(step, state, where)
         cache[i] = state
         return state
 
@@ -1240,7 +1244,7 @@ class Parallel(Composite):
             seen.add(id(self.fuse))
             up = None
             if train is not None and self.fuse.wants_upstream:
-                up = self._branch_state(upstream.copy() if upstream is not None else State.of(train.queries))
+                up = self._branch_state(upstream.copy() if upstream is not None else State.of(train.queries), _path)
             token = FITTED_AT.set(paths[-1][1])  # where a learning fuser's warnings say it is
             try:
                 self.fuse.fit(corpus, train, upstream=up)
@@ -1487,8 +1491,11 @@ class Route(Composite):
             from ragkit.eval.metrics import per_query_ndcg
 
             state = _usable_start(train, upstream, corpus, learner)
-            gains = {label: per_query_ndcg(self._branch_for(label, "route")[0](state.copy()), train.qrels, corpus.ids)
-                     for label in (learning_router.params.above, learning_router.params.below)}
+            here = _at(_path, "route")
+            gains = {}
+            for label in (learning_router.params.above, learning_router.params.below):
+                branch, where = self._branch_for(label, here)
+                gains[label] = per_query_ndcg(run_step(branch, state.copy(), where), train.qrels, corpus.ids)
             learning_router.learn_routes(state, gains)
             _warn_thin_threshold(self.router, f"{_at(_path, 'route')}.router", len(state),
                                  "may send other queries to the wrong branch")
@@ -1727,21 +1734,21 @@ class Loop(Composite):
             super()._fit_at(corpus, train, upstream=upstream, _seen=_seen, _path=_path)
             n_usable = 0
             if judge is not None and train is not None:
-                n_usable = self._learn_stopping(judge, corpus, train, upstream, learner)
+                n_usable = self._learn_stopping(judge, corpus, train, upstream, learner, _path)
             if train is not None and self.max_iters > 1 and any(x.wants_upstream for x in iter_leaves(self.body)):
                 if self._refit_on_iterations(corpus, train, upstream, _path) and judge is not None:
-                    self._learn_stopping(judge, corpus, train, upstream, learner)  # again, for the body as refitted
+                    self._learn_stopping(judge, corpus, train, upstream, learner, _path)  # again, for the body refitted
             if judge is not None and train is not None:
                 _warn_thin_threshold(self.until, f"{_at(_path, 'loop')}.until", n_usable,
                                      "may stop other queries too early or loop them too long")
         return self
 
     def _learn_stopping(self, judge: _LearningJudge, corpus: Corpus, train: TrainSet, upstream: State | None,
-                        learner: str) -> int:
+                        learner: str, path: str = "") -> int:
         """Run the body ``max_iters`` times on every usable training query (:func:`_usable_start`, the queries
         the fusers learn from) and give the judge (``until``) each iteration's features and nDCG@10 (its
         ``learn_stopping``); returns how many queries it learned from.  ``learner`` starts the error when
-        none is usable."""
+        none is usable; ``path`` is where the loop is, for the errors of the body's steps (as a search's)."""
         from ragkit.eval.metrics import per_query_ndcg
 
         current = _usable_start(train, upstream, corpus, learner)
@@ -1749,7 +1756,7 @@ class Loop(Composite):
         features, gains = [], []
         for it in range(self.max_iters):
             current.values["iteration"] = [it] * len(current)
-            current = self.body(current)
+            current = run_step(self.body, current, f"{_at(path, 'loop')}.body")
             current.values.pop("iteration", None)
             features.append(judge.feature(current))
             gains.append(per_query_ndcg(current, train.qrels, corpus.ids))

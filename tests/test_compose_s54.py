@@ -6,14 +6,17 @@ ran the steps before each learning step again for every one; a nested loop remov
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 
 from ragkit.encoders import HashingEncoder, register_encoder
+from ragkit.errors import DataError
 from ragkit.filters import TopK
 from ragkit.operator import Operator
-from ragkit.pipelines import Parallel, Pipeline, Route, RuleRouter
-from ragkit.retrievers import Dense
+from ragkit.pipelines import RRF, Loop, Parallel, Pipeline, Route, RuleRouter, ScoreReached, ScoreRouter
+from ragkit.retrievers import BM25, Dense
 from ragkit.types import Corpus, Queries, State, TrainSet
 
 register_encoder("s54-hash", HashingEncoder(dim=32), replace=True)
@@ -105,3 +108,46 @@ def test_a_route_with_a_rewriting_branch_searches_each_query_as_its_branch_alone
     rewritten = Pipeline([_Rewrite(), _dense()]).fit(corpus).search(["fast cars"]).doc_ids[0].tolist()
     plain = Pipeline([_dense()]).fit(corpus).search(["red apples"]).doc_ids[0].tolist()
     assert [got[0].tolist(), got[1].tolist()] == [rewritten, plain]
+
+
+# ----------------------------------------------------------------------------- 2. fit's errors at their paths
+class _Boom(Operator):
+    """A reranker that fails on what it gets (as dbnorm on scores that are not cosines)."""
+
+    name = "s54_boom"
+    kind = "reranker"
+    stateless = True
+    reads_rankings = True
+
+    def _call(self, state: State) -> State:
+        raise DataError("s54_boom: scores are not cosines")
+
+
+@pytest.mark.parametrize("steps, where", [
+    # the branches run for a learning fuser's input
+    (lambda learn: [BM25(k=5), TopK(k=5), Parallel([[TopK(k=4), _Boom()], TopK(k=3)],
+                                                   fuse=RRF(learn=learn, **({"folds": 2} if learn else {})))],
+     r"pipeline\[2\]\.parallel\.branches\[0\]\[1\]\.s54_boom"),
+    # the steps before a learning step, run for its upstream (old: no path at all)
+    (lambda learn: [BM25(k=5), _Boom(), Parallel([TopK(k=4), TopK(k=3)],
+                                                 fuse=RRF(learn=learn, **({"folds": 2} if learn else {})))],
+     r"pipeline\[1\]\.s54_boom"),
+    # a loop's body, run for a learning judge (old: the loop's path, without the body's)
+    (lambda learn: [BM25(k=5), Loop([TopK(k=4), _Boom()], until=ScoreReached(**({"learn": True} if learn else
+                                                                                {"threshold": 0.5})), max_iters=2)],
+     r"pipeline\[1\]\.loop\.body\[1\]\.s54_boom"),
+    # a route's branches, run for a learning router's gains (old: route.branches.hard, not at the route's step)
+    (lambda learn: [BM25(k=5), Route(ScoreRouter(feature="top1", **({"learn": True} if learn else {"threshold": 1e9})),
+                                     {"easy": TopK(k=4), "hard": [TopK(k=3), _Boom()]})],
+     r"pipeline\[1\]\.route\.branches\.hard\[1\]\.s54_boom"),
+], ids=["parallel", "upstream", "loop", "route"])
+def test_an_error_of_a_step_fit_runs_names_its_path_as_search_does(steps, where, corpus, train):
+    logging.disable(logging.WARNING)  # (thin training sets: warnings of no interest here)
+    try:
+        with pytest.raises(DataError, match=rf"^{where}: scores are not cosines$"):
+            Pipeline(steps(True)).fit(corpus, train)
+        searched = Pipeline(steps(False)).fit(corpus)
+        with pytest.raises(DataError, match=rf"^{where}: scores are not cosines$"):
+            searched.search(["red apples", "blue sky"])
+    finally:
+        logging.disable(logging.NOTSET)
