@@ -570,6 +570,30 @@ def _second_generator(steps: Sequence[Operator], path: str = "pipeline") -> Para
     return None
 
 
+def _second_generator_branch(branches: Sequence[Operator], path: str = "parallel") -> ParamError | None:
+    """The error for the first of a parallel's ``branches`` (the parallel at ``path``) that holds a generator when an
+    earlier branch holds one, else ``None``: every branch runs on every query, so both would call the language model,
+    and the parallel passes on one branch's answer (``values["answer"]``, the first's) and drops the other, as a
+    second generator in one list (:func:`_second_generator`).  (A generator in each branch of a route is fine:
+    each query runs one branch.)"""
+    first: tuple[int, Operator] | None = None
+    for j, branch in enumerate(branches):
+        gen = _generator_in(branch)
+        if gen is None:
+            continue
+        if first is None:
+            first = (j, gen)
+            continue
+        i, earlier = first
+        here = f"{path}.branches[{j}]"
+        return ParamError(f"{here}: a second {gen.kind} ({gen.name}) in this parallel, beside the {earlier.name} of "
+                          f"its branches[{i}]: every branch runs on every query, so both would call the language "
+                          f"model, and the parallel passes on one answer (values['answer'], the first branch's) and "
+                          f"drops the other; keep one of them, or generate once after the parallel, from its fused "
+                          f"ranking", path=here)
+    return None
+
+
 def step_path(path: str, k: int, op: Operator) -> str:
     """Where step ``k`` (``op``) of the list at ``path`` stands, as errors and notes name it: ``pipeline[1]``
     for a nested list, ``pipeline[1].bm25`` for an operator or a branch, route or loop (its YAML key)."""
@@ -1191,6 +1215,9 @@ class Parallel(Composite):
         problem = fuse_weights_problem(self.fuse, self.names)
         if problem:
             raise ParamError(f"parallel.fuse.{self.fuse.name}.weights: {problem}")
+        second = _second_generator_branch(self.branches)
+        if second is not None:
+            raise second
 
     def children(self) -> list[Operator]:
         return [*self.branches, self.fuse]

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from ragkit.encoders import HashingEncoder, register_encoder
-from ragkit.errors import DataError
+from ragkit.errors import ConfigError, DataError, ParamError
 from ragkit.filters import TopK
 from ragkit.operator import Operator
 from ragkit.pipelines import RRF, Loop, Parallel, Pipeline, Route, RuleRouter, ScoreReached, ScoreRouter
@@ -151,3 +151,22 @@ def test_an_error_of_a_step_fit_runs_names_its_path_as_search_does(steps, where,
             searched.search(["red apples", "blue sky"])
     finally:
         logging.disable(logging.NOTSET)
+
+
+# ----------------------------------------------------------------------------- 3. one generator per parallel
+def test_a_generator_in_two_branches_of_a_parallel_is_refused_in_python_and_yaml():
+    """Both branches called the language model on every query; the parallel kept the first answer only."""
+    from ragkit.generators.operator import Generate
+
+    with pytest.raises(ParamError, match=r"^parallel\.branches\[2\]: a second generator \(generate\) in this parallel, "
+                                         r"beside the generate of its branches\[0\]: .* drops the other") as e:
+        Parallel([[TopK(k=3), Generate()], TopK(k=2), Pipeline([TopK(k=4), Generate(top_k=2)])])
+    assert e.value.path == "parallel.branches[2]"
+    with pytest.raises(ConfigError) as e:  # at its place in the file
+        Pipeline.from_yaml("pipeline:\n  - bm25: {}\n  - parallel:\n      branches:\n        - [top_k: {k: 3}, "
+                           "generate: {}]\n        - [top_k: {k: 2}, generate: {top_k: 2}]\n")
+    assert e.value.path == "pipeline[1].parallel.branches[1]"
+    assert str(e.value).startswith("pipeline[1].parallel.branches[1]: a second generator (generate) in this parallel")
+    # one generator in a parallel, or one in each branch of a route, is fine
+    Parallel([[TopK(k=3), Generate()], TopK(k=2)])
+    Route(RuleRouter(rules=[{"label": "a", "max_words": 1}]), {"a": Generate(), "default": Generate(top_k=2)})
