@@ -120,3 +120,26 @@ def test_json_and_run_both_onto_standard_output_are_refused_and_dev_null_twice_i
         done = _ragkit("search", "--index", idx, "cats", "-o", "/dev/null", "--run", "/dev/null", cwd=tmp_path,
                        stdout=null, stderr=subprocess.PIPE, text=True)
     assert done.returncode == 0, done.stderr
+
+
+# ------------------------------------------------------------------ 3. search's JSON built only for -o
+
+
+def test_search_builds_its_json_only_when_output_is_given(tmp_path, monkeypatch):
+    """``search --run`` alone built the whole -o payload all the same (a dict per document, Corpus.row_of per
+    query: 441 MiB at 2,000 queries and --k 1000), then threw it away.  Now nothing of it is built without -o."""
+    import json
+
+    from ragkit.types import Corpus
+
+    idx = _index(tmp_path / "idx")
+    calls: list[int] = []
+    row_of = Corpus.row_of
+    monkeypatch.setattr(Corpus, "row_of", lambda self, ids: calls.append(len(ids)) or row_of(self, ids))
+    res = _cli("search", "--index", idx, "cats", "dogs", "--run", tmp_path / "run.trec")
+    assert res.exit_code == 0, res.output
+    assert calls == [] and (tmp_path / "run.trec").read_text().split()[:3] == ["1", "Q0", "d2"]
+    res = _cli("search", "--index", idx, "cats", "dogs", "--run", tmp_path / "run.trec", "-o", tmp_path / "r.json")
+    assert res.exit_code == 0, res.output
+    assert len(calls) == 2 and json.loads((tmp_path / "r.json").read_text())["results"][1]["query"] == "dogs"
+
