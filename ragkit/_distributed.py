@@ -24,6 +24,7 @@ from ragkit._ray import (
     _retried,
     _with_plugins,
     check_workdir,
+    classify,
     ray_init,
 )
 from ragkit._sharded import Sharded, _in_chunk
@@ -222,6 +223,11 @@ def search_distributed(pipe: Pipeline | Operator,
                 try:
                     chunks.append(ray.get(ref))
                 except Exception as e:  # noqa: BLE001 - a Ray error becomes ours, naming the chunk
+                    kind, cause = classify(e)
+                    if kind == "raised" and not isinstance(cause, _TRANSIENT):
+                        # what the chunk's search itself raised (a retriever's ValueError): raised as pipe.search
+                        # raises it, the remote traceback chained (a ragkit error is _Permanent: a ShardError)
+                        raise cause from e
                     raise ShardError(f"search_distributed: chunk {c} (queries {a}..{b - 1}) "
                                      f"failed{_retried(_SEARCH_RETRIES, e)}: {_reason(e)}") from None
         except BaseException:

@@ -10,7 +10,7 @@ import os
 import pickle
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Sequence, TypeGuard
+from typing import Any, Callable, Literal, Sequence, TypeGuard
 
 from ragkit._files import file_above, user_path
 from ragkit._plugins import _import_plugins
@@ -58,16 +58,26 @@ def _retried(n: int, e: BaseException | None = None) -> str:
     return f" (after up to {n} retries of a crashed worker or an OS / memory error)" if n else ""
 
 
+def classify(e: BaseException) -> tuple[Literal["permanent", "raised", "ray"], BaseException]:
+    """What the error ``e`` that ``ray.get`` raised for one of ragkit's Ray tasks (or actor methods) is, with the
+    error behind it: ``("permanent", cause)``, a deterministic error the task raised as :class:`_Permanent` (its text
+    the original's); ``("raised", cause)``, an exception the task's own code raised (``RayTaskError.cause``: a
+    ``ValueError``, a transient ``OSError``...); ``("ray", e)``, a failure of Ray's own (an actor or worker gone, an
+    object lost, or an exception Ray could not bring back: its deserialisation error, a Ray class)."""
+    cause = getattr(e, "cause", None)
+    if isinstance(cause, _Permanent):
+        return "permanent", cause
+    if isinstance(cause, Exception) and not type(cause).__module__.startswith("ray."):
+        return "raised", cause
+    return "ray", e
+
+
 def _was_retried(e: BaseException) -> bool:
     """Whether Ray retried the task whose ``ray.get`` raised ``e``: a crashed worker (a Ray error of its own)
     or a transient error (:data:`_TRANSIENT`), not what the task raised for good (:class:`_Permanent`, a
     ``ValueError``...)."""
-    cause = getattr(e, "cause", None)
-    if isinstance(cause, _Permanent):
-        return False
-    if isinstance(cause, BaseException) and not type(cause).__module__.startswith("ray."):
-        return isinstance(cause, _TRANSIENT)
-    return True
+    kind, cause = classify(e)
+    return kind == "ray" or (kind == "raised" and isinstance(cause, _TRANSIENT))
 
 
 class ShardError(RagkitError, RuntimeError):
@@ -134,14 +144,8 @@ def _raised_by_task(e: BaseException) -> BaseException | None:
     could not load on its actor).  An exception Ray cannot bring back (a class whose ``__init__`` cannot be
     called again with its ``args``, or one holding a lock) reaches the driver as Ray's own deserialisation
     error: a ``ShardError``, its actors dropped, as for a Ray failure."""
-    from ray.exceptions import RayTaskError
-
-    cause = getattr(e, "cause", None)
-    if not isinstance(e, RayTaskError) or not isinstance(cause, BaseException) or isinstance(cause, _Permanent):
-        return None
-    if type(cause).__module__.startswith("ray.") or not isinstance(cause, Exception):
-        return None
-    return cause
+    kind, cause = classify(e)
+    return cause if kind == "raised" else None
 
 
 def _reason(e: BaseException) -> str:
@@ -149,10 +153,10 @@ def _reason(e: BaseException) -> str:
     raised (``RayTaskError.cause``), else the Ray error's own text without its terminal colours."""
     import re
 
-    cause = getattr(e, "cause", None)
-    if isinstance(cause, _Permanent):
+    kind, cause = classify(e)
+    if kind == "permanent":
         return str(cause)
-    if isinstance(cause, BaseException) and not type(cause).__module__.startswith("ray."):
+    if kind == "raised":
         return f"{type(cause).__name__}: {cause}"
     return re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip()
 

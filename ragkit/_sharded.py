@@ -29,14 +29,13 @@ from ragkit._ray import (
     _deterministic_errors_final,
     _drain,
     _Permanent,
-    _raised_by_task,
     _reason,
     _registered,
     _retried,
-    _root_cause,
     _unsendable,
     _with_plugins,
     check_workdir,
+    classify,
     ray_init,
 )
 from ragkit._ray_encode import _check_model
@@ -335,12 +334,8 @@ def _groups(live: np.ndarray, n_actors: int) -> list[np.ndarray]:
 def _kind(e: BaseException) -> str:
     """The class of what failed, for an error message: the user exception behind a ``RayTaskError``, the
     original's of a :class:`_Permanent`, else the Ray error's own."""
-    cause = getattr(e, "cause", None)
-    if isinstance(cause, _Permanent):
-        return str(cause).split(":", 1)[0]
-    if isinstance(cause, BaseException) and not type(cause).__module__.startswith("ray."):
-        return type(cause).__name__
-    return type(e).__name__
+    kind, cause = classify(e)
+    return str(cause).split(":", 1)[0] if kind == "permanent" else type(cause).__name__
 
 
 def _also_failed(ray: Any, groups: Sequence[np.ndarray], refs: Sequence[Any], folders: Sequence[str] = ()) -> str:
@@ -370,8 +365,8 @@ def _failing(group: np.ndarray, folders: Sequence[str], e: BaseException) -> str
     worker serves them)"``."""
     import re
 
-    cause = getattr(e, "cause", None)
-    if not isinstance(cause, _Permanent) or len(group) < 2:
+    kind, cause = classify(e)
+    if kind != "permanent" or len(group) < 2:
         return _which(group)
     text = str(cause)
     named = [s for s in group.tolist() if s < len(folders)
@@ -954,14 +949,12 @@ class Sharded(Operator):
                     # every other actor's result (or error) is fetched first: Ray prints an error never fetched
                     # as an 'Unhandled error' traceback
                     _drain(ray, refs)
-                    cause = _root_cause(e)
-                    if cause is not None and not isinstance(e, RayActorError):
-                        raise cause from None  # what a local search raises; the actors stay
-                    raised = _raised_by_task(e)
-                    if raised is not None:
-                        # the shard's search itself raised it (a custom retriever's ValueError...): raised as a local
-                        # search raises it, the remote traceback chained; the actors are sound and stay
-                        raise raised from e
+                    kind, cause = classify(e)
+                    if kind == "raised" and not isinstance(e, RayActorError):
+                        # the shard's search itself raised it (a ragkit error such as a filter only a shard's
+                        # documents refuse, a custom retriever's ValueError...): raised as a local search raises it
+                        # (the remote traceback chained, but to a ragkit error); the actors are sound and stay
+                        raise cause from (None if isinstance(cause, RagkitError) else e)
                     self._drop_actors(actors)
                     if isinstance(e, RayActorError) and attempt == 1:
                         break  # its actor is gone: once more on new actors

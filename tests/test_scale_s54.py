@@ -4,6 +4,7 @@ the driver), ..."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from ragkit._sharded import Sharded
 from ragkit.retrievers.bm25 import BM25
@@ -68,3 +69,46 @@ def test_ray_fit_does_not_pre_encode_for_sharded_retrievers_built_on_ray(monkeyp
     monkeypatch.setattr(pipe, "fit", lambda corpus, train, **kw: pipe)
     _ray_fit.fit_pipeline(pipe, _corpus(20), None)
     assert encoded == ["m-s54"]
+
+
+def test_classify_reads_every_ray_error_one_way():
+    """One classifier of the errors ray.get raises (_was_retried, _raised_by_task, _reason and sharded's _kind were
+    four readings of it with different edges): a _Permanent cause is permanent, an exception a task's own code
+    raised (not a Ray class) is raised, anything else is Ray's own."""
+    from ray.exceptions import RayTaskError, WorkerCrashedError
+
+    from ragkit._ray import _Permanent, _raised_by_task, _reason, _was_retried, classify
+    from ragkit._sharded import _kind
+
+    def task_error(cause):
+        return RayTaskError("f", "Traceback ...", cause)
+
+    bad, disk, final = ValueError("bad query"), OSError("the disk went away"), _Permanent("DataError: bad id")
+    crash = WorkerCrashedError()
+    assert classify(task_error(bad)) == ("raised", bad)
+    assert classify(task_error(final)) == ("permanent", final)
+    assert classify(crash) == ("ray", crash)
+    assert [_was_retried(task_error(e)) for e in (bad, disk, final)] + [_was_retried(crash)] == [
+        False, True, False, True]
+    assert _raised_by_task(task_error(bad)) is bad and _raised_by_task(task_error(final)) is None
+    assert _reason(task_error(bad)) == "ValueError: bad query" and _reason(task_error(final)) == "DataError: bad id"
+    assert [_kind(task_error(bad)), _kind(task_error(final)), _kind(crash)] == [
+        "ValueError", "DataError", "WorkerCrashedError"]
+
+
+def test_search_distributed_raises_a_chunks_own_error_as_it_is(local_ray, monkeypatch):
+    """A retriever's ValueError in a search_distributed chunk was a ShardError ('chunk 0 (queries ...) failed:
+    ValueError: ...'); a sharded retriever's search on Ray raises it as it is, and so does search_distributed now."""
+    from ragkit import _distributed
+    from ragkit._ray import ShardError
+    from ragkit.pipelines import Pipeline
+    from ragkit.scale import search_distributed
+
+    def chunk_fails(*args, **kw):
+        raise ValueError("a retriever's own error")
+
+    monkeypatch.setattr(_distributed, "_search_chunk", chunk_fails)
+    pipe = Pipeline([BM25(k=5)]).fit(_corpus())
+    with pytest.raises(ValueError, match=r"^a retriever's own error$") as err:
+        search_distributed(pipe, _QUERIES, n_chunks=2)
+    assert not isinstance(err.value, ShardError)
