@@ -143,3 +143,38 @@ def test_search_builds_its_json_only_when_output_is_given(tmp_path, monkeypatch)
     assert res.exit_code == 0, res.output
     assert len(calls) == 2 and json.loads((tmp_path / "r.json").read_text())["results"][1]["query"] == "dogs"
 
+
+# ------------------------------------------------------------------ 4. --queries - with standard input closed
+
+
+def test_search_queries_from_a_closed_standard_input_is_one_line_and_exit_2(tmp_path):
+    """``ragkit search --queries - <&-``: a traceback (``'NoneType' object has no attribute 'buffer'``), exit 1.
+    Now one line saying so, exit 2."""
+    idx = _index(tmp_path / "idx")
+    done = _ragkit("search", "--index", idx, "--queries", "-", "--run", "-", cwd=tmp_path, capture_output=True,
+                   text=True, preexec_fn=lambda: os.close(0))
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip() == ("error: --queries - (standard input): standard input is closed; pipe the "
+                                   "queries in") and "Traceback" not in done.stderr and done.stdout == ""
+
+
+def test_search_queries_from_a_standard_input_that_fails_to_read_is_a_run_failure(tmp_path, monkeypatch):
+    """A read of standard input that fails (EIO) is the command's failure, exit 1, naming --queries - (the
+    command's module sees a standard input whose reads fail; typer's runner takes no stream as input)."""
+    import errno
+    import io
+    import types
+
+    class Failing(io.RawIOBase):
+        def readable(self) -> bool:
+            return True
+
+        def readinto(self, b) -> int:  # noqa: ANN001
+            raise OSError(errno.EIO, "Input/output error")
+
+    idx = _index(tmp_path / "idx")
+    failing = io.TextIOWrapper(io.BufferedReader(Failing()), encoding="utf-8")
+    monkeypatch.setattr("ragkit.cli._search.sys", types.SimpleNamespace(stdin=failing))
+    res = _cli("search", "--index", idx, "--queries", "-", "--run", "-")
+    assert res.exit_code == 1, res.output
+    assert "error: --queries - (standard input): could not be read: Input/output error" in res.output

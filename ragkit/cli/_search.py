@@ -13,7 +13,7 @@ from rich.padding import Padding
 from rich.table import Table
 from rich.text import Text
 
-from ragkit.cli._app import _examples, _fail, app
+from ragkit.cli._app import _examples, _fail, _RunFailure, app
 from ragkit.cli._console import _cell, _note, console, err_console
 from ragkit.cli._options import _expands_paths, _path_option, _ranged_option
 from ragkit.cli._outputs import _check_not_inside, _is_stdout, _prepare_outputs, _write_outputs
@@ -144,13 +144,27 @@ def _read_queries_option(path: Path) -> Any:
                 e.args = (f"--queries {e}", *e.args[1:])
             raise
     # a byte-order mark is no part of the first line (as files read: a JSON line after one is JSON lines)
-    data = sys.stdin.buffer.read().removeprefix(b"\xef\xbb\xbf")
+    data = _read_stdin().removeprefix(b"\xef\xbb\xbf")
     jsonl = starts_json_object(data)  # (the rule files are read by: is_jsonl_query_file)
     piped = Piped("--queries - (standard input)", "ragkit search ... --queries -")
     with tempfile.TemporaryDirectory(prefix="ragkit-stdin-") as folder:
         tmp = Path(folder) / ("stdin.jsonl" if jsonl else "stdin.txt")
         tmp.write_bytes(data)
         return _without_header(_read_query_file(tmp, piped), piped.shown, not jsonl)
+
+
+def _read_stdin() -> bytes:
+    """Standard input's bytes for ``--queries -``: closed (``<&-``: ``sys.stdin`` is ``None``) is a
+    :class:`RagkitError` (a usage error, exit status 2), a failed read (``< folder``: EISDIR, an EIO) a
+    :class:`_RunFailure` (exit status 1), each naming ``--queries -``."""
+    stdin = sys.stdin
+    if stdin is None or getattr(stdin, "closed", False):
+        raise RagkitError("--queries - (standard input): standard input is closed; pipe the queries in")
+    try:
+        buffer = getattr(stdin, "buffer", None)
+        return buffer.read() if buffer is not None else stdin.read().encode("utf-8")
+    except OSError as e:
+        raise _RunFailure(f"--queries - (standard input): could not be read: {e.strerror or e}") from None
 
 
 #: The names a TSV of queries' header line gives its two columns (lower case, ``_`` and spaces read as ``-``, as the
