@@ -593,8 +593,13 @@ class Dense(TunedEncoderMixin, Operator):
         return out
 
     # ------------------------------------------------------------------ updates
-    def add(self, corpus: Corpus) -> "Dense":
-        """Index more documents (encoded, reduced and quantised with the fitted transforms; no rebuild)."""
+    def add(self, corpus: Corpus, *, vectors: np.ndarray | None = None) -> "Dense":
+        """Index more documents (encoded, reduced and quantised with the fitted transforms; no rebuild).
+
+        ``vectors``: the documents' encoder vectors, one row per document in ``corpus``'s order, encoded
+        beforehand by this retriever's encoder (``_encode_docs``; what :class:`~ragkit.integrations.langchain.
+        RagkitRetriever` does outside its write lock, so that searches do not wait for the encoding); ``None``:
+        encoded here.  Another number of rows, or a width other than the index's, is a :class:`DataError`."""
         self._check_fitted()
         self._sync_index()  # (its threads, expansion_add, reorder: the params' own)
         if not isinstance(corpus, Corpus):
@@ -607,8 +612,14 @@ class Dense(TunedEncoderMixin, Operator):
             return self
         blank = corpus.blank  # (before the concat, which carries it over to the joined corpus)
         joined = self.corpus_.concat(corpus, "dense.add")  # (refuses a metadata value of another kind: before edits)
-        vecs = self._encode_docs(corpus)
-        self._fresh(vecs)  # (drops the note: add never takes the array over)
+        if vectors is None:
+            vecs = self._encode_docs(corpus)
+            self._fresh(vecs)  # (drops the note: add never takes the array over)
+        else:  # (the width: the index's own check, VectorIndex.add)
+            vecs = np.ascontiguousarray(vectors, dtype=np.float32)
+            if vecs.ndim != 2 or len(vecs) != len(corpus):
+                raise DataError(f"dense.add: vectors must hold one row per document of the corpus, shape "
+                                f"({len(corpus)}, dim); got shape {vecs.shape}")
         if blank.any():  # a blank document is never found: not indexed, slot -1
             vecs = vecs[~blank]
         try:

@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import math
+import threading
+import time
+from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pytest
 from langchain_core.documents import Document
+from langchain_core.embeddings import DeterministicFakeEmbedding
 
 from ragkit.errors import DataError
-from ragkit.integrations.langchain import RagkitRetriever
-from ragkit.retrievers import BM25
+from ragkit.integrations.langchain import LangChainEmbeddingsEncoder, RagkitRetriever
+from ragkit.pipelines import RRF, Parallel, Pipeline
+from ragkit.retrievers import BM25, Dense
+from ragkit.types import Corpus
 
 
 # ---------------------------------------------------------------------- 1. ids written as a Corpus writes them
@@ -52,3 +59,61 @@ def test_a_missing_id_is_not_given():
     built = RagkitRetriever.from_texts(["a", "b"], ids=[None, None])
     assert sorted(d.id for d in built.get_by_ids(["0", "1"])) == ["0", "1"]
     assert r.get_by_ids([None]) == []
+
+
+# ---------------------------------------------------------------------- 2. documents encoded outside the write lock
+# an encoder without an embedding cache embedded the added documents under the write lock, so every search waited
+# for the embedding call (and the embedding ran before the duplicate-id check)
+class _SlowEmbeddings(DeterministicFakeEmbedding):
+    calls: ClassVar[list[list[str]]] = []
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        type(self).calls.append(list(texts))
+        if any(t.startswith("SLOW") for t in texts):
+            time.sleep(2.0)
+        return super().embed_documents(texts)
+
+
+def _slow_dense_retriever(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, cache: bool = False) -> RagkitRetriever:
+    monkeypatch.setenv("RAGKIT_CACHE", str(tmp_path))
+    LangChainEmbeddingsEncoder(_SlowEmbeddings(size=16), key="s54-slow", cache=cache).register("s54-slow",
+                                                                                              replace=True)
+    pipe = Pipeline([Parallel([BM25(k=5), Dense(model="s54-slow", k=5)], fuse=RRF())])
+    return RagkitRetriever.from_texts(["a cat", "a dog", "a bird"], pipeline=pipe, k=2)
+
+
+def test_a_search_does_not_wait_for_the_added_documents_embedding(monkeypatch, tmp_path):
+    r = _slow_dense_retriever(monkeypatch, tmp_path)
+    started = time.perf_counter()
+    adding = threading.Thread(target=lambda: r.add_texts(["SLOW new cat"], ids=["n"]))
+    adding.start()
+    time.sleep(0.2)  # (the add is embedding now)
+    t = time.perf_counter()
+    assert [d.id for d in r.invoke("cat")]
+    waited = time.perf_counter() - t
+    adding.join()
+    assert time.perf_counter() - started >= 2.0  # (the add did sleep)
+    assert waited < 1.0, f"the search waited {waited:.2f} s for the add's embedding"
+    assert "n" in [d.id for d in r.invoke("new cat", k=4)]
+
+
+@pytest.mark.parametrize("cache", [False, True])
+def test_a_duplicate_id_is_refused_before_the_embedding(monkeypatch, tmp_path, cache):
+    r = _slow_dense_retriever(monkeypatch, tmp_path, cache)
+    _SlowEmbeddings.calls.clear()
+    with pytest.raises(DataError, match="already indexed"):
+        r.add_texts(["SLOW again"], ids=["0"])
+    assert _SlowEmbeddings.calls == []
+
+
+def test_dense_add_takes_vectors_encoded_ahead_and_checks_their_shape(monkeypatch, tmp_path):
+    monkeypatch.setenv("RAGKIT_CACHE", str(tmp_path))
+    LangChainEmbeddingsEncoder(DeterministicFakeEmbedding(size=16), key="s54-fake").register("s54-fake", replace=True)
+    corpus = Corpus.from_texts(["a cat", "a dog"], ids=["a", "b"])
+    dense = Dense(model="s54-fake", search="exact").fit(corpus)
+    new = Corpus.from_texts(["a bird", "a fish"], ids=["c", "d"])
+    with pytest.raises(DataError, match=r"one row per document.*\(2, dim\); got shape \(1, 16\)"):
+        dense.add(new, vectors=np.zeros((1, 16), np.float32))
+    assert dense.corpus_.ids.tolist() == ["a", "b"]
+    dense.add(new, vectors=dense._encode_docs(new))
+    assert dense.search(["a fish"], k=1).doc_ids[0] == ["d"]

@@ -896,7 +896,11 @@ class RagkitRetriever(BaseRetriever):
         new = Corpus.from_documents([_with_id(d, i) for d, i in zip(docs, given)])
         _check_reserved(new, "add_documents")
         check_metadata_kinds(new, "add_documents")  # (among themselves; against the index's below)
-        self._encode_ahead(new)  # the slow part, before searches wait for the edit
+        held = self._searched_corpus()  # (unlocked, before the encoding: checked again under the lock)
+        if held is not None and len(dup := held.row_of(new.ids.tolist(), missing="drop")):
+            raise DataError(f"add_documents: {len(dup)} of the ids are already indexed, e.g. "
+                            f"{held.ids[dup[0]]!r}; delete them first, or give other ids")
+        ahead = self._encode_ahead(new)  # the slow part, before searches wait for the edit
         with self._editing() as pipe:  # the check and the edit as one (two adds of one id: the second is refused)
             held = _corpus_of(pipe)
             if held is not None and len(dup := held.row_of(new.ids.tolist(), missing="drop")):
@@ -904,7 +908,7 @@ class RagkitRetriever(BaseRetriever):
                                 f"{held.ids[dup[0]]!r}; delete them first, or give other ids")
             if held is not None:  # (what a save can write was checked above: the kinds against the index's alone)
                 check_added_kinds(new, "add_documents", held)
-            self._edit(pipe, "add", new, lambda leaf: leaf.remove(new.ids.tolist()))
+            self._edit(pipe, "add", new, lambda leaf: leaf.remove(new.ids.tolist()), vectors=ahead)
         return new.ids.tolist()
 
     def add_texts(self, texts: Iterable[str], metadatas: Iterable[Mapping[str, Any] | None] | None = None, *,
@@ -963,19 +967,30 @@ class RagkitRetriever(BaseRetriever):
                     yield pipe
                     return
 
-    def _encode_ahead(self, new: Corpus) -> None:
-        """Encode ``new``'s documents into the embedding cache for every dense retriever of the pipeline
-        whose encoder keeps one (``cache_enabled`` true and an ``encode``: ragkit's ``Encoder``, a
-        ``LangChainEmbeddingsEncoder(cache=True)``), so that the edit, which searches wait for, reads them.  An
-        encoder without a cache encodes them in the edit (under the lock)."""
+    def _encode_ahead(self, new: Corpus) -> dict[int, tuple[Any, Any, np.ndarray]]:
+        """Encode ``new``'s documents before the edit, which searches wait for: for every fitted dense retriever
+        (:class:`~ragkit.retrievers.Dense`) of the pipeline its vectors, returned as ``{id(leaf): (leaf, its
+        encoder, vectors)}`` for :meth:`_edit` to hand to its ``add``; for another retriever with an encoder
+        that keeps an embedding cache (``cache_enabled`` true and an ``encode``), into that cache, which its
+        ``add`` reads.  Any other encodes them in the edit (under the lock)."""
         from ragkit.pipelines.yaml import walk_leaves
+        from ragkit.retrievers import Dense
 
+        ahead: dict[int, tuple[Any, Any, np.ndarray]] = {}
         for _, leaf in walk_leaves(self.pipeline):
+            if getattr(leaf, "corpus_", None) is None or id(leaf) in ahead:
+                continue
+            if isinstance(leaf, Dense):
+                encoder = leaf.encoder
+                vecs = leaf._encode_docs(new)
+                leaf._fresh(vecs)  # (drops the note: the vectors are handed to add, which never takes them over)
+                ahead[id(leaf)] = (leaf, encoder, vecs)
+                continue
             enc = getattr(leaf, "encoder", None) if callable(getattr(leaf, "_encode_docs", None)) else None
             encode = getattr(enc, "encode", None)
-            if getattr(enc, "cache_enabled", False) is True and callable(encode) \
-                    and getattr(leaf, "corpus_", None) is not None:
+            if getattr(enc, "cache_enabled", False) is True and callable(encode):
                 encode(new.full_texts)
+        return ahead
 
     def delete(self, ids: Sequence[str] | None = None, **kwargs: Any) -> bool:
         """Remove the documents ``ids`` from every retriever of the pipeline (their ``remove``: BM25 and
@@ -1011,11 +1026,13 @@ class RagkitRetriever(BaseRetriever):
         return await run_in_executor(None, self.delete, ids, **kwargs)
 
     def _edit(self, pipe: Operator, method: str, arg: Any, undo: Callable[[Any], Any],
-              realign: Callable[[Any], Any] | None = None) -> None:
+              realign: Callable[[Any], Any] | None = None, *,
+              vectors: Mapping[int, tuple[Any, Any, np.ndarray]] | None = None) -> None:
         """``leaf.<method>(arg)`` on every fitted retriever (stateful leaf) of ``pipe``, each checked
         first to have it; on a failure, ``undo(leaf)`` on those already edited and ``realign(leaf)`` on the
         others (a removal undone appends the documents again: every retriever must hold the same rows),
-        then the error."""
+        then the error.  ``vectors``: the documents encoded ahead (:meth:`_encode_ahead`), handed to the ``add``
+        of the same leaf whose encoder is still the one that encoded them."""
         from ragkit.pipelines.yaml import walk_leaves
 
         leaves = [(path, leaf) for path, leaf in walk_leaves(pipe)
@@ -1033,7 +1050,11 @@ class RagkitRetriever(BaseRetriever):
         done = []
         try:
             for _, leaf in leaves:
-                getattr(leaf, method)(arg)
+                pre = vectors.get(id(leaf)) if vectors else None
+                if pre is not None and pre[0] is leaf and getattr(leaf, "encoder", None) is pre[1]:
+                    leaf.add(arg, vectors=pre[2])
+                else:
+                    getattr(leaf, method)(arg)
                 done.append(leaf)
         except BaseException as e:
             try:
