@@ -487,19 +487,34 @@ def test_random_skewness_floor():
 
 
 
-@pytest.mark.parametrize("n_q, n_docs, k", [(300, 5183, 10), (900, 5183, 3), (40, 50, 49), (7, 12, 12)])
-def test_random_skewness_is_the_simulation_with_argpartition(n_q, n_docs, k):
-    """The batched top-k (torch.topk of the k smallest draws) counts the very documents a plain
-    argpartition of the same random stream picks: the same value to the last bit."""
+@pytest.mark.parametrize("n_q, n_docs, k", [(300, 5183, 10), (900, 5183, 3), (40, 50, 49), (7, 12, 12),
+                                            (30, 400, 100)])
+def test_random_skewness_is_the_simulation_one_query_at_a_time(n_q, n_docs, k):
+    """The batched draws count the very documents a query-at-a-time simulation of the same random stream picks:
+    the same value to the last bit.  Floyd's algorithm (a set per query) for a k, or the n_docs - k documents
+    left out, whose square is at most 4 * n_docs; else a plain argpartition of the k smallest uniform draws
+    (the batched path is torch.topk)."""
     rng = np.random.default_rng(5)
-    chunk = max(1, (1 << 22) // n_docs)
+    m = min(k, n_docs - k)
     ref = []
     for _ in range(3):
         counts = np.zeros(n_docs, np.int64)
-        for a in range(0, n_q, chunk):
-            r = rng.random((min(chunk, n_q - a), n_docs))
-            for row in r:  # one query at a time
-                counts[np.argpartition(row, k - 1)[:k] if k < n_docs else np.arange(n_docs)] += 1
+        if m * m <= 4 * n_docs:
+            chunk = max(1, (1 << 22) // max(m, 1))
+            for a in range(0, n_q if m else 0, chunk):
+                sets: list[set[int]] = [set() for _ in range(min(chunk, n_q - a))]
+                for j in range(n_docs - m, n_docs):
+                    for s_, t in zip(sets, rng.integers(0, j + 1, len(sets)).tolist()):
+                        s_.add(j if t in s_ else t)
+                for s_ in sets:
+                    counts[sorted(s_)] += 1
+            if m < k:
+                counts = n_q - counts
+        else:
+            chunk = max(1, (1 << 22) // n_docs)
+            for a in range(0, n_q, chunk):
+                for row in rng.random((min(chunk, n_q - a), n_docs)):  # one query at a time
+                    counts[np.argpartition(row, k - 1)[:k]] += 1
         ref.append(skewness(counts))
     assert random_skewness(n_q, n_docs, k=k, repeats=3, seed=5) == float(np.mean(ref))
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 
 import numpy as np
+import pytest
 
 from ragkit.encoders import HashingEncoder, register_encoder
 from ragkit.eval import evaluate
@@ -68,4 +69,42 @@ def test_ordered_float32_moves_only_the_rounding_ties():
     assert got[9] == 0.0  # a single candidate keeps its rounding
     assert ordered_float32(np.empty(0), np.empty(0, np.float32), np.zeros(2, np.int64), np.zeros(2, np.int64),
                            np.empty(0, np.int64)).shape == (0,)
+
+
+def test_random_skewness_draws_no_matrix_as_wide_as_the_corpus():
+    import tracemalloc
+
+    from ragkit.eval.hubness import random_skewness
+
+    tracemalloc.start()
+    try:
+        random_skewness(300, 5183, 10, repeats=2, seed=0)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 300 * 5183 * 8 // 8  # a (300, 5183) float64 draw is 12 MB; counts and draws here are < 1 MB
+
+
+@pytest.mark.parametrize("n_docs, m", [(20, 5), (7, 7), (30, 1)])
+def test_floyd_subsets_are_uniform_and_distinct(n_docs, m):
+    from ragkit.eval.hubness import _floyd_counts
+
+    n_q = 60_000
+    counts = _floyd_counts(np.random.default_rng(1), n_q, n_docs, m)
+    assert counts.sum() == n_q * m
+    p = m / n_docs
+    if p == 1:
+        assert counts.tolist() == [n_q] * n_docs  # m distinct documents per query
+    sd = np.sqrt(n_q * p * (1 - p))
+    assert np.all(np.abs(counts - n_q * p) <= 5 * sd + 1e-9), (counts, n_q * p)
+
+
+def test_random_skewness_near_n_docs_counts_the_complement():
+    from ragkit.eval.hubness import random_skewness, skewness
+
+    assert random_skewness(10, 12, 12) == skewness(np.full(12, 10))  # every document in every top-12: 0
+    # a top-49 of 50 leaves one document out: N_k = n_q minus the counts of a top-1 drawn from the same stream
+    for seed in range(3):
+        assert random_skewness(400, 50, 49, repeats=2, seed=seed) == pytest.approx(
+            -random_skewness(400, 50, 1, repeats=2, seed=seed), rel=1e-12, abs=1e-12)
 

@@ -74,8 +74,12 @@ def random_skewness(n_queries: int, n_docs: int, k: int = 10, repeats: int = 20,
     The floor that sampling alone puts under a measured skewness: with few queries, ``N_k`` is mostly
     zeros and ones, and even perfectly hub-free rankings give a skewed distribution (about
     ``1 / sqrt(n_queries * k / n_docs)``, the skewness of a Poisson count).  Compare a run's skewness
-    with this level before reading its hubness.  Mean over ``repeats`` seeded simulations (batched:
-    one ``torch.topk`` over a ``(chunk, n_docs)`` random matrix).
+    with this level before reading its hubness.  Mean over ``repeats`` seeded simulations, batched over the
+    queries: each query's top-``k`` is a uniform ``k``-subset drawn by Floyd's algorithm (:func:`_floyd_counts`,
+    ``k`` vectorised steps of ``O(n_queries * k)``, nothing ``n_docs`` wide per query), or, when ``k`` is close
+    to ``n_docs``, the ``n_docs - k`` documents it leaves out drawn so; a ``min(k, n_docs - k)`` too large for
+    that (its square above ``4 * n_docs``) takes the ``k`` smallest of a ``(chunk, n_docs)`` random matrix
+    (``chunk * n_docs`` about 4M).
     """
     _count(n_queries, "n_queries", 1, "random_skewness", "how many queries")
     _count(n_docs, "n_docs", 1, "random_skewness", "the corpus size")
@@ -84,21 +88,54 @@ def random_skewness(n_queries: int, n_docs: int, k: int = 10, repeats: int = 20,
     if k > n_docs:
         raise DataError(f"random_skewness: need k <= n_docs (a top-k of distinct documents), got k={k}, "
                         f"n_docs={n_docs}")
-    import torch  # topk of a few per row: 4x numpy's argpartition, one thread or two
-
     rng = np.random.default_rng(seed)
-    chunk = max(1, (1 << 22) // n_docs)
+    m = min(k, n_docs - k)
     out = []
     for _ in range(repeats):
-        counts = np.zeros(n_docs, np.int64)
-        for a in range(0, n_queries, chunk):
-            r = rng.random((min(chunk, n_queries - a), n_docs))
-            # the k smallest draws of each row (distinct floats: one set, whichever way it is found)
-            top = (torch.topk(torch.from_numpy(r), k, dim=1, largest=False, sorted=False)[1].numpy() if k < n_docs
-                   else np.argsort(r, axis=1))
-            counts += np.bincount(top.ravel(), minlength=n_docs)
+        if m * m <= 4 * n_docs:
+            counts = _floyd_counts(rng, n_queries, n_docs, m)
+            if m < k:  # each query's top-k: every document but the m left out
+                counts = n_queries - counts
+        else:
+            counts = _topk_counts(rng, n_queries, n_docs, k)
         out.append(skewness(counts))
     return float(np.mean(out))
+
+
+def _floyd_counts(rng: np.random.Generator, n_queries: int, n_docs: int, m: int) -> np.ndarray:
+    """``(n_docs,)`` int64: in how many of ``n_queries`` uniform random ``m``-subsets of ``range(n_docs)`` each
+    document lies.  Floyd's algorithm, vectorised over the queries: for ``j`` in ``n_docs - m .. n_docs - 1``,
+    draw ``t`` uniform in ``[0, j]`` and take ``t``, or ``j`` when ``t`` was taken already (every ``m``-subset
+    equally likely); queries in chunks of about 4M / ``m`` draws."""
+    counts = np.zeros(n_docs, np.int64)
+    if m == 0:
+        return counts
+    chunk = max(1, (1 << 22) // m)
+    for a in range(0, n_queries, chunk):
+        nq = min(chunk, n_queries - a)
+        chosen = np.empty((nq, m), np.int64)
+        for i, j in enumerate(range(n_docs - m, n_docs)):
+            t = rng.integers(0, j + 1, nq)
+            taken = (chosen[:, :i] == t[:, None]).any(axis=1)
+            chosen[:, i] = np.where(taken, j, t)
+        counts += np.bincount(chosen.ravel(), minlength=n_docs)
+    return counts
+
+
+def _topk_counts(rng: np.random.Generator, n_queries: int, n_docs: int, k: int) -> np.ndarray:
+    """:func:`_floyd_counts` for a ``k`` far from 0 and from ``n_docs`` (Floyd's ``k**2`` steps per query would
+    cost more than ``n_docs``): each query's ``k`` smallest of ``n_docs`` uniform draws, a ``(chunk, n_docs)``
+    matrix at a time."""
+    import torch  # topk of a few per row: 4x numpy's argpartition, one thread or two
+
+    counts = np.zeros(n_docs, np.int64)
+    chunk = max(1, (1 << 22) // n_docs)
+    for a in range(0, n_queries, chunk):
+        r = rng.random((min(chunk, n_queries - a), n_docs))
+        # the k smallest draws of each row (distinct floats: one set, whichever way it is found)
+        top = torch.topk(torch.from_numpy(r), k, dim=1, largest=False, sorted=False)[1].numpy()
+        counts += np.bincount(top.ravel(), minlength=n_docs)
+    return counts
 
 
 @dataclass
