@@ -108,3 +108,20 @@ def test_random_skewness_near_n_docs_counts_the_complement():
         assert random_skewness(400, 50, 49, repeats=2, seed=seed) == pytest.approx(
             -random_skewness(400, 50, 1, repeats=2, seed=seed), rel=1e-12, abs=1e-12)
 
+
+def test_k_occurrence_refuses_a_document_twice_in_one_top_k():
+    from ragkit.errors import DataError
+    from ragkit.eval.hubness import hubness, k_occurrence
+    from ragkit.run import Run
+    from ragkit.types import Ranking
+
+    with pytest.raises(DataError, match=r"^k_occurrence: ranking 1 lists row 2 twice \(ranks 1 and 3\); expected "
+                                        r"each document at most once per ranking \(a copy would count its query"):
+        k_occurrence([Ranking([0], [1.0]), Ranking([2, 1, 2], [.9, .8, .7])], 4, 10)
+    run = Run(["qa"], [np.array(["d2", "d2"], dtype=object)], [np.array([.9, .8])],
+              rankings=[Ranking([2, 2], [.9, .8])])
+    with pytest.raises(DataError, match=r"^hubness: query 'qa' lists row 2 twice"):
+        hubness(run, 4, k=10)
+    # past the cut-off a repeat is not counted, nor refused
+    assert k_occurrence([Ranking([2, 1, 2], [.9, .8, .7])], 4, 2).tolist() == [0, 1, 1, 0]
+

@@ -61,10 +61,12 @@ def padded_rows(rankings: Run | Sequence[Ranking], k: int) -> tuple[np.ndarray, 
     return rows, valid
 
 
-def _refuse_repeats(rankings: Run | Sequence[Ranking], rows: np.ndarray, valid: np.ndarray) -> None:
+def _refuse_repeats(rankings: Run | Sequence[Ranking], rows: np.ndarray, valid: np.ndarray, who: str = "diversity",
+                    why: str = "a copy would count as a second, identical document") -> None:
     """A :class:`DataError` for the first ranking whose valid ``rows`` hold one row twice (vectorised:
     :func:`~ragkit.filters._flat.first_positions`), naming its smallest repeated row and that row's first two
-    ranks.  Negative rows are left to the range check that follows."""
+    ranks, said as ``who``'s (``why``: what the copy would do there).  Negative rows are left to the range check
+    that follows."""
     firsts = first_positions(rows, valid)
     again = firsts != np.arange(rows.shape[1])
     if not again.any():
@@ -75,9 +77,8 @@ def _refuse_repeats(rankings: Run | Sequence[Ranking], rows: np.ndarray, valid: 
     first, row = int(firsts[i, second]), int(rows[i, second])
     ids = rankings.query_ids if isinstance(rankings, Run) else None
     where = f"query {ids[i]!r}" if ids is not None else f"ranking {i}"
-    raise DataError(f"diversity: {where} lists row {row} twice (ranks {first + 1} and {second + 1}); "
-                    "expected each document at most once per ranking (a copy would count as a second, identical "
-                    "document), as alpha_ndcg and evaluate require")
+    raise DataError(f"{who}: {where} lists row {row} twice (ranks {first + 1} and {second + 1}); "
+                    f"expected each document at most once per ranking ({why}), as alpha_ndcg and evaluate require")
 
 
 def _bad_row(rankings: Run | Sequence[Ranking], rows: np.ndarray, valid: np.ndarray, n: int) -> str | None:

@@ -13,6 +13,8 @@ from typing import Sequence
 import numpy as np
 
 from ragkit.errors import DataError
+from ragkit.eval.diversity import _refuse_repeats
+from ragkit.filters._flat import pad_rows
 from ragkit.run import Run
 from ragkit.types import Ranking
 
@@ -47,8 +49,10 @@ def _k_occurrence(run: Run | Sequence[Ranking], n_docs: int, k: int, caller: str
     _count(k, "k", 1, caller, "the cut-off")
     _count(n_docs, "n_docs", 0, caller, "the corpus size")
     rankings = _rankings(run)
-    heads = [r.rows[:k] for r in rankings]
-    rows = np.concatenate(heads) if heads else np.empty(0, np.int64)
+    padded, valid = pad_rows(rankings, k)
+    # a top-k listing a document twice would count its query twice
+    _refuse_repeats(run, padded, valid, caller, "a copy would count its query twice in N_k")
+    rows = padded[valid]
     if len(rows) and (rows.max() >= n_docs or rows.min() < 0):
         bad = int(rows[(rows < 0) | (rows >= n_docs)][0])
         raise DataError(f"{caller}: row {bad} outside a corpus of {n_docs} documents; expected rows in "
