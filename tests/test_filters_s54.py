@@ -125,3 +125,26 @@ def test_k_occurrence_refuses_a_document_twice_in_one_top_k():
     # past the cut-off a repeat is not counted, nor refused
     assert k_occurrence([Ranking([2, 1, 2], [.9, .8, .7])], 4, 2).tolist() == [0, 1, 1, 0]
 
+
+def test_filter_report_of_a_run_every_list_of_which_was_emptied():
+    from ragkit.errors import DataError
+    from ragkit.eval.filtering import filter_report
+    from ragkit.run import Run
+
+    ref = Run.from_dict({"q1": {"d1": 0.9, "d2": 0.5}, "q2": {"d3": 0.8}})
+    qrels = {"q1": {"d1": 1}, "q2": {"d3": 1}}
+    empty = Run.from_dict({})  # every list emptied, read back from a TREC file: no query at all
+    for rep in (filter_report(empty, qrels), filter_report(empty, qrels, ref)):
+        assert rep.to_dict() == {"precision": 0.0, "recall": 0.0, "mean_kept": 0.0, "empty": 1.0, "n_queries": 2}
+    one = Run.from_dict({"q1": {"d1": 0.9}})
+    assert filter_report(one, qrels).to_dict() == {"precision": 1.0, "recall": 0.5, "mean_kept": 0.5, "empty": 0.5,
+                                                    "n_queries": 2}
+    with pytest.raises(DataError, match=r"^filter_report: none of the 1 queries of the filtered run has judgements "
+                                        r"\(e\.g\. \['x'\]\); expected qrels of its queries"):
+        filter_report(Run.from_dict({"x": {"d1": 0.9}}), qrels)
+    with pytest.raises(DataError, match=r"^filter_report: no query has judgements \(the qrels judge none\)"):
+        filter_report(empty, {})
+    with pytest.raises(DataError, match=r"^filter_report: no query has judgements \(none of the 2 queries of the "
+                                        r"reference run\)"):
+        filter_report(empty, {"z": {"d1": 1}}, ref)
+

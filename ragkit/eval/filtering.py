@@ -88,7 +88,10 @@ def filter_report(filtered: Run, qrels: Qrels | Any, reference: Run | None = Non
     the reference retrieved ("recall within the top-K"), over the reference's judged queries;
     otherwise to all judged relevant, over every query the qrels judge (as :func:`evaluate`
     counts them, trec_eval's ``-c``).  Either way a judged query the filtered run lacks kept
-    nothing: a TREC run file cannot hold the empty list of a query the filter emptied.  ``qrels`` takes what
+    nothing: a TREC run file cannot hold the empty list of a query the filter emptied (a filter that emptied
+    every list gives a run of no query: precision and recall 0, ``empty`` 1).  Without ``reference``, a run
+    holding queries none of which the qrels judge is a :class:`DataError` (the qrels of other queries); with it,
+    a reference none of whose queries is judged.  ``qrels`` takes what
     :func:`~ragkit.eval.evaluate` takes (a mapping, a DataFrame, a qrels file's path: :func:`~ragkit.types.as_qrels`).
     ``relevance_level`` (the lowest grade counted relevant) and ``ignore_identical_ids`` (a document whose id is
     its query's id is dropped from both runs: not kept, never found, though still among the judged relevant)
@@ -98,9 +101,14 @@ def filter_report(filtered: Run, qrels: Qrels | Any, reference: Run | None = Non
     level = check_relevance_level(qrels, relevance_level, "filter_report")
     f_at = {q: i for i, q in enumerate(filtered.query_ids)}
     judged = [q for q in filtered.query_ids if q in qrels]
-    if reference is None and judged:
+    if reference is None:
+        if filtered.query_ids and not judged:  # queries, none judged: the qrels of another run
+            raise DataError(f"filter_report: none of the {len(filtered.query_ids)} queries of the filtered run has "
+                            f"judgements (e.g. {list(filtered.query_ids[:3])}); expected qrels of its queries")
+        # every judged query, the filtered run holding it or not (one it lacks kept nothing: a run read back from
+        # a TREC file holds no query whose list the filter emptied, and none at all when it emptied every list)
         judged = [q for q, rel in qrels.items() if rel]
-    if reference is not None:
+    else:
         ref_at = {q: i for i, q in enumerate(reference.query_ids)}
         missing = [q for q in judged if q not in ref_at]
         if missing:
@@ -110,7 +118,9 @@ def filter_report(filtered: Run, qrels: Qrels | Any, reference: Run | None = Non
         # cannot hold an empty list): it counts as an empty list, not as a query that never ran
         judged = [q for q in reference.query_ids if q in qrels]
     if not judged:
-        raise DataError("filter_report: no query of the run has judgements")
+        raise DataError("filter_report: no query has judgements (" + ("the qrels judge none" if reference is None
+                        else f"none of the {len(reference.query_ids)} queries of the reference run") + "); expected "
+                        "qrels judging the run's queries")
     labels = _relevance_labels(filtered, qrels, level, ignore_identical_ids)
     none = np.zeros(0, dtype=object)
     docs = {q: filtered.doc_ids[f_at[q]] if q in f_at else none for q in judged}
