@@ -148,8 +148,10 @@ class RelativeThreshold(_PrefixCut):
         if not scores.size:
             return np.zeros(0, bool)
         alpha = float(self.opt(state, "alpha", self.params.alpha))
-        top = np.zeros(len(lengths), np.float32)
+        # in float64 (the float32 scores exactly): a float32 bar rounded the boundary either way, keeping a score
+        # one ulp below alpha * top or dropping one at it
+        top = np.zeros(len(lengths), np.float64)
         top[lengths > 0] = scores[starts[lengths > 0]]
         with np.errstate(invalid="ignore"):  # an infinite top: the bar is the top itself (inf - inf is NaN)
-            bar = np.where(np.isinf(top), top, top - (1 - alpha) * np.abs(top))
-        return scores >= bar[qidx]
+            bar = np.where(np.isinf(top), top, np.where(top > 0, alpha * top, top - (1 - alpha) * np.abs(top)))
+        return np.asarray(scores, np.float64) >= bar[qidx]

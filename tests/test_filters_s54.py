@@ -148,3 +148,29 @@ def test_filter_report_of_a_run_every_list_of_which_was_emptied():
                                         r"reference run\)"):
         filter_report(empty, {"z": {"d1": 1}}, ref)
 
+
+def test_relative_threshold_decides_the_boundary_exactly():
+    from ragkit.filters import RelativeThreshold
+    from ragkit.types import Ranking, State
+
+    rng = np.random.default_rng(0)
+    cases = 0
+    for _ in range(300):
+        alpha = float(np.round(rng.uniform(0.05, 1), 2))
+        top = np.float32(rng.uniform(0.05, 1))
+        s = np.float32(alpha * float(top))  # the boundary score, rounded to float32, and its neighbours
+        for cand in (s, np.nextafter(s, np.float32(0)), np.nextafter(s, np.float32(2))):
+            if cand > top:
+                continue
+            cases += 1
+            kept = len(RelativeThreshold(alpha=alpha)(State(["q"], rankings=[Ranking([0, 1], [top, cand])]))
+                       .rankings[0])
+            assert (kept == 2) == (float(cand) >= alpha * float(top)), (alpha, float(top), float(cand))
+    assert cases > 800
+    # a negative top: score >= top - (1 - alpha) * |top|, in float64 of the float32 scores
+    top, alpha = np.float32(-0.3), 0.5
+    bar = float(top) - 0.5 * abs(float(top))
+    for cand in (np.float32(bar), np.nextafter(np.float32(bar), np.float32(-1)), np.nextafter(np.float32(bar), top)):
+        kept = len(RelativeThreshold(alpha=alpha)(State(["q"], rankings=[Ranking([0, 1], [top, cand])])).rankings[0])
+        assert (kept == 2) == (float(cand) >= bar)
+
