@@ -510,7 +510,10 @@ class DBNorm(_BankOperator):
     Input: a ranking of raw cosines (``dense | dbnorm``; a pipeline refuses a dense with ``reduce`` or
     ``dtype: b1`` unless it has ``rescore: true``: its scores are not the full-dimension cosines the penalties
     are computed from); only those candidates are
-    re-scored (shape ``(B, K)`` -> same rows, new order).  Output scores are the log-space
+    re-scored (shape ``(B, K)`` -> same rows, new order), less the blank documents among them (empty, whitespace
+    or invisible characters only: in no bank, their penalty 0 would be the largest boost; a dense step never
+    returns them, rankings given or a corpus edited may), which are left out, as ``maxsim`` leaves out its blank
+    candidates.  Output scores are the log-space
     normalised scores (float32); raw cosines stay in ``fields["cosine"]``.  A document a hub
     pushed out of dense's top-``K`` stays out: :class:`DBNormDense` (``dbnorm_dense``) retrieves
     by the normalised score over the whole corpus instead (``dualis`` and ``is`` only).
@@ -578,6 +581,17 @@ class DBNorm(_BankOperator):
         check_cosines(c, self.name, qidx)
         check_dense_rankings(state.rankings, c, qidx, self.name)
         check_rows_in_corpus(rows, len(self.log_z_q_), self.name)
+        given = state.rankings
+        blank = self.corpus_.blank[rows]
+        if blank.any():  # a blank candidate (empty, whitespace or invisible characters only: a dense step over a
+            # corpus edited by hand, or rankings given) is in no bank, penalty 0: the largest boost.  Left out, as
+            # maxsim leaves out its blank candidates (nothing to score)
+            given = [r.take(np.flatnonzero(~blank[s:s + n])) for r, s, n in
+                     zip(state.rankings, starts.tolist(), lengths.tolist())]
+            rows, c, lengths, starts, qidx = flatten(given)
+            if not len(rows):
+                out.rankings = given
+                return out
         p = self.params
         # raw top-1 per query: the candidate with the highest cosine (the first one after dense)
         B, K = len(lengths), int(lengths.max())
@@ -591,7 +605,7 @@ class DBNorm(_BankOperator):
         P[qidx, pos] = new
         order = np.argsort(-P, axis=1, kind="stable")  # ties keep the incoming order
         rankings = []
-        for i, r in enumerate(state.rankings):
+        for i, r in enumerate(given):
             n = int(lengths[i])
             if n == 0:
                 rankings.append(r)

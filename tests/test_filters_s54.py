@@ -174,3 +174,27 @@ def test_relative_threshold_decides_the_boundary_exactly():
         kept = len(RelativeThreshold(alpha=alpha)(State(["q"], rankings=[Ranking([0, 1], [top, cand])])).rankings[0])
         assert (kept == 2) == (float(cand) >= bar)
 
+
+@pytest.mark.parametrize("method", ["dualis", "ddis", "qbnorm", "is"])
+def test_dbnorm_leaves_blank_candidates_out(method):
+    from ragkit.filters import DBNorm
+    from ragkit.types import Ranking, State
+
+    texts = ["red apples", "green pears", "ripe red cherries", "a fruit market", "apple pie recipe", "", "   "]
+    train = TrainSet({"q1": "red fruit", "q2": "baked apples", "q3": "pears market"}, {"q1": {"2": 1}})
+    op = DBNorm(model="s54-bow", method=method).fit(Corpus.from_texts(texts), train)
+    st = State(["a", "b", "c", "d", "e"], rankings=[
+        Ranking([3], [0.5]), Ranking([0, 1, 2], [0.4, 0.4, 0.4]), Ranking([], []),
+        Ranking([0, 5, 1], [0.6, 0.5, 0.45]), Ranking([6, 5], [0.3, 0.2])])
+    out = op(st)
+    ref = op(State(["a", "b", "c", "d", "e"], rankings=[
+        Ranking([3], [0.5]), Ranking([0, 1, 2], [0.4, 0.4, 0.4]), Ranking([], []), Ranking([0, 1], [0.6, 0.45]),
+        Ranking([], [])]))
+    assert [r.rows.tolist() for r in out.rankings] == [r.rows.tolist() for r in ref.rankings]
+    assert sorted(out.rankings[3].rows.tolist()) == [0, 1] and len(out.rankings[4]) == 0
+    for r, rr in zip(out.rankings, ref.rankings):
+        assert r.scores.tolist() == rr.scores.tolist()
+        assert r.fields.get("cosine", np.empty(0)).tolist() == rr.fields.get("cosine", np.empty(0)).tolist()
+    every = op(State(["e"], rankings=[Ranking([6, 5], [0.3, 0.2])]))  # nothing left: an empty list
+    assert len(every.rankings[0]) == 0
+
