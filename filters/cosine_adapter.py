@@ -872,7 +872,13 @@ class CosineAdapter(Operator):
         if self.weights_.shape != (len(self.feat_mean_) + 1, self.n_params):
             raise ArtifactError(f"{folder}: adapter weights of shape {self.weights_.shape} do not match "
                                 f"{len(self.feat_mean_)} features and form {self.params.form!r}")
-        self.threshold_ = float(meta["threshold"])
+        t = meta["threshold"]
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 <= t <= 1:  # (NaN fails 0 <= t)
+            raise ArtifactError(f"{folder / 'adapter.json'}: threshold must be a number in [0, 1], got {t!r}")
+        if len(self.feat_std_) != len(self.feat_mean_):
+            raise ArtifactError(f"{folder}: adapter_feat_std holds {len(self.feat_std_)} values, adapter_feat_mean "
+                                f"{len(self.feat_mean_)}; expected one of each per feature")
+        self.threshold_ = float(t)
         self.depth_ = None if meta.get("depth") is None else int(meta["depth"])  # None: saved before depth was kept
         x0 = meta.get("power_x0") if self.params.form == "power" else None  # None: saved before power was centred
         if x0 is not None and (not isinstance(x0, (int, float)) or isinstance(x0, bool) or not 0 < x0 <= 1):

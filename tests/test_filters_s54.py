@@ -198,3 +198,45 @@ def test_dbnorm_leaves_blank_candidates_out(method):
     every = op(State(["e"], rankings=[Ranking([6, 5], [0.3, 0.2])]))  # nothing left: an empty list
     assert len(every.rankings[0]) == 0
 
+
+@pytest.fixture(scope="module")
+def saved_adapter(tmp_path_factory):
+    corpus = Corpus.from_texts([f"notes on topic{i}" for i in range(40)])
+    train = TrainSet(Queries.from_texts([f"topic{i}" for i in range(30)]), {f"q{i}": {str(i): 1} for i in range(30)})
+    folder = tmp_path_factory.mktemp("ca") / "ca"
+    CosineAdapter(model="s54-bow", target_value=0.9).fit(corpus, train).save(folder)
+    return folder
+
+
+@pytest.mark.parametrize("bad", [None, "nan", float("nan"), 2.5, -0.1, True, [0.5]])
+def test_adapter_load_checks_the_saved_threshold(saved_adapter, tmp_path, bad):
+    import shutil
+
+    from conftest import edit_json, reseal
+
+    from ragkit.errors import ArtifactError
+
+    folder = tmp_path / "ca"
+    shutil.copytree(saved_adapter, folder)
+    edit_json(folder / "adapter.json", lambda m: m.update(threshold=bad))
+    reseal(folder)
+    with pytest.raises(ArtifactError, match=r"adapter\.json: threshold must be a number in \[0, 1\], got "
+                                            + repr(bad).replace("[", r"\[").replace("]", r"\]")):
+        CosineAdapter.load(folder)
+
+
+def test_adapter_load_checks_the_feature_std_length(saved_adapter, tmp_path):
+    import shutil
+
+    from conftest import reseal
+
+    from ragkit.errors import ArtifactError
+
+    folder = tmp_path / "ca"
+    shutil.copytree(saved_adapter, folder)
+    np.save(folder / "adapter_feat_std.npy", np.load(folder / "adapter_feat_std.npy")[:-1])
+    reseal(folder)
+    with pytest.raises(ArtifactError, match=r"adapter_feat_std holds \d+ values, adapter_feat_mean \d+; expected one "
+                                            "of each per feature"):
+        CosineAdapter.load(folder)
+    assert CosineAdapter.load(saved_adapter).threshold_ is not None  # the saved one loads
