@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 import numpy as np
 
 from ragkit._files import user_path
+from ragkit._merge import _flatten, _split
 from ragkit._plugins import _plugin_modules
 from ragkit._ray import (
     _TRANSIENT,
@@ -30,7 +31,7 @@ from ragkit._ray import (
 from ragkit._sharded import Sharded, _in_chunk
 from ragkit.errors import ParamError
 from ragkit.operator import Operator, checksums_verified
-from ragkit.types import Corpus, Ranking, State
+from ragkit.types import Corpus, State
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -74,7 +75,8 @@ def _manifest_digest(pipe_dir: str | os.PathLike[str]) -> str:
 def _search_chunk(pipe_dir: str, ids: list[str], texts: list[str], k: int | None,
                   options: dict[str, Any] | None = None, written: str | None = None,
                   corpus: Corpus | None = None) -> Any:
-    """One chunk's search of the pipeline saved in ``pipe_dir``.  ``written``: the :func:`_manifest_digest` of the
+    """One chunk's search of the pipeline saved in ``pipe_dir``: its rankings flat, ``(rows, scores, lengths)``
+    (:func:`~ragkit._merge._flatten`), and the per-query values.  ``written``: the :func:`_manifest_digest` of the
     folder as :func:`search_distributed` wrote it just before: the pipeline is then loaded memory-mapped and without
     checking every file's SHA-256 again (once the manifest's own digest is ``written``: else an
     :class:`~ragkit.errors.ArtifactError`); without it, loaded and checked as any saved pipeline.  ``corpus``: the
@@ -101,7 +103,10 @@ def _search_chunk(pipe_dir: str, ids: list[str], texts: list[str], k: int | None
             with checksums_verified(True):
                 pipe = Pipeline.load(pipe_dir, corpus, mmap=True, verify=False)
         run = pipe.search(Queries(ids, texts), k=k, **(options or {}))
-    return run.query_ids, run.doc_ids, [(r.rows, r.scores) for r in run.rankings or []], run.values
+    # flat arrays, not a list per query (nor the document ids: the driver maps the rows to them through the corpus
+    # it holds): three arrays to send back, whatever the number of queries
+    rows, scores, lens = _flatten(run.rankings or [])
+    return rows, scores, lens, run.values
 
 
 def _registered_in(pipe: Any) -> list[tuple[str, str]]:
@@ -233,12 +238,11 @@ def search_distributed(pipe: Pipeline | Operator,
         except BaseException:
             _drain(ray, refs)  # no chunk (or retry) may still read the folder deleted next
             raise
-    qids = [q for c in chunks for q in c[0]]
-    docs = [d for c in chunks for d in c[1]]
-    rankings = [Ranking(rows, sc) for c in chunks for rows, sc in c[2]]
+    rankings = _split(*(np.concatenate([c[i] for c in chunks]) for i in range(3))) if chunks else []
     keys = list(dict.fromkeys(key for c in chunks for key in c[3]))
-    values = {key: [v for c in chunks for v in c[3].get(key, [None] * len(c[0]))] for key in keys}
+    values = {key: [v for c in chunks for v in c[3].get(key, [None] * len(c[2]))] for key in keys}
     from ragkit.run import learned_query_ids
 
-    return Run(qids, docs, [r.scores for r in rankings], rankings=rankings, values=values,
-               learned_from=learned_query_ids(pipe, queries.ids, queries.texts))
+    assert isinstance(fitted_on, Corpus)  # (check_options refused a pipeline without one: it cannot search)
+    return Run.from_rankings(list(queries.ids), rankings, fitted_on.ids, values=values,
+                             learned_from=learned_query_ids(pipe, queries.ids, queries.texts))

@@ -112,3 +112,40 @@ def test_search_distributed_raises_a_chunks_own_error_as_it_is(local_ray, monkey
     with pytest.raises(ValueError, match=r"^a retriever's own error$") as err:
         search_distributed(pipe, _QUERIES, n_chunks=2)
     assert not isinstance(err.value, ShardError)
+
+
+
+def test_a_search_distributed_chunk_returns_flat_arrays_not_a_list_per_query(tmp_path):
+    """A chunk returned its query ids, one document-id array per query and one (rows, scores) pair per query,
+    pickled back per query object: it returns three flat arrays (rows, scores, lengths) and the values, and the
+    driver maps the rows to document ids through the corpus it holds."""
+    from ragkit._distributed import _search_chunk
+    from ragkit.pipelines import Pipeline
+
+    corpus = _corpus()
+    pipe = Pipeline([BM25(k=5)]).fit(corpus)
+    pipe.save(tmp_path / "p")
+    got = _search_chunk(str(tmp_path / "p"), [f"q{i}" for i in range(len(_QUERIES))], _QUERIES, 5, {}, None, corpus)
+    assert len(got) == 4 and isinstance(got[3], dict)
+    rows, scores, lens = got[:3]
+    assert all(isinstance(a, np.ndarray) for a in (rows, scores, lens))
+    assert rows.dtype == np.int64 and scores.dtype == np.float32 and lens.tolist() == [5] * len(_QUERIES)
+    want = pipe.search(_QUERIES, k=5)
+    np.testing.assert_array_equal(rows, np.concatenate([r.rows for r in want.rankings]))
+    np.testing.assert_array_equal(scores, np.concatenate([r.scores for r in want.rankings]))
+
+
+def test_search_distributed_ranks_as_pipe_search_from_the_flat_chunks(local_ray):
+    """The driver rebuilds every query's ranking and document ids from the chunks' flat arrays: the same run as
+    pipe.search (ids, scores, rows, query ids), chunks of unequal sizes and an empty ranking included."""
+    from ragkit.pipelines import Pipeline
+    from ragkit.scale import search_distributed
+
+    corpus = _corpus()
+    pipe = Pipeline([BM25(k=5)]).fit(corpus)
+    queries = {f"q{i}": q for i, q in enumerate([*_QUERIES, "nothing here", "w9 w8"])}
+    want, got = pipe.search(queries), search_distributed(pipe, queries, n_chunks=4)
+    assert list(got.query_ids) == list(want.query_ids)
+    assert [d.tolist() for d in got.doc_ids] == [d.tolist() for d in want.doc_ids]
+    assert [r.rows.tolist() for r in got.rankings] == [r.rows.tolist() for r in want.rankings]
+    assert [s.tolist() for s in got.scores] == [s.tolist() for s in want.scores]
