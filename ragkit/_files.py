@@ -172,7 +172,9 @@ def text_output(path: str | os.PathLike[str]) -> Iterator[TextIO]:
     """A UTF-8 text stream onto ``path``: through standard output where ``path`` is what it writes into
     (:func:`stdout_file`: after what is there, not truncating it), straight into a character device or a pipe
     (:func:`writes_through`; lines end in ``\\n``), else into a temporary file beside it, renamed into place when the
-    block ends and deleted if it raises (:func:`atomic_file`, whose errors for a folder or a socket it keeps)."""
+    block ends and deleted if it raises (:func:`atomic_file`, whose errors for a folder or a socket it keeps).  The
+    temporary file names this process (``owner=True``), and those a killed write of ``path`` left are removed first
+    (:func:`remove_stale_tempfiles`)."""
     if stdout_file(path):
         sys.stdout.flush()  # (what was printed before goes first)
         with open(os.dup(sys.stdout.fileno()), "w", encoding="utf-8", newline="\n") as f:  # (at its offset)
@@ -182,7 +184,10 @@ def text_output(path: str | os.PathLike[str]) -> Iterator[TextIO]:
         with open(path, "w", encoding="utf-8", newline="\n") as f:
             yield f
         return
-    with atomic_file(Path(path)) as tmp, open(tmp, "w", encoding="utf-8") as f:
+    target = Path(path)
+    beside = Path(os.path.realpath(target)) if target.is_symlink() else target  # (where atomic_file writes)
+    remove_stale_tempfiles(beside.parent, name=beside.name)  # what a killed write of it left (owner=True: found)
+    with atomic_file(target, owner=True) as tmp, open(tmp, "w", encoding="utf-8") as f:
         yield f
 
 
@@ -574,15 +579,17 @@ _TEMPFILE = re.compile(r"(\..+?\.)(\d+)(@.+)?-[0-9a-f]{8}\.tmp(\.[^.]*)?")
 UNTAGGED_TEMPFILE_AGE_S = 24 * 3600.0
 
 
-def remove_stale_tempfiles(folder: Path) -> list[tuple[Path, int]]:
+def remove_stale_tempfiles(folder: Path, *, name: str | None = None) -> list[tuple[Path, int]]:
     """Remove the temporary files of :func:`atomic_file` in ``folder`` whose writer has ended: those named
     with ``owner=True`` (``.<stem>.<owner tag>-...``) whose process ran on this host and no longer runs
     (:func:`owner_ended`, the rule of :func:`remove_stale_tempdirs`), and untagged ones (``.<stem>.<pid>-...``,
     written by an older ragkit) whose process id runs nowhere here and which nobody has written for
     :data:`UNTAGGED_TEMPFILE_AGE_S` (a writer on another host of a shared disk keeps writing its file).
     Returns ``(path, bytes)`` of each removed; a file of a live process, of another host, or that cannot be
-    removed is left alone."""
+    removed is left alone.  ``name``: only the temporary files of the file ``folder / name`` (a command's output in
+    a user's folder: the temporary files of other writers there are theirs to remove)."""
     host = _hostname()
+    own = None if name is None else (f".{Path(name).stem}.", Path(name).suffix)  # (atomic_file's name's parts)
     removed = []
     try:
         entries = [e for e in Path(folder).iterdir() if e.name.startswith(".") and ".tmp" in e.name]
@@ -591,7 +598,7 @@ def remove_stale_tempfiles(folder: Path) -> list[tuple[Path, int]]:
     now = time.time()
     for entry in entries:
         m = _TEMPFILE.fullmatch(entry.name)
-        if m is None:
+        if m is None or (own is not None and (m.group(1), m.group(4) or "") != own):
             continue
         try:
             st = entry.lstat()

@@ -178,3 +178,24 @@ def test_search_queries_from_a_standard_input_that_fails_to_read_is_a_run_failur
     res = _cli("search", "--index", idx, "--queries", "-", "--run", "-")
     assert res.exit_code == 1, res.output
     assert "error: --queries - (standard input): could not be read: Input/output error" in res.output
+
+
+# ------------------------------------------------------------------ 5. no temporary file left by a killed write
+
+
+def test_an_output_a_killed_write_left_is_removed_by_the_next_write_of_it(tmp_path):
+    """A write of ``-o`` / ``--run`` killed (SIGKILL, a lost machine) left its hidden temporary file beside the output
+    forever (it named only a process id: never judged stale).  It now names its owner, as saves' do, and the next
+    write of that output removes what an ended process left; another file's temporary files are left alone."""
+    idx = _index(tmp_path / "idx")
+    kill = ("import os, sys; from ragkit._files import text_output; cm = text_output(sys.argv[1]); "
+            "f = cm.__enter__(); f.write('1 Q0 d9 1 0.5 half'); f.flush(); os._exit(9)")
+    for target in ("run.trec", "other.trec"):
+        done = subprocess.run([sys.executable, "-c", kill, target], cwd=tmp_path, timeout=120)
+        assert done.returncode == 9
+    left = sorted(p.name for p in tmp_path.glob(".*.tmp*"))
+    assert len(left) == 2 and all("@" in name for name in left), left  # (its owner named: host and process)
+    res = _cli("search", "--index", idx, "cats", "--run", tmp_path / "run.trec")
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in tmp_path.glob(".*.tmp*")) == [n for n in left if n.startswith(".other.")]
+    assert (tmp_path / "run.trec").read_text().split()[:3] == ["1", "Q0", "d2"]
