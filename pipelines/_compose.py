@@ -841,14 +841,20 @@ class Pipeline(Composite):
                   path: str = "pipeline") -> State:
         """The training queries as they reach step ``i``: the steps before it run on them (on ``upstream``, where
         this pipeline is itself a step), each at its path (``path``: this pipeline's), so that an error one raises
-        names the step as a search's does (``pipeline[2].parallel.branches[0][1].boom: ...``)."""
+        names the step as a search's does (``pipeline[2].parallel.branches[0][1].boom: ...``).  ``cache`` holds
+        those of the learning steps before it (by index): the steps from the last of them on run, not the whole
+        prefix again for each learning step."""
         if i in cache:
-            return cache[i]
-        state = upstream.copy() if upstream is not None else State.of(train.queries)
-        for step, where in self.child_paths(path)[:i]:
+            return cache[i].copy()
+        start = max((j for j in cache if j < i), default=None)  # the steps before it ran for an earlier learner
+        if start is None:
+            start, state = 0, upstream.copy() if upstream is not None else State.of(train.queries)
+        else:
+            state = cache[start].copy()  # (that learner's upstream: not changed by the steps run on it now)
+        for step, where in self.child_paths(path)[start:i]:
             state = run_step(step, state, where)
         cache[i] = state
-        return state
+        return state.copy()  # (what the learner's fit adds to it, query vectors, stays out of the cache)
 
     @property
     def is_fitted(self) -> bool:

@@ -170,3 +170,32 @@ def test_a_generator_in_two_branches_of_a_parallel_is_refused_in_python_and_yaml
     # one generator in a parallel, or one in each branch of a route, is fine
     Parallel([[TopK(k=3), Generate()], TopK(k=2)])
     Route(RuleRouter(rules=[{"label": "a", "max_words": 1}]), {"a": Generate(), "default": Generate(top_k=2)})
+
+
+# ----------------------------------------------------------------------------- 4. the prefix runs once in fit
+def test_fit_runs_the_steps_before_several_learners_once(corpus, train):
+    calls: list[int] = []
+
+    class _Counting(BM25):
+        def _call(self, state: State) -> State:
+            calls.append(len(state))
+            return super()._call(state)
+
+    first = _Counting(k=5)
+    pipe = Pipeline([first, Parallel([TopK(k=5), BM25(k=5, stemmer="none")], fuse=RRF(learn=True, folds=2)),
+                     TopK(k=5), Parallel([TopK(k=4), _dense()], fuse=RRF(learn=True, folds=2))])
+    logging.disable(logging.WARNING)
+    try:
+        pipe.fit(corpus, train)
+    finally:
+        logging.disable(logging.NOTSET)
+    assert calls == [len(train.queries)]  # (old: once per learning step)
+    # the last learner learned from what the three steps before it make of the training queries
+    prefix = Pipeline(pipe.steps[:3])(State.of(train.queries))
+    alone = Parallel([TopK(k=4), _dense()], fuse=RRF(learn=True, folds=2))
+    logging.disable(logging.WARNING)
+    try:
+        alone.fit(corpus, train, upstream=prefix)
+    finally:
+        logging.disable(logging.NOTSET)
+    assert pipe.learned()["pipeline[3].parallel.fuse.rrf"] == alone.fuse.learned_
