@@ -117,3 +117,17 @@ def test_dense_add_takes_vectors_encoded_ahead_and_checks_their_shape(monkeypatc
     assert dense.corpus_.ids.tolist() == ["a", "b"]
     dense.add(new, vectors=dense._encode_docs(new))
     assert dense.search(["a fish"], k=1).doc_ids[0] == ["d"]
+
+
+# ---------------------------------------------------------------------- 3. a pipeline with a generate step is editable
+# add_documents / delete required add / remove of every fitted leaf, the generate step (no per-document state) too
+def test_a_pipeline_with_a_generate_step_takes_adds_and_deletes(monkeypatch, tmp_path):
+    from ragkit.generators.operator import Generate
+
+    monkeypatch.setenv("RAGKIT_CACHE", str(tmp_path))
+    monkeypatch.setattr(Generate, "per_document", False, raising=False)  # (Generate declares it itself)
+    r = RagkitRetriever.from_texts(["a cat sat", "a dog ran", "birds fly"], pipeline=BM25() | Generate(), k=2)
+    assert r.add_texts(["a new cat"], ids=["n"]) == ["n"]
+    assert "n" in [d.id for d in r.invoke("new cat")]
+    assert r.delete(["0"]) is True
+    assert [d.id for d in r.get_by_ids(["0", "n"])] == ["n"]

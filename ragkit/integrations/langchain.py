@@ -1028,15 +1028,17 @@ class RagkitRetriever(BaseRetriever):
     def _edit(self, pipe: Operator, method: str, arg: Any, undo: Callable[[Any], Any],
               realign: Callable[[Any], Any] | None = None, *,
               vectors: Mapping[int, tuple[Any, Any, np.ndarray]] | None = None) -> None:
-        """``leaf.<method>(arg)`` on every fitted retriever (stateful leaf) of ``pipe``, each checked
-        first to have it; on a failure, ``undo(leaf)`` on those already edited and ``realign(leaf)`` on the
-        others (a removal undone appends the documents again: every retriever must hold the same rows),
-        then the error.  ``vectors``: the documents encoded ahead (:meth:`_encode_ahead`), handed to the ``add``
-        of the same leaf whose encoder is still the one that encoded them."""
+        """``leaf.<method>(arg)`` on every fitted retriever (stateful leaf holding per-document state: not one whose
+        ``per_document`` is false, a generate step) of ``pipe``, each checked first to have it; on a failure,
+        ``undo(leaf)`` on those already edited and ``realign(leaf)`` on the others (a removal undone appends the
+        documents again: every retriever must hold the same rows), then the error.  ``vectors``: the documents
+        encoded ahead (:meth:`_encode_ahead`), handed to the ``add`` of the same leaf whose encoder is still the one
+        that encoded them."""
         from ragkit.pipelines.yaml import walk_leaves
 
-        leaves = [(path, leaf) for path, leaf in walk_leaves(pipe)
-                  if not leaf.stateless and getattr(leaf, "corpus_", None) is not None]
+        leaves = [(path, leaf) for path, leaf in walk_leaves(pipe)  # (a step of no per-document state, a
+                  if not leaf.stateless and getattr(leaf, "corpus_", None) is not None  # generator: not edited)
+                  and getattr(leaf, "per_document", True)]
         cannot = [f"{path} ({leaf.name})" for path, leaf in leaves if not callable(getattr(leaf, method, None))]
         if cannot:
             from ragkit import registry
