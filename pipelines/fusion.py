@@ -286,7 +286,7 @@ class _Fuser(Operator):
         names = [n for n, _ in upstream.branches]
         placed = self._placed()  # what its warnings start with
         # what learning must beat, kept on a tie: the weights as given (learn_weights scales them to sum to 1, and
-        # its warnings quote them as given)
+        # its warnings quote them as given; the weights it returns are scaled back below)
         baseline = self._weights(names) if self.params.weights is not None else None  # (checks their number)
 
         options = self._learnable_options()
@@ -313,14 +313,21 @@ class _Fuser(Operator):
                                                    baseline=baseline)))
         option, found = searches[self._best_search(searches)]
         self.option_ = option
-        self.weights_ = found.weights
+        # learn_weights works on the simplex (weights summing to 1); the fuser keeps its unlearned scale, so
+        # learning changes only the ratios and a threshold set on its scores (score_reached) still holds: the
+        # learned weights times the sum of the given ones (the number of branches when none were given), and a
+        # kept baseline exactly as it was (the given weights, or 1 each)
+        given = np.ones(len(names)) if baseline is None else np.asarray(baseline, np.float64)
+        scale = float(given.sum())
+        self.weights_ = given.copy() if found.kept != "learned" else found.weights * scale
         # cv_ndcg@10: the kept weights' cross-validated estimate (the baseline's, equal or given weights, when it
         # was kept, the averaged weights' own then under averaged_cv_ndcg@10, beside the weights set aside)
         set_aside = found.report()
-        if set_aside:
-            set_aside = {"kept": set_aside.pop("kept"), "averaged_weights": set_aside.pop("averaged_weights"),
+        if set_aside:  # (the averaged weights set aside on the fuser's scale too, comparable with the kept ones)
+            averaged = (np.asarray(set_aside.pop("averaged_weights"), np.float64) * scale).tolist()
+            set_aside = {"kept": set_aside.pop("kept"), "averaged_weights": averaged,
                          "averaged_cv_ndcg@10": found.cv_ndcg, **set_aside}
-        self.learned_ = {"branches": names, "weights": found.weights.tolist(), **option,
+        self.learned_ = {"branches": names, "weights": self.weights_.tolist(), **option,
                          "cv_ndcg@10": found.held_out_ndcg, "train_ndcg@10": found.train_ndcg,
                          f"{found.compared_with}_ndcg@10": found.baseline_ndcg, **set_aside}
 

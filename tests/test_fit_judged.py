@@ -86,9 +86,10 @@ def test_a_learning_fuser_fits_equal_weights_when_learning_loses(seed, kept):
     train = TrainSet({q: f"query {q}" for q in st.query_ids}, qrels)
     op = RRF(learn=True, folds=3).fit(corpus, train, upstream=st)
     found = _search(seed)[0]
-    np.testing.assert_array_equal(op.weights_, found.weights)
-    assert np.allclose(op.weights_, 0.5) is kept
-    assert op.learned_["weights"] == found.weights.tolist()
+    # (the fuser keeps its unlearned scale: learn_weights' weights, summing to 1, times its 2 branches)
+    np.testing.assert_array_equal(op.weights_, found.weights * 2)
+    assert np.allclose(op.weights_, 1.0) is kept
+    assert op.learned_["weights"] == (found.weights * 2).tolist()
     assert op.learned_["train_ndcg@10"] == found.train_ndcg
     assert (op.learned_.get("kept") == "uniform") is kept  # learned.json and the CLI say equal weights were kept
 

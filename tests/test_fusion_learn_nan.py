@@ -54,7 +54,7 @@ def test_settings_without_held_out_scores_are_compared_by_training_ndcg_and_said
     with caplog.at_level(logging.WARNING, logger="ragkit"):
         op = WeightedFusion(learn=True, norm="learn").fit(corpus, train, upstream=st)
     assert op.norm == "zscore" and op.learned_["norm"] == "zscore"
-    assert op.learned_["weights"] == [0.5, 0.5] and op.learned_["kept"] == "uniform"
+    assert op.learned_["weights"] == [1.0, 1.0] and op.learned_["kept"] == "uniform"  # (1 each, as unlearned)
     assert op.learned_["train_ndcg@10"] == 1.0 and math.isnan(op.learned_["cv_ndcg@10"])
     said = [r.getMessage() for r in caplog.records if "fusion weights" in r.getMessage()]
     assert len(said) == 1, said

@@ -44,7 +44,7 @@ def test_learned_weights_reproducible_and_saved(slice_data, tmp_path):
     b = Pipeline.from_yaml(PIPE).fit(corpus, train)
     wa, wb = a.steps[0].fuse.weights_, b.steps[0].fuse.weights_
     np.testing.assert_array_equal(wa, wb)
-    assert np.isclose(wa.sum(), 1.0)
+    assert np.isclose(wa.sum(), 2.0)  # the fuser's scale: as many as the branches' unlearned weights of 1
     # the learned weights favour the better branch (lucene BM25 over unstemmed okapi, on these
     # training queries) and the report is what running the pipeline gives
     from ragkit.eval import evaluate
@@ -647,7 +647,10 @@ def test_a_learning_fit_learns_what_scoring_its_fused_rankings_learned(slice_dat
                 best = (option, found)
         option, found = best
         set_aside = {**found.report(), "averaged_cv_ndcg@10": found.cv_ndcg} if found.report() else {}
-        assert op.learned_ == {"branches": ["b0", "b1", "b2"], "weights": found.weights.tolist(), **option,
+        if set_aside:  # (on the fuser's scale: 3 branches, unlearned weights of 1 each)
+            set_aside["averaged_weights"] = (np.asarray(set_aside["averaged_weights"]) * 3).tolist()
+        used = (found.weights * 3).tolist() if found.kept == "learned" else [1.0, 1.0, 1.0]
+        assert op.learned_ == {"branches": ["b0", "b1", "b2"], "weights": used, **option,
                                "cv_ndcg@10": found.held_out_ndcg, "train_ndcg@10": found.train_ndcg,
                                "uniform_ndcg@10": found.baseline_ndcg, **set_aside}
 
@@ -684,7 +687,7 @@ def test_equal_weights_kept_report_their_own_cross_validated_ndcg(caplog):
     with caplog.at_level(logging.WARNING, logger="ragkit"):
         op = WeightedFusion(learn=True, norm="learn").fit(corpus, train, upstream=st)
     got = op.learned_
-    assert got["kept"] == "uniform" and got["weights"] == [0.5, 0.5]
+    assert got["kept"] == "uniform" and got["weights"] == [1.0, 1.0]  # (equal weights as unlearned: 1 each)
     assert got["cv_ndcg@10"] == got["uniform_cv_ndcg@10"]  # the estimate of the weights kept
     assert "averaged_cv_ndcg@10" in got and got["averaged_cv_ndcg@10"] <= got["cv_ndcg@10"]
     said = [r.getMessage() for r in caplog.records if "keeping equal weights" in r.getMessage()]
@@ -709,8 +712,9 @@ def test_learned_weights_are_exact_means_of_the_fold_picks(tmp_path):
 
     st, corpus, train = _two_branches(9)
     op = RRF(learn=True).fit(corpus, train, upstream=st)
-    assert op.learned_.get("kept") is None and op.learned_["weights"] == [0.36, 0.64]
-    np.testing.assert_array_equal(op.weights_, [0.36, 0.64])  # the weights used, not only the ones shown
+    # (on the fuser's scale, two branches of weight 1 unlearned: the exact means [0.36, 0.64] times 2)
+    assert op.learned_.get("kept") is None and op.learned_["weights"] == [0.72, 1.28]
+    np.testing.assert_array_equal(op.weights_, [0.72, 1.28])  # the weights used, not only the ones shown
     from ragkit.pipelines.weights import learn_weights
 
     prep = RRF()._prepare(st, with_fields=False)
@@ -719,4 +723,4 @@ def test_learned_weights_are_exact_means_of_the_fold_picks(tmp_path):
              for col in found.fold_picks.T]
     assert found.averaged.tolist() == exact
     op.save(tmp_path / "f")
-    assert json.loads((tmp_path / "f" / "learned.json").read_text())["weights"] == [0.36, 0.64]
+    assert json.loads((tmp_path / "f" / "learned.json").read_text())["weights"] == [0.72, 1.28]

@@ -1050,9 +1050,10 @@ def test_rule_router_keywords_match_as_phrases():
 
 
 def test_learned_weights_tie_goes_to_uniform_weights():
-    """Two identical branches score the same for every weighting: keep both (0.5, 0.5), not (0, 1)."""
+    """Two identical branches score the same for every weighting: keep both (1, 1: equal weights on the unlearned
+    fuser's scale), not (0, 2)."""
     pipe = Pipeline([Parallel([BM25(k=5), BM25(k=5)], fuse=RRF(learn=True, folds=2))]).fit(_toy_corpus(), _toy_train())
-    np.testing.assert_allclose(pipe.steps[0].fuse.weights_, [0.5, 0.5])
+    np.testing.assert_allclose(pipe.steps[0].fuse.weights_, [1.0, 1.0])
     from ragkit.pipelines.weights import best_grid_point
 
     assert best_grid_point(np.array([0.2, 0.5, 0.5, 0.5 - 1e-3]), np.array([0.0, 0.5, 0.1, 0.0])) == 2
