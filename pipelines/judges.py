@@ -22,6 +22,7 @@ from typing import Literal, Sequence
 import numpy as np
 from pydantic import Field, model_validator
 
+from ragkit.errors import DataError
 from ragkit.operator import Operator
 from ragkit.params import Params
 from ragkit.pipelines._learned import LearnedThreshold, threshold_or_learn_problem
@@ -162,6 +163,13 @@ class ScoreReached(LearnedThreshold, Operator):
         if not self.params.learn:
             return
         iters, n = features.shape
+        if n and not np.isfinite(features).any():  # (a ranking too short: -inf; NaN never reaches a threshold)
+            raise DataError(
+                f"{self.name}.rank: no training query's ranking reaches rank {self.params.rank} in any of the "
+                f"{iters} iteration{'s' if iters != 1 else ''} ({n} usable training quer{'ies' if n != 1 else 'y'}): "
+                f"the score at rank {self.params.rank} is undefined for every one, so every threshold learns the "
+                f"same (the loop would run max_iters times for every query); give a rank within the k of the "
+                f"retriever before it, or retrieve at least {self.params.rank} documents (its k)")
         finite = np.unique(features[np.isfinite(features)])
         cands = np.concatenate([finite, [np.inf]])                               # (m,) ascending
         m = len(cands)

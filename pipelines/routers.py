@@ -23,7 +23,7 @@ from typing import Literal
 import numpy as np
 from pydantic import Field, field_validator, model_validator
 
-from ragkit.errors import ParamError
+from ragkit.errors import DataError, ParamError
 from ragkit.operator import Operator
 from ragkit.params import Params
 from ragkit.pipelines._learned import LearnedThreshold, threshold_or_learn_problem
@@ -361,6 +361,24 @@ def ranking_feature(state: State, feature: str) -> np.ndarray:
         return np.where(np.abs(s1) > 0, gap / np.abs(s1), np.nan)
 
 
+def _undefined_feature(state: State, feature: str) -> str:
+    """Why ``feature`` (:func:`ranking_feature`) is undefined for every query of ``state``, the training queries a
+    router learns from: their rankings are too short (``gap``, ``rel_gap``: fewer than 2 results), or their scores
+    give none (no finite top score, no non-zero one for ``rel_gap``)."""
+    n = len(state)
+    longest = max((len(r) for r in state.rankings or []), default=0)
+    queries = f"{n} usable training quer{'ies' if n != 1 else 'y'}"
+    need = 1 if feature == "top1" else 2
+    if longest < need:
+        return (f"{feature!r} needs {'a result' if need == 1 else 'the top two results'} of each query's ranking, "
+                f"but no training query's ranking has {need} (the longest has {longest}; {queries}), so every "
+                f"threshold learns the same (every query routed below); retrieve at least {need} documents before "
+                f"the route (the k of the retriever before it){', or use feature: top1' if need == 2 else ''}")
+    return (f"{feature!r} is undefined (NaN or infinite) for every one of the {queries}: their top scores give no "
+            f"{feature} (the longest ranking has {longest} results), so every threshold learns the same; use "
+            "another feature")
+
+
 class ScoreRouterParams(Params):
     feature: Literal["top1", "gap", "rel_gap"] = Field(
         default="top1", description="Ranking feature: best score, best minus second score, or that gap / best score.")
@@ -466,7 +484,10 @@ class ScoreRouter(LearnedThreshold, Operator):
         """
         if not self.params.learn:
             return
-        f = np.nan_to_num(ranking_feature(state, self.params.feature), nan=-np.inf)
+        raw = ranking_feature(state, self.params.feature)
+        if len(raw) and not np.isfinite(raw).any():
+            raise DataError(f"{self.name}.feature: {_undefined_feature(state, self.params.feature)}")
+        f = np.nan_to_num(raw, nan=-np.inf)
         ga, gb = np.asarray(gains[self.params.above], float), np.asarray(gains[self.params.below], float)
         order = np.argsort(f, kind="stable")
         fs, da = f[order], (ga - gb)[order]

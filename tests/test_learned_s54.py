@@ -71,3 +71,49 @@ def test_given_weights_kept_are_kept_exactly_and_learned_ones_keep_their_sum(dat
             assert sum(fuse.learned_["weights"]) == pytest.approx(sum(w))
     assert any(v.get("kept") == "given" for v in seen.values())  # (the case the data exercises)
 
+
+# ---------------------------------------------------------------- 2. a feature no training query has is refused
+
+def test_learned_judge_whose_rank_no_training_ranking_reaches_is_refused(data):
+    from ragkit.errors import DataError
+    from ragkit.pipelines import PRF, Loop, ScoreReached
+    from ragkit.retrievers import BM25
+
+    corpus, qs, qrels = data
+    pipe = Pipeline([BM25(k=10), Loop([PRF(max_df=0.5), BM25(k=5)], until=ScoreReached(learn=True, rank=8),
+                                      max_iters=3)])
+    with pytest.raises(DataError, match=r"score_reached\.rank: no training query's ranking reaches rank 8 in any of "
+                                        r"the 3 iterations \(12 usable training queries\).*at least 8 documents"):
+        pipe.fit(corpus, train=TrainSet(qs, qrels))
+    # within reach: learned as before
+    ok = Pipeline([BM25(k=10), Loop([PRF(max_df=0.5), BM25(k=5)], until=ScoreReached(learn=True, rank=5),
+                                    max_iters=3)]).fit(corpus, train=TrainSet(qs, qrels))
+    assert "threshold" in next(iter(ok.learned().values()))
+
+
+def test_learned_judge_refused_directly_and_one_feature_is_enough():
+    from ragkit.errors import DataError
+    from ragkit.pipelines import ScoreReached
+
+    gains = np.array([[0.2, 0.3], [0.6, 0.7]])
+    with pytest.raises(DataError, match="no training query's ranking reaches rank 3 in any of the 2 iterations"):
+        ScoreReached(learn=True, rank=3).learn_stopping(np.array([[-np.inf, np.nan], [-np.inf, -np.inf]]), gains)
+    judge = ScoreReached(learn=True, rank=3)
+    judge.learn_stopping(np.array([[-np.inf, -np.inf], [-np.inf, 4.0]]), gains)
+    assert judge.learned_["mean_iterations"] >= 1
+
+
+@pytest.mark.parametrize("feature", ["gap", "rel_gap"])
+def test_learned_router_whose_feature_no_training_query_has_is_refused(data, feature):
+    from ragkit.errors import DataError
+    from ragkit.pipelines import Route, ScoreRouter
+    from ragkit.retrievers import BM25
+
+    corpus, qs, qrels = data
+    pipe = Pipeline([BM25(k=1), Route(ScoreRouter(learn=True, feature=feature), {"easy": [], "hard": BM25(k=10)})])
+    with pytest.raises(DataError, match=rf"score_router\.feature: '{feature}' needs the top two results .* no training "
+                                        r"query's ranking has 2 \(the longest has 1; 12 usable training queries\)"):
+        pipe.fit(corpus, train=TrainSet(qs, qrels))
+    ok = Pipeline([BM25(k=2), Route(ScoreRouter(learn=True, feature=feature), {"easy": [], "hard": BM25(k=10)})])
+    ok.fit(corpus, train=TrainSet(qs, qrels))
+
