@@ -1685,6 +1685,11 @@ class Loop(Composite):
     path, ``state.values["iterations@pipeline[0].loop"]``, which a later loop does not
     overwrite.  Deterministic: same input, same iterations.
 
+    While an iteration runs, ``state.values["iteration"]`` holds its number for each query
+    (0 for the first), which the body's steps and the judge may read (an operator of one's own);
+    it is removed when the loop ends, and a loop inside another's body gives back the outer
+    loop's numbers when it ends.
+
     Parameters
     ----------
     body : Operator or list of operators (a linear pipeline)
@@ -1788,9 +1793,8 @@ class Loop(Composite):
         n_usable = len(current)
         features, gains = [], []
         for it in range(self.max_iters):
-            current.values["iteration"] = [it] * len(current)
+            current.values["iteration"] = [it] * len(current)  # (the iteration's number, as the loop gives it)
             current = run_step(self.body, current, f"{_at(path, 'loop')}.body")
-            current.values.pop("iteration", None)
             features.append(judge.feature(current))
             gains.append(per_query_ndcg(current, train.qrels, corpus.ids))
         judge.learn_stopping(np.array(features), np.array(gains))
@@ -1858,6 +1862,8 @@ class Loop(Composite):
         here = _at(path, "loop")
         n = len(state)
         outer = {k: v for k, v in state.values.items() if k.startswith("_")}
+        if "iteration" in state.values:  # an enclosing loop's iteration numbers: given back at the end
+            outer["iteration"] = state.values["iteration"]
         iters = np.zeros(n, np.int64)
         active = np.arange(n)
         current = state
@@ -1883,7 +1889,7 @@ class Loop(Composite):
             active = active[~done]
         if current is state:
             current = state.copy()
-        for key in [k for k in current.values if k.startswith("_")]:
+        for key in [k for k in current.values if k.startswith("_") or k == "iteration"]:
             del current.values[key]
         current.values.update(outer)
         current.values["iterations"] = iters.tolist()

@@ -15,7 +15,7 @@ from ragkit.encoders import HashingEncoder, register_encoder
 from ragkit.errors import ConfigError, DataError, ParamError
 from ragkit.filters import TopK
 from ragkit.operator import Operator
-from ragkit.pipelines import RRF, Loop, Parallel, Pipeline, Route, RuleRouter, ScoreReached, ScoreRouter
+from ragkit.pipelines import RRF, Loop, MaxOnly, Parallel, Pipeline, Route, RuleRouter, ScoreReached, ScoreRouter
 from ragkit.retrievers import BM25, Dense
 from ragkit.types import Corpus, Queries, State, TrainSet
 
@@ -199,3 +199,31 @@ def test_fit_runs_the_steps_before_several_learners_once(corpus, train):
     finally:
         logging.disable(logging.NOTSET)
     assert pipe.learned()["pipeline[3].parallel.fuse.rrf"] == alone.fuse.learned_
+
+
+# ----------------------------------------------------------------------------- 5. values["iteration"] of nested loops
+def test_a_nested_loop_gives_back_the_outer_loops_iteration_numbers(corpus):
+    seen: list[object] = []
+
+    class _Spy(Operator):
+        """A plugin step that reads the loop's iteration number (a plugin judge may, too)."""
+
+        name = "s54_spy"
+        kind = "reranker"
+        stateless = True
+        reads_rankings = True
+
+        def _call(self, state: State) -> State:
+            seen.append(state.values.get("iteration"))
+            return state.copy()
+
+    inner = Loop([TopK(k=4), _Spy()], until=MaxOnly(), max_iters=2)
+    outer = Loop([TopK(k=5), inner, _Spy()], until=MaxOnly(), max_iters=3)
+    out = Pipeline([BM25(k=5), outer]).fit(corpus)(State.of(["red apples", "blue sky"]))
+    # each outer iteration: the inner loop's two (0, 1), then the outer's own number after it (old: None)
+    assert seen == [[0, 0], [1, 1], [0, 0]] + [[0, 0], [1, 1], [1, 1]] + [[0, 0], [1, 1], [2, 2]]
+    assert "iteration" not in out.values and out.values["iterations"] == [3, 3]
+    # a loop run on a state holding its own number (an outer body) gives that back, the same list
+    given = State.of(["red apples"], values={"iteration": [7]})
+    ranked = BM25(k=5).fit(corpus)(given)
+    assert Loop(TopK(k=3), until=MaxOnly(), max_iters=2).fit(corpus)(ranked).values["iteration"] == [7]
