@@ -114,3 +114,78 @@ def test_generate_reports_each_querys_sources_before_answering():
                       generate={"on_sources": lambda qi, ids: events.append(("sources", qi, ids))})
     assert events == [("sources", 0, ["d2"]), ("answer", "Do cats sleep?"), ("sources", 1, [])]
     assert run.values["answer_skipped"] == [None, NO_DOCUMENT]
+
+
+# ---------------------------------------------------------------- 2. models of other layouts
+A = ["Scurvy is caused by a lack of vitamin C.", "Sailors ate citrus fruit on long voyages."]
+
+
+def _tiny_model(folder: Path, family: str, **over):
+    """A tiny random-weight causal LM of ``family`` with a byte-level tokenizer, saved to ``folder`` (no download)."""
+    import tokenizers
+    import torch
+    import transformers as tf
+
+    alphabet = sorted(tokenizers.pre_tokenizers.ByteLevel.alphabet())
+    vocab = {c: i for i, c in enumerate(alphabet)}
+    vocab["<eos>"] = len(vocab)
+    tk = tokenizers.Tokenizer(tokenizers.models.BPE(vocab=vocab, merges=[]))
+    tk.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = tokenizers.decoders.ByteLevel()
+    common = dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+                  num_attention_heads=4, max_position_embeddings=512)
+    config_cls, model_cls, extra = {
+        "phi": (tf.PhiConfig, tf.PhiForCausalLM, {"partial_rotary_factor": 0.5}),
+        "gpt_neox": (tf.GPTNeoXConfig, tf.GPTNeoXForCausalLM, {}),
+        "llama": (tf.LlamaConfig, tf.LlamaForCausalLM, {"num_key_value_heads": 2, "initializer_range": 0.5}),
+        "gemma2": (tf.Gemma2Config, tf.Gemma2ForCausalLM,
+                   {"num_key_value_heads": 2, "head_dim": 8, "final_logit_softcapping": 3.0,
+                    "initializer_range": 0.5}),
+    }[family]
+    torch.manual_seed(0)
+    model_cls(config_cls(**{**common, **extra, **over})).save_pretrained(folder)
+    tf.PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<eos>").save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.mark.parametrize("family", ["phi", "gpt_neox"])
+def test_a_reuse_mode_refuses_a_model_of_another_layout(tmp_path, family):
+    """Old code: AttributeError ('PhiModel' object has no attribute 'norm'; GPT-NeoX: no num_key_value_heads)."""
+    from ragkit.errors import ParamError
+    from ragkit.generators.local import LocalGenerator
+
+    g = LocalGenerator(_tiny_model(tmp_path / family, family), max_chunk_tokens=64).load()
+    with pytest.raises(ParamError, match=rf"mode 'cachecraft' runs the decoder layers of a Llama-like layout itself, "
+                                         rf"and model type '{family}' \(.*\) does not fit it: .*; use mode 'full' or "
+                                         r"'prefix'"):
+        g.generate("What causes scurvy?", A, mode="cachecraft", max_new_tokens=2)
+    with pytest.raises(ParamError, match="mode 'naive' runs"):
+        g.prefill(g.segments("What causes scurvy?", A), "naive")
+    with pytest.raises(ParamError, match="capture=True runs"):
+        g.prefill(g.segments("What causes scurvy?", A), "full", capture=True)
+    for mode in ("full", "prefix"):  # these run the model's own forward
+        assert isinstance(g.generate("What causes scurvy?", A, mode=mode, max_new_tokens=2), str)
+
+
+def test_gemma2_full_recompute_matches_full_with_its_logit_softcapping(tmp_path):
+    """Old code: the reuse pass skipped final_logit_softcapping (max |dlogit| ~0.7 at softcap 3)."""
+    from ragkit.generators.local import LocalGenerator
+
+    g = LocalGenerator(_tiny_model(tmp_path / "g2", "gemma2"), max_chunk_tokens=64).load()
+    seg = g.segments("What causes scurvy?", A)
+    full = g.prefill(seg, "full")
+    g.prefill(g.segments("x", A[::-1]), "full", capture=True)
+    re = g.prefill(seg, "cachecraft", fraction=1.0, selector="fixed", new_variants=False)
+    assert float((re.logits - full.logits).abs().max()) < 1e-4
+
+
+def test_a_prompt_longer_than_the_sliding_window_is_refused_in_the_reuse_modes(tmp_path):
+    from ragkit.errors import ParamError
+    from ragkit.generators.local import LocalGenerator
+
+    g = LocalGenerator(_tiny_model(tmp_path / "g2", "gemma2", sliding_window=16), max_chunk_tokens=64).load()
+    seg = g.segments("What causes scurvy?", A)
+    with pytest.raises(ParamError, match=rf"the prompt is {len(seg)} tokens, longer than its sliding attention "
+                                         "window of 16 tokens"):
+        g.prefill(seg, "cachecraft")
+    g.prefill(seg, "full")

@@ -337,7 +337,8 @@ class LocalGenerator:
         with its settings and an empty memory tier (a ``disk_dir`` is opened again, its variants found again);
         pickling failed on the model's lock."""
         state = dict(self.__dict__)
-        for key in ("tokenizer_", "model_id_", "tokenizer_id_", "eos_ids_", "model_source_"):
+        for key in ("tokenizer_", "model_id_", "tokenizer_id_", "eos_ids_", "model_source_", "reuse_refusal_",
+                    "sliding_window_"):
             state.pop(key, None)
         state.update(model_=None, _lock=None, _load_lock=None, prefix_cache=None, _sys_cache={},
                      _prompt_parts={})
@@ -416,6 +417,9 @@ class LocalGenerator:
                                          model_name=self.model_source_)
         self.eos_ids_ = {i for i in (self.tokenizer_.eos_token_id, self.tokenizer_.convert_tokens_to_ids("<|im_end|>"))
                          if isinstance(i, int) and i >= 0}
+        #: why the reuse modes cannot run this model's decoder layers themselves (``None``: they can), and the
+        #: sliding attention window of its layers, if any (the reuse passes attend to every earlier token)
+        self.reuse_refusal_, self.sliding_window_ = _reuse_layout(loaded.model)
         self.model_ = loaded.model  # last: a set model_ means a fully loaded generator
         return self
 
@@ -604,6 +608,9 @@ class LocalGenerator:
             for hk in hooks:
                 hk.remove()
         logits = self.model.lm_head(m.norm(h[:, -1:]))[0, 0]
+        softcap = getattr(self.model.config, "final_logit_softcapping", None)
+        if softcap:  # (Gemma2: the model's own forward caps its logits so)
+            logits = torch.tanh(logits / softcap) * softcap
         cap = torch.stack(captured) if captured else None
         return logits, cap, pos
 
@@ -642,6 +649,8 @@ class LocalGenerator:
                              f"{MIN_CHECK_LAYERS} (from 1 to the number of layers - 2); use "
                              "LocalGenerator(token_select='stored') with the 'cachecraft' selector, or the 'fixed', "
                              "'boundary' or 'random' selector", "selector")
+        if mode in ("naive", "cachecraft") or (mode == "full" and capture):
+            self._check_reuse_layout(seg, f"mode {mode!r}" if mode != "full" else "capture=True")
         self.check_fits(seg)
         with self._lock:  # one pass at a time per loaded model (shared config, attention hooks)
             t0 = time.perf_counter()
@@ -654,6 +663,21 @@ class LocalGenerator:
                                   rerotate=rerotate, mode=mode, new_variants=new_variants)
             out.seconds = time.perf_counter() - t0
         return out
+
+    def _check_reuse_layout(self, seg: PromptSegments, what: str) -> None:
+        """Refuse ``what`` (a reuse mode, or a capture pass) where it would run this model's decoder layers
+        itself and cannot: a layout other than Llama's (:func:`_reuse_layout`), or a prompt longer than the
+        model's sliding attention window (the reuse passes attend to every earlier token)."""
+        model_type = getattr(self.model.config, "model_type", "?")
+        why = self.reuse_refusal_
+        if why is None and self.sliding_window_ is not None and len(seg) > self.sliding_window_:
+            why = (f"the prompt is {len(seg):,} tokens, longer than its sliding attention window of "
+                   f"{self.sliding_window_:,} tokens, which the reuse passes do not apply")
+        if why is not None:
+            raise ParamError(f"LocalGenerator.prefill: {what} runs the decoder layers of a Llama-like layout itself, "
+                             f"and model type {model_type!r} ({self.model_source_}) does not fit it: {why}; use "
+                             "mode 'full' or 'prefix' (no capture), which work with any transformers causal LM",
+                             "mode")
 
     @property
     def context_length(self) -> int | None:
@@ -1079,3 +1103,38 @@ class LocalGenerator:
         th.join()
         if failed:
             raise failed[0]
+
+
+def _reuse_layout(model: Any) -> tuple[str | None, int | None]:
+    """Whether the reuse modes (``naive``, ``cachecraft``; a ``full`` pass with ``capture``) can run ``model``'s
+    decoder layers themselves: ``(why not, or None; the sliding attention window of its layers, or None)``.  They
+    need a Llama-like layout: ``model.model`` with ``embed_tokens``, ``layers``, ``norm`` and ``rotary_emb``, a
+    ``lm_head``, ``num_key_value_heads`` in the config, and a rotary embedding over the whole head dimension (stored
+    keys are re-rotated whole: Phi's and GPT-NeoX's partial rotary are not).  A sliding window is returned to be
+    checked against each prompt's length (within it, the full causal mask the reuse passes use is the model's)."""
+    cfg = model.config
+    inner = getattr(model, "model", None)
+    missing = [f"model.{a}" for a in ("embed_tokens", "layers", "norm", "rotary_emb")
+               if inner is None or getattr(inner, a, None) is None]
+    if getattr(model, "lm_head", None) is None:
+        missing.append("lm_head")
+    if inner is None or missing:
+        return f"it has no {', '.join(missing)}", None
+    if not isinstance(getattr(cfg, "num_key_value_heads", None), int):
+        return "its config has no num_key_value_heads", None
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    try:
+        with torch.no_grad():
+            cos, _ = inner.rotary_emb(torch.zeros(1, 1, 1), position_ids=torch.zeros(1, 1, dtype=torch.long))
+        rotary = int(cos.shape[-1])
+    except Exception as e:  # noqa: BLE001 - a rotary module of another signature: not the layout the passes call
+        return f"its rotary embedding could not be called as Llama's ({type(e).__name__}: {e})", None
+    if rotary != head_dim:
+        return f"its rotary embedding covers {rotary} of the {head_dim} dimensions of a head (partial rotary)", None
+    window = getattr(cfg, "sliding_window", None)
+    if not isinstance(window, int) or window <= 0:
+        return None, None
+    types = getattr(cfg, "layer_types", None)
+    if types is not None:
+        return None, (window if any("sliding" in str(t) for t in types) else None)
+    return None, (None if getattr(cfg, "use_sliding_window", True) is False else window)
