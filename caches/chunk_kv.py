@@ -388,18 +388,25 @@ def fix_overhead(variant: "ChunkVariant", new_prefix: Sequence[str], new_lens: S
     they are: share 0).
 
     Exact: ``variant`` is an exact variant computed after the same system prompt and the same prefix chunks.
-    With ``alpha`` set: Cache-Craft's CFO (:func:`cache_fix_overhead`, Eq. 12), with ``beta = 0`` for an inexact
+    With ``alpha`` set: Cache-Craft's CFO (:func:`cache_fix_overhead`, Eq. 12) with ``beta * kappa`` in place of
+    ``beta``, where ``kappa`` is the share of the new prefix tokens (``new_lens``) that were also in the old prefix:
+    a departure from the paper, whose beta (the share of the old outside attention going to chunks still before
+    the chunk) cannot see a chunk added before it (after ``[A]``, reused after ``[A, B]``: beta = 1, gamma = 0, so
+    Eq. 12 gave CFO 0, no recompute, although B's tokens were never attended to); with no chunk added (every new
+    prefix token was in the old prefix) kappa = 1 and Eq. 12 is unchanged.  ``beta = 0`` for an inexact
     variant (its rows approximate themselves) or one of another system prompt, captured alone or not; for an exact
     variant of this system prompt captured alone (no prefix chunk, where beta cannot see the added context)
     :func:`alone_fix_overhead`'s proxy ``alpha * (CCI - 0.5) * 2`` (ALGORITHMS.md §5.3, the proxy for those only).
-    ``alpha=None``: ragkit's budget weight ``(2 CCI - 1) * (1 - beta' * kappa)``, where ``kappa`` is the share of
-    the new prefix tokens (``new_lens``) that were also in the old prefix (beta alone cannot see added context);
+    ``alpha=None``: ragkit's budget weight ``(2 CCI - 1) * (1 - beta' * kappa)``, with the same ``kappa``;
     ``2 CCI - 1`` for an inexact variant.  Under another system prompt every chunk token saw another context, so
     nothing of the old context counts as kept (``beta' = 0``).
     """
     same_sys = variant.sys_id == sys_id
     if same_sys and variant.exact and tuple(new_prefix) == tuple(variant.prefix_ids):
         return 0.0, True
+    old = set(variant.prefix_ids)
+    tot = sum(new_lens)
+    kappa = sum(n for c, n in zip(new_prefix, new_lens) if c in old) / tot if tot else 1.0
     if alpha is not None:
         if not (same_sys and variant.exact):  # rows that are approximate themselves (inexact) or saw another system
             # prompt keep nothing of their context (beta' = 0): Eq. 12 gives CFO = alpha * CCI, captured alone or not
@@ -408,15 +415,13 @@ def fix_overhead(variant: "ChunkVariant", new_prefix: Sequence[str], new_lens: S
             # so ALGORITHMS.md §5.3's proxy (the one it gives for chunks prefilled alone after S)
             return alone_fix_overhead(variant.cci, alpha), False
         beta = prefix_overlap(variant.inter, variant.prefix_ids, new_prefix)
-        return cache_fix_overhead(variant.cci, beta, order_penalty(variant.prefix_ids, new_prefix), alpha), False
+        gamma = order_penalty(variant.prefix_ids, new_prefix)
+        return cache_fix_overhead(variant.cci, beta * kappa, gamma, alpha), False
     if not variant.exact:  # its rows are approximate themselves: none of its context counts as kept, as for a
         # variant captured alone (beta = 1 had made an inexact variant after the same prefix need nothing)
         return float(np.clip(2 * variant.cci - 1, 0, 1)), False
     beta = prefix_overlap(variant.inter, variant.prefix_ids, new_prefix) if same_sys else 0.0
     gamma = order_penalty(variant.prefix_ids, new_prefix)
-    old = set(variant.prefix_ids)
-    tot = sum(new_lens)
-    kappa = sum(n for c, n in zip(new_prefix, new_lens) if c in old) / tot if tot else 1.0
     return float(np.clip((2 * variant.cci - 1) * (1 - beta * (1 - gamma) * kappa), 0, 1)), False
 
 
@@ -522,8 +527,10 @@ class ChunkVariant:
         ``sys_id`` (``None``: this variant's own), as :class:`~ragkit.generators.LocalGenerator` with the same
         ``alpha`` costs it: :func:`fix_overhead`'s share (0 for an exact variant of that very context).
 
-        ``new_lens``: the token counts of the ``new_prefix`` chunks, one per key; needed with ``alpha=None`` (the
-        budget weight counts the share of the new prefix's tokens that were in the old prefix), unused otherwise.
+        ``new_lens``: the token counts of the ``new_prefix`` chunks, one per key (:func:`fix_overhead`'s ``kappa``,
+        the share of the new prefix's tokens that were in the old prefix); needed with ``alpha=None``; with
+        ``alpha`` set and no ``new_lens``, ``kappa`` counts as 1: the paper's Eq. 12, which gives a chunk inserted
+        before the old prefix no weight (the generator passes the lengths).
         """
         if new_lens is not None and len(new_lens) != len(new_prefix):
             raise ParamError(f"ChunkVariant.cfo: new_lens has {len(new_lens)} entries for {len(new_prefix)} chunks "

@@ -189,3 +189,46 @@ def test_a_prompt_longer_than_the_sliding_window_is_refused_in_the_reuse_modes(t
                                          "window of 16 tokens"):
         g.prefill(seg, "cachecraft")
     g.prefill(seg, "full")
+
+
+# ---------------------------------------------------------------- 3. CFO with alpha and a chunk inserted before
+CHUNKS = ["Vitamin D regulates calcium absorption in the gut and is needed for bone mineralisation.",
+          "Randomised trials of vitamin D supplements in older adults found no reduction in hip fractures.",
+          "Scurvy is caused by a lack of vitamin C and was common among sailors on long voyages."]
+
+
+def test_alpha_recomputes_a_chunk_reused_after_a_chunk_inserted_before_it(tmp_path):
+    """Old code: C's variant after [A], reused after [A, B] with alpha=1: beta = 1, gamma = 0, so CFO 0 (no token
+    of C recomputed although it never attended to B)."""
+    from ragkit.generators.local import LocalGenerator
+
+    g = LocalGenerator(_tiny_model(tmp_path / "ll", "llama"), max_chunk_tokens=64, alpha=1.0).load()
+    a, c, b = CHUNKS
+    g.prefill(g.segments("Does vitamin D prevent fractures?", [a, c]), "full", capture=True)  # C's variant after [A]
+    seg = g.segments("Does vitamin D prevent fractures?", [a, b, c])
+    keys = g._chunk_keys(seg)
+    (v,) = g.chunk_cache.lookup(keys[2])
+    assert v.prefix_ids == (keys[0],) and v.exact
+    need, exact = g._need(v, keys[:2], [len(x) for x in seg.chunks[:2]], g._sys_id(seg))
+    assert not exact and need > 0
+    re = g.prefill(seg, "cachecraft", selector="cachecraft", new_variants=False)
+    assert re.chunk_fraction[2] > 0
+
+
+def test_alpha_cfo_is_eq12_when_no_chunk_was_added():
+    import numpy as np
+    import torch
+
+    from ragkit.caches.chunk_kv import ChunkVariant, cache_fix_overhead, fix_overhead, order_penalty, prefix_overlap
+
+    inter = np.array([[2.0, 6.0], [1.0, 3.0]], dtype=np.float32)
+    v = ChunkVariant(keys=torch.zeros(2, 1, 4, 8), values=torch.zeros(2, 1, 4, 8), start=20, prefix_ids=("a", "b"),
+                     prefix_lens=(5, 7), inter=inter, intra=np.ones(2, dtype=np.float32),
+                     sys_inter=np.ones(2, dtype=np.float32), sys_len=4, token_scores=np.ones(4, dtype=np.float32),
+                     cci=0.8, sys_id="s", exact=True)
+    for new in (["b", "a"], ["b"]):  # reordered, one dropped: no token added before the chunk
+        lens = [7, 5][: len(new)]
+        eq12 = cache_fix_overhead(0.8, prefix_overlap(inter, v.prefix_ids, new), order_penalty(v.prefix_ids, new), 1.0)
+        assert fix_overhead(v, new, lens, "s", 1.0) == (pytest.approx(eq12), False)
+    added = fix_overhead(v, ["a", "x", "b"], [5, 12, 7], "s", 1.0)[0]  # half the new prefix's tokens are new
+    assert added == pytest.approx(0.8 * (1 - 1.0 * 0.5))
