@@ -232,3 +232,60 @@ def test_alpha_cfo_is_eq12_when_no_chunk_was_added():
         assert fix_overhead(v, new, lens, "s", 1.0) == (pytest.approx(eq12), False)
     added = fix_overhead(v, ["a", "x", "b"], [5, 12, 7], "s", 1.0)[0]  # half the new prefix's tokens are new
     assert added == pytest.approx(0.8 * (1 - 1.0 * 0.5))
+
+
+# ---------------------------------------------------------------- 4. a cut chunk is tokenised once
+AWKWARD = [
+    "Vitamin D regulates calcium absorption. " * 40,
+    "Scurvy!!! ... ??? " * 30 + "end.",
+    "naïve café — “quoted” ‘text’ – ☃ 🙂🙂 " * 20,
+    "中文文本，没有空格。日本語のテキスト。" * 30,
+    "line one\nline two\n\n\nline three\r\n\tindented\t" * 25,
+    "x" * 3000,
+    "1234567890 " * 60 + "   \n\n  ",
+    "   leading and trailing spaces   " * 20,
+    "tokens: <|im_end|> <|im_start|> </s> " * 20,
+    "word" + "\n\n" * 200 + "tail",
+]
+
+
+@pytest.fixture(scope="module")
+def smol():
+    from ragkit.generators.local import LocalGenerator
+
+    return LocalGenerator(max_chunk_tokens=64).load()
+
+
+@pytest.mark.parametrize("n", [3, 17, 64])
+def test_a_cut_chunk_equals_the_old_two_encoding_cut(smol, n):
+    from ragkit.generators.local import CHUNK_SEP
+
+    smol.max_chunk_tokens = n
+    try:
+        seg = smol.segments("What is it?", AWKWARD)
+    finally:
+        smol.max_chunk_tokens = 64
+    tok = smol.tokenizer_
+    enc = lambda s: tok(s, add_special_tokens=False)["input_ids"]  # noqa: E731
+    sep = enc(CHUNK_SEP)
+    for text, got in zip(AWKWARD, seg.chunks):
+        whole = enc(text.strip() + CHUNK_SEP)
+        old = whole if len(whole) <= n else enc(text.strip())[: n - len(sep)] + sep
+        assert list(got) == old, text[:40]
+
+
+def test_a_cut_chunk_is_tokenised_once(smol, monkeypatch, caplog):
+    """Old code: a cut chunk was encoded twice (with its separator, then alone), and the separator per prompt."""
+    smol.segments("What is it?", ["a chunk"])  # (the system segment is tokenised once per system prompt)
+    tok = smol.tokenizer_
+    texts: list[str] = []
+    real = type(tok).__call__
+
+    def spy(self, text, *a, **kw):
+        texts.append(text)
+        return real(self, text, *a, **kw)
+
+    monkeypatch.setattr(type(tok), "__call__", spy)
+    smol.segments("What is it?", AWKWARD[:3])
+    body = [t for t in texts if not t.startswith("Question: ")]
+    assert len(body) == 3, body

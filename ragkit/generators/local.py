@@ -338,7 +338,7 @@ class LocalGenerator:
         pickling failed on the model's lock."""
         state = dict(self.__dict__)
         for key in ("tokenizer_", "model_id_", "tokenizer_id_", "eos_ids_", "model_source_", "reuse_refusal_",
-                    "sliding_window_"):
+                    "sliding_window_", "sep_ids_"):
             state.pop(key, None)
         state.update(model_=None, _lock=None, _load_lock=None, prefix_cache=None, _sys_cache={},
                      _prompt_parts={})
@@ -395,7 +395,9 @@ class LocalGenerator:
                              f"to {n_layers - 2} (model {name!r} has {n_layers} layers; the candidate tokens run "
                              "every layer up to the check layer, so at the last one each is recomputed in full "
                              "whatever the fraction asked)", "check_layer")
-        n_sep = len(loaded.tokenizer(CHUNK_SEP, add_special_tokens=False)["input_ids"])
+        #: the chunk separator's token ids (closing every chunk, a cut one too)
+        self.sep_ids_ = list(loaded.tokenizer(CHUNK_SEP, add_special_tokens=False)["input_ids"])
+        n_sep = len(self.sep_ids_)
         if self.max_chunk_tokens <= n_sep:
             raise ParamError(f"LocalGenerator: max_chunk_tokens={self.max_chunk_tokens!r}; expected more than the "
                              f"{n_sep} token(s) of the chunk separator {CHUNK_SEP!r} that it includes",
@@ -459,8 +461,8 @@ class LocalGenerator:
         tok = self.tokenizer_
         system, tail = self._system_part()
         enc = lambda s: tok(s, add_special_tokens=False)["input_ids"]  # noqa: E731
+        sep = self.sep_ids_
         with self._lock:  # the tokenizer is shared by the generators of this model
-            sep = enc(CHUNK_SEP)
             chunk_ids = []
             cut: list[tuple[int, int]] = []  # (position, tokens before the cut) of each chunk cut
             for i, c in enumerate(chunks):
@@ -468,7 +470,10 @@ class LocalGenerator:
                 if len(ids) > self.max_chunk_tokens:  # cut the text, keep the separator
                     if len(ids) > 2 * self.max_chunk_tokens:  # (more than half dropped: a joined context?)
                         cut.append((i, len(ids)))
-                    ids = enc(c.strip())[: self.max_chunk_tokens - len(sep)] + sep
+                    # (from this encoding: the text's tokens before the cut are those of the text alone, the
+                    # separator being whitespace after the stripped text, a pre-token of its own; a long context
+                    # passed as one chunk was tokenised twice)
+                    ids = ids[: self.max_chunk_tokens - len(sep)] + sep
                 chunk_ids.append(ids)
             q = enc("Question: " + question.strip() + tail)
         if cut:
