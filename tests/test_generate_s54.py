@@ -289,3 +289,18 @@ def test_a_cut_chunk_is_tokenised_once(smol, monkeypatch, caplog):
     smol.segments("What is it?", AWKWARD[:3])
     body = [t for t in texts if not t.startswith("Question: ")]
     assert len(body) == 3, body
+
+
+# ---------------------------------------------------------------- 5. a system prompt longer than the context
+def test_a_system_prompt_too_long_for_the_context_is_named(tmp_path):
+    """Old code: 'the question is 23 tokens ... shorten the question' for a short question."""
+    from ragkit.errors import ParamError
+    from ragkit.generators.local import LocalGenerator
+
+    g = LocalGenerator(_tiny_model(tmp_path / "ll", "llama"), system_prompt="Be brief. " * 60,
+                       max_chunk_tokens=64).load()
+    with pytest.raises(ParamError, match=r"the system prompt is [\d,]+ tokens .*leaves no room in the model's "
+                                         r"context of 512 tokens, whatever the question and chunks; shorten "
+                                         "system_prompt") as e:
+        g.generate("Why?", A, mode="full", max_new_tokens=2)
+    assert e.value.path == "system_prompt" and "question is" not in str(e.value)

@@ -699,6 +699,11 @@ class LocalGenerator:
         if limit is None or len(seg) < limit:
             return
         n_q = len(seg.question)
+        if len(seg.system) + 1 >= limit:  # the system segment alone leaves no room for a question token and an answer
+            raise ParamError(
+                f"LocalGenerator: the system prompt is {len(seg.system):,} tokens (with the chat template's turns "
+                f"and 'Documents:'), which leaves no room in the model's context of {limit:,} tokens, whatever the "
+                "question and chunks; shorten system_prompt", "system_prompt")
         if len(seg.system) + n_q >= limit:  # no chunk needed to overflow: the question is what is too long
             raise ParamError(
                 f"LocalGenerator: the question is {n_q:,} tokens (with the chat template's closing turn), which "
