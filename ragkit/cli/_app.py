@@ -11,7 +11,7 @@ from typing import Any, Optional
 import typer
 from rich.text import Text
 
-from ragkit.cli._console import _note, console, err_console
+from ragkit.cli._console import _no_color, _note, err_console
 from ragkit.cli._imports import _import_module
 from ragkit.cli._streams import _failing, _new_command, _tolerant_stdout
 from ragkit.errors import RagkitError
@@ -35,17 +35,6 @@ def _examples(*commands: str) -> str:
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   help="ragkit: retrieval operators that compose.", epilog=EXIT_STATUS,
                   context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 120})
-
-
-def _plain_if_no_color(ctx: typer.Context) -> None:
-    """``$NO_COLOR`` set (https://no-color.org): no ANSI styling at all for the command's duration, bold and dim
-    included (Rich's own ``NO_COLOR`` handling drops colours but keeps them)."""
-    if not os.environ.get("NO_COLOR"):
-        return
-    for c in (console, err_console):
-        was = c._color_system  # (Rich renders no escape codes with no colour system)
-        c._color_system = None
-        ctx.call_on_close(lambda c=c, was=was: setattr(c, "_color_system", was))
 
 
 class _NoteHandler(logging.Handler):
@@ -90,7 +79,7 @@ def _main(ctx: typer.Context,
 
     _new_command()  # (main() calls it too: a program or a test may call the app itself, command after command)
     _tolerant_stdout(ctx)
-    _plain_if_no_color(ctx)
+    ctx.with_resource(_no_color())  # (main() holds it too: a program or a test may call the app itself)
     shown = warnings.showwarning  # (put back when the command ends: a program calling the app keeps its own)
     warnings.showwarning = _show_warning
     ctx.call_on_close(lambda: setattr(warnings, "showwarning", shown))

@@ -16,7 +16,7 @@ from ragkit.cli._console import _note, _print_uncut, console
 from ragkit.cli._data import _check_data_folder, _check_split
 from ragkit.cli._eval import _note_identical
 from ragkit.cli._options import _expands_paths, _given, _parse_metric_names, _path_option, _path_parser, _ranged_option
-from ragkit.cli._outputs import _human_output_to_stderr, _is_stdout, _prepare_output, _write_outputs
+from ragkit.cli._outputs import _is_stdout, _prepare_outputs, _write_outputs
 from ragkit.cli._pipeline import _path_like
 from ragkit.errors import RagkitError
 
@@ -170,9 +170,8 @@ def compare_cmd(
         if output is not None and not _is_stdout(output) and output.resolve() in resolved:  # it would replace one
             raise RagkitError(f"--output {output}: one of the RESULTS; writing the comparison there would replace "
                               "those results; give another path, such as comparison.json")
-        _prepare_output(output, "--output", "comparison.json")
-        if _is_stdout(output):  # the JSON alone on standard output, for a script; the table and notes on stderr
-            _human_output_to_stderr(ctx)
+        # (with '-' the JSON alone on standard output, for a script; the table and notes on stderr)
+        _prepare_outputs(ctx, output, None, "ragkit", example="comparison.json")
         qrels, ds_name, fingerprint, folder = None, None, None, None
         if data is not None:  # its judgements only: a corpus can be gigabytes
             from ragkit.eval.beir import _folder_qrels, _locate_one

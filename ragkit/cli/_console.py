@@ -4,7 +4,9 @@ printed uncut."""
 
 from __future__ import annotations
 
-from typing import Any
+import os
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 from rich.console import Console
 from rich.table import Table
@@ -46,6 +48,25 @@ console = _Console(highlight=False)
 # errors and notes are never hard-wrapped: a path or a YAML location in them stays on one line,
 # whatever the terminal width (or 80 columns when piped), so it can be copied and grepped
 err_console = _Console(stderr=True, soft_wrap=True, highlight=False)
+
+
+@contextmanager
+def _no_color() -> Iterator[None]:
+    """``$NO_COLOR`` set (https://no-color.org): no ANSI styling at all on :data:`console` and :data:`err_console`
+    for the block, bold and dim included (Rich's own ``NO_COLOR`` handling drops colours but keeps them): the whole
+    of :func:`~ragkit.cli._main.main`, its own errors included (a usage error's ``error:``, printed after the
+    command's context closed), and a command's duration where a program calls the app itself (its callback)."""
+    if not os.environ.get("NO_COLOR"):
+        yield
+        return
+    was = [(c, c._color_system) for c in (console, err_console)]  # (Rich renders no escape codes without one)
+    for c, _ in was:
+        c._color_system = None
+    try:
+        yield
+    finally:
+        for c, system in was:
+            c._color_system = system
 
 
 def _note(text: str | Text, style: str = "yellow") -> None:

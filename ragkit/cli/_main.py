@@ -3,36 +3,16 @@ Ctrl-C turned into one line and the exit status."""
 
 from __future__ import annotations
 
-import os
 import sys
-from contextlib import contextmanager
-from typing import Iterator, Optional
+from typing import Optional
 
 import typer
 from rich.text import Text
 
 from ragkit.cli import _streams
 from ragkit.cli._app import app
-from ragkit.cli._console import console, err_console
+from ragkit.cli._console import _no_color, console, err_console
 from ragkit.cli._streams import _failing, _GuardedStream, _ReaderGone, _same_stream, _say_interrupted, _stream_failed
-
-
-@contextmanager
-def _no_color() -> Iterator[None]:
-    """``$NO_COLOR`` set (https://no-color.org): no ANSI styling at all on :data:`console` and :data:`err_console`
-    for the whole of :func:`main`, its own errors included (a usage error's ``error:``, printed after the
-    command's context closed)."""
-    if not os.environ.get("NO_COLOR"):
-        yield
-        return
-    was = [(c, c._color_system) for c in (console, err_console)]
-    for c, _ in was:
-        c._color_system = None
-    try:
-        yield
-    finally:
-        for c, system in was:
-            c._color_system = system
 
 
 def main(args: Optional[list[str]] = None) -> int:

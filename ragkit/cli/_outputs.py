@@ -133,10 +133,12 @@ def _human_output_to_stderr(ctx: typer.Context) -> None:
     ctx.call_on_close(lambda: setattr(console, "file", None))
 
 
-def _prepare_outputs(ctx: typer.Context, output: Optional[Path], run_file: Optional[Path], run_tag: str) -> None:
+def _prepare_outputs(ctx: typer.Context, output: Optional[Path], run_file: Optional[Path], run_tag: str, *,
+                     example: str = "results.json") -> None:
     """Check ``--output`` / ``--run`` / ``--run-tag`` before any work starts (folders created, writable,
     not one path twice, a tag the run file can hold, no ``--run-tag`` without a ``--run`` file to hold it); when
-    either is ``-`` the human output (tables, notes, timings) goes to standard error for the command's duration."""
+    either is ``-`` the human output (tables, notes, timings) goes to standard error for the command's duration.
+    ``example``: the file name a refusal of ``--output`` suggests (``ragkit compare``'s: ``comparison.json``)."""
     if run_file is None and _given(ctx, "run_tag"):
         raise RagkitError(f"--run-tag {run_tag!r}: the tag column of the --run file, but no --run is given, so it "
                           "would be ignored; add --run FILE (or '-' for standard output), or leave out --run-tag")
@@ -153,7 +155,7 @@ def _prepare_outputs(ctx: typer.Context, output: Optional[Path], run_file: Optio
         from ragkit.run import check_trec_ids
 
         check_trec_ids(f"--run-tag {run_tag!r}", [], [], run_tag)
-    _prepare_output(output, "--output", "results.json")
+    _prepare_output(output, "--output", example)
     _prepare_output(run_file, "--run", "run.trec")
 
 
