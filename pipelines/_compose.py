@@ -519,18 +519,11 @@ def shared_corpus(root: Operator) -> Corpus | None:
 
 
 def iter_leaves(op: Operator) -> Iterable[Operator]:
-    """Leaves of an operator tree, depth first, each object once."""
-    seen: set[int] = set()
-    stack = [op]
-    while stack:
-        node = stack.pop(0)
-        if id(node) in seen:
-            continue
-        seen.add(id(node))
-        kids = node.children()
-        if kids or isinstance(node, Composite):
-            stack[:0] = kids
-        else:
+    """Leaves of an operator tree, depth first, each object once: the nodes of :func:`~ragkit.operator.tree_nodes`,
+    in its order, that are no composite (an empty pipeline, a route's ``[]`` branch, is none) and have no
+    children."""
+    for node in tree_nodes(op):
+        if not isinstance(node, Composite) and not node.children():
             yield node
 
 
