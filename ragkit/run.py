@@ -22,7 +22,7 @@ from ragkit._checks import _a, _as_ids, _key_ids, _kind, _utf8_clean, check_id_b
 from ragkit._files import text_output, utf8_lines
 from ragkit._qrels import ids_once
 from ragkit.errors import DataError, InputTypeError, repeated, some_ids
-from ragkit.types import Corpus, Ranking, TraceEvent, check_id_nul, check_id_surrogates
+from ragkit.types import Corpus, Ranking, TraceEvent, check_id_nul, check_id_surrogates, normalised_text
 
 if TYPE_CHECKING:  # pandas is optional
     import pandas as pd
@@ -339,19 +339,39 @@ def _str_list(ids: Any) -> bool:
     return True
 
 
-def learned_query_ids(op: Any, query_ids: Sequence[str], texts: Sequence[str]) -> list[str]:
+class LearnedIds(list[str]):
+    """:func:`learned_query_ids`' answer: the ids learned from, a list as before, with ``same_text``: the ids of the
+    other queries whose text (:func:`~ragkit.types.normalised_text`: whitespace and case aside) is a learned
+    query's under another id.  A :class:`Run` given it as ``learned_from`` records ``same_text`` as its
+    :attr:`~Run.learned_text_from` and keeps a plain list."""
+
+    def __init__(self, ids: Iterable[str] = (), same_text: Iterable[str] = ()) -> None:
+        super().__init__(ids)
+        self.same_text: list[str] = list(same_text)
+
+
+def learned_query_ids(op: Any, query_ids: Sequence[str], texts: Sequence[str]) -> LearnedIds:
     """The ids of the queries ``query_ids`` (with their ``texts``), in their order, that the operator or pipeline
     ``op``, or one inside it, learned from: those :meth:`Operator.learned_from
     <ragkit.operator.Operator.learned_from>` lists, matched by id and text, without its warning of a learned
     question under another id (a search would say it on every call).  What ``search`` records in
-    :attr:`Run.learned_from`; nothing is hashed when no operator learned from queries."""
-    from ragkit._fingerprints import query_id_digests, taught_digests
+    :attr:`Run.learned_from`; nothing is hashed when no operator learned from queries.
 
-    taught, _ = taught_digests(op)
+    Returned as a :class:`LearnedIds`, whose ``same_text`` lists, in their order, the other queries with the
+    text of a learned one under another id (what the warning would name): ``search`` records them in
+    :attr:`Run.learned_text_from`, and :func:`~ragkit.eval.evaluate` warns of scoring them."""
+    from ragkit._fingerprints import _digest, query_id_digests, taught_digests
+
+    taught, taught_texts = taught_digests(op)
     if not len(taught) or not len(query_ids):
-        return []
+        return LearnedIds()
     learned = np.isin(query_id_digests(query_ids, texts), taught)
-    return [query_ids[i] for i in np.flatnonzero(learned).tolist()]
+    same: list[str] = []
+    if len(taught_texts) and not learned.all():
+        others = np.flatnonzero(~learned).tolist()
+        digests = np.fromiter((_digest(normalised_text(texts[i])) for i in others), np.uint64, len(others))
+        same = [query_ids[i] for i, hit in zip(others, np.isin(digests, taught_texts).tolist()) if hit]
+    return LearnedIds([query_ids[i] for i in np.flatnonzero(learned).tolist()], same)
 
 
 @dataclass(eq=False)
@@ -383,6 +403,11 @@ class Run:
         train=...)`` with the same id and text: :meth:`Operator.learned_from
         <ragkit.operator.Operator.learned_from>`), which :func:`~ragkit.eval.evaluate` warns of scoring; empty
         for a run built by hand or read from a file.
+    learned_text_from : list of str
+        The ids of the other queries of the run whose text (whitespace and case aside) is that of a query the
+        pipeline learned from, under another id (a test question put in the training set under a new id):
+        :func:`~ragkit.eval.evaluate` warns of scoring them too (not held out if they ask the same question);
+        empty for a run built by hand or read from a file.
 
     Examples
     --------
@@ -406,6 +431,7 @@ class Run:
     trace: list[TraceEvent] | None = None
     seconds: float | None = None
     learned_from: list[str] = field(default_factory=list)
+    learned_text_from: list[str] = field(default_factory=list)
     #: (private) the scores are known to hold no NaN: :meth:`from_dict` checked them, naming its own caller; a
     #: run cut from a checked run (:meth:`head`, ragkit's evaluation), or from rankings whose scores were looked at
     _nan_checked: InitVar[bool] = False
@@ -419,6 +445,10 @@ class Run:
         # nothing to do (a join of the query ids, a look at each array's type) for what search and from_dict give
         if not _str_list(self.query_ids):
             self.query_ids = _as_ids(self.query_ids, "Run.query_ids").tolist()
+        if isinstance(self.learned_from, LearnedIds):  # (search's learned_query_ids: its other-id twins kept beside)
+            if not self.learned_text_from:
+                self.learned_text_from = list(self.learned_from.same_text)
+            self.learned_from = list(self.learned_from)
         n = len(self.query_ids)
         lens = {"doc_ids": len(self.doc_ids), "scores": len(self.scores)}
         if self.rankings is not None:
@@ -576,6 +606,7 @@ class Run:
             self.query_ids, [d[:k] for d in self.doc_ids], [s[:k] for s in self.scores],
             rankings=None if self.rankings is None else [r.head(k) for r in self.rankings],
             values=self.values, trace=self.trace, seconds=self.seconds, learned_from=self.learned_from,
+            learned_text_from=self.learned_text_from,
             _nan_checked=True, _ids_checked=True,  # (this run's own ids and scores, checked when it was made)
         )
 

@@ -117,3 +117,36 @@ def test_learned_router_whose_feature_no_training_query_has_is_refused(data, fea
     ok = Pipeline([BM25(k=2), Route(ScoreRouter(learn=True, feature=feature), {"easy": [], "hard": BM25(k=10)})])
     ok.fit(corpus, train=TrainSet(qs, qrels))
 
+
+# ---------------------------------------------------------------- 3. a learned question under another id
+
+def test_evaluate_warns_once_of_a_learned_question_under_another_id(data, caplog):
+    from ragkit import Queries, Run, evaluate
+    from ragkit.pipelines import RRF
+    from ragkit.retrievers import BM25
+
+    corpus, qs, qrels = data
+    pipe = Pipeline([Parallel([BM25(k=10), BM25(k=10, variant="okapi")], fuse=RRF(learn=True))])
+    pipe.fit(corpus, train=TrainSet(qs, qrels))
+    test = Queries(["t1", "t2", "q1"], [qs["q0"].upper() + "  ", "something else entirely", qs["q1"]])
+    run = pipe.search(test)
+    assert run.learned_from == ["q1"] and type(run.learned_from) is list
+    assert run.learned_text_from == ["t1"]
+    assert run.head(3).learned_text_from == ["t1"]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="ragkit"):
+        evaluate(run, {"t1": qrels["q0"], "t2": qrels["q2"], "q1": qrels["q1"]}, ["ndcg@10"])
+    said = [r.getMessage() for r in caplog.records]
+    twin = [m for m in said if "under another id" in m]
+    assert len(twin) == 1 and twin[0].startswith("evaluate: 1 of the 3 queries ('t1') has the text of a query the "
+                                                 "pipeline that made this run learned from under another id")
+    assert any("1 of the 3 scored queries was learned from" in m for m in said)
+    # not scored (no judgements for it): nothing said of it
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="ragkit"):
+        evaluate(run, {"t2": qrels["q2"]}, ["ndcg@10"])
+    assert not [r for r in caplog.records if "another id" in r.getMessage()]
+    # a run built by hand knows none; one given the field keeps it
+    assert Run.from_dict({"a": {"d": 1.0}}).learned_text_from == []
+    assert Run(["a"], [["d"]], [[1.0]], learned_text_from=["a"]).learned_text_from == ["a"]
+

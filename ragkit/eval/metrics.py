@@ -379,7 +379,9 @@ def evaluate(
     A run that a fitted pipeline's ``search`` returned knows which of its queries the pipeline learned from
     (its ``learned_from`` attribute, :class:`~ragkit.Run`; given in ``fit(corpus, train=...)``): when some are
     scored, a warning on the ``ragkit`` logger says how many (their scores measure what was taught, not held-out
-    quality; ``ragkit eval`` refuses them).  A run built by hand or read from a TREC file knows none.
+    quality; ``ragkit eval`` refuses them); another names, once, the scored queries that have the text of a query
+    it learned from under another id (its ``learned_text_from``: not held out if they ask the same question).  A
+    run built by hand or read from a TREC file knows none.
 
     Examples
     --------
@@ -420,12 +422,19 @@ def _annotated_ids(annotated: Iterable[Any] | None) -> frozenset[str] | None:
 def _note_learned(run: Run | Mapping[str, Mapping[str, float]], result: EvalResult) -> None:
     """Warn (``ragkit`` logger) when queries the pipeline that made ``run`` learned from
     (:attr:`Run.learned_from <ragkit.run.Run.learned_from>`) are among the queries ``result`` scores: their
-    scores are not held out."""
+    scores are not held out; and, once, those under another id with the text of a learned query
+    (:attr:`Run.learned_text_from <ragkit.run.Run.learned_text_from>`), not held out if they ask the same question."""
     learned = run.learned_from if isinstance(run, Run) else None
-    if not learned:
+    twins = run.learned_text_from if isinstance(run, Run) else None
+    if not learned and not twins:
         return
+    from ragkit._queries import warn_same_text
+
     scored = next(iter(result.per_query.values()), {})  # every judged query, whatever the run holds
-    taught = [q for q in learned if q in scored]
+    # a learned question under another id (Run.learned_text_from), as Operator.learned_from warns of it
+    warn_same_text([q for q in twins or () if q in scored], len(scored), "evaluate",
+                   "a query the pipeline that made this run learned from")
+    taught = [q for q in learned or () if q in scored]
     if taught:
         n = len(taught)
         _log.warning(f"evaluate: {n} of the {len(scored)} scored queries {'were' if n > 1 else 'was'} learned from by "
@@ -1172,4 +1181,5 @@ def drop_identical_ids(run: Run, k: int | None = None) -> Run:
     return Run(list(run.query_ids), np.split(docs[keep], cut),
                np.split(np.concatenate(run.scores)[keep], cut), rankings=rankings, values=run.values,
                trace=run.trace, seconds=run.seconds, learned_from=run.learned_from,
+               learned_text_from=run.learned_text_from,
                _nan_checked=True, _ids_checked=True)  # (run's own ids and scores, checked when it was made)
