@@ -131,3 +131,36 @@ def test_a_pipeline_with_a_generate_step_takes_adds_and_deletes(monkeypatch, tmp
     assert "n" in [d.id for d in r.invoke("new cat")]
     assert r.delete(["0"]) is True
     assert [d.id for d in r.get_by_ids(["0", "n"])] == ["n"]
+
+
+# ---------------------------------------------------------------------- 4. a configured pipeline folder loaded once
+# configuring `pipeline` per call (configurable_fields) loaded the saved folder again on every call
+def test_a_configured_pipeline_folder_is_loaded_once_per_save(monkeypatch, tmp_path):
+    import asyncio
+
+    from langchain_core.runnables import ConfigurableField
+
+    import ragkit.pipelines.store as store
+
+    monkeypatch.setenv("RAGKIT_CACHE", str(tmp_path / "cache"))
+    folder = tmp_path / "tenant-a"
+    RagkitRetriever.from_texts(["a cat sat", "a dog ran", "birds fly"], k=2).save(folder)
+    loads: list[object] = []
+    real = store._load_pipeline
+
+    def spy(*args, **kwargs):
+        loads.append(args[0])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(store, "_load_pipeline", spy)
+    c = RagkitRetriever.from_texts(["other"]).configurable_fields(pipeline=ConfigurableField(id="index"))
+    cfg = {"configurable": {"index": str(folder)}}
+    assert [d.id for d in c.invoke("cat", config=cfg)] == ["0"]
+    assert [d.id for d in c.invoke("cat", config=cfg)] == ["0"]
+    assert [[d.id for d in x] for x in asyncio.run(c.abatch(["cat", "dog"], config=cfg))] == [["0"], ["1"]]
+    assert [d.id for d in asyncio.run(c.ainvoke("cat", config=cfg))] == ["0"]
+    assert len(loads) == 1
+    RagkitRetriever.from_texts(["a cat again", "a cat sat"], k=2).save(folder)  # saved anew
+    assert [d.id for d in c.invoke("cat again", config=cfg)][0] == "0"
+    assert len(loads) == 2
+    assert c.invoke("other", config={"configurable": {}})[0].page_content == "other"

@@ -131,6 +131,29 @@ def _saved_pipeline_folder(source: Any) -> Path | None:
     return path if path.is_dir() and (path / "manifest.json").is_file() else None
 
 
+def source_identity(source: Any) -> Any:
+    """A hashable identity of ``pipeline=source`` for a cache of the retrievers built from it: for a saved folder
+    (``manifest.json``, or an operator's ``params.json``) or a file, its resolved path and its manifest's (the
+    file's) inode, modification time and size, so that a folder saved again is a new identity; for other text
+    (YAML text, an operator's name), the text itself; ``None`` for anything else (an operator: not cached)."""
+    if isinstance(source, os.PathLike):
+        source = os.fsdecode(source)
+    if not isinstance(source, str):
+        return None
+    if "\n" in source:
+        return ("text", source)
+    try:
+        path = user_path(source, "pipeline").resolve()
+        marker = next((m for m in (path / "manifest.json", path / "params.json") if m.is_file()), None) \
+            if path.is_dir() else path if path.is_file() else None
+        if marker is None:
+            return ("text", source)
+        st = marker.stat()
+    except (OSError, ValueError, ParamError):
+        return None
+    return ("path", str(path), st.st_ino, st.st_mtime_ns, st.st_size)
+
+
 def _load_with_settings(source: Any) -> tuple[Operator, dict[str, Any]]:
     """The operator ``pipeline=source`` names (:func:`load_pipeline_like`) and the settings of the
     ``retriever.json`` beside it (:func:`_saved_settings`; ``{}`` without one).

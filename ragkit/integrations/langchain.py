@@ -103,6 +103,7 @@ from ragkit.integrations._sources import (
     _load_with_settings,
     as_corpus,
     load_pipeline_like,
+    source_identity,
 )
 from ragkit.integrations.langchain_generate import RagkitGenerator
 from ragkit.metadata import AllOf, all_filters, check_added_kinds, check_metadata_kinds
@@ -1289,11 +1290,61 @@ def _with_id(doc: Document, new_id: str) -> Document:
     return doc.model_copy(update={"id": new_id, "metadata": meta})
 
 
+#: how many retrievers built for configured ``pipeline`` values a configurable retriever keeps (least recently used
+#: dropped first)
+_BUILT_KEPT = 8
+
+
+class _Unkeyed(Exception):
+    """A configured value that keys no cache (an operator, an embeddings object): the retriever is built anew."""
+
+
+def _plain_key(value: Any) -> Any:
+    """``value`` (a configured field's) as a hashable key of plain data, or :class:`_Unkeyed`."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return (type(value).__name__, value)
+    if isinstance(value, (list, tuple)):
+        return (type(value).__name__, tuple(_plain_key(v) for v in value))
+    if isinstance(value, Mapping) and all(isinstance(k, str) for k in value):
+        return ("dict", tuple(sorted((k, _plain_key(v)) for k, v in value.items())))
+    raise _Unkeyed
+
+
 class _ConfigurableRetriever(RunnableConfigurableFields):
     """LangChain's ``RunnableConfigurableFields`` for a :class:`RagkitRetriever`: the retriever of a call is
     built knowing which fields its config set (:data:`_CONFIGURED`), so that a configured ``search_kwargs``
     holding ``k`` wins over the ``k`` passed again from the configured retriever, and a configured ``k`` over
-    its ``search_kwargs["k"]``."""
+    its ``search_kwargs["k"]``.
+
+    A config that sets ``pipeline`` (a saved folder, a YAML file or text, an operator's name) reuses the retriever
+    built for the same configured values (the last :data:`_BUILT_KEPT` kept): a folder is loaded once, not on
+    every call, and again once saved anew (its manifest's identity is part of the key, :func:`source_identity`).
+    ``ainvoke`` / ``abatch`` build it in a worker thread, off the event loop."""
+
+    _built: dict[Any, Any] = PrivateAttr(default_factory=dict)
+
+    def _built_key(self, given: Mapping[str, Any], configured: frozenset[str]) -> Any:
+        """The cache key of the retriever the configurable values ``given`` build, or ``None`` (not cached): only
+        where ``pipeline`` is configured (by a path or text: an operator is not keyed) and every value is plain."""
+        spec = self.fields.get("pipeline")
+        if spec is None or "pipeline" not in configured or getattr(spec, "id", None) not in given:
+            return None
+        try:
+            key = []
+            for name, field in sorted(self.fields.items()):
+                value = given.get(field.id, _BUILT_KEPT) if name in configured else _BUILT_KEPT  # (unset marker)
+                if value is _BUILT_KEPT:
+                    key.append((name, "unset"))
+                elif name == "pipeline" and isinstance(field, ConfigurableField):
+                    ident = source_identity(value)
+                    if ident is None:
+                        return None
+                    key.append((name, ident))
+                else:
+                    key.append((name, _plain_key(value)))
+        except _Unkeyed:
+            return None
+        return tuple(key)
 
     def _groups(self, configs: list[RunnableConfig]) -> list[list[int]]:
         """The positions of ``configs`` (each merged with the wrapper's own config) grouped by the values they give
@@ -1334,12 +1385,13 @@ class _ConfigurableRetriever(RunnableConfigurableFields):
 
     async def abatch(self, inputs: list[Any], config: RunnableConfig | list[RunnableConfig] | None = None, *,
                      return_exceptions: bool = False, **kwargs: Any | None) -> list[Any]:
-        """:meth:`batch`'s grouping, each group's retriever's ``abatch`` awaited in turn."""
+        """:meth:`batch`'s grouping, each group's retriever built in a worker thread and its ``abatch`` awaited in
+        turn."""
         inputs = _batch_list(inputs, "abatch")
         configs = [merge_configs(self.config, c) for c in get_config_list(config, len(inputs))]
         results: list[Any] = [None] * len(inputs)
         for members in self._groups(configs):
-            retriever, _ = self.prepare(configs[members[0]])
+            retriever, _ = await run_in_executor(None, self.prepare, configs[members[0]])
             found = await retriever.abatch([inputs[i] for i in members], [configs[i] for i in members],
                                            return_exceptions=return_exceptions, **kwargs)
             for i, docs in zip(members, found):
@@ -1350,8 +1402,27 @@ class _ConfigurableRetriever(RunnableConfigurableFields):
         given = ensure_config(config).get("configurable", {})
         configured = frozenset(name for name, spec in self.fields.items()
                                if not isinstance(spec, ConfigurableField) or spec.id in given)
+        key = self._built_key(given, configured)
+        private = self.__pydantic_private__  # (self._built: DynamicRunnable's __getattr__ reads the default's)
+        built: dict[Any, Any] = private["_built"] if private is not None else {}
+        if key is not None and (hit := built.pop(key, None)) is not None:
+            built[key] = hit  # (the most recently used last)
+            return hit, ensure_config(config)
         token = _CONFIGURED.set(configured)
         try:
-            return super()._prepare(config)
+            runnable, prepared = super()._prepare(config)
         finally:
             _CONFIGURED.reset(token)
+        if key is not None and isinstance(runnable, RagkitRetriever) and runnable is not self.default:
+            built[key] = runnable
+            while len(built) > _BUILT_KEPT:
+                try:
+                    del built[next(iter(built))]
+                except (KeyError, StopIteration, RuntimeError):  # (another thread's at the same time)
+                    break
+        return runnable, prepared
+
+    async def ainvoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
+        """``DynamicRunnable.ainvoke`` with the retriever built (a saved folder loaded) in a worker thread."""
+        runnable, config = await run_in_executor(None, self.prepare, config)
+        return await runnable.ainvoke(input, config, **kwargs)
