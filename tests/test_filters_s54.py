@@ -240,3 +240,39 @@ def test_adapter_load_checks_the_feature_std_length(saved_adapter, tmp_path):
                                             "of each per feature"):
         CosineAdapter.load(folder)
     assert CosineAdapter.load(saved_adapter).threshold_ is not None  # the saved one loads
+
+
+def _subtopic_recall_per_query(run, subtopics, k=10):
+    """subtopic_recall as it was: a set of subtopics per query."""
+    from ragkit.eval.diversity import _doc_lists, check_subtopics
+
+    lists = _doc_lists(run, k, "subtopic_recall")
+    out = {}
+    for q, judged in check_subtopics(subtopics, "subtopic_recall").items():
+        topics = {t for ts in judged.values() for t in ts}
+        if topics:
+            got = {t for d in lists.get(q, []) for t in judged.get(d, ())}
+            out[q] = len(got & topics) / len(topics)
+    return out
+
+
+def test_subtopic_recall_batched_is_the_per_query_sets():
+    import random
+
+    from ragkit.eval.diversity import subtopic_recall
+
+    rng = random.Random(0)
+    for _ in range(300):
+        sub, run = {}, {}
+        for qi in range(rng.randint(0, 6)):
+            docs = {f"d{j}": [rng.choice(["a", "b", 1, 1.0, True, "c", 7]) for _ in range(rng.randint(0, 3))]
+                    for j in rng.sample(range(12), rng.randint(0, 6))}
+            if rng.random() < 0.9:
+                sub[f"q{qi}"] = docs
+            if rng.random() < 0.8:
+                run[f"q{qi}"] = {f"d{j}": rng.random() for j in rng.sample(range(14), rng.randint(0, 8))}
+        if rng.random() < 0.2:
+            run["unjudged"] = {"d1": 0.5}
+        k = rng.randint(1, 6)
+        want, got = _subtopic_recall_per_query(run, sub, k), subtopic_recall(run, sub, k)
+        assert got == want and list(got) == list(want)

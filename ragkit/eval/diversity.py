@@ -581,12 +581,28 @@ def subtopic_recall(run: RunLike, subtopics: Subtopics, k: int = 10) -> dict[str
     ``k < 1``, another ``run`` or malformed ``subtopics`` (see :func:`~ragkit.eval.diversity.check_subtopics`) raise
     :class:`~ragkit.errors.DataError`."""
     lists = _doc_lists(run, k, "subtopic_recall")
-    checked = check_subtopics(subtopics, "subtopic_recall")
-    out = {}
-    for q, judged in checked.items():
-        topics = {t for ts in judged.values() for t in ts}
-        if not topics:
-            continue
-        got = {t for d in lists.get(q, []) for t in judged.get(d, ())}
-        out[q] = len(got & topics) / len(topics)
-    return out
+    table = _subtopic_table(subtopics, "subtopic_recall")  # batched, as alpha_ndcg: no set per query
+    n_q = len(table.query_ids)
+    lab = table.labels[table.keep]
+    n_lab = _kept_per_doc(table)
+    doc_q = np.repeat(np.arange(n_q), table.n_docs)
+    if not len(lab):
+        return {}
+    # one id per distinct (query, label) pair: a query's subtopics
+    pairs, pair = np.unique(np.repeat(doc_q, n_lab) * (int(lab.max()) + 1) + lab, return_inverse=True)
+    pair = pair.reshape(-1)
+    pair_q = pairs // (int(lab.max()) + 1)
+    n_topics = np.bincount(pair_q, minlength=n_q)
+    # the run's top-k matched to the judged documents of its query (a document id once per query)
+    index = {(q, d): i for i, (q, d) in enumerate(zip(np.repeat(np.array(table.query_ids, dtype=object),
+                                                                 table.n_docs).tolist(), table.doc_ids))}
+    found = [index.get(qd, -1) for qd in chain.from_iterable(
+        zip(repeat(q), lists.get(q, ())) for q in (table.query_ids[i] for i in np.flatnonzero(n_topics).tolist()))]
+    docs = np.array([i for i in found if i >= 0], np.int64)
+    lab_start = np.cumsum(n_lab) - n_lab
+    covered = np.zeros(len(pairs), bool)
+    if len(docs):
+        covered[pair[_spans(lab_start[docs], n_lab[docs])]] = True
+    got = np.bincount(pair_q[covered], minlength=n_q)
+    active = np.flatnonzero(n_topics)
+    return dict(zip([table.query_ids[i] for i in active.tolist()], (got[active] / n_topics[active]).tolist()))
