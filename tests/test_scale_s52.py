@@ -200,10 +200,12 @@ def test_a_search_distributed_chunk_loads_the_folder_it_was_given_mapped_and_unc
     got = dist._search_chunk(str(tmp_path / "p"), ids, texts, 5, None, written, corpus)
     assert loads == [(True, False)] and sums == [] and parsed == []
     want = pipe.search(dict(zip(ids, texts)), k=5)
-    assert got[0] == list(want.query_ids) and [list(d) for d in got[1]] == [list(d) for d in want.doc_ids]
-    for (rows, scores), r in zip(got[2], want.rankings):
-        np.testing.assert_array_equal(rows, r.rows)
-        np.testing.assert_array_equal(scores, r.scores)
+    # (a chunk's rankings come back flat since session 54: rows, scores, lengths; the driver maps the rows to ids)
+    rows, scores, lens = got[:3]
+    assert lens.tolist() == [len(r.rows) for r in want.rankings]
+    assert [list(d) for d in np.split(corpus.ids[rows], np.cumsum(lens)[:-1])] == [list(d) for d in want.doc_ids]
+    np.testing.assert_array_equal(rows, np.concatenate([r.rows for r in want.rankings]))
+    np.testing.assert_array_equal(scores, np.concatenate([r.scores for r in want.rankings]))
     with pytest.raises(ArtifactError, match=r"search_distributed: .*manifest\.json has SHA-256 .*expected "
                                             r"[0-9a-f]{16}\.\.\. \(the pipeline this search saved there\)"):
         dist._search_chunk(str(tmp_path / "p"), ids, texts, 5, None, "0" * 64)
@@ -234,7 +236,7 @@ def test_a_search_distributed_chunk_loads_its_steps_as_verified(tmp_path, monkey
     got = dist._search_chunk(str(tmp_path / "p"), ["q0"], ["text word3"], 5, None,
                              dist._manifest_digest(tmp_path / "p"), corpus)
     assert calls == [], calls
-    assert [list(d) for d in got[1]] == [list(d) for d in pipe.search({"q0": "text word3"}, k=5).doc_ids]
+    assert list(corpus.ids[got[0]]) == list(pipe.search({"q0": "text word3"}, k=5).doc_ids[0])  # (rows, flat)
     dist._search_chunk(str(tmp_path / "p"), ["q0"], ["text word3"], 5)
     assert calls == [], calls
     Pipeline.load(tmp_path / "p", corpus, mmap=True, verify=False)  # (outside a chunk: not verified, CRC32s kept)
