@@ -919,8 +919,8 @@ class Sharded(Operator):
         would come back from an actor."""
         own = options.get(self._sub_name)
         for given in (options.get("filter"), own.get("filter") if isinstance(own, Mapping) else None):
-            if given is not None:
-                self.corpus_.mask(given)
+            if given is not None:  # (what mask refuses, without a mask of the whole corpus per batch)
+                self.corpus_.check_filter_kinds(given)
 
     def _search_ray(self, ray: Any, live: np.ndarray, texts: list[str], options: dict[str, Any],
                     rewrites: dict[str, Any], fine: bool = False) -> list[_Flat | _FineFlat]:

@@ -149,3 +149,31 @@ def test_search_distributed_ranks_as_pipe_search_from_the_flat_chunks(local_ray)
     assert [d.tolist() for d in got.doc_ids] == [d.tolist() for d in want.doc_ids]
     assert [r.rows.tolist() for r in got.rankings] == [r.rows.tolist() for r in want.rankings]
     assert [s.tolist() for s in got.scores] == [s.tolist() for s in want.scores]
+
+
+def test_a_sharded_search_on_ray_checks_its_filter_without_a_mask_of_the_corpus(local_ray, monkeypatch):
+    """A sharded search on Ray made a mask of the whole corpus in the driver per batch (Corpus.mask) only to refuse
+    a bad filter before the actors search: the filter's kinds are checked without one (the shards mask their own
+    slices), and a bad filter is still refused here."""
+    from ragkit.errors import DataError
+    from ragkit.types import State
+
+    rows = 120
+    corpus = Corpus.from_texts(list(_corpus(rows).texts), ids=[f"d{i}" for i in range(rows)],
+                               g=[i % 3 for i in range(rows)])
+    sh = Sharded(retriever={"bm25": {}}, n_shards=3, k=10, backend="ray").fit(corpus)
+    want = BM25(k=10).fit(corpus).search(_QUERIES, filter={"g": 1})
+    masks = []
+    real = Corpus.mask
+
+    def spy(self, *a, **kw):
+        masks.append(len(self))
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(Corpus, "mask", spy)
+    got = sh.search(_QUERIES, filter={"g": 1})
+    assert masks == []
+    assert [list(d) for d in got.doc_ids] == [list(d) for d in want.doc_ids]
+    for bad in ({"g": "1"}, {"nope": 1}):
+        with pytest.raises(DataError):
+            sh._call(State(list(_QUERIES), options={"filter": bad}))  # (past search's own check_options)
