@@ -688,7 +688,7 @@ class Sharded(Operator):
 
         live: list[int] = np.flatnonzero(np.diff(bounds) > 0).tolist()
         slices = [corpus.subset(np.arange(bounds[s], bounds[s + 1])) for s in live]
-        node = dict(self.params.retriever)
+        node = self._shard_node()
         if not self._use_ray():
             for s, sh in zip(live, slices):
                 f = folders[s]
@@ -738,6 +738,16 @@ class Sharded(Operator):
             except Exception as e:
                 raise ShardError(f"sharded: shard {s} (documents {bounds[s]}..{bounds[s + 1] - 1}) failed to {what}"
                                  f"{_retried(self.params.max_retries, e)}: {_reason(e)}") from None
+
+    def _shard_node(self) -> dict[str, Any]:
+        """The per-shard retriever's node the shards are built from: ``retriever``, given this retriever's ``k``
+        where the per-shard retriever has a ``k`` and none was given: its own default (100) is not this one's, and
+        a shard's ``k`` is more than a cut (``knn_embed`` shares it between its anchor and its components: a
+        search's k=10 over k=100 is plain dense)."""
+        (name, sub), = self.params.retriever.items()
+        if "k" in self._sub_cls.Params.model_fields and "k" not in sub:
+            sub = {**sub, "k": self.params.k}
+        return {name: dict(sub)}
 
     def _check_script(self, corpus: Corpus) -> None:
         """A BM25 per-shard retriever's check of the script of ``corpus``, the whole corpus (which one index's fit

@@ -177,3 +177,15 @@ def test_a_sharded_search_on_ray_checks_its_filter_without_a_mask_of_the_corpus(
     for bad in ({"g": "1"}, {"nope": 1}):
         with pytest.raises(DataError):
             sh._call(State(list(_QUERIES), options={"filter": bad}))  # (past search's own check_options)
+
+
+@pytest.mark.parametrize("sub", [{"bm25": {}}, {"bm25": {"k1": 1.5}}])
+def test_sharded_k_is_the_shards_k_where_their_retriever_gives_none(sub):
+    """Sharded(retriever={"bm25": {}}, k=10) fitted its shards with bm25's default k=100 (a knn_embed shard shares
+    its k between anchor and components: a shard of k=100 searched for 10 is plain dense): the shards are built with
+    the sharded retriever's k where the per-shard node gives none; one given is kept."""
+    sh = Sharded(retriever=sub, n_shards=2, k=10, backend="local").fit(_corpus(30))
+    assert [s.params.k for s in sh.shards_] == [10, 10]
+    assert sh.params.retriever == sub  # (its parameters as given: to_yaml / save unchanged)
+    given = Sharded(retriever={"bm25": {"k": 7}}, n_shards=2, backend="local").fit(_corpus(30))
+    assert [s.params.k for s in given.shards_] == [7, 7] and given.params.k == 7
