@@ -186,6 +186,8 @@ class _FuserParams(Params):
                                                    "(cross-validated grid search maximising nDCG@10; given "
                                                    "weights are kept unless learned ones beat them).")
     folds: int = Field(default=5, ge=2, description="Cross-validation folds when learning weights.")
+    seed: int = Field(default=0, description="Seed of the cross-validation folds when learning weights (the folds "
+                                             "depend on it and on the set of judged queries, not their order).")
 
     @model_validator(mode="after")
     def _check_weights(self) -> "_FuserParams":
@@ -198,7 +200,7 @@ class _FuserParams(Params):
         if self.weights is not None and self.weights and not any(w > 0 for w in self.weights):
             raise ValueError(f"weights are all 0 ({self.weights}): every fused score would be 0; give at least one "
                              "branch a positive weight")
-        self.refuse_unused(("folds", self.learn, "learn: true"))
+        self.refuse_unused(("folds", self.learn, "learn: true"), ("seed", self.learn, "learn: true"))
         return self
 
 
@@ -309,6 +311,7 @@ class _Fuser(Operator):
             where = f"{placed} ({asked + ', ' if asked else ''}trying {tried})" if tried else placed
             # several settings, the same queries: no fold to hold out is said once, below, not once a setting
             searches.append((option, learn_weights(fuse, upstream, train.qrels, corpus.ids, folds=self.params.folds,
+                                                   seed=self.params.seed,
                                                    heads=heads, where=where, warn=len(options) == 1,
                                                    baseline=baseline)))
         option, found = searches[self._best_search(searches)]

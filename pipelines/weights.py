@@ -155,8 +155,9 @@ def learn_weights(fuse: Callable[[State, np.ndarray], list[Ranking]], state: Sta
     pairs of numbers.
 
     The queries of one text (:func:`~ragkit.types.normalised_text`: whitespace and case aside) share a fold,
-    whatever their ids, as ``ragkit train``'s held-out fold keeps them; the texts, numbered in the order of their
-    first query, are permuted with ``seed`` (without shared texts: the fold of a permutation of the queries).
+    whatever their ids, as ``ragkit train``'s held-out fold keeps them; the texts, numbered in their sorted order
+    (so the folds, and the weights, depend on the set of queries, not on the order they are listed in), are
+    permuted with ``seed``.
     Usable queries of one text leave no question to hold out: the baseline is kept, with a warning (its text
     also in ``note``), and the cross-validated estimates are nan (only the baseline is scored;
     ``cross_validated`` is False).
@@ -216,15 +217,20 @@ def learn_weights(fuse: Callable[[State, np.ndarray], list[Ranking]], state: Sta
     # a query judged only 0, or whose relevant documents are none of the corpus's, scores nDCG 0 whatever the
     # weights: it is unjudged here (it would only dilute the folds and the estimates)
     qids = usable_or_refused(state.query_ids, qrels, corpus_ids, "learning fusion weights")
+    # in sorted order: the order the judged queries are listed in changes no fold, pick or mean (float sums)
+    in_state = {q: i for i, q in enumerate(qids)}
+    qids = sorted(qids)
     if len(qids) < 2:
         raise DataError(f"learning fusion weights: 1 usable (with a relevant document in the corpus) training query "
                         f"({qids[0]!r}) of {len(state)}; cross-validation needs at least 2 (one to learn from, one "
                         "held out)")
-    # each query's text (normalised_text: whitespace and case aside), numbered in the order of its first query as
-    # ragkit train's held-out fold numbers them: the queries of one text share a fold (below)
+    # each query's text (normalised_text: whitespace and case aside), numbered in the sorted order of the texts, so
+    # the folds depend on the set of judged queries, not on the order they are listed in: the queries of one text
+    # share a fold (below)
     text_of = dict(zip(state.query_ids, state.queries))
-    numbers: dict[str, int] = {}
-    text_group = np.array([numbers.setdefault(normalised_text(text_of[q]), len(numbers)) for q in qids], np.intp)
+    normalised = [normalised_text(text_of[q]) for q in qids]
+    numbers = {t: i for i, t in enumerate(sorted(set(normalised)))}
+    text_group = np.array([numbers[t] for t in normalised], np.intp)
     n_texts = len(numbers)
     if n_texts < 2:  # no fold can hold a question out: nothing to earn weights with, the baseline only is scored
         grid, from_base, at_base = grid[[at_base]], from_base[[at_base]], 0
@@ -235,7 +241,8 @@ def learn_weights(fuse: Callable[[State, np.ndarray], list[Ranking]], state: Sta
         if heads is None:
             st = state.copy()
             st.rankings = fuse(state, w)
-            per_q[g] = _per_query_metrics(st, judged, corpus_ids, ["ndcg@10"], qrels_checked=True)["ndcg@10"]
+            per_q[g] = _per_query_metrics(st, judged, corpus_ids, ["ndcg@10"],  # (in the state's order)
+                                          qrels_checked=True)["ndcg@10"][[in_state[q] for q in qids]]
         else:  # what per_query_ndcg reads of fuse(state, w)
             pq = _evaluate_noted(_heads_run(heads(w, _DEPTH), state.query_ids, corpus_ids), judged, ["ndcg@10"],
                                  qrels_checked=True).per_query
@@ -251,8 +258,8 @@ def learn_weights(fuse: Callable[[State, np.ndarray], list[Ranking]], state: Sta
                             train_ndcg=base_ndcg, baseline_ndcg=base_ndcg, kept=compared_with,
                             compared_with=compared_with, note=note)
     # the queries of one text (normalised_text) share a fold, as train's held-out fold keeps them on one side: a
-    # question picked on under one id and scored under another is not held out.  The texts, numbered in the order
-    # of their first query, are permuted with the seed; without shared texts this is the old per-query fold.
+    # question picked on under one id and scored under another is not held out.  The texts, numbered in their
+    # sorted order, are permuted with the seed.
     rng = np.random.default_rng(seed)
     fold_of = (rng.permutation(n_texts) % max(2, min(folds, n_texts)))[text_group]
     picks, held, held_base = [], [], []

@@ -61,9 +61,10 @@ def test_averaged_weights_that_lose_to_equal_weights_are_not_kept(caplog):
 
 
 def test_averaged_weights_that_lose_cross_validated_only_are_not_kept():
-    """Better on the training queries (0.311 vs 0.290) but worse held out (0.281 vs 0.290): the
-    cross-validated comparison decides."""
-    res = _search(14)[0]
+    """Better on the training queries (0.442 vs 0.431) but worse held out (0.404 vs 0.431): the
+    cross-validated comparison decides.  (Seed 4: the folds follow the sorted query texts since s54, and seed
+    14's data no longer shows the case.)"""
+    res = _search(4)[0]
     assert res.averaged_train_ndcg > res.baseline_ndcg and res.cv_ndcg < res.uniform_cv_ndcg
     assert res.kept == "uniform"
     np.testing.assert_allclose(res.weights, [0.5, 0.5])

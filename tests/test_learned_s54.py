@@ -150,3 +150,47 @@ def test_evaluate_warns_once_of_a_learned_question_under_another_id(data, caplog
     assert Run.from_dict({"a": {"d": 1.0}}).learned_text_from == []
     assert Run(["a"], [["d"]], [[1.0]], learned_text_from=["a"]).learned_text_from == ["a"]
 
+
+# ---------------------------------------------------------------- 4. folds by the set of queries, seed settable
+
+def test_learned_weights_do_not_depend_on_the_order_of_the_training_queries(data, caplog):
+    from ragkit.encoders import HashingEncoder, register_encoder
+    from ragkit.pipelines import WeightedFusion
+    from ragkit.retrievers import BM25, Dense
+
+    register_encoder("s54-hash", HashingEncoder(dim=64), replace=True)
+    corpus, qs, qrels = data
+    ids = list(qs)
+    seen = []
+    for perm in range(4):
+        order = ids if perm == 0 else random.Random(perm).sample(ids, len(ids))
+        train = TrainSet({q: qs[q] for q in order}, {q: qrels[q] for q in order})
+        pipe = Pipeline([Parallel([BM25(k=10), Dense(model="s54-hash", k=10)],
+                                  fuse=WeightedFusion(learn=True, norm="zscore", top_k=5))]).fit(corpus, train=train)
+        seen.append(pipe.learned())
+    assert all(s == seen[0] for s in seen[1:]), seen
+
+
+def test_fuser_seed_is_passed_through_and_refused_without_learn(data, monkeypatch):
+    import ragkit.pipelines.weights as weights_module
+    from ragkit.errors import ParamError
+    from ragkit.pipelines import RRF, WeightedFusion
+    from ragkit.retrievers import BM25
+
+    for fuser in (RRF, WeightedFusion):
+        with pytest.raises((ParamError, ValueError), match=r"seed=3 has no effect without learn: true"):
+            fuser(seed=3)
+        assert fuser(learn=True, seed=3).params.seed == 3
+    got = []
+    real = weights_module.learn_weights
+
+    def spy(*a, **kw):
+        got.append(kw["seed"])
+        return real(*a, **kw)
+
+    monkeypatch.setattr(weights_module, "learn_weights", spy)
+    corpus, qs, qrels = data
+    Pipeline([Parallel([BM25(k=10), BM25(k=10, variant="okapi")], fuse=RRF(learn=True, seed=7))]).fit(
+        corpus, train=TrainSet(qs, qrels))
+    assert got == [7]
+

@@ -70,7 +70,9 @@ def test_copies_under_other_ids_do_not_leak_into_the_held_out_folds(interleaved)
 def test_a_learning_weighted_fuser_reports_the_same_estimate_with_copies():
     """``weighted: {learn: true, norm: learn}``, as the review fitted it: its cv_ndcg@10 and weights are those of
     the queries alone, not the training score, when each query comes again under ``<id>_dup``."""
-    one, qrels, both, both_qrels, ids = _doubled(False)
+    # (seed 0: the folds follow the sorted query texts since s54; seed 3's learned weights now score the same
+    # held out as on the training queries, which the last check tells apart)
+    one, qrels, both, both_qrels, ids = _doubled(False, seed=0)
     corpus = Corpus(ids=ids.tolist(), texts=[f"text {d}" for d in ids])
     got = []
     for st, rel in ((one, qrels), (both, both_qrels)):
