@@ -730,14 +730,20 @@ class Sharded(Operator):
         self._check_script(corpus)
 
     def _gather(self, ray: Any, live: list[int], refs: list[Any], bounds: np.ndarray, what: str) -> None:
-        """Wait for the Ray tasks ``refs`` of the shards ``live`` (one each); a failed one is a :class:`ShardError`
-        naming the shard, its documents (``bounds``) and what it failed to do (``what``: ``"build"``)."""
-        for s, ref in zip(live, refs):
-            try:
-                ray.get(ref)
-            except Exception as e:
-                raise ShardError(f"sharded: shard {s} (documents {bounds[s]}..{bounds[s + 1] - 1}) failed to {what}"
-                                 f"{_retried(self.params.max_retries, e)}: {_reason(e)}") from None
+        """Wait for the Ray tasks ``refs`` of the shards ``live`` (one each), in the order they end; the first that
+        fails is a :class:`ShardError` naming the shard, its documents (``bounds``) and what it failed to do
+        (``what``: ``"build"``), raised at once (the caller then waits for the others: :func:`_drain`)."""
+        shard_of = {ref: s for s, ref in zip(live, refs)}
+        left = list(refs)
+        while left:  # in the order they end: the first that fails is raised without waiting for the others
+            done, left = ray.wait(left, num_returns=1)
+            for ref in done:
+                try:
+                    ray.get(ref)
+                except Exception as e:
+                    s = shard_of[ref]
+                    raise ShardError(f"sharded: shard {s} (documents {bounds[s]}..{bounds[s + 1] - 1}) failed to "
+                                     f"{what}{_retried(self.params.max_retries, e)}: {_reason(e)}") from None
 
     def _shard_node(self) -> dict[str, Any]:
         """The per-shard retriever's node the shards are built from: ``retriever``, given this retriever's ``k``

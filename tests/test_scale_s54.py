@@ -189,3 +189,33 @@ def test_sharded_k_is_the_shards_k_where_their_retriever_gives_none(sub):
     assert sh.params.retriever == sub  # (its parameters as given: to_yaml / save unchanged)
     given = Sharded(retriever={"bm25": {"k": 7}}, n_shards=2, backend="local").fit(_corpus(30))
     assert [s.params.k for s in given.shards_] == [7, 7] and given.params.k == 7
+
+
+def _slow_first_shard_fails(node, corpus, folder):
+    """A shard fit (for a Ray task): shard 0 fails after 4 s, the others at once."""
+    import time
+
+    if folder.endswith("shard-000"):
+        time.sleep(4)
+        raise ValueError("slow shard")
+    raise ValueError("fast shard")
+
+
+def test_a_ray_fit_reports_the_first_shard_to_fail(local_ray, monkeypatch):
+    """The shards' tasks were read in shard order (ray.get of shard 0 first): a failure of shard 1 waited for shard
+    0 to end and was not the one reported when shard 0 failed later.  The first task to fail is reported."""
+    import sys
+
+    from ray import cloudpickle
+
+    from ragkit import _sharded
+    from ragkit._ray import ShardError
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # (the workers do not import this test module)
+    monkeypatch.setattr(_sharded, "_fit_shard", _slow_first_shard_fails)
+    try:
+        with pytest.raises(ShardError, match=r"^sharded: shard 1 \(documents 20\.\.39\) failed to build: "
+                                             r"ValueError: fast shard$"):
+            Sharded(retriever={"bm25": {}}, n_shards=2, k=10, backend="ray", max_retries=0).fit(_corpus(40))
+    finally:
+        cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
