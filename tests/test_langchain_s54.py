@@ -164,3 +164,27 @@ def test_a_configured_pipeline_folder_is_loaded_once_per_save(monkeypatch, tmp_p
     assert [d.id for d in c.invoke("cat again", config=cfg)][0] == "0"
     assert len(loads) == 2
     assert c.invoke("other", config={"configurable": {}})[0].page_content == "other"
+
+
+# ---------------------------------------------------------------------- 5. messages name the method called
+# add_texts' refusals named add_documents; from_texts raised DataError for one string / Document / None where the
+# README (and from_documents) say InputTypeError
+def test_add_texts_refusals_name_add_texts():
+    from ragkit.errors import ParamError
+
+    r = RagkitRetriever.from_texts(["a cat"], k=1)
+    with pytest.raises(ParamError, match=r"^add_texts: the documents' metadata has 'score'"):
+        r.add_texts(["x"], [{"score": 1}])
+    with pytest.raises(DataError, match=r"^add_texts: the documents' ids must be unique"):
+        r.add_texts(["x", "y"], ids=["a", "a"])
+    with pytest.raises(DataError, match=r"^add_texts: 1 of the ids are already indexed"):
+        r.add_texts(["x"], ids=["0"])
+
+
+@pytest.mark.parametrize("texts", ["abc", Document("abc"), None])
+def test_from_texts_one_value_is_an_input_type_error(texts):
+    from ragkit.errors import InputTypeError
+
+    with pytest.raises(InputTypeError, match=r"^from_texts: ") as caught:
+        RagkitRetriever.from_texts(texts)
+    assert isinstance(caught.value, DataError)  # (caught as before)

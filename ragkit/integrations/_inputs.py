@@ -26,6 +26,12 @@ def _unsearched(bad: Mapping[int, DataError], n: int) -> DataError:
                      "others")
 
 
+class InputListError(InputTypeError, DataError):
+    """One value (a string, a Document, ``None``) where a list is expected, by ``from_texts``: an
+    :class:`~ragkit.errors.InputTypeError` as ``from_documents`` raises, and a :class:`~ragkit.errors.DataError`
+    as it raised before (an ``except DataError`` still catches it)."""
+
+
 #: keyword arguments LangChain itself may leave in ``invoke``'s (and ``batch``'s, ``stream``'s) kwargs: never search
 #: options of RagkitRetriever's, nor settings of RagkitGenerator's
 _LANGCHAIN_KWARGS = frozenset({"verbose", "run_id", "run_name", "callbacks", "tags", "metadata"})

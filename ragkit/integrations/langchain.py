@@ -86,6 +86,7 @@ from ragkit.integrations._embeddings import LangChainEmbeddingsEncoder, RagkitEm
 from ragkit.integrations._inputs import (
     _LANGCHAIN_KWARGS,
     RESERVED_METADATA as RESERVED_METADATA,
+    InputListError,
     _batch_list,
     _check_reserved,
     _checked_texts,
@@ -678,8 +679,9 @@ class RagkitRetriever(BaseRetriever):
                    ids: Iterable[str | None] | None = None, metadatas: Iterable[Mapping[str, Any] | None] | None = None,
                    **kwargs: Any) -> "RagkitRetriever":
         """Fit ``pipeline`` (default: BM25) on plain texts and wrap it.  ``texts`` may be a mapping
-        ``{doc_id: text}``; one string is a :class:`DataError` (its characters would be the documents).  The texts,
-        ``metadatas`` and ``ids`` are checked as :meth:`add_texts` checks them, before anything is fitted: a text
+        ``{doc_id: text}``; one string, one Document or ``None`` is an :class:`~ragkit.errors.InputTypeError` (its
+        characters would be the documents), as ``from_documents`` says (a :class:`DataError` too, as before).  The
+        texts, ``metadatas`` and ``ids`` are checked as :meth:`add_texts` checks them, before anything is fitted: a text
         that is no string, ``metadatas`` or ``ids`` of another length than ``texts`` (or one string), a metadata
         that is no dict are each a :class:`DataError` naming it.
 
@@ -689,9 +691,14 @@ class RagkitRetriever(BaseRetriever):
         if args:
             raise _positional("from_texts", "texts", args, "metadatas=..., ids=..., pipeline=..., k=...")
         if isinstance(texts, Document):  # (a pydantic model iterates as its (field, value) pairs)
-            raise DataError(f"from_texts: got one Document ({texts.page_content!r:.60}); expected a list of "
-                            "strings (from_documents takes Documents)")
-        given, texts = ids_and_texts(texts, "from_texts")
+            raise InputListError(f"from_texts: got one Document ({texts.page_content!r:.60}); expected a list of "
+                                 "strings (from_documents takes Documents)")
+        try:
+            given, texts = ids_and_texts(texts, "from_texts")
+        except DataError as e:  # one string, None: the type error from_documents raises too
+            if texts is None or isinstance(texts, (str, bytes)):
+                raise InputListError(str(e)) from None
+            raise
         if given is not None and ids is not None:
             raise DataError("from_texts: ids given twice: by ids= and by the keys (or index) of texts")
         metas, listed = _checked_texts("from_texts", texts, metadatas, ids, "from_documents")
@@ -879,36 +886,41 @@ class RagkitRetriever(BaseRetriever):
         filter compares with ``==`` and would miss one kind or the other.  A key a document does not have is
         fine.  Searches on other threads meanwhile see the documents before or after the edit (see the class
         notes)."""
+        docs = _document_list("add_documents", documents, DataError, "add_texts")
+        return self._add(docs, _one_each("add_documents", "ids", "one id", ids, len(docs), "document"),
+                         "add_documents")
+
+    def _add(self, docs: list[Document], ids: list[Any] | None, where: str) -> list[str]:
+        """:meth:`add_documents` of checked ``docs`` and ``ids`` (one per document, or ``None``), its messages
+        naming ``where`` (the method the caller called: ``add_documents`` or ``add_texts``)."""
         import uuid
 
-        docs = _document_list("add_documents", documents, DataError, "add_texts")
-        ids = _one_each("add_documents", "ids", "one id", ids, len(docs), "document")
         if not docs:
             return []
-        listed = _written_ids("add_documents", ids) or [None] * len(docs)
-        given = [g if g is not None else _written_id(d.id, "add_documents: the documents' id", i)
-                 or _written_id(d.metadata.get("id"), "add_documents: the documents' metadata id", i)
+        listed = _written_ids(where, ids) or [None] * len(docs)
+        given = [g if g is not None else _written_id(d.id, f"{where}: the documents' id", i)
+                 or _written_id(d.metadata.get("id"), f"{where}: the documents' metadata id", i)
                  or uuid.uuid4().hex for i, (g, d) in enumerate(zip(listed, docs))]
         twice = repeated(given, 5)
         if twice:
-            raise DataError(f"add_documents: the documents' ids must be unique; given more than once: {twice} "
+            raise DataError(f"{where}: the documents' ids must be unique; given more than once: {twice} "
                             f"({'ids=' if ids is not None else 'their own id or metadata id'}); give each document "
                             "its own id")
         new = Corpus.from_documents([_with_id(d, i) for d, i in zip(docs, given)])
-        _check_reserved(new, "add_documents")
-        check_metadata_kinds(new, "add_documents")  # (among themselves; against the index's below)
+        _check_reserved(new, where)
+        check_metadata_kinds(new, where)  # (among themselves; against the index's below)
         held = self._searched_corpus()  # (unlocked, before the encoding: checked again under the lock)
         if held is not None and len(dup := held.row_of(new.ids.tolist(), missing="drop")):
-            raise DataError(f"add_documents: {len(dup)} of the ids are already indexed, e.g. "
+            raise DataError(f"{where}: {len(dup)} of the ids are already indexed, e.g. "
                             f"{held.ids[dup[0]]!r}; delete them first, or give other ids")
         ahead = self._encode_ahead(new)  # the slow part, before searches wait for the edit
         with self._editing() as pipe:  # the check and the edit as one (two adds of one id: the second is refused)
             held = _corpus_of(pipe)
             if held is not None and len(dup := held.row_of(new.ids.tolist(), missing="drop")):
-                raise DataError(f"add_documents: {len(dup)} of the ids are already indexed, e.g. "
+                raise DataError(f"{where}: {len(dup)} of the ids are already indexed, e.g. "
                                 f"{held.ids[dup[0]]!r}; delete them first, or give other ids")
             if held is not None:  # (what a save can write was checked above: the kinds against the index's alone)
-                check_added_kinds(new, "add_documents", held)
+                check_added_kinds(new, where, held)
             self._edit(pipe, "add", new, lambda leaf: leaf.remove(new.ids.tolist()), vectors=ahead)
         return new.ids.tolist()
 
@@ -926,7 +938,7 @@ class RagkitRetriever(BaseRetriever):
         texts = list(texts)
         metas, listed = _checked_texts("add_texts", texts, metadatas, ids, "add_documents")
         docs = [Document(page_content=t, metadata=m) for t, m in zip(texts, metas)]
-        return self.add_documents(docs, ids=listed)
+        return self._add(docs, listed, "add_texts")
 
     def get_by_ids(self, ids: Sequence[str], /) -> list[Document]:
         """The indexed documents of ``ids``, as a LangChain vector store's ``get_by_ids``: in the order of
