@@ -41,6 +41,7 @@ def main() -> None:
     args = ap.parse_args()
     machine = print_machine()
 
+    from ragkit._flat import flatten
     from ragkit.eval import evaluate, load_beir
     from ragkit.eval.filtering import (
         expected_calibration_error,
@@ -51,7 +52,6 @@ def main() -> None:
         relevance_labels,
     )
     from ragkit.filters import CosineAdapter, RelativeThreshold, ScoreThreshold, TopK
-    from ragkit.filters._flat import flatten
     from ragkit.filters.cosine_adapter import choose_threshold
     from ragkit.retrievers import Dense
     from ragkit.run import Run

@@ -15,10 +15,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from pydantic import Field, ValidationInfo, field_validator
 
-from ragkit._saves import load_array, read_json, save_arrays, saved_fit_report, write_json
-from ragkit.encoders import DEFAULT_MODEL, check_encoder_key, get_encoder, query_vectors, save_encoder_key
-from ragkit.errors import ArtifactError, DataError, InputTypeError
-from ragkit.filters._flat import (
+from ragkit._flat import (
     check_cosines,
     check_dense_rankings,
     cut_prefix,
@@ -28,6 +25,9 @@ from ragkit.filters._flat import (
     leading_run,
     read_count,
 )
+from ragkit._saves import load_array, read_json, save_arrays, saved_fit_report, write_json
+from ragkit.encoders import DEFAULT_MODEL, check_encoder_key, get_encoder, query_vectors, save_encoder_key
+from ragkit.errors import ArtifactError, DataError, InputTypeError
 from ragkit.operator import Operator
 from ragkit.options import PARAM, count_option
 from ragkit.params import ModelName, Params, Seed
@@ -275,7 +275,7 @@ def cut_below(probs: np.ndarray, t: float) -> float:
 
 def ordered_float32(p: np.ndarray, c: np.ndarray, lengths: np.ndarray, starts: np.ndarray,
                     qidx: np.ndarray) -> np.ndarray:
-    """The probabilities ``p`` (float64, flat as :func:`~ragkit.filters._flat.flatten` gives them, each query's
+    """The probabilities ``p`` (float64, flat as :func:`~ragkit._flat.flatten` gives them, each query's
     list sorted best first) as float32 scores in [0, 1] that fall strictly wherever the cosine ``c`` falls
     strictly within a query, and stay equal where the cosines tie.
 

@@ -15,6 +15,7 @@ from typing import Any, ClassVar, Literal, Mapping
 import numpy as np
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
+from ragkit._flat import check_cosines, check_dense_rankings, check_rows_in_corpus, flatten
 from ragkit._saves import load_array, read_json, save_arrays, saved_fit_report, write_json
 from ragkit._topk import desc_order, topk_rows
 from ragkit.encoders import (
@@ -28,7 +29,6 @@ from ragkit.encoders import (
 )
 from ragkit.encoders.sentence import blank_texts, encode_documents, encoder_label, encoder_vectors
 from ragkit.errors import ArtifactError, DataError, ParamError, some_ids
-from ragkit.filters._flat import check_cosines, check_dense_rankings, check_rows_in_corpus, flatten
 from ragkit.operator import Operator
 from ragkit.params import FieldRefusal, MetadataFilter, ModelName, Params, Seed
 from ragkit.registry import register

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 from pydantic import Field
 
+from ragkit._flat import pad_rows
 from ragkit._topk import desc_order
-from ragkit.filters._flat import pad_rows
 from ragkit.operator import Operator
 from ragkit.options import PARAM, resolve_k
 from ragkit.registry import register

@@ -14,6 +14,7 @@ from typing import ClassVar
 import numpy as np
 from pydantic import Field
 
+from ragkit._flat import check_rows_in_corpus, first_positions, first_time_for, pad_rows, read_count
 from ragkit._saves import load_array, save_arrays
 from ragkit.encoders import (
     DEFAULT_MODEL,
@@ -26,7 +27,6 @@ from ragkit.encoders import (
 )
 from ragkit.encoders.sentence import encode_documents, encoder_label
 from ragkit.errors import DataError
-from ragkit.filters._flat import check_rows_in_corpus, first_positions, first_time_for, pad_rows, read_count
 from ragkit.filters.cutoffs import cut_k
 from ragkit.operator import Operator
 from ragkit.options import PARAM, count_option
@@ -47,7 +47,7 @@ _log = logging.getLogger("ragkit")
 #: max_{s chosen} cos(d, s)`` (in [-1, 1] too), so it is 1e-5 of that objective (1e-5 / lambda_mult of the
 #: relevance term alone, 1e-5 / (1 - lambda_mult) of the redundancy term alone).  Why 1e-5: float32 cosines of
 #: one document from two computations (MMR's batched GEMM, the dense retriever's index) differ by a few 1e-6 at
-#: dim 768, as :func:`~ragkit.filters._flat.check_dense_rankings`'s 1e-5 allows: with 1e-6,
+#: dim 768, as :func:`~ragkit._flat.check_dense_rankings`'s 1e-5 allows: with 1e-6,
 #: ``Dense(k=30) | MMR(k=30, lambda_mult=1)`` still reordered 146 of 500 hashed queries.
 TIE_TOLERANCE = 1e-5
 

@@ -11,8 +11,8 @@ from typing import Any, Mapping
 import numpy as np
 from pydantic import Field
 
+from ragkit._flat import cut_prefix, flatten, leading_run, read_count, unsorted_at
 from ragkit.errors import DataError
-from ragkit.filters._flat import cut_prefix, flatten, leading_run, read_count, unsorted_at
 from ragkit.operator import Operator
 from ragkit.options import PARAM, count_option
 from ragkit.params import Params

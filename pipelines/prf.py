@@ -72,8 +72,8 @@ import numpy as np
 import scipy.sparse as sp
 from pydantic import AliasChoices, Field
 
+from ragkit._flat import check_rows_in_corpus
 from ragkit._saves import load_array, read_json, save_arrays, write_json
-from ragkit.filters._flat import check_rows_in_corpus
 from ragkit.operator import Operator
 from ragkit.params import Params
 from ragkit.registry import register

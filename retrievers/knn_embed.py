@@ -575,7 +575,7 @@ class KnnEmbed(Operator):
         (a ``top_k`` between: :func:`~ragkit.pipelines._compose.ranked_later`).  Quiet when a later step reads
         more than the anchor's slots (a reranker such as ``mmr`` or a fuser reading the whole ranking): a
         smaller ``k`` would only shrink its pool."""
-        from ragkit.filters._flat import first_time_for
+        from ragkit._flat import first_time_for
         from ragkit.pipelines._compose import ranked_later
 
         p = self.params
@@ -609,7 +609,7 @@ class KnnEmbed(Operator):
         slot).  Not a warning: it can be a deliberate setting (``examples/diverse.yaml``'s, tuned on train
         queries), and a warning on every run of it would cry wolf.  ``clusters``: the kept components of the
         searched queries, ``-1`` past them."""
-        from ragkit.filters._flat import first_time_for
+        from ragkit._flat import first_time_for
 
         p = self.params
         k_r = k - k_a

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from test_filters import adapter_case
 
+from ragkit._flat import flatten
 from ragkit.encoders import get_encoder
 from ragkit.filters import CosineAdapter
-from ragkit.filters._flat import flatten
 from ragkit.filters.cosine_adapter import fold_assignment, positives_needed
 
 KEY = get_encoder().key  # cheap: the model is not loaded

@@ -8,12 +8,12 @@ import math
 import numpy as np
 import pytest
 
+from ragkit._flat import cut_prefix, flatten
 from ragkit.encoders import get_encoder
 from ragkit.errors import ArtifactError, DataError, ParamError
 from ragkit.eval.filtering import expected_calibration_error, filter_report, pr_curve, precision_at_recall
 from ragkit.eval.hubness import hubness, k_occurrence, random_skewness, skewness
 from ragkit.filters import CosineAdapter, DBNorm, RelativeThreshold, ScoreThreshold
-from ragkit.filters._flat import cut_prefix, flatten
 from ragkit.filters.dbnorm import bank_log_partition, dbnorm_scores, pseudo_queries
 from ragkit.operator import Operator
 from ragkit.run import Run
@@ -539,7 +539,7 @@ def test_filter_measures():
 def test_nan_cosines_are_refused_before_they_spoil_a_list():
     """One NaN passed the [-1, 1] check (nanmax) and emptied its query's list, or, at fit, gave
     NaN weights and threshold saved as if trained."""
-    from ragkit.filters._flat import check_cosines
+    from ragkit._flat import check_cosines
 
     with pytest.raises(DataError, match=r"2 non-finite score\(s\) \(first in query 1 of the batch\)"):
         check_cosines(np.array([0.5, 0.2, np.nan, np.inf]), "cosine_adapter", np.array([0, 0, 1, 1]))

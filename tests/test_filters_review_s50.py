@@ -127,8 +127,8 @@ def test_cosine_adapter_no_shallow_warning_without_list_features_or_deeper_lists
 
 # ---------------------------------------------------------------------- 4. the shared padding and repeat helpers
 def test_pad_rows_and_first_positions():
-    """MMR and the diversity measures share one padding and one repeat finder (filters/_flat.py)."""
-    from ragkit.filters._flat import first_positions, pad_rows
+    """MMR and the diversity measures share one padding and one repeat finder (ragkit/_flat.py)."""
+    from ragkit._flat import first_positions, pad_rows
 
     rankings = [Ranking([5, 3, 5, 3, 5], np.zeros(5, np.float32)), Ranking([], np.zeros(0, np.float32)),
                 Ranking([2], np.zeros(1, np.float32))]
@@ -147,8 +147,8 @@ def test_predict_proba_errors_name_the_row_and_the_value():
     of "one NaN"; the errors now name predict_proba's argument, its row and the value."""
     import re
 
+    from ragkit._flat import check_cosines
     from ragkit.errors import DataError
-    from ragkit.filters._flat import check_cosines
 
     ad = _adapter_pipe().steps[-1]
     qv = HashingEncoder(dim=64).encode(["a", "b"])

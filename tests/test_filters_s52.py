@@ -14,10 +14,10 @@ import pytest
 from test_cosine_adapter_small import _two_relevant
 
 import ragkit.filters.dbnorm as dbn
+from ragkit._flat import first_unsorted, unsorted_at
 from ragkit.encoders import HashingEncoder, register_encoder
 from ragkit.errors import ConfigError, DataError, ParamError
 from ragkit.filters import CosineAdapter, ScoreThreshold
-from ragkit.filters._flat import first_unsorted, unsorted_at
 from ragkit.filters.cosine_adapter import choose_threshold
 from ragkit.filters.dbnorm import bank_log_partition
 from ragkit.operator import Operator

@@ -1,6 +1,6 @@
 """One rule each: "sorted best first" (a rise of float rounding passes everywhere: check_result, the score
 cut-offs, the filters' cosine checks) and the run-time ``k`` (a per-call operator ``k`` option is held to the
-rule of the call's ``k``; retrievers, cut-offs and fusers resolve it by one helper); ``filters._flat``'s
+rule of the call's ``k``; retrievers, cut-offs and fusers resolve it by one helper); ``ragkit._flat``'s
 ``__all__`` lists what other modules import from it."""
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ragkit import Corpus
+from ragkit import Corpus, _flat
+from ragkit._flat import first_unsorted
 from ragkit._results import _ranking_problem
 from ragkit.errors import DataError, ParamError
-from ragkit.filters import RelativeThreshold, ScoreThreshold, TopK, _flat
-from ragkit.filters._flat import first_unsorted
+from ragkit.filters import RelativeThreshold, ScoreThreshold, TopK
 from ragkit.filters.cutoffs import cut_k
 from ragkit.operator import Operator
 from ragkit.params import Params
@@ -169,7 +169,7 @@ def test_a_fusers_top_k_is_raised_to_the_calls_k_and_none_keeps_all():
     assert RRF()._top(State(["q"], options={"k": 5})) is None
 
 
-# ---------------------------------------------------------------------- filters._flat.__all__
+# ---------------------------------------------------------------------- ragkit._flat.__all__
 def test_flat_all_lists_every_name_other_modules_import_from_it():
     imported: set[str] = set()
     for path in ROOT.rglob("*.py"):
@@ -177,7 +177,7 @@ def test_flat_all_lists_every_name_other_modules_import_from_it():
             continue
         tree = ast.parse(path.read_text(encoding="utf-8"))
         for node in ast.walk(tree):
-            if isinstance(node, ast.ImportFrom) and node.module in {"ragkit.filters._flat", "filters._flat"}:
+            if isinstance(node, ast.ImportFrom) and node.module == "ragkit._flat":
                 imported |= {a.name for a in node.names}
     assert {"check_rows_in_corpus", "check_dense_rankings", "first_unsorted"} <= imported
     assert imported <= set(_flat.__all__), sorted(imported - set(_flat.__all__))

@@ -23,9 +23,9 @@ from typing import Any, Collection, Hashable, Mapping, NamedTuple, Sequence
 import numpy as np
 
 from ragkit._checks import _kind
+from ragkit._flat import first_positions, pad_rows
 from ragkit.errors import DataError
 from ragkit.eval.metrics import _flat_heads, check_run_mapping
-from ragkit.filters._flat import first_positions, pad_rows
 from ragkit.metadata import hashable
 from ragkit.run import Run, _check_unique, check_no_nan
 from ragkit.types import Ranking, ids_once
@@ -64,7 +64,7 @@ def padded_rows(rankings: Run | Sequence[Ranking], k: int) -> tuple[np.ndarray, 
 def _refuse_repeats(rankings: Run | Sequence[Ranking], rows: np.ndarray, valid: np.ndarray, who: str = "diversity",
                     why: str = "a copy would count as a second, identical document") -> None:
     """A :class:`DataError` for the first ranking whose valid ``rows`` hold one row twice (vectorised:
-    :func:`~ragkit.filters._flat.first_positions`), naming its smallest repeated row and that row's first two
+    :func:`~ragkit._flat.first_positions`), naming its smallest repeated row and that row's first two
     ranks, said as ``who``'s (``why``: what the copy would do there).  Negative rows are left to the range check
     that follows."""
     firsts = first_positions(rows, valid)

@@ -12,9 +12,9 @@ from typing import Sequence
 
 import numpy as np
 
+from ragkit._flat import pad_rows
 from ragkit.errors import DataError
 from ragkit.eval.diversity import _refuse_repeats
-from ragkit.filters._flat import pad_rows
 from ragkit.run import Run
 from ragkit.types import Ranking
 
