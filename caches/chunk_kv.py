@@ -340,7 +340,8 @@ def prefix_overlap(inter: np.ndarray, prefix_ids: Sequence[str], new_prefix: Seq
     total = float(mass.sum())
     if total <= 0.0:
         return 1.0
-    keep = np.fromiter((pid in set(new_prefix) for pid in prefix_ids), dtype=bool, count=len(prefix_ids))
+    now = set(new_prefix)
+    keep = np.fromiter((pid in now for pid in prefix_ids), dtype=bool, count=len(prefix_ids))
     return float(mass[keep].sum() / total)
 
 

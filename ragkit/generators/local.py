@@ -762,8 +762,6 @@ class LocalGenerator:
         starts, ckeys, sys_id = seg.starts(), self._chunk_keys(seg), self._sys_id(seg)
         row_of = torch.full((len(seg),), -1, dtype=torch.long)
         row_of[pos] = torch.arange(len(pos))
-        Kall = torch.cat(keys, 0)
-        Vall = torch.cat(values, 0)
         sys_len = len(seg.system) - 1
         for i in which:
             n = len(seg.chunks[i])
@@ -778,7 +776,9 @@ class LocalGenerator:
             plens = tuple(len(seg.chunks[j]) for j in range(i))
             cci = compute_cci(inter, intra, plens, n, sys_inter, sys_len)
             var = ChunkVariant(
-                keys=Kall[:, :, starts[i]:starts[i] + n].clone(), values=Vall[:, :, starts[i]:starts[i] + n].clone(),
+                # (each chunk's rows joined over the layers: not the whole prompt's, to slice the chunks from)
+                keys=torch.cat([k[:, :, starts[i]:starts[i] + n] for k in keys], 0),
+                values=torch.cat([v[:, :, starts[i]:starts[i] + n] for v in values], 0),
                 start=starts[i], prefix_ids=tuple(ckeys[:i]), prefix_lens=plens, inter=inter, intra=intra,
                 sys_inter=sys_inter, sys_len=sys_len, token_scores=tok, cci=cci, sys_id=sys_id,
                 exact=i not in inexact)
