@@ -18,6 +18,7 @@ from ragkit.cli._options import _expands_paths, _ranged_option
 from ragkit.cli._pipeline import _check_retrieves, _in_file, _without_generation, resolve_pipeline
 from ragkit.cli._streams import _say_interrupted
 from ragkit.errors import ParamError, RagkitError
+from ragkit.params import MAX_INT
 
 if TYPE_CHECKING:
     from ragkit.types import Corpus
@@ -99,12 +100,12 @@ def ask_cmd(
                                  help="Pipeline YAML file, saved pipeline folder or operator name (e.g. bm25)."),
     data: Optional[str] = typer.Option(None, "--data", help="Corpus to fit an unfitted pipeline on: a BEIR name or "
                                                             "folder, or a corpus.jsonl file."),
-    top_k: Optional[int] = _ranged_option(None, "--top-k", lo=1, help="Chunks given to the LLM (default 5), when "
-                                                                       "the pipeline has no generate step of its "
-                                                                       "own."),
+    top_k: Optional[int] = _ranged_option(None, "--top-k", lo=1, hi=MAX_INT,
+                                          help="Chunks given to the LLM (default 5), when the pipeline has no "
+                                               "generate step of its own."),
     mode: Optional[str] = typer.Option(None, help="KV reuse: full, prefix, naive or cachecraft (default), when the "
                                                   "pipeline has no generate step of its own."),
-    max_new_tokens: Optional[int] = _ranged_option(None, "--max-new-tokens", lo=1,
+    max_new_tokens: Optional[int] = _ranged_option(None, "--max-new-tokens", lo=1, hi=MAX_INT,
                                                    help="Answer length in tokens (default 96), when the pipeline "
                                                         "has no generate step of its own."),
     cache_dir: Optional[str] = typer.Option(

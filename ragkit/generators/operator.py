@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Literal
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
@@ -224,6 +224,10 @@ class Generate(Operator):
 
     name = "generate"
     kind = "generator"
+    #: it holds nothing per document (it reads its corpus's texts at each call): a pipeline whose retrievers were
+    #: edited (add / remove, a RagkitRetriever's add_documents / delete) takes it along
+    #: (:func:`~ragkit.pipelines._compose.shared_corpus`)
+    per_document: ClassVar[bool] = False
     reads_rankings = True
     Params = GenerateParams
     params: GenerateParams
