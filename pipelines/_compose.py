@@ -1522,7 +1522,11 @@ class Route(Composite):
             for label in (learning_router.params.above, learning_router.params.below):
                 branch, where = self._branch_for(label, here)
                 gains[label] = per_query_ndcg(run_step(branch, state.copy(), where), train.qrels, corpus.ids)
-            learning_router.learn_routes(state, gains)
+            try:
+                learning_router.learn_routes(state, gains)
+            except RagkitError as e:  # which router: placed as a search places its steps' errors
+                placed_at(e, f"{here}.router.{self.router.name}", self.router.name)
+                raise
             _warn_thin_threshold(self.router, f"{_at(_path, 'route')}.router", len(state),
                                  "may send other queries to the wrong branch")
         return self
@@ -1790,7 +1794,11 @@ class Loop(Composite):
             current = run_step(self.body, current, f"{_at(path, 'loop')}.body")
             features.append(judge.feature(current))
             gains.append(per_query_ndcg(current, train.qrels, corpus.ids))
-        judge.learn_stopping(np.array(features), np.array(gains))
+        try:
+            judge.learn_stopping(np.array(features), np.array(gains))
+        except RagkitError as e:  # which judge: placed as a search places its steps' errors
+            placed_at(e, f"{_at(path, 'loop')}.until.{self.until.name}", self.until.name)
+            raise
         return n_usable
 
     def _refit_on_iterations(self, corpus: Corpus, train: TrainSet, upstream: State | None, path: str) -> bool:

@@ -1,0 +1,65 @@
+"""Learned judges / routers and zscore fusion (review s54, second part).
+
+A learning judge's or router's refusal starts with its path in the pipeline, as a search's errors do; zscore
+fusion ranks a document a branch retrieved, however low, above one it did not retrieve (as minmax does)."""
+
+import random
+
+import pytest
+
+from ragkit import Corpus, Pipeline, TrainSet
+
+
+def _data():
+    rng = random.Random(0)
+    topics = ["aspirin heart attack", "statins cholesterol", "vitamin bone fracture", "exercise sleep quality",
+              "stomach bleeding ulcer", "diet heart disease", "insulin diabetes glucose", "vaccine immune antibody",
+              "cancer tumour chemotherapy", "asthma inhaler lung", "malaria mosquito parasite",
+              "depression serotonin"]
+    filler = "study patients trial results effect group control analysis data risk".split()
+    records, qs, qrels = [], {}, {}
+    for i, t in enumerate(topics):
+        for j in range(3):
+            words = t.split() + rng.sample(filler, 4)
+            rng.shuffle(words)
+            records.append({"id": f"d{i}_{j}", "text": " ".join(words)})
+        qs[f"q{i}"] = " ".join(rng.sample(t.split(), 2)) + " " + rng.choice(filler)
+        qrels[f"q{i}"] = {f"d{i}_0": 1, f"d{i}_1": 2}
+    return Corpus.from_records(records), qs, qrels
+
+
+@pytest.fixture(scope="module")
+def data():
+    return _data()
+
+
+# ---------------------------------------------------------------- 1. a learner's refusal names its place
+
+def test_learning_judge_refusal_starts_with_its_path(data):
+    from ragkit.errors import DataError
+    from ragkit.pipelines import PRF, Loop, ScoreReached
+    from ragkit.retrievers import BM25
+
+    corpus, qs, qrels = data
+    pipe = Pipeline([BM25(k=5), Loop([PRF(max_df=0.5), BM25(k=5)], until=ScoreReached(learn=True, rank=8),
+                                     max_iters=2)])
+    with pytest.raises(DataError, match=r"^pipeline\[1\]\.loop\.until\.score_reached\.rank: no training query's "
+                                        r"ranking reaches rank 8 in any of the 2 iterations"):
+        pipe.fit(corpus, train=TrainSet(qs, qrels))
+    # a loop fitted on its own: named from the loop, once (not placed twice by the refit's second learning)
+    loop = Loop([PRF(max_df=0.5), BM25(k=5)], until=ScoreReached(learn=True, rank=8), max_iters=2)
+    with pytest.raises(DataError, match=r"^loop\.until\.score_reached\.rank: no training query's ranking"):
+        loop.fit(corpus, train=TrainSet(qs, qrels))
+
+
+@pytest.mark.parametrize("feature", ["gap", "rel_gap"])
+def test_learning_router_refusal_starts_with_its_path(data, feature):
+    from ragkit.errors import DataError
+    from ragkit.pipelines import Route, ScoreRouter
+    from ragkit.retrievers import BM25
+
+    corpus, qs, qrels = data
+    pipe = Pipeline([BM25(k=1), Route(ScoreRouter(learn=True, feature=feature), {"easy": [], "hard": BM25(k=10)})])
+    with pytest.raises(DataError, match=rf"^pipeline\[1\]\.route\.router\.score_router\.feature: '{feature}' needs "
+                                        r"the top two results"):
+        pipe.fit(corpus, train=TrainSet(qs, qrels))
