@@ -1306,6 +1306,9 @@ def _with_id(doc: Document, new_id: str) -> Document:
 #: dropped first)
 _BUILT_KEPT = 8
 
+#: a configurable field its config leaves unset, in :meth:`_ConfigurableRetriever._built_key` (no value is it)
+_UNSET: Any = object()
+
 
 class _Unkeyed(Exception):
     """A configured value that keys no cache (an operator, an embeddings object): the retriever is built anew."""
@@ -1344,8 +1347,8 @@ class _ConfigurableRetriever(RunnableConfigurableFields):
         try:
             key = []
             for name, field in sorted(self.fields.items()):
-                value = given.get(field.id, _BUILT_KEPT) if name in configured else _BUILT_KEPT  # (unset marker)
-                if value is _BUILT_KEPT:
+                value = given.get(field.id, _UNSET) if name in configured else _UNSET
+                if value is _UNSET:
                     key.append((name, "unset"))
                 elif name == "pipeline" and isinstance(field, ConfigurableField):
                     ident = source_identity(value)

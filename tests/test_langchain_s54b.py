@@ -1,0 +1,44 @@
+"""A configurable RagkitRetriever's cache of the retrievers built for configured values, and adds refused before
+the embedding (re-review of the session-54 LangChain fixes)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from langchain_core.runnables import ConfigurableField
+
+import ragkit.pipelines.store as store
+from ragkit.integrations.langchain import RagkitRetriever
+
+
+def _saved(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str = "idx") -> Path:
+    monkeypatch.setenv("RAGKIT_CACHE", str(tmp_path / "cache"))
+    folder = tmp_path / name
+    RagkitRetriever.from_texts([f"cat {i}" for i in range(20)], k=2).save(folder)
+    return folder
+
+
+def _spy_loads(monkeypatch: pytest.MonkeyPatch, delay: float = 0.0) -> list[object]:
+    loads: list[object] = []
+    real = store._load_pipeline
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        loads.append(args[0])
+        time.sleep(delay)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(store, "_load_pipeline", spy)
+    return loads
+
+
+# ---------------------------------------------------------------------- 1. a configured k of 8 is not "k unset"
+# the key's unset marker was the int _BUILT_KEPT (8), compared with `is`: k=8 configured keyed as k left unset
+def test_a_configured_k_of_8_is_not_k_unset(tmp_path, monkeypatch):
+    folder = _saved(tmp_path, monkeypatch)
+    c = RagkitRetriever.from_texts(["other"]).configurable_fields(pipeline=ConfigurableField(id="index"),
+                                                                  k=ConfigurableField(id="k"))
+    assert len(c.invoke("cat", config={"configurable": {"index": str(folder), "k": 8}})) == 8
+    assert len(c.invoke("cat", config={"configurable": {"index": str(folder)}})) == 4  # (the base's k)
