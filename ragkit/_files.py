@@ -28,7 +28,8 @@ from ragkit.errors import ArtifactError, DataError, InputTypeError
 __all__ = ["atomic_file", "sha256_file", "folder_checksums", "verify_checksums", "saved_relpath", "check_inside",
            "utf8_line", "utf8_lines", "shared_tempdir", "private_tempdir", "remove_stale_tempdirs", "share_like_umask",
            "share_file_like_umask", "user_path", "folder_lock", "remove_stale_tempfiles", "owner_tag", "owner_ended",
-           "SAVE_ERRNOS", "save_unwritable", "writes_through", "stdout_file", "text_output", "first_time",
+           "SAVE_ERRNOS", "save_unwritable", "writes_through", "stdout_file", "descriptor_of",
+           "text_output", "first_time",
            "shell_quote", "shell_join", "fsync_path", "fsync_tree"]
 
 #: seconds a save waits for the loads of the folder it replaces to finish (then it replaces it anyway: those
@@ -167,17 +168,55 @@ def writes_through(path: str | os.PathLike[str]) -> bool:
     return stat.S_ISCHR(mode) or stat.S_ISFIFO(mode)
 
 
+#: the paths naming an open file descriptor of this process (Linux's ``/dev/fd`` and ``/proc/self/fd``, the BSDs' and
+#: macOS's ``/dev/fd``)
+_FD_PATH = re.compile(r"/(?:dev/fd|proc/self/fd)/(\d+)")
+
+#: the standard streams' own names and their descriptors
+_STD_PATHS = {"/dev/stdin": 0, "/dev/stdout": 1, "/dev/stderr": 2}
+
+
+def descriptor_of(path: str | os.PathLike[str]) -> int | None:
+    """The file descriptor of this process that ``path`` names: ``/dev/stdin``, ``/dev/stdout``, ``/dev/stderr``
+    (0, 1, 2), ``/dev/fd/N`` and ``/proc/self/fd/N`` (N, open or not), any other path of what standard output writes
+    into (:func:`stdout_file`: 1); ``None`` for any other path.  A file written there goes through the descriptor
+    (:func:`text_output`): a rename onto the file the descriptor writes would replace it, and an ``open(path, "w")``
+    truncate what it holds (a shell's ``2>>err.log``, ``3>>fd.log``)."""
+    shown = os.fsdecode(os.fspath(path))
+    if shown in _STD_PATHS:
+        return _STD_PATHS[shown]
+    m = _FD_PATH.fullmatch(shown)
+    if m is not None:
+        return int(m.group(1))
+    return 1 if stdout_file(path) else None
+
+
+def _regular_descriptor(fd: int) -> bool:
+    """Whether ``fd`` is an open descriptor of a regular file (``2>>err.log``)."""
+    try:
+        return stat.S_ISREG(os.fstat(fd).st_mode)
+    except (OSError, OverflowError):
+        return False
+
+
 @contextmanager
 def text_output(path: str | os.PathLike[str]) -> Iterator[TextIO]:
-    """A UTF-8 text stream onto ``path``: through standard output where ``path`` is what it writes into
-    (:func:`stdout_file`: after what is there, not truncating it), straight into a character device or a pipe
-    (:func:`writes_through`; lines end in ``\\n``), else into a temporary file beside it, renamed into place when the
-    block ends and deleted if it raises (:func:`atomic_file`, whose errors for a folder or a socket it keeps).  The
-    temporary file names this process (``owner=True``), and those a killed write of ``path`` left are removed first
-    (:func:`remove_stale_tempfiles`)."""
-    if stdout_file(path):
-        sys.stdout.flush()  # (what was printed before goes first)
-        with open(os.dup(sys.stdout.fileno()), "w", encoding="utf-8", newline="\n") as f:  # (at its offset)
+    """A UTF-8 text stream onto ``path``: through the descriptor ``path`` names where that writes into a regular file
+    (:func:`descriptor_of`: ``/dev/stdout`` with standard output redirected to a file, ``/dev/stderr``,
+    ``/dev/fd/3``; a duplicate of it, written after what the file holds, not truncating it), straight into a
+    character device or a pipe (:func:`writes_through`; lines end in ``\\n``), else into a temporary file beside it,
+    renamed into place when the block ends and deleted if it raises (:func:`atomic_file`, whose errors for a folder
+    or a socket it keeps).  The temporary file names this process (``owner=True``), and those a killed write of
+    ``path`` left are removed first (:func:`remove_stale_tempfiles`)."""
+    fd = descriptor_of(path)
+    if fd is not None and _regular_descriptor(fd):
+        for stream in (sys.stdout, sys.stderr):  # (what was printed before goes first)
+            try:
+                if stream is not None and stream.fileno() == fd:
+                    stream.flush()
+            except (AttributeError, OSError, ValueError):  # (no fileno: io.UnsupportedOperation, a ValueError)
+                pass
+        with open(os.dup(fd), "w", encoding="utf-8", newline="\n") as f:  # (at its offset)
             yield f
         return
     if writes_through(path):

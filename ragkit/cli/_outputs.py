@@ -13,7 +13,7 @@ from typing import Any, Optional
 import typer
 from rich.text import Text
 
-from ragkit._files import file_above, stdout_file, text_output, writes_through
+from ragkit._files import descriptor_of, file_above, stdout_file, text_output, writes_through
 from ragkit.cli._app import _RunFailure
 from ragkit.cli._console import console, err_console
 from ragkit.cli._options import _given
@@ -58,6 +58,12 @@ def _prepare_output(path: Optional[Path], option: str, example: str) -> None:
         raise RagkitError(f"{option} {path}: not a regular file, character device or pipe (a socket or a block "
                           f"device), which the written file would replace; give a file path such as "
                           f"{example}, or '-' for standard output")
+    fd = descriptor_of(path)
+    if fd is not None:  # /dev/stderr, /dev/fd/3: written through the descriptor (text_output), nothing made beside
+        if not os.path.exists(path):
+            raise RagkitError(f"{option} {path}: names file descriptor {fd}, which is not open; open it in the shell "
+                              f"({fd}>>out.txt) or give a file path such as {example}")
+        return
     _probe_writable(path, option)
 
 

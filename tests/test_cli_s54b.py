@@ -1,0 +1,62 @@
+"""CLI s54, second review: outputs named by a file descriptor (``/dev/stderr``, ``/dev/fd/3``) written through it,
+``/dev/stdout`` on a terminal is standard output, the stale-temporary-file cleanup inside :func:`atomic_file` and kept
+to the output's own names, and the JSON payloads built only for ``-o``."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+from test_cli_s54 import _index, _ragkit
+
+# ------------------------------------------------------------------ 1. outputs named by a file descriptor
+
+
+def test_run_to_dev_stderr_appends_to_the_file_standard_error_is_redirected_to(tmp_path):
+    """``--run /dev/stderr 2>>err.log`` replaced err.log with the run (a temporary file renamed over /dev/stderr's
+    target): its earlier line and ragkit's own stderr lines were lost.  Now written through descriptor 2."""
+    idx = _index(tmp_path / "idx")
+    log = tmp_path / "err.log"
+    log.write_text("line kept from an earlier run\n", encoding="utf-8")
+    with open(log, "a", encoding="utf-8") as err:
+        done = _ragkit("search", "--index", idx, "cats", "--run", "/dev/stderr", cwd=tmp_path, stdout=subprocess.PIPE,
+                       stderr=err, text=True)
+    text = log.read_text(encoding="utf-8")
+    assert done.returncode == 0, text
+    lines = text.splitlines()
+    assert lines[0] == "line kept from an earlier run", lines
+    assert any(line.split()[:3] == ["1", "Q0", "d2"] for line in lines), lines
+    assert "searched 1 query" in text
+
+
+def test_run_to_dev_fd_n_appends_to_the_file_that_descriptor_writes(tmp_path):
+    """``--run /dev/fd/3 3>>fd.log`` exited 2 with a false "cannot write into the folder /dev/fd" (a probe file made
+    in procfs).  Now written through the descriptor, after what the file holds; a descriptor not open is refused
+    before any work, naming it."""
+    idx = _index(tmp_path / "idx")
+    log = tmp_path / "fd.log"
+    log.write_text("old\n", encoding="utf-8")
+    fd = os.open(log, os.O_WRONLY | os.O_APPEND)
+    try:
+        done = _ragkit("search", "--index", idx, "cats", "--run", f"/dev/fd/{fd}", cwd=tmp_path, pass_fds=(fd,),
+                       capture_output=True, text=True)
+    finally:
+        os.close(fd)
+    assert done.returncode == 0, done.stderr
+    lines = log.read_text(encoding="utf-8").splitlines()
+    assert lines[0] == "old" and lines[1].split()[:3] == ["1", "Q0", "d2"], lines
+    assert list(tmp_path.glob(".*.tmp*")) == []
+    done = _ragkit("search", "--index", idx, "cats", "--run", "/dev/fd/57", cwd=tmp_path, capture_output=True,
+                   text=True)
+    assert done.returncode == 2, done.stderr
+    assert "--run /dev/fd/57: names file descriptor 57, which is not open" in " ".join(done.stderr.split())
+
+
+def test_descriptor_of_names_the_descriptor_a_path_writes():
+    from ragkit._files import descriptor_of
+
+    assert [descriptor_of(p) for p in ("/dev/stdin", "/dev/stdout", "/dev/stderr", "/dev/fd/3",
+                                       "/proc/self/fd/12", Path("/dev/fd/4"))] == [0, 1, 2, 3, 12, 4]
+    assert descriptor_of("/dev/null") is None and descriptor_of("/dev/fd/x") is None
+    assert descriptor_of("run.trec") is None
