@@ -42,3 +42,17 @@ def test_a_configured_k_of_8_is_not_k_unset(tmp_path, monkeypatch):
                                                                   k=ConfigurableField(id="k"))
     assert len(c.invoke("cat", config={"configurable": {"index": str(folder), "k": 8}})) == 8
     assert len(c.invoke("cat", config={"configurable": {"index": str(folder)}})) == 4  # (the base's k)
+
+
+# ---------------------------------------------------------------------- 2. the base's later k / search_kwargs count
+# the cache key held only the configured values: base.k = 5 after a call still returned the first call's k
+def test_a_later_change_of_the_base_retrievers_k_is_used(tmp_path, monkeypatch):
+    folder = _saved(tmp_path, monkeypatch)
+    base = RagkitRetriever.from_texts(["other"])
+    c = base.configurable_fields(pipeline=ConfigurableField(id="index"))
+    cfg = {"configurable": {"index": str(folder)}}
+    assert len(c.invoke("cat", config=cfg)) == 4
+    base.k = 5
+    assert len(c.invoke("cat", config=cfg)) == 5
+    base.search_kwargs = {"k": 3}
+    assert len(c.invoke("cat", config=cfg)) == 3

@@ -1340,7 +1340,9 @@ class _ConfigurableRetriever(RunnableConfigurableFields):
 
     def _built_key(self, given: Mapping[str, Any], configured: frozenset[str]) -> Any:
         """The cache key of the retriever the configurable values ``given`` build, or ``None`` (not cached): only
-        where ``pipeline`` is configured (by a path or text: an operator is not keyed) and every value is plain."""
+        where ``pipeline`` is configured (by a path or text: an operator is not keyed) and every value is plain,
+        the default retriever's fields the config leaves (its ``k``, ``search_kwargs``, as they are at this call:
+        ``base.k = 5`` after a call builds anew) included."""
         spec = self.fields.get("pipeline")
         if spec is None or "pipeline" not in configured or getattr(spec, "id", None) not in given:
             return None
@@ -1357,6 +1359,10 @@ class _ConfigurableRetriever(RunnableConfigurableFields):
                     key.append((name, ident))
                 else:
                     key.append((name, _plain_key(value)))
+            fields = self.default.__dict__  # (the build passes the default's fields the config leaves: as they are now)
+            for name in sorted(type(self.default).model_fields):
+                if name not in configured:
+                    key.append(("default", name, _plain_key(fields.get(name))))
         except _Unkeyed:
             return None
         return tuple(key)
