@@ -161,19 +161,23 @@ def _fit_shard(node: dict[str, Any], corpus: Corpus, folder: str) -> str:
     from ragkit.pipelines.yaml import build
     from ragkit.retrievers.bm25 import _shard_fit
 
-    def check_parent() -> None:
-        parent = Path(folder).parent
-        if not parent.is_dir():
-            raise ArtifactNotFoundError(f"sharded: the fit's folder {parent} is gone (the fit failed or was "
-                                        f"interrupted and removed it); shard {Path(folder).name} is not written")
-
-    check_parent()
+    _check_fit_folder(folder)
     op = build(node, "sharded.retriever")
     with _shard_fit():
         op.fit(corpus)
-    check_parent()
+    _check_fit_folder(folder)
     op.save(folder)
     return folder
+
+
+def _check_fit_folder(folder: str) -> None:
+    """Raise :class:`~ragkit.errors.ArtifactNotFoundError` when the fit's folder holding shard folder ``folder`` is
+    gone (the fit failed or was interrupted, and removed it; a late task straggled): a save would make it anew
+    (its ``mkdir(parents=True)``), left behind in ``workdir``."""
+    parent = Path(folder).parent
+    if not parent.is_dir():
+        raise ArtifactNotFoundError(f"sharded: the fit's folder {parent} is gone (the fit failed or was "
+                                    f"interrupted and removed it); shard {Path(folder).name} is not written")
 
 
 def _set_shard_collection(folder: str, corpus: Corpus, idf: np.ndarray, avgdl: float) -> str:
@@ -193,6 +197,7 @@ def _set_shard_collection(folder: str, corpus: Corpus, idf: np.ndarray, avgdl: f
         raise ShardError(f"sharded: {folder} holds a {op.name!r} shard, expected a bm25 one (its statistics are "
                          f"the whole corpus's); the fit's folder was changed while it ran")
     op.set_collection(idf, avgdl)
+    _check_fit_folder(folder)  # (a late task, its fit failed and removed the folder: write nothing)
     op.save(folder)
     return folder
 

@@ -1,0 +1,49 @@
+"""Session 54's second round of fixes of the scale-out layer on Ray: a late shard task writes nothing into a fit's
+folder that is gone, ..."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ragkit.retrievers.bm25 import BM25
+from ragkit.types import Corpus
+
+
+def _corpus(n: int = 120, seed: int = 0) -> Corpus:
+    rng = np.random.default_rng(seed)
+    words = np.array([f"w{i}" for i in range(60)])
+    return Corpus.from_texts([" ".join(rng.choice(words, int(rng.integers(3, 12)))) for _ in range(n)],
+                             ids=[f"d{i}" for i in range(n)])
+
+
+_QUERIES = ["w1 w2", "w3", "w4 w5 w6", "w7 w0"]
+
+
+def test_a_late_set_collection_task_does_not_make_a_removed_fit_folder_anew(tmp_path, monkeypatch):
+    """_set_shard_collection (a Ray task of a sharded bm25 fit) saved its shard again without checking that the
+    fit's folder was still there: a late task whose fit had failed and removed its folder made it anew (the save's
+    mkdir(parents=True)), left behind.  It raises ArtifactNotFoundError and writes nothing, as _fit_shard does."""
+    import shutil
+
+    from ragkit._sharded import _set_shard_collection
+    from ragkit.errors import ArtifactNotFoundError
+
+    corpus = _corpus(30)
+    fit_dir = tmp_path / "fit"
+    folder = fit_dir / "shard-000"
+    one = BM25(k=5).fit(corpus)
+    one.save(folder)
+    real = BM25.set_collection
+
+    def removed_meanwhile(self, idf, avgdl):
+        real(self, idf, avgdl)
+        shutil.rmtree(fit_dir)  # (the fit failed meanwhile and removed its folder)
+
+    monkeypatch.setattr(BM25, "set_collection", removed_meanwhile)
+    idf = np.ones(len(one.vocab_))
+    with pytest.raises(ArtifactNotFoundError, match=r"^sharded: the fit's folder .*fit is gone \(the fit failed "
+                                                    r"or was interrupted and removed it\); shard shard-000 is not "
+                                                    r"written$"):
+        _set_shard_collection(str(folder), corpus, idf, 5.0)
+    assert not fit_dir.exists()
