@@ -140,18 +140,29 @@ def _keep_mode(path: Path, tmp: Path) -> None:
 
 
 def stdout_file(path: str | os.PathLike[str]) -> bool:
-    """Whether ``path`` is the file, pipe or socket standard output writes into (its ``(st_dev, st_ino)`` are
-    ``os.fstat(sys.stdout.fileno())``'s: ``/dev/stdout`` with standard output redirected to a file, or that file's
-    own name): written through standard output, after what it holds (:func:`text_output`), as ``-`` is, neither
-    replaced by a renamed file nor truncated by an ``open(path, "w")``.  A character device is not (``/dev/null``,
-    a terminal: opened and written into, :func:`writes_through`); nor is anything where standard output is closed or
-    is no file (a test's ``StringIO``)."""
+    """Whether ``path`` is the file, terminal, pipe or socket standard output writes into (its ``(st_dev, st_ino)``
+    are ``os.fstat(sys.stdout.fileno())``'s: ``/dev/stdout``, or the name of the file, terminal or named pipe
+    standard output writes): written through standard output, after what it holds (:func:`text_output`), as ``-``
+    is, neither replaced by a renamed file nor truncated by an ``open(path, "w")``, and never with another output
+    (``-o - --run /dev/stdout``: both on one stream).  The null device is not (``/dev/null`` with standard output sent
+    there too: nothing is kept, two outputs may go there); nor is anything where standard output is closed or is no
+    file (a test's ``StringIO``)."""
     try:
         out = os.fstat(sys.stdout.fileno())
         st = os.stat(path)
     except (AttributeError, OSError, ValueError):  # (no stdout, no fileno: io.UnsupportedOperation, a ValueError)
         return False
-    return (st.st_dev, st.st_ino) == (out.st_dev, out.st_ino) and not stat.S_ISCHR(st.st_mode)
+    return (st.st_dev, st.st_ino) == (out.st_dev, out.st_ino) and not _null_device(st)
+
+
+def _null_device(st: os.stat_result) -> bool:
+    """Whether ``st`` is the null device's (``os.devnull``)."""
+    if not stat.S_ISCHR(st.st_mode):
+        return False
+    try:
+        return st.st_rdev == os.stat(os.devnull).st_rdev
+    except (OSError, AttributeError):  # (no st_rdev on Windows)
+        return False
 
 
 def writes_through(path: str | os.PathLike[str]) -> bool:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 from test_cli_s54 import _index, _ragkit
@@ -60,3 +61,46 @@ def test_descriptor_of_names_the_descriptor_a_path_writes():
                                        "/proc/self/fd/12", Path("/dev/fd/4"))] == [0, 1, 2, 3, 12, 4]
     assert descriptor_of("/dev/null") is None and descriptor_of("/dev/fd/x") is None
     assert descriptor_of("run.trec") is None
+
+
+# ------------------------------------------------------------------ 2. /dev/stdout on a terminal is standard output
+
+
+def _on_a_terminal(args: list[str], cwd: Path) -> tuple[int, str]:
+    """``python -m ragkit args`` with its standard streams on a pseudo-terminal: exit status and what it wrote."""
+    import pty
+
+    pid, master = pty.fork()
+    if pid == 0:  # (the child: its streams are the terminal)
+        try:
+            os.chdir(cwd)
+            os.execv(sys.executable, [sys.executable, "-m", "ragkit", *args])
+        finally:
+            os._exit(127)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # (EIO: the child closed the terminal)
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(master)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status), b"".join(chunks).decode("utf-8", "replace")
+
+
+def test_json_and_run_both_onto_a_terminal_s_standard_output_are_refused(tmp_path):
+    """On a terminal, ``-o - --run /dev/stdout`` (and ``-o /dev/stdout --run /dev/stdout``) was taken and printed both
+    together (a character device was never standard output's file): now refused as ``-o - --run -`` is.  Both to
+    /dev/null: still taken."""
+    idx = _index(tmp_path / "idx")
+    for output in ("-", "/dev/stdout"):
+        code, said = _on_a_terminal(["search", "--index", str(idx), "cats", "-o", output, "--run", "/dev/stdout"],
+                                    tmp_path)
+        assert code == 2, said
+        assert f"--output {output} and --run /dev/stdout both name standard output" in " ".join(said.split()), said
+    code, said = _on_a_terminal(["search", "--index", str(idx), "cats", "-o", "/dev/null", "--run", "/dev/null"],
+                                tmp_path)
+    assert code == 0 and "searched 1 query" in said, said
