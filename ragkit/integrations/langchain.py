@@ -1347,7 +1347,7 @@ class _ConfigurableRetriever(RunnableConfigurableFields):
         if spec is None or "pipeline" not in configured or getattr(spec, "id", None) not in given:
             return None
         try:
-            key = []
+            key: list[Any] = []
             for name, field in sorted(self.fields.items()):
                 value = given.get(field.id, _UNSET) if name in configured else _UNSET
                 if value is _UNSET:
