@@ -290,9 +290,11 @@ def ordered_float32(p: np.ndarray, c: np.ndarray, lengths: np.ndarray, starts: n
     rounding ties need (by a few ulps or subnormals, from the nearest float32 of ``p``); a list already strictly
     decreasing at its falls keeps its float32 values.  No score reaches 0.0 ahead of a strict fall, so no ties
     remain (a list longer than 2**30 would be needed to run out of float32 values in [0, 1])."""
-    f = np.asarray(p, np.float64).astype(np.float32)
-    if not len(f):
-        return f
+    p = np.asarray(p, np.float64)
+    if not len(p):
+        return p.astype(np.float32)
+    bad = ~np.isfinite(p)  # a corrupt adapter's NaN stays NaN (its bits would be clamped into a finite score)
+    f = np.where(bad, 1.0, p).astype(np.float32)  # (1.0: at the top of the cummin, it moves no other score)
     b = f.view(np.int32).astype(np.int64)  # non-negative floats: the bits are monotone in the value
     fall = np.zeros(len(f), np.int64)
     fall[1:] = (c[1:] < c[:-1]) & (qidx[1:] == qidx[:-1])
@@ -304,7 +306,9 @@ def ordered_float32(p: np.ndarray, c: np.ndarray, lengths: np.ndarray, starts: n
     b = np.clip(b, F, one - D)  # F <= one - D: a query holds fewer than 2**30 falls
     offset = (int(qidx[-1]) + 1 - qidx) * (1 << 32)  # b + D <= bits(1.0) < 2**30: the cummin restarts per query
     b = np.minimum.accumulate(b + D + offset) - offset - D
-    return b.astype(np.int32).view(np.float32)
+    out = b.astype(np.int32).view(np.float32)
+    out[bad] = np.nan
+    return out
 
 
 @register
@@ -875,6 +879,13 @@ class CosineAdapter(Operator):
         t = meta["threshold"]
         if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 <= t <= 1:  # (NaN fails 0 <= t)
             raise ArtifactError(f"{folder / 'adapter.json'}: threshold must be a number in [0, 1], got {t!r}")
+        for name, arr in (("adapter_weights", self.weights_), ("adapter_feat_mean", self.feat_mean_),
+                          ("adapter_feat_std", self.feat_std_)):
+            if not np.all(np.isfinite(arr)):
+                bad = int(np.sum(~np.isfinite(arr)))
+                raise ArtifactError(f"{folder / (name + '.npy')}: holds {bad} non-finite "
+                                    f"value{'' if bad == 1 else 's'} of {arr.size}; expected finite adapter "
+                                    "parameters (a corrupt or diverged save)")
         if len(self.feat_std_) != len(self.feat_mean_):
             raise ArtifactError(f"{folder}: adapter_feat_std holds {len(self.feat_std_)} values, adapter_feat_mean "
                                 f"{len(self.feat_mean_)}; expected one of each per feature")

