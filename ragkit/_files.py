@@ -167,11 +167,8 @@ def _null_device(st: os.stat_result) -> bool:
 
 def writes_through(path: str | os.PathLike[str]) -> bool:
     """Whether ``path`` is no regular file but a character device or a pipe (``/dev/null``, ``/dev/stdout``,
-    a shell's ``>(cmd)``, a named pipe), or the file standard output writes into (:func:`stdout_file`): written
-    straight into, since a temporary file renamed over it would replace the device, the pipe or the file standard
-    output is writing (there is no file to keep whole)."""
-    if stdout_file(path):
-        return True
+    a shell's ``>(cmd)``, a named pipe): written straight into, since a temporary file renamed over it would
+    replace the device or the pipe (there is no file to keep whole)."""
     try:
         mode = os.stat(path).st_mode
     except OSError:

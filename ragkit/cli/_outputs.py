@@ -41,10 +41,11 @@ def _onto_stdout(path: Optional[Path]) -> bool:
     return _is_stdout(path) or (path is not None and stdout_file(path))
 
 
-def _prepare_output(path: Optional[Path], option: str, example: str) -> None:
+def _prepare_output(path: Optional[Path], option: str, example: str, onto_stdout: bool) -> None:
     """Check before any work starts that ``path`` can be written: create its folder.  A file path (not ``-``)
-    marks the command as one with files to write (:data:`_files_requested`)."""
-    if path is None or _onto_stdout(path):
+    marks the command as one with files to write (:data:`_files_requested`).  ``onto_stdout``: ``path`` writes to
+    standard output (:func:`_onto_stdout`, found by the caller): nothing to check."""
+    if path is None or onto_stdout:
         return
     _want_files()
     if path.is_dir():
@@ -148,12 +149,13 @@ def _prepare_outputs(ctx: typer.Context, output: Optional[Path], run_file: Optio
     if run_file is None and _given(ctx, "run_tag"):
         raise RagkitError(f"--run-tag {run_tag!r}: the tag column of the --run file, but no --run is given, so it "
                           "would be ignored; add --run FILE (or '-' for standard output), or leave out --run-tag")
-    if _onto_stdout(output) or _onto_stdout(run_file):
+    out_std, run_std = _onto_stdout(output), _onto_stdout(run_file)
+    if out_std or run_std:
         _human_output_to_stderr(ctx)
-    if _onto_stdout(output) and _onto_stdout(run_file):
+    if out_std and run_std:
         raise RagkitError(f"--output {output} and --run {run_file} both name standard output, where the JSON results "
                           "and the run would run together; write one of them to a file (--run run.trec)")
-    if output is not None and run_file is not None and not _onto_stdout(output) and not _onto_stdout(run_file) \
+    if output is not None and run_file is not None and not out_std and not run_std \
             and output.resolve() == run_file.resolve() and not writes_through(output):  # (/dev/null: nothing lost)
         raise RagkitError(f"--output and --run both name {output}; the run file would replace the JSON results: "
                           "give two paths")
@@ -161,8 +163,8 @@ def _prepare_outputs(ctx: typer.Context, output: Optional[Path], run_file: Optio
         from ragkit.run import check_trec_ids
 
         check_trec_ids(f"--run-tag {run_tag!r}", [], [], run_tag)
-    _prepare_output(output, "--output", example)
-    _prepare_output(run_file, "--run", "run.trec")
+    _prepare_output(output, "--output", example, out_std)
+    _prepare_output(run_file, "--run", "run.trec", run_std)
 
 
 def _check_not_inside(path: Optional[Path], option: str, folder: Path, what: str) -> None:
