@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Literal, Mapping, Sequence, overload
 
 import numpy as np
 
@@ -13,17 +13,19 @@ from ragkit.errors import ParamError, RagkitError
 
 
 class _EncoderActor:
-    """Ray Data actor: loads the model once, encodes batches through the disk cache."""
+    """Ray Data actor: loads the model once, encodes batches through the disk cache.  ``keep=False``: returns the
+    batch's rows only, its vectors left in the cache (:func:`ray_encode`'s ``fill_only``)."""
 
-    def __init__(self, model: str, batch_size: int, cache: bool = True) -> None:
+    def __init__(self, model: str, batch_size: int, cache: bool = True, keep: bool = True) -> None:
         from ragkit.encoders import get_encoder
 
         self.encoder = get_encoder(model, batch_size=batch_size)
         self.cache = cache
+        self.keep = keep
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         vecs = self.encoder.encode(batch["text"].tolist(), progress=False, cache=self.cache)
-        return {"i": batch["i"], "vec": vecs}
+        return {"i": batch["i"], "vec": vecs} if self.keep else {"i": batch["i"]}
 
 
 def _check_model(model: Any, batch_size: int, where: str) -> int:
@@ -50,14 +52,16 @@ def _check_model(model: Any, batch_size: int, where: str) -> int:
 
 
 def _collect(batches: Iterable[Mapping[str, np.ndarray]], n: int, dim: int, model: str) -> np.ndarray:
-    """Gather the encoded batches ``{"i": rows, "vec": vectors}`` into ``(n, dim)`` in input order.
+    """Gather the encoded batches ``{"i": rows, "vec": vectors}`` into ``(n, dim)`` in input order (``dim`` 0:
+    batches of rows only, whose vectors stay in the actors' caches: each is read and dropped).
 
     A failure while the actors encode surfaces as the :class:`RagkitError` behind it where Ray kept
     it, else as a :class:`ShardError` naming the model, never as a bare Ray exception."""
     out = np.zeros((n, dim), np.float32)
     try:
         for b in batches:
-            out[b["i"]] = b["vec"]
+            if dim:
+                out[b["i"]] = b["vec"]
     except RagkitError:
         raise
     except Exception as e:  # noqa: BLE001 - Ray's errors (RayTaskError, UserCodeException...) become ours
@@ -93,13 +97,25 @@ def _pool_size(ray: Any, num_actors: int | None, n_blocks: int) -> int:
     return int(max(1, min(n, n_blocks)))
 
 
+@overload
 def ray_encode(model: str, texts: Sequence[str], *, num_actors: int | None = None, batch_size: int = 64,
-               block: int = 256, cache: bool = True) -> np.ndarray:
+               block: int = 256, cache: bool = True, fill_only: Literal[False] = False) -> np.ndarray: ...
+
+
+@overload
+def ray_encode(model: str, texts: Sequence[str], *, num_actors: int | None = None, batch_size: int = 64,
+               block: int = 256, cache: bool = True, fill_only: Literal[True]) -> None: ...
+
+
+def ray_encode(model: str, texts: Sequence[str], *, num_actors: int | None = None, batch_size: int = 64,
+               block: int = 256, cache: bool = True, fill_only: bool = False) -> np.ndarray | None:
     """Encode ``texts`` with a pool of encoder actors; returns ``(n, dim)`` in input order.
 
     ``num_actors`` actors (default: ``$RAGKIT_RAY_ACTORS`` when set, else one per CPU of the Ray
     cluster), at most one per ``block`` of texts; each loads the model once.  With ``cache=True``
-    the actors read and fill the shared on-disk embedding cache.
+    the actors read and fill the shared on-disk embedding cache.  ``fill_only=True`` (``cache`` must
+    be True): the actors only fill their nodes' caches and no vector comes back to this process
+    (returns None once all are encoded), for Ray tasks on those nodes to read them.
 
     Raises
     ------
@@ -115,18 +131,23 @@ def ray_encode(model: str, texts: Sequence[str], *, num_actors: int | None = Non
             continue
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
             raise ParamError(f"ray_encode: {name} must be a positive integer, got {value!r}")
+    if fill_only and not cache:
+        raise ParamError("ray_encode: fill_only=True fills the actors' embedding caches, so cache must be True, "
+                         "got cache=False")
     if num_actors is None:
         _env_actors()  # a bad $RAGKIT_RAY_ACTORS: said before any model loads
     texts = as_texts(texts, "ray_encode")
     dim = _check_model(model, batch_size, f"ray_encode({model!r})")
     if not texts:
-        return np.zeros((0, dim), np.float32)
+        return None if fill_only else np.zeros((0, dim), np.float32)
     cluster = ray_init()
     _check_cpus(cluster, f"ray_encode({model!r})")  # before the pool: its actors would wait forever for a CPU
     size = _pool_size(cluster, num_actors, -(-len(texts) // block))
     import ray.data
 
     ds: ray.data.Dataset = ray.data.from_items([{"i": i, "text": t} for i, t in enumerate(texts)])
-    ds = ds.map_batches(_EncoderActor, fn_constructor_args=(model, batch_size, cache), batch_size=block,
-                        compute=ray.data.ActorPoolStrategy(size=size), batch_format="numpy")
-    return _collect(ds.iter_batches(batch_size=4096, batch_format="numpy"), len(texts), dim, model)
+    ds = ds.map_batches(_EncoderActor, fn_constructor_args=(model, batch_size, cache, not fill_only),
+                        batch_size=block, compute=ray.data.ActorPoolStrategy(size=size), batch_format="numpy")
+    out = _collect(ds.iter_batches(batch_size=4096, batch_format="numpy"), len(texts), 0 if fill_only else dim,
+                   model)
+    return None if fill_only else out

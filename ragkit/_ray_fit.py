@@ -102,8 +102,9 @@ def fit_pipeline(pipe: Any, corpus: Corpus, train: TrainSet | None, *, backend: 
     """Fit ``pipe`` (a pipeline or any operator) with Ray encoding: pre-encode the corpus's sentence
     vectors of every model :func:`corpus_models` names on Ray, write them into this process's
     embedding cache, then fit in this process (which reads them from the cache: nothing is encoded
-    twice, whichever cache the Ray workers have).  A ``sharded`` retriever fitted on Ray is not
-    pre-encoded for (its shards' tasks encode their own slices), though its model is checked to load.
+    twice, whichever cache the Ray workers have).  A model only ``sharded`` retrievers fitted on Ray
+    read is encoded by the actor pool into the workers' caches only (``ray_encode(fill_only=True)``:
+    the shards' tasks read their slices from them; no ``(n, dim)`` matrix comes back here).
 
     ``num_actors`` encoder actors per model (default: ``$RAGKIT_RAY_ACTORS`` when set, else one per
     CPU of the Ray cluster; see :func:`ray_encode`).
@@ -140,9 +141,11 @@ def fit_pipeline(pipe: Any, corpus: Corpus, train: TrainSet | None, *, backend: 
         leaf._ray_modules("fit(backend='ray')")
     for model in corpus_models(pipe):  # each checked to load before Ray starts
         _check_model(model, 64, "fit(backend='ray')")
-    # (a sharded retriever fitted on Ray encodes its shards' slices in its own Ray tasks: the whole corpus is not
-    # encoded for it first; a model another step also reads is)
-    models = corpus_models(pipe, ray_shards=False)
+    # (a sharded retriever fitted on Ray reads its shards' slices in its own Ray tasks, from the workers' caches:
+    # the actor pool (one actor per CPU) fills them, its vectors not brought here; a model a step fitted here
+    # also reads is collected into this process's cache)
+    models = corpus_models(pipe)
+    collected = set(corpus_models(pipe, ray_shards=False))
     if models:
         from ragkit.encoders.cache import text_digests
 
@@ -150,9 +153,13 @@ def fit_pipeline(pipe: Any, corpus: Corpus, train: TrainSet | None, *, backend: 
         digests = text_digests(texts)  # once: a text's digest is the same for every model
         for model in models:  # only the texts this process's cache lacks go to Ray: none, no encoder pool at all
             todo = _uncached(model, digests)
-            if len(todo):
-                vectors = ray_encode(model, [texts[i] for i in todo.tolist()], num_actors=num_actors)
-                _cache_vectors(model, digests[todo], vectors)
+            if not len(todo):
+                continue
+            todo_texts = [texts[i] for i in todo.tolist()]
+            if model in collected:
+                _cache_vectors(model, digests[todo], ray_encode(model, todo_texts, num_actors=num_actors))
+            else:
+                ray_encode(model, todo_texts, num_actors=num_actors, fill_only=True)
     for leaf in sharded:  # backend "auto": fitted and searched on Ray from now on in this process
         leaf._backend = "ray"
     return pipe.fit(corpus, train, upstream=upstream)

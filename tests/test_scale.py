@@ -377,9 +377,9 @@ def test_sharded_own_k_option_is_exact_and_the_true_top(slice_data, own_k):
 
 
 def test_ray_fit_pre_encodes_only_sentence_vectors_of_the_corpus(slice_data, hash_encoder, no_ray, monkeypatch):
-    """Pre-encoded: the models of dense, knn_embed, mmr and dbnorm; not token vectors (muvera, maxsim), not
-    cosine_adapter's query vectors, not registered encoders, and not a sharded retriever's whose shards are built on
-    Ray (they encode their own slices there; its model is still checked: corpus_models lists it)."""
+    """Pre-encoded: the models of dense, knn_embed, mmr and dbnorm (also inside sharded); not token vectors (muvera,
+    maxsim), not cosine_adapter's query vectors, not registered encoders.  A sharded retriever's whose shards are
+    built on Ray is encoded into the workers' caches only (fill_only: its vectors are not brought here)."""
     from ragkit.filters import MMR, CosineAdapter, DBNorm, MaxSim
     from ragkit.retrievers import Muvera
 
@@ -394,12 +394,14 @@ def test_ray_fit_pre_encodes_only_sentence_vectors_of_the_corpus(slice_data, has
     assert _ray_fit.corpus_models(pipe) == ["m-dbnorm", "m-dense", "m-knn", "m-mmr"]
     encoded, cached = [], []
     monkeypatch.setattr(_ray_fit, "_check_model", lambda model, batch_size, where: 8)
+    filled = []
     monkeypatch.setattr(_ray_fit, "ray_encode",
-                        lambda model, texts, **kw: encoded.append(model) or np.zeros((len(texts), 8), np.float32))
+                        lambda model, texts, fill_only=False, **kw: (filled if fill_only else encoded).append(model)
+                        or (None if fill_only else np.zeros((len(texts), 8), np.float32)))
     monkeypatch.setattr(_ray_fit, "_cache_vectors", lambda model, texts, vectors: cached.append(model) or 0)
     monkeypatch.setattr(pipe, "fit", lambda corpus, train, **kw: pipe)
     assert scale.fit_pipeline(pipe, corpus, train) is pipe
-    assert encoded == cached == ["m-dbnorm", "m-dense", "m-mmr"]
+    assert encoded == cached == ["m-dbnorm", "m-dense", "m-mmr"] and filled == ["m-knn"]
 
 
 @pytest.mark.slow

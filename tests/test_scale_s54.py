@@ -46,29 +46,39 @@ def test_ray_fit_of_bm25_shards_weighs_no_shard_in_the_driver(local_ray, monkeyp
         assert shard.collection_ is not None
 
 
-def test_ray_fit_does_not_pre_encode_for_sharded_retrievers_built_on_ray(monkeypatch):
-    """fit(backend="ray") encoded the whole corpus on Ray (ray_encode) for a sharded retriever's per-shard dense,
-    though its shards, built on Ray, encode their own slices: a sharded-only pipeline calls ray_encode no more (its
-    model is still checked to load); a sharded one with backend local, fitted in this process, still is."""
+def test_ray_fit_fills_the_workers_caches_for_sharded_retrievers_built_on_ray(monkeypatch):
+    """fit(backend="ray") encoded the whole corpus on Ray (ray_encode) for a sharded retriever's per-shard dense and
+    collected the (n, dim) vectors into the driver's cache, though its shards, built on Ray, read their slices on
+    the workers: a sharded-only pipeline has the actor pool fill the workers' caches only (fill_only=True: no vector
+    comes back, none is cached here); a sharded one with backend local, fitted in this process, is still collected,
+    and so is a model a step fitted here also reads."""
     from ragkit import _ray_fit
     from ragkit.pipelines import Pipeline
+    from ragkit.retrievers.dense import Dense
 
-    encoded, checked = [], []
+    encoded, checked, cached = [], [], []
     monkeypatch.setattr(_ray_fit, "_check_model", lambda model, batch_size, where: checked.append(model) or 8)
     monkeypatch.setattr(_ray_fit, "ray_encode",
-                        lambda model, texts, **kw: encoded.append(model) or np.zeros((len(texts), 8), np.float32))
-    monkeypatch.setattr(_ray_fit, "_cache_vectors", lambda model, digests, vectors: 0)
+                        lambda model, texts, fill_only=False, **kw: encoded.append((model, fill_only))
+                        or (None if fill_only else np.zeros((len(texts), 8), np.float32)))
+    monkeypatch.setattr(_ray_fit, "_cache_vectors", lambda model, digests, vectors: cached.append(model) or 0)
     monkeypatch.setattr(_ray_fit, "_uncached", lambda model, digests: np.arange(len(digests)))
     monkeypatch.setattr(_ray_fit, "_ray", lambda: None)
     for backend in ("auto", "ray"):
         pipe = Pipeline([Sharded(retriever={"dense": {"model": "m-s54"}}, backend=backend)])
         monkeypatch.setattr(pipe, "fit", lambda corpus, train, **kw: pipe)
         assert _ray_fit.fit_pipeline(pipe, _corpus(20), None) is pipe
-    assert encoded == [] and checked == ["m-s54", "m-s54"]
+    assert encoded == [("m-s54", True), ("m-s54", True)] and cached == [] and checked == ["m-s54", "m-s54"]
+    encoded.clear()
     pipe = Pipeline([Sharded(retriever={"dense": {"model": "m-s54"}}, backend="local")])
     monkeypatch.setattr(pipe, "fit", lambda corpus, train, **kw: pipe)
     _ray_fit.fit_pipeline(pipe, _corpus(20), None)
-    assert encoded == ["m-s54"]
+    assert encoded == [("m-s54", False)] and cached == ["m-s54"]
+    encoded.clear()
+    pipe = Sharded(retriever={"dense": {"model": "m-s54"}}, backend="ray") + Dense(model="m-s54")
+    monkeypatch.setattr(pipe, "fit", lambda corpus, train, **kw: pipe)
+    _ray_fit.fit_pipeline(pipe, _corpus(20), None)
+    assert encoded == [("m-s54", False)] and cached == ["m-s54", "m-s54"]
 
 
 def test_classify_reads_every_ray_error_one_way():

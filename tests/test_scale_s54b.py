@@ -47,3 +47,25 @@ def test_a_late_set_collection_task_does_not_make_a_removed_fit_folder_anew(tmp_
                                                     r"written$"):
         _set_shard_collection(str(folder), corpus, idf, 5.0)
     assert not fit_dir.exists()
+
+
+def test_ray_encode_fill_only_brings_no_vector_back(monkeypatch):
+    """ray_encode's fill_only mode (a Ray fit's encoding for sharded retrievers built on Ray): its actors return
+    each batch's rows only, their vectors left in the cache, and the driver gathers no (n, dim) matrix; it needs
+    the cache."""
+    from ragkit import _ray_encode
+    from ragkit.errors import ParamError
+
+    class _Encoder:
+        def encode(self, texts, progress=False, cache=True):
+            assert cache
+            return np.ones((len(texts), 3), np.float32)
+
+    monkeypatch.setattr("ragkit.encoders.get_encoder", lambda model, batch_size=64: _Encoder())
+    batch = {"i": np.arange(2), "text": np.array(["a", "b"])}
+    assert set(_ray_encode._EncoderActor("m", 8, True, False)(batch)) == {"i"}
+    assert set(_ray_encode._EncoderActor("m", 8)(batch)) == {"i", "vec"}
+    assert _ray_encode._collect([{"i": np.arange(2)}], 2, 0, "m").shape == (2, 0)
+    with pytest.raises(ParamError, match=r"^ray_encode: fill_only=True fills the actors' embedding caches, so cache "
+                                         r"must be True, got cache=False$"):
+        _ray_encode.ray_encode("m", ["a"], cache=False, fill_only=True)
