@@ -231,15 +231,13 @@ def text_output(path: str | os.PathLike[str]) -> Iterator[TextIO]:
         with open(path, "w", encoding="utf-8", newline="\n") as f:
             yield f
         return
-    target = Path(path)
-    beside = Path(os.path.realpath(target)) if target.is_symlink() else target  # (where atomic_file writes)
-    remove_stale_tempfiles(beside.parent, name=beside.name)  # what a killed write of it left (owner=True: found)
-    with atomic_file(target, owner=True) as tmp, open(tmp, "w", encoding="utf-8") as f:
+    with atomic_file(path, owner=True, remove_stale=True) as tmp, open(tmp, "w", encoding="utf-8") as f:
         yield f
 
 
 @contextmanager
-def atomic_file(path: str | Path, *, owner: bool = False, durable: bool = True) -> Iterator[Path]:
+def atomic_file(path: str | Path, *, owner: bool = False, durable: bool = True,
+                remove_stale: bool = False) -> Iterator[Path]:
     """Yield a unique temporary path beside ``path`` (same suffix, so ``np.save`` and
     ``safetensors`` keep the name), ``.<stem>.<pid>-<random>.tmp<suffix>``, or with ``owner=True``
     ``.<stem>.<pid>@<host>[@<pid namespace>]-<random>.tmp<suffix>`` (:func:`owner_tag`; one a killed process
@@ -249,6 +247,11 @@ def atomic_file(path: str | Path, *, owner: bool = False, durable: bool = True) 
     block's own error is the one raised).  A ``path`` that exists and is no regular file (a folder, a pipe,
     a device) is an :class:`ArtifactError` before the block runs.  A symbolic link to a file is written
     through, as ``open(path, "w")`` would: its target gets the new file, the link stays.
+
+    ``remove_stale`` (with ``owner=True``): the temporary files a killed write of the same file left beside it
+    (named with its owner, whose process has ended) are removed first (:func:`remove_stale_tempfiles` with
+    ``name``), in the folder the file is written in (a link's target's), once ``path`` was found writable (a
+    dangling link, a folder: refused, nothing removed).
 
     ``durable`` (default): the temporary file's data is flushed to the disk (:func:`fsync_path`) before the rename,
     so that after a power loss or a crash of the system ``path`` holds the old file or the new one whole.  Without
@@ -273,6 +276,8 @@ def atomic_file(path: str | Path, *, owner: bool = False, durable: bool = True) 
     if os.path.lexists(path) and not path.is_file():  # a rename would replace a folder's name, a pipe or a device
         raise ArtifactError(f"{path}: exists and is not a regular file (a folder, pipe or device); expected a path "
                             "to write a file to")
+    if remove_stale:  # what a killed write of it left (owner=True: its owner named, found ended)
+        remove_stale_tempfiles(path.parent, name=path.name)
     tag = owner_tag() if owner else str(os.getpid())
     tmp = path.with_name(f".{path.stem}.{tag}-{secrets.token_hex(4)}.tmp{path.suffix}")
     try:

@@ -104,3 +104,37 @@ def test_json_and_run_both_onto_a_terminal_s_standard_output_are_refused(tmp_pat
     code, said = _on_a_terminal(["search", "--index", str(idx), "cats", "-o", "/dev/null", "--run", "/dev/null"],
                                 tmp_path)
     assert code == 0 and "searched 1 query" in said, said
+
+
+# ------------------------------------------------------------------ 3. the stale-temporary-file cleanup in atomic_file
+
+
+def _dead_pid() -> int:
+    """The process id of a process that has ended."""
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          timeout=60)
+    return int(done.stdout)
+
+
+def test_a_dangling_link_is_refused_without_touching_its_target_s_folder(tmp_path):
+    """``out.trec`` a dangling link to ``d/x.trec``: text_output removed the temporary files a dead writer left in d
+    (its own rule for links) before atomic_file refused the link.  Now the cleanup is atomic_file's, after its
+    refusal: d is left as it was."""
+    import pytest
+
+    from ragkit._files import owner_tag, text_output
+    from ragkit.errors import ArtifactError
+
+    (tmp_path / "d").mkdir()
+    left = tmp_path / "d" / f".x.{_dead_pid()}{owner_tag()[owner_tag().index('@'):]}-0123abcd.tmp.trec"
+    left.write_text("half", encoding="utf-8")
+    (tmp_path / "out.trec").symlink_to(tmp_path / "d" / "x.trec")
+    with pytest.raises(ArtifactError, match="exists and is not a regular file"):
+        with text_output(tmp_path / "out.trec") as f:
+            f.write("1 Q0 d1 1 1.0 t\n")
+    assert sorted(p.name for p in (tmp_path / "d").iterdir()) == [left.name]
+    (tmp_path / "d" / "x.trec").write_text("old\n", encoding="utf-8")  # the link's target now there: written, cleaned
+    with text_output(tmp_path / "out.trec") as f:
+        f.write("new\n")
+    assert sorted(p.name for p in (tmp_path / "d").iterdir()) == ["x.trec"]
+    assert (tmp_path / "out.trec").read_text(encoding="utf-8") == "new\n" and (tmp_path / "out.trec").is_symlink()
