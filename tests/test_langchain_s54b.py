@@ -3,6 +3,8 @@ the embedding (re-review of the session-54 LangChain fixes)."""
 
 from __future__ import annotations
 
+import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -56,3 +58,52 @@ def test_a_later_change_of_the_base_retrievers_k_is_used(tmp_path, monkeypatch):
     assert len(c.invoke("cat", config=cfg)) == 5
     base.search_kwargs = {"k": 3}
     assert len(c.invoke("cat", config=cfg)) == 3
+
+
+# ---------------------------------------------------------------------- 5. the cache is thread-safe
+# a hit was popped and put back (another thread asking in between loaded the folder again), and threads asking for
+# a retriever not built yet each loaded the folder
+def _in_threads(n: int, call: Any) -> list[Any]:
+    start = threading.Barrier(n)
+    out: list[Any] = [None] * n
+
+    def run(i: int) -> None:
+        start.wait()
+        try:
+            out[i] = call()
+        except Exception as e:  # noqa: BLE001  (reported by the assertion)
+            out[i] = e
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return out
+
+
+def test_threads_asking_for_a_built_retriever_load_nothing(tmp_path, monkeypatch):
+    folder = _saved(tmp_path, monkeypatch)
+    c = RagkitRetriever.from_texts(["other"]).configurable_fields(pipeline=ConfigurableField(id="index"))
+    cfg = {"configurable": {"index": str(folder)}}
+    c.invoke("cat", config=cfg)  # (warm-up: built once)
+    loads = _spy_loads(monkeypatch)
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # (threads switch between any two steps: the pop / put back window is hit)
+    try:
+        found = _in_threads(8, lambda: [c._prepare(cfg)[0] for _ in range(300)])
+    finally:
+        sys.setswitchinterval(interval)
+    assert not [x for x in found if isinstance(x, Exception)]
+    assert loads == []
+    assert len({id(r) for x in found for r in x}) == 1
+
+
+def test_threads_asking_for_a_new_retriever_load_it_once(tmp_path, monkeypatch):
+    folder = _saved(tmp_path, monkeypatch)
+    c = RagkitRetriever.from_texts(["other"]).configurable_fields(pipeline=ConfigurableField(id="index"))
+    cfg = {"configurable": {"index": str(folder)}}
+    loads = _spy_loads(monkeypatch, delay=0.5)
+    found = _in_threads(2, lambda: [d.id for d in c.invoke("cat", config=cfg)])
+    assert all(isinstance(x, list) and len(x) == 4 for x in found), found
+    assert len(loads) == 1

@@ -30,6 +30,8 @@ import logging
 import math
 import numbers
 import os
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -1336,7 +1338,9 @@ class _ConfigurableRetriever(RunnableConfigurableFields):
     every call, and again once saved anew (its manifest's identity is part of the key, :func:`source_identity`).
     ``ainvoke`` / ``abatch`` build it in a worker thread, off the event loop."""
 
-    _built: dict[Any, Any] = PrivateAttr(default_factory=dict)
+    _built: OrderedDict[Any, Any] = PrivateAttr(default_factory=OrderedDict)
+    _built_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
+    _building: dict[Any, threading.Lock] = PrivateAttr(default_factory=dict)
 
     def _built_key(self, given: Mapping[str, Any], configured: frozenset[str]) -> Any:
         """The cache key of the retriever the configurable values ``given`` build, or ``None`` (not cached): only
@@ -1420,28 +1424,52 @@ class _ConfigurableRetriever(RunnableConfigurableFields):
         return results
 
     def _prepare(self, config: RunnableConfig | None = None) -> tuple[Any, RunnableConfig]:
+        """The retriever of ``config``: the one built for the same key (:meth:`_built_key`) where kept, else built
+        (one thread builds a key's retriever, the others asking for it meanwhile wait for it) and kept, the least
+        recently used dropped beyond :data:`_BUILT_KEPT`."""
         given = ensure_config(config).get("configurable", {})
         configured = frozenset(name for name, spec in self.fields.items()
                                if not isinstance(spec, ConfigurableField) or spec.id in given)
         key = self._built_key(given, configured)
+        if key is None:
+            return self._build(config, configured)
         private = self.__pydantic_private__  # (self._built: DynamicRunnable's __getattr__ reads the default's)
-        built: dict[Any, Any] = private["_built"] if private is not None else {}
-        if key is not None and (hit := built.pop(key, None)) is not None:
-            built[key] = hit  # (the most recently used last)
-            return hit, ensure_config(config)
+        if private is None:
+            return self._build(config, configured)
+        built: OrderedDict[Any, Any] = private["_built"]
+        guard: threading.Lock = private["_built_lock"]
+        building: dict[Any, threading.Lock] = private["_building"]
+        with guard:
+            if (hit := built.get(key)) is not None:
+                built.move_to_end(key)  # (the most recently used last)
+                return hit, ensure_config(config)
+            own = building.setdefault(key, threading.Lock())
+        try:
+            with own:  # (one build per key: a second thread asking meanwhile waits here, then finds it built)
+                with guard:
+                    if (hit := built.get(key)) is not None:
+                        built.move_to_end(key)
+                        return hit, ensure_config(config)
+                runnable, prepared = self._build(config, configured)
+                if isinstance(runnable, RagkitRetriever) and runnable is not self.default:
+                    with guard:
+                        built[key] = runnable
+                        built.move_to_end(key)
+                        while len(built) > _BUILT_KEPT:
+                            built.popitem(last=False)
+                return runnable, prepared
+        finally:
+            with guard:
+                if building.get(key) is own:
+                    del building[key]
+
+    def _build(self, config: RunnableConfig | None, configured: frozenset[str]) -> tuple[Any, RunnableConfig]:
+        """LangChain's build of the retriever of ``config``, knowing the fields it sets (:data:`_CONFIGURED`)."""
         token = _CONFIGURED.set(configured)
         try:
-            runnable, prepared = super()._prepare(config)
+            return super()._prepare(config)
         finally:
             _CONFIGURED.reset(token)
-        if key is not None and isinstance(runnable, RagkitRetriever) and runnable is not self.default:
-            built[key] = runnable
-            while len(built) > _BUILT_KEPT:
-                try:
-                    del built[next(iter(built))]
-                except (KeyError, StopIteration, RuntimeError):  # (another thread's at the same time)
-                    break
-        return runnable, prepared
 
     async def ainvoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
         """``DynamicRunnable.ainvoke`` with the retriever built (a saved folder loaded) in a worker thread."""
