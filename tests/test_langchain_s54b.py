@@ -107,3 +107,16 @@ def test_threads_asking_for_a_new_retriever_load_it_once(tmp_path, monkeypatch):
     found = _in_threads(2, lambda: [d.id for d in c.invoke("cat", config=cfg)])
     assert all(isinstance(x, list) and len(x) == 4 for x in found), found
     assert len(loads) == 1
+
+
+# ---------------------------------------------------------------------- 6. a folder saved again replaces its entry
+# the key held the manifest's identity: each save of the folder added one more entry, the old retriever kept
+def test_a_folder_saved_again_keeps_one_entry(tmp_path, monkeypatch):
+    folder = _saved(tmp_path, monkeypatch)
+    c = RagkitRetriever.from_texts(["other"]).configurable_fields(pipeline=ConfigurableField(id="index"))
+    cfg = {"configurable": {"index": str(folder)}}
+    assert c.invoke("cat 3", config=cfg)
+    RagkitRetriever.from_texts(["a dog", "a new cat"], k=2).save(folder)
+    assert [d.page_content for d in c.invoke("new cat", config=cfg)][0] == "a new cat"
+    built = c.__pydantic_private__["_built"]  # type: ignore[index]
+    assert len(built) == 1

@@ -1335,21 +1335,24 @@ class _ConfigurableRetriever(RunnableConfigurableFields):
 
     A config that sets ``pipeline`` (a saved folder, a YAML file or text, an operator's name) reuses the retriever
     built for the same configured values (the last :data:`_BUILT_KEPT` kept): a folder is loaded once, not on
-    every call, and again once saved anew (its manifest's identity is part of the key, :func:`source_identity`).
+    every call, and again once saved anew (the entry of a folder keeps its manifest's identity,
+    :func:`source_identity`: a folder saved again is built again in the same entry, not in one more).
     ``ainvoke`` / ``abatch`` build it in a worker thread, off the event loop."""
 
     _built: OrderedDict[Any, Any] = PrivateAttr(default_factory=OrderedDict)
     _built_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
     _building: dict[Any, threading.Lock] = PrivateAttr(default_factory=dict)
 
-    def _built_key(self, given: Mapping[str, Any], configured: frozenset[str]) -> Any:
-        """The cache key of the retriever the configurable values ``given`` build, or ``None`` (not cached): only
+    def _built_key(self, given: Mapping[str, Any], configured: frozenset[str]) -> tuple[Any, Any] | None:
+        """The cache key of the retriever the configurable values ``given`` build and the identity of its configured
+        ``pipeline`` (:func:`source_identity`: a folder's save), or ``None`` (not cached): only
         where ``pipeline`` is configured (by a path or text: an operator is not keyed) and every value is plain,
         the default retriever's fields the config leaves (its ``k``, ``search_kwargs``, as they are at this call:
         ``base.k = 5`` after a call builds anew) included."""
         spec = self.fields.get("pipeline")
         if spec is None or "pipeline" not in configured or getattr(spec, "id", None) not in given:
             return None
+        ident: Any = None
         try:
             key: list[Any] = []
             for name, field in sorted(self.fields.items()):
@@ -1360,7 +1363,7 @@ class _ConfigurableRetriever(RunnableConfigurableFields):
                     ident = source_identity(value)
                     if ident is None:
                         return None
-                    key.append((name, ident))
+                    key.append((name, ident[:2]))  # (the folder's path or the text: its save is the identity)
                 else:
                     key.append((name, _plain_key(value)))
             fields = self.default.__dict__  # (the build passes the default's fields the config leaves: as they are now)
@@ -1369,7 +1372,7 @@ class _ConfigurableRetriever(RunnableConfigurableFields):
                     key.append(("default", name, _plain_key(fields.get(name))))
         except _Unkeyed:
             return None
-        return tuple(key)
+        return tuple(key), ident
 
     def _groups(self, configs: list[RunnableConfig]) -> list[list[int]]:
         """The positions of ``configs`` (each merged with the wrapper's own config) grouped by the values they give
@@ -1430,9 +1433,10 @@ class _ConfigurableRetriever(RunnableConfigurableFields):
         given = ensure_config(config).get("configurable", {})
         configured = frozenset(name for name, spec in self.fields.items()
                                if not isinstance(spec, ConfigurableField) or spec.id in given)
-        key = self._built_key(given, configured)
-        if key is None:
+        keyed = self._built_key(given, configured)
+        if keyed is None:
             return self._build(config, configured)
+        key, ident = keyed
         private = self.__pydantic_private__  # (self._built: DynamicRunnable's __getattr__ reads the default's)
         if private is None:
             return self._build(config, configured)
@@ -1440,20 +1444,20 @@ class _ConfigurableRetriever(RunnableConfigurableFields):
         guard: threading.Lock = private["_built_lock"]
         building: dict[Any, threading.Lock] = private["_building"]
         with guard:
-            if (hit := built.get(key)) is not None:
+            if (hit := built.get(key)) is not None and hit[0] == ident:
                 built.move_to_end(key)  # (the most recently used last)
-                return hit, ensure_config(config)
+                return hit[1], ensure_config(config)
             own = building.setdefault(key, threading.Lock())
         try:
             with own:  # (one build per key: a second thread asking meanwhile waits here, then finds it built)
                 with guard:
-                    if (hit := built.get(key)) is not None:
+                    if (hit := built.get(key)) is not None and hit[0] == ident:
                         built.move_to_end(key)
-                        return hit, ensure_config(config)
+                        return hit[1], ensure_config(config)
                 runnable, prepared = self._build(config, configured)
                 if isinstance(runnable, RagkitRetriever) and runnable is not self.default:
                     with guard:
-                        built[key] = runnable
+                        built[key] = (ident, runnable)  # (a folder saved again: its old retriever replaced)
                         built.move_to_end(key)
                         while len(built) > _BUILT_KEPT:
                             built.popitem(last=False)
