@@ -285,16 +285,21 @@ def ordered_float32(p: np.ndarray, c: np.ndarray, lengths: np.ndarray, starts: n
     is one float32 ulp.  With ``D`` the number of strict cosine falls since the query's first candidate and ``F``
     the number after the candidate, ``b`` is first clamped into ``[F, bits(1.0) - D]`` (room for the falls
     after and before it: a run saturated at 0.0 is lifted to the smallest subnormals, one at 1.0 keeps 1.0 at its
-    head), then ``b'_i = min_{j <= i} (b_j + D_j) - D_i`` within the query (a segment cummin, batched: a
-    per-query offset decreasing with the query keeps the queries apart).  Each score moves only as far as the
-    rounding ties need (by a few ulps or subnormals, from the nearest float32 of ``p``); a list already strictly
+    head), then ``b'_i = max_{j >= i} (b_j - F_j) + F_i`` within the query (a reversed segment cummax, batched: a
+    per-query offset decreasing with the query keeps the queries apart).  Earlier scores are raised rather than
+    later ones lowered, so a score only rises from the nearest float32 of ``p`` (by the few ulps or subnormals the
+    rounding ties need), except where the clamp pulls a 1.0 below 1.0: a candidate kept by ``p >= t`` in float64
+    is shown with a score ``>= float32(t)`` unless the kept candidates hold more strict falls than there are
+    float32 values in ``[float32(t), 1]`` (any strict fall among them when ``t`` rounds to 1.0 in float32,
+    ``t >= 1 - 2**-25``: they cannot all be shown at 1.0 and still fall).  A list already strictly
     decreasing at its falls keeps its float32 values.  No score reaches 0.0 ahead of a strict fall, so no ties
-    remain (a list longer than 2**30 would be needed to run out of float32 values in [0, 1])."""
+    remain (a list longer than 2**30 would be needed to run out of float32 values in [0, 1]).  A non-finite
+    probability (a corrupt adapter) stays NaN, for the output check to catch."""
     p = np.asarray(p, np.float64)
     if not len(p):
         return p.astype(np.float32)
     bad = ~np.isfinite(p)  # a corrupt adapter's NaN stays NaN (its bits would be clamped into a finite score)
-    f = np.where(bad, 1.0, p).astype(np.float32)  # (1.0: at the top of the cummin, it moves no other score)
+    f = np.where(bad, 0.0, p).astype(np.float32)  # (0.0: at the bottom of the cummax, it moves no other score)
     b = f.view(np.int32).astype(np.int64)  # non-negative floats: the bits are monotone in the value
     fall = np.zeros(len(f), np.int64)
     fall[1:] = (c[1:] < c[:-1]) & (qidx[1:] == qidx[:-1])
@@ -304,8 +309,8 @@ def ordered_float32(p: np.ndarray, c: np.ndarray, lengths: np.ndarray, starts: n
     F = total[(starts + lengths - 1)[qidx]] - total  # strict falls after the candidate
     one = int(np.float32(1.0).view(np.int32))
     b = np.clip(b, F, one - D)  # F <= one - D: a query holds fewer than 2**30 falls
-    offset = (int(qidx[-1]) + 1 - qidx) * (1 << 32)  # b + D <= bits(1.0) < 2**30: the cummin restarts per query
-    b = np.minimum.accumulate(b + D + offset) - offset - D
+    offset = (int(qidx[-1]) + 1 - qidx) * (1 << 32)  # 0 <= b - F < 2**30: the reversed cummax restarts per query
+    b = np.maximum.accumulate((b - F + offset)[::-1])[::-1] - offset + F  # b - F <= bits(1.0) - D - F: no clamp lost
     out = b.astype(np.int32).view(np.float32)
     out[bad] = np.nan
     return out

@@ -58,3 +58,33 @@ def test_adapter_load_refuses_non_finite_parameters(saved_adapter, tmp_path, nam
     with pytest.raises(ArtifactError, match=rf"{name}\.npy: holds 1 non-finite value of {arr.size}; expected finite "
                                             "adapter parameters"):
         CosineAdapter.load(folder)
+
+
+# ---------------------------------------------------------------- 2. kept candidates are not shown below the threshold
+def _check_shown(p, c, lengths, t):
+    lengths, starts, qidx = _flat(lengths)
+    got = ordered_float32(p, c, lengths, starts, qidx)
+    assert got.dtype == np.float32 and np.all((got >= 0) & (got <= 1))
+    kept = p >= t
+    assert np.all(got[kept] >= np.float32(t)), (t, p[kept], got[kept])
+    same_q = qidx[1:] == qidx[:-1]
+    assert np.all(np.diff(got)[same_q & (np.diff(c) < 0)] < 0), "a strict cosine fall must be a strict score fall"
+    assert np.all(np.diff(got)[same_q & (np.diff(c) == 0)] == 0), "equal cosines must give equal scores"
+    return got
+
+
+@pytest.mark.parametrize("t", [0.5, 0.9])
+def test_ordered_float32_shows_no_kept_candidate_below_the_threshold(t):
+    eps = np.array([3e-9, 2e-9, 1e-9, 1e-10, 1e-10, 0.0, -1e-10, -2e-9])  # all round to float32(t); a cosine tie
+    p = np.concatenate([t + eps, t + eps[:4], [t + 1e-9, t - 1e-9]])
+    c = np.concatenate([[.9, .8, .7, .6, .6, .5, .4, .3], [.9, .8, .7, .6], [.9, .8]]).astype(np.float32)
+    _check_shown(p, c, [8, 4, 2], t)
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        lengths = rng.integers(0, 12, 5)
+        n = int(lengths.sum())
+        parts = [np.sort(rng.integers(0, 4, m))[::-1] for m in lengths]  # cosine levels, ties included
+        c = np.concatenate([x / 10 for x in parts] + [np.empty(0)]).astype(np.float32)
+        p = np.concatenate([t + (x - 1.5) * rng.choice([1e-10, 1e-9, 1e-8]) for x in parts] + [np.empty(0)])
+        if n:
+            _check_shown(p, c, lengths, t)
