@@ -15,6 +15,7 @@ from ragkit._files import user_path
 from ragkit._merge import _flatten, _split
 from ragkit._plugins import _plugin_modules
 from ragkit._ray import (
+    _RETRIED_FINAL,
     _TRANSIENT,
     ShardError,
     _check_cpus,
@@ -162,8 +163,10 @@ def search_distributed(pipe: Pipeline | Operator,
     NotFittedError
         Before Ray starts, when ``pipe`` is not fitted.
     ShardError
-        When a chunk fails on the workers after Ray's retries, naming the chunk; before any chunk is submitted
-        when the Ray cluster has no CPU to run one (``ray.init(num_cpus=0)``).
+        When a chunk fails on the workers after Ray's retries (a worker crashed, an OS or memory error, an
+        :class:`~ragkit.errors.ArtifactError` or a missing path), naming the chunk; before any chunk is submitted
+        when the Ray cluster has no CPU to run one (``ray.init(num_cpus=0)``).  What a chunk's search raises
+        otherwise (a ``DataError``, a ``ParamError``, a retriever's ``ValueError``) is raised as it is.
     """
     from ragkit.options import check_options
     from ragkit.pipelines import Pipeline
@@ -219,7 +222,7 @@ def search_distributed(pipe: Pipeline | Operator,
         fitted_on = shared_corpus(pipe)  # (what the save wrote to corpus.jsonl)
         docs = ray.put(fitted_on) if isinstance(fitted_on, Corpus) else None
         task = ray.remote(max_retries=_SEARCH_RETRIES, retry_exceptions=list(_TRANSIENT))(
-            _deterministic_errors_final(_with_plugins(modules, _search_chunk)))
+            _deterministic_errors_final(_with_plugins(modules, _search_chunk), _RETRIED_FINAL))
         refs = [task.remote(str(Path(tmp) / "p"), queries.ids[a:b], queries.texts[a:b], k, options, written, docs)
                 for a, b in spans]
         chunks = []
@@ -230,8 +233,9 @@ def search_distributed(pipe: Pipeline | Operator,
                 except Exception as e:  # noqa: BLE001 - a Ray error becomes ours, naming the chunk
                     kind, cause = classify(e)
                     if kind == "raised" and not isinstance(cause, _TRANSIENT):
-                        # what the chunk's search itself raised (a retriever's ValueError): raised as pipe.search
-                        # raises it, the remote traceback chained (a ragkit error is _Permanent: a ShardError)
+                        # what the chunk's search itself raised (a retriever's ValueError, a DataError, a
+                        # ParamError): raised as pipe.search raises it, the remote traceback chained (only the
+                        # errors Ray would retry, an ArtifactError or a path's, are _Permanent: a ShardError)
                         raise cause from e
                     raise ShardError(f"search_distributed: chunk {c} (queries {a}..{b - 1}) "
                                      f"failed{_retried(_SEARCH_RETRIES, e)}: {_reason(e)}") from None

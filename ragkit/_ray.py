@@ -27,6 +27,9 @@ _DETERMINISTIC_OS: tuple[type[OSError], ...] = (FileNotFoundError, NotADirectory
                                                   PermissionError, FileExistsError)
 # errors raised as _Permanent in a Ray task: ragkit's own and the deterministic OS errors
 _FINAL: tuple[type[BaseException], ...] = (RagkitError, *_DETERMINISTIC_OS)
+# those of them Ray would retry (OSErrors: ragkit's ArtifactError and the path errors); a task whose other errors
+# (a DataError, a ParamError) reach the caller as they were raised makes only these _Permanent
+_RETRIED_FINAL: tuple[type[BaseException], ...] = (ArtifactError, *_DETERMINISTIC_OS)
 
 
 _DRAIN_S = 120.0  # the longest a failed search waits for its other chunks
@@ -39,13 +42,15 @@ class _Permanent(RuntimeError):
     ``"ArtifactError: ..."``."""
 
 
-def _deterministic_errors_final(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """``fn`` for a Ray task whose deterministic errors (ragkit's, :data:`_DETERMINISTIC_OS`) are
-    raised as :class:`_Permanent`, so Ray's ``retry_exceptions`` does not retry them."""
+def _deterministic_errors_final(fn: Callable[..., Any],
+                                final: tuple[type[BaseException], ...] = _FINAL) -> Callable[..., Any]:
+    """``fn`` for a Ray task whose deterministic errors (``final``: ragkit's, :data:`_DETERMINISTIC_OS`) are
+    raised as :class:`_Permanent`, so Ray's ``retry_exceptions`` does not retry them (``final`` =
+    :data:`_RETRIED_FINAL`: only those Ray would retry, the others raised as they are)."""
     def task(*args: Any) -> Any:
         try:
             return fn(*args)
-        except _FINAL as e:
+        except final as e:
             raise _Permanent(f"{type(e).__name__}: {e}") from None
     return task
 

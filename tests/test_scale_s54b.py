@@ -69,3 +69,33 @@ def test_ray_encode_fill_only_brings_no_vector_back(monkeypatch):
     with pytest.raises(ParamError, match=r"^ray_encode: fill_only=True fills the actors' embedding caches, so cache "
                                          r"must be True, got cache=False$"):
         _ray_encode.ray_encode("m", ["a"], cache=False, fill_only=True)
+
+
+def test_search_distributed_raises_a_chunks_ragkit_error_as_it_is(local_ray, monkeypatch):
+    """A chunk's DataError was a ShardError ('chunk 0 (queries ...) failed: DataError: ...', not a ValueError)
+    while a plain ValueError was raised as it was: only the errors Ray would retry (an ArtifactError, a path's)
+    are a ShardError; a DataError or ParamError reaches the caller as it was raised."""
+    from ragkit import _distributed
+    from ragkit._ray import ShardError
+    from ragkit.errors import ArtifactError, DataError, ParamError
+    from ragkit.pipelines import Pipeline
+    from ragkit.scale import search_distributed
+
+    pipe = Pipeline([BM25(k=5)]).fit(_corpus())
+    for error in (DataError, ParamError):
+        def chunk_fails(*args, error=error, **kw):
+            raise error("a chunk's own error")
+
+        monkeypatch.setattr(_distributed, "_search_chunk", chunk_fails)
+        with pytest.raises(error, match=r"^a chunk's own error$") as err:
+            search_distributed(pipe, _QUERIES, n_chunks=2)
+        assert not isinstance(err.value, ShardError)
+
+    def artifact_fails(*args, **kw):
+        raise ArtifactError("a shard file is gone")
+
+    monkeypatch.setattr(_distributed, "_search_chunk", artifact_fails)
+    chunk = r"(0 \(queries 0\.\.1|1 \(queries 2\.\.3)\)"  # (both fail at once: the first to end is reported)
+    with pytest.raises(ShardError, match=rf"^search_distributed: chunk {chunk} failed: ArtifactError: a shard file "
+                                         r"is gone$"):
+        search_distributed(pipe, _QUERIES, n_chunks=2)
