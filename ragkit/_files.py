@@ -642,16 +642,18 @@ def remove_stale_tempfiles(folder: Path, *, name: str | None = None) -> list[tup
     a user's folder: the temporary files of other writers there are theirs to remove)."""
     host = _hostname()
     own = None if name is None else (f".{Path(name).stem}.", Path(name).suffix)  # (atomic_file's name's parts)
+    start = "." if own is None else own[0]
     removed = []
-    try:
-        entries = [e for e in Path(folder).iterdir() if e.name.startswith(".") and ".tmp" in e.name]
+    try:  # (names alone, filtered by their start before any Path or regex: an output's folder may hold 50,000 files)
+        names = [n for n in os.listdir(folder) if n.startswith(start) and ".tmp" in n]
     except OSError:
         return []
     now = time.time()
-    for entry in entries:
-        m = _TEMPFILE.fullmatch(entry.name)
+    for n in names:
+        m = _TEMPFILE.fullmatch(n)
         if m is None or (own is not None and (m.group(1), m.group(4) or "") != own):
             continue
+        entry = Path(folder, n)
         try:
             st = entry.lstat()
             if not stat.S_ISREG(st.st_mode):

@@ -138,3 +138,35 @@ def test_a_dangling_link_is_refused_without_touching_its_target_s_folder(tmp_pat
         f.write("new\n")
     assert sorted(p.name for p in (tmp_path / "d").iterdir()) == ["x.trec"]
     assert (tmp_path / "out.trec").read_text(encoding="utf-8") == "new\n" and (tmp_path / "out.trec").is_symlink()
+
+
+def test_remove_stale_tempfiles_of_one_output_reads_only_names_of_its_own(tmp_path, monkeypatch):
+    """remove_stale_tempfiles(name=) listed the whole folder as a Path per entry and matched every hidden temporary
+    name against its pattern, on every write of an output (49 ms a call in a 50,000-file folder).  Now the names
+    alone are listed and filtered by the output's own start first: no Path and no match for the others."""
+    import pathlib
+
+    import ragkit._files as files
+
+    (tmp_path / "data.trec").write_text("x", encoding="utf-8")
+    for i in range(20):
+        (tmp_path / f".other{i}.{_dead_pid() if i == 0 else 1}@h-0123abcd.tmp.trec").write_text("x", encoding="utf-8")
+    mine = tmp_path / f".run.{_dead_pid()}{files.owner_tag()[files.owner_tag().index('@'):]}-0123abcd.tmp.trec"
+    mine.write_text("half", encoding="utf-8")
+    matched: list[str] = []
+
+    class Spy:
+        def fullmatch(self, text: str):  # noqa: ANN201
+            matched.append(text)
+            return files._TEMPFILE_REAL.fullmatch(text)
+
+    monkeypatch.setattr(files, "_TEMPFILE_REAL", files._TEMPFILE, raising=False)
+    monkeypatch.setattr(files, "_TEMPFILE", Spy())
+
+    def no_iterdir(self):  # noqa: ANN001, ANN202
+        raise AssertionError(f"{self}: listed as a Path per entry")
+
+    monkeypatch.setattr(pathlib.Path, "iterdir", no_iterdir)
+    removed = files.remove_stale_tempfiles(tmp_path, name="run.trec")
+    assert [p for p, _ in removed] == [mine] and matched == [mine.name]
+    assert len(list(tmp_path.glob(".other*"))) == 20
