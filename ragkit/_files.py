@@ -231,7 +231,7 @@ def text_output(path: str | os.PathLike[str]) -> Iterator[TextIO]:
         with open(path, "w", encoding="utf-8", newline="\n") as f:
             yield f
         return
-    with atomic_file(path, owner=True, remove_stale=True) as tmp, open(tmp, "w", encoding="utf-8") as f:
+    with atomic_file(Path(path), owner=True, remove_stale=True) as tmp, open(tmp, "w", encoding="utf-8") as f:
         yield f
 
 
