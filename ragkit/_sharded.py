@@ -655,15 +655,20 @@ class Sharded(Operator):
             # shards' terms, document frequencies and lengths, and each shard is weighed with them and saved again
             # by a Ray task of its own (:func:`_set_shard_collection`): no shard's weights are computed here
             mapped = self._use_ray()
-            shards = _open_shards(folders, corpus, bounds, mmap=mapped)
+            from ragkit.retrievers.bm25 import BM25
+
+            # bm25 shards on Ray are loaded here for their statistics only, unchecked (this fit's tasks have just
+            # written them): they are loaded again, their checksums verified, once weighed
+            reweigh = mapped and isinstance(self.sub_retriever(), BM25)
+            shards = _open_shards(folders, corpus, bounds, mmap=mapped, verify=not reweigh)
             stats = self._collection(shards)
             if stats is not None and mapped:
                 del shards
                 self._set_collection_ray(corpus, bounds, folders, *stats)
                 shards = _open_shards(folders, corpus, bounds, mmap=True)  # the weights just saved, mapped in turn
+            elif reweigh:  # (no statistics: loaded again, checked)
+                shards = _open_shards(folders, corpus, bounds, mmap=True)
             elif stats is not None:
-                from ragkit.retrievers.bm25 import BM25
-
                 idfs, avgdl = stats
                 for sh, idf in zip(shards, idfs):
                     if isinstance(sh, BM25) and idf is not None:  # (every built shard is: _collection checked it)

@@ -99,3 +99,25 @@ def test_search_distributed_raises_a_chunks_ragkit_error_as_it_is(local_ray, mon
     with pytest.raises(ShardError, match=rf"^search_distributed: chunk {chunk} failed: ArtifactError: a shard file "
                                          r"is gone$"):
         search_distributed(pipe, _QUERIES, n_chunks=2)
+
+
+def test_a_ray_fit_of_bm25_shards_checks_each_shard_once_in_the_driver(local_ray, monkeypatch):
+    """A Ray fit of bm25 shards loaded and SHA-256-checked every shard twice in the driver: once for its statistics
+    (files this fit's tasks had just written) and again after the tasks weighed it.  The first load is unchecked:
+    3 shards, 3 verifications (was 6), and the shards count as verified."""
+    from ragkit import operator
+    from ragkit._sharded import Sharded
+
+    checked = []
+    real = operator.verify_checksums
+
+    def spy(folder, *args, **kw):
+        checked.append(str(folder))
+        return real(folder, *args, **kw)
+
+    monkeypatch.setattr(operator, "verify_checksums", spy)
+    sh = Sharded(retriever={"bm25": {}}, n_shards=3, k=10, backend="ray").fit(_corpus())
+    assert len(checked) == 3 and len(set(checked)) == 3
+    assert all(shard._verified for shard in sh.shards_)
+    want = BM25(k=10).fit(_corpus()).search(_QUERIES)
+    assert [list(d) for d in sh.search(_QUERIES).doc_ids] == [list(d) for d in want.doc_ids]
