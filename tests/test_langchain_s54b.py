@@ -7,13 +7,16 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
+from langchain_core.documents import Document
+from langchain_core.embeddings import DeterministicFakeEmbedding
 from langchain_core.runnables import ConfigurableField
 
 import ragkit.pipelines.store as store
-from ragkit.integrations.langchain import RagkitRetriever
+from ragkit.errors import DataError, ParamError
+from ragkit.integrations.langchain import LangChainEmbeddingsEncoder, RagkitRetriever
 
 
 def _saved(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str = "idx") -> Path:
@@ -120,3 +123,48 @@ def test_a_folder_saved_again_keeps_one_entry(tmp_path, monkeypatch):
     assert [d.page_content for d in c.invoke("new cat", config=cfg)][0] == "a new cat"
     built = c.__pydantic_private__["_built"]  # type: ignore[index]
     assert len(built) == 1
+
+
+# ---------------------------------------------------------------------- 3. a refused add embeds nothing
+# a pipeline that cannot add (an mmr step) embedded every added document before refusing, and the refusal named
+# add_documents when add_texts was called
+class _SpyEmbeddings(DeterministicFakeEmbedding):
+    calls: ClassVar[list[list[str]]] = []
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        type(self).calls.append(list(texts))
+        return super().embed_documents(texts)
+
+
+def test_an_add_the_pipeline_cannot_take_is_refused_before_the_embedding(tmp_path, monkeypatch):
+    from ragkit import registry
+    from ragkit.pipelines import Pipeline
+    from ragkit.retrievers import Dense
+
+    monkeypatch.setenv("RAGKIT_CACHE", str(tmp_path))
+    LangChainEmbeddingsEncoder(_SpyEmbeddings(size=16), key="s54b-spy", cache=False).register("s54b-spy",
+                                                                                              replace=True)
+    pipe = Pipeline([Dense(model="s54b-spy", k=5), registry.get("mmr")(model="s54b-spy")])
+    r = RagkitRetriever.from_texts(["a cat", "a dog", "a bird"], pipeline=pipe, k=2)
+    _SpyEmbeddings.calls.clear()
+    with pytest.raises(ParamError, match=r"^add_texts: pipeline\[1\]\.mmr \(mmr\) cannot add documents"):
+        r.add_texts(["new text one", "new text two"])
+    assert _SpyEmbeddings.calls == []
+    with pytest.raises(ParamError, match=r"^add_documents: pipeline\[1\]\.mmr \(mmr\) cannot add documents"):
+        r.add_documents([Document("new text three")])
+    assert _SpyEmbeddings.calls == []
+
+
+def test_an_added_value_of_another_kind_is_refused_before_the_embedding(tmp_path, monkeypatch):
+    from ragkit.pipelines import Pipeline
+    from ragkit.retrievers import Dense
+
+    monkeypatch.setenv("RAGKIT_CACHE", str(tmp_path))
+    LangChainEmbeddingsEncoder(_SpyEmbeddings(size=16), key="s54b-spy", cache=False).register("s54b-spy",
+                                                                                              replace=True)
+    r = RagkitRetriever.from_texts(["a cat", "a dog"], metadatas=[{"year": 2020}, {"year": 2021}],
+                                   pipeline=Pipeline([Dense(model="s54b-spy", k=5)]), k=2)
+    _SpyEmbeddings.calls.clear()
+    with pytest.raises(DataError, match=r"^add_texts: .*year"):
+        r.add_texts(["a bird"], [{"year": "2022"}])
+    assert _SpyEmbeddings.calls == []

@@ -915,6 +915,9 @@ class RagkitRetriever(BaseRetriever):
         if held is not None and len(dup := held.row_of(new.ids.tolist(), missing="drop")):
             raise DataError(f"{where}: {len(dup)} of the ids are already indexed, e.g. "
                             f"{held.ids[dup[0]]!r}; delete them first, or give other ids")
+        if held is not None:  # (unlocked, before the encoding: checked again under the lock)
+            check_added_kinds(new, where, held)
+        _edited_leaves(self.pipeline, "add", where)  # (a pipeline that cannot add: refused before the encoding)
         ahead = self._encode_ahead(new)  # the slow part, before searches wait for the edit
         with self._editing() as pipe:  # the check and the edit as one (two adds of one id: the second is refused)
             held = _corpus_of(pipe)
@@ -923,7 +926,7 @@ class RagkitRetriever(BaseRetriever):
                                 f"{held.ids[dup[0]]!r}; delete them first, or give other ids")
             if held is not None:  # (what a save can write was checked above: the kinds against the index's alone)
                 check_added_kinds(new, where, held)
-            self._edit(pipe, "add", new, lambda leaf: leaf.remove(new.ids.tolist()), vectors=ahead)
+            self._edit(pipe, "add", new, lambda leaf: leaf.remove(new.ids.tolist()), vectors=ahead, where=where)
         return new.ids.tolist()
 
     def add_texts(self, texts: Iterable[str], metadatas: Iterable[Mapping[str, Any] | None] | None = None, *,
@@ -1042,28 +1045,14 @@ class RagkitRetriever(BaseRetriever):
 
     def _edit(self, pipe: Operator, method: str, arg: Any, undo: Callable[[Any], Any],
               realign: Callable[[Any], Any] | None = None, *,
-              vectors: Mapping[int, tuple[Any, Any, np.ndarray]] | None = None) -> None:
+              vectors: Mapping[int, tuple[Any, Any, np.ndarray]] | None = None, where: str | None = None) -> None:
         """``leaf.<method>(arg)`` on every fitted retriever (stateful leaf holding per-document state: not one whose
         ``per_document`` is false, a generate step) of ``pipe``, each checked first to have it; on a failure,
         ``undo(leaf)`` on those already edited and ``realign(leaf)`` on the others (a removal undone appends the
         documents again: every retriever must hold the same rows), then the error.  ``vectors``: the documents
         encoded ahead (:meth:`_encode_ahead`), handed to the ``add`` of the same leaf whose encoder is still the one
-        that encoded them."""
-        from ragkit.pipelines.yaml import walk_leaves
-
-        leaves = [(path, leaf) for path, leaf in walk_leaves(pipe)  # (a step of no per-document state, a
-                  if not leaf.stateless and getattr(leaf, "corpus_", None) is not None  # generator: not edited)
-                  and getattr(leaf, "per_document", True)]
-        cannot = [f"{path} ({leaf.name})" for path, leaf in leaves if not callable(getattr(leaf, method, None))]
-        if cannot:
-            from ragkit import registry
-
-            verb = "add documents" if method == "add" else "remove documents"
-            able = [n for n in registry.names() if not (cls := registry.get(n)).stateless  # (the list drifted
-                    and callable(getattr(cls, method, None))]                              # when written out)
-            raise ParamError(f"{'add_documents' if method == 'add' else 'delete'}: {', '.join(cannot)} cannot {verb} "
-                             f"(only {', '.join(able)} can, without a refit); build a new retriever on the documents "
-                             "you want instead")
+        that encoded them.  ``where``: the method a refusal names (default ``add_documents`` / ``delete``)."""
+        leaves = _edited_leaves(pipe, method, where or ("add_documents" if method == "add" else "delete"))
         done = []
         try:
             for _, leaf in leaves:
@@ -1260,6 +1249,27 @@ class RagkitRetriever(BaseRetriever):
             await runs[i].on_retriever_end(docs)
             results[i] = docs
         return results
+
+
+def _edited_leaves(pipe: Operator, method: str, where: str) -> list[tuple[str, Any]]:
+    """The ``(path, leaf)`` of every fitted retriever of ``pipe`` an edit calls ``method`` (``add`` / ``remove``) of
+    (stateful, holding per-document state: not one whose ``per_document`` is false, a generate step), or a
+    :class:`ParamError` naming ``where`` (the method called) and the retrievers that have no ``method``."""
+    from ragkit.pipelines.yaml import walk_leaves
+
+    leaves = [(path, leaf) for path, leaf in walk_leaves(pipe)  # (a step of no per-document state, a
+              if not leaf.stateless and getattr(leaf, "corpus_", None) is not None  # generator: not edited)
+              and getattr(leaf, "per_document", True)]
+    cannot = [f"{path} ({leaf.name})" for path, leaf in leaves if not callable(getattr(leaf, method, None))]
+    if cannot:
+        from ragkit import registry
+
+        verb = "add documents" if method == "add" else "remove documents"
+        able = [n for n in registry.names() if not (cls := registry.get(n)).stateless  # (the list drifted
+                and callable(getattr(cls, method, None))]                              # when written out)
+        raise ParamError(f"{where}: {', '.join(cannot)} cannot {verb} (only {', '.join(able)} can, without a "
+                         "refit); build a new retriever on the documents you want instead")
+    return leaves
 
 
 def _stored_metadata(c: Corpus, rows: np.ndarray) -> list[dict[str, Any]]:
