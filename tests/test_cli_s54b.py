@@ -170,3 +170,31 @@ def test_remove_stale_tempfiles_of_one_output_reads_only_names_of_its_own(tmp_pa
     removed = files.remove_stale_tempfiles(tmp_path, name="run.trec")
     assert [p for p, _ in removed] == [mine] and matched == [mine.name]
     assert len(list(tmp_path.glob(".other*"))) == 20
+
+
+# ------------------------------------------------------------------ 4. the JSON built only for -o
+
+
+def test_compare_builds_its_json_only_when_output_is_given(tmp_path, monkeypatch):
+    """``ragkit compare`` without -o built ``Comparison.to_dict()`` all the same and threw it away; each command's
+    JSON is now built by _write_outputs, and only for -o."""
+    import json
+
+    from conftest import cli as _cli, tiny_beir as _tiny
+
+    from ragkit.eval.compare import Comparison
+
+    data = _tiny(tmp_path / "tiny")
+    (tmp_path / "flat.yaml").write_text("pipeline:\n  - bm25: {k1: 0.2, b: 0.0}\n", encoding="utf-8")
+    for name, pipe in (("bm25", "bm25"), ("flat", tmp_path / "flat.yaml")):
+        res = _cli("eval", "--data", data, "-p", pipe, "-o", tmp_path / f"{name}.json")
+        assert res.exit_code == 0, res.output
+    calls: list[int] = []
+    to_dict = Comparison.to_dict
+    monkeypatch.setattr(Comparison, "to_dict", lambda self: calls.append(1) or to_dict(self))
+    res = _cli("compare", tmp_path / "bm25.json", tmp_path / "flat.json", "--data", data)
+    assert res.exit_code == 0, res.output
+    assert calls == []
+    res = _cli("compare", tmp_path / "bm25.json", tmp_path / "flat.json", "--data", data, "-o", tmp_path / "c.json")
+    assert res.exit_code == 0, res.output
+    assert calls == [1] and json.loads((tmp_path / "c.json").read_text(encoding="utf-8"))

@@ -217,7 +217,7 @@ def compare_cmd(
     for p, r in zip(results, loaded):  # (a TREC run file's, scored here; a JSON file's are unknown: None)
         _note_identical(r.ignored_judged or 0, f"{p}: ")
     try:  # (-: the JSON alone on standard output; a file: written atomically, its folders created)
-        _write_outputs(output, None, None, cmp.to_dict())
+        _write_outputs(output, None, None, cmp.to_dict)
     except RagkitError as e:  # (a _RunFailure: it, or its folder, could not be written)
         _fail(e)
 

@@ -270,18 +270,20 @@ def eval_cmd(
         print_trace(console, run.trace)
     try:
         # the JSON's alone: its provenance runs git and hashes the corpus, so it is built only when -o writes it
-        payload: dict[str, Any] = {} if output is None else {
-            "dataset": ds.name, "split": split, "pipeline": pipe.to_yaml(), **_provenance(pipe),
-            "n_queries": len(queries), "metrics": result.scores, "per_query": result.per_query,
-            "max_ranked": _max_ranked(run), "empty_queries": empty,
-            "timings": {"load_s": t_find + sp.t_load, "fit_s": scored.t_fit, "search_s": run.seconds, "total_s": total,
-                        "documents_encoded": scored.encoded, "queries_encoded": scored.queries_encoded},
-            "settings": _settings(data, pipeline, train_split, limit, scoring, backend, sp.fingerprint,
-                                  _data_prints(ds.corpus, queries)),
-            **({"trace": _trace_rows(run.trace)} if trace and run.trace else {}),
-            "machine": _machine(),
-            "date": timestamp(),
-        }
+        def payload() -> dict[str, Any]:  # (built only when -o writes it)
+            return {
+                "dataset": ds.name, "split": split, "pipeline": pipe.to_yaml(), **_provenance(pipe),
+                "n_queries": len(queries), "metrics": result.scores, "per_query": result.per_query,
+                "max_ranked": _max_ranked(run), "empty_queries": empty,
+                "timings": {"load_s": t_find + sp.t_load, "fit_s": scored.t_fit, "search_s": run.seconds,
+                            "total_s": total, "documents_encoded": scored.encoded,
+                            "queries_encoded": scored.queries_encoded},
+                "settings": _settings(data, pipeline, train_split, limit, scoring, backend, sp.fingerprint,
+                                      _data_prints(ds.corpus, queries)),
+                **({"trace": _trace_rows(run.trace)} if trace and run.trace else {}),
+                "machine": _machine(),
+                "date": timestamp(),
+            }
         _write_outputs(output, run_file, run, payload, tag=run_tag)
     except RagkitError as e:
         _fail(e)
@@ -397,21 +399,24 @@ def _report_subsets(splits: dict[str, _Split], scored: dict[str, _Scored], pipel
     queries_encoded = None if None in counts else sum(c for c in counts if c is not None)
     search_s = sum(one.run.seconds or 0.0 for one in scored.values())
     console.print(_timings_line(t_load, t_fit, encoded, search_s, n_queries, total, queries_encoded), soft_wrap=True)
-    subsets = {s: {"n_queries": len(splits[s].queries), "metrics": scored[s].result.scores,
-                   "per_query": scored[s].result.per_query, "max_ranked": _max_ranked(scored[s].run),
-                   "empty_queries": (empty or {}).get(s, []),
-                   "qrels_fingerprint": splits[s].fingerprint, **(prints or {}).get(s, {}),
-                   "timings": {"load_s": splits[s].t_load, "fit_s": scored[s].t_fit, "search_s": scored[s].run.seconds,
-                               "documents_encoded": scored[s].encoded,
-                               "queries_encoded": scored[s].queries_encoded},
-                   **({"trace": _trace_rows(scored[s].run.trace)} if scored[s].run.trace else {})} for s in names}
-    _write_outputs(output, None, None, {
-        "dataset": parent, "split": split, "pipeline": spec, **(provenance or {}), "n_queries": n_queries,
-        "metrics": means, "aggregate": f"mean over the {len(names)} datasets, each weighted equally",
-        "max_ranked": max(_max_ranked(one.run) for one in scored.values()),
-        **({"missing_datasets": missing} if missing else {}),
-        "subsets": subsets,
-        "timings": {"load_s": t_load, "fit_s": t_fit, "search_s": search_s, "total_s": total,
-                    "documents_encoded": encoded, "queries_encoded": queries_encoded},
-        "settings": settings, "machine": _machine(), "date": timestamp(),
-    })
+    def payload() -> dict[str, Any]:  # (the JSON: built only when -o writes it)
+        subsets = {s: {"n_queries": len(splits[s].queries), "metrics": scored[s].result.scores,
+                       "per_query": scored[s].result.per_query, "max_ranked": _max_ranked(scored[s].run),
+                       "empty_queries": (empty or {}).get(s, []),
+                       "qrels_fingerprint": splits[s].fingerprint, **(prints or {}).get(s, {}),
+                       "timings": {"load_s": splits[s].t_load, "fit_s": scored[s].t_fit,
+                                   "search_s": scored[s].run.seconds, "documents_encoded": scored[s].encoded,
+                                   "queries_encoded": scored[s].queries_encoded},
+                       **({"trace": _trace_rows(scored[s].run.trace)} if scored[s].run.trace else {})} for s in names}
+        return {
+            "dataset": parent, "split": split, "pipeline": spec, **(provenance or {}), "n_queries": n_queries,
+            "metrics": means, "aggregate": f"mean over the {len(names)} datasets, each weighted equally",
+            "max_ranked": max(_max_ranked(one.run) for one in scored.values()),
+            **({"missing_datasets": missing} if missing else {}),
+            "subsets": subsets,
+            "timings": {"load_s": t_load, "fit_s": t_fit, "search_s": search_s, "total_s": total,
+                        "documents_encoded": encoded, "queries_encoded": queries_encoded},
+            "settings": settings, "machine": _machine(), "date": timestamp(),
+        }
+
+    _write_outputs(output, None, None, payload)

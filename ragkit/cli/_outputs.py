@@ -8,7 +8,7 @@ import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import typer
 from rich.text import Text
@@ -197,25 +197,27 @@ def _check_not_an_input(path: Optional[Path], option: str, pipeline: str, data: 
                           f"path, such as {'results.json' if option == '--output' else 'run.trec'}")
 
 
-def _write_outputs(output: Optional[Path], run_file: Optional[Path], run: Any, payload: dict[str, Any],
-                   tag: str = "ragkit") -> None:
-    """Write a command's JSON (``payload``, to ``output``) and TREC run file (``run``, to ``run_file``; ``None``:
-    none, as for ``ragkit compare``), each atomically or alone on standard output (``-``); a failed write is a
-    :class:`_RunFailure` naming the option and the path."""
+def _write_outputs(output: Optional[Path], run_file: Optional[Path], run: Any,
+                   payload: Callable[[], dict[str, Any]], tag: str = "ragkit") -> None:
+    """Write a command's JSON (what ``payload()`` returns, to ``output``) and TREC run file (``run``, to
+    ``run_file``; ``None``: none, as for ``ragkit compare``), each atomically or alone on standard output (``-``); a
+    failed write is a :class:`_RunFailure` naming the option and the path.  ``payload`` is called only when
+    ``output`` is given, once: a command's JSON (a dict per document found, its provenance) is built only for ``-o``."""
+    data = payload() if output is not None else None
     for option, path in (("--output", output), ("--run", run_file)):
         if path is None:
             continue
         if _onto_stdout(path):  # for a script: the JSON or the run alone on standard output, UTF-8 whatever the locale
             with _stdout_utf8() as out:
                 if option == "--output":
-                    out.write(json.dumps(payload, indent=2) + "\n")
+                    out.write(json.dumps(data, indent=2) + "\n")
                 else:
                     run.to_trec(out, tag)
             continue
         _make_folder(path, option)
         try:
             if option == "--output":
-                _write_text(path, json.dumps(payload, indent=2))
+                _write_text(path, json.dumps(data, indent=2))
             else:
                 run.write_trec(path, tag)
         except OSError as e:

@@ -108,8 +108,7 @@ def search_cmd(
                                + (f"; {n_empty} found no document" if n_empty else "")
                                + (f" ({'; '.join(fewer)})" if fewer else "")), soft_wrap=True)
     try:  # (the JSON only for -o: one dict per document found, 441 MiB at 2,000 queries and --k 1000)
-        _write_outputs(output, run_file, run, {} if output is None else _payload(index, k, batch, run, corpus),
-                       tag=run_tag)
+        _write_outputs(output, run_file, run, lambda: _payload(index, k, batch, run, corpus), tag=run_tag)
     except RagkitError as e:
         _fail(e)
 
