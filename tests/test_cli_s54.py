@@ -158,12 +158,16 @@ def test_search_queries_from_a_closed_standard_input_is_one_line_and_exit_2(tmp_
                                    "queries in") and "Traceback" not in done.stderr and done.stdout == ""
 
 
-def test_search_queries_from_a_standard_input_that_fails_to_read_is_a_run_failure(tmp_path, monkeypatch):
-    """A read of standard input that fails (EIO) is the command's failure, exit 1, naming --queries - (the
-    command's module sees a standard input whose reads fail; typer's runner takes no stream as input)."""
+def test_search_queries_from_a_standard_input_that_fails_to_read_is_a_run_failure(tmp_path):
+    """A read of standard input that fails (EIO) is the command's failure, exit 1, naming --queries - (only the input
+    is replaced: click's runner gives the command a standard input whose reads fail)."""
     import errno
     import io
-    import types
+
+    from click.testing import CliRunner  # (typer's takes no stream as input)
+    from typer.main import get_command
+
+    from ragkit.cli import app
 
     class Failing(io.RawIOBase):
         def readable(self) -> bool:
@@ -173,9 +177,8 @@ def test_search_queries_from_a_standard_input_that_fails_to_read_is_a_run_failur
             raise OSError(errno.EIO, "Input/output error")
 
     idx = _index(tmp_path / "idx")
-    failing = io.TextIOWrapper(io.BufferedReader(Failing()), encoding="utf-8")
-    monkeypatch.setattr("ragkit.cli._search.sys", types.SimpleNamespace(stdin=failing))
-    res = _cli("search", "--index", idx, "--queries", "-", "--run", "-")
+    res = CliRunner().invoke(get_command(app), ["search", "--index", str(idx), "--queries", "-", "--run", "-"],
+                             input=io.BufferedReader(Failing()), env={"COLUMNS": "200"})
     assert res.exit_code == 1, res.output
     assert "error: --queries - (standard input): could not be read: Input/output error" in res.output
 
