@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, NoReturn, Sequence
 
 import numpy as np
 
@@ -27,6 +27,7 @@ from ragkit._ray import (
     _with_plugins,
     check_workdir,
     classify,
+    gather,
     ray_init,
 )
 from ragkit._sharded import Sharded, _in_chunk
@@ -225,20 +226,21 @@ def search_distributed(pipe: Pipeline | Operator,
             _deterministic_errors_final(_with_plugins(modules, _search_chunk), _RETRIED_FINAL))
         refs = [task.remote(str(Path(tmp) / "p"), queries.ids[a:b], queries.texts[a:b], k, options, written, docs)
                 for a, b in spans]
-        chunks = []
-        try:
-            for c, ((a, b), ref) in enumerate(zip(spans, refs)):
-                try:
-                    chunks.append(ray.get(ref))
-                except Exception as e:  # noqa: BLE001 - a Ray error becomes ours, naming the chunk
-                    kind, cause = classify(e)
-                    if kind == "raised" and not isinstance(cause, _TRANSIENT):
-                        # what the chunk's search itself raised (a retriever's ValueError, a DataError, a
-                        # ParamError): raised as pipe.search raises it, the remote traceback chained (only the
-                        # errors Ray would retry, an ArtifactError or a path's, are _Permanent: a ShardError)
-                        raise cause from e
-                    raise ShardError(f"search_distributed: chunk {c} (queries {a}..{b - 1}) "
-                                     f"failed{_retried(_SEARCH_RETRIES, e)}: {_reason(e)}") from None
+
+        def fail(c: int, e: Exception) -> NoReturn:
+            """A chunk's failure (the first to end): its own error as it is, else a ShardError naming it."""
+            kind, cause = classify(e)
+            if kind == "raised" and not isinstance(cause, _TRANSIENT):
+                # what the chunk's search itself raised (a retriever's ValueError, a DataError, a
+                # ParamError): raised as pipe.search raises it, the remote traceback chained (only the
+                # errors Ray would retry, an ArtifactError or a path's, are _Permanent: a ShardError)
+                raise cause from e
+            a, b = spans[c]
+            raise ShardError(f"search_distributed: chunk {c} (queries {a}..{b - 1}) "
+                             f"failed{_retried(_SEARCH_RETRIES, e)}: {_reason(e)}") from None
+
+        try:  # in the order they end: a chunk that fails at once is raised without waiting for earlier ones
+            chunks = gather(ray, refs, fail)
         except BaseException:
             _drain(ray, refs)  # no chunk (or retry) may still read the folder deleted next
             raise

@@ -10,7 +10,7 @@ import os
 import pickle
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Literal, Sequence, TypeGuard
+from typing import Any, Callable, Literal, NoReturn, Sequence, TypeGuard
 
 from ragkit._files import file_above, user_path
 from ragkit._plugins import _import_plugins
@@ -164,6 +164,35 @@ def _reason(e: BaseException) -> str:
     if kind == "raised":
         return f"{type(cause).__name__}: {cause}"
     return re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip()
+
+
+def gather(ray: Any, refs: Sequence[Any], fail: Callable[[int, Exception], NoReturn]) -> list[Any]:
+    """The results of the Ray tasks ``refs``, in submission order, waited for in the order they end
+    (``ray.wait(num_returns=1)``): the first that fails calls ``fail(i, e)`` (``i`` its index in ``refs``,
+    ``e`` what ``ray.get`` raised), which raises, at once, without waiting for the tasks still running (the
+    caller waits for those: :func:`_drain`).  Among the failed tasks that have ended by then, the first
+    submitted is the one given."""
+    index = {ref: i for i, ref in enumerate(refs)}
+    out: list[Any] = [None] * len(refs)
+    left = list(refs)
+    while left:
+        done, left = ray.wait(left, num_returns=1)
+        for ref in done:
+            try:
+                out[index[ref]] = ray.get(ref)
+            except Exception as e:  # noqa: BLE001 - the caller's fail says what failed
+                failed = [(index[ref], e)]
+                try:  # (those ended meanwhile, for the first submitted: two failing at once report the same one)
+                    ended, _ = ray.wait(left, num_returns=len(left), timeout=0) if left else ([], [])
+                except Exception:  # noqa: BLE001 - best effort: ``e`` is reported
+                    ended = []
+                for other in ended:
+                    try:
+                        ray.get(other, timeout=0)
+                    except Exception as o:  # noqa: BLE001 - another failure, reported when submitted earlier
+                        failed.append((index[other], o))
+                fail(*min(failed, key=lambda f: f[0]))
+    return out
 
 
 def _drain(ray: Any, refs: Sequence[Any], timeout: float = _DRAIN_S) -> None:

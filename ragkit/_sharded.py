@@ -10,7 +10,7 @@ import os
 import threading
 from contextvars import ContextVar
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Literal, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Literal, Mapping, NoReturn, Sequence
 
 import numpy as np
 from pydantic import Field, ValidationInfo, field_validator, model_validator
@@ -36,6 +36,7 @@ from ragkit._ray import (
     _with_plugins,
     check_workdir,
     classify,
+    gather,
     ray_init,
 )
 from ragkit._ray_encode import _check_model
@@ -743,17 +744,13 @@ class Sharded(Operator):
         """Wait for the Ray tasks ``refs`` of the shards ``live`` (one each), in the order they end; the first that
         fails is a :class:`ShardError` naming the shard, its documents (``bounds``) and what it failed to do
         (``what``: ``"build"``), raised at once (the caller then waits for the others: :func:`_drain`)."""
-        shard_of = {ref: s for s, ref in zip(live, refs)}
-        left = list(refs)
-        while left:  # in the order they end: the first that fails is raised without waiting for the others
-            done, left = ray.wait(left, num_returns=1)
-            for ref in done:
-                try:
-                    ray.get(ref)
-                except Exception as e:
-                    s = shard_of[ref]
-                    raise ShardError(f"sharded: shard {s} (documents {bounds[s]}..{bounds[s + 1] - 1}) failed to "
-                                     f"{what}{_retried(self.params.max_retries, e)}: {_reason(e)}") from None
+
+        def fail(i: int, e: Exception) -> NoReturn:
+            s = live[i]
+            raise ShardError(f"sharded: shard {s} (documents {bounds[s]}..{bounds[s + 1] - 1}) failed to "
+                             f"{what}{_retried(self.params.max_retries, e)}: {_reason(e)}") from None
+
+        gather(ray, refs, fail)  # in the order they end: the first that fails is raised without waiting for the others
 
     def _shard_node(self) -> dict[str, Any]:
         """The per-shard retriever's node the shards are built from: ``retriever``, given this retriever's ``k``

@@ -489,8 +489,11 @@ class Run:
         """From one :class:`~ragkit.types.Ranking` per query (aligned with ``query_ids``), its row numbers
         mapped to document ids through ``corpus_ids`` (the corpus's ids, ``(n_docs,)``, indexed by row);
         ``kw`` sets the other fields (``values``, ``trace``, ``seconds``)."""
+        # the ids mapped once, every query's rows together (one fancy index, not one per query), then split
+        lens = np.cumsum([len(r.rows) for r in rankings])
+        ids = corpus_ids[np.concatenate([r.rows for r in rankings])] if rankings else corpus_ids[:0]
         return cls(
-            list(query_ids), [corpus_ids[r.rows] for r in rankings], [r.scores for r in rankings],
+            list(query_ids), np.split(ids, lens[:-1]) if rankings else [], [r.scores for r in rankings],
             rankings=rankings, **kw,
         )
 

@@ -121,3 +121,42 @@ def test_a_ray_fit_of_bm25_shards_checks_each_shard_once_in_the_driver(local_ray
     assert all(shard._verified for shard in sh.shards_)
     want = BM25(k=10).fit(_corpus()).search(_QUERIES)
     assert [list(d) for d in sh.search(_QUERIES).doc_ids] == [list(d) for d in want.doc_ids]
+
+
+def test_search_distributed_reports_the_first_chunk_to_fail(local_ray, monkeypatch):
+    """search_distributed read its chunks in submission order (ray.get of chunk 0 first): chunk 1 failing at once
+    waited for chunk 0, and chunk 0's later failure was the one reported.  The chunks are read in the order they
+    end (one helper with the sharded fit's): chunk 1's error is raised.  (The call still waits for chunk 0 before
+    it returns: the saved pipeline's folder is removed only once no chunk reads it.)"""
+    import time
+
+    from ragkit import _distributed
+    from ragkit.pipelines import Pipeline
+    from ragkit.scale import search_distributed
+
+    def chunk(pipe_dir, ids, *args):
+        if ids[0] == "q0":
+            time.sleep(4)
+            raise ValueError("slow chunk")
+        raise ValueError("fast chunk")
+
+    monkeypatch.setattr(_distributed, "_search_chunk", chunk)
+    pipe = Pipeline([BM25(k=5)]).fit(_corpus())
+    with pytest.raises(ValueError, match=r"^fast chunk$"):
+        search_distributed(pipe, {f"q{i}": q for i, q in enumerate(_QUERIES)}, n_chunks=2)
+
+
+def test_run_from_rankings_maps_every_querys_ids_at_once():
+    """Run.from_rankings mapped each query's rows to document ids on its own (a fancy index per query): they are
+    mapped at once and split; the run is the same, an empty ranking and no query at all included."""
+    from ragkit.run import Run
+    from ragkit.types import Ranking
+
+    ids = np.array([f"d{i}" for i in range(6)], dtype=object)
+    rankings = [Ranking(np.array([3, 1]), np.array([2.0, 1.0], np.float32)),
+                Ranking(np.array([], np.int64), np.array([], np.float32)),
+                Ranking(np.array([5]), np.array([0.5], np.float32))]
+    run = Run.from_rankings(["a", "b", "c"], rankings, ids)
+    assert [d.tolist() for d in run.doc_ids] == [["d3", "d1"], [], ["d5"]]
+    assert [s.tolist() for s in run.scores] == [[2.0, 1.0], [], [0.5]]
+    assert len(Run.from_rankings([], [], ids)) == 0
