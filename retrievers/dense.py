@@ -615,17 +615,21 @@ class Dense(TunedEncoderMixin, Operator):
         if vectors is None:
             vecs = self._encode_docs(corpus)
             self._fresh(vecs)  # (drops the note: add never takes the array over)
-        else:  # (the width: the index's own check, VectorIndex.add)
-            vecs = np.ascontiguousarray(vectors, dtype=np.float32)
-            if vecs.ndim != 2 or len(vecs) != len(corpus):
-                raise DataError(f"dense.add: vectors must hold one row per document of the corpus, shape "
-                                f"({len(corpus)}, dim); got shape {vecs.shape}")
+        else:  # (ragged rows, text, another shape: the encoders' check; the width: the index's, VectorIndex.add)
+            vecs = encoder_vectors(vectors, len(corpus), f"{self.name}.add: vectors")
         if blank.any():  # a blank document is never found: not indexed, slot -1
             vecs = vecs[~blank]
         try:
             slots = self.index_.add(vecs)
         except DataError as e:
-            raise self._bad_values(corpus.subset(~blank) if blank.any() else corpus, e) from None
+            kept = corpus.subset(~blank) if blank.any() else corpus
+            if vectors is not None and isinstance(e, NonFiniteVectors) and e.count is not None \
+                    and 0 <= e.row < len(kept):  # (the vectors given: no encoder of this retriever's made them)
+                raise DataError(f"{self.name}.add: the vectors given hold {e.count} of the {e.n} document vectors "
+                                f"with NaN or infinite values (the first at row {e.row}, document "
+                                f"{kept.ids[e.row]!r}); the index cannot rank them: pass finite vectors or drop "
+                                "those documents") from None
+            raise self._bad_values(kept, e) from None
         self.corpus_ = joined
         self.slots_ = np.concatenate([self.slots_, _slots_of(blank, int(slots[0]) if len(slots) else 0)])
         self._publish()

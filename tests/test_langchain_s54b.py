@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
 import pytest
 from langchain_core.documents import Document
 from langchain_core.embeddings import DeterministicFakeEmbedding
@@ -17,6 +18,7 @@ from langchain_core.runnables import ConfigurableField
 import ragkit.pipelines.store as store
 from ragkit.errors import DataError, ParamError
 from ragkit.integrations.langchain import LangChainEmbeddingsEncoder, RagkitRetriever
+from ragkit.types import Corpus
 
 
 def _saved(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str = "idx") -> Path:
@@ -168,3 +170,35 @@ def test_an_added_value_of_another_kind_is_refused_before_the_embedding(tmp_path
     with pytest.raises(DataError, match=r"^add_texts: .*year"):
         r.add_texts(["a bird"], [{"year": "2022"}])
     assert _SpyEmbeddings.calls == []
+
+
+# ---------------------------------------------------------------------- 4. Dense.add(vectors=) checked as encoders' are
+# ragged rows or text raised numpy's ValueError, and NaN vectors given were blamed on "the encoder"
+def _fitted_dense(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    from ragkit.retrievers import Dense
+
+    monkeypatch.setenv("RAGKIT_CACHE", str(tmp_path))
+    LangChainEmbeddingsEncoder(DeterministicFakeEmbedding(size=16), key="s54b-fake").register("s54b-fake",
+                                                                                              replace=True)
+    return Dense(model="s54b-fake", search="exact").fit(Corpus.from_texts(["a", "b"], ids=["a", "b"]))
+
+
+@pytest.mark.parametrize("vectors, said", [
+    ([[1.0] * 16, [1.0] * 15], r"^dense\.add: vectors returned a list that is no array of numbers \(vectors of "
+                               r"lengths \[15, 16\]\)"),
+    (np.array([["x"] * 16] * 2), r"^dense\.add: vectors returned an array of <U1 values"),
+])
+def test_dense_add_refuses_vectors_of_no_numbers(tmp_path, monkeypatch, vectors, said):
+    dense = _fitted_dense(tmp_path, monkeypatch)
+    with pytest.raises(DataError, match=said):
+        dense.add(Corpus.from_texts(["c", "e"], ids=["c", "e"]), vectors=vectors)
+    assert dense.corpus_.ids.tolist() == ["a", "b"]
+
+
+def test_dense_add_names_nan_vectors_given_as_given(tmp_path, monkeypatch):
+    dense = _fitted_dense(tmp_path, monkeypatch)
+    with pytest.raises(DataError, match=r"^dense\.add: the vectors given hold 2 of the 2 document vectors with NaN") \
+            as caught:
+        dense.add(Corpus.from_texts(["c", "e"], ids=["c", "e"]), vectors=np.full((2, 16), np.nan, np.float32))
+    assert "encoder" not in str(caught.value)
+    assert dense.corpus_.ids.tolist() == ["a", "b"]
