@@ -754,11 +754,12 @@ class Sharded(Operator):
 
     def _shard_node(self) -> dict[str, Any]:
         """The per-shard retriever's node the shards are built from: ``retriever``, given this retriever's ``k``
-        where the per-shard retriever has a ``k`` and none was given: its own default (100) is not this one's, and
-        a shard's ``k`` is more than a cut (``knn_embed`` shares it between its anchor and its components: a
-        search's k=10 over k=100 is plain dense)."""
+        where the per-shard retriever has a ``k`` field: its own default (100) is not this one's, and a shard's
+        ``k`` is more than a cut (``knn_embed`` shares it between its anchor and its components: a search's k=10
+        over k=100 is plain dense).  A ``k`` the node gives is this retriever's already (its ``k`` is set from it,
+        or must equal it: see the parameters' check)."""
         (name, sub), = self.params.retriever.items()
-        if "k" in self._sub_cls.Params.model_fields and "k" not in sub:
+        if "k" in self._sub_cls.Params.model_fields:
             sub = {**sub, "k": self.params.k}
         return {name: dict(sub)}
 
