@@ -194,9 +194,9 @@ def _set_shard_collection(folder: str, corpus: Corpus, idf: np.ndarray, avgdl: f
         op = Operator.load(folder, corpus=corpus, mmap=True, verify=False)
     from ragkit.retrievers.bm25 import BM25
 
-    if not isinstance(op, BM25):
-        raise ShardError(f"sharded: {folder} holds a {op.name!r} shard, expected a bm25 one (its statistics are "
-                         f"the whole corpus's); the fit's folder was changed while it ran")
+    if not isinstance(op, BM25):  # (the driver's ShardError names the shard: "sharded: shard 0 (...) failed ...")
+        raise ArtifactError(f"{folder} holds a {op.name!r} shard, expected a bm25 one (its statistics are the "
+                            f"whole corpus's); the fit's folder was changed while it ran")
     op.set_collection(idf, avgdl)
     _check_fit_folder(folder)  # (a late task, its fit failed and removed the folder: write nothing)
     op.save(folder)

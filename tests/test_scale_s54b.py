@@ -160,3 +160,23 @@ def test_run_from_rankings_maps_every_querys_ids_at_once():
     assert [d.tolist() for d in run.doc_ids] == [["d3", "d1"], [], ["d5"]]
     assert [s.tolist() for s in run.scores] == [[2.0, 1.0], [], [0.5]]
     assert len(Run.from_rankings([], [], ids)) == 0
+
+
+def test_set_shard_collection_refuses_a_shard_not_bm25_without_a_second_prefix(tmp_path, monkeypatch):
+    """_set_shard_collection refused a shard that is not bm25 with a ShardError starting 'sharded:', which the
+    driver's own ShardError ('sharded: shard 0 (...) failed to ...: ') prefixed again: it is an ArtifactError
+    naming the folder and what it holds."""
+    from ragkit import _sharded
+    from ragkit.errors import ArtifactError
+    from ragkit.operator import Operator
+
+    class _NotBM25:
+        name = "dense"
+
+    monkeypatch.setattr(Operator, "load", classmethod(lambda cls, *a, **kw: _NotBM25()))
+    folder = str(tmp_path / "shard-000")
+    with pytest.raises(ArtifactError, match=r"^.*shard-000 holds a 'dense' shard, expected a bm25 one \(its "
+                                            r"statistics are the whole corpus's\); the fit's folder was changed "
+                                            r"while it ran$") as err:
+        _sharded._set_shard_collection(folder, _corpus(5), np.ones(3), 2.0)
+    assert not str(err.value).startswith("sharded:")
