@@ -3,6 +3,7 @@ the embedding (re-review of the session-54 LangChain fixes)."""
 
 from __future__ import annotations
 
+import asyncio
 import sys
 import threading
 import time
@@ -202,3 +203,35 @@ def test_dense_add_names_nan_vectors_given_as_given(tmp_path, monkeypatch):
         dense.add(Corpus.from_texts(["c", "e"], ids=["c", "e"]), vectors=np.full((2, 16), np.nan, np.float32))
     assert "encoder" not in str(caught.value)
     assert dense.corpus_.ids.tolist() == ["a", "b"]
+
+
+# ---------------------------------------------------------------------- 7. astream / atransform load off the loop
+# astream and atransform (DynamicRunnable's) built the configured retriever, loading the folder, on the event loop
+def test_astream_and_atransform_load_the_folder_off_the_event_loop(tmp_path, monkeypatch):
+    folder = _saved(tmp_path, monkeypatch)
+    real = store._load_pipeline
+    threads: list[threading.Thread] = []
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        threads.append(threading.current_thread())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(store, "_load_pipeline", spy)
+    base = RagkitRetriever.from_texts(["other"])
+
+    async def main() -> list[list[Any]]:
+        loop_thread = threading.current_thread()
+        out = []
+        c = base.configurable_fields(pipeline=ConfigurableField(id="index"))
+        out.append([x async for x in c.astream("cat", config={"configurable": {"index": str(folder)}})])
+        c = base.configurable_fields(pipeline=ConfigurableField(id="index"))  # (a fresh cache: loaded again)
+
+        async def one() -> Any:
+            yield "cat"
+
+        out.append([x async for x in c.atransform(one(), config={"configurable": {"index": str(folder)}})])
+        assert len(threads) == 2 and loop_thread not in threads
+        return out
+
+    streamed, transformed = asyncio.run(main())
+    assert [len(x) for x in streamed] == [4] and [len(x) for x in transformed] == [4]  # (one chunk: 4 documents)

@@ -32,7 +32,7 @@ import numbers
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Mapping, NamedTuple
@@ -1347,7 +1347,7 @@ class _ConfigurableRetriever(RunnableConfigurableFields):
     built for the same configured values (the last :data:`_BUILT_KEPT` kept): a folder is loaded once, not on
     every call, and again once saved anew (the entry of a folder keeps its manifest's identity,
     :func:`source_identity`: a folder saved again is built again in the same entry, not in one more).
-    ``ainvoke`` / ``abatch`` build it in a worker thread, off the event loop."""
+    ``ainvoke`` / ``abatch`` / ``astream`` / ``atransform`` build it in a worker thread, off the event loop."""
 
     _built: OrderedDict[Any, Any] = PrivateAttr(default_factory=OrderedDict)
     _built_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
@@ -1489,3 +1489,17 @@ class _ConfigurableRetriever(RunnableConfigurableFields):
         """``DynamicRunnable.ainvoke`` with the retriever built (a saved folder loaded) in a worker thread."""
         runnable, config = await run_in_executor(None, self.prepare, config)
         return await runnable.ainvoke(input, config, **kwargs)
+
+    async def astream(self, input: Any, config: RunnableConfig | None = None,
+                      **kwargs: Any | None) -> AsyncIterator[Any]:
+        """``DynamicRunnable.astream`` with the retriever built (a saved folder loaded) in a worker thread."""
+        runnable, config = await run_in_executor(None, self.prepare, config)
+        async for chunk in runnable.astream(input, config, **kwargs):
+            yield chunk
+
+    async def atransform(self, input: AsyncIterator[Any], config: RunnableConfig | None = None,
+                         **kwargs: Any | None) -> AsyncIterator[Any]:
+        """``DynamicRunnable.atransform`` with the retriever built (a saved folder loaded) in a worker thread."""
+        runnable, config = await run_in_executor(None, self.prepare, config)
+        async for chunk in runnable.atransform(input, config, **kwargs):
+            yield chunk
