@@ -397,11 +397,12 @@ class _Rows(Mapping):
         return dict, (dict(zip(self.ids.tolist(), range(len(self.ids)))),)
 
 
-def _doc_id(given: Any, i: int) -> str | None:
-    """The id of :meth:`Corpus.from_documents`'s document ``i`` (its ``id``, or its metadata's) as the constructor
-    writes ids (:func:`~ragkit._checks._id_string`: ``1.0`` as ``"1"``), ``None`` for a missing one (``None``,
-    NaN): the document's position is its id then."""
-    return None if is_missing(given) else _id_string(given, "Corpus.from_documents: ids", i)
+def _doc_id(given: Any, i: int, what: str = "Corpus.from_documents: ids") -> str | None:
+    """The id of :meth:`Corpus.from_documents`'s document ``i`` (its ``id``, or its metadata's; any given document
+    id: RagkitRetriever's ids) as the constructor writes ids (:func:`~ragkit._checks._id_string`: ``1.0`` as
+    ``"1"``), ``None`` for a missing one (``None``, NaN): the document's position is its id then (no id given).
+    An infinite id is a :class:`DataError` naming ``what[i]``."""
+    return None if is_missing(given) else _id_string(given, what, i)
 
 
 def _same_id(given: Any, did: str) -> bool:

@@ -10,9 +10,9 @@ from typing import Any, Mapping
 from langchain_core.documents import Document
 from pydantic import BaseModel
 
-from ragkit._checks import _SURROGATE, _id_string, _utf8_clean
+from ragkit._checks import _SURROGATE, _utf8_clean
+from ragkit._corpus import _doc_id
 from ragkit.errors import DataError, InputTypeError, ParamError
-from ragkit.metadata import is_missing
 from ragkit.types import Corpus
 
 
@@ -129,16 +129,10 @@ def _one_each(where: str, name: str, what: str, value: Any, n: int, per: str = "
     return listed
 
 
-def _written_id(value: Any, what: str, i: int) -> str | None:
-    """One given document id written as a :class:`Corpus` writes ids (:func:`~ragkit._checks._id_string`: ``1.0``
-    as ``"1"``, so that the id names the document the constructor named so), ``None`` for a missing one (``None``,
-    NaN): no id given; an infinite id is a :class:`DataError` naming ``what[i]``."""
-    return None if is_missing(value) else _id_string(value, what, i)
-
-
 def _written_ids(where: str, ids: list[Any] | None) -> list[str | None] | None:
-    """The ids of ``where``'s ``ids=`` (``None``: not given) each as :func:`_written_id` writes it."""
-    return None if ids is None else [_written_id(x, f"{where}: ids", i) for i, x in enumerate(ids)]
+    """The ids of ``where``'s ``ids=`` (``None``: not given) each as a Corpus writes ids
+    (:func:`~ragkit._corpus._doc_id`: ``1.0`` as ``"1"``, a missing one ``None``)."""
+    return None if ids is None else [_doc_id(x, i, f"{where}: ids") for i, x in enumerate(ids)]
 
 
 def _checked_texts(where: str, texts: list[Any], metadatas: Any, ids: Any,

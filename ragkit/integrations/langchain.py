@@ -60,6 +60,7 @@ from pydantic import (
     model_validator,
 )
 
+from ragkit._corpus import _doc_id, _same_id
 from ragkit._files import user_path
 from ragkit._locks import ReadWriteLock, lock_of
 from ragkit._saves import _json_default
@@ -97,7 +98,6 @@ from ragkit.integrations._inputs import (
     _positional,
     _query_errors,
     _unsearched,
-    _written_id,
     _written_ids,
 )
 from ragkit.integrations._producers import _Producers, _producers_of
@@ -900,8 +900,8 @@ class RagkitRetriever(BaseRetriever):
         if not docs:
             return []
         listed = _written_ids(where, ids) or [None] * len(docs)
-        given = [g if g is not None else _written_id(d.id, f"{where}: the documents' id", i)
-                 or _written_id(d.metadata.get("id"), f"{where}: the documents' metadata id", i)
+        given = [g if g is not None else _doc_id(d.id, i, f"{where}: the documents' id")
+                 or _doc_id(d.metadata.get("id"), i, f"{where}: the documents' metadata id")
                  or uuid.uuid4().hex for i, (g, d) in enumerate(zip(listed, docs))]
         twice = repeated(given, 5)
         if twice:
@@ -957,7 +957,7 @@ class RagkitRetriever(BaseRetriever):
         with self._reading() as state:
             corpus = _corpus_of(state.pipeline)
         assert corpus is not None  # a built retriever's pipeline is fitted
-        written = (_written_id(x, "get_by_ids: ids", i) for i, x in enumerate(ids))
+        written = (_doc_id(x, i, "get_by_ids: ids") for i, x in enumerate(ids))
         rows = corpus.row_of([x for x in written if x is not None], missing="drop")
         # as a retrieved Document's metadata (_documents), less score and rank
         return [Document(page_content=text, id=doc_id, metadata=meta) for text, doc_id, meta in
@@ -1294,22 +1294,14 @@ def _stored_metadata(c: Corpus, rows: np.ndarray) -> list[dict[str, Any]]:
     return metas
 
 
-def _id_text(value: Any) -> str | None:
-    """``value`` as a Corpus writes ids (``1.0`` as ``"1"``), or ``None`` where it is missing or no id (infinity)."""
-    try:
-        return _written_id(value, "id", 0)
-    except DataError:
-        return None
-
-
 def _with_id(doc: Document, new_id: str) -> Document:
     """``doc`` (a copy) under the id ``new_id``, without the ``metadata["id"]`` a retriever wrote into it (equal to
     its own id: a document of ``invoke`` or ``get_by_ids`` added again under another id), which would otherwise
     become a metadata field of its own (the other documents then lost their ``id`` in what searches return, and
     ``filter={"id": ...}`` found only this one)."""
     meta = doc.metadata
-    own = _id_text(doc.id)
-    if own and "id" in meta and _id_text(meta["id"]) == own and own != new_id:
+    own = _doc_id(doc.id, 0, "id") if type(doc.id) is str else None  # (a Document's id: a string or None)
+    if own and "id" in meta and _same_id(meta["id"], own) and own != new_id:
         meta = {key: v for key, v in meta.items() if key != "id"}
     return doc.model_copy(update={"id": new_id, "metadata": meta})
 
