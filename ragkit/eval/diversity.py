@@ -474,6 +474,46 @@ class _Gains:
         return out
 
 
+def _pair_ids(table: _SubtopicTable) -> tuple[np.ndarray, np.ndarray]:
+    """One id per distinct (query, label) pair of ``table`` (a query's subtopics): ``(pair, pair_q)``, the pair id
+    of each kept label (aligned with ``table.labels[table.keep]``) and the query of each pair id."""
+    lab = table.labels[table.keep]
+    if not len(lab):
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    doc_q = np.repeat(np.arange(len(table.query_ids)), table.n_docs)
+    base = int(lab.max()) + 1
+    pairs, pair = np.unique(np.repeat(doc_q, _kept_per_doc(table)) * base + lab, return_inverse=True)
+    return pair.reshape(-1), pairs // base
+
+
+def _judged_hits(table: _SubtopicTable, lists: Mapping[str, Sequence[str]], active: np.ndarray,
+                 rank_of: Mapping[str, int] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The run's top-k (``lists``) of the queries ``active`` (indices into ``table.query_ids``) matched to the judged
+    documents of their query: ``(doc, run_q, run_rank)`` per listed document, its index in ``table.doc_ids`` (-1
+    where its query did not judge it), its query's position in ``active`` and its rank (from 0).  ``rank_of``
+    codes the judged ids (any one-to-one code: their first positions where None); matched by a sorted search."""
+    if rank_of is None:
+        rank_of = {d: i for i, d in enumerate(dict.fromkeys(table.doc_ids))}
+    n_names = len(rank_of)
+    doc_code = np.fromiter(map(rank_of.__getitem__, table.doc_ids), np.int64, len(table.doc_ids))
+    heads = [lists.get(table.query_ids[i], ()) for i in active.tolist()]
+    head_n = np.fromiter(map(len, heads), np.int64, len(heads))
+    got = np.fromiter(map(rank_of.get, chain.from_iterable(heads), repeat(-1)), np.int64, int(head_n.sum()))
+    run_q = np.repeat(np.arange(len(active)), head_n)
+    run_rank = np.arange(len(got)) - np.repeat(np.cumsum(head_n) - head_n, head_n)
+    if not len(doc_code):
+        return np.full(len(got), -1, np.int64), run_q, run_rank
+    slot = np.full(len(table.query_ids), -1, np.int64)
+    slot[active] = np.arange(len(active))
+    key = slot[np.repeat(np.arange(len(table.query_ids)), table.n_docs)] * (n_names + 1) + doc_code  # (< 0:
+    # judged documents of queries not active)
+    by_key = np.argsort(key)
+    want = run_q * (n_names + 1) + got
+    at_key = np.minimum(np.searchsorted(key[by_key], want), len(key) - 1)
+    doc = np.where((got >= 0) & (key[by_key][at_key] == want), by_key[at_key], -1)
+    return doc, run_q, run_rank
+
+
 def alpha_ndcg(run: RunLike, subtopics: Subtopics, k: int = 10, alpha: float = 0.5) -> dict[str, float]:
     """alpha-nDCG@k per judged query (Clarke et al. 2008).
 
@@ -504,7 +544,6 @@ def alpha_ndcg(run: RunLike, subtopics: Subtopics, k: int = 10, alpha: float = 0
     lists = _doc_lists(run, k, "alpha_ndcg")
     table = _subtopic_table(subtopics, "alpha_ndcg")
     n_q = len(table.query_ids)
-    lab = table.labels[table.keep]  # each document's labels once, in the order given
     n_lab = _kept_per_doc(table)
     doc_q = np.repeat(np.arange(n_q), table.n_docs)
     pool_n = np.bincount(doc_q, weights=n_lab > 0, minlength=n_q).astype(np.int64)  # documents with a label
@@ -515,7 +554,7 @@ def alpha_ndcg(run: RunLike, subtopics: Subtopics, k: int = 10, alpha: float = 0
         return {}
     power = np.array([(1 - alpha) ** c for c in range(len(disc) + 1)], np.float64)  # no count exceeds len(disc)
     # one counter per (query, label) pair
-    pair = np.unique(np.repeat(doc_q, n_lab) * (int(lab.max()) + 1) + lab, return_inverse=True)[1].reshape(-1)
+    pair = _pair_ids(table)[0]
     lab_start = np.cumsum(n_lab) - n_lab
     # document ids as their ranks among all judged ids, compared as strings (Python's order)
     names = sorted(dict.fromkeys(table.doc_ids))
@@ -545,18 +584,7 @@ def alpha_ndcg(run: RunLike, subtopics: Subtopics, k: int = 10, alpha: float = 0
 
     # the run's DCG: its top-k matched to the judged documents of its query, one pass per rank
     qids = [table.query_ids[i] for i in active.tolist()]
-    heads = [lists.get(q, ()) for q in qids]
-    head_n = np.fromiter(map(len, heads), np.int64, len(heads))
-    got = np.fromiter(map(rank_of.get, chain.from_iterable(heads), repeat(-1)), np.int64, int(head_n.sum()))
-    run_q = np.repeat(np.arange(len(active)), head_n)
-    run_rank = np.arange(len(got)) - np.repeat(np.cumsum(head_n) - head_n, head_n)
-    slot = np.full(n_q, -1, np.int64)
-    slot[active] = np.arange(len(active))
-    key = slot[doc_q] * (len(names) + 1) + doc_code  # judged documents of skipped queries: key < 0
-    by_key = np.argsort(key)
-    want = run_q * (len(names) + 1) + got
-    at_key = np.minimum(np.searchsorted(key[by_key], want), len(key) - 1)
-    doc = np.where((got >= 0) & (key[by_key][at_key] == want), by_key[at_key], -1)
+    doc, run_q, run_rank = _judged_hits(table, lists, active, rank_of)
     hit = np.flatnonzero(doc >= 0)
     hit = hit[n_lab[doc[hit]] > 0]  # (a judged document without labels gains 0)
     hit = hit[np.argsort(run_rank[hit], kind="stable")]
@@ -583,26 +611,18 @@ def subtopic_recall(run: RunLike, subtopics: Subtopics, k: int = 10) -> dict[str
     lists = _doc_lists(run, k, "subtopic_recall")
     table = _subtopic_table(subtopics, "subtopic_recall")  # batched, as alpha_ndcg: no set per query
     n_q = len(table.query_ids)
-    lab = table.labels[table.keep]
     n_lab = _kept_per_doc(table)
-    doc_q = np.repeat(np.arange(n_q), table.n_docs)
-    if not len(lab):
+    pair, pair_q = _pair_ids(table)  # a query's subtopics
+    if not len(pair):
         return {}
-    # one id per distinct (query, label) pair: a query's subtopics
-    pairs, pair = np.unique(np.repeat(doc_q, n_lab) * (int(lab.max()) + 1) + lab, return_inverse=True)
-    pair = pair.reshape(-1)
-    pair_q = pairs // (int(lab.max()) + 1)
     n_topics = np.bincount(pair_q, minlength=n_q)
+    active = np.flatnonzero(n_topics)
     # the run's top-k matched to the judged documents of its query (a document id once per query)
-    index = {(q, d): i for i, (q, d) in enumerate(zip(np.repeat(np.array(table.query_ids, dtype=object),
-                                                                 table.n_docs).tolist(), table.doc_ids))}
-    found = [index.get(qd, -1) for qd in chain.from_iterable(
-        zip(repeat(q), lists.get(q, ())) for q in (table.query_ids[i] for i in np.flatnonzero(n_topics).tolist()))]
-    docs = np.array([i for i in found if i >= 0], np.int64)
+    doc = _judged_hits(table, lists, active)[0]
+    docs = doc[doc >= 0]
     lab_start = np.cumsum(n_lab) - n_lab
-    covered = np.zeros(len(pairs), bool)
+    covered = np.zeros(len(pair_q), bool)
     if len(docs):
         covered[pair[_spans(lab_start[docs], n_lab[docs])]] = True
     got = np.bincount(pair_q[covered], minlength=n_q)
-    active = np.flatnonzero(n_topics)
     return dict(zip([table.query_ids[i] for i in active.tolist()], (got[active] / n_topics[active]).tolist()))
