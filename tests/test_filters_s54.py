@@ -139,8 +139,9 @@ def test_filter_report_of_a_run_every_list_of_which_was_emptied():
     one = Run.from_dict({"q1": {"d1": 0.9}})
     assert filter_report(one, qrels).to_dict() == {"precision": 1.0, "recall": 0.5, "mean_kept": 0.5, "empty": 0.5,
                                                     "n_queries": 2}
-    with pytest.raises(DataError, match=r"^filter_report: none of the 1 queries of the filtered run has judgements "
-                                        r"\(e\.g\. \['x'\]\); expected qrels of its queries"):
+    with pytest.raises(DataError, match=r"^filter_report: none of the run's 1 queries \('x'\) is judged in the qrels, "
+                                        r"which judge 2 other queries \('q1', 'q2'\); are these the judgements of "
+                                        "another split"):
         filter_report(Run.from_dict({"x": {"d1": 0.9}}), qrels)
     with pytest.raises(DataError, match=r"^filter_report: no query has judgements \(the qrels judge none\)"):
         filter_report(empty, {})

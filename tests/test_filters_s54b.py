@@ -88,3 +88,14 @@ def test_ordered_float32_shows_no_kept_candidate_below_the_threshold(t):
         p = np.concatenate([t + (x - 1.5) * rng.choice([1e-10, 1e-9, 1e-8]) for x in parts] + [np.empty(0)])
         if n:
             _check_shown(p, c, lengths, t)
+
+
+# ---------------------------------------------------------------- 4. filter_report refuses respelled ids as evaluate
+def test_filter_report_names_a_respelled_query_id():
+    from ragkit.errors import DataError
+    from ragkit.eval.filtering import filter_report
+    from ragkit.run import Run
+
+    with pytest.raises(DataError, match=r"^filter_report: none of the run's 1 queries \('001'\) is judged in the "
+                                        r"qrels.*is judged as '1'"):
+        filter_report(Run.from_dict({"001": {"d1": 0.9}}), {"1": {"d1": 1}})

@@ -10,7 +10,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from ragkit.errors import DataError
-from ragkit.eval.metrics import check_relevance_level
+from ragkit.eval.metrics import check_relevance_level, refuse_other_queries
 from ragkit.run import Run
 from ragkit.types import Qrels, as_qrels
 
@@ -102,9 +102,8 @@ def filter_report(filtered: Run, qrels: Qrels | Any, reference: Run | None = Non
     f_at = {q: i for i, q in enumerate(filtered.query_ids)}
     judged = [q for q in filtered.query_ids if q in qrels]
     if reference is None:
-        if filtered.query_ids and not judged:  # queries, none judged: the qrels of another run
-            raise DataError(f"filter_report: none of the {len(filtered.query_ids)} queries of the filtered run has "
-                            f"judgements (e.g. {list(filtered.query_ids[:3])}); expected qrels of its queries")
+        refuse_other_queries("filter_report", list(filtered.query_ids), qrels)  # queries, none judged: the qrels
+        # of another run
         # every judged query, the filtered run holding it or not (one it lacks kept nothing: a run read back from
         # a TREC file holds no query whose list the filter emptied, and none at all when it emptied every list)
         judged = [q for q, rel in qrels.items() if rel]

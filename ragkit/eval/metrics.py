@@ -590,6 +590,19 @@ def unjudged_note(run_ids: Sequence[str], judged: Collection[str], lacking: Sequ
     return said + (f": {hint}" if hint else ""), bool(hint)
 
 
+def refuse_other_queries(who: str, run_ids: Sequence[str], judged: Mapping[str, Any]) -> None:
+    """Refuse a run none of whose queries ``run_ids`` (non-empty) is among the ``judged`` ones: every query would
+    count 0, the judgements being another run's or split's.  The :class:`~ragkit.errors.DataError` (prefixed
+    ``who``) names some ids of each and, where they are respelled ids of judged queries (``'001'`` for ``'1'``,
+    ``'caf\\xe9'`` for ``'cafe\\u0301'``), says so (:func:`respelled_hint`)."""
+    if not run_ids or judged.keys() & set(run_ids):
+        return
+    hint = respelled_hint(list(run_ids), judged, "query")
+    raise DataError(f"{who}: none of the run's {len(run_ids)} queries ({some_ids(run_ids)}) is judged in the qrels, "
+                    f"which judge {len(judged)} other queries ({some_ids(judged)}); "
+                    + (hint or "are these the judgements of another split?"))
+
+
 def respelled_hint(unjudged: Sequence[str], judged: Iterable[str], noun: str, lacks: str = "") -> str:
     """``"'1' is judged as '001'? (3 of the run's unjudged ids name judged queries ...)"``: the clause on the ids of
     ``unjudged`` (a run's) that name one of ``judged`` once leading zeros, case, spaces and Unicode normalization
@@ -750,11 +763,7 @@ def _evaluate(
     # check_qrels / as_qrels where qrels_checked)
     trec_judged = _trec_grades(judged)
     d = _clean_run(run, ignore_identical_ids, max(k for _, _, k in parsed) + 1 if parsed else None)
-    if d and not judged.keys() & d.keys():  # every query would count 0: judgements of other queries
-        hint = respelled_hint(list(d), judged, "query")  # ('001' for '1', 'caf\xe9' for 'cafe\u0301')
-        raise DataError(f"evaluate: none of the run's {len(d)} queries ({some_ids(d)}) is judged in the qrels, which "
-                        f"judge {len(judged)} other queries ({some_ids(judged)}); "
-                        + (hint or "are these the judgements of another split?"))
+    refuse_other_queries("evaluate", list(d), judged)  # every query would count 0: judgements of other queries
     d_full = {q: d.get(q, {}) for q in judged}
     # pytrec_eval drops queries with an empty run; give them a dummy non-relevant doc so they count as 0
     # (its id holds a tab, which no qrels id can: a TSV column, or a whitespace-separated one)
