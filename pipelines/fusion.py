@@ -490,8 +490,12 @@ class WeightedFusion(_Fuser):
 
     ``score(d) = sum_b w_b * norm_b(s_b(d))``; a branch that did not retrieve ``d``
     contributes 0.  ``minmax`` maps each branch's list to [0, 1]; ``zscore`` subtracts
-    the list mean and divides by its standard deviation.  A non-finite score (NaN, ±inf)
-    counts as missing: it contributes 0 and takes no part in its list's normalisation.
+    the list mean and divides by its standard deviation, then shifts the list so its lowest is 0
+    (``(s - min) / std``): under both, a document a branch retrieved contributes at least what one it
+    did not retrieve does (0), its list's last document exactly that.  A list of one document, or of
+    equal scores, contributes 1 to each of its documents under ``minmax`` and 0 under ``zscore`` (no
+    spread to measure: as if not retrieved).  A non-finite score (NaN, ±inf) counts as missing: it
+    contributes 0 and takes no part in its list's normalisation.
 
     Examples
     --------
@@ -571,4 +575,8 @@ class WeightedFusion(_Fuser):
             std = np.sqrt(np.maximum(sq - mean**2, 0))
             m, sd = np.repeat(mean, counts), np.repeat(std, counts)
             z = np.where(sd > 0, (s - m) / np.where(sd > 0, sd, 1), 0.0)
+            # shifted so each list's lowest is 0, as not being retrieved: a document retrieved low never scores
+            # below one its branch did not retrieve (the list's mean, 0, did)
+            low = np.nan_to_num(np.fmin.reduceat(np.where(finite, z, np.nan), starts))
+            z = z - np.repeat(low, counts)
         return np.where(finite, z, 0.0)

@@ -27,12 +27,14 @@ from ragkit.types import Ranking, State
 
 
 def _one_text(texts: list[str] | None = None) -> tuple[State, Corpus, TrainSet]:
-    """Three queries of one text over 6 documents, each judging d3 relevant: branch ``a`` ranks d0, d1, d2 (scores
-    10, 9.9, 0), ``b`` d3, d1, d0 (1, .99, .98).  Equal weights put d3 first after zscore (nDCG@10 1), third after
-    minmax (0.6309, minmax kept by the old code as the first setting) or no normalisation (0.5)."""
+    """Three queries of one text over 6 documents, each judging d3 relevant: branch ``a`` ranks d0, d1, d3, d2 (scores
+    8.5, 7, 1.5, 1), ``b`` d3, d1, d2, d0 (.9, .5, .4, .3).  Equal weights put d3 first after zscore (nDCG@10 1),
+    second after minmax (below d1; 0.6309, minmax kept by the old code as the first setting) and third with no
+    normalisation (below d0 and d1; 0.5), no two fused scores tied.  Judging d0 relevant too: relevant at ranks 1 and
+    3 after zscore (d3, d1, d0, d2) and with none (d0, d1, d3, d2), at 2 and 3 after minmax (d1, d3, d0, d2)."""
     texts = texts or ["same q", "Same  q", " SAME Q"]
-    a = [Ranking(np.array([0, 1, 2]), np.array([10., 9.9, 0.], np.float32)) for _ in texts]
-    b = [Ranking(np.array([3, 1, 0]), np.array([1., .99, .98], np.float32)) for _ in texts]
+    a = [Ranking(np.array([0, 1, 3, 2]), np.array([8.5, 7., 1.5, 1.], np.float32)) for _ in texts]
+    b = [Ranking(np.array([3, 1, 2, 0]), np.array([.9, .5, .4, .3], np.float32)) for _ in texts]
     qids = [f"q{i}" for i in range(len(texts))]
     st = State(list(texts), query_ids=qids, branches=[("a", a), ("b", b)])
     ids = [f"d{i}" for i in range(6)]

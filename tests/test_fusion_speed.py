@@ -38,6 +38,7 @@ def _branch_contributions(fuser, rows: list[int], scores: list[float]) -> dict[i
         mean = np.add.reduce(s, keepdims=True) / finite.sum()
         std = np.sqrt(np.maximum(np.add.reduce(s * s, keepdims=True) / finite.sum() - mean**2, 0))
         z = (s - mean) / std if std[0] > 0 else np.zeros_like(s)
+        z = z - z[finite].min()  # shifted so the list's lowest is 0, as a document the branch did not retrieve
     else:
         z = s
     return dict(zip(best, np.where(finite, z, 0.0).tolist()))

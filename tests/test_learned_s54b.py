@@ -5,6 +5,7 @@ fusion ranks a document a branch retrieved, however low, above one it did not re
 
 import random
 
+import numpy as np
 import pytest
 
 from ragkit import Corpus, Pipeline, TrainSet
@@ -63,3 +64,25 @@ def test_learning_router_refusal_starts_with_its_path(data, feature):
     with pytest.raises(DataError, match=rf"^pipeline\[1\]\.route\.router\.score_router\.feature: '{feature}' needs "
                                         r"the top two results"):
         pipe.fit(corpus, train=TrainSet(qs, qrels))
+
+
+# ---------------------------------------------------------------- 2. zscore: absent is the bottom
+
+def test_zscore_ranks_a_document_retrieved_low_above_one_not_retrieved():
+    from ragkit.pipelines import WeightedFusion
+    from ragkit.types import Ranking, State
+
+    a = Ranking([1, 2, 3, 4], np.array([10., 9., 8., 1.], np.float32))   # doc 4: retrieved by a, far below a's mean
+    b = Ranking([1, 4, 5, 6], np.array([.9, .5, .45, .44], np.float32))  # and by b, below b's mean
+    s = State(["q"], branches=[("a", [a]), ("b", [b])])
+    for norm in ("minmax", "zscore"):
+        r = WeightedFusion(norm=norm)(s).rankings[0]
+        got = dict(zip(r.rows.tolist(), r.scores.tolist()))
+        assert min(got.values()) == 0.0 == got[6]  # each list's last document: as not retrieved
+        assert got[4] > got[5] > got[6]            # retrieved by both, low in each: above those one branch found
+        assert r.rows.tolist()[-1] == 6
+    # a list of one document (or of equal scores): 0 under zscore, 1 under minmax
+    one = State(["q"], branches=[("a", [Ranking([7], np.array([3.], np.float32))]), ("b", [b])])
+    z = dict(zip(*(x.tolist() for x in (lambda r: (r.rows, r.scores))(WeightedFusion(norm="zscore")(one).rankings[0]))))
+    m = dict(zip(*(x.tolist() for x in (lambda r: (r.rows, r.scores))(WeightedFusion(norm="minmax")(one).rankings[0]))))
+    assert z[7] == 0.0 and m[7] == 1.0
