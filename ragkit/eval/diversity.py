@@ -47,17 +47,19 @@ def _rankings(rankings: Run | Sequence[Ranking]) -> Sequence[Ranking]:
     return rankings
 
 
-def padded_rows(rankings: Run | Sequence[Ranking], k: int) -> tuple[np.ndarray, np.ndarray]:
+def padded_rows(rankings: Run | Sequence[Ranking], k: int, who: str = "diversity",
+                why: str = "a copy would count as a second, identical document") -> tuple[np.ndarray, np.ndarray]:
     """Top-``k`` rows of each ranking as ``(n_q, k)`` int64 (0 where padded) and a validity mask.
 
     A ranking whose top-``k`` lists one document (row) twice is a :class:`DataError` naming the query
     (its id for a :class:`Run`, else its position) and both ranks, as :func:`alpha_ndcg` and ``evaluate``
     refuse a run listing a document twice: the copy would count as a pair of cosine 1 (ILD) or a second
-    document of its cluster."""
+    document of its cluster.  Errors are said as ``who``'s, ``why`` telling what a copy would do there
+    (:func:`~ragkit.eval.hubness.k_occurrence`: count its query twice)."""
     if k < 1:
-        raise DataError(f"diversity: k must be >= 1, got {k}")
+        raise DataError(f"{who}: k must be >= 1, got {k}")
     rows, valid = pad_rows(_rankings(rankings), k)
-    _refuse_repeats(rankings, rows, valid)
+    _refuse_repeats(rankings, rows, valid, who, why)
     return rows, valid
 
 

@@ -12,9 +12,8 @@ from typing import Sequence
 
 import numpy as np
 
-from ragkit._flat import pad_rows
 from ragkit.errors import DataError
-from ragkit.eval.diversity import _refuse_repeats
+from ragkit.eval.diversity import padded_rows
 from ragkit.run import Run
 from ragkit.types import Ranking
 
@@ -48,10 +47,9 @@ def _k_occurrence(run: Run | Sequence[Ranking], n_docs: int, k: int, caller: str
     """:func:`k_occurrence`, its errors said as ``caller``'s."""
     _count(k, "k", 1, caller, "the cut-off")
     _count(n_docs, "n_docs", 0, caller, "the corpus size")
-    rankings = _rankings(run)
-    padded, valid = pad_rows(rankings, k)
+    _rankings(run)  # (a Run without rankings refused in hubness' words)
     # a top-k listing a document twice would count its query twice
-    _refuse_repeats(run, padded, valid, caller, "a copy would count its query twice in N_k")
+    padded, valid = padded_rows(run, k, caller, "a copy would count its query twice in N_k")
     rows = padded[valid]
     if len(rows) and (rows.max() >= n_docs or rows.min() < 0):
         bad = int(rows[(rows < 0) | (rows >= n_docs)][0])
