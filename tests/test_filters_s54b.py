@@ -99,3 +99,20 @@ def test_filter_report_names_a_respelled_query_id():
     with pytest.raises(DataError, match=r"^filter_report: none of the run's 1 queries \('001'\) is judged in the "
                                         r"qrels.*is judged as '1'"):
         filter_report(Run.from_dict({"001": {"d1": 0.9}}), {"1": {"d1": 1}})
+
+
+# ---------------------------------------------------------------- 6. Floyd's draws: uniform over subsets, not only rows
+def test_floyd_draws_every_subset_equally_often():
+    from itertools import combinations
+
+    from ragkit.eval.hubness import _floyd_counts
+
+    rng = np.random.default_rng(7)
+    n, seen = 30_000, {s: 0 for s in combinations(range(5), 2)}
+    for _ in range(n):
+        counts = _floyd_counts(rng, 1, 5, 2)  # one query: its subset
+        assert counts.sum() == 2 and counts.max() == 1, counts  # two distinct documents
+        seen[tuple(np.flatnonzero(counts).tolist())] += 1
+    p = 1 / len(seen)
+    sd = np.sqrt(n * p * (1 - p))
+    assert all(abs(c - n * p) <= 5 * sd for c in seen.values()), seen
