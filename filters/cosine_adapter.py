@@ -881,9 +881,16 @@ class CosineAdapter(Operator):
         if self.weights_.shape != (len(self.feat_mean_) + 1, self.n_params):
             raise ArtifactError(f"{folder}: adapter weights of shape {self.weights_.shape} do not match "
                                 f"{len(self.feat_mean_)} features and form {self.params.form!r}")
-        t = meta["threshold"]
-        if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 <= t <= 1:  # (NaN fails 0 <= t)
-            raise ArtifactError(f"{folder / 'adapter.json'}: threshold must be a number in [0, 1], got {t!r}")
+        def number(key: str, value: Any, low_open: bool) -> float:
+            """``value`` of ``adapter.json``'s ``key`` as a float in [0, 1] ((0, 1] where ``low_open``; NaN fails
+            both bounds, a bool is refused) or an ArtifactError naming the file, the key and the value."""
+            if (isinstance(value, bool) or not isinstance(value, (int, float))
+                    or not (0 < value if low_open else 0 <= value) or not value <= 1):
+                raise ArtifactError(f"{folder / 'adapter.json'}: {key} must be a number in "
+                                    f"{'(0, 1]' if low_open else '[0, 1]'}, got {value!r}")
+            return float(value)
+
+        t = number("threshold", meta["threshold"], low_open=False)
         for name, arr in (("adapter_weights", self.weights_), ("adapter_feat_mean", self.feat_mean_),
                           ("adapter_feat_std", self.feat_std_)):
             if not np.all(np.isfinite(arr)):
@@ -894,10 +901,8 @@ class CosineAdapter(Operator):
         if len(self.feat_std_) != len(self.feat_mean_):
             raise ArtifactError(f"{folder}: adapter_feat_std holds {len(self.feat_std_)} values, adapter_feat_mean "
                                 f"{len(self.feat_mean_)}; expected one of each per feature")
-        self.threshold_ = float(t)
+        self.threshold_ = t
         self.depth_ = None if meta.get("depth") is None else int(meta["depth"])  # None: saved before depth was kept
         x0 = meta.get("power_x0") if self.params.form == "power" else None  # None: saved before power was centred
-        if x0 is not None and (not isinstance(x0, (int, float)) or isinstance(x0, bool) or not 0 < x0 <= 1):
-            raise ArtifactError(f"{folder / 'adapter.json'}: power_x0 must be a number in (0, 1], got {x0!r}")
-        self.power_x0_ = None if x0 is None else float(x0)
+        self.power_x0_ = None if x0 is None else number("power_x0", x0, low_open=True)
         self.info_ = saved_fit_report(meta.get("info", {}), f"{folder / 'adapter.json'}: info")
