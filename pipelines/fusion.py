@@ -319,10 +319,12 @@ class _Fuser(Operator):
         # learn_weights works on the simplex (weights summing to 1); the fuser keeps its unlearned scale, so
         # learning changes only the ratios and a threshold set on its scores (score_reached) still holds: the
         # learned weights times the sum of the given ones (the number of branches when none were given), and a
-        # kept baseline exactly as it was (the given weights, or 1 each)
+        # kept baseline exactly as it was (the given weights, or 1 each), as are learned weights equal to it (every
+        # fold picked it: ties go to the baseline), which (g / s) * s would put an ulp off ([2.9999999999999996, 1.7])
         given = np.ones(len(names)) if baseline is None else np.asarray(baseline, np.float64)
         scale = float(given.sum())
-        self.weights_ = given.copy() if found.kept != "learned" else found.weights * scale
+        at_baseline = np.abs(found.weights - given / scale).max() <= 1e-9  # (on the simplex)
+        self.weights_ = given.copy() if found.kept != "learned" or at_baseline else found.weights * scale
         # cv_ndcg@10: the kept weights' cross-validated estimate (the baseline's, equal or given weights, when it
         # was kept, the averaged weights' own then under averaged_cv_ndcg@10, beside the weights set aside)
         set_aside = found.report()
