@@ -324,15 +324,35 @@ def without_stale_vectors(state: State, out: State) -> State:
     ``State.vectors`` is keyed by encoder only, so a dense step after it would take them for the new text's (in a
     list ``[dense, rewrite, dense]``, or a parallel branch ``[rewrite, dense]`` after a branch that encoded the
     query).  Carried over: the same array object as ``state``'s under that key (``state.copy()`` copies the dict,
-    not the arrays; a step that encodes puts a new array there).  ``out`` itself when the text is unchanged; else
-    ``out`` with a new ``vectors`` dict (the dict it returned is not changed)."""
+    not the arrays), or one holding the same values on the queries whose text changed (a rewriter of some queries
+    only, built on :meth:`State.subset <ragkit.types.State.subset>` and :meth:`State.merge
+    <ragkit.types.State.merge>`, returns copies); a step that encodes the new text puts other values there.  ``out``
+    itself when the text is unchanged (the same ``query_text`` object: no comparison at all); else ``out`` with a
+    new ``vectors`` dict (the dict it returned is not changed).  The values are compared on the changed queries
+    only, and only when a text changed."""
     if not out.vectors or out is state:
         return out
     given, got = state.values.get("query_text"), out.values.get("query_text")
-    if (given is got or given == got) or out.texts() == state.texts():
+    if given is got or given == got:
         return out
-    out.vectors = {key: vec for key, vec in out.vectors.items() if state.vectors.get(key) is not vec}
+    new, old = out.texts(), state.texts()
+    if new == old:
+        return out
+    changed = np.fromiter((a != b for a, b in zip(new, old)), bool, len(new))
+    was = state.vectors
+    out.vectors = {key: vec for key, vec in out.vectors.items() if not _carried_over(was.get(key), vec, changed)}
     return out
+
+
+def _carried_over(was: np.ndarray | None, vec: np.ndarray, changed: np.ndarray) -> bool:
+    """Whether the query vectors ``vec`` a step returned are those it was given (``was``, under the same key) on the
+    queries whose text it changed (``changed``, a mask over the batch): the same array, or equal values there."""
+    if was is None:
+        return False
+    if vec is was:
+        return True
+    vec, was = np.asarray(vec), np.asarray(was)
+    return vec.shape == was.shape and np.array_equal(vec[changed], was[changed])
 
 
 def cut_to_k(state: State, k: int | None) -> State:
