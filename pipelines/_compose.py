@@ -37,6 +37,7 @@ import numpy as np
 import pydantic
 
 from ragkit._files import user_path
+from ragkit._results import same_query_text
 from ragkit.errors import ArtifactError, DataError, InputTypeError, NotFittedError, ParamError, RagkitError, some_ids
 from ragkit.operator import (
     _RESTORING,
@@ -1291,14 +1292,13 @@ class Parallel(Composite):
 
         # (not one of QUERY_REWRITES: a route fills those in with the query text where a branch left them None)
         inside = (*QUERY_REWRITES, LEXICAL_COUNTS)
-        qtext = state.values.get("query_text")
         shared = dict(state.vectors)
         outs = []
         for b, where in self.child_paths(path)[:-1]:
             inp = state.copy()
             inp.vectors = dict(shared)
             o = run_step(b, inp, where)
-            if o.values.get("query_text") == qtext:
+            if same_query_text(inp, o, f"{where} (a branch of this parallel)"):
                 for key, vec in o.vectors.items():
                     shared.setdefault(key, vec)
             outs.append(o)

@@ -135,6 +135,26 @@ def _same_items(a: Sequence[str], b: Sequence[str]) -> bool:
     return all(x == y for x, y in zip(a, b))
 
 
+def same_query_text(given: State, got: State, who: str) -> bool:
+    """Whether ``got`` (what a step returned for ``given``) searches the query texts ``given`` does
+    (:meth:`State.texts <ragkit.types.State.texts>`: a rewriter's ``values["query_text"]``, else the query).  Cheap
+    where nothing was rewritten: the same ``query_text`` object (``state.copy()`` keeps it), then two lists of the
+    same length compared item by item (:func:`_same_items`), and only then each query's text.  A ``query_text``
+    that is not a list (or tuple) of one text per query, as every ``State.values`` entry is (a numpy array, whose
+    ``==`` is not one answer), is a :class:`DataError` naming ``who`` (the step that returned it)."""
+    a, b = given.values.get("query_text"), got.values.get("query_text")
+    if a is b:
+        return True
+    for value, how in ((b, "returned"), (a, "was given")):
+        if value is not None and not isinstance(value, (list, tuple)):
+            raise DataError(f"{who} {how} values['query_text'] as {type(value).__name__} {value!r:.60}; expected a "
+                            f"list of one str per query (None for a query it leaves as it is), as every State.values "
+                            f"entry is a list: out.values['query_text'] = [...]")
+    if a is not None and b is not None and len(a) == len(b) and _same_items(a, b):
+        return True
+    return got.texts() == given.texts()
+
+
 def _check_same_queries(op: Operator, state: State, out: State, how: str) -> None:
     """A :class:`DataError` where ``out`` (what ``op._call(state)`` returned, as many queries) holds other query ids
     or texts than ``state``: the search would report its rankings under the wrong queries.  A rewriter changes

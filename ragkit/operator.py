@@ -50,7 +50,7 @@ from ragkit._files import (
     verify_checksums,
 )
 from ragkit._fingerprints import TEXTS_KEY, corpus_fingerprint, corpus_texts_digest, query_digests, taught_digests
-from ragkit._results import check_result
+from ragkit._results import check_result, same_query_text
 from ragkit._saves import (
     CHECKSUMS,
     CLASS_KEY,
@@ -317,7 +317,7 @@ def call_checked(op: "Operator", state: State, call: Callable[[State], State]) -
     return cut_to_k(out, state.options.get("k"))
 
 
-def without_stale_vectors(state: State, out: State) -> State:
+def without_stale_vectors(state: State, out: State, who: str) -> State:
     """``out`` (what an operator returned for ``state``) without the query vectors it carried over from ``state``
     where it changed the query text (:meth:`State.texts <ragkit.types.State.texts>`: a rewriter's
     ``values["query_text"]``): they encode the text it was given, which the steps after it no longer search, and
@@ -329,15 +329,11 @@ def without_stale_vectors(state: State, out: State) -> State:
     <ragkit.types.State.merge>`, returns copies); a step that encodes the new text puts other values there.  ``out``
     itself when the text is unchanged (the same ``query_text`` object: no comparison at all); else ``out`` with a
     new ``vectors`` dict (the dict it returned is not changed).  The values are compared on the changed queries
-    only, and only when a text changed."""
-    if not out.vectors or out is state:
-        return out
-    given, got = state.values.get("query_text"), out.values.get("query_text")
-    if given is got or given == got:
+    only, and only when a text changed (:func:`~ragkit._results.same_query_text`, whose ``DataError`` names ``who``,
+    the step, where a ``query_text`` is not a list)."""
+    if not out.vectors or out is state or same_query_text(state, out, who):
         return out
     new, old = out.texts(), state.texts()
-    if new == old:
-        return out
     changed = np.fromiter((a != b for a, b in zip(new, old)), bool, len(new))
     was = state.vectors
     out.vectors = {key: vec for key, vec in out.vectors.items() if not _carried_over(was.get(key), vec, changed)}
@@ -640,7 +636,7 @@ class Operator:
         with model_named(self.name):
             before = self.__dict__.get("corpus_")  # (check_result says a concurrent edit when it changed)
             out = check_result(self, state, call_checked(self, state, self._call), corpus_before=before)
-        return without_stale_vectors(state, out)
+        return without_stale_vectors(state, out, f"{type(self).__name__}._call ({self.name!r})")
 
     @property
     def wants_upstream(self) -> bool:

@@ -72,3 +72,26 @@ def test_a_rewrite_of_some_queries_by_subset_and_merge_drops_their_old_vectors(c
     # a step that changes no text keeps them
     kept = TopK(k=2).fit(corpus)(first)
     assert list(kept.vectors) == list(first.vectors)
+
+
+# ----------------------------------------------------------------------------- 2. a query_text that is not a list
+class _ArrayRewrite(Operator):
+    """A plugin rewriter that stores its texts as a numpy array (State.values holds lists)."""
+
+    name = "s54b_array_rewrite"
+    kind = "rewriter"
+    stateless = True
+
+    def _call(self, state: State) -> State:
+        out = state.copy()
+        out.values["query_text"] = np.array(["blue sky"] * len(state), dtype=object)
+        return out
+
+
+def test_a_query_text_array_is_a_data_error_naming_the_step(corpus):
+    pipe = Pipeline([_dense(), _ArrayRewrite(), TopK(k=2), _dense()]).fit(corpus)
+    # old: ValueError "The truth value of an array with more than one element is ambiguous", no step named
+    with pytest.raises(DataError, match=r"^pipeline\[1\]\.s54b_array_rewrite: _ArrayRewrite\._call "
+                                        r"\('s54b_array_rewrite'\) returned values\['query_text'\] as ndarray .*"
+                                        r"expected a list of one str per query"):
+        pipe.search(["fast cars", "red apples"])
