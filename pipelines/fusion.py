@@ -287,9 +287,14 @@ class _Fuser(Operator):
 
         names = [n for n, _ in upstream.branches]
         placed = self._placed()  # what its warnings start with
-        # what learning must beat, kept on a tie: the weights as given (learn_weights scales them to sum to 1, and
-        # its warnings quote them as given; the weights it returns are scaled back below)
+        # what learning must beat, kept on a tie: the weights as given (learn_weights searches the simplex, weights
+        # scaled to sum to 1, and its warnings quote them as given)
         baseline = self._weights(names) if self.params.weights is not None else None  # (checks their number)
+        # the fuser keeps its unlearned scale, so learning changes only the ratios and a threshold set on its scores
+        # (score_reached) still holds: learn_weights returns the weights (and the averaged ones it sets aside) summing
+        # to the given ones' sum (the number of branches when none were given), exact means on that scale, and a
+        # kept baseline exactly as it was (the given weights, or 1 each)
+        scale = math.fsum(baseline.tolist()) if baseline is not None else float(len(names))
 
         options = self._learnable_options()
         if not options:
@@ -313,24 +318,15 @@ class _Fuser(Operator):
             searches.append((option, learn_weights(fuse, upstream, train.qrels, corpus.ids, folds=self.params.folds,
                                                    seed=self.params.seed,
                                                    heads=heads, where=where, warn=len(options) == 1,
-                                                   baseline=baseline)))
+                                                   baseline=baseline, scale=scale)))
         option, found = searches[self._best_search(searches)]
         self.option_ = option
-        # learn_weights works on the simplex (weights summing to 1); the fuser keeps its unlearned scale, so
-        # learning changes only the ratios and a threshold set on its scores (score_reached) still holds: the
-        # learned weights times the sum of the given ones (the number of branches when none were given), and a
-        # kept baseline exactly as it was (the given weights, or 1 each), as are learned weights equal to it (every
-        # fold picked it: ties go to the baseline), which (g / s) * s would put an ulp off ([2.9999999999999996, 1.7])
-        given = np.ones(len(names)) if baseline is None else np.asarray(baseline, np.float64)
-        scale = float(given.sum())
-        at_baseline = np.abs(found.weights - given / scale).max() <= 1e-9  # (on the simplex)
-        self.weights_ = given.copy() if found.kept != "learned" or at_baseline else found.weights * scale
+        self.weights_ = np.asarray(found.weights, np.float64).copy()  # (on the fuser's scale: see scale above)
         # cv_ndcg@10: the kept weights' cross-validated estimate (the baseline's, equal or given weights, when it
         # was kept, the averaged weights' own then under averaged_cv_ndcg@10, beside the weights set aside)
         set_aside = found.report()
         if set_aside:  # (the averaged weights set aside on the fuser's scale too, comparable with the kept ones)
-            averaged = (np.asarray(set_aside.pop("averaged_weights"), np.float64) * scale).tolist()
-            set_aside = {"kept": set_aside.pop("kept"), "averaged_weights": averaged,
+            set_aside = {"kept": set_aside.pop("kept"), "averaged_weights": set_aside.pop("averaged_weights"),
                          "averaged_cv_ndcg@10": found.cv_ndcg, **set_aside}
         self.learned_ = {"branches": names, "weights": self.weights_.tolist(), **option,
                          "cv_ndcg@10": found.held_out_ndcg, "train_ndcg@10": found.train_ndcg,

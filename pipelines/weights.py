@@ -22,6 +22,7 @@ usually the higher of the two scores on the same folds.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Callable, Literal
@@ -78,7 +79,9 @@ class WeightSearch:
     (the fuser's own ``weights``, normalised to sum to 1).  ``kept`` says which weights were chosen:
     ``"learned"`` (the mean of the per-fold picks, ``averaged``) or the baseline, ``compared_with``'s value
     (when the averaged ones do not beat it: ``cv_ndcg <= uniform_cv_ndcg``, or their training nDCG@10,
-    ``averaged_train_ndcg``, is below ``baseline_ndcg``).
+    ``averaged_train_ndcg``, is below ``baseline_ndcg``).  ``weights`` and ``averaged`` are on the scale
+    :func:`learn_weights` was given (summing to its ``scale``, 1 by default), ``fold_picks`` on the simplex
+    (each summing to 1).
 
     ``cv_ndcg`` and ``uniform_cv_ndcg`` are each an unselected held-out estimate of one option; the kept
     weights' one, :attr:`held_out_ndcg`, is not: those two scores chose it."""
@@ -143,7 +146,8 @@ def best_grid_point(scores: np.ndarray, from_uniform: np.ndarray, tol: float = 1
 def learn_weights(fuse: Callable[[State, np.ndarray], list[Ranking]], state: State, qrels: Qrels,
                   corpus_ids: np.ndarray, *, folds: int = 5, step: float | None = None, seed: int = 0,
                   heads: Callable[[np.ndarray, int], tuple[np.ndarray, ...]] | None = None,
-                  where: str = "", warn: bool = True, baseline: np.ndarray | None = None) -> WeightSearch:
+                  where: str = "", warn: bool = True, baseline: np.ndarray | None = None,
+                  scale: float = 1.0) -> WeightSearch:
     """Choose branch weights maximising nDCG@10 on the usable queries of ``state``: those with a judgement
     > 0 of a document in ``corpus_ids`` (:func:`~ragkit.types.usable_query_ids`; others score nDCG 0 for
     every weight and are left out).  At least 2 are needed (:class:`DataError`).
@@ -187,10 +191,16 @@ def learn_weights(fuse: Callable[[State, np.ndarray], list[Ranking]], state: Sta
         point of the search (added to the grid when off it), win its ties (the grid point closest to them does)
         and are kept unless the learned weights beat them (a warning quotes them as given: ``[2.0, 1.0]``).
         Weights equal to one another are equal weights.
+    scale : float
+        What the returned ``weights`` and ``averaged`` sum to (default 1: the simplex the search works on): a
+        fuser keeps its unlearned scale, the sum of its given weights (``math.fsum(baseline)``, taken as their
+        exact sum, so a baseline kept or picked by every fold comes back exactly as given) or the number of
+        branches.  The warning quotes the weights on this scale.
 
     The weights are exact means: the per-fold picks (multiples of the grid step, the uniform point's
-    ``1 / n``, or a given baseline) are averaged in fractions and rounded once, so 0.8, 0.9, 0.8, 0.8, 0.9
-    average to 0.84, not the 0.8400000000000001 of a float sum.
+    ``1 / n``, or a given baseline) are averaged in fractions, multiplied by ``scale`` in fractions and rounded
+    once, so 0.8, 0.9, 0.8, 0.8, 0.9 average to 0.84, not the 0.8400000000000001 of a float sum, and picks of
+    [0.7, 0.2, 0.1] on the scale of 3 branches are [2.1, 0.6, 0.3], not [2.0999999999999996, ...].
     """
     n = len(state.branches or [])
     step = step or (0.1 if n <= 3 else 0.25)
@@ -205,6 +215,20 @@ def learn_weights(fuse: Callable[[State, np.ndarray], list[Ranking]], state: Sta
         if np.abs(given_w / given_w.sum() - 1 / n).max() > 1e-9:  # weights equal to one another are equal weights
             base = given_w / given_w.sum()
     given = bool(np.abs(base - 1 / n).max() > 1e-9)
+    if not (math.isfinite(scale) and scale > 0):
+        raise ValueError(f"learning fusion weights: scale must be a positive finite number (what the weights sum "
+                         f"to), got {scale}")
+    # the baseline as exact fractions of 1 (g / sum(g), or 1 / n), and the scale exactly: the given weights' exact
+    # sum where it is theirs, so the baseline on that scale is the given weights, not an ulp off
+    exact_base = ([Fraction(x) / sum(map(Fraction, given_w.tolist()), Fraction(0)) for x in given_w.tolist()]
+                  if given and given_w is not None else [Fraction(1, n)] * n)
+    exact_scale = (sum(map(Fraction, given_w.tolist()), Fraction(0))
+                   if given_w is not None and scale == math.fsum(given_w.tolist()) else Fraction(scale))
+
+    def on_scale(exact: list[Fraction]) -> np.ndarray:
+        return np.array([float(x * exact_scale) for x in exact], np.float64)
+
+    base_on_scale = on_scale(exact_base)
     compared_with: Literal["uniform", "given"] = "given" if given else "uniform"
     # (the weights as the fuser was given them, [2.0, 1.0], not scaled: the learned ones are fractions of 1)
     said = f"the given weights {given_w.tolist()}" if given and given_w is not None else "equal weights"
@@ -254,7 +278,7 @@ def learn_weights(fuse: Callable[[State, np.ndarray], list[Ranking]], state: Sta
                 f"text in one fold, so none can be held out; keeping {said} (no cross-validated nDCG@10: nan)")
         if warn:
             logging.getLogger("ragkit").warning("%s%s", f"{where}: " if where else "", note)
-        return WeightSearch(weights=grid[at_base].copy(), fold_picks=np.zeros((0, n)), cv_ndcg=float("nan"),
+        return WeightSearch(weights=base_on_scale, fold_picks=np.zeros((0, n)), cv_ndcg=float("nan"),
                             train_ndcg=base_ndcg, baseline_ndcg=base_ndcg, kept=compared_with,
                             compared_with=compared_with, note=note)
     # the queries of one text (normalised_text) share a fold, as train's held-out fold keeps them on one side: a
@@ -269,39 +293,48 @@ def learn_weights(fuse: Callable[[State, np.ndarray], list[Ranking]], state: Sta
         picks.append(grid[best])
         held.append(per_q[best, te].mean())
         held_base.append(per_q[at_base, te].mean())  # the baseline on the same held-out fold
-    averaged = _exact_mean(np.array(picks), int(round(1 / step)) * n)
-    final = (Run.from_rankings(state.query_ids, fuse(state, averaged), corpus_ids) if heads is None
-             else _heads_run(heads(averaged, _DEPTH), state.query_ids, corpus_ids))
+    # the exact mean of the picks (a pick of the baseline as its exact fractions): on the simplex to fuse with, on
+    # the scale to return
+    exact_mean = _exact_mean(np.array(picks), int(round(1 / step)) * n,
+                             exact={tuple(grid[at_base].tolist()): exact_base})
+    mean = np.array([float(x) for x in exact_mean], np.float64)
+    at_baseline = np.abs(mean - grid[at_base]).max() <= 1e-9  # (on the simplex: every fold picked the baseline)
+    averaged = base_on_scale.copy() if at_baseline else on_scale(exact_mean)
+    final = (Run.from_rankings(state.query_ids, fuse(state, mean), corpus_ids) if heads is None
+             else _heads_run(heads(mean, _DEPTH), state.query_ids, corpus_ids))
     averaged_train = float(_evaluate_noted(final, judged, ["ndcg@10"], qrels_checked=True).scores["ndcg@10"])
     cv, cv_base, base_ndcg = float(np.mean(held)), float(np.mean(held_base)), float(per_q[at_base].mean())
-    weights, train_ndcg = averaged, averaged_train
+    train_ndcg = averaged_train
     kept: Literal["learned", "uniform", "given"] = "learned"
-    if np.abs(averaged - grid[at_base]).max() > 1e-9 and (cv <= cv_base or averaged_train < base_ndcg):
-        weights, train_ndcg, kept = grid[at_base].copy(), base_ndcg, compared_with
+    weights = averaged.copy()
+    if not at_baseline and (cv <= cv_base or averaged_train < base_ndcg):
+        weights, train_ndcg, kept = base_on_scale.copy(), base_ndcg, compared_with
         logging.getLogger("ragkit").warning(
             "%slearning fusion weights: the learned weights %s do not beat %s (cross-validated nDCG@10 "
             "%.4f vs %.4f for %s on the same held-out folds; %.4f vs %.4f on the %d training queries); "
-            "keeping %s", f"{where}: " if where else "", np.round(averaged, 3).tolist(), said, cv, cv_base,
+            "keeping %s", f"{where}: " if where else "", averaged.tolist(), said, cv, cv_base,
             "them" if given else said, averaged_train, base_ndcg, len(qids), said)
     return WeightSearch(weights=weights, fold_picks=np.array(picks), cv_ndcg=cv, train_ndcg=train_ndcg,
                         baseline_ndcg=base_ndcg, uniform_cv_ndcg=cv_base, kept=kept, compared_with=compared_with,
                         averaged=averaged, averaged_train_ndcg=averaged_train)
 
 
-def _exact_mean(points: np.ndarray, denominator: int) -> np.ndarray:
-    """The mean of the rows of ``points``, whose entries are fractions with denominators dividing
-    ``denominator`` (grid points: multiples of the step; the uniform point: ``1 / n``), computed exactly
-    and rounded once to float64 (a float sum adds rounding errors: 0.8400000000000001).  An entry no such
-    fraction rounds to (a fuser's given weights, 0.123) is taken as the float it is.  A few folds times a
-    few branches: plain fractions.
+def _exact_mean(points: np.ndarray, denominator: int,
+                exact: dict[tuple[float, ...], list[Fraction]] | None = None) -> list[Fraction]:
+    """The exact mean of the rows of ``points``, whose entries are fractions with denominators dividing
+    ``denominator`` (grid points: multiples of the step; the uniform point: ``1 / n``); rounded once to
+    float64 by the caller (a float sum adds rounding errors: 0.8400000000000001).  A row that is a key of
+    ``exact`` is taken as its fractions (a fuser's given weights: ``g / sum(g)``); an entry no such fraction
+    rounds to (0.123) as the float it is.  A few folds times a few branches: plain fractions.
 
     Examples
     --------
-    >>> _exact_mean(np.array([[0.9, 0.1], [0.8, 0.2], [0.8, 0.2], [0.9, 0.1], [0.8, 0.2]]), 20).tolist()
+    >>> [float(x) for x in _exact_mean(np.array([[0.9, 0.1], [0.8, 0.2], [0.8, 0.2], [0.9, 0.1], [0.8, 0.2]]), 20)]
     [0.84, 0.16]
     """
-    exact = [[_fraction(float(x), denominator) for x in row] for row in points]
-    return np.array([float(sum(col, Fraction(0)) / len(exact)) for col in zip(*exact)], np.float64)
+    exact = exact or {}
+    rows = [exact.get(tuple(row.tolist())) or [_fraction(float(x), denominator) for x in row] for row in points]
+    return [sum(col, Fraction(0)) / len(rows) for col in zip(*rows)]
 
 
 def _fraction(x: float, denominator: int) -> Fraction:

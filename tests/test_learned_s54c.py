@@ -3,8 +3,10 @@
 A kept baseline is stored as given; learned weights are exact means on the fuser's scale, and the warning
 quotes the weights it sets aside on that scale; the fuser's seed is the project's Seed."""
 
+import logging
 import random
 
+import numpy as np
 import pytest
 
 from ragkit import Corpus, Parallel, Pipeline, TrainSet
@@ -47,3 +49,60 @@ def test_given_weights_every_fold_picks_are_stored_exactly(data):
     Pipeline([Parallel([BM25(k=10), BM25(k=10)], fuse=fuse)]).fit(corpus, train=TrainSet(qs, qrels))
     assert fuse.weights_.tolist() == [3.0, 1.7]
     assert fuse.learned_["weights"] == [3.0, 1.7]
+
+
+# ---------------------------------------------------------------- 2. learned weights exact on the fuser's scale
+
+def _three_branches(relevant_first_in: int):
+    """Three branches over 3 documents a query: the judged one first in branch ``relevant_first_in`` only,
+    last in the two others."""
+    from ragkit.types import Ranking, State
+
+    qids = [f"q{i}" for i in range(9)]
+    ids = np.array([f"d{i}" for i in range(3 * len(qids))])
+    orders = {"rel_first": [0, 1, 2], "rel_last": [1, 2, 0], "rel_last2": [2, 1, 0]}
+    branches = []
+    for b in range(3):
+        order = orders["rel_first"] if b == relevant_first_in else orders["rel_last" if b < 2 else "rel_last2"]
+        branches.append((f"b{b}", [Ranking(np.array([3 * j + o for o in order]), np.array([3.0, 2.0, 1.0], np.float32))
+                                   for j in range(len(qids))]))
+    st = State([f"question {q}" for q in qids], query_ids=list(qids), branches=branches)
+    corpus = Corpus(ids=ids.tolist(), texts=[f"text {d}" for d in ids])
+    train = TrainSet({q: f"question {q}" for q in qids}, {q: {f"d{3 * j}": 1} for j, q in enumerate(qids)})
+    return st, corpus, train
+
+
+@pytest.fixture
+def every_fold_picks_7_2_1(monkeypatch):
+    """Every fold picks [0.7, 0.2, 0.1] of the 3-branch grid."""
+    import ragkit.pipelines.weights as weights_module
+
+    grid = weights_module.simplex_grid(3, 0.1)
+    at = int(np.argmin(np.abs(grid - [0.7, 0.2, 0.1]).sum(axis=1)))
+    monkeypatch.setattr(weights_module, "best_grid_point", lambda scores, from_uniform, tol=1e-12: at)
+
+
+def test_learned_weights_are_exact_on_the_fusers_scale(every_fold_picks_7_2_1):
+    """[0.7, 0.2, 0.1] times 3 branches was [2.0999999999999996, 0.6000000000000001, 0.30000000000000004]:
+    the exact means, multiplied by the scale in fractions, are rounded once."""
+    from ragkit.pipelines import RRF
+
+    st, corpus, train = _three_branches(0)
+    fuse = RRF(learn=True, folds=3).fit(corpus, train, upstream=st)
+    assert fuse.learned_.get("kept") is None
+    assert fuse.learned_["weights"] == [2.1, 0.6, 0.3]
+    assert fuse.weights_.tolist() == [2.1, 0.6, 0.3]
+
+
+def test_the_warning_quotes_the_weights_set_aside_on_the_fusers_scale(every_fold_picks_7_2_1, caplog):
+    """The "do not beat" warning quoted the averaged weights on the simplex ([0.7, 0.2, 0.1]) while learned()
+    showed them on the fuser's scale ([2.1, 0.6, 0.3])."""
+    from ragkit.pipelines import RRF
+
+    st, corpus, train = _three_branches(2)  # (the judged document last in branch 0, which the pick favours)
+    with caplog.at_level(logging.WARNING, logger="ragkit"):
+        fuse = RRF(learn=True, folds=3).fit(corpus, train, upstream=st)
+    assert fuse.learned_["kept"] == "uniform" and fuse.learned_["weights"] == [1.0, 1.0, 1.0]
+    assert fuse.learned_["averaged_weights"] == [2.1, 0.6, 0.3]
+    said = [r.getMessage() for r in caplog.records if "do not beat" in r.getMessage()]
+    assert len(said) == 1 and f"the learned weights {fuse.learned_['averaged_weights']} do not beat" in said[0], said

@@ -642,14 +642,13 @@ def test_a_learning_fit_learns_what_scoring_its_fused_rankings_learned(slice_dat
         for option in op._learnable_options():  # the reference: each option's rankings, scored
             op.option_ = option
             prep = op._prepare(up, with_fields=False)
-            found = learn_weights(lambda s, w: prep(w, top), up, train.qrels, corpus.ids, folds=3)
+            found = learn_weights(lambda s, w: prep(w, top), up, train.qrels, corpus.ids, folds=3, scale=3.0)
             if best is None or found.held_out_ndcg > best[1].held_out_ndcg:
                 best = (option, found)
         option, found = best
         set_aside = {**found.report(), "averaged_cv_ndcg@10": found.cv_ndcg} if found.report() else {}
-        if set_aside:  # (on the fuser's scale: 3 branches, unlearned weights of 1 each)
-            set_aside["averaged_weights"] = (np.asarray(set_aside["averaged_weights"]) * 3).tolist()
-        used = (found.weights * 3).tolist() if found.kept == "learned" else [1.0, 1.0, 1.0]
+        # (on the fuser's scale, learn_weights' scale: 3 branches, unlearned weights of 1 each)
+        used = found.weights.tolist() if found.kept == "learned" else [1.0, 1.0, 1.0]
         assert op.learned_ == {"branches": ["b0", "b1", "b2"], "weights": used, **option,
                                "cv_ndcg@10": found.held_out_ndcg, "train_ndcg@10": found.train_ndcg,
                                "uniform_ndcg@10": found.baseline_ndcg, **set_aside}
