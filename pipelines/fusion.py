@@ -20,7 +20,7 @@ from ragkit._topk import group_positions
 from ragkit.errors import ArtifactError, ParamError
 from ragkit.eval.metrics import _ties_kept
 from ragkit.operator import Operator
-from ragkit.params import Params
+from ragkit.params import Params, Seed
 from ragkit.pipelines._compose import _at
 from ragkit.registry import register
 from ragkit.types import Ranking, State
@@ -186,7 +186,7 @@ class _FuserParams(Params):
                                                    "(cross-validated grid search maximising nDCG@10; given "
                                                    "weights are kept unless learned ones beat them).")
     folds: int = Field(default=5, ge=2, description="Cross-validation folds when learning weights.")
-    seed: int = Field(default=0, description="Seed of the cross-validation folds when learning weights (the folds "
+    seed: Seed = Field(default=0, description="Seed of the cross-validation folds when learning weights (the folds "
                                              "depend on it and on the set of judged queries, not their order).")
 
     @model_validator(mode="after")

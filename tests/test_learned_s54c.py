@@ -106,3 +106,17 @@ def test_the_warning_quotes_the_weights_set_aside_on_the_fusers_scale(every_fold
     assert fuse.learned_["averaged_weights"] == [2.1, 0.6, 0.3]
     said = [r.getMessage() for r in caplog.records if "do not beat" in r.getMessage()]
     assert len(said) == 1 and f"the learned weights {fuse.learned_['averaged_weights']} do not beat" in said[0], said
+
+
+# ---------------------------------------------------------------- 3. the fuser's seed is the project's Seed
+
+@pytest.mark.parametrize("seed", [-1, 2**32])
+def test_a_fusers_seed_out_of_numpys_range_is_refused_at_construction(seed):
+    """RRF(learn=True, seed=-1) was accepted and failed deep in numpy's default_rng at fit."""
+    from ragkit.errors import ParamError
+    from ragkit.pipelines import RRF, WeightedFusion
+
+    for fuser in (RRF, WeightedFusion):
+        with pytest.raises((ParamError, ValueError), match=r"seed"):
+            fuser(learn=True, seed=seed)
+    assert RRF(learn=True, seed=2**32 - 1).params.seed == 2**32 - 1
