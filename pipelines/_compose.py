@@ -776,11 +776,11 @@ class Pipeline(Composite):
                 raise problem
             check_trainable(self, train, corpus, _path)
         seen = set() if _seen is None else _seen
-        state_cache: dict[int, State] = {}
+        last_input: list[Any] = []  # [index, state] of the latest learning step: _upstream
         for i, (step, where) in enumerate(self.child_paths(_path)):
             up = upstream
             if train is not None and _wants_upstream(step):
-                up = self._upstream(i, train, upstream, state_cache, _path)
+                up = self._upstream(i, train, upstream, last_input, _path)
             fit_once(step, corpus, train, seen, up, where)
         if _seen is None:
             self.corpus_ = corpus
@@ -831,24 +831,23 @@ class Pipeline(Composite):
                 out[path] = entry
         return out
 
-    def _upstream(self, i: int, train: TrainSet, upstream: State | None, cache: dict[int, State],
+    def _upstream(self, i: int, train: TrainSet, upstream: State | None, last: list[Any],
                   path: str = "pipeline") -> State:
         """The training queries as they reach step ``i``: the steps before it run on them (on ``upstream``, where
         this pipeline is itself a step), each at its path (``path``: this pipeline's), so that an error one raises
-        names the step as a search's does (``pipeline[2].parallel.branches[0][1].boom: ...``).  ``cache`` holds
-        those of the learning steps before it (by index): the steps from the last of them on run, not the whole
-        prefix again for each learning step."""
-        if i in cache:
-            return cache[i].copy()
-        start = max((j for j in cache if j < i), default=None)  # the steps before it ran for an earlier learner
-        if start is None:
-            start, state = 0, upstream.copy() if upstream is not None else State.of(train.queries)
+        names the step as a search's does (``pipeline[2].parallel.branches[0][1].boom: ...``).  ``last`` is one
+        slot, ``[index, state]`` of the latest learning step before it (empty before the first): the steps from
+        that one on run, not the whole prefix again for each learning step, and only that input is kept alive
+        (the next learner reads no other)."""
+        if last:
+            start, state = last[0], last[1].copy()  # (that learner's upstream: not changed by the steps run on it now)
         else:
-            state = cache[start].copy()  # (that learner's upstream: not changed by the steps run on it now)
+            start, state = 0, upstream.copy() if upstream is not None else State.of(train.queries)
+        last.clear()  # (the earlier input is no longer needed while the steps run)
         for step, where in self.child_paths(path)[start:i]:
             state = run_step(step, state, where)
-        cache[i] = state
-        return state.copy()  # (what the learner's fit adds to it, query vectors, stays out of the cache)
+        last[:] = [i, state]
+        return state.copy()  # (what the learner's fit adds to it, query vectors, stays out of the slot)
 
     @property
     def is_fitted(self) -> bool:

@@ -6,7 +6,6 @@ adds to its input reached the learners after it."""
 from __future__ import annotations
 
 import gc
-import logging
 import weakref
 
 import numpy as np
@@ -18,7 +17,7 @@ from ragkit.filters import TopK
 from ragkit.operator import Operator
 from ragkit.params import Params
 from ragkit.pipelines import Pipeline
-from ragkit.retrievers import BM25, Dense
+from ragkit.retrievers import Dense
 from ragkit.types import Corpus, Queries, State, TrainSet
 
 register_encoder("s54b-hash", HashingEncoder(dim=32), replace=True)
@@ -95,3 +94,51 @@ def test_a_query_text_array_is_a_data_error_naming_the_step(corpus):
                                         r"\('s54b_array_rewrite'\) returned values\['query_text'\] as ndarray .*"
                                         r"expected a list of one str per query"):
         pipe.search(["fast cars", "red apples"])
+
+
+# ----------------------------------------------------------------------------- 3./4. the inputs of fit's learners
+class _LearnerParams(Params):
+    pass
+
+
+class _Learner(Operator):
+    """A learning filter that learns nothing: its fit records what it was given (a weak reference to its first
+    ranking, whether it sees a value or query vectors a learner before it wrote) and, with ``leak``, writes both
+    into the input it was given."""
+
+    name = "s54b_learner"
+    kind = "filter"
+    Params = _LearnerParams
+    needs_train = True
+    wants_upstream = True
+    seen: list[tuple[weakref.ref[object], bool, bool]] = []
+    leak = False
+    checks: list[bool] = []
+
+    def _fit(self, corpus, train, upstream):
+        gc.collect()
+        # each earlier learner's first ranking: dead once a later learner's input is made (old: every one alive)
+        type(self).checks.append(all(ref() is None for ref, _, _ in type(self).seen[:-1]))
+        type(self).seen.append((weakref.ref(upstream.rankings[0]), "_leak" in upstream.values,
+                                "s54b-leak" in upstream.vectors))
+        if self.leak:
+            upstream.values["_leak"] = [1] * len(upstream)
+            upstream.vectors["s54b-leak"] = np.ones((len(upstream), 2), np.float32)
+
+    def _call(self, state):
+        return state
+
+
+def _three_learners(corpus: Corpus, train: TrainSet) -> None:
+    _Learner.seen, _Learner.checks = [], []
+    leaking = _Learner()
+    leaking.leak = True
+    pipe = Pipeline([Dense(model="s54b-hash", k=5), leaking, TopK(k=4), _Learner(), TopK(k=3), _Learner()])
+    pipe.fit(corpus, train)
+    assert len(_Learner.seen) == 3
+
+
+def test_fit_keeps_only_the_latest_learners_input(corpus, train):
+    _three_learners(corpus, train)
+    # by the third learner's fit, the first learner's input is gone (old: the fit kept every learner's input)
+    assert _Learner.checks == [True, True, True]
