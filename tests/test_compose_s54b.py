@@ -142,3 +142,10 @@ def test_fit_keeps_only_the_latest_learners_input(corpus, train):
     _three_learners(corpus, train)
     # by the third learner's fit, the first learner's input is gone (old: the fit kept every learner's input)
     assert _Learner.checks == [True, True, True]
+
+
+def test_what_a_learners_fit_adds_to_its_input_reaches_no_learner_after_it(corpus, train):
+    """The first learner's fit writes a value and query vectors into the input it was given; fit hands each learner
+    a copy of the kept input, so the learners after it see neither (without the copies they saw both)."""
+    _three_learners(corpus, train)
+    assert [(values, vectors) for _, values, vectors in _Learner.seen] == [(False, False)] * 3
