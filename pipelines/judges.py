@@ -164,12 +164,22 @@ class ScoreReached(LearnedThreshold, Operator):
             return
         iters, n = features.shape
         if n and not np.isfinite(features).any():  # (a ranking too short: -inf; NaN never reaches a threshold)
+            rank = self.params.rank
+            rounds = (f"{iters} iteration{'s' if iters != 1 else ''} "
+                      f"({n} usable training quer{'ies' if n != 1 else 'y'})")
+            if np.isneginf(features).all():  # every ranking too short
+                raise DataError(
+                    f"{self.name}.rank: no training query's ranking reaches rank {rank} in any of the {rounds}: the "
+                    f"score at rank {rank} is undefined for every one, so every threshold learns the same (the loop "
+                    f"would run max_iters times for every query); give a rank within the k of the retriever before "
+                    f"it, or retrieve at least {rank} document{'s' if rank != 1 else ''} (its k)")
+            reached = int(np.count_nonzero(~np.isneginf(features)))  # (NaN or +inf: the ranking's own scores)
             raise DataError(
-                f"{self.name}.rank: no training query's ranking reaches rank {self.params.rank} in any of the "
-                f"{iters} iteration{'s' if iters != 1 else ''} ({n} usable training quer{'ies' if n != 1 else 'y'}): "
-                f"the score at rank {self.params.rank} is undefined for every one, so every threshold learns the "
-                f"same (the loop would run max_iters times for every query); give a rank within the k of the "
-                f"retriever before it, or retrieve at least {self.params.rank} documents (its k)")
+                f"{self.name}.rank: the score at rank {rank} is NaN or infinite wherever a training query's ranking "
+                f"reaches it ({reached} of the {iters * n} rankings of the {rounds}; the others are shorter), so "
+                f"every threshold learns the same (the loop would run max_iters times for every query); the scores "
+                f"of the retriever before it are undefined: give it finite scores, or set a threshold instead of "
+                f"learn: true")
         finite = np.unique(features[np.isfinite(features)])
         cands = np.concatenate([finite, [np.inf]])                               # (m,) ascending
         m = len(cands)

@@ -372,8 +372,9 @@ def _undefined_feature(state: State, feature: str) -> str:
     if longest < need:
         return (f"{feature!r} needs {'a result' if need == 1 else 'the top two results'} of each query's ranking, "
                 f"but no training query's ranking has {need} (the longest has {longest}; {queries}), so every "
-                f"threshold learns the same (every query routed below); retrieve at least {need} documents before "
-                f"the route (the k of the retriever before it){', or use feature: top1' if need == 2 else ''}")
+                f"threshold learns the same (every query routed below); retrieve at least "
+                f"{'1 document' if need == 1 else f'{need} documents'} before the route (the k of the retriever "
+                f"before it){', or use feature: top1' if need == 2 else ''}")
     return (f"{feature!r} is undefined (NaN or infinite) for every one of the {queries}: their top scores give no "
             f"{feature} (the longest ranking has {longest} results), so every threshold learns the same; use "
             "another feature")

@@ -97,6 +97,10 @@ def test_learned_judge_refused_directly_and_one_feature_is_enough():
 
     gains = np.array([[0.2, 0.3], [0.6, 0.7]])
     with pytest.raises(DataError, match="no training query's ranking reaches rank 3 in any of the 2 iterations"):
+        ScoreReached(learn=True, rank=3).learn_stopping(np.array([[-np.inf, -np.inf], [-np.inf, -np.inf]]), gains)
+    # (one ranking reaching rank 3 with a NaN score: the scores are undefined, tests/test_learned_s54c.py section 4)
+    with pytest.raises(DataError, match=r"the score at rank 3 is NaN or infinite wherever a training query's ranking "
+                                        r"reaches it \(1 of the 4 rankings"):
         ScoreReached(learn=True, rank=3).learn_stopping(np.array([[-np.inf, np.nan], [-np.inf, -np.inf]]), gains)
     judge = ScoreReached(learn=True, rank=3)
     judge.learn_stopping(np.array([[-np.inf, -np.inf], [-np.inf, 4.0]]), gains)

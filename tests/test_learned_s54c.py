@@ -120,3 +120,43 @@ def test_a_fusers_seed_out_of_numpys_range_is_refused_at_construction(seed):
         with pytest.raises((ParamError, ValueError), match=r"seed"):
             fuser(learn=True, seed=seed)
     assert RRF(learn=True, seed=2**32 - 1).params.seed == 2**32 - 1
+
+
+# ---------------------------------------------------------------- 4. the refusals say why the feature is undefined
+
+def test_a_learning_judge_says_too_short_or_undefined_scores():
+    """Scores that are NaN or infinite were refused as "no training query's ranking reaches rank N"."""
+    from ragkit.errors import DataError
+    from ragkit.pipelines import ScoreReached
+
+    gains = np.array([[0.2, 0.3], [0.6, 0.7]])
+    with pytest.raises(DataError, match=r"score_reached\.rank: no training query's ranking reaches rank 1 in any of "
+                                        r"the 2 iterations \(2 usable training queries\).*retrieve at least "
+                                        r"1 document \(its k\)"):
+        ScoreReached(learn=True, rank=1).learn_stopping(np.full((2, 2), -np.inf), gains)
+    for features in (np.full((2, 2), np.nan), np.array([[np.inf, np.nan], [np.inf, -np.inf]])):
+        with pytest.raises(DataError) as refused:
+            ScoreReached(learn=True, rank=3).learn_stopping(features, gains)
+        said = str(refused.value)
+        assert "reaches rank" not in said and "retrieve at least" not in said, said
+        reached = int(np.count_nonzero(~np.isneginf(features)))
+        assert said.startswith(f"score_reached.rank: the score at rank 3 is NaN or infinite wherever a training "
+                               f"query's ranking reaches it ({reached} of the 4 rankings of the 2 iterations (2 usable "
+                               "training queries); the others are shorter)"), said
+        assert said.endswith("give it finite scores, or set a threshold instead of learn: true"), said
+
+
+def test_a_learning_router_says_one_document():
+    """'retrieve at least 1 documents before the route'."""
+    from ragkit.errors import DataError
+    from ragkit.pipelines import ScoreRouter
+    from ragkit.types import Ranking, State
+
+    empty = Ranking(np.zeros(0, np.int64), np.zeros(0, np.float32))
+    state = State(["a", "b"], query_ids=["q0", "q1"], rankings=[empty, empty])
+    gains = {"easy": np.array([0.1, 0.2]), "hard": np.array([0.3, 0.4])}
+    with pytest.raises(DataError, match=r"score_router\.feature: 'top1' needs a result of each query's ranking, but no "
+                                        r"training query's ranking has 1 \(the longest has 0; 2 usable training "
+                                        r"queries\).*retrieve at least 1 document before the route \(the k of the "
+                                        r"retriever before it\)$"):
+        ScoreRouter(learn=True).learn_routes(state, gains)
