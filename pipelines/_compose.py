@@ -538,30 +538,39 @@ def _generator_in(op: Operator) -> Operator | None:
     return next((leaf for leaf in iter_leaves(op) if leaf.kind == "generator"), None)
 
 
+def _two_generators(parts: Sequence[Operator]) -> tuple[int, Operator, int, Operator] | None:
+    """``(j, earlier, i, gen)``: the first of ``parts`` (``parts[i]``) whose tree holds a generator (``gen``) after an
+    earlier one holding one (``parts[j]``, its ``earlier``), else ``None``; the one walk of
+    :func:`_second_generator` (steps of a list) and :func:`_second_generator_branch` (branches of a parallel)."""
+    first: tuple[int, Operator] | None = None
+    for i, part in enumerate(parts):
+        gen = _generator_in(part)
+        if gen is None:
+            continue
+        if first is not None:
+            return (*first, i, gen)
+        first = (i, gen)
+    return None
+
+
 def _second_generator(steps: Sequence[Operator], path: str = "pipeline") -> ParamError | None:
     """The error for the first of ``steps`` (one list, at ``path``) that holds a generator after an earlier step
     that holds one (``[bm25, generate, mmr, generate]``), else ``None``: each writes ``values["answer"]``, so the
     later answer replaces the earlier one for every query that reaches both, and a language model ran for
     nothing.  (A generator in each branch of a route is fine: each query gets one answer.)"""
+    found = _two_generators(steps)
+    if found is None:
+        return None
+    j, earlier, i, gen = found
 
     def held(k: int, leaf: Operator) -> str:
         return "" if leaf is steps[k] else f", which holds a {leaf.name}"
 
-    first: tuple[int, Operator] | None = None
-    for i, step in enumerate(steps):
-        gen = _generator_in(step)
-        if gen is None:
-            continue
-        if first is None:
-            first = (i, gen)
-            continue
-        j, earlier = first
-        here = step_path(path, i, step)
-        return ParamError(f"{here}{held(i, gen)}: a second {gen.kind} ({gen.name}) after the one at "
-                          f"{step_path(path, j, steps[j])}{held(j, earlier)}: each writes the answer "
-                          f"(values['answer']), so the later one's would replace the earlier one's; keep one of them",
-                          path=here)
-    return None
+    here = step_path(path, i, steps[i])
+    return ParamError(f"{here}{held(i, gen)}: a second {gen.kind} ({gen.name}) after the one at "
+                      f"{step_path(path, j, steps[j])}{held(j, earlier)}: each writes the answer "
+                      f"(values['answer']), so the later one's would replace the earlier one's; keep one of them",
+                      path=here)
 
 
 def _second_generator_branch(branches: Sequence[Operator], path: str = "parallel") -> ParamError | None:
@@ -570,22 +579,16 @@ def _second_generator_branch(branches: Sequence[Operator], path: str = "parallel
     and the parallel passes on one branch's answer (``values["answer"]``, the first's) and drops the other, as a
     second generator in one list (:func:`_second_generator`).  (A generator in each branch of a route is fine:
     each query runs one branch.)"""
-    first: tuple[int, Operator] | None = None
-    for j, branch in enumerate(branches):
-        gen = _generator_in(branch)
-        if gen is None:
-            continue
-        if first is None:
-            first = (j, gen)
-            continue
-        i, earlier = first
-        here = f"{path}.branches[{j}]"
-        return ParamError(f"{here}: a second {gen.kind} ({gen.name}) in this parallel, beside the {earlier.name} of "
-                          f"its branches[{i}]: every branch runs on every query, so both would call the language "
-                          f"model, and the parallel passes on one answer (values['answer'], the first branch's) and "
-                          f"drops the other; keep one of them, or generate once after the parallel, from its fused "
-                          f"ranking", path=here)
-    return None
+    found = _two_generators(branches)
+    if found is None:
+        return None
+    i, earlier, j, gen = found
+    here = f"{path}.branches[{j}]"
+    return ParamError(f"{here}: a second {gen.kind} ({gen.name}) in this parallel, beside the {earlier.name} of "
+                      f"its branches[{i}]: every branch runs on every query, so both would call the language "
+                      f"model, and the parallel passes on one answer (values['answer'], the first branch's) and "
+                      f"drops the other; keep one of them, or generate once after the parallel, from its fused "
+                      f"ranking", path=here)
 
 
 def step_path(path: str, k: int, op: Operator) -> str:
@@ -1778,7 +1781,7 @@ class Loop(Composite):
         return self
 
     def _learn_stopping(self, judge: _LearningJudge, corpus: Corpus, train: TrainSet, upstream: State | None,
-                        learner: str, path: str = "") -> int:
+                        learner: str, path: str) -> int:
         """Run the body ``max_iters`` times on every usable training query (:func:`_usable_start`, the queries
         the fusers learn from) and give the judge (``until``) each iteration's features and nDCG@10 (its
         ``learn_stopping``); returns how many queries it learned from.  ``learner`` starts the error when
