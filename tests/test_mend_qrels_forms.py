@@ -125,7 +125,11 @@ class _Taught:
 
 
 def test_learned_query_ids_hashes_no_normalised_text(monkeypatch):
-    import ragkit._fingerprints
+    """Only the queries not learned by id and text have their normalised text hashed (to find a learned question
+    under another id), and none when the taught digests have no text column (saved before it was recorded).  (It
+    patched ragkit._fingerprints.normalised_text, which learned_query_ids does not call: it passed whatever was
+    hashed.)"""
+    import ragkit.run
     from ragkit._fingerprints import query_digests, query_id_digests
     from ragkit.run import learned_query_ids
 
@@ -133,10 +137,18 @@ def test_learned_query_ids_hashes_no_normalised_text(monkeypatch):
     both = query_digests(taught)
     assert np.array_equal(query_id_digests(taught.ids, taught.texts), both[:, 0])
     op = _Taught(both)
+    hashed: list[str] = []
+    real = ragkit.run.normalised_text
 
-    def refused(text: str) -> str:
-        raise AssertionError("the normalised text was hashed")
+    def recorded(text: str) -> str:
+        hashed.append(text)
+        return real(text)
 
-    monkeypatch.setattr(ragkit._fingerprints, "normalised_text", refused)
-    assert learned_query_ids(op, ["q0", "q2", "q1", "q3"], ["pear", "Runs  fast", "apple", "apple"]) == ["q2", "q1"]
-    assert learned_query_ids(_Taught(both[:, 0]), ["q2"], ["Runs  fast"]) == ["q2"]  # (saved before: one column)
+    monkeypatch.setattr(ragkit.run, "normalised_text", recorded)  # (the name learned_query_ids calls)
+    found = learned_query_ids(op, ["q0", "q2", "q1", "q3"], ["pear", "Runs  fast", "apple", "apple"])
+    assert found == ["q2", "q1"] and found.same_text == ["q3"]  # (q3: q1's text under another id)
+    assert hashed == ["pear", "apple"]  # q0's and q3's texts, not those of q2 and q1, learned by id
+    hashed.clear()
+    assert learned_query_ids(op, ["q2", "q1"], ["Runs  fast", "apple"]) == ["q2", "q1"] and hashed == []
+    found = learned_query_ids(_Taught(both[:, 0]), ["q2", "q0"], ["Runs  fast", "apple"])  # (saved before: one column)
+    assert found == ["q2"] and found.same_text == [] and hashed == []
