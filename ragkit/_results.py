@@ -138,8 +138,9 @@ def _same_items(a: Sequence[str], b: Sequence[str]) -> bool:
 def same_query_text(given: State, got: State, who: str) -> bool:
     """Whether ``got`` (what a step returned for ``given``) searches the query texts ``given`` does
     (:meth:`State.texts <ragkit.types.State.texts>`: a rewriter's ``values["query_text"]``, else the query).  Cheap
-    where nothing was rewritten: the same ``query_text`` object (``state.copy()`` keeps it), then two lists of the
-    same length compared item by item (:func:`_same_items`), and only then each query's text.  A ``query_text``
+    where nothing was rewritten: the same ``query_text`` object, then two lists of the same length compared item by
+    item (:func:`_same_items`; ``state.copy()`` copies the list, not its strings, so they compare by identity), and
+    only then each query's text.  A ``query_text``
     that is not a list (or tuple) of one text per query, as every ``State.values`` entry is (a numpy array, whose
     ``==`` is not one answer), is a :class:`DataError` naming ``who`` (the step that returned it)."""
     a, b = given.values.get("query_text"), got.values.get("query_text")
