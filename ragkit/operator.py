@@ -329,8 +329,8 @@ def without_stale_vectors(state: State, out: State, who: str) -> State:
     <ragkit.types.State.merge>`, returns copies); a step that encodes the new text puts other values there.  ``out``
     itself when the text is unchanged (the same ``query_text`` object, or a copy of its list: its strings compared by
     identity); else ``out`` with a new ``vectors`` dict (the dict it returned is not changed).  The values are
-    compared on the changed queries only, and only when a text changed (:func:`~ragkit._results.same_query_text`, whose ``DataError`` names ``who``,
-    the step, where a ``query_text`` is not a list)."""
+    compared on the changed queries only, and only when a text changed (:func:`~ragkit._results.same_query_text`,
+    whose ``DataError`` names ``who``, the step, where a ``query_text`` is not a list)."""
     if not out.vectors or out is state or same_query_text(state, out, who):
         return out
     new, old = out.texts(), state.texts()
