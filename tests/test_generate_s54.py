@@ -141,6 +141,12 @@ def _tiny_model(folder: Path, family: str, **over):
         "gemma2": (tf.Gemma2Config, tf.Gemma2ForCausalLM,
                    {"num_key_value_heads": 2, "head_dim": 8, "final_logit_softcapping": 3.0,
                     "initializer_range": 0.5}),
+        "qwen2": (tf.Qwen2Config, tf.Qwen2ForCausalLM, {"num_key_value_heads": 2, "initializer_range": 0.5}),
+        "mistral": (tf.MistralConfig, tf.MistralForCausalLM, {"num_key_value_heads": 2, "initializer_range": 0.5}),
+        "granite": (tf.GraniteConfig, tf.GraniteForCausalLM,
+                    {"num_key_value_heads": 2, "embedding_multiplier": 12.0, "logits_scaling": 8.0,
+                     "initializer_range": 0.5}),
+        "cohere": (tf.CohereConfig, tf.CohereForCausalLM, {"num_key_value_heads": 2, "initializer_range": 0.5}),
     }[family]
     torch.manual_seed(0)
     model_cls(config_cls(**{**common, **extra, **over})).save_pretrained(folder)

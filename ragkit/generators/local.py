@@ -83,6 +83,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Literal, Sequence
@@ -675,6 +676,8 @@ class LocalGenerator:
         model's sliding attention window (the reuse passes attend to every earlier token)."""
         model_type = getattr(self.model.config, "model_type", "?")
         why = self.reuse_refusal_
+        if why is None:
+            why = self._reuse_probe()
         if why is None and self.sliding_window_ is not None and len(seg) > self.sliding_window_:
             why = (f"the prompt is {len(seg):,} tokens, longer than its sliding attention window of "
                    f"{self.sliding_window_:,} tokens, which the reuse passes do not apply")
@@ -683,6 +686,47 @@ class LocalGenerator:
                              f"and model type {model_type!r} ({self.model_source_}) does not fit it: {why}; use "
                              "mode 'full' or 'prefix' (no capture), which work with any transformers causal LM",
                              "mode")
+
+    def _reuse_probe(self) -> str | None:
+        """Why this model's own forward differs from the reuse passes (``None``: it does not), probed once per loaded
+        model, at the first reuse-mode or capture prefill (cached in ``_PROBED``; about two forward passes over
+        ``_PROBE_LEN`` tokens, less than one prefill of a prompt).  The attribute check of
+        :func:`_reuse_layout` cannot see what a model's forward adds around the decoder layers (Granite's
+        ``embedding_multiplier`` and ``logits_scaling``, Cohere's ``logit_scale``) or a rotary layout other than
+        ``rotate_half``'s (Cohere's interleaved pairs), so: :meth:`_pass` over ``_PROBE_LEN`` token ids from an empty
+        cache must give the last logits of the model's own forward, and :func:`rerotate_keys` must move layer 0's keys
+        of the same ids at positions ``0..`` onto those the model computes at ``d..``, both within ``_PROBE_RTOL`` of
+        the largest magnitude."""
+        model = self.model
+        with self._lock:  # (the model's lock: one pass at a time, and one probe per model)
+            if model in _PROBED:
+                return _PROBED[model]
+            n, vocab = _PROBE_LEN, int(model.config.vocab_size)
+            ids = (torch.arange(1, n + 1) * max(1, (vocab - 1) // (n + 1))) % vocab
+            pos = torch.arange(n)
+            limit = self.context_length or 4 * n
+            d = max(1, min(37, limit - n - 1))  # a shift that keeps every position inside the context
+            with torch.no_grad():
+                got = self._pass(ids, pos, *self._empty_kv(n))[0]
+                out = model(input_ids=ids[None], position_ids=pos[None], use_cache=True)
+                want = out.logits[0, -1].to(got.dtype)
+                k0 = _output_cache(out).layers[0].keys
+                kd = _layer0_keys(model, ids, pos + d)
+                moved = rerotate_keys(k0, d, model.model.rotary_emb)
+            dlogit, top = float((got - want).abs().max()), float(want.abs().max())
+            dkey, kmax = float((moved - kd).abs().max()), float(kd.abs().max())
+            whys = []
+            rel = f"{_PROBE_RTOL:.1%}"
+            if not dlogit <= _PROBE_RTOL * top:  # (a NaN fails too)
+                whys.append(f"its decoder layers run as Llama's give last logits up to {dlogit:.3g} off those of its "
+                            f"own forward (largest |logit| {top:.3g}; expected within {rel} of it): its forward "
+                            "applies something of its own around the layers (an embedding or logit scale?)")
+            if not dkey <= _PROBE_RTOL * kmax:
+                whys.append(f"its keys moved {d} positions by rotate_half re-rotation are up to {dkey:.3g} off those "
+                            f"it computes there (largest |key| {kmax:.3g}; expected within {rel} of it): its rotary "
+                            "embedding pairs the dimensions otherwise (interleaved?)")
+            _PROBED[model] = why = "; and ".join(whys) or None
+            return why
 
     @property
     def context_length(self) -> int | None:
@@ -1113,6 +1157,37 @@ class LocalGenerator:
         th.join()
         if failed:
             raise failed[0]
+
+
+#: the reuse probe's result per loaded model (:meth:`LocalGenerator._reuse_probe`), its prompt length and its
+#: tolerance relative to the largest |logit| (and |key|)
+_PROBED: "weakref.WeakKeyDictionary[Any, str | None]" = weakref.WeakKeyDictionary()
+_PROBE_LEN = 8
+_PROBE_RTOL = 1e-3
+
+
+class _Layer0Done(Exception):
+    """Raised past layer 0 by :func:`_layer0_keys` (the rest of the forward is not needed)."""
+
+
+def _layer0_keys(model: Any, ids: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """The keys ``model`` stores at layer 0 for tokens ``ids`` at positions ``pos``, its other layers not run."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache()
+
+    def stop(_mod: Any, _inp: Any, _out: Any) -> None:
+        raise _Layer0Done
+
+    hook = model.model.layers[0].register_forward_hook(stop)
+    try:
+        model(input_ids=ids[None], position_ids=pos[None], use_cache=True, **{_cache_kwarg(model): cache})
+    except _Layer0Done:
+        pass
+    finally:
+        hook.remove()
+    layer: Any = cache.layers[0]  # (a full-attention layer: its keys)
+    return layer.keys
 
 
 def _reuse_layout(model: Any) -> tuple[str | None, int | None]:

@@ -1,0 +1,65 @@
+"""Session 54's second round of generation fixes: the reuse modes probe a model's forward once (Granite's and
+Cohere's scales and Cohere's interleaved rotary are refused, not run wrongly), a prompt too long for the context is
+told so before any sliding-window advice, ``ChunkVariant.cfo`` with ``alpha`` needs the new chunks' lengths, and
+``ragkit ask`` names the sources its answer read."""
+
+from __future__ import annotations
+
+import pytest
+from test_generate_s54 import A, _tiny_model
+
+
+# ---------------------------------------------------------------- 1. a behavioural probe of the reuse passes
+@pytest.mark.parametrize(("family", "over", "why"), [
+    ("granite", {}, r"last logits up to [\d.e+-]+ off those of its own forward"),
+    ("cohere", {}, r"last logits up to [\d.e+-]+ off those of its own forward"),
+    ("cohere", {"logit_scale": 1.0}, r"keys moved \d+ positions by rotate_half re-rotation are up to [\d.e+-]+ off"),
+])
+def test_a_reuse_mode_refuses_a_model_its_passes_run_differently(tmp_path, family, over, why):
+    """Old code: accepted (Llama's attributes), then cachecraft at fraction 1 differed from full by |dlogit| ~10."""
+    from ragkit.errors import ParamError
+    from ragkit.generators.local import LocalGenerator
+
+    g = LocalGenerator(_tiny_model(tmp_path / family, family, **over), max_chunk_tokens=64).load()
+    with pytest.raises(ParamError, match=rf"mode 'cachecraft' runs the decoder layers of a Llama-like layout itself, "
+                                         rf"and model type '{family}' \(.*\) does not fit it: .*{why}.*; use mode "
+                                         r"'full' or 'prefix'") as e:
+        g.generate("What causes scurvy?", A, mode="cachecraft", max_new_tokens=2)
+    assert e.value.path == "mode"
+    with pytest.raises(ParamError, match="capture=True runs"):
+        g.prefill(g.segments("What causes scurvy?", A), "full", capture=True)
+    for mode in ("full", "prefix"):  # these run the model's own forward
+        assert isinstance(g.generate("What causes scurvy?", A, mode=mode, max_new_tokens=2), str)
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "gemma2"])
+def test_the_reuse_probe_accepts_llama_like_models(tmp_path, family):
+    from ragkit.generators.local import _PROBED, LocalGenerator
+
+    g = LocalGenerator(_tiny_model(tmp_path / family, family), max_chunk_tokens=64).load()
+    seg = g.segments("What causes scurvy?", A)
+    full = g.prefill(seg, "full")
+    g.prefill(g.segments("x", A[::-1]), "full", capture=True)
+    re = g.prefill(seg, "cachecraft", fraction=1.0, selector="fixed", new_variants=False)
+    assert float((re.logits - full.logits).abs().max()) < 1e-4
+    assert g.model in _PROBED and _PROBED[g.model] is None
+
+
+def test_the_reuse_probe_runs_once_per_model(tmp_path, monkeypatch):
+    from ragkit.generators.local import _PROBE_LEN, LocalGenerator
+
+    folder = _tiny_model(tmp_path / "ll", "llama")
+    g = LocalGenerator(folder, max_chunk_tokens=64).load()
+    calls: list[int] = []
+    real = LocalGenerator._empty_kv
+
+    def spy(self, T):
+        calls.append(T)
+        return real(self, T)
+
+    monkeypatch.setattr(LocalGenerator, "_empty_kv", spy)
+    g.prefill(g.segments("Why?", A), "full", capture=True)
+    h = LocalGenerator(folder, max_chunk_tokens=64).load()  # the same loaded model: not probed again
+    h.prefill(h.segments("How?", A), "naive")
+    assert calls.count(_PROBE_LEN) == 1 and min(calls[1:]) > _PROBE_LEN  # (the prompts: longer)
+
