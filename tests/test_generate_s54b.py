@@ -63,3 +63,20 @@ def test_the_reuse_probe_runs_once_per_model(tmp_path, monkeypatch):
     h.prefill(h.segments("How?", A), "naive")
     assert calls.count(_PROBE_LEN) == 1 and min(calls[1:]) > _PROBE_LEN  # (the prompts: longer)
 
+
+# ---------------------------------------------------------------- 2. the context before the sliding window
+def test_a_prompt_over_the_context_and_the_window_is_told_the_context(tmp_path):
+    """Old code: 'longer than its sliding attention window ...; use mode 'full'', which then refused it."""
+    from ragkit.errors import ParamError
+    from ragkit.generators.local import LocalGenerator
+
+    g = LocalGenerator(_tiny_model(tmp_path / "mi", "mistral", sliding_window=16, max_position_embeddings=128),
+                       system_prompt="Be brief.", max_chunk_tokens=64).load()
+    seg = g.segments("What causes scurvy?", A * 2)
+    assert len(seg) > 200
+    for mode in ("cachecraft", "full"):
+        with pytest.raises(ParamError, match=rf"the prompt is {len(seg):,} tokens .* which leaves no room in the "
+                                             "model's context of 128 tokens") as e:
+            g.prefill(seg, mode)
+        assert "sliding" not in str(e.value)
+

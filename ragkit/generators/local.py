@@ -655,9 +655,9 @@ class LocalGenerator:
                              f"{MIN_CHECK_LAYERS} (from 1 to the number of layers - 2); use "
                              "LocalGenerator(token_select='stored') with the 'cachecraft' selector, or the 'fixed', "
                              "'boundary' or 'random' selector", "selector")
+        self.check_fits(seg)  # first: a prompt over the context fits no mode (the advice below would be wrong)
         if mode in ("naive", "cachecraft") or (mode == "full" and capture):
             self._check_reuse_layout(seg, f"mode {mode!r}" if mode != "full" else "capture=True")
-        self.check_fits(seg)
         with self._lock:  # one pass at a time per loaded model (shared config, attention hooks)
             t0 = time.perf_counter()
             if mode == "full":
