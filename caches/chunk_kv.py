@@ -529,9 +529,11 @@ class ChunkVariant:
         ``alpha`` costs it: :func:`fix_overhead`'s share (0 for an exact variant of that very context).
 
         ``new_lens``: the token counts of the ``new_prefix`` chunks, one per key (:func:`fix_overhead`'s ``kappa``,
-        the share of the new prefix's tokens that were in the old prefix); needed with ``alpha=None``; with
-        ``alpha`` set and no ``new_lens``, ``kappa`` counts as 1: the paper's Eq. 12, which gives a chunk inserted
-        before the old prefix no weight (the generator passes the lengths).
+        the share of the new prefix's tokens that were in the old prefix); needed with ``alpha=None``, and with
+        ``alpha`` set where ``new_prefix`` adds a chunk to chunks of the old prefix for an exact variant of this
+        system prompt (``kappa < 1`` then scales a ``beta`` that may be above 0, as the generator counts it);
+        elsewhere (reordered or dropped chunks only, ``kappa = 1``; no old chunk kept, ``beta = 0``; an inexact
+        variant or another system prompt, no ``beta``) the lengths change nothing.
         """
         if new_lens is not None and len(new_lens) != len(new_prefix):
             raise ParamError(f"ChunkVariant.cfo: new_lens has {len(new_lens)} entries for {len(new_prefix)} chunks "
@@ -540,6 +542,15 @@ class ChunkVariant:
             raise ParamError("ChunkVariant.cfo: alpha=None without new_lens; expected new_lens, the token count of "
                              "each new_prefix chunk (the alpha-unset budget weight counts the new prefix's tokens "
                              "that were in the old prefix), or alpha set", "new_lens")
+        old = set(self.prefix_ids)
+        added = [c for c in new_prefix if c not in old]
+        kappa_counts = (self.exact and (self.sys_id if sys_id is None else sys_id) == self.sys_id
+                        and len(added) < len(new_prefix))  # (kappa scales beta, which is 0 with no old chunk kept)
+        if new_lens is None and added and kappa_counts:
+            raise ParamError(f"ChunkVariant.cfo: new_prefix holds {len(added)} chunk(s) not in the variant's prefix "
+                             f"(first {added[0]!r}) and no new_lens; expected new_lens, the token count of each "
+                             "new_prefix chunk (an added chunk lowers kappa, the share of the new prefix's tokens "
+                             "that were in the old prefix, as the generator counts it)", "new_lens")
         lens = () if new_lens is None else new_lens
         return fix_overhead(self, new_prefix, lens, self.sys_id if sys_id is None else sys_id, alpha)[0]
 

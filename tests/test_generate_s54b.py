@@ -80,3 +80,31 @@ def test_a_prompt_over_the_context_and_the_window_is_told_the_context(tmp_path):
             g.prefill(seg, mode)
         assert "sliding" not in str(e.value)
 
+
+# ---------------------------------------------------------------- 3. ChunkVariant.cfo with alpha and a chunk added
+def _variant():
+    import numpy as np
+    import torch
+
+    from ragkit.caches.chunk_kv import ChunkVariant
+
+    return ChunkVariant(keys=torch.zeros(2, 1, 4, 8), values=torch.zeros(2, 1, 4, 8), start=20, prefix_ids=("a", "b"),
+                        prefix_lens=(5, 7), inter=np.array([[2.0, 6.0], [1.0, 3.0]], dtype=np.float32),
+                        intra=np.ones(2, dtype=np.float32), sys_inter=np.ones(2, dtype=np.float32), sys_len=4,
+                        token_scores=np.ones(4, dtype=np.float32), cci=0.8, sys_id="s", exact=True)
+
+
+def test_cfo_with_alpha_needs_the_lengths_of_an_added_chunk():
+    """Old code: kappa counted as 1 (CFO 0.0, the generator 0.4 for the same reuse)."""
+    from ragkit.caches.chunk_kv import fix_overhead
+    from ragkit.errors import ParamError
+
+    v = _variant()
+    with pytest.raises(ParamError, match=r"new_prefix holds 1 chunk\(s\) not in the variant's prefix \(first 'x'\) "
+                                         "and no new_lens; expected new_lens") as e:
+        v.cfo(["a", "x", "b"], alpha=1.0)
+    assert e.value.path == "new_lens"
+    assert v.cfo(["a", "x", "b"], alpha=1.0, new_lens=[5, 12, 7]) == \
+        pytest.approx(fix_overhead(v, ["a", "x", "b"], [5, 12, 7], "s", 1.0)[0])
+    assert v.cfo(["b", "a"], alpha=1.0) == pytest.approx(fix_overhead(v, ["b", "a"], [7, 5], "s", 1.0)[0])
+

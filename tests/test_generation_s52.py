@@ -108,7 +108,10 @@ def test_variant_cfo_with_alpha_unset_counts_the_new_prefix_tokens_and_fix_overh
     assert e.value.path == "new_lens"
     with pytest.raises(ParamError, match="new_lens has 1 entries for 2 chunks in new_prefix; expected one") as e:
         v.cfo(["A", "B"], None, new_lens=[5])
-    assert v.cfo(["A", "B"], 1.0) == pytest.approx(LocalGenerator(alpha=1.0)._need(v, ["A", "B"], [5, 20], "S")[0])
+    assert v.cfo(["A", "B"], 1.0, new_lens=[5, 20]) == \
+        pytest.approx(LocalGenerator(alpha=1.0)._need(v, ["A", "B"], [5, 20], "S")[0])
+    with pytest.raises(ParamError, match="new_prefix holds 1 chunk"):  # (B added: kappa < 1 needs the lengths)
+        v.cfo(["A", "B"], 1.0)
 
 
 # ----------------------------------------------------------------------------- a blank question
