@@ -108,3 +108,27 @@ def test_cfo_with_alpha_needs_the_lengths_of_an_added_chunk():
         pytest.approx(fix_overhead(v, ["a", "x", "b"], [5, 12, 7], "s", 1.0)[0])
     assert v.cfo(["b", "a"], alpha=1.0) == pytest.approx(fix_overhead(v, ["b", "a"], [7, 5], "s", 1.0)[0])
 
+
+# ---------------------------------------------------------------- 4. ragkit ask cuts the pipeline once
+@pytest.mark.parametrize("then", [None, KeyboardInterrupt()])
+def test_ask_cuts_the_pipeline_at_its_generate_step_once(tmp_path, monkeypatch, then):
+    """Old code: two generation_cut calls per ask (the second built a Pipeline and dropped it)."""
+    from test_generate_s54 import _cli, _corpus_file, _Engine
+
+    import ragkit.pipelines._compose as compose
+    from ragkit.generators.operator import Generate
+
+    engine = _Engine(pieces=("Cats sleep",), then=then)
+    monkeypatch.setattr(Generate, "_fit", lambda self, corpus, train, upstream: setattr(self, "engine_", engine))
+    calls: list[int] = []
+    real = compose.generation_cut
+
+    def spy(steps):
+        calls.append(len(steps))
+        return real(steps)
+
+    monkeypatch.setattr(compose, "generation_cut", spy)
+    res = _cli("ask", "-p", "bm25", "--data", _corpus_file(tmp_path / "docs"), "Do cats sleep?")
+    assert res.exit_code == (0 if then is None else 130), res.output
+    assert "sources: d2 (Cats)" in res.stdout, res.stdout
+    assert len(calls) == 1

@@ -15,7 +15,7 @@ from ragkit._text import is_blank
 from ragkit.cli._app import _examples, _fail, _RunFailure, app
 from ragkit.cli._console import _note, console, err_console
 from ragkit.cli._options import _expands_paths, _ranged_option
-from ragkit.cli._pipeline import _check_retrieves, _in_file, _without_generation, resolve_pipeline
+from ragkit.cli._pipeline import _check_retrieves, _in_file, resolve_pipeline
 from ragkit.cli._streams import _say_interrupted
 from ragkit.errors import ParamError, RagkitError
 from ragkit.params import MAX_INT
@@ -174,7 +174,6 @@ def ask_cmd(
             corpus = _read_ask_corpus(data)
             with err_console.status(f"fitting the pipeline on {len(corpus):,} documents..."):
                 pipe.fit(corpus)
-        _without_generation(pipe, f"--pipeline {pipeline}", note=False)  # (refuses a generate step first)
         loaded = False
 
         def load_models() -> None:  # once a question has documents: none is loaded for one that matched nothing
@@ -226,7 +225,8 @@ def ask_cmd(
     cost = (run.values.get("prefill") or [None])[0]
     if cost is not None:  # what the answer's prefill cost and reused (stderr), then its sources, the last line
         err_console.print(Text(str(cost), style="dim"))
-    _print_sources(run.doc_ids[0][: gens[-1].params.top_k], corpus)
+    if found is not None and len(found):  # the documents the generate step answered from, as when interrupted
+        _print_sources(found, corpus)
 
 
 #: ``ragkit ask``'s flags by the field of the generate step they set.
