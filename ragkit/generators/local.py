@@ -471,9 +471,12 @@ class LocalGenerator:
                 if len(ids) > self.max_chunk_tokens:  # cut the text, keep the separator
                     if len(ids) > 2 * self.max_chunk_tokens:  # (more than half dropped: a joined context?)
                         cut.append((i, len(ids)))
-                    # (from this encoding: the text's tokens before the cut are those of the text alone, the
-                    # separator being whitespace after the stripped text, a pre-token of its own; a long context
-                    # passed as one chunk was tokenised twice)
+                    # (from this encoding, not the text's alone: a long context passed as one chunk was tokenised
+                    # twice.  Same tokens as the text's alone where the separator, whitespace after the stripped
+                    # text, is a pre-token of its own (GPT-2's, SmolLM2's pre-tokenizer); Llama-3's and Qwen's
+                    # (\s*[\r\n]+, \s+(?!\S)) may join it to the text's last pre-token, whose tokens alone can
+                    # then differ: they end the encoding, and the cut drops its last len(sep) + 1 tokens or more,
+                    # so the kept tokens match unless that pre-token ran longer than what is dropped)
                     ids = ids[: self.max_chunk_tokens - len(sep)] + sep
                 chunk_ids.append(ids)
             q = enc("Question: " + question.strip() + tail)
