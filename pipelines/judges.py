@@ -173,10 +173,10 @@ class ScoreReached(LearnedThreshold, Operator):
                     f"score at rank {rank} is undefined for every one, so every threshold learns the same (the loop "
                     f"would run max_iters times for every query); give a rank within the k of the retriever before "
                     f"it, or retrieve at least {rank} document{'s' if rank != 1 else ''} (its k)")
-            reached = int(np.count_nonzero(~np.isneginf(features)))  # (NaN or +inf: the ranking's own scores)
+            undefined = int(np.count_nonzero(~np.isneginf(features)))  # (NaN or +inf: the ranking's own scores)
             raise DataError(
                 f"{self.name}.rank: the score at rank {rank} is NaN or infinite wherever a training query's ranking "
-                f"reaches it ({reached} of the {iters * n} rankings of the {rounds}; the others are shorter), so "
+                f"reaches it ({undefined} of the {iters * n} rankings of the {rounds}; the others are shorter), so "
                 f"every threshold learns the same (the loop would run max_iters times for every query); the scores "
                 f"of the retriever before it are undefined: give it finite scores, or set a threshold instead of "
                 f"learn: true")
