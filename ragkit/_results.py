@@ -47,6 +47,11 @@ def check_result(op: Operator, state: State, out: Any, *, corpus_before: Any = N
         raise DataError(f"{cls}._call ({op.name!r}) returned a State of {len(out.queries)} queries for the {n} it "
                         f"was given; {how}")
     _check_same_queries(op, state, out, how)
+    for key in ("query_text", "lexical_query"):  # (State.texts zips them with the queries: one too few went unseen,
+        text = out.values.get(key)  # and the step after it was blamed for too few rankings)
+        if isinstance(text, (list, tuple)) and text is not state.values.get(key) and len(text) != n:
+            raise DataError(f"{cls}._call ({op.name!r}) returned values[{key!r}] of {len(text)} entries for {n} "
+                            f"queries; expected one str per query (None for a query it leaves as it is)")
     rankings = out.rankings
     if rankings is None:
         if op.kind == "retriever":
