@@ -5,30 +5,10 @@ error names the system prompt when it alone is too long."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
-
-DOCS = [("d1", "Vitamin D", "Vitamin D prevents fractures in elderly people."),
-        ("d2", "Cats", "Cats sleep most of the day."),
-        ("d3", "Dogs", "Dogs bark at strangers.")]
-
-
-def _cli(*args: object):
-    from typer.testing import CliRunner
-
-    from ragkit.cli import app
-
-    return CliRunner().invoke(app, [str(a) for a in args], env={"COLUMNS": "200"})
-
-
-def _corpus_file(root: Path) -> Path:
-    root.mkdir(parents=True, exist_ok=True)
-    path = root / "corpus.jsonl"
-    path.write_text("".join(json.dumps({"_id": i, "title": t, "text": x}) + "\n" for i, t, x in DOCS),
-                    encoding="utf-8")
-    return path
+from test_ask_service import DOCS, _cli, _corpus_file
 
 
 class _Engine:
