@@ -10,6 +10,7 @@ import weakref
 
 import numpy as np
 import pytest
+from test_compose_s54 import corpus, train  # noqa: F401  (fixtures: the 8-text corpus, its 4 judged queries)
 
 from ragkit.encoders import HashingEncoder, register_encoder
 from ragkit.errors import DataError
@@ -18,23 +19,9 @@ from ragkit.operator import Operator
 from ragkit.params import Params
 from ragkit.pipelines import Pipeline
 from ragkit.retrievers import Dense
-from ragkit.types import Corpus, Queries, State, TrainSet
+from ragkit.types import Corpus, State, TrainSet
 
 register_encoder("s54b-hash", HashingEncoder(dim=32), replace=True)
-
-TEXTS = ["red apples and pears", "green pears", "red cars fast", "blue sky", "apple pie recipe", "fast cars race",
-         "sky is blue and clear", "pear tree garden"]
-
-
-@pytest.fixture(scope="module")
-def corpus() -> Corpus:
-    return Corpus.from_texts(TEXTS, ids=[f"d{i}" for i in range(len(TEXTS))])
-
-
-@pytest.fixture(scope="module")
-def train() -> TrainSet:
-    queries = Queries([f"t{i}" for i in range(4)], ["red apples", "fast cars", "blue sky", "pear tree"])
-    return TrainSet(queries, {"t0": {"d0": 1}, "t1": {"d5": 1}, "t2": {"d3": 1}, "t3": {"d7": 1}})
 
 
 def _dense() -> Dense:
@@ -56,7 +43,7 @@ class _SubsetRewrite(Operator):
         return State.merge(state, [([0], part)])
 
 
-def test_a_rewrite_of_some_queries_by_subset_and_merge_drops_their_old_vectors(corpus):
+def test_a_rewrite_of_some_queries_by_subset_and_merge_drops_their_old_vectors(corpus):  # noqa: F811
     queries = ["fast cars", "red apples"]
     alone = Pipeline([_SubsetRewrite(), _dense()]).fit(corpus).search(queries).doc_ids
     plain = Pipeline([_dense()]).fit(corpus).search(queries).doc_ids
@@ -87,7 +74,7 @@ class _ArrayRewrite(Operator):
         return out
 
 
-def test_a_query_text_array_is_a_data_error_naming_the_step(corpus):
+def test_a_query_text_array_is_a_data_error_naming_the_step(corpus):  # noqa: F811
     pipe = Pipeline([_dense(), _ArrayRewrite(), TopK(k=2), _dense()]).fit(corpus)
     # old: ValueError "The truth value of an array with more than one element is ambiguous", no step named
     with pytest.raises(DataError, match=r"^pipeline\[1\]\.s54b_array_rewrite: _ArrayRewrite\._call "
@@ -115,7 +102,7 @@ class _Learner(Operator):
     leak = False
     checks: list[bool] = []
 
-    def _fit(self, corpus, train, upstream):
+    def _fit(self, corpus, train, upstream):  # noqa: F811
         gc.collect()
         # each earlier learner's first ranking: dead once a later learner's input is made (old: every one alive)
         type(self).checks.append(all(ref() is None for ref, _, _ in type(self).seen[:-1]))
@@ -129,7 +116,7 @@ class _Learner(Operator):
         return state
 
 
-def _three_learners(corpus: Corpus, train: TrainSet) -> None:
+def _three_learners(corpus: Corpus, train: TrainSet) -> None:  # noqa: F811
     _Learner.seen, _Learner.checks = [], []
     leaking = _Learner()
     leaking.leak = True
@@ -138,13 +125,13 @@ def _three_learners(corpus: Corpus, train: TrainSet) -> None:
     assert len(_Learner.seen) == 3
 
 
-def test_fit_keeps_only_the_latest_learners_input(corpus, train):
+def test_fit_keeps_only_the_latest_learners_input(corpus, train):  # noqa: F811
     _three_learners(corpus, train)
     # by the third learner's fit, the first learner's input is gone (old: the fit kept every learner's input)
     assert _Learner.checks == [True, True, True]
 
 
-def test_what_a_learners_fit_adds_to_its_input_reaches_no_learner_after_it(corpus, train):
+def test_what_a_learners_fit_adds_to_its_input_reaches_no_learner_after_it(corpus, train):  # noqa: F811
     """The first learner's fit writes a value and query vectors into the input it was given; fit hands each learner
     a copy of the kept input, so the learners after it see neither (without the copies they saw both)."""
     _three_learners(corpus, train)

@@ -200,13 +200,18 @@ def test_dbnorm_leaves_blank_candidates_out(method):
     assert len(every.rankings[0]) == 0
 
 
-@pytest.fixture(scope="module")
-def saved_adapter(tmp_path_factory):
+def _save_adapter(tmp_path_factory, model: str):
+    """A CosineAdapter over encoder ``model`` fitted on 40 texts and 30 judged queries, saved: its folder."""
     corpus = Corpus.from_texts([f"notes on topic{i}" for i in range(40)])
     train = TrainSet(Queries.from_texts([f"topic{i}" for i in range(30)]), {f"q{i}": {str(i): 1} for i in range(30)})
     folder = tmp_path_factory.mktemp("ca") / "ca"
-    CosineAdapter(model="s54-bow", target_value=0.9).fit(corpus, train).save(folder)
+    CosineAdapter(model=model, target_value=0.9).fit(corpus, train).save(folder)
     return folder
+
+
+@pytest.fixture(scope="module")
+def saved_adapter(tmp_path_factory):
+    return _save_adapter(tmp_path_factory, "s54-bow")
 
 
 @pytest.mark.parametrize("bad", [None, "nan", float("nan"), 2.5, -0.1, True, [0.5]])

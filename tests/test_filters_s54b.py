@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from test_filters_s54 import _save_adapter
 
 from ragkit.encoders import HashingEncoder, register_encoder
 from ragkit.filters import CosineAdapter
 from ragkit.filters.cosine_adapter import ordered_float32
-from ragkit.types import Corpus, Queries, TrainSet
 
 register_encoder("s54b-bow", HashingEncoder(dim=64), replace=True)
 
@@ -33,11 +33,7 @@ def test_ordered_float32_keeps_a_nan_probability_nan():
 
 @pytest.fixture(scope="module")
 def saved_adapter(tmp_path_factory):
-    corpus = Corpus.from_texts([f"notes on topic{i}" for i in range(40)])
-    train = TrainSet(Queries.from_texts([f"topic{i}" for i in range(30)]), {f"q{i}": {str(i): 1} for i in range(30)})
-    folder = tmp_path_factory.mktemp("ca") / "ca"
-    CosineAdapter(model="s54b-bow", target_value=0.9).fit(corpus, train).save(folder)
-    return folder
+    return _save_adapter(tmp_path_factory, "s54b-bow")
 
 
 @pytest.mark.parametrize("name, bad", [("adapter_weights", np.nan), ("adapter_feat_mean", np.inf),

@@ -3,40 +3,15 @@
 A learning judge's or router's refusal starts with its path in the pipeline, as a search's errors do; zscore
 fusion ranks a document a branch retrieved, however low, above one it did not retrieve (as minmax does)."""
 
-import random
-
 import numpy as np
 import pytest
+from test_learned_s54 import data  # noqa: F401  (a fixture: the 12-topic corpus, queries, qrels)
 
-from ragkit import Corpus, Pipeline, TrainSet
-
-
-def _data():
-    rng = random.Random(0)
-    topics = ["aspirin heart attack", "statins cholesterol", "vitamin bone fracture", "exercise sleep quality",
-              "stomach bleeding ulcer", "diet heart disease", "insulin diabetes glucose", "vaccine immune antibody",
-              "cancer tumour chemotherapy", "asthma inhaler lung", "malaria mosquito parasite",
-              "depression serotonin"]
-    filler = "study patients trial results effect group control analysis data risk".split()
-    records, qs, qrels = [], {}, {}
-    for i, t in enumerate(topics):
-        for j in range(3):
-            words = t.split() + rng.sample(filler, 4)
-            rng.shuffle(words)
-            records.append({"id": f"d{i}_{j}", "text": " ".join(words)})
-        qs[f"q{i}"] = " ".join(rng.sample(t.split(), 2)) + " " + rng.choice(filler)
-        qrels[f"q{i}"] = {f"d{i}_0": 1, f"d{i}_1": 2}
-    return Corpus.from_records(records), qs, qrels
-
-
-@pytest.fixture(scope="module")
-def data():
-    return _data()
-
+from ragkit import Pipeline, TrainSet
 
 # ---------------------------------------------------------------- 1. a learner's refusal names its place
 
-def test_learning_judge_refusal_starts_with_its_path(data):
+def test_learning_judge_refusal_starts_with_its_path(data):  # noqa: F811
     from ragkit.errors import DataError
     from ragkit.pipelines import PRF, Loop, ScoreReached
     from ragkit.retrievers import BM25
@@ -54,7 +29,7 @@ def test_learning_judge_refusal_starts_with_its_path(data):
 
 
 @pytest.mark.parametrize("feature", ["gap", "rel_gap"])
-def test_learning_router_refusal_starts_with_its_path(data, feature):
+def test_learning_router_refusal_starts_with_its_path(data, feature):  # noqa: F811
     from ragkit.errors import DataError
     from ragkit.pipelines import Route, ScoreRouter
     from ragkit.retrievers import BM25

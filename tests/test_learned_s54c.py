@@ -4,40 +4,16 @@ A kept baseline is stored as given; learned weights are exact means on the fuser
 quotes the weights it sets aside on that scale; the fuser's seed is the project's Seed."""
 
 import logging
-import random
 
 import numpy as np
 import pytest
+from test_learned_s54 import data  # noqa: F401  (a fixture: the 12-topic corpus, queries, qrels)
 
 from ragkit import Corpus, Parallel, Pipeline, TrainSet
 
-
-def _data():
-    rng = random.Random(0)
-    topics = ["aspirin heart attack", "statins cholesterol", "vitamin bone fracture", "exercise sleep quality",
-              "stomach bleeding ulcer", "diet heart disease", "insulin diabetes glucose", "vaccine immune antibody",
-              "cancer tumour chemotherapy", "asthma inhaler lung", "malaria mosquito parasite",
-              "depression serotonin"]
-    filler = "study patients trial results effect group control analysis data risk".split()
-    records, qs, qrels = [], {}, {}
-    for i, t in enumerate(topics):
-        for j in range(3):
-            words = t.split() + rng.sample(filler, 4)
-            rng.shuffle(words)
-            records.append({"id": f"d{i}_{j}", "text": " ".join(words)})
-        qs[f"q{i}"] = " ".join(rng.sample(t.split(), 2)) + " " + rng.choice(filler)
-        qrels[f"q{i}"] = {f"d{i}_0": 1, f"d{i}_1": 2}
-    return Corpus.from_records(records), qs, qrels
-
-
-@pytest.fixture(scope="module")
-def data():
-    return _data()
-
-
 # ---------------------------------------------------------------- 1. a baseline every fold picks is stored exactly
 
-def test_given_weights_every_fold_picks_are_stored_exactly(data):
+def test_given_weights_every_fold_picks_are_stored_exactly(data):  # noqa: F811
     """Two identical branches: every weight vector ranks alike, ties go to the given weights, so every fold
     picks them and the averaged weights equal them (kept "learned"); stored as (g / s) * s they came back
     [2.9999999999999996, 1.7]."""

@@ -5,19 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from test_scale_s54 import _QUERIES, _corpus
 
 from ragkit.retrievers.bm25 import BM25
-from ragkit.types import Corpus
-
-
-def _corpus(n: int = 120, seed: int = 0) -> Corpus:
-    rng = np.random.default_rng(seed)
-    words = np.array([f"w{i}" for i in range(60)])
-    return Corpus.from_texts([" ".join(rng.choice(words, int(rng.integers(3, 12)))) for _ in range(n)],
-                             ids=[f"d{i}" for i in range(n)])
-
-
-_QUERIES = ["w1 w2", "w3", "w4 w5 w6", "w7 w0"]
 
 
 def test_a_late_set_collection_task_does_not_make_a_removed_fit_folder_anew(tmp_path, monkeypatch):
