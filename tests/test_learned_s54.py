@@ -57,13 +57,13 @@ def test_given_weights_kept_are_kept_exactly_and_learned_ones_keep_their_sum(dat
     from ragkit.pipelines import WeightedFusion
     from ragkit.retrievers import BM25, Dense
 
-    register_encoder("s54-hash", HashingEncoder(dim=64), replace=True)
+    register_encoder("s54-learned-hash", HashingEncoder(dim=64), replace=True)
     corpus, qs, qrels = data
     train = TrainSet(qs, qrels)
     seen = {}
     for w in ([1.0, 3.0], [3.0, 1.0], [2.0, 1.0]):
         fuse = WeightedFusion(learn=True, weights=w)
-        Pipeline([Parallel([BM25(k=10), Dense(model="s54-hash", k=10)], fuse=fuse)]).fit(corpus, train=train)
+        Pipeline([Parallel([BM25(k=10), Dense(model="s54-learned-hash", k=10)], fuse=fuse)]).fit(corpus, train=train)
         seen[tuple(w)] = fuse.learned_
         if fuse.learned_.get("kept") == "given":
             assert fuse.learned_["weights"] == w and fuse.weights_.tolist() == w
@@ -162,14 +162,14 @@ def test_learned_weights_do_not_depend_on_the_order_of_the_training_queries(data
     from ragkit.pipelines import WeightedFusion
     from ragkit.retrievers import BM25, Dense
 
-    register_encoder("s54-hash", HashingEncoder(dim=64), replace=True)
+    register_encoder("s54-learned-hash", HashingEncoder(dim=64), replace=True)
     corpus, qs, qrels = data
     ids = list(qs)
     seen = []
     for perm in range(4):
         order = ids if perm == 0 else random.Random(perm).sample(ids, len(ids))
         train = TrainSet({q: qs[q] for q in order}, {q: qrels[q] for q in order})
-        pipe = Pipeline([Parallel([BM25(k=10), Dense(model="s54-hash", k=10)],
+        pipe = Pipeline([Parallel([BM25(k=10), Dense(model="s54-learned-hash", k=10)],
                                   fuse=WeightedFusion(learn=True, norm="zscore", top_k=5))]).fit(corpus, train=train)
         seen.append(pipe.learned())
     assert all(s == seen[0] for s in seen[1:]), seen
