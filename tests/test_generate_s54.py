@@ -8,26 +8,19 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from test_ask_service import DOCS, _cli, _corpus_file
+from test_ask_service import DOCS, _cli, _corpus_file, _Engine as _AskEngine
 
 
-class _Engine:
-    """Stands for the local LLM: streams ``pieces`` then raises ``then`` (if any); counts its loads."""
+class _Engine(_AskEngine):
+    """Stands for the local LLM (test_ask_service's stand-in), counting its loads."""
 
     def __init__(self, pieces=("ok",), then: BaseException | None = None) -> None:
-        self.pieces, self.then, self.loads = list(pieces), then, 0
+        super().__init__(pieces, then)
+        self.loads = 0
 
     def load(self) -> "_Engine":
         self.loads += 1
         return self
-
-    def generate(self, question, chunks, *, on_token=None, on_prefill=None, **kw) -> str:
-        for p in self.pieces:
-            if on_token is not None:
-                on_token(p)
-        if self.then is not None:
-            raise self.then
-        return "".join(self.pieces)
 
 
 def _spy_bm25(monkeypatch) -> list[int]:
