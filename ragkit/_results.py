@@ -48,8 +48,14 @@ def check_result(op: Operator, state: State, out: Any, *, corpus_before: Any = N
                         f"was given; {how}")
     _check_same_queries(op, state, out, how)
     for key in ("query_text", "lexical_query"):  # (State.texts zips them with the queries: one too few went unseen,
-        text = out.values.get(key)  # and the step after it was blamed for too few rankings)
-        if isinstance(text, (list, tuple)) and text is not state.values.get(key) and len(text) != n:
+        text = out.values.get(key)  # and the step after it was blamed for too few rankings; an array failed there
+        if text is None or text is state.values.get(key):  # with numpy's "truth value ... is ambiguous")
+            continue
+        if not isinstance(text, (list, tuple)):
+            raise DataError(f"{cls}._call ({op.name!r}) returned values[{key!r}] as {type(text).__name__} "
+                            f"{text!r:.60}; expected a list of one str per query (None for a query it leaves as it "
+                            f"is), as every State.values entry is a list: out.values[{key!r}] = [...]")
+        if len(text) != n:
             raise DataError(f"{cls}._call ({op.name!r}) returned values[{key!r}] of {len(text)} entries for {n} "
                             f"queries; expected one str per query (None for a query it leaves as it is)")
     rankings = out.rankings
