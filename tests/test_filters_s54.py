@@ -145,8 +145,8 @@ def test_filter_report_of_a_run_every_list_of_which_was_emptied():
         filter_report(Run.from_dict({"x": {"d1": 0.9}}), qrels)
     with pytest.raises(DataError, match=r"^filter_report: no query has judgements \(the qrels judge none\)"):
         filter_report(empty, {})
-    with pytest.raises(DataError, match=r"^filter_report: no query has judgements \(none of the 2 queries of the "
-                                        r"reference run\)"):
+    with pytest.raises(DataError, match=r"^filter_report: none of the run's 2 queries \('q1', 'q2'\) is judged in "
+                                        r"the qrels, which judge 1 other queries \('z'\)"):  # (the reference's)
         filter_report(empty, {"z": {"d1": 1}}, ref)
 
 

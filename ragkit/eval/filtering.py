@@ -108,6 +108,8 @@ def filter_report(filtered: Run, qrels: Qrels | Any, reference: Run | None = Non
         # a TREC file holds no query whose list the filter emptied, and none at all when it emptied every list)
         judged = [q for q, rel in qrels.items() if rel]
     else:
+        refuse_other_queries("filter_report", list(reference.query_ids), qrels)  # (the reference's queries, none
+        # judged: the qrels of another run, as above)
         ref_at = {q: i for i, q in enumerate(reference.query_ids)}
         missing = [q for q in judged if q not in ref_at]
         if missing:
