@@ -176,10 +176,10 @@ class ScoreReached(LearnedThreshold, Operator):
             undefined = int(np.count_nonzero(~np.isneginf(features)))  # (NaN or +inf: the ranking's own scores)
             raise DataError(
                 f"{self.name}.rank: the score at rank {rank} is NaN or infinite wherever a training query's ranking "
-                f"reaches it ({undefined} of the {iters * n} rankings of the {rounds}; the others are shorter), so "
-                f"every threshold learns the same (the loop would run max_iters times for every query); the scores "
-                f"of the retriever before it are undefined: give it finite scores, or set a threshold instead of "
-                f"learn: true")
+                f"reaches it ({undefined} of the {iters * n} rankings of the {rounds}"
+                + ("; the others are shorter" if undefined < iters * n else "") + "), so every threshold learns the "
+                "same (the loop would run max_iters times for every query); the scores of the step before it are "
+                "undefined: give it finite scores, or set a threshold instead of learn: true")
         finite = np.unique(features[np.isfinite(features)])
         cands = np.concatenate([finite, [np.inf]])                               # (m,) ascending
         m = len(cands)

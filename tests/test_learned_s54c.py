@@ -116,9 +116,11 @@ def test_a_learning_judge_says_too_short_or_undefined_scores():
         said = str(refused.value)
         assert "reaches rank" not in said and "retrieve at least" not in said, said
         reached = int(np.count_nonzero(~np.isneginf(features)))
+        shorter = "; the others are shorter" if reached < 4 else ""  # (all 4 undefined: none is shorter)
         assert said.startswith(f"score_reached.rank: the score at rank 3 is NaN or infinite wherever a training "
                                f"query's ranking reaches it ({reached} of the 4 rankings of the 2 iterations (2 usable "
-                               "training queries); the others are shorter)"), said
+                               f"training queries){shorter})"), said
+        assert "the scores of the step before it are undefined" in said, said
         assert said.endswith("give it finite scores, or set a threshold instead of learn: true"), said
 
 
