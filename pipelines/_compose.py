@@ -812,7 +812,7 @@ class Pipeline(Composite):
         >>> train = TrainSet({"q1": "apple", "q2": "runs", "q3": "red apple"},
         ...                  {"q1": {"b": 1}, "q2": {"d": 1}, "q3": {"a": 1}})
         >>> pipe.fit(corpus, train).learned()
-        {'pipeline[0].parallel.fuse.rrf': {'branches': ['bm25', 'bm25_2'], 'weights': [0.5, 0.5],
+        {'pipeline[0].parallel.fuse.rrf': {'branches': ['bm25', 'bm25_2'], 'weights': [1.0, 1.0],
          'cv_ndcg@10': 1.0, 'train_ndcg@10': 1.0, 'uniform_ndcg@10': 1.0}}
         """
         import copy

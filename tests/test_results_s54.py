@@ -14,6 +14,8 @@ from ragkit.retrievers import BM25
 
 @register
 class _ShortRewrite(Operator):
+    """Rewrites every batch to one text, whatever its size (a rewriter at fault)."""
+
     name = "s54_short_rewrite"
     kind = "rewriter"
 

@@ -17,6 +17,8 @@ from ragkit.retrievers import BM25
 
 @register
 class _ArrayRewriteB(Operator):
+    """Writes its rewrites as a numpy array (a rewriter at fault)."""
+
     name = "s54_array_rewrite_b"
     kind = "rewriter"
 
