@@ -8,6 +8,7 @@ from typing import Literal
 
 import numpy as np
 import pytest
+from pydantic import Field
 
 from ragkit import Corpus, Pipeline, Run
 from ragkit.errors import DataError
@@ -26,7 +27,8 @@ class _FaultyRewrite(Operator):
     kind = "rewriter"
 
     class Params(Params):
-        form: Literal["short", "array"] = "short"
+        form: Literal["short", "array"] = Field(default="short", description="How it rewrites wrongly: one "
+                                                "text for any batch (short), or a numpy array (array).")
 
     def _fit(self, corpus, train=None, upstream=None):
         return self
