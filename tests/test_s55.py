@@ -1,0 +1,52 @@
+"""Session 55's changes: search_distributed searches a saved pipeline's folder where it is (no save per call), ..."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ragkit.errors import ParamError
+from ragkit.retrievers.bm25 import BM25
+from ragkit.types import Corpus
+
+
+def _corpus(n: int = 80, seed: int = 0) -> Corpus:
+    rng = np.random.default_rng(seed)
+    words = np.array([f"w{i}" for i in range(40)])
+    return Corpus.from_texts([" ".join(rng.choice(words, int(rng.integers(3, 10)))) for _ in range(n)],
+                             ids=[f"d{i}" for i in range(n)])
+
+
+_QUERIES = {f"q{i}": q for i, q in enumerate(["w1 w2", "w3", "w4 w5 w6", "w7 w0", "w9 w8"])}
+
+
+def test_search_distributed_searches_a_saved_folder_where_it_is_without_saving_it(local_ray, tmp_path, monkeypatch):
+    """search_distributed saved the pipeline to a temporary folder on every call, even one already saved on storage
+    the workers read (a 1M-vector dense index written again per query batch).  Given the folder of a saved pipeline,
+    it loads and checks it once and the workers read it where it is: nothing is saved, the run equals pipe.search."""
+    from ragkit.pipelines import Pipeline
+    from ragkit.scale import search_distributed
+
+    pipe = Pipeline([BM25(k=5)]).fit(_corpus())
+    pipe.save(tmp_path / "saved")
+    saves = []
+    monkeypatch.setattr(Pipeline, "save", lambda self, *a, **kw: saves.append(a))
+    want = pipe.search(_QUERIES)
+    for given in (tmp_path / "saved", str(tmp_path / "saved")):
+        got = search_distributed(given, _QUERIES, n_chunks=2)
+        assert saves == []
+        assert list(got.query_ids) == list(want.query_ids)
+        assert [d.tolist() for d in got.doc_ids] == [d.tolist() for d in want.doc_ids]
+        assert [s.tolist() for s in got.scores] == [s.tolist() for s in want.scores]
+
+
+def test_search_distributed_of_a_folder_refuses_workdir_and_a_folder_without_a_save(tmp_path):
+    """workdir= is where an object pipe is saved for the workers: with a folder it would be ignored, so it is
+    refused; a folder holding no save is the load's own error, before Ray starts."""
+    from ragkit.scale import search_distributed
+
+    with pytest.raises(ParamError, match="workdir=.*read where it is"):
+        search_distributed(tmp_path, ["w1"], workdir=tmp_path / "w")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(Exception, match="empty: no manifest.json: not a folder written by Pipeline.save"):
+        search_distributed(tmp_path / "empty", ["w1"])
