@@ -337,10 +337,29 @@ class KnnEmbed(Operator):
         n = len(vecs)
         if n == 0:
             raise DataError("knn_embed.fit: the corpus is empty; expected at least one document")
-        c = min(self.params.n_clusters or default_n_clusters(n), n)
-        if self.params.n_clusters is not None and self.params.n_clusters > n:
-            _log.warning(f"knn_embed.fit: n_clusters={self.params.n_clusters} but the corpus has {n} "
-                         f"document{'s' * (n != 1)}; using {c} cluster{'s' * (c != 1)} (one per document)")
+        self.vectors_ = vecs
+        self._find_blank(n)
+        blank = self.__dict__.get("_blank")
+        # k-means runs on the documents that can be found: the blank ones (never found, all one vector, the model's
+        # bias direction) took a cluster of their own and merged two topics; they are labelled with their nearest
+        # centroid afterwards (a label they never use: they neither vote nor count)
+        rows = None if blank is None else np.flatnonzero(~blank)
+        x = vecs if rows is None else vecs[rows]
+        n_fit = len(x)
+        if n_fit == 0:  # every document is blank: nothing is ever found, one cluster holds them
+            _log.warning(f"knn_embed.fit: all {n} documents are blank (empty, whitespace or invisible characters "
+                         "only), which are never found: every search returns nothing")
+            cent = unit_rows(vecs.mean(axis=0, keepdims=True)).astype(np.float32)
+            self.labels_ = np.zeros(n, np.int32)
+            self.centroids_ = cent
+            self._build()
+            return
+        c = min(self.params.n_clusters or default_n_clusters(n_fit), n_fit)
+        if self.params.n_clusters is not None and self.params.n_clusters > n_fit:
+            what = f"{n_fit} document{'s' * (n_fit != 1)}" + (f" that are not blank (of {n})" if rows is not None
+                                                                else "")
+            _log.warning(f"knn_embed.fit: n_clusters={self.params.n_clusters} but the corpus has {what}; using "
+                         f"{c} cluster{'s' * (c != 1)} (one per document)")
         threads = self.params.fit_threads  # None: the library's own default
         if threads is not None:
             threads = thread_count(threads)  # (0 or -1: the CPUs this process may use)
@@ -350,13 +369,15 @@ class KnnEmbed(Operator):
             from sklearn.exceptions import ConvergenceWarning
 
             warnings.simplefilter("ignore", ConvergenceWarning)
-            km = KMeans(n_clusters=c, n_init=self.params.n_init, random_state=self.params.seed).fit(vecs)
+            km = KMeans(n_clusters=c, n_init=self.params.n_init, random_state=self.params.seed).fit(x)
         cent = km.cluster_centers_.astype(np.float32)
         cent /= np.maximum(np.linalg.norm(cent, axis=1, keepdims=True), 1e-12)
-        self.vectors_ = vecs
-        self.labels_ = km.labels_.astype(np.int32)
+        labels = km.labels_.astype(np.int32)
+        if rows is not None:
+            fitted, labels = labels, np.argmax(vecs @ cent.T, axis=1).astype(np.int32)
+            labels[rows] = fitted
+        self.labels_ = labels
         self.centroids_ = cent
-        self._find_blank()
         self._build()
         self._warn_degenerate()
 
@@ -366,7 +387,7 @@ class KnnEmbed(Operator):
         is then answered as plain dense), or such clusters holding under half of the documents (most queries'
         neighbours then vote for clusters that are never a component, and those queries collapse to dense)."""
         p = self.params
-        sizes = self._sizes
+        sizes = self._found_sizes()  # (the blank documents are in no cluster's count)
         n, c = int(sizes.sum()), len(sizes)
         used = int(np.count_nonzero(sizes))
         if n == 1:  # (one document: no clusters to speak of)
@@ -396,14 +417,23 @@ class KnnEmbed(Operator):
             _log.warning(f"knn_embed.fit: clusters of at least min_cluster_size ({p.min_cluster_size}) documents, "
                          f"the only possible mixture components: {n_big} of {c}; {what}.  {hint}")
 
-    def _find_blank(self) -> None:
+    def _find_blank(self, n: int | None = None) -> None:
         """The blank documents (:meth:`_unfound`), read from the corpus (:attr:`Corpus.blank
         <ragkit.types.Corpus.blank>`: a title and a text both blank, worked out once per corpus without joining a
         copy of every document, 1.5 GB at 1M SciFact-sized documents).  Saved at fit (``blank.npy``, their rows);
-        a load of a save without it (written before blank documents were left out) finds them here."""
+        a load of a save without it (written before blank documents were left out) finds them here.  ``n``: the
+        number of documents (default ``len(labels_)``)."""
         corpus = self.__dict__.get("corpus_")
         blank = corpus.blank if corpus is not None else None
-        self._blank = blank if blank is not None and blank.any() and len(blank) == len(self.labels_) else None
+        n = len(self.labels_) if n is None else n
+        self._blank = blank if blank is not None and blank.any() and len(blank) == n else None
+
+    def _found_sizes(self) -> np.ndarray:
+        """``(C,)`` documents per cluster that can be found (all but the blank ones)."""
+        blank = self.__dict__.get("_blank")
+        if blank is None:
+            return self._sizes
+        return np.bincount(np.asarray(self.labels_)[~blank], minlength=len(self.centroids_))
 
     def _build(self) -> None:
         """Derived per-cluster structures (not saved; rebuilt from labels)."""
@@ -428,8 +458,9 @@ class KnnEmbed(Operator):
         """``mask`` (a filter's passing documents, None: all) less the blank documents (empty, whitespace or
         invisible characters only, title and text: :attr:`Corpus.blank <ragkit.types.Corpus.blank>`), which are
         never found, as a blank query finds nothing (they encode to the model's bias direction, which short
-        queries are near); they are left out as a filter leaves documents out (clustered, but neither voting
-        nor counted in a prior, a component or the results).  None when both are none."""
+        queries are near); they are left out as a filter leaves documents out (neither voting nor counted in a
+        prior, a component or the results), and of the clustering too: k-means runs on the other documents and
+        labels them with their nearest centroid afterwards.  None when both are none."""
         blank = self.__dict__.get("_blank")
         if blank is None:
             return mask

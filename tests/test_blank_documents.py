@@ -47,8 +47,8 @@ RETRIEVERS = {
     "muvera-prune": lambda: Muvera(k=30, candidates=40, prune=30, centroids=16, **FDE),
 }
 #: those whose rankings of the other documents are those of a fit without the blank ones: all here (a PCA and an
-#: int8 or b1 index fit their transforms on the others only; knn_embed clusters the blank documents too, which here
-#: leaves the rankings as they were; an HNSW graph is rebuilt without their nodes)
+#: int8 or b1 index fit their transforms on the others only, knn_embed its k-means; an HNSW graph is rebuilt
+#: without their nodes)
 SAME_AS_WITHOUT = tuple(RETRIEVERS)
 
 

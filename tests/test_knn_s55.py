@@ -1,0 +1,76 @@
+"""kNN-Embed and MMR, review s55: blank documents left out of the clustering, no torch import, collapse settings
+that collapse every query refused, with_params after a default clustering, the caller's query vectors named in
+their errors, mixture's checks of a given score matrix, one k-means helper, add / remove."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from ragkit.retrievers.knn_embed import KnnEmbed
+from ragkit.types import Corpus, State
+
+D = 16
+
+
+def _unit(x):
+    return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
+
+
+def _blobs(n_per=20, nb=4, seed=0, noise=0.05):
+    rng = np.random.default_rng(seed)
+    truth = np.repeat(np.arange(nb), n_per)
+    return _unit(np.eye(D, dtype=np.float32)[truth] + noise * rng.standard_normal((len(truth), D))), truth
+
+
+def _state(op, q):
+    q = np.atleast_2d(q).astype(np.float32)
+    return State([f"q{i}" for i in range(len(q))], vectors={op.dense.encoder.key: q})
+
+
+# ------------------------------------------------------------------------------ 1: blank documents and k-means
+def test_blank_documents_take_no_cluster(caplog):
+    """80 documents in 4 topics and 40 blank ones (one vector, the model's bias direction): k-means clustered the
+    blank ones too, gave them a cluster of their own and merged topics 1 and 3, so a query between 1 and 3 collapsed
+    to plain dense.  Fit on the other documents: each topic its own label, the query mixes 1 and 3."""
+    vecs, truth = _blobs()
+    bias = np.eye(D, dtype=np.float32)[10]
+    allv = np.vstack([vecs, np.repeat(bias[None], 40, 0)])
+    corpus = Corpus.from_texts([f"doc {i}" for i in range(80)] + [""] * 40)
+    with caplog.at_level(logging.WARNING, logger="ragkit"):
+        op = KnnEmbed(k=10, n_clusters=4).fit_vectors(corpus, allv)
+    lab = op.labels_
+    assert len(lab) == 120 and lab.min() >= 0 and lab.max() < 4
+    topic_labels = [set(lab[:80][truth == b].tolist()) for b in range(4)]
+    assert all(len(t) == 1 for t in topic_labels) and len(set.union(*topic_labels)) == 4, topic_labels
+    ref = KnnEmbed(k=10, n_clusters=4).fit_vectors(Corpus.from_texts([f"doc {i}" for i in range(80)]), vecs)
+    np.testing.assert_array_equal(lab[:80], ref.labels_)
+    q = _unit(np.eye(D)[1] + np.eye(D)[3])[None]
+    mix = op.mixture(q)
+    assert not mix["collapsed"][0]
+    assert {int(truth[lab[:80] == c][0]) for c in mix["clusters"][0] if c >= 0} == {1, 3}
+    got = op(_state(op, q)).rankings[0]
+    assert (got.rows < 80).all() and set(truth[got.rows].tolist()) == {1, 3}
+    assert not [r for r in caplog.records if "knn_embed.fit" in r.getMessage()], caplog.text
+
+
+def test_default_n_clusters_and_fit_warnings_count_the_documents_that_are_not_blank(caplog):
+    vecs, _ = _blobs(n_per=2, nb=4)  # 8 documents and 200 blank ones: default 4 clusters of 8, not 10 of 208
+    allv = np.vstack([vecs, np.repeat(np.eye(D, dtype=np.float32)[10][None], 200, 0)])
+    corpus = Corpus.from_texts([f"doc {i}" for i in range(8)] + [" "] * 200)
+    op = KnnEmbed(k=5, min_cluster_size=1).fit_vectors(corpus, allv)
+    assert len(op.centroids_) == 4
+    with caplog.at_level(logging.WARNING, logger="ragkit"):
+        KnnEmbed(k=5, n_clusters=20).fit_vectors(corpus, allv)
+    said = " ".join(r.getMessage() for r in caplog.records)
+    assert "has 8 documents that are not blank (of 208); using 8 clusters" in said, said
+    assert "of the 8 documents" in said, said
+
+
+def test_a_corpus_of_blank_documents_only_finds_nothing(caplog):
+    corpus = Corpus.from_texts(["", " ", "\n"])
+    with caplog.at_level(logging.WARNING, logger="ragkit"):
+        op = KnnEmbed(k=5).fit_vectors(corpus, np.ones((3, D), np.float32))
+    assert "all 3 documents are blank" in caplog.text
+    assert op(_state(op, np.ones(D))).rankings[0].rows.tolist() == []
