@@ -111,7 +111,7 @@ def test_a_script_gets_whole_trace_lines_and_one_line_usage_errors(tmp_path):
 
 
 def test_the_console_script_is_main():
-    import tomllib
+    tomllib = pytest.importorskip("tomllib")  # (Python 3.11+; requires-python allows 3.10)
 
     from ragkit import __main__
 
