@@ -6,7 +6,7 @@ candidate's cosine to a relevance probability, and one global threshold, chosen 
 training queries to keep 95% of their relevant candidates; the candidates below it are cut,
 so each query keeps as many results as look relevant. Nothing from the evaluated split
 reaches ``fit``: the adapter learns from the train split (with ``--limit N``, its first 5 N
-queries; it needs at least 10 with a relevant document in the corpus).
+queries; it warns below 10 with a relevant document in the corpus, and fits all the same).
 
     python examples/filtered.py [--data DIR] [--split S] [--limit N] [--json]
 
