@@ -277,7 +277,7 @@ class KnnEmbed(Operator):
     KnnEmbed(k=10, anchor_share=0.25)
     """
 
-    uses_torch: ClassVar[bool] = True  # torch.topk / torch.bmm at search
+    uses_torch: ClassVar[bool] = False  # (numpy only at search: fit and load need not import torch)
 
     name = "knn_embed"
     kind = "retriever"
