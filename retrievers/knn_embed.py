@@ -103,12 +103,14 @@ class KnnEmbedParams(Params):
     local_depth: int = Field(default=100, ge=1, description="M_local: depth of the dense pass used by prior='local'.")
     weight_floor: float = Field(default=0.05,
                                 ge=0, lt=1, description="Components with smoothed weight below this are dropped.")
-    max_components: int = Field(default=4, ge=1, description="At most this many mixture components per query.")
+    max_components: int = Field(default=4, ge=1, description="At most this many mixture components per query (1 is "
+                                                             "refused: every query would collapse).")
     collapse_at: float = Field(
         default=0.85,
         gt=0, le=1, description="If the top component's (renormalised) weight is >= this, or only one component "
                                 "survives, the query is answered as plain dense top-k.  1.0 = collapse only "
-                                "single-component queries.")
+                                "single-component queries; at most 1 / max_components is refused (every query "
+                                "would collapse).")
     anchor_share: float = Field(
         default=0.5,
         ge=0, le=1, description="Share of the k slots kept for plain unrestricted dense results (1.0 = dense).")
@@ -141,6 +143,17 @@ class KnnEmbedParams(Params):
             raise FieldRefusal(self.given("local_depth", "n_neighbors"),
                 f"local_depth ({self.local_depth}) must be >= n_neighbors ({self.n_neighbors}): the local prior is "
                 f"read from a dense pass at least as deep as the neighbourhood")
+        if self.max_components == 1:
+            raise FieldRefusal(self.given("max_components"),
+                "max_components 1 keeps one component, and a query with one component is answered as plain dense "
+                "top-k: every query would be answered as plain dense.  Use max_components 2 or more to mix clusters "
+                "(or the dense retriever for plain dense results)")
+        if self.collapse_at <= 1 / self.max_components + 1e-12:  # (the tolerance mixture compares with)
+            raise FieldRefusal(self.given("collapse_at", "max_components"),
+                f"collapse_at ({self.collapse_at}) must be above 1 / max_components (1/{self.max_components} = "
+                f"{1 / self.max_components:.4g}): the kept weights are renormalised to sum to 1, so the top one is "
+                f"at least 1/{self.max_components}, and every query would be answered as plain dense.  Raise "
+                f"collapse_at (1.0 collapses only single-component queries) or max_components")
         self.refuse_unused(("local_depth", self.prior == "local", "prior: local"),
                            ("rocchio_lambda", self.component_query == "rocchio_filter",
                             "component_query: rocchio_filter"))

@@ -113,7 +113,7 @@ def test_collapse_and_full_anchor_equal_dense(blobs):
     corpus, vecs, _ = blobs
     q = _unit(np.random.default_rng(3).standard_normal((7, D)))
     dense_rows, dense_sc = topk_rows(q @ vecs.T, 20)
-    for op in (_fit(blobs, collapse_at=0.01), _fit(blobs, anchor_share=1.0, collapse_at=1.0)):
+    for op in (_fit(blobs, weight_floor=0.99), _fit(blobs, anchor_share=1.0, collapse_at=1.0)):
         st = op(_state(op, q))
         np.testing.assert_array_equal(np.stack([r.rows for r in st.rankings]), dense_rows)
     diverse = _fit(blobs, collapse_at=1.0, weight_floor=0.0)(_state(op, q))

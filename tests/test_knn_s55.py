@@ -5,9 +5,12 @@ their errors, mixture's checks of a given score matrix, one k-means helper, add 
 from __future__ import annotations
 
 import logging
+import re
 
 import numpy as np
+import pytest
 
+from ragkit.errors import ParamError
 from ragkit.retrievers.knn_embed import KnnEmbed
 from ragkit.types import Corpus, State
 
@@ -105,3 +108,24 @@ def test_fit_load_and_search_import_no_torch(tmp_path):
     done = subprocess.run([sys.executable, "-c", _NO_TORCH, str(tmp_path / "op")], env=env, capture_output=True,
                           text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+# ------------------------------------------------------------------------------ 5: settings that collapse every query
+@pytest.mark.parametrize(("kw", "field", "said"), [
+    ({"collapse_at": 0.01}, "collapse_at", "collapse_at (0.01) must be above 1 / max_components (1/4 = 0.25)"),
+    ({"collapse_at": 0.5, "max_components": 2}, "collapse_at", "(1/2 = 0.5)"),
+    ({"max_components": 1}, "max_components", "max_components 1 keeps one component"),
+    ({"max_components": 1, "collapse_at": 1.0}, "max_components", "every query would be answered as plain dense"),
+])
+def test_settings_under_which_every_query_collapses_are_refused(kw, field, said):
+    """The kept weights are renormalised, so the top one is >= 1/max_components: collapse_at at or below it (or
+    max_components 1, one component) answered every query as plain dense, without a word."""
+    with pytest.raises(ParamError, match=re.escape(said)) as e:
+        KnnEmbed(**kw)
+    assert str(e.value).startswith(f"knn_embed.{field}: ") and "plain dense" in str(e.value)
+    vecs, _ = _blobs()
+    op = KnnEmbed(k=10, n_clusters=4).fit_vectors(Corpus.from_texts([f"doc {i}" for i in range(80)]), vecs)
+    with pytest.raises(ParamError, match=re.escape(said)):
+        op.with_params(**kw)
+    KnnEmbed(collapse_at=0.26)  # above 1/4: a query whose top weight is under it still mixes
+    KnnEmbed(max_components=2, collapse_at=0.51)
