@@ -24,12 +24,50 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO = Path(__file__).resolve().parents[1]
-SCIFACT = Path(os.environ.get("RAGKIT_SCIFACT", REPO.parent / "shared" / "data" / "beir" / "scifact"))
+#: the checkout's SciFact copy (CI's), looked at first
+SHARED_SCIFACT = REPO.parent / "shared" / "data" / "beir" / "scifact"
+
+
+def find_scifact(env: str | None = None, shared: Path = SHARED_SCIFACT) -> Path | None:
+    """The SciFact folder the tests read: ``env`` ($RAGKIT_SCIFACT) when set (checked by the caller), else
+    ``shared`` (the checkout's copy) when it exists, else where ``load_beir("scifact")`` finds it without
+    downloading (``$RAGKIT_CACHE/beir/scifact``, where ``ragkit eval --data scifact`` downloaded it; the
+    ``shared/data/beir`` folders above the working one); ``None`` when none holds all of it."""
+    if env:
+        return Path(env)
+    if shared.is_dir():
+        return shared
+    from ragkit.errors import DataError
+    from ragkit.eval._layout import _lacks
+    from ragkit.eval.beir import _find
+
+    try:
+        found = _find("scifact", "scifact", download=False, base_url=None)
+    except DataError:
+        return None
+    return None if _lacks(found) else found  # (an incomplete download: `ragkit eval --data scifact` replaces it)
+
+
+def scifact_missing(env: str | None, found: Path | None, shared: Path = SHARED_SCIFACT) -> str | None:
+    """Why the tests cannot run for want of SciFact (``found``: :func:`find_scifact`'s answer), or ``None``."""
+    if found is not None and found.is_dir():
+        return None
+    get = ("run `ragkit eval --data scifact --pipeline bm25 --limit 1` once (it downloads SciFact into "
+           "$RAGKIT_CACHE/beir/scifact, where the tests find it), or set RAGKIT_SCIFACT to a SciFact BEIR folder")
+    if env:
+        return (f"SciFact not found at {env} (RAGKIT_SCIFACT): set RAGKIT_SCIFACT to a SciFact BEIR folder, or unset "
+                f"it to use {shared} or the copy `ragkit eval --data scifact` downloads")
+    return f"SciFact not found: not at {shared}, nor where load_beir('scifact') looks without downloading; {get}"
+
+
+_FOUND = find_scifact(os.environ.get("RAGKIT_SCIFACT"))
+SCIFACT = _FOUND if _FOUND is not None else SHARED_SCIFACT
 
 
 def pytest_collection_modifyitems(config, items):
-    if not SCIFACT.is_dir():
-        raise pytest.UsageError(f"SciFact not found at {SCIFACT}; set RAGKIT_SCIFACT to the BEIR folder")
+    missing = scifact_missing(os.environ.get("RAGKIT_SCIFACT"), _FOUND)
+    if missing is not None:
+        raise pytest.UsageError(missing)
 
 
 @pytest.fixture(scope="session")

@@ -625,7 +625,8 @@ def test_a_multi_dataset_archive_or_an_unknown_dataset_of_it_names_the_datasets(
                                         r"download=False"):
         load_beir("nothing/here", download=False)
     (tmp_path / "data").mkdir()  # 'data/scifact' beside a folder 'data' is a path: not downloaded as data.zip
-    with pytest.raises(DataError, match=r"^data/scifact: BEIR folder not found$"):
+    with pytest.raises(DataError, match=r"^data/scifact: BEIR folder not found; to find it by name \(or download it\), "
+                                        r"pass 'scifact'$"):
         load_beir("data/scifact")
 
 

@@ -612,10 +612,15 @@ def _find_sub(archive: str, sub: str, *, download: bool, base_url: str | None) -
 
 
 def _not_a_folder(text: str) -> DataError:
-    """The error for a path that is no folder; it lists the sub-datasets when its parent holds several."""
+    """The error for a path that is no folder; it lists the sub-datasets when its parent holds several, and
+    names the dataset to pass when the path ends in a BEIR dataset's name (``data/scifact``: ``'scifact'``,
+    which :func:`load_beir` finds in its cache or downloads)."""
     parent = Path(text).parent
     subs = _subsets(parent)
     hint = f"; {parent} holds the sub-datasets {', '.join(subs)}" if subs else ""
+    name = Path(text).name.lower()
+    if name in BEIR_NAMES:
+        hint += f"; to find it by name (or download it), pass {name!r}"
     return DataError(f"{text}: BEIR folder not found{hint}")
 
 

