@@ -488,13 +488,21 @@ class KnnEmbed(Operator):
         ``anchor_share=0.5``, ``tau=0.1``...).  The copy is fitted: it shares this operator's corpus, document
         vectors, labels and centroids (not copied); this operator is left unchanged.  Needs a fitted operator.
 
-        Changing ``model``, ``n_clusters``, ``n_init`` or ``seed`` needs a new ``fit``: refused.  A value
+        Changing ``model``, ``n_clusters``, ``n_init`` or ``seed`` needs a new ``fit``: refused (``n_clusters``
+        equal to the count a fit with ``n_clusters=None`` chose is no change).  A value
         or key the constructor refuses is the same :class:`~ragkit.errors.ParamError`
         (``knn_embed.anchor_share: expected a value <= 1.0, got 3``, an unknown key with the closest names).
         """
-        bad = [f for f in changes if f in self._CLUSTERING and changes[f] != getattr(self.params, f)]
+        fitted = self.__dict__.get("centroids_")
+        same = {f: getattr(self.params, f) for f in self._CLUSTERING}
+        if same["n_clusters"] is None and fitted is not None:  # (the default: the count the fit chose is the same)
+            same["n_clusters"] = len(fitted)
+        bad = [f for f in changes if f in self._CLUSTERING and changes[f] != same[f]
+               and not (f == "n_clusters" and changes[f] is None and self.params.n_clusters is None)]
         if bad:
-            raise ParamError(f"knn_embed.with_params: {bad} change the clustering; build a new KnnEmbed and fit it")
+            given = ", ".join(f"{f}={changes[f]!r}, fitted with {same[f]!r}" for f in bad)
+            raise ParamError(f"knn_embed.with_params: {bad} change the clustering ({given}); build a new KnnEmbed "
+                             "and fit it")
         new = type(self)(update_params(self.params, changes, self.name))
         self._check_fitted()
         for key in ("corpus_", "vectors_", "labels_", "centroids_", "_members", "_order", "_starts", "_sizes",

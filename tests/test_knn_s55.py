@@ -129,3 +129,17 @@ def test_settings_under_which_every_query_collapses_are_refused(kw, field, said)
         op.with_params(**kw)
     KnnEmbed(collapse_at=0.26)  # above 1/4: a query whose top weight is under it still mixes
     KnnEmbed(max_components=2, collapse_at=0.51)
+
+
+# ------------------------------------------------------------------------------ 7: with_params after n_clusters=None
+def test_with_params_takes_the_cluster_count_a_default_fit_chose():
+    vecs, _ = _blobs()
+    op = KnnEmbed(k=10).fit_vectors(Corpus.from_texts([f"doc {i}" for i in range(80)]), vecs)
+    c = len(op.centroids_)
+    assert op.params.n_clusters is None and c == 6  # clamp(round(sqrt(80 / 2)), 4, 1024)
+    same = op.with_params(n_clusters=c, k=5)
+    assert same.centroids_ is op.centroids_ and same.params.k == 5
+    assert op.with_params(n_clusters=None).centroids_ is op.centroids_
+    with pytest.raises(ParamError, match=re.escape("['n_clusters'] change the clustering (n_clusters=7, fitted with "
+                                                   "6)")):
+        op.with_params(n_clusters=7)
