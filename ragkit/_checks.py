@@ -437,6 +437,22 @@ def _one_argument(cls: str, given: Any) -> str:
             f"{'document' if cls == 'Corpus' else 'query'}){hint or f'; see {cls}.from_texts'}")
 
 
+def int_positions(arr: np.ndarray, what: str, hint: str = "") -> np.ndarray:
+    """``arr`` as int64 positions: integers as they are, Python ints in an object array converted; any other
+    dtype (str or bytes ids, bools, floats: 1.7 would silently become row 1) a :class:`DataError` that starts
+    with ``what`` and names the dtype and a value, then ``hint``.  The dtype half of :func:`_as_rows`, which
+    :class:`~ragkit.types.Ranking` shares (a boolean mask is no ranking's rows)."""
+    if arr.dtype.kind in "iu":
+        return arr.astype(np.int64, copy=False)
+    if arr.dtype == object and arr.size:  # Python ints in an object array
+        as_list = np.asarray(arr.tolist())
+        if as_list.dtype.kind in "iu":
+            return as_list.astype(np.int64, copy=False)
+    flat = arr.reshape(-1)
+    such = f" values such as {flat[0] if arr.dtype == object else flat[0].item()!r}" if flat.size else ""
+    raise DataError(f"{what}, got {arr.dtype}{such}{hint}")
+
+
 def _as_rows(idx: Any, n: int, who: str = "rows") -> np.ndarray:
     """Row numbers from integer positions or a boolean mask of length ``n`` (a mask is not 0/1 rows).
 
@@ -455,12 +471,7 @@ def _as_rows(idx: Any, n: int, who: str = "rows") -> np.ndarray:
         return np.flatnonzero(arr)
     if arr.size == 0:
         return np.zeros(0, np.int64)
-    if arr.dtype == object:  # Python ints in an object array
-        arr = np.asarray(arr.tolist())
-    if arr.dtype.kind not in "iu":  # 1.7 would silently become row 1
-        raise DataError(f"rows must be integer positions (or a boolean mask), got {arr.dtype} values such as "
-                        f"{arr.reshape(-1)[0].item()!r}")
-    rows = arr.astype(np.int64)
+    rows = int_positions(arr, "rows must be integer positions (or a boolean mask)")
     if rows.max() >= n or rows.min() < -n:
         bad = int(rows.max()) if rows.max() >= n else int(rows.min())
         raise DataError(f"row {bad} is out of range for {n} rows (valid: 0..{n - 1}, or -{n}..-1 from the end)")

@@ -27,6 +27,7 @@ from ragkit._checks import (
     check_id_surrogates as check_id_surrogates,
     check_texts as check_texts,
     ids_and_texts as ids_and_texts,
+    int_positions,
     series_ids as series_ids,
 )
 from ragkit._corpus import (
@@ -55,6 +56,8 @@ from ragkit._queries import (
     warn_same_text as warn_same_text,
 )
 from ragkit.errors import DataError, InputTypeError, repeated, some_ids
+
+_ROWS_HINT = ("; map document ids to rows with corpus.row_of(ids), and a boolean mask with np.flatnonzero(mask)")
 
 __all__ = ["Corpus", "Queries", "Ranking", "State", "TrainSet", "TraceEvent", "Qrels"]
 
@@ -89,6 +92,8 @@ class Ranking:
                 bad = given.reshape(-1)[~np.equal(given.reshape(-1), np.trunc(given.reshape(-1).real))][0]
                 raise InputTypeError(f"Ranking: rows are row numbers (integers), got {given.dtype} values such as "
                                      f"{bad.item()!r}; are rows and scores swapped? Ranking(rows, scores)")
+            if given.dtype.kind in "bUSO" and given.size:  # ids "3", "4" read as rows 3 and 4; a mask as rows 0/1
+                rows = int_positions(given, "Ranking: rows are corpus row numbers (integers)", _ROWS_HINT)
         self.rows = np.asarray(rows, dtype=np.int64)
         self.scores = np.asarray(self.scores, dtype=np.float32)
         if self.rows.ndim != 1 or self.scores.ndim != 1:  # (else: errors far from here, e.g. TopK's or evaluate's)

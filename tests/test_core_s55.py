@@ -1,0 +1,66 @@
+"""The foundation's checks (review s55): a Ranking's rows are row numbers, not ids or a mask; its fields and
+scores are one per row; a State's entries are one per query; Run checks what it is given; a ranking is
+read-only; a step that reads rankings refuses a state without them, all alike; Params refuse non-finite
+floats at any depth."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import word_corpus
+
+from ragkit import Corpus, Operator, Params, Ranking, State
+from ragkit.errors import DataError
+
+QUERIES = ["w1 w2 w3", "w4 w5"]
+
+
+class _NoParams(Params):
+    pass
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    return word_corpus(40)
+
+
+def _with(state: State, **changes) -> State:
+    out = state.copy()
+    for key, value in changes.items():
+        setattr(out, key, value)
+    return out
+
+
+def _step(name: str, kind: str, call, **attrs) -> Operator:
+    """An operator (a class not registered) whose ``_call`` is ``call(self, state)``."""
+    cls = type(name, (Operator,), {"name": f"s55_{name.lower()}", "kind": kind, "Params": _NoParams,
+                                   "__annotations__": {"params": _NoParams}, "stateless": kind != "retriever",
+                                   "reads_rankings": kind != "retriever", "_call": call, **attrs})
+    return cls()
+
+
+# ---------------------------------------------------------------------- 1. rows are row numbers
+@pytest.mark.parametrize("rows, shown", [(["3", "4"], "<U1 values such as '3'"), (["d1", "d2"], "'d1'"),
+                                         (np.array([b"3", b"4"]), "b'3'"), (np.array([True, False]), "bool"),
+                                         (np.array(["3", None], dtype=object), "object values such as '3'")])
+def test_ids_and_masks_are_not_rows(rows, shown):
+    """Ranking(["3", "4"], s) was rows 3 and 4 (SciFact's ids are numeric strings: the wrong documents,
+    silently), a mask rows 0/1, and "d1" numpy's raw ValueError."""
+    with pytest.raises(DataError, match=rf"Ranking: rows are corpus row numbers \(integers\), got .*{shown}.*"
+                                        r"corpus\.row_of\(ids\)"):
+        Ranking(rows, [2.0, 1.0])
+
+
+def test_integer_rows_in_any_form_are_still_rows():
+    for rows in ([3, 4], np.array([3, 4], np.int32), np.array([3, 4], dtype=object), np.array([3.0, 4.0]), []):
+        r = Ranking(rows, [2.0, 1.0][:len(rows)])
+        assert r.rows.dtype == np.int64 and r.rows.tolist() == list(map(int, rows))
+
+
+def test_a_retriever_returning_numeric_ids_fails_at_its_step():
+    corpus = Corpus(ids=["5", "4", "3", "2", "1", "0"], texts=["a"] * 6)
+    ids = _step("IdRows", "retriever",
+                lambda self, s: _with(s, rankings=[Ranking(self.corpus_.ids[:2].astype(str), [2.0, 1.0])
+                                                      for _ in s.queries]))
+    with pytest.raises(DataError, match=r"s55_idrows.*Ranking: rows are corpus row numbers.*'5'"):
+        ids.fit(corpus).search(["q"])
