@@ -9,9 +9,10 @@ What :func:`run` does is the README's "Using it" snippet, plus timing and a ``--
     print(evaluate(result, data.qrels("test"), ["ndcg@10", "recall@100"]).scores)
 
 A :class:`~ragkit.errors.RagkitError` (a missing ``--data`` folder, an unknown ``--split``, ...) ends the
-script with ``<script>: error: <message>`` on stderr and exit status 2, as ``ragkit eval`` does, not a
-traceback.  A ``--limit`` run says that it is a slice: ``rm3: 8 queries, 208 docs (a --limit slice of 300
-queries and 5183 docs, not comparable to the full split)``.
+script with ``<script>: error: <message>`` on stderr and ``ragkit eval``'s exit status, not a traceback:
+2 for bad input, 1 for a failure while running (a dataset download that failed).  A ``--limit`` run says
+that it is a slice: ``rm3: 8 queries, 208 docs (a --limit slice of 300 queries and 5183 docs, not
+comparable to the full split)``.
 """
 
 from __future__ import annotations
@@ -95,15 +96,21 @@ def parse_args(description: str | None, *, default_limit: int | None = None,
 @contextmanager
 def clear_errors(hint: str | None = None) -> Iterator[None]:
     """Turn a :class:`~ragkit.errors.RagkitError` raised inside into ``<script>: error: <message>`` on
-    stderr (with ``hint`` after it) and exit status 2, as ``ragkit eval`` reports its errors."""
+    stderr and ``ragkit eval``'s exit status for it (the command line's own mapping): 2 for bad input, with
+    ``hint`` after the message, and 1, without the hint, for a failure while running (a dataset download
+    that failed: :class:`~ragkit.eval.beir.DownloadError`)."""
     from ragkit.errors import RagkitError
 
     try:
         yield
     except RagkitError as e:
+        from ragkit.cli._app import _exit_status
+
+        status = _exit_status(e)
         prog = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "example"
-        print(f"{prog}: error: {e}" + (f"\n{prog}: hint: {hint}" if hint else ""), file=sys.stderr)
-        raise SystemExit(2) from None
+        said = f"\n{prog}: hint: {hint}" if hint and status == 2 else ""
+        print(f"{prog}: error: {e}{said}", file=sys.stderr)
+        raise SystemExit(status) from None
 
 
 class Data(NamedTuple):

@@ -102,3 +102,47 @@ def test_a_missing_folder_named_like_a_beir_dataset_says_to_pass_the_name(given,
     with pytest.raises(DataError) as e:
         load_beir("data/mine", download=False)
     assert str(e.value) == "data/mine: BEIR folder not found"  # (no BEIR name: no hint)
+
+
+# ------------------------------------------------------------------ the examples' exit statuses are ragkit eval's
+EXAMPLES = REPO / "examples"
+
+
+def _common():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("front_s55_common", EXAMPLES / "_common.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.parametrize("error, status", [("download", 1), ("data", 2)])
+def test_clear_errors_exits_as_ragkit_eval_does(error, status, capsys, monkeypatch):
+    from ragkit.cli._app import _exit_status
+    from ragkit.eval.beir import DownloadError
+
+    monkeypatch.setattr(sys, "argv", ["rm3.py"])
+    e = DownloadError("could not download BEIR dataset 'scifact'") if error == "download" else DataError("bad")
+    with pytest.raises(SystemExit) as exc, _common().clear_errors("the --data hint"):
+        raise e
+    assert exc.value.code == status == _exit_status(e)
+    err = capsys.readouterr().err
+    assert err.startswith(f"rm3.py: error: {e}\n") and ("hint" in err) == (status == 2), err
+
+
+def test_a_failed_download_ends_an_example_with_status_1(tmp_path, monkeypatch):
+    """Review: a dataset download that failed (an offline machine) ended an example with status 2 and the hint for
+    bad --data, where ``ragkit eval`` exits 1 for it (a failure while running)."""
+    from conftest import run_script
+
+    work = tmp_path / "a" / "b" / "c" / "work"  # (no shared/data/beir around it)
+    work.mkdir(parents=True)
+    monkeypatch.chdir(work)
+    monkeypatch.delenv("RAGKIT_BEIR_DIR", raising=False)
+    monkeypatch.setenv("RAGKIT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("RAGKIT_BEIR_URL", (tmp_path / "no-zips").as_uri())
+    code, out, err = run_script(EXAMPLES / "rm3.py", "--data", "scifact", "--limit", "3", must_exit=True)
+    assert code == 1 and out == "", (code, err)
+    assert err.startswith("rm3.py: error: BEIR dataset 'scifact': not found locally") and "could not download" in err
+    assert "hint" not in err and err.count("\n") == 1, err
