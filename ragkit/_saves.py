@@ -373,7 +373,8 @@ class atomic_dir:
 
     The previous folder (if any) is kept until the new one is complete, then replaced: on Linux
     the two are swapped in one atomic step (:func:`_exchange`), so ``path`` is never missing;
-    elsewhere by two renames.
+    elsewhere by two renames.  The new folder gets the permissions (and owner) of the one it replaces
+    (a ``chmod 700`` stays), else those of a plain ``mkdir``.
     """
 
     def __init__(self, path: str | Path) -> None:
@@ -421,6 +422,12 @@ class atomic_dir:
             if named is e:
                 raise  # (another OSError, a network file system's EIO, stays as it is, retryable)
             raise named from e
+        try:  # a re-save keeps the folder's permissions (a chmod 700) and owner, as atomic_file keeps a file's
+            if self.path.is_dir():
+                _files._keep_mode(self.path, self.tmp)
+        except BaseException:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            raise
         return self.tmp
 
     def __exit__(self, exc_type: object, exc: BaseException | None = None, *rest: object) -> None:
