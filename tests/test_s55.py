@@ -50,3 +50,19 @@ def test_search_distributed_of_a_folder_refuses_workdir_and_a_folder_without_a_s
     (tmp_path / "empty").mkdir()
     with pytest.raises(Exception, match="empty: no manifest.json: not a folder written by Pipeline.save"):
         search_distributed(tmp_path / "empty", ["w1"])
+
+
+def test_dense_add_names_the_row_of_a_nan_vector_as_given_after_blank_documents(tmp_path, monkeypatch):
+    """dense.add(vectors=) named the first NaN row by its place among the non-blank documents (blank ones are not
+    indexed): row 0 for the vector given at row 1 after a blank document.  It names the row of the vectors given."""
+    from ragkit.encoders.custom import HashingEncoder, register_encoder
+    from ragkit.errors import DataError
+    from ragkit.retrievers import Dense
+
+    monkeypatch.setenv("RAGKIT_CACHE", str(tmp_path))
+    register_encoder("s55-hash", HashingEncoder(dim=16), replace=True)
+    dense = Dense(model="s55-hash", search="exact").fit(Corpus.from_texts(["a b", "c d"], ids=["a", "b"]))
+    vectors = np.ones((3, 16), np.float32)
+    vectors[2] = np.nan
+    with pytest.raises(DataError, match=r"the first at row 2, document 'z'"):
+        dense.add(Corpus.from_texts(["", "x y", "z w"], ids=["y", "x", "z"]), vectors=vectors)
