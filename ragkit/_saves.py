@@ -63,7 +63,15 @@ def _check_given_corpus(folder: Path, meta: Mapping[str, Any], corpus: Corpus) -
     global _UNCHECKED_TEXTS_SAID
     fitted = f"{folder}: fitted on a corpus of {meta['corpus']['n']:,} documents, but load(corpus=...) was given"
     if corpus_fingerprint(corpus) != meta["corpus"]:
-        how, first = _how_ids_differ(folder, corpus)
+        how, first, same_as = _how_ids_differ(folder, corpus)
+        if same_as is not None:  # the saved corpus.jsonl has these very ids: it is not the fitted corpus either
+            it = "the pipeline" if _saved_pipeline_above(folder) is not None else "the operator"
+            raise ArtifactError(
+                f"{fitted} {len(corpus):,} documents {how}, the very ids, in the same order, that {same_as} holds: "
+                f"so that file is not the corpus it was fitted on either (params.json records the SHA-1 of the fitted "
+                "ids): the folder was changed after it was saved (its corpus.jsonl replaced or edited, or a step "
+                f"folder copied from another save), which a load with verify=True refuses by its checksums: save "
+                f"{it} again from where it was fitted, or fit {it} again")
         raise ArtifactError(f"{fitted} {len(corpus):,} documents {how}; pass the corpus it was fitted on, in its "
                             f"order (or none: the folder holds it), or fit the operator on this corpus{first}")
     if TEXTS_KEY not in meta:
@@ -82,26 +90,37 @@ def _check_given_corpus(folder: Path, meta: Mapping[str, Any], corpus: Corpus) -
 
 def _saved_corpus(folder: Path) -> Corpus | None:
     """The corpus saved with the operator in ``folder`` (its ``corpus.jsonl``, or its pipeline's), if readable."""
+    found = _saved_corpus_file(folder)
+    return None if found is None else found[1]
+
+
+def _saved_corpus_file(folder: Path) -> tuple[Path, Corpus] | None:
+    """:func:`_saved_corpus` and the file it was read from."""
     whole = _saved_pipeline_above(folder)
     for saved in (folder / "corpus.jsonl", *((whole / "corpus.jsonl",) if whole is not None else ())):
         if saved.is_file():
             from ragkit.eval.beir import read_corpus
 
             try:
-                return read_corpus(saved, allow_empty=True)
+                return saved, read_corpus(saved, allow_empty=True)
             except Exception:  # noqa: BLE001 - only said in an error about another matter: leave it out
                 return None
     return None
 
 
-def _how_ids_differ(folder: Path, corpus: Corpus) -> tuple[str, str]:
+def _how_ids_differ(folder: Path, corpus: Corpus) -> tuple[str, str, Path | None]:
     """How ``corpus``'s ids differ from those of the corpus saved in ``folder`` (``corpus.jsonl``, the
     folder's or its pipeline's, when there is one): "with the same ids in another order" (an index's rows are
-    positions) or "with other ids"; and the first row where they differ (``""`` when no corpus is saved)."""
-    saved = _saved_corpus(folder)
-    if saved is None:
-        return "with other ids", ""
+    positions) or "with other ids"; the first row where they differ (``""`` when no corpus is saved); and that
+    file when it holds exactly ``corpus``'s ids, in order (else ``None``): the ids differ from the fitted ones,
+    whose fingerprint ``params.json`` records, though they are the saved file's (the folder was changed since)."""
+    found = _saved_corpus_file(folder)
+    if found is None:
+        return "with other ids", "", None
+    file, saved = found
     ids, given = saved.ids, corpus.ids
+    if len(ids) == len(given) and np.array_equal(ids, given):
+        return "with other ids", "", file
     m = min(len(ids), len(given))
     rows = np.flatnonzero(ids[:m] != given[:m])
     if len(rows):
@@ -113,8 +132,8 @@ def _how_ids_differ(folder: Path, corpus: Corpus) -> tuple[str, str]:
         first = f" (the first difference: row {r} is document {(given if len(given) > m else ids)[r]!r}, only in " \
                 f"the {'given' if len(given) > m else 'fitted'} corpus)"
     if len(ids) == len(given) and np.array_equal(np.sort(ids), np.sort(given)):
-        return "with the same ids in another order (its rows are positions in the fitted order)", first
-    return "with other ids", first
+        return "with the same ids in another order (its rows are positions in the fitted order)", first, None
+    return "with other ids", first, None
 
 
 def _how_texts_differ(folder: Path, corpus: Corpus) -> str:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from ragkit.errors import ArtifactError
 from ragkit.operator import Operator
 from ragkit.pipelines import Pipeline
 from ragkit.retrievers import BM25
@@ -53,3 +54,48 @@ def test_a_resave_keeps_a_private_folder_private(small, tmp_path):
     assert _mode(folder) == 0o700  # (was 0o755: readable by others again)
     assert _mode(pipe) == 0o700
     assert Operator.load(folder).params.k == 4
+
+
+# ---------------------------------------------------------------- 3: the saved corpus.jsonl holds the given ids
+def test_a_folder_whose_corpus_file_holds_the_given_ids_but_params_others_is_named(small, tmp_path):
+    folder = tmp_path / "ix"
+    BM25(k=3).fit(small).save(folder)
+    other = Corpus.from_texts(["x y", "z w"])
+    other.save(folder / "corpus.jsonl")  # (replaced: loaded unchecked)
+    with pytest.raises(ArtifactError, match=r"ix: fitted on a corpus of 6 documents, but load\(corpus=\.\.\.\) was "
+                                            r"given 2 documents with other ids, the very ids, in the same order, "
+                                            r"that .*ix/corpus\.jsonl holds: so that file is not the corpus it was "
+                                            r"fitted on either.*the folder was changed after it was saved.*fit the "
+                                            r"operator again"):
+        Operator.load(folder, corpus=other, verify=False)  # (was: IndexError)
+
+
+def test_a_pipeline_whose_corpus_lines_were_swapped_is_named(small, tmp_path):
+    folder = tmp_path / "pipe"
+    Pipeline([BM25(k=3)]).fit(small).save(folder)
+    lines = (folder / "corpus.jsonl").read_text(encoding="utf-8").splitlines(True)
+    (folder / "corpus.jsonl").write_text("".join(reversed(lines)), encoding="utf-8")
+    with pytest.raises(ArtifactError, match=r"ops/00-bm25: fitted on a corpus of 6 documents.*the very ids, in the "
+                                            r"same order, that .*pipe/corpus\.jsonl holds.*fit the pipeline again"):
+        Pipeline.load(folder, verify=False)  # (was: IndexError)
+
+
+def test_a_step_folder_copied_from_another_pipeline_is_named(small, tmp_path):
+    import shutil
+
+    folder, other = tmp_path / "pipe", tmp_path / "other"
+    Pipeline([BM25(k=3)]).fit(small).save(folder)
+    Pipeline([BM25(k=3)]).fit(Corpus.from_texts(["a b", "c d"])).save(other)
+    shutil.rmtree(folder / "ops" / "00-bm25")
+    shutil.copytree(other / "ops" / "00-bm25", folder / "ops" / "00-bm25")
+    with pytest.raises(ArtifactError, match=r"fitted on a corpus of 2 documents, but .* was given 6 documents with "
+                                            r"other ids, the very ids.*a step folder copied from another save"):
+        Pipeline.load(folder, verify=False)  # (was: IndexError)
+
+
+def test_other_ids_still_say_the_first_difference(small, tmp_path):
+    folder = tmp_path / "ix"
+    BM25(k=3).fit(small).save(folder)
+    with pytest.raises(ArtifactError, match=r"with other ids; pass the corpus it was fitted on.*the first "
+                                            r"difference: row 3 is document '3', only in the fitted corpus\)$"):
+        Operator.load(folder, corpus=Corpus.from_texts(TEXTS[:3]))
