@@ -143,3 +143,24 @@ def test_with_params_takes_the_cluster_count_a_default_fit_chose():
     with pytest.raises(ParamError, match=re.escape("['n_clusters'] change the clustering (n_clusters=7, fitted with "
                                                    "6)")):
         op.with_params(n_clusters=7)
+
+
+# ------------------------------------------------------------------------------ 8: the caller's query vectors
+@pytest.mark.parametrize(("q", "said"), [
+    (np.ones((2, D)), "are 2 vectors for 1 query; expected one vector per query, a 2-D float array of shape (1, dim)"),
+    (np.ones((1, 8)), "are vectors of 8 dimensions, but the documents were indexed with 16; query vectors must have "
+                      "the width"),
+    (np.ones(D), "are a 1-D array of shape (16,) for 1 query"),
+])
+def test_the_callers_query_vectors_are_named_as_given_not_as_the_encoders(q, said):
+    """fit_vectors' route: the caller gives the query vectors in state.vectors; a wrong shape was blamed on the
+    encoder ("the encoder of model '...' (Encoder).encode_queries returned 2 vectors for 1 texts"), which never ran."""
+    from ragkit.errors import DataError
+
+    vecs, _ = _blobs()
+    op = KnnEmbed(k=10, n_clusters=4).fit_vectors(Corpus.from_texts([f"doc {i}" for i in range(80)]), vecs)
+    key = op.dense.encoder.key
+    with pytest.raises(DataError) as e:
+        op(State(["q"], vectors={key: q}))
+    assert str(e.value).startswith(f"knn_embed: the query vectors given in state.vectors[{str(key)!r}] {said}"), e.value
+    assert "encode_queries" not in str(e.value) and "returned" not in str(e.value)

@@ -1091,31 +1091,37 @@ def encoder_label(op: str, model: str, encoder: Any, method: str) -> str:
     return f"{op}: the encoder of model {model!r} ({type(encoder).__name__}).{method}"
 
 
-def encoder_vectors(raw: Any, n: int, who: str) -> np.ndarray:
+def encoder_vectors(raw: Any, n: int, who: str, *, verb: str = "returned", texts: str = "texts",
+                    expected: str | None = None) -> np.ndarray:
     """``raw``, what an encoder returned for ``n`` texts, as a C-contiguous float32 array ``(n, dim)`` (no copy
     when it is one already).  Anything else is a :class:`DataError` naming ``who`` (the encoder and its method,
     :func:`encoder_label`) and what it returned, before any operator uses it: ``None``, a 1-D or 3-D array, another
     number of rows than texts (a row too many or too few misaligned every document after it), text, complex or
-    date values.  Shape and dtype checks only: no pass over the values (NaN and infinities are the operators')."""
-    expected = f"an encoder returns one vector per text, a 2-D float array of shape ({n}, dim)"
+    date values.  Shape and dtype checks only: no pass over the values (NaN and infinities are the operators').
+
+    ``verb``, ``texts`` and ``expected`` word the message for vectors no encoder returned (the caller's query
+    vectors in ``state.vectors``: ``"... are 2 vectors for 1 query; expected ..."``); the defaults word it for
+    an encoder's output."""
+    if expected is None:
+        expected = f"an encoder returns one vector per text, a 2-D float array of shape ({n}, dim)"
     try:
         arr = raw if isinstance(raw, np.ndarray) else np.asarray(raw)
     except (TypeError, ValueError, RuntimeError) as e:  # ragged lists, a tensor on a GPU
         lengths = _row_lengths(raw)
         said = f"vectors of lengths {lengths}" if lengths else str(e)
-        raise DataError(f"{who} returned a {type(raw).__name__} that is no array of numbers ({said}); "
+        raise DataError(f"{who} {verb} a {type(raw).__name__} that is no array of numbers ({said}); "
                         f"{expected}") from None
     if raw is None or arr.dtype.kind not in "biufO":  # (None reads as a 0-D object array)
         got = "None" if raw is None else f"an array of {arr.dtype} values, shape {arr.shape}"
-        raise DataError(f"{who} returned {got} for {n} texts; {expected}")
+        raise DataError(f"{who} {verb} {got} for {n} {texts}; {expected}")
     if arr.ndim != 2:
-        raise DataError(f"{who} returned a {arr.ndim}-D array of shape {arr.shape} for {n} texts; {expected}")
+        raise DataError(f"{who} {verb} a {arr.ndim}-D array of shape {arr.shape} for {n} {texts}; {expected}")
     if arr.shape[0] != n:
-        raise DataError(f"{who} returned {arr.shape[0]} vectors for {n} texts; {expected}")
+        raise DataError(f"{who} {verb} {arr.shape[0]} vectors for {n} {texts}; {expected}")
     try:
         return np.ascontiguousarray(arr, dtype=np.float32)
     except (TypeError, ValueError) as e:  # an object array holding text or None
-        raise DataError(f"{who} returned an array of objects that are not all numbers ({e}); {expected}") from None
+        raise DataError(f"{who} {verb} an array of objects that are not all numbers ({e}); {expected}") from None
 
 
 def _row_lengths(raw: Any) -> list[int] | None:
@@ -1163,12 +1169,19 @@ def query_vectors(state: Any, encoder: Encoder, transform: Callable[[np.ndarray]
             if some is not None:
                 vecs[keep] = some
         state.vectors[encoder.key] = vecs
+        verb, fix = "returned", ("an encoder gives documents and queries vectors of one width (its dim), and a "
+                                 "changed encoder needs a refit")
     else:  # (another step's, or the caller's: no copy when they are float32 rows already)
-        vecs = encoder_vectors(vecs, len(state), who)
+        # named as given, not as the encoder's output (fit_vectors' route: the caller's vectors, no encoder ran)
+        where, _, _ = who.rpartition(": the encoder of model ")  # (an operator's encoder_label: its name)
+        who = f"{where + ': ' if where else ''}the query vectors given in state.vectors[{str(encoder.key)!r}]"
+        verb, fix = "are", "query vectors must have the width of the document vectors the operator was fitted on"
+        n = len(state)
+        vecs = encoder_vectors(vecs, n, who, verb="are", texts="query" if n == 1 else "queries",
+                               expected=f"expected one vector per query, a 2-D float array of shape ({n}, dim)")
     if width is not None and vecs.shape[1] != width:
-        raise DataError(f"{who} returned vectors of {vecs.shape[1]} dimensions, but the documents were indexed "
-                        f"with {width}; an encoder gives documents and queries vectors of one width (its dim), and "
-                        "a changed encoder needs a refit")
+        raise DataError(f"{who} {verb} vectors of {vecs.shape[1]} dimensions, but the documents were indexed "
+                        f"with {width}; {fix}")
     return vecs if transform is None else transform(vecs)
 
 
