@@ -451,25 +451,16 @@ class atomic_dir:
 
     def __exit__(self, exc_type: object, exc: BaseException | None = None, *rest: object) -> None:
         if exc_type is not None:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-            # a full disk, a quota, a read-only or forbidden folder (np.save's "15222 requested and 13280 written"
-            # has no errno): named here; another OSError (a network file system's EIO) stays as it is, retryable
-            if exc is not None:
-                name = getattr(exc, "filename", None)
-                try:
-                    name = Path(name).relative_to(self.tmp) if name else None
-                except (ValueError, TypeError):
-                    pass
-                named = save_unwritable(str(self.path), exc, f"writing {name}" if name else None,
-                                        "an earlier save there is unchanged: free space (or fix the cause) and "
-                                        "save again")
-                if named is not exc:
-                    raise named from exc
+            self._discard(exc)
             return
         # every file of the save on the disk before the rename makes it the save at ``path`` (its JSON files are,
         # by atomic_file; its arrays, np.save's, were not): after a power loss the renamed folder could hold
         # empty or zero-filled .npy files
-        _files.fsync_tree(self.tmp)
+        try:
+            _files.fsync_tree(self.tmp)
+        except BaseException as e:  # (a write-back that failed: ENOSPC, EIO) the save failed: as if the block had
+            self._discard(e, "flushing its files to the disk")
+            raise
         old = None
         try:  # a process working inside the replaced folder follows it to the new one
             inside: Path | None = Path.cwd().relative_to(self.path)
@@ -487,6 +478,27 @@ class atomic_dir:
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
         _remove_superseded_saves(self.path)
+
+    def _discard(self, exc: BaseException | None, doing: str | None = None) -> None:
+        """Delete the temporary folder of a save that failed with ``exc`` (raised in the block, or while ``doing``
+        what follows it, e.g. flushing its files), and raise the :class:`ArtifactError` of a full disk, a quota, a
+        read-only or forbidden folder (np.save's "15222 requested and 13280 written" has no errno), naming the
+        file being written; another error (a network file system's EIO) is left to the caller to raise as it is,
+        retryable."""
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        if exc is None:
+            return
+        if doing is None:
+            name = getattr(exc, "filename", None)
+            try:
+                name = Path(name).relative_to(self.tmp) if name else None
+            except (ValueError, TypeError):
+                pass
+            doing = f"writing {name}" if name else None
+        named = save_unwritable(str(self.path), exc, doing, "an earlier save there is unchanged: free space (or fix "
+                                "the cause) and save again")
+        if named is not exc:
+            raise named from exc
 
     def _swap_by_renames(self) -> None:
         """Put the complete new save (``self.tmp``) at ``self.path`` by two renames (the earlier save, if any,

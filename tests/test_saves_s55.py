@@ -6,12 +6,14 @@ Corpus.save removes the temporary file a killed save left; corpus_fingerprint ha
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from pathlib import Path
 
 import pytest
 
+import ragkit._files as files
 from ragkit.errors import ArtifactError
 from ragkit.operator import Operator
 from ragkit.pipelines import Pipeline
@@ -54,6 +56,38 @@ def test_a_resave_keeps_a_private_folder_private(small, tmp_path):
     assert _mode(folder) == 0o700  # (was 0o755: readable by others again)
     assert _mode(pipe) == 0o700
     assert Operator.load(folder).params.k == 4
+
+
+# ---------------------------------------------------------------- 2: a failed flush leaves no copy, and says why
+def test_a_save_whose_flush_fails_leaves_no_copy_and_says_why(small, tmp_path, monkeypatch):
+    folder = tmp_path / "ix"
+    BM25(k=3).fit(small).save(folder)
+
+    def full(folder: object) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(files, "fsync_tree", full)
+    for _ in range(2):  # (a retry added a copy each time)
+        with pytest.raises(ArtifactError, match=r"ix: the save could not be written \(No space left on device, "
+                                                r"flushing its files to the disk\); an earlier save there is "
+                                                r"unchanged"):
+            BM25(k=4).fit(small).save(folder)
+    assert _beside(folder) == []  # (was: .ix.tmp-<pid>@... per try, a whole copy of the index each)
+    monkeypatch.undo()
+    assert Operator.load(folder).params.k == 3
+
+
+def test_another_flush_error_stays_as_it_is_and_leaves_no_copy(small, tmp_path, monkeypatch):
+    folder = tmp_path / "ix"
+
+    def failing(folder: object) -> int:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(files, "fsync_tree", failing)
+    with pytest.raises(OSError) as err:
+        BM25(k=4).fit(small).save(folder)
+    assert err.value.errno == errno.EIO and not isinstance(err.value, ArtifactError)  # (retryable: as it is)
+    assert _beside(folder) == [] and not folder.exists()
 
 
 # ---------------------------------------------------------------- 3: the saved corpus.jsonl holds the given ids
