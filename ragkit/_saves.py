@@ -402,11 +402,16 @@ class atomic_dir:
     @staticmethod
     def check(path: str | Path) -> Path:
         """``path`` resolved, if a save may replace it: a new or empty folder, or an earlier ragkit
-        save (``params.json`` / ``manifest.json``); anything else raises :class:`ArtifactError`.
+        save (``params.json`` / ``manifest.json``); anything else (a mount point, which no rename can replace,
+        included) raises :class:`ArtifactError`.
         Call it before long work whose result will be saved there.  A leading ``~`` is the home folder."""
         path = user_path(path, "path").resolve()
         if path.exists() and not path.is_dir():
             raise ArtifactError(f"{path}: exists and is not a folder; refusing to replace it with a ragkit save")
+        if os.path.ismount(path):  # (a volume mounted there: the rename onto it fails with EBUSY, after all the work)
+            raise ArtifactError(f"{path}: a mount point (a file system, e.g. a container's volume, is mounted there), "
+                                "which a save cannot replace (it renames a complete folder into place): save into a "
+                                f"folder inside it, e.g. {path / 'index'}")
         blocker = file_above(path)
         if blocker is not None:
             raise ArtifactError(f"{path}: {blocker} is a file, not a folder; a save cannot be written below it")
@@ -430,6 +435,7 @@ class atomic_dir:
     def __enter__(self) -> Path:
         restore_interrupted_save(user_path(self.path, "path"))  # (this save then replaces it, and deletes it)
         self.path = self.check(self.path)
+        self.replaces = self.path.is_dir() and _is_ragkit_save(self.path)  # (an earlier save: what a failure keeps)
         doing = f"creating the folder {self.path.parent}"
         try:  # (__exit__ does not run when __enter__ raises: a read-only or forbidden folder is named here, as there)
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -495,8 +501,8 @@ class atomic_dir:
             except (ValueError, TypeError):
                 pass
             doing = f"writing {name}" if name else None
-        named = save_unwritable(str(self.path), exc, doing, "an earlier save there is unchanged: free space (or fix "
-                                "the cause) and save again")
+        kept = "an earlier save there is unchanged" if self.replaces else "nothing was saved there"
+        named = save_unwritable(str(self.path), exc, doing, f"{kept}: free space (or fix the cause) and save again")
         if named is not exc:
             raise named from exc
 
@@ -531,7 +537,8 @@ class atomic_dir:
         process maps or keeps open cannot be renamed), an :class:`ArtifactError` saying what may use it and
         what to do; another error (a network file system's EIO) as it is.  ``put_back``: whether the earlier
         save is at ``self.path`` again (else it is at ``self.old``)."""
-        kept = ("nothing was changed: the earlier save is still there" if put_back else
+        kept = (("nothing was changed: the earlier save is still there" if self.replaces else
+                 f"nothing was changed at {self.path}") if put_back else
                 f"the earlier save is at {self.old}: rename it back to {self.path.name} (the next load or save of "
                 f"{self.path.name} does)")
         if not isinstance(e, PermissionError):

@@ -7,6 +7,7 @@ Corpus.save removes the temporary file a killed save left; corpus_fingerprint ha
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import stat
 from pathlib import Path
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 
 import ragkit._files as files
+import ragkit._saves as saves
 from ragkit.errors import ArtifactError
 from ragkit.operator import Operator
 from ragkit.pipelines import Pipeline
@@ -133,3 +135,46 @@ def test_other_ids_still_say_the_first_difference(small, tmp_path):
     with pytest.raises(ArtifactError, match=r"with other ids; pass the corpus it was fitted on.*the first "
                                             r"difference: row 3 is document '3', only in the fitted corpus\)$"):
         Operator.load(folder, corpus=Corpus.from_texts(TEXTS[:3]))
+
+
+# ---------------------------------------------------------------- 5: a mount point; a failed swap without a save
+def test_a_mount_point_is_refused_before_any_work(small, tmp_path, monkeypatch):
+    folder = tmp_path / "vol"
+    folder.mkdir()
+    real = os.path.ismount
+    monkeypatch.setattr(os.path, "ismount", lambda p: Path(p) == folder.resolve() or real(p))
+    with pytest.raises(ArtifactError, match=r"vol: a mount point .*which a save cannot replace \(it renames a "
+                                            r"complete folder into place\): save into a folder inside it"):
+        saves.atomic_dir.check(folder)
+    with pytest.raises(ArtifactError, match=r"a mount point"):
+        BM25(k=3).fit(small).save(folder)  # (was: the whole save written beside it, then EBUSY at the swap)
+    assert sorted(os.listdir(tmp_path)) == ["vol"] and not any(folder.iterdir())
+    BM25(k=3).fit(small).save(folder / "index")  # (a folder inside it: saved)
+    assert Operator.load(folder / "index").params.k == 3
+
+
+def test_a_failed_swap_says_the_earlier_save_is_there_only_where_there_was_one(small, tmp_path, monkeypatch, caplog):
+    folder = tmp_path / "ix"
+    busy = OSError(errno.EBUSY, "Device or resource busy")
+    rename = Path.rename
+
+    def refuse(self: Path, target: object) -> Path:
+        if ".tmp-" in self.name:
+            raise busy
+        return rename(self, target)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(saves, "_exchange", lambda a, b: False)
+    monkeypatch.setattr(Path, "rename", refuse)
+    with caplog.at_level(logging.WARNING, logger="ragkit"), pytest.raises(OSError):
+        BM25(k=3).fit(small).save(folder)
+    said = " ".join(r.getMessage() for r in caplog.records)
+    assert f"nothing was changed at {folder}" in said, said
+    assert "the earlier save is still there" not in said  # (there was none)
+    assert _beside(folder) == []
+    monkeypatch.setattr(Path, "rename", rename)
+    BM25(k=3).fit(small).save(folder)
+    monkeypatch.setattr(Path, "rename", refuse)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="ragkit"), pytest.raises(OSError):
+        BM25(k=4).fit(small).save(folder)
+    assert "nothing was changed: the earlier save is still there" in caplog.text
