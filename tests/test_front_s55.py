@@ -227,3 +227,18 @@ def test_the_bench_extra_brings_every_module_the_benchmarks_import():
                 if not dists & declared:
                     missing.setdefault(top, f"{f.relative_to(REPO)}:{node.lineno} ({sorted(dists)})")
     assert not missing, f"imported by bench/ but in neither the dependencies nor the bench extra: {missing}"
+
+
+# ------------------------------------------------------------------ plot_pr_curves, the plot extra's one consumer
+def test_plot_pr_curves_is_exported_from_ragkit_eval(tmp_path):
+    """Review: the one function the ``plot`` extra serves was importable only from ``ragkit.eval.filtering``."""
+    pytest.importorskip("matplotlib")
+    import numpy as np
+
+    import ragkit.eval as ev
+    from ragkit.eval import filtering
+
+    assert "plot_pr_curves" in ev.__all__ and ev.plot_pr_curves is filtering.plot_pr_curves
+    precision, recall, _ = ev.pr_curve(np.array([0.9, 0.8, 0.3]), np.array([1, 0, 1]))
+    out = ev.plot_pr_curves({"adapter": (recall, precision)}, tmp_path / "pr.png", title="t")
+    assert out == tmp_path / "pr.png" and out.read_bytes().startswith(b"\x89PNG")

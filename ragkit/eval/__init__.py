@@ -21,7 +21,7 @@ from ragkit.eval.diversity import (
     near_duplicate_rate,
     subtopic_recall,
 )
-from ragkit.eval.filtering import FilterReport, expected_calibration_error, filter_report, pr_curve
+from ragkit.eval.filtering import FilterReport, expected_calibration_error, filter_report, plot_pr_curves, pr_curve
 from ragkit.eval.hubness import HubnessReport, hubness, k_occurrence, random_skewness
 from ragkit.eval.metrics import (
     EvalResult,
@@ -43,7 +43,7 @@ __all__ = [
     "per_query_metrics", "drop_identical_ids", "sign_flip_pvalues", "check_relevance_level",
     "compare", "load_result", "Comparison", "SystemResult",
     "HubnessReport", "hubness", "k_occurrence", "random_skewness",
-    "FilterReport", "expected_calibration_error", "filter_report", "pr_curve",
+    "FilterReport", "expected_calibration_error", "filter_report", "pr_curve", "plot_pr_curves",
     "alpha_ndcg", "cluster_entropy", "distinct_clusters", "intra_list_diversity", "near_duplicate_rate",
     "subtopic_recall",
 ]
