@@ -1119,7 +1119,8 @@ class Corpus:
         when missing.  A folder that cannot be created or written to (a read-only file system, no permission,
         a full disk) is an :class:`~ragkit.errors.ArtifactError` naming it and the system's reason, before any
         document is written; the file is replaced in one step (:func:`~ragkit._files.atomic_file`), so an
-        earlier one stays whole when the save fails."""
+        earlier one stays whole when the save fails, and the temporary file a killed save left beside it is
+        removed by the next save of ``path``."""
         path = user_path(path, "Corpus.save: path")
         blocker = file_above(path)
         if blocker is not None:
@@ -1129,7 +1130,8 @@ class Corpus:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise _unwritable(path, e, f"creating the folder {path.parent}") from e
-        with atomic_file(path) as tmp:
+        # (its temporary file names this process: one a killed save of ``path`` left is removed by the next one)
+        with atomic_file(path, owner=True, remove_stale=True) as tmp:
             try:
                 out = open(tmp, "w", encoding="utf-8")
             except OSError as e:

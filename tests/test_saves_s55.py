@@ -10,6 +10,8 @@ import errno
 import logging
 import os
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -178,3 +180,34 @@ def test_a_failed_swap_says_the_earlier_save_is_there_only_where_there_was_one(s
     with caplog.at_level(logging.WARNING, logger="ragkit"), pytest.raises(OSError):
         BM25(k=4).fit(small).save(folder)
     assert "nothing was changed: the earlier save is still there" in caplog.text
+
+
+# ---------------------------------------------------------------- 7: Corpus.save removes what a killed save left
+def _ended_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_corpus_save_removes_the_temporary_file_a_killed_save_left(small, tmp_path):
+    pid = _ended_pid()
+    tag = f"{pid}{files.owner_tag()[len(str(os.getpid())):]}"  # (this host's, of a process that has ended)
+    stale = tmp_path / f".c.{tag}-0123abcd.tmp.jsonl"
+    stale.write_text('{"_id": "partial"', encoding="utf-8")
+    live = tmp_path / f".c.{files.owner_tag()}-4567cdef.tmp.jsonl"  # (a live writer's: kept)
+    live.write_text("", encoding="utf-8")
+    small.save(tmp_path / "c.jsonl")
+    assert sorted(os.listdir(tmp_path)) == sorted(["c.jsonl", live.name])  # (was: the stale one stayed for good)
+
+
+def test_corpus_save_names_its_temporary_file_after_its_owner(small, tmp_path, monkeypatch):
+    names: list[str] = []
+    real = Corpus._write_jsonl
+
+    def spy(self: Corpus, f) -> None:  # noqa: ANN001
+        names.append(Path(f.name).name)
+        real(self, f)
+
+    monkeypatch.setattr(Corpus, "_write_jsonl", spy)
+    small.save(tmp_path / "c.jsonl")
+    assert names and names[0].startswith(f".c.{files.owner_tag()}-"), names
