@@ -1131,7 +1131,7 @@ class Corpus:
         except OSError as e:
             raise _unwritable(path, e, f"creating the folder {path.parent}") from e
         # (its temporary file names this process: one a killed save of ``path`` left is removed by the next one)
-        with atomic_file(path, owner=True, remove_stale=True) as tmp:
+        with atomic_file(path, owner=True, remove_stale=True, sync_folder=True) as tmp:
             try:
                 out = open(tmp, "w", encoding="utf-8")
             except OSError as e:

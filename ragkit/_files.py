@@ -213,9 +213,9 @@ def text_output(path: str | os.PathLike[str]) -> Iterator[TextIO]:
     (:func:`descriptor_of`: ``/dev/stdout`` with standard output redirected to a file, ``/dev/stderr``,
     ``/dev/fd/3``; a duplicate of it, written after what the file holds, not truncating it), straight into a
     character device or a pipe (:func:`writes_through`; lines end in ``\\n``), else into a temporary file beside it,
-    renamed into place when the block ends and deleted if it raises (:func:`atomic_file`, whose errors for a folder
-    or a socket it keeps).  The temporary file names this process (``owner=True``), and those a killed write of
-    ``path`` left are removed first (:func:`remove_stale_tempfiles`)."""
+    renamed into place when the block ends (its folder flushed then: ``sync_folder``) and deleted if it raises
+    (:func:`atomic_file`, whose errors for a folder or a socket it keeps).  The temporary file names this process
+    (``owner=True``), and those a killed write of ``path`` left are removed first (:func:`remove_stale_tempfiles`)."""
     fd = descriptor_of(path)
     if fd is not None and _regular_descriptor(fd):
         for stream in (sys.stdout, sys.stderr):  # (what was printed before goes first)
@@ -231,13 +231,14 @@ def text_output(path: str | os.PathLike[str]) -> Iterator[TextIO]:
         with open(path, "w", encoding="utf-8", newline="\n") as f:
             yield f
         return
-    with atomic_file(Path(path), owner=True, remove_stale=True) as tmp, open(tmp, "w", encoding="utf-8") as f:
+    with atomic_file(Path(path), owner=True, remove_stale=True, sync_folder=True) as tmp, \
+            open(tmp, "w", encoding="utf-8") as f:
         yield f
 
 
 @contextmanager
 def atomic_file(path: str | Path, *, owner: bool = False, durable: bool = True,
-                remove_stale: bool = False) -> Iterator[Path]:
+                remove_stale: bool = False, sync_folder: bool = False) -> Iterator[Path]:
     """Yield a unique temporary path beside ``path`` (same suffix, so ``np.save`` and
     ``safetensors`` keep the name), ``.<stem>.<pid>-<random>.tmp<suffix>``, or with ``owner=True``
     ``.<stem>.<pid>@<host>[@<pid namespace>]-<random>.tmp<suffix>`` (:func:`owner_tag`; one a killed process
@@ -260,6 +261,13 @@ def atomic_file(path: str | Path, *, owner: bool = False, durable: bool = True,
     vectors (finite numbers).  It costs one ``fsync`` per file (0.2 ms at best for a small file here, a few ms on a
     busy disk; for a large one, the time to write out data the kernel writes soon anyway).  ``durable=False``: a
     scratch file whose loss after a crash does not matter.
+
+    ``sync_folder`` (with ``durable``): the folder is flushed too once the file is renamed into place, so that a
+    write that returned is not undone by a power loss (the rename reached the folder in memory only: ``path`` came
+    back as the old file, or none).  One more ``fsync``: for a file a user named (:meth:`Corpus.save
+    <ragkit.types.Corpus.save>`, :func:`text_output`'s run files and reports), not for a cache entry (a lost rename
+    loses an entry, computed again) nor a file inside a save's temporary folder (flushed with the folder, then
+    renamed: :class:`~ragkit._saves.atomic_dir`).
 
     Examples
     --------
@@ -286,6 +294,8 @@ def atomic_file(path: str | Path, *, owner: bool = False, durable: bool = True,
             fsync_path(tmp)
         _keep_mode(path, tmp)
         os.replace(tmp, path)
+        if durable and sync_folder:  # the rename itself on the disk (the folder's entry): else a power loss could
+            fsync_path(path.parent)  # undo it
     except BaseException:
         try:
             tmp.unlink(missing_ok=True)

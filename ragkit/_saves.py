@@ -478,12 +478,16 @@ class atomic_dir:
             else:
                 self._swap_by_renames()
                 old = self.old
-        if inside is not None:
-            target = self.path / inside
-            os.chdir(target if target.is_dir() else self.path)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-        _remove_superseded_saves(self.path)
+        try:  # the rename on the disk too (the parent folder's entries): else, after a power loss, ``path`` could
+            # come back as the earlier save, or as none, though this save had returned
+            _files.fsync_path(self.path.parent)
+        finally:
+            if inside is not None:
+                target = self.path / inside
+                os.chdir(target if target.is_dir() else self.path)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+            _remove_superseded_saves(self.path)
 
     def _discard(self, exc: BaseException | None, doing: str | None = None) -> None:
         """Delete the temporary folder of a save that failed with ``exc`` (raised in the block, or while ``doing``

@@ -7,6 +7,7 @@ Corpus.save removes the temporary file a killed save left; corpus_fingerprint ha
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import os
 import stat
@@ -180,6 +181,63 @@ def test_a_failed_swap_says_the_earlier_save_is_there_only_where_there_was_one(s
     with caplog.at_level(logging.WARNING, logger="ragkit"), pytest.raises(OSError):
         BM25(k=4).fit(small).save(folder)
     assert "nothing was changed: the earlier save is still there" in caplog.text
+
+
+# ---------------------------------------------------------------- 6: the parent folder is flushed after the rename
+def _spy_fsyncs(monkeypatch: pytest.MonkeyPatch, seen: list[tuple[Path, object]], state) -> None:  # noqa: ANN001
+    """Record each ``fsync_path(p)`` as ``(p, state())``: what was on the disk's way when it ran."""
+    real = files.fsync_path
+
+    def spy(path: object) -> None:
+        seen.append((Path(os.fspath(path)), state()))  # type: ignore[arg-type]
+        real(path)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(files, "fsync_path", spy)
+
+
+def test_a_save_flushes_its_parent_folder_after_the_rename(small, tmp_path, monkeypatch):
+    folder = tmp_path / "ix"
+    BM25(k=3).fit(small).save(folder)
+
+    def saved_k() -> object:
+        try:
+            return json.loads((folder / "params.json").read_text(encoding="utf-8"))["params"]["k"]
+        except OSError:
+            return None
+
+    for exchange in (True, False):  # (one atomic swap; two renames)
+        if not exchange:
+            monkeypatch.setattr(saves, "_exchange", lambda a, b: False)
+        seen: list[tuple[Path, object]] = []
+        _spy_fsyncs(monkeypatch, seen, saved_k)
+        k = 4 if exchange else 5
+        BM25(k=k).fit(small).save(folder)
+        assert (tmp_path, k) in seen, seen  # (was: the parent never flushed: the rename could be lost)
+
+
+def test_a_user_named_file_flushes_its_folder_after_the_rename(small, tmp_path, monkeypatch):
+    target = tmp_path / "x.json"
+    target.write_text("old", encoding="utf-8")
+    seen: list[tuple[Path, object]] = []
+    _spy_fsyncs(monkeypatch, seen, lambda: target.read_text(encoding="utf-8"))
+    with files.atomic_file(target, sync_folder=True) as tmp:
+        tmp.write_text("new", encoding="utf-8")
+    assert seen[-1] == (tmp_path, "new"), seen  # (the file, then its folder once renamed)
+    seen.clear()
+    for durable in (True, False):  # (a cache entry, a file in a save's temporary folder; a scratch file)
+        with files.atomic_file(target, durable=durable, sync_folder=not durable) as tmp:
+            tmp.write_text("newer", encoding="utf-8")
+    assert all(p != tmp_path for p, _ in seen), seen
+    seen.clear()
+    with files.text_output(target) as f:  # (a run file, a report)
+        f.write("text")
+    assert seen[-1] == (tmp_path, "text"), seen
+    corpus = tmp_path / "c.jsonl"
+    seen.clear()
+    monkeypatch.undo()
+    _spy_fsyncs(monkeypatch, seen, lambda: corpus.exists())
+    small.save(corpus)
+    assert seen[-1] == (tmp_path, True), seen  # (was: the folder never flushed, the rename could be lost)
 
 
 # ---------------------------------------------------------------- 7: Corpus.save removes what a killed save left
