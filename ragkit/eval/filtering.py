@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from itertools import chain
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, NamedTuple
 
 import numpy as np
 
@@ -33,21 +33,44 @@ def relevance_labels(run: Run, qrels: Qrels | Any, *, relevance_level: int = 1,
 def _relevance_labels(run: Run, qrels: Mapping[str, Mapping[str, int]], relevance_level: int = 1,
                       ignore_identical_ids: bool = True) -> list[np.ndarray]:
     """:func:`relevance_labels` of ``qrels`` already converted (what :func:`~ragkit.types.as_qrels` returns): not
-    converted, nor checked, again (:func:`filter_report` converts its judgements once, for both of its runs).
-    One set of the relevant (query, document) pairs and one pass over all the run's pairs (no loop over
-    queries or documents in Python)."""
+    converted, nor checked, again (:func:`filter_report` converts its judgements once, for both of its runs)."""
+    pairs = _pairs(run, qrels, relevance_level, ignore_identical_ids)
+    if not len(pairs.labels):
+        return [np.zeros(0, bool) for _ in run.doc_ids]
+    return np.split(pairs.labels, np.cumsum(pairs.lens)[:-1])
+
+
+class _Pairs(NamedTuple):
+    """Every (query, document) pair of a run, flat, every query's one after the other (``n`` pairs, ``n_q``
+    queries)."""
+
+    labels: np.ndarray  #: bool (n,): judged relevant (a document with its query's id not, when those are ignored)
+    docs: np.ndarray  #: object (n,): the document ids
+    owners: np.ndarray  #: int64 (n,): each pair's query, as its position in ``run.query_ids``
+    lens: np.ndarray  #: int64 (n_q,): each query's list length
+    other: np.ndarray  #: bool (n,): the document's id is not its query's (all True when those are not ignored)
+
+
+def _pairs(run: Run, qrels: Mapping[str, Mapping[str, int]], relevance_level: int,
+           ignore_identical_ids: bool) -> _Pairs:
+    """The labels of :func:`_relevance_labels`, flat, with what :func:`filter_report` counts by query.  One set of
+    the relevant (query, document) pairs and one pass over all the run's pairs (no loop over queries or
+    documents in Python)."""
     lens = np.fromiter(map(len, run.doc_ids), np.int64, len(run.doc_ids))
     n = int(lens.sum())
+    owners = np.repeat(np.arange(len(lens)), lens)
     if not n:
-        return [np.zeros(0, bool) for _ in run.doc_ids]
+        return _Pairs(np.zeros(0, bool), np.zeros(0, dtype=object), owners, lens, np.zeros(0, bool))
     relevant = {(q, d) for q in run.query_ids for d, g in qrels.get(q, {}).items() if g >= relevance_level}
-    owners = np.repeat(np.array(run.query_ids, dtype=object), lens)
+    owner_ids = np.array(run.query_ids, dtype=object)[owners]
     docs = np.empty(n, dtype=object)
     docs[:] = list(chain.from_iterable(d.tolist() for d in run.doc_ids))
-    labels = np.fromiter(map(relevant.__contains__, zip(owners.tolist(), docs.tolist())), bool, n)
+    labels = np.fromiter(map(relevant.__contains__, zip(owner_ids.tolist(), docs.tolist())), bool, n)
+    other = np.ones(n, bool)
     if ignore_identical_ids:  # (evaluate drops them from the run: never found)
-        labels &= docs != owners
-    return np.split(labels, np.cumsum(lens)[:-1])
+        other = docs != owner_ids
+        labels &= other
+    return _Pairs(labels, docs, owners, lens, other)
 
 
 @dataclass
@@ -122,25 +145,28 @@ def filter_report(filtered: Run, qrels: Qrels | Any, reference: Run | None = Non
         raise DataError("filter_report: no query has judgements (" + ("the qrels judge none" if reference is None
                         else f"none of the {len(reference.query_ids)} queries of the reference run") + "); expected "
                         "qrels judging the run's queries")
-    labels = _relevance_labels(filtered, qrels, level, ignore_identical_ids)
-    none = np.zeros(0, dtype=object)
-    docs = {q: filtered.doc_ids[f_at[q]] if q in f_at else none for q in judged}
-    if ignore_identical_ids:  # (evaluate drops a document with its query's id from the run)
-        docs = {q: d[d != q] if len(d) else d for q, d in docs.items()}
-        rel = {q: labels[f_at[q]][filtered.doc_ids[f_at[q]] != q] if q in f_at else np.zeros(0, bool) for q in judged}
-    else:
-        rel = {q: labels[f_at[q]] if q in f_at else np.zeros(0, bool) for q in judged}
-    kept = np.array([len(docs[q]) for q in judged])
-    hits = float(sum(rel[q].sum() for q in judged))  # kept relevant documents: precision's numerator
+    # every count in one pass over all the pairs (np.bincount by query), then read at the judged queries'
+    # positions: ``at`` maps each to its position in the filtered run, or to a slot past the end that counts 0
+    # for a judged query the filtered run lacks (it kept nothing)
+    f = _pairs(filtered, qrels, level, ignore_identical_ids)
+    nf = len(f.lens)
+    at = np.fromiter((f_at.get(q, nf) for q in judged), np.int64, len(judged))
+    # a document with its query's id is not kept (evaluate drops it from the run), nor relevant (its label False)
+    kept = np.bincount(f.owners[f.other], minlength=nf + 1)[at]
+    hits = float(np.bincount(f.owners[f.labels], minlength=nf + 1)[at].sum())  # kept relevant: precision's numerator
     tp = hits
     if reference is not None:
-        ref_labels = _relevance_labels(reference, qrels, level, ignore_identical_ids)
-        total = float(sum(ref_labels[ref_at[q]].sum() for q in judged))
+        r = _pairs(reference, qrels, level, ignore_identical_ids)
+        r_at = np.fromiter((ref_at[q] for q in judged), np.int64, len(judged))
+        total = float(np.bincount(r.owners[r.labels], minlength=len(r.lens))[r_at].sum())
         # recall within the reference: a kept relevant document the reference never retrieved does not count.
         # A kept relevant document is in the reference's list exactly when it is among the reference's
-        # relevant ones: a set of those few per query (np.isin over each whole list sorted it, ~25x slower)
-        ref_rel = {q: set(reference.doc_ids[ref_at[q]][ref_labels[ref_at[q]]].tolist()) for q in judged}
-        tp = float(sum(d in ref_rel[q] for q in judged for d in docs[q][rel[q]].tolist()))
+        # relevant ones: one set of those few (query, document) pairs, and a look-up of each kept relevant pair
+        # (matched by its query's id: the runs may order their queries differently).  Every kept relevant pair
+        # is a judged query's: its query is in the qrels, so in the reference (or refused above)
+        r_qids, f_qids = np.array(reference.query_ids, dtype=object), np.array(filtered.query_ids, dtype=object)
+        r_rel = set(zip(r_qids[r.owners[r.labels]].tolist(), r.docs[r.labels].tolist()))
+        tp = float(sum(map(r_rel.__contains__, zip(f_qids[f.owners[f.labels]].tolist(), f.docs[f.labels].tolist()))))
     else:
         total = float(sum(sum(v >= level for v in qrels[q].values()) for q in judged))
     return FilterReport(
