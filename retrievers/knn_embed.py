@@ -400,7 +400,7 @@ class KnnEmbed(Operator):
         is then answered as plain dense), or such clusters holding under half of the documents (most queries'
         neighbours then vote for clusters that are never a component, and those queries collapse to dense)."""
         p = self.params
-        sizes = self._found_sizes()  # (the blank documents are in no cluster's count)
+        sizes = self._found(None)[1]  # (the blank documents are in no cluster's count)
         n, c = int(sizes.sum()), len(sizes)
         used = int(np.count_nonzero(sizes))
         if n == 1:  # (one document: no clusters to speak of)
@@ -440,13 +440,6 @@ class KnnEmbed(Operator):
         blank = corpus.blank if corpus is not None else None
         n = len(self.labels_) if n is None else n
         self._blank = blank if blank is not None and blank.any() and len(blank) == n else None
-
-    def _found_sizes(self) -> np.ndarray:
-        """``(C,)`` documents per cluster that can be found (all but the blank ones)."""
-        blank = self.__dict__.get("_blank")
-        if blank is None:
-            return self._sizes
-        return np.bincount(np.asarray(self.labels_)[~blank], minlength=len(self.centroids_))
 
     def _build(self) -> None:
         """Derived per-cluster structures (not saved; rebuilt from labels)."""
@@ -520,12 +513,15 @@ class KnnEmbed(Operator):
         ----------
         q : (n_q, d) query vectors, or one query as (d,) (read as (1, d): the results have one row).
             Without ``s`` each row is scaled to unit length first, as a search does (``tau`` is in cosine
-            units, so ``3 * q`` gives the mixture of ``q``; a zero row scores 0 everywhere).
-        s : optional (n_q, N) scores ``q @ E.T`` of unit rows ``q`` (computed when absent, ``-inf`` for the blank
-            documents, which are never found; ``q`` is then not read); ``-inf`` marks documents filtered out, which
-            neither vote nor count in the local prior.
+            units, so ``3 * q`` gives the mixture of ``q``; a zero row scores 0 everywhere), and scored in
+            chunks of queries as a search scores them (at most ``SCORE_CELLS`` score cells at once).
+        s : optional (n_q, N) scores ``q @ E.T`` of unit rows ``q`` (``q`` then gives only ``n_q``); ``-inf``
+            marks documents filtered out, which neither vote nor count in the local prior.  The blank documents,
+            which are never found, are set to ``-inf`` in a copy where ``s`` scores them.  Another shape is a
+            :class:`~ragkit.errors.DataError`.
         top : optional ``topk_rows(s, depth)`` already computed, ``depth >= n_neighbors``
-            (``>= local_depth`` for ``prior="local"``).
+            (``>= local_depth`` for ``prior="local"``; at most N), read only with ``s``; a shallower or
+            misshapen one is a :class:`~ragkit.errors.DataError` (fewer neighbours would vote).
         sizes : optional (C,) documents per cluster that may be returned (a filter's passing
             documents); the global prior and ``min_cluster_size`` use them (default: all but the blank ones).
 
@@ -535,29 +531,80 @@ class KnnEmbed(Operator):
         kept clusters by weight (-1 = none), ``weights`` (n_q, M) renormalised weights (rows sum
         to 1, except a row of zeros when no eligible cluster reaches ``weight_floor``: its clusters are
         all -1 and the query is collapsed, answered as plain dense), ``collapsed`` (n_q,) bool (fewer than
-        2 kept clusters, or the first weighing at least ``collapse_at``).
+        2 kept clusters, or the first weighing at least ``collapse_at``), ``top_rows`` / ``top_scores`` the
+        dense top documents read.
         """
+        self._check_fitted()
+        n = len(self.labels_)
+        mask, found = self._found(None)  # (the blank documents: never found, they neither vote nor count)
+        sizes = found if sizes is None else np.asarray(sizes)
+        if sizes.shape != (len(self.centroids_),):
+            raise DataError(f"knn_embed.mixture: sizes has shape {sizes.shape}, expected ({len(self.centroids_)},): "
+                            "the documents per cluster")
+        if s is not None:
+            n_q = len(np.atleast_2d(np.asarray(q)))
+            s = np.asarray(s)
+            if s.shape != (n_q, n):
+                raise DataError(f"knn_embed.mixture: s has shape {s.shape}, expected ({n_q}, {n}): the scores of the "
+                                f"{n_q} quer{'y' if n_q == 1 else 'ies'} against the {n} fitted documents")
+            if mask is not None and np.isfinite(s[:, ~mask]).any():  # blank documents scored: they are never found
+                s = s.copy()
+                s[:, ~mask] = -np.inf
+                top = None  # (read from the scores as given: recomputed without the blank documents)
+            if top is not None:
+                self._check_top(top, n_q, n)
+            return self._mixture(s, top, sizes)
+        v = np.asarray(self.vectors_)
+        q = unit_rows(np.atleast_2d(q))  # cosine geometry, as _call reads the query vectors
+        if q.ndim != 2 or q.shape[1] != v.shape[1]:
+            raise DataError(f"knn_embed.mixture: query vectors have shape {np.shape(q)}, expected (n_q, "
+                            f"{v.shape[1]}) or ({v.shape[1]},)")
+        check_finite_vectors(q, "knn_embed.mixture", "query")
+        # in chunks of queries, as _call scores them: the whole (n_q, N) matrix was 1.2 GB at 300 x 1M
+        step = max(1, SCORE_CELLS // max(n, 1))
+        parts = []
+        for a in range(0, max(len(q), 1), step):
+            sc = q[a:a + step] @ v.T
+            if mask is not None:
+                sc[:, ~mask] = -np.inf
+            parts.append(self._mixture(sc, None, sizes))
+        return {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
+
+    def _depth(self, n: int) -> int:
+        """How many dense top documents the mixture reads: ``n_neighbors`` (``local_depth`` too for
+        ``prior="local"``), at most the ``n`` documents."""
         p = self.params
-        if s is None:
-            self._check_fitted()
-            v = np.asarray(self.vectors_)
-            q = unit_rows(np.atleast_2d(q))  # cosine geometry, as _call reads the query vectors
-            if q.ndim != 2 or q.shape[1] != v.shape[1]:
-                raise DataError(f"knn_embed.mixture: query vectors have shape {np.shape(q)}, expected (n_q, "
-                                f"{v.shape[1]}) or ({v.shape[1]},)")
-            check_finite_vectors(q, "knn_embed.mixture", "query")
-            s = q @ v.T
-            unfound = self._unfound(None)
-            if unfound is not None:  # blank documents neither vote nor count (as _call leaves them out)
-                s[:, ~unfound] = -np.inf
-                if sizes is None:
-                    sizes = np.bincount(np.asarray(self.labels_)[unfound], minlength=len(self.centroids_))
+        return min(max(p.n_neighbors, p.local_depth if p.prior == "local" else 0), n)
+
+    def _check_top(self, top: Any, n_q: int, n: int) -> None:
+        """A ``top`` given to :meth:`mixture`: two ``(n_q, depth)`` arrays, ``depth`` at least :meth:`_depth`."""
+        need = self._depth(n)
+        shapes = [np.shape(t) for t in top] if isinstance(top, (tuple, list)) else None
+        if shapes is None or len(shapes) != 2 or any(len(sh) != 2 or sh[0] != n_q for sh in shapes) \
+                or shapes[0] != shapes[1] or shapes[0][1] < need:
+            what = "prior local: local_depth" if self.params.prior == "local" else "n_neighbors"
+            raise DataError(f"knn_embed.mixture: top has shapes {shapes if shapes is not None else type(top).__name__}"
+                            f", expected (rows, scores) of shape ({n_q}, depth) with depth >= {need} ({what}, at "
+                            f"most the {n} documents): topk_rows(s, {need})")
+
+    def _found(self, filter_mask: np.ndarray | None) -> tuple[np.ndarray | None, np.ndarray]:
+        """``(mask, sizes)``: the documents that may be found, a filter's ``filter_mask`` (None: all) less the
+        blank ones (:meth:`_unfound`; None when every document may), and ``(C,)`` how many of them each
+        cluster holds."""
+        mask = self._unfound(filter_mask)
+        if mask is None:
+            return None, self._sizes
+        return mask, np.bincount(np.asarray(self.labels_)[mask], minlength=len(self.centroids_))
+
+    def _mixture(self, s: np.ndarray, top: tuple[np.ndarray, np.ndarray] | None,
+                 sizes: np.ndarray) -> dict[str, np.ndarray]:
+        """:meth:`mixture` of the scores ``s`` (checked, the documents not to be found at ``-inf``)."""
+        p = self.params
         n_q, n = s.shape
         c = len(self.centroids_)
         labels = np.asarray(self.labels_)
-        sizes = self._sizes if sizes is None else np.asarray(sizes)
         m = min(p.n_neighbors, n)
-        rows, sc = top if top is not None else topk_rows(s, max(m, p.local_depth if p.prior == "local" else 0))
+        rows, sc = top if top is not None else topk_rows(s, self._depth(n))
         r_m, s_m = rows[:, :m], sc[:, :m].astype(np.float64)
         w = np.ones_like(s_m) if p.tau is None else np.exp((s_m - s_m[:, :1]) / p.tau)
         w = np.where(np.isfinite(s_m), w, 0.0)  # filtered-out documents (-inf) do not vote
@@ -597,7 +644,7 @@ class KnnEmbed(Operator):
         v = np.asarray(self.vectors_)
         n = len(v)
         labels = np.asarray(self.labels_)
-        mask = self._unfound(self.filter_mask(state))  # (blank documents: never found)
+        mask, sizes = self._found(self.filter_mask(state))  # (blank documents: never found)
         n_pass = n if mask is None else int(np.count_nonzero(mask))
         k = min(k, n_pass)
         enc = self.dense.encoder
@@ -609,7 +656,6 @@ class KnnEmbed(Operator):
         if k == 0:  # nothing passes the filter: empty rankings with the usual fields
             out.rankings = [self._empty_ranking() for _ in range(n_q)]
             return out
-        sizes = None if mask is None else np.bincount(labels[mask], minlength=len(self.centroids_))
         # queries in chunks of at most SCORE_CELLS score cells: each query's answer is its own, and the
         # batch's (n_q, N) score matrix and its same-sized temporaries (top-k indices, a padded copy) were
         # made whole (300 queries x 1M documents: ~6 GB)
@@ -678,9 +724,9 @@ class KnnEmbed(Operator):
             f"k or lower anchor_share")
 
     def _rank(self, q: np.ndarray, v: np.ndarray, labels: np.ndarray, mask: np.ndarray | None,
-              sizes: np.ndarray | None, k: int) -> list[Ranking]:
-        """Rankings of the unit query vectors ``q`` ``(n_q, d)`` (``k`` results each; ``mask`` and
-        ``sizes`` describe a metadata filter's passing documents, None without one)."""
+              sizes: np.ndarray, k: int) -> list[Ranking]:
+        """Rankings of the unit query vectors ``q`` ``(n_q, d)`` (``k`` results each; ``mask``: the documents
+        that may be found, None: all; ``sizes``: how many of them each cluster holds, :meth:`_found`)."""
         p = self.params
         n_q = len(q)
         s = q @ v.T
@@ -688,7 +734,7 @@ class KnnEmbed(Operator):
             s[:, ~mask] = -np.inf
         depth = max(k, p.n_neighbors, p.local_depth if p.prior == "local" else 0)
         top_rows, top_sc = topk_rows(s, depth)
-        mix = self.mixture(q, s, top=(top_rows, top_sc), sizes=sizes)
+        mix = self._mixture(s, (top_rows, top_sc), sizes)
 
         k_a = _anchor_slots(p.anchor_share, k)
         k_r = k - k_a

@@ -164,3 +164,63 @@ def test_the_callers_query_vectors_are_named_as_given_not_as_the_encoders(q, sai
         op(State(["q"], vectors={key: q}))
     assert str(e.value).startswith(f"knn_embed: the query vectors given in state.vectors[{str(key)!r}] {said}"), e.value
     assert "encode_queries" not in str(e.value) and "returned" not in str(e.value)
+
+
+# ------------------------------------------------------------------------------ 4: mixture's scores and checks
+def _fitted_with_blanks():
+    vecs, truth = _blobs(n_per=25)
+    allv = np.vstack([vecs, np.repeat(np.eye(D, dtype=np.float32)[10][None], 20, 0)])
+    corpus = Corpus.from_texts([f"doc {i}" for i in range(100)] + [""] * 20)
+    return KnnEmbed(k=10, n_clusters=4, collapse_at=1.0).fit_vectors(corpus, allv), allv
+
+
+def test_mixture_scores_queries_in_chunks(monkeypatch):
+    """mixture(q) built the whole (n_q, N) score matrix at once (1.2 GB at 300 queries x 1M documents); it scores
+    chunks of queries as a search does, with the same result."""
+    import ragkit.retrievers.knn_embed as mod
+
+    op, _ = _fitted_with_blanks()
+    q = _unit(np.random.default_rng(5).standard_normal((9, D)))
+    whole = op.mixture(q)
+    seen = []
+    real = mod.topk_rows
+    monkeypatch.setattr(mod, "topk_rows", lambda sc, k: (seen.append(sc.shape), real(sc, k))[1])
+    monkeypatch.setattr(mod, "SCORE_CELLS", 2 * 120)  # two queries per chunk
+    chunked = op.mixture(q)
+    assert seen and max(rows for rows, _ in seen) <= 2, seen
+    for key in ("clusters", "collapsed", "top_rows"):
+        np.testing.assert_array_equal(chunked[key], whole[key], err_msg=key)
+    for key in ("pi", "weights", "top_scores"):  # (a matrix product of fewer rows: rounding apart)
+        np.testing.assert_allclose(chunked[key], whole[key], rtol=1e-5, atol=1e-6, err_msg=key)
+    assert not np.isin(chunked["top_rows"][:, :20], np.arange(100, 120)).any()  # blank documents never vote
+
+
+def test_mixture_checks_a_given_score_matrix_and_top():
+    from ragkit._topk import topk_rows
+    from ragkit.errors import DataError
+
+    op, allv = _fitted_with_blanks()
+    q = _unit(np.random.default_rng(6).standard_normal((3, D)))
+    with pytest.raises(DataError, match=re.escape("knn_embed.mixture: s has shape (1, 5), expected (3, 120)")):
+        op.mixture(q, np.ones((1, 5), np.float32))
+    with pytest.raises(DataError, match=re.escape("s has shape (3, 119), expected (3, 120)")):
+        op.mixture(q, (q @ allv.T)[:, :119])
+    s = q @ allv.T  # the blank documents scored: set to -inf in a copy (and the given top, read from them, redone)
+    s_before = s.copy()
+    want = op.mixture(q)
+    for top in (None, topk_rows(s, 20)):
+        got = op.mixture(q, s, top=top)
+        for key in ("pi", "clusters", "weights", "collapsed"):
+            np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+    np.testing.assert_array_equal(s, s_before)
+    masked = s.copy()
+    masked[:, 100:] = -np.inf
+    with pytest.raises(DataError, match=re.escape("top has shapes [(3, 5), (3, 5)], expected (rows, scores) of "
+                                                  "shape (3, depth) with depth >= 20 (n_neighbors")):
+        op.mixture(q, masked, top=topk_rows(masked, 5))  # fewer neighbours than n_neighbors would vote
+    with pytest.raises(DataError, match=re.escape("depth >= 100 (prior local: local_depth")):
+        op.with_params(prior="local", local_depth=100).mixture(q, masked, top=topk_rows(masked, 50))
+    with pytest.raises(DataError, match=re.escape("top has shapes [(2, 20), (2, 20)]")):
+        op.mixture(q, masked, top=topk_rows(masked[:2], 20))
+    got = op.mixture(q, masked, top=topk_rows(masked, 30))
+    np.testing.assert_array_equal(got["pi"], want["pi"])
