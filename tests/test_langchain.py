@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from conftest import SCIFACT as SCIFACT_DIR  # (where the tests find SciFact: ../shared, else the downloaded copy)
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.documents import Document
 from langchain_core.embeddings import DeterministicFakeEmbedding
@@ -28,7 +29,6 @@ from ragkit.errors import DataError, ParamError
 from ragkit.integrations.langchain import LangChainEmbeddingsEncoder, RagkitEmbeddings, RagkitRetriever
 
 REPO = Path(__file__).resolve().parents[1]
-SCIFACT_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "beir" / "scifact"
 
 YAML_BM25 = """
 pipeline:
@@ -39,11 +39,9 @@ pipeline:
 @lru_cache(maxsize=1)
 def _slice() -> Any:
     """The first 200 SciFact documents (a Corpus) and 8 test queries."""
-    import os
-
     from ragkit import load_beir
 
-    ds = load_beir(os.environ.get("RAGKIT_SCIFACT", SCIFACT_DIR))
+    ds = load_beir(SCIFACT_DIR)
     return ds.corpus.subset(np.arange(200)), ds.queries("test")[:8]
 
 

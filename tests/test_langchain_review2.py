@@ -7,11 +7,11 @@ from __future__ import annotations
 import asyncio
 import threading
 from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from conftest import SCIFACT as SCIFACT_DIR  # (where the tests find SciFact: ../shared, else the downloaded copy)
 from langchain_core.callbacks import AsyncCallbackHandler
 from langchain_core.documents import Document
 from langchain_core.embeddings import DeterministicFakeEmbedding
@@ -19,17 +19,13 @@ from langchain_core.embeddings import DeterministicFakeEmbedding
 from ragkit.errors import DataError, NotFittedError, ParamError
 from ragkit.integrations.langchain import LangChainEmbeddingsEncoder, RagkitRetriever
 
-SCIFACT_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "beir" / "scifact"
-
 
 @lru_cache(maxsize=1)
 def _slice() -> Any:
     """The first 200 SciFact documents (a Corpus) and 8 test queries."""
-    import os
-
     from ragkit import load_beir
 
-    ds = load_beir(os.environ.get("RAGKIT_SCIFACT", SCIFACT_DIR))
+    ds = load_beir(SCIFACT_DIR)
     return ds.corpus.subset(np.arange(200)), list(ds.queries("test")[:8].texts)
 
 
