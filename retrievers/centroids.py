@@ -34,24 +34,54 @@ _CODEBOOK_FILES = ("codebook", "codes", "code_offsets")  # the offsets are writt
 _SAMPLE_PER_CENTROID = 32  # fit_codebook's default sample, per centroid
 _MAX_ITER = 10  # fit_codebook's default Lloyd iterations
 
-__all__ = ["fit_codebook", "assign_codes", "code_sets", "centroid_pairs", "build_codes", "damaged_codes"]
+__all__ = ["spherical_kmeans", "fit_codebook", "assign_codes", "code_sets", "centroid_pairs", "build_codes",
+           "damaged_codes"]
+
+
+def spherical_kmeans(x: np.ndarray, n_clusters: int, *, seed: int = 0, n_init: int = 1, init: str = "k-means++",
+                     max_iter: int = 300, threads: int | None = None, where: str | None = None,
+                     what: str = "vectors") -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn ``KMeans`` over the rows of ``x``, its centroids scaled to unit length (nearest then means
+    largest inner product for unit rows): ``(centroids (n_clusters, d) float32, labels (len(x),) int32)``.
+
+    The k-means step of :func:`fit_codebook` and :class:`~ragkit.retrievers.knn_embed.KnnEmbed`.  ``threads``
+    limits the OpenMP / BLAS threads (``threadpoolctl``; None: the library's own default).  Fewer distinct rows
+    than ``n_clusters`` (duplicate documents) leave some clusters empty (never nearest): scikit-learn's
+    ``ConvergenceWarning`` is silenced, and with ``where`` (the caller, e.g. ``"muvera.fit"``) a warning on the
+    ``ragkit`` logger says it, naming the rows as ``what`` (``"token vectors"``)."""
+    from sklearn.cluster import KMeans
+    from sklearn.exceptions import ConvergenceWarning
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(threads), warnings.catch_warnings():
+        # fewer distinct vectors than clusters (duplicate documents): scikit-learn's ConvergenceWarning, said below
+        # in ragkit's words (the clusters it could not fill stay empty and are never used)
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        km = KMeans(n_clusters=n_clusters, init=init, n_init=n_init, max_iter=max_iter, random_state=seed).fit(x)
+    labels = km.labels_.astype(np.int32)
+    used = len(np.unique(labels))
+    if where is not None and used < n_clusters:
+        _log.warning(f"{where}: k-means found {used} distinct cluster{'s' * (used != 1)} of the {n_clusters} "
+                     f"asked (the {len(x)} {what} hold fewer distinct points: duplicate documents); the other "
+                     f"{n_clusters - used} are empty and never used")
+    c = km.cluster_centers_.astype(np.float32)
+    return c / np.maximum(np.linalg.norm(c, axis=1, keepdims=True), 1e-12), labels
 
 
 def fit_codebook(data: np.ndarray, n_centroids: int, seed: int = 0, sample: int | None = None,
-                 max_iter: int = _MAX_ITER, where: str | None = None) -> np.ndarray:
+                 max_iter: int = _MAX_ITER, where: str | None = None, threads: int | None = None) -> np.ndarray:
     """Spherical k-means codebook ``(n_centroids, d)`` float32 with unit rows.
 
     ``data``: ``(n_tokens, d)`` token vectors (any float dtype).  scikit-learn's ``KMeans``
     (random init, one run, ``max_iter`` Lloyd iterations) runs on ``sample`` rows drawn with
     ``seed`` (default ``min(n_tokens, 32 * n_centroids)``); the centroids are then normalised,
     so nearest means largest inner product for unit tokens.  Deterministic under ``seed``.
+    ``threads``: OpenMP / BLAS threads for the k-means (None: the library's own default).
     Fewer distinct rows sampled than ``n_centroids`` (duplicate documents) leave some centroids
     empty (never nearest): scikit-learn's ``ConvergenceWarning`` is silenced, and with ``where``
-    (the caller, e.g. ``"muvera.fit"``) a warning on the ``ragkit`` logger says it, as knn_embed's does.
+    (the caller, e.g. ``"muvera.fit"``) a warning on the ``ragkit`` logger says it, as knn_embed's does
+    (:func:`spherical_kmeans`, the k-means step of both).
     """
-    from sklearn.cluster import KMeans
-    from sklearn.exceptions import ConvergenceWarning
-
     n = len(data)
     if n_centroids < 1 or n_centroids > n:
         raise DataError(f"fit_codebook: n_centroids must be between 1 and the number of tokens ({n}), "
@@ -60,18 +90,8 @@ def fit_codebook(data: np.ndarray, n_centroids: int, seed: int = 0, sample: int 
     rng = np.random.default_rng(seed)
     rows = np.sort(rng.choice(n, m, replace=False)) if m < n else np.arange(n)
     x = np.asarray(data[rows], np.float32)
-    with warnings.catch_warnings():
-        # fewer distinct token vectors than centroids (duplicate documents): scikit-learn's ConvergenceWarning,
-        # said below in ragkit's words, as knn_embed says it (the centroids it could not fill are never nearest)
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        km = KMeans(n_clusters=n_centroids, init="random", n_init=1, max_iter=max_iter, random_state=seed).fit(x)
-    used = len(np.unique(km.labels_))
-    if where is not None and used < n_centroids:
-        _log.warning(f"{where}: k-means found {used} distinct cluster{'s' * (used != 1)} of the {n_centroids} "
-                     f"asked (the {m} token vectors hold fewer distinct points: duplicate documents); the other "
-                     f"{n_centroids - used} are empty and never used")
-    c = km.cluster_centers_.astype(np.float32)
-    return c / np.maximum(np.linalg.norm(c, axis=1, keepdims=True), 1e-12)
+    return spherical_kmeans(x, n_centroids, seed=seed, init="random", max_iter=max_iter, threads=threads,
+                            where=where, what="token vectors")[0]
 
 
 def assign_codes(data: np.ndarray, centroids: np.ndarray, chunk: int = 65_536) -> np.ndarray:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import logging
 import math
-import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -341,8 +340,7 @@ class KnnEmbed(Operator):
         return self
 
     def _fit_vectors(self, vecs: np.ndarray) -> None:
-        from sklearn.cluster import KMeans
-        from threadpoolctl import threadpool_limits
+        from ragkit.retrievers.centroids import spherical_kmeans
 
         vecs = unit_rows(vecs)  # cosine geometry, whatever the encoder returned
         if vecs.ndim == 2:
@@ -376,16 +374,9 @@ class KnnEmbed(Operator):
         threads = self.params.fit_threads  # None: the library's own default
         if threads is not None:
             threads = thread_count(threads)  # (0 or -1: the CPUs this process may use)
-        with threadpool_limits(threads), warnings.catch_warnings():
-            # fewer distinct vectors than clusters (duplicate documents): scikit-learn's ConvergenceWarning,
-            # said below in ragkit's words (the clusters it could not fill stay empty and are never used)
-            from sklearn.exceptions import ConvergenceWarning
-
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            km = KMeans(n_clusters=c, n_init=self.params.n_init, random_state=self.params.seed).fit(x)
-        cent = km.cluster_centers_.astype(np.float32)
-        cent /= np.maximum(np.linalg.norm(cent, axis=1, keepdims=True), 1e-12)
-        labels = km.labels_.astype(np.int32)
+        # (clusters k-means could not fill, duplicate documents: said there, in ragkit's words)
+        cent, labels = spherical_kmeans(x, c, seed=self.params.seed, n_init=self.params.n_init, threads=threads,
+                                        where="knn_embed.fit", what="document vectors")
         if rows is not None:
             fitted, labels = labels, np.argmax(vecs @ cent.T, axis=1).astype(np.int32)
             labels[rows] = fitted
@@ -395,8 +386,9 @@ class KnnEmbed(Operator):
         self._warn_degenerate()
 
     def _warn_degenerate(self) -> None:
-        """Warn (``ragkit`` logger) when the clustering leaves kNN-Embed little to mix: clusters k-means could
-        not fill (duplicate documents), fewer than 2 clusters of ``min_cluster_size`` documents (every query
+        """Warn (``ragkit`` logger) when the clustering leaves kNN-Embed little to mix (clusters k-means could
+        not fill, duplicate documents, are said by :func:`~ragkit.retrievers.centroids.spherical_kmeans`):
+        fewer than 2 clusters of ``min_cluster_size`` documents (every query
         is then answered as plain dense), or such clusters holding under half of the documents (most queries'
         neighbours then vote for clusters that are never a component, and those queries collapse to dense)."""
         p = self.params
@@ -409,10 +401,6 @@ class KnnEmbed(Operator):
             return
         big = sizes >= p.min_cluster_size
         n_big, share = int(big.sum()), float(sizes[big].sum() / max(n, 1))
-        if used < c:
-            _log.warning(f"knn_embed.fit: k-means found {used} distinct cluster{'s' * (used != 1)} of the {c} "
-                         f"asked (the {n} document vectors hold fewer distinct points: duplicate documents); the "
-                         f"other {c - used} are empty and never used")
         if n_big < 2 or share < 0.5:
             what = ("no query can mix two clusters: every query is answered as plain dense top-k" if n_big < 2 else
                     f"they hold {share:.0%} of the {n} documents, so most queries are answered as plain dense "

@@ -224,3 +224,27 @@ def test_mixture_checks_a_given_score_matrix_and_top():
         op.mixture(q, masked, top=topk_rows(masked[:2], 20))
     got = op.mixture(q, masked, top=topk_rows(masked, 30))
     np.testing.assert_array_equal(got["pi"], want["pi"])
+
+
+# ------------------------------------------------------------------------------ 3: one k-means step
+def test_one_kmeans_step_for_knn_embed_and_the_codebook(monkeypatch):
+    """knn_embed and fit_codebook wrote k-means twice (ConvergenceWarning silenced, centroids renormalised by hand,
+    the same warning on duplicate documents); only knn_embed limited its threads.  Both use spherical_kmeans now,
+    and fit_codebook takes the thread limit."""
+    import threadpoolctl
+
+    from ragkit.retrievers import centroids
+
+    limits: list[object] = []
+    real = threadpoolctl.threadpool_limits
+    monkeypatch.setattr(threadpoolctl, "threadpool_limits", lambda lim=None, *a, **kw: (limits.append(lim),
+                                                                                         real(lim, *a, **kw))[1])
+    calls: list[int] = []
+    real_km = centroids.spherical_kmeans
+    monkeypatch.setattr(centroids, "spherical_kmeans", lambda x, c, **kw: (calls.append(c), real_km(x, c, **kw))[1])
+    data = np.tile(np.eye(4, dtype=np.float32), (8, 1))
+    cb = centroids.fit_codebook(data, 4, threads=2)
+    assert limits == [2] and calls == [4] and np.allclose(np.linalg.norm(cb, axis=1), 1)
+    vecs, _ = _blobs()
+    KnnEmbed(k=10, n_clusters=4, fit_threads=1).fit_vectors(Corpus.from_texts([f"doc {i}" for i in range(80)]), vecs)
+    assert limits == [2, 1] and calls == [4, 4]
