@@ -28,7 +28,7 @@ from ragkit.errors import ArtifactError, DataError, InputTypeError
 __all__ = ["atomic_file", "sha256_file", "folder_checksums", "verify_checksums", "saved_relpath", "check_inside",
            "utf8_line", "utf8_lines", "shared_tempdir", "private_tempdir", "remove_stale_tempdirs", "share_like_umask",
            "share_file_like_umask", "user_path", "folder_lock", "remove_stale_tempfiles", "owner_tag", "owner_ended",
-           "SAVE_ERRNOS", "save_unwritable", "writes_through", "stdout_file", "descriptor_of",
+           "SAVE_ERRNOS", "save_unwritable", "GATE_FILES", "writes_through", "stdout_file", "descriptor_of",
            "text_output", "first_time",
            "shell_quote", "shell_join", "fsync_path", "fsync_tree"]
 
@@ -507,35 +507,89 @@ def _same_inode(path: Path, fd: int) -> bool:
     return (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino)
 
 
+#: the files of a ragkit save (a pipeline's manifest, an operator's parameters) whose ``flock`` is the turnstile
+#: of its folder (:func:`folder_lock`): the first of them that is there
+GATE_FILES = ("manifest.json", "params.json")
+
+
+def _open_gate(path: Path) -> int | None:
+    """A read-only descriptor of the turnstile file of the folder ``path`` (the first of :data:`GATE_FILES` there
+    that is a regular file, recorded in :data:`_HELD_FDS`), or ``None`` (none there, or unreadable)."""
+    for name in GATE_FILES:
+        gate = path / name
+        try:
+            if not stat.S_ISREG(os.lstat(gate).st_mode):
+                continue
+            fd = os.open(gate, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0))
+        except OSError:
+            continue
+        _HELD_FDS.add(fd)
+        return fd
+    return None
+
+
+def _same_gate(path: Path, fd: int) -> bool:
+    """Whether ``fd`` is the turnstile file of the folder at ``path`` now (a save may have swapped another there)."""
+    try:
+        held = os.fstat(fd)
+        for name in GATE_FILES:
+            try:
+                now = os.lstat(path / name)
+            except FileNotFoundError:
+                continue
+            return (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino)
+    except OSError:
+        pass
+    return False
+
+
 @contextmanager
 def folder_lock(path: Path, *, exclusive: bool, wait_s: float | None = None) -> Iterator[bool]:
     """An advisory ``flock`` on the folder ``path`` itself (no lock file is made): shared by loads
     (``exclusive=False``: any number at once), exclusive for a save's swap of a new folder onto ``path``
     (:class:`~ragkit._saves.atomic_dir`), so a load never reads half of one save and half of the next.
 
-    Saves go first: the folder's parent is a turnstile (``flock`` on it too: exclusive while a save waits
-    for the loads in progress, shared for an instant as a load starts), so loads starting back to back
-    do not keep a save waiting (with the folder lock alone, two threads loading in a loop held a save
-    for its whole wait).  Either kind of lock is taken on the folder that is at ``path`` once held (a save
-    that swapped ``path`` meanwhile: the new folder is locked instead).  A forked child does not keep
-    the locks of its parent's threads.
+    Saves go first: the save's own record in the folder (its ``manifest.json``, or ``params.json``:
+    :data:`GATE_FILES`) is a turnstile (``flock`` on it: exclusive while a save waits for the loads in progress,
+    shared for an instant as a load starts), so loads starting back to back do not keep a save waiting (with
+    the folder lock alone, two threads loading in a loop held a save for its whole wait), and a save waiting
+    for the loads of one folder keeps no load or save of another waiting (the turnstile was the parent
+    folder, shared by every folder in it).  The parent folder is locked too, for the swap alone (exclusive
+    once the folder's lock is held; a load passes it for an instant): a load that starts while a save renames
+    twice (where the folders cannot be swapped in one step), or :func:`~ragkit._saves.restore_interrupted_save`,
+    waits for the renames.  Each lock is taken on what is at ``path`` once held (a save that swapped ``path``
+    meanwhile: the new folder, and its record, are locked instead).  A forked child does not keep the locks of
+    its parent's threads.
 
     Yields whether the lock is held: ``False`` where it cannot be (no ``fcntl``, a missing folder, a
     file system without ``flock``) or after ``wait_s`` seconds of waiting (default
     :data:`FOLDER_LOCK_WAIT_S`); callers then go on without it (loads compare the folder's identity before
     and after, and load again)."""
-    fd = gate = None
+    fd = gate = parent = None
     held = False
     try:
         if FCNTL is not None:
             mode = FCNTL.LOCK_EX if exclusive else FCNTL.LOCK_SH
-            deadline = time.monotonic() + (FOLDER_LOCK_WAIT_S if wait_s is None else wait_s)
-            gate = _open_dir(path.parent)
-            if gate is not None:  # (not passed in time: on without it)
-                _flock(gate, mode, deadline)
-                if not exclusive:
-                    _close_dir(gate)  # (a load passes the turnstile: it holds it for an instant only)
-                    gate = None
+            wait = FOLDER_LOCK_WAIT_S if wait_s is None else wait_s
+            deadline = time.monotonic() + wait
+            if not exclusive:  # (a load waits for a swap of a folder in ``path``'s parent, renames included)
+                parent = _open_dir(path.parent)
+                if parent is not None:
+                    _flock(parent, mode, deadline)
+                    _close_dir(parent)
+                    parent = None
+            while True:  # the turnstile: not passed in time, on without it
+                gate = _open_gate(path)
+                if gate is None:
+                    break
+                passed = _flock(gate, mode, deadline)
+                if not passed or not exclusive or _same_gate(path, gate) or time.monotonic() >= deadline:
+                    break
+                _close_dir(gate)  # swapped meanwhile: the new save's record is the turnstile now
+                gate = None
+            if gate is not None and not exclusive:
+                _close_dir(gate)  # (a load passes the turnstile: it holds it for an instant only)
+                gate = None
             while True:
                 fd = _open_dir(path)
                 if fd is None:
@@ -547,12 +601,16 @@ def folder_lock(path: Path, *, exclusive: bool, wait_s: float | None = None) -> 
                 fd, held = None, False
                 if time.monotonic() >= deadline:
                     break
+            if exclusive:  # the swap: the parent's lock, held by others for an instant or a swap (renames) only
+                parent = _open_dir(path.parent)
+                if parent is not None:
+                    _flock(parent, mode, max(deadline, time.monotonic() + min(wait, 5.0)))
         yield held
     finally:
-        if fd is not None:
-            _close_dir(fd)
-        if gate is not None:
-            _close_dir(gate)
+        for held_fd in (fd, gate, parent):
+            if held_fd is not None:
+                _close_dir(held_fd)
+
 
 def share_like_umask(path: str | os.PathLike[str]) -> None:
     """Give the folder ``path`` the permissions a plain ``mkdir`` would (``0o777`` less the umask):

@@ -291,3 +291,65 @@ def test_corpus_fingerprint_hashes_a_corpus_once(small, monkeypatch):
     assert again == fingerprints.corpus_fingerprint(other) and len(calls) == 2  # (another corpus: its own)
     monkeypatch.undo()
     assert again == {"n": 6, "ids_sha1": hashlib.sha1("\x00".join(small.ids.tolist()).encode()).hexdigest()}
+
+
+# ---------------------------------------------------------------- 4: a save waiting keeps no neighbour waiting
+@pytest.mark.skipif(files.FCNTL is None, reason="flock")
+def test_a_save_waiting_for_loads_keeps_no_neighbours_load_or_save_waiting(small, tmp_path, monkeypatch):
+    import threading
+    import time
+
+    monkeypatch.setattr(files, "FOLDER_LOCK_WAIT_S", 10.0)
+    a, b = tmp_path / "a", tmp_path / "b"
+    Pipeline([BM25(k=3)]).fit(small).save(a)
+    BM25(k=3).fit(small).save(b)
+    with files.folder_lock(a, exclusive=False) as held:  # a slow load of a
+        assert held
+        saver = threading.Thread(target=Pipeline([BM25(k=4)]).fit(small).save, args=(a,))
+        saver.start()
+        time.sleep(0.3)  # (the save of a waits for that load)
+        t = time.monotonic()
+        with files.folder_lock(b, exclusive=False) as got:  # a load of b, its neighbour
+            assert got
+        BM25(k=5).fit(small).save(b)  # a save of b
+        took = time.monotonic() - t
+        waiting = saver.is_alive()  # (still waiting for the load of a)
+    saver.join(30)
+    assert took < 3.0, took  # (was: both waited for the save of a, i.e. for the load of a: 10 s here, 60 s by default)
+    assert waiting
+    assert Pipeline.load(a).steps[0].params.k == 4 and Operator.load(b).params.k == 5
+    assert sorted(os.listdir(tmp_path)) == ["a", "b"]  # (no lock file)
+
+
+@pytest.mark.skipif(files.FCNTL is None, reason="flock")
+def test_a_load_starting_between_a_saves_two_renames_waits_for_them(small, tmp_path, monkeypatch):
+    import threading
+
+    folder = tmp_path / "pipe"
+    Pipeline([BM25(k=3)]).fit(small).save(folder)
+    monkeypatch.setattr(saves, "_exchange", lambda a, b: False)  # (macOS, NFS: two renames, ``folder`` missing between)
+    rename, between = Path.rename, threading.Event()
+
+    def slow(self: Path, target: object) -> Path:
+        if ".tmp-" in self.name:  # the second rename
+            between.set()
+            import time
+
+            time.sleep(0.5)
+        return rename(self, target)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Path, "rename", slow)
+    loaded: list[object] = []
+
+    def load() -> None:
+        between.wait(30)
+        try:
+            loaded.append(Pipeline.load(folder).steps[0].params.k)
+        except Exception as e:  # noqa: BLE001 - the test's failure says it
+            loaded.append(e)
+
+    loader = threading.Thread(target=load)
+    loader.start()
+    Pipeline([BM25(k=4)]).fit(small).save(folder)
+    loader.join(30)
+    assert loaded == [4], loaded  # (not "no such folder": the load waited for the renames)
