@@ -57,6 +57,14 @@ from ragkit._queries import (
 )
 from ragkit.errors import DataError, InputTypeError, repeated, some_ids
 
+
+def field_length_error(who: str, key: str, col: Any, n: int) -> str:
+    """The message for a :attr:`Ranking.fields` column ``key`` that is not one entry per row (``n`` rows)."""
+    has = f"has {len(col)} entries" if hasattr(col, "__len__") else f"is {type(col).__name__} {col!r:.40}"
+    return (f"{who}: fields[{key!r}] {has} for {n} rows; expected one entry per row (a field is an "
+            "aligned column that take / head / TopK cut with the rows)")
+
+
 _ROWS_HINT = ("; map document ids to rows with corpus.row_of(ids), and a boolean mask with np.flatnonzero(mask)")
 
 __all__ = ["Corpus", "Queries", "Ranking", "State", "TrainSet", "TraceEvent", "Qrels"]
@@ -101,6 +109,12 @@ class Ranking:
             raise DataError(f"Ranking: expected rows and scores one-dimensional (one score per row), got rows of "
                             f"shape {self.rows.shape} and scores of shape {self.scores.shape}"
                             + ("; flatten them (e.g. scores.ravel())" if flat else ""))
+        n = len(self.rows)
+        if len(self.scores) != n:  # (else: take / head / TopK fail with numpy's IndexError, naming no one)
+            raise DataError(f"Ranking: {n} rows and {len(self.scores)} scores; expected one score per row")
+        for key, col in self.fields.items():  # (else: a longer field survives TopK misaligned, a shorter one
+            if not hasattr(col, "__len__") or len(col) != n:  # is TopK's IndexError)
+                raise DataError(field_length_error("Ranking", key, col, n))
 
     def __len__(self) -> int:
         return len(self.rows)

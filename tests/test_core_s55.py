@@ -11,6 +11,7 @@ from conftest import word_corpus
 
 from ragkit import Corpus, Operator, Params, Ranking, State
 from ragkit.errors import DataError
+from ragkit.retrievers import BM25
 
 QUERIES = ["w1 w2 w3", "w4 w5"]
 
@@ -64,3 +65,29 @@ def test_a_retriever_returning_numeric_ids_fails_at_its_step():
                                                       for _ in s.queries]))
     with pytest.raises(DataError, match=r"s55_idrows.*Ranking: rows are corpus row numbers.*'5'"):
         ids.fit(corpus).search(["q"])
+
+
+# ---------------------------------------------------------------------- 4. one score, one field entry per row
+def test_scores_and_fields_are_one_per_row():
+    with pytest.raises(DataError, match=r"Ranking: 3 rows and 2 scores; expected one score per row"):
+        Ranking(np.arange(3), np.zeros(2))
+    for col, has in ((np.arange(5), "has 5 entries"), (np.arange(1), "has 1 entries"), (7, "is int 7")):
+        with pytest.raises(DataError, match=rf"Ranking: fields\['x'\] {has} for 3 rows; expected one entry per row"):
+            Ranking(np.arange(3), np.zeros(3), {"x": col})
+
+
+@pytest.mark.parametrize("extra", [2, -2])
+def test_a_field_set_after_the_ranking_is_refused_naming_the_step(corpus, extra):
+    """A field longer than the rows survived TopK misaligned; a shorter one was TopK's raw IndexError."""
+    def call(self, s):
+        out = s.copy()
+        out.rankings = [Ranking(r.rows, r.scores) for r in s.rankings]
+        for r in out.rankings:
+            r.fields["x"] = np.arange(len(r) + extra)
+        return out
+
+    from ragkit.filters import TopK
+    pipe = BM25(k=5) | _step("LateField", "reranker", call) | TopK(k=2)
+    with pytest.raises(DataError, match=r"pipeline\[1\]\.s55_latefield: LateField\._call \('s55_latefield'\) "
+                                        rf"returned rankings\[0\]: fields\['x'\] has {5 + extra} entries for 5 rows"):
+        pipe.fit(corpus).search(QUERIES)
