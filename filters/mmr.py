@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 from pydantic import Field
@@ -25,8 +25,8 @@ from ragkit.encoders import (
     save_encoder_key,
     unit_rows,
 )
-from ragkit.encoders.sentence import encode_documents, encoder_label
-from ragkit.errors import DataError
+from ragkit.encoders.sentence import encode_documents, encoder_label, encoder_vectors
+from ragkit.errors import DataError, InputTypeError
 from ragkit.filters.cutoffs import cut_k
 from ragkit.operator import Operator
 from ragkit.options import PARAM, count_option
@@ -200,9 +200,7 @@ class MMR(Operator):
         return get_encoder(self.params.model, batch_size=self.params.batch_size)
 
     def _fit(self, corpus: Corpus, train: TrainSet | None, upstream: State | None) -> None:
-        enc = self.encoder  # (checked: one 2-D float row per document, else a DataError naming the encoder)
-        docs = encode_documents(enc, corpus.full_texts, encoder_label(self.name, self.params.model, enc, "encode"))
-        self.vectors_ = unit_rows(docs)  # cosines, whatever the encoder returns
+        self.vectors_ = self._encode_docs(corpus)  # unit rows: cosines, whatever the encoder returns
 
     def _call(self, state: State) -> State:
         if state.rankings is None:
@@ -260,6 +258,53 @@ class MMR(Operator):
                      f"only: the k of the retriever before it, a filter or a query matching few documents limits "
                      f"them; for the full pool the retriever's k must be at least {min(want, n_docs)}")
 
+    # ------------------------------------------------------------------ updates
+    def _encode_docs(self, corpus: Corpus) -> np.ndarray:
+        """The unit vectors of ``corpus``'s documents by this reranker's encoder (``add``; what a LangChain
+        retriever's add encodes into the encoder's cache ahead of its edit)."""
+        enc = self.encoder  # (checked: one 2-D float row per document, else a DataError naming the encoder)
+        return unit_rows(encode_documents(enc, corpus.full_texts,
+                                          encoder_label(self.name, self.params.model, enc, "encode")))
+
+    def add(self, corpus: Corpus, *, vectors: np.ndarray | None = None) -> "MMR":
+        """Follow documents added to the retriever before it (no refit): their vectors are appended, one row per
+        document after the others, as a fit on the joined corpus would hold them.
+
+        ``vectors``: the documents' vectors by this reranker's encoder, one row per document in ``corpus``'s
+        order (``None``: encoded here).  Ids already held, another number of rows or another width than the
+        fitted vectors' are a :class:`DataError`; nothing changes then."""
+        self._check_fitted()
+        if not isinstance(corpus, Corpus):
+            raise InputTypeError(f"mmr.add expects a ragkit Corpus, got {type(corpus).__name__}")
+        dup = self.corpus_.held_ids(corpus)
+        if dup:
+            raise DataError(f"mmr.add: {len(dup)} document ids are already held (e.g. {sorted(dup)[:3]}); "
+                            "remove them first")
+        if not len(corpus):
+            return self
+        joined = self.corpus_.concat(corpus, "mmr.add")  # (a metadata value of another kind: refused before edits)
+        new = (self._encode_docs(corpus) if vectors is None
+               else unit_rows(encoder_vectors(vectors, len(corpus), "mmr.add: vectors")))
+        v = np.asarray(self.vectors_)
+        if new.shape[1] != v.shape[1]:
+            raise DataError(f"mmr.add: the new documents' vectors have {new.shape[1]} dimensions, the fitted ones "
+                            f"{v.shape[1]}; add vectors of this reranker's encoder ({self.params.model!r}), or refit")
+        self.vectors_, self.corpus_ = np.concatenate([v, new.astype(v.dtype, copy=False)]), joined
+        return self
+
+    def remove(self, ids: Any) -> "MMR":
+        """Follow documents removed from the retriever before it (by id; no refit): their vector rows are
+        dropped, the others renumbered in order, as the corpus's rows are.  An unknown id is a
+        :class:`DataError` (nothing removed)."""
+        self._check_fitted()
+        rows = self.corpus_.rows_to_remove(ids, "mmr.remove")
+        if len(rows):
+            keep = np.ones(len(self.corpus_), dtype=bool)
+            keep[rows] = False
+            self.vectors_, self.corpus_ = np.asarray(self.vectors_)[keep], self.corpus_.subset(keep)
+        return self
+
+    # ------------------------------------------------------------------ persistence
     def _save(self, folder: Path) -> None:
         save_arrays(folder, vectors=self.vectors_)
         save_encoder_key(folder, self.encoder)

@@ -32,8 +32,8 @@ from ragkit._cpus import thread_count
 from ragkit._saves import load_array, read_json, save_arrays, write_json
 from ragkit._topk import desc_order, topk_rows
 from ragkit.encoders import DEFAULT_MODEL, check_encoder_key, query_vectors, save_encoder_key, unit_rows
-from ragkit.encoders.sentence import encode_documents, encoder_label
-from ragkit.errors import ArtifactError, DataError, ParamError
+from ragkit.encoders.sentence import encode_documents, encoder_label, encoder_vectors
+from ragkit.errors import ArtifactError, DataError, InputTypeError, ParamError
 from ragkit.operator import Operator
 from ragkit.options import filter_option
 from ragkit.params import FieldRefusal, MetadataFilter, ModelName, Params, Seed, update_params
@@ -910,6 +910,66 @@ class KnnEmbed(Operator):
         comp_out[bad] = sub_comp
         if (rows_out < 0).any():  # cannot happen with k <= N
             raise DataError(f"knn_embed: could not fill {k} distinct results")
+
+    # ------------------------------------------------------------------ updates
+    def add(self, corpus: Corpus, *, vectors: np.ndarray | None = None) -> "KnnEmbed":
+        """Index more documents without a refit: each new document joins the cluster of its nearest centroid
+        (largest cosine with the fitted ``centroids_``, which stay as they are), and the per-cluster structures are
+        rebuilt.  A blank document is never found, as at fit.
+
+        ``vectors``: the documents' vectors, one row per document in ``corpus``'s order, in the space of the fitted
+        ones (needed after :meth:`fit_vectors`, whose space no encoder of this retriever gives); ``None``: encoded
+        here by the ``dense`` encoder.  Ids already held, another number of rows or width, NaN or infinite values
+        are a :class:`DataError`; nothing changes then.  Many documents added far from the fitted ones (a new
+        topic) are not clustered apart as a refit would: refit then."""
+        self._check_fitted()
+        if not isinstance(corpus, Corpus):
+            raise InputTypeError(f"knn_embed.add expects a ragkit Corpus, got {type(corpus).__name__}")
+        dup = self.corpus_.held_ids(corpus)
+        if dup:
+            raise DataError(f"knn_embed.add: {len(dup)} document ids are already indexed (e.g. {sorted(dup)[:3]}); "
+                            "remove them first")
+        if not len(corpus):
+            return self
+        joined = self.corpus_.concat(corpus, "knn_embed.add")  # (a metadata value of another kind: before edits)
+        if vectors is None:
+            enc = self.dense.encoder
+            new = encode_documents(enc, corpus.full_texts, encoder_label(self.name, self.params.model, enc, "encode"))
+        else:
+            new = encoder_vectors(vectors, len(corpus), "knn_embed.add: vectors")
+        new = unit_rows(new)
+        v = np.asarray(self.vectors_)
+        if new.shape[1] != v.shape[1]:
+            raise DataError(f"knn_embed.add: the new documents' vectors have {new.shape[1]} dimensions, the indexed "
+                            f"ones {v.shape[1]}; add vectors of the space it was fitted in, or refit")
+        check_finite_vectors(new, "knn_embed.add", "document")
+        labels = np.argmax(new @ np.asarray(self.centroids_).T, axis=1).astype(np.int32)
+        self._replace(joined, np.concatenate([v, new.astype(v.dtype, copy=False)]),
+                      np.concatenate([np.asarray(self.labels_), labels]))
+        return self
+
+    def remove(self, ids: Any) -> "KnnEmbed":
+        """Remove documents by id (no refit): their rows are dropped, the others renumbered in order as the
+        corpus's are, and the per-cluster structures rebuilt; the centroids stay.  An unknown id is a
+        :class:`DataError` (nothing removed)."""
+        self._check_fitted()
+        rows = self.corpus_.rows_to_remove(ids, "knn_embed.remove")
+        if len(rows):
+            keep = np.ones(len(self.corpus_), dtype=bool)
+            keep[rows] = False
+            self._replace(self.corpus_.subset(keep), np.asarray(self.vectors_)[keep], np.asarray(self.labels_)[keep])
+        return self
+
+    def _replace(self, corpus: Corpus, vectors: np.ndarray, labels: np.ndarray) -> None:
+        """An edit's new documents, vectors and labels, with the blank documents and per-cluster structures of
+        them: all worked out before any is set (an error leaves the operator as it was)."""
+        edited = object.__new__(type(self))
+        edited.__dict__.update(self.__dict__)
+        edited.corpus_, edited.vectors_, edited.labels_ = corpus, vectors, labels
+        edited._find_blank()
+        edited._build()
+        for key in ("corpus_", "vectors_", "labels_", "_blank", "_order", "_starts", "_members", "_sizes", "_parts"):
+            self.__dict__[key] = edited.__dict__[key]
 
     # ------------------------------------------------------------------ persistence
     def _save(self, folder: Path) -> None:

@@ -248,3 +248,120 @@ def test_one_kmeans_step_for_knn_embed_and_the_codebook(monkeypatch):
     vecs, _ = _blobs()
     KnnEmbed(k=10, n_clusters=4, fit_threads=1).fit_vectors(Corpus.from_texts([f"doc {i}" for i in range(80)]), vecs)
     assert limits == [2, 1] and calls == [4, 4]
+
+
+# ------------------------------------------------------------------------------ 6: add / remove
+@pytest.fixture
+def hashing(tmp_path, monkeypatch):
+    from ragkit.encoders import HashingEncoder, register_encoder, unregister_encoder
+
+    monkeypatch.setenv("RAGKIT_CACHE", str(tmp_path / "cache"))
+    register_encoder("s55-hash", HashingEncoder(dim=32), replace=True)
+    yield "s55-hash"
+    unregister_encoder("s55-hash")
+
+
+_WORDS = ["cell protein", "enzyme folding", "virus vaccine", "galaxy star", "river water", "market price"]
+_TEXTS = [f"{_WORDS[i % 6]} {_WORDS[(i * 5) % 6].split()[0]} note {i}" for i in range(48)]
+
+
+def test_mmr_add_and_remove_follow_the_retriever(hashing, tmp_path):
+    """Dense | MMR could not take added documents (MMR holds one vector row per document): add appends the new
+    rows, remove drops them and renumbers, as a fit on the edited corpus holds them."""
+    from ragkit.filters.mmr import MMR
+    from ragkit.pipelines import Pipeline
+    from ragkit.retrievers import Dense
+
+    whole = Corpus.from_texts(_TEXTS, ids=[f"d{i}" for i in range(48)])
+    first, rest = whole.subset(np.arange(48) < 40), whole.subset(np.arange(48) >= 40)
+    queries = ["cell protein", "galaxy water", "market vaccine note"]
+
+    def pipe():
+        return Pipeline([Dense(model=hashing, k=20), MMR(model=hashing, k=8, lambda_mult=0.5)])
+
+    grown = pipe().fit(first)
+    for leaf in grown.steps:
+        leaf.add(rest)
+    fresh = pipe().fit(whole)
+    np.testing.assert_array_equal(grown.steps[1].vectors_, fresh.steps[1].vectors_)
+    assert [list(x) for x in grown.search(queries).doc_ids] == [list(x) for x in fresh.search(queries).doc_ids]
+    gone = ["d3", "d41", "d17"]
+    for leaf in grown.steps:
+        leaf.remove(gone)
+    kept = whole.subset(~np.isin(whole.ids, gone))
+    refit = pipe().fit(kept)
+    np.testing.assert_array_equal(grown.steps[1].vectors_, refit.steps[1].vectors_)
+    assert [list(x) for x in grown.search(queries).doc_ids] == [list(x) for x in refit.search(queries).doc_ids]
+    grown.save(tmp_path / "p")
+    loaded = Pipeline.load(tmp_path / "p")
+    assert [list(x) for x in loaded.search(queries).doc_ids] == [list(x) for x in refit.search(queries).doc_ids]
+    mmr = grown.steps[1]
+    from ragkit.errors import DataError
+
+    with pytest.raises(DataError, match=r"mmr.add: 1 document ids are already held"):
+        mmr.add(Corpus.from_texts(["x"], ids=["d0"]))
+    with pytest.raises(DataError, match=re.escape("mmr.add: the new documents' vectors have 8 dimensions, the fitted "
+                                                  "ones 32")):
+        mmr.add(Corpus.from_texts(["x"], ids=["n0"]), vectors=np.ones((1, 8), np.float32))
+    with pytest.raises(DataError, match=r"mmr.remove: document id\(s\) \['nope'\] not in the corpus"):
+        mmr.remove(["nope"])
+    assert len(mmr.corpus_) == len(mmr.vectors_) == 45
+
+
+def test_knn_embed_add_labels_new_documents_with_their_nearest_centroid(tmp_path):
+    """KnnEmbed could not take added documents; a new document joins its nearest centroid's cluster, the search
+    structures are rebuilt, and the search equals that of a fit on the whole corpus clustered alike (well
+    separated topics: the same partition)."""
+    vecs, truth = _blobs(n_per=30)
+    ids = [f"d{i}" for i in range(120)]
+    whole = Corpus.from_texts([f"doc {i}" for i in range(120)], ids=ids)
+    first = np.arange(120) % 5 != 0  # every fifth document added later
+    kw = dict(k=12, n_clusters=4, min_cluster_size=3, collapse_at=1.0, weight_floor=0.0, anchor_share=0.25)
+    grown = KnnEmbed(**kw).fit_vectors(whole.subset(first), vecs[first])
+    cent = grown.centroids_.copy()
+    grown.add(whole.subset(~first), vectors=vecs[~first])
+    assert grown.centroids_ is not None and np.array_equal(grown.centroids_, cent)
+    order = np.concatenate([np.flatnonzero(first), np.flatnonzero(~first)])
+    assert grown.corpus_.ids.tolist() == [ids[i] for i in order]
+    fresh = KnnEmbed(**kw).fit_vectors(grown.corpus_, vecs[order])
+    assert len(set(zip(grown.labels_.tolist(), fresh.labels_.tolist()))) == 4  # the same partition
+    assert len(set(zip(truth[order].tolist(), grown.labels_.tolist()))) == 4
+    q = _unit(np.random.default_rng(9).standard_normal((6, D)) + 2 * np.eye(D)[[0, 1, 2, 3, 0, 2]])
+    got, want = grown(_state(grown, q)).rankings, fresh(_state(fresh, q)).rankings
+    assert [r.rows.tolist() for r in got] == [r.rows.tolist() for r in want]
+    assert any(r.fields["component"].max() >= 0 for r in got)  # (mixed, not collapsed to dense)
+    # remove: rows dropped and renumbered, as a fit on what is left
+    gone = ["d5", "d7", "d63"]
+    grown.remove(gone)
+    left = ~np.isin(np.array(ids)[order], gone)
+    assert grown.corpus_.ids.tolist() == np.array(ids)[order][left].tolist() and len(grown.labels_) == 117
+    refit = KnnEmbed(**kw).fit_vectors(grown.corpus_, vecs[order][left])
+    got, want = grown(_state(grown, q)).rankings, refit(_state(refit, q)).rankings
+    assert [r.rows.tolist() for r in got] == [r.rows.tolist() for r in want]
+    grown.save(tmp_path / "k")
+    loaded = KnnEmbed.load(tmp_path / "k")
+    np.testing.assert_array_equal(loaded.labels_, grown.labels_)
+    assert [r.rows.tolist() for r in loaded(_state(loaded, q)).rankings] == [r.rows.tolist() for r in got]
+
+
+def test_knn_embed_add_of_blank_documents_and_refusals():
+    from ragkit.errors import DataError
+
+    vecs, _ = _blobs()
+    op = KnnEmbed(k=10, n_clusters=4).fit_vectors(Corpus.from_texts([f"doc {i}" for i in range(80)]), vecs)
+    before = (op.corpus_, op.vectors_, op.labels_)
+    with pytest.raises(DataError, match=re.escape("knn_embed.add: the new documents' vectors have 8 dimensions, the "
+                                                  "indexed ones 16")):
+        op.add(Corpus.from_texts(["x"], ids=["n0"]), vectors=np.ones((1, 8), np.float32))
+    with pytest.raises(DataError, match="knn_embed.add: vectors returned 2 vectors for 1 texts"):
+        op.add(Corpus.from_texts(["x"], ids=["n0"]), vectors=np.ones((2, D), np.float32))
+    with pytest.raises(DataError, match="knn_embed.add"):
+        op.add(Corpus.from_texts(["x"], ids=["n0"]), vectors=np.full((1, D), np.nan, np.float32))
+    with pytest.raises(DataError, match="already indexed"):
+        op.add(Corpus.from_texts(["x"], ids=[op.corpus_.ids[0]]), vectors=np.ones((1, D), np.float32))
+    assert all(a is b for a, b in zip((op.corpus_, op.vectors_, op.labels_), before))  # nothing changed
+    op.add(Corpus.from_texts(["", "more doc"], ids=["b", "m"]), vectors=np.vstack([np.eye(D)[10], np.eye(D)[2]]))
+    assert len(op.labels_) == 82 and op._blank is not None and np.flatnonzero(op._blank).tolist() == [80]
+    q = np.eye(D, dtype=np.float32)[[10, 2]]
+    assert all(80 not in r.rows for r in op(_state(op, q)).rankings)
+    assert 81 in op(_state(op, q)).rankings[1].rows

@@ -566,18 +566,27 @@ def test_add_documents_and_delete_edit_every_retriever_of_a_hybrid():
 
 
 def test_edits_of_a_pipeline_with_a_retriever_that_cannot_edit_are_refused_before_any_change():
+    from ragkit.filters.dbnorm import DBNormDense
     from ragkit.pipelines import RRF, Parallel
     from ragkit.retrievers import BM25, KnnEmbed
 
     docs = _tenant_docs("a") + _tenant_docs("b")
-    r = RagkitRetriever(pipeline=Parallel([BM25(k=5), KnnEmbed(k=5, n_clusters=2, n_init=1)], fuse=RRF()),
-                        corpus=docs, k=2)
-    with pytest.raises(ParamError, match=r"add_documents: .*knn_embed.* cannot add documents \(only bm25, "
-                                         r"cosine_adapter, dense can, without a refit\)"):
+    # (knn_embed was the retriever that cannot edit here until it could, review s55: dbnorm_dense still cannot)
+    r = RagkitRetriever(pipeline=Parallel([BM25(k=5), DBNormDense(k=5)], fuse=RRF()), corpus=docs, k=2)
+    with pytest.raises(ParamError, match=r"add_documents: .*dbnorm_dense.* cannot add documents \(only bm25, "
+                                         r"cosine_adapter, dense, knn_embed, mmr can, without a refit\)"):
         r.add_documents([Document(page_content="new", id="n")])
-    with pytest.raises(ParamError, match=r"delete: .*knn_embed.* cannot remove documents"):
+    with pytest.raises(ParamError, match=r"delete: .*dbnorm_dense.* cannot remove documents"):
         r.delete(["a0"])
     assert all(len(leaf.corpus_) == 8 for leaf in r.pipeline.branches)
+    # knn_embed adds and removes documents now (review s55)
+    r = RagkitRetriever(pipeline=Parallel([BM25(k=5), KnnEmbed(k=5, n_clusters=2, n_init=1)], fuse=RRF()),
+                        corpus=docs, k=2)
+    r.add_documents([Document(page_content="new cats purr", id="n")])
+    r.delete(["a0"])
+    assert all(len(leaf.corpus_) == 8 for leaf in r.pipeline.branches)
+    knn = r.pipeline.branches[1]
+    assert len(knn.labels_) == len(knn.vectors_) == 8 and "n" in knn.corpus_.ids.tolist()
     with pytest.raises(ValueError, match="k"):
         RagkitRetriever(pipeline=BM25(), corpus=docs, k=True)
 

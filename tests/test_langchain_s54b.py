@@ -147,15 +147,38 @@ def test_an_add_the_pipeline_cannot_take_is_refused_before_the_embedding(tmp_pat
     monkeypatch.setenv("RAGKIT_CACHE", str(tmp_path))
     LangChainEmbeddingsEncoder(_SpyEmbeddings(size=16), key="s54b-spy", cache=False).register("s54b-spy",
                                                                                               replace=True)
-    pipe = Pipeline([Dense(model="s54b-spy", k=5), registry.get("mmr")(model="s54b-spy")])
+    # (mmr was the step that cannot add here until it could, review s55: dbnorm still cannot)
+    pipe = Pipeline([Dense(model="s54b-spy", k=5), registry.get("dbnorm")(model="s54b-spy")])
     r = RagkitRetriever.from_texts(["a cat", "a dog", "a bird"], pipeline=pipe, k=2)
     _SpyEmbeddings.calls.clear()
-    with pytest.raises(ParamError, match=r"^add_texts: pipeline\[1\]\.mmr \(mmr\) cannot add documents"):
+    with pytest.raises(ParamError, match=r"^add_texts: pipeline\[1\]\.dbnorm \(dbnorm\) cannot add documents"):
         r.add_texts(["new text one", "new text two"])
     assert _SpyEmbeddings.calls == []
-    with pytest.raises(ParamError, match=r"^add_documents: pipeline\[1\]\.mmr \(mmr\) cannot add documents"):
+    with pytest.raises(ParamError, match=r"^add_documents: pipeline\[1\]\.dbnorm \(dbnorm\) cannot add documents"):
         r.add_documents([Document("new text three")])
     assert _SpyEmbeddings.calls == []
+
+
+def test_dense_then_mmr_takes_added_and_deleted_documents(tmp_path, monkeypatch):
+    """Dense | MMR refused add_documents (MMR held its vectors per document and had no add); it follows the
+    retriever now (review s55)."""
+    from ragkit import registry
+    from ragkit.pipelines import Pipeline
+    from ragkit.retrievers import Dense
+
+    monkeypatch.setenv("RAGKIT_CACHE", str(tmp_path))
+    LangChainEmbeddingsEncoder(_SpyEmbeddings(size=16), key="s54b-spy", cache=False).register("s54b-spy",
+                                                                                              replace=True)
+    pipe = Pipeline([Dense(model="s54b-spy", k=5), registry.get("mmr")(model="s54b-spy")])
+    r = RagkitRetriever.from_texts(["a cat", "a dog", "a bird"], pipeline=pipe, k=5)
+    ids = r.add_texts(["new text one", "new text two"], ids=["n1", "n2"])
+    assert ids == ["n1", "n2"]
+    mmr = r.pipeline.steps[1]
+    assert len(mmr.corpus_) == len(mmr.vectors_) == 5
+    assert "new text one" in [d.page_content for d in r.invoke("new text one")]
+    r.delete(["n1"])
+    assert len(mmr.corpus_) == len(mmr.vectors_) == 4
+    assert "new text one" not in [d.page_content for d in r.invoke("new text one")]
 
 
 def test_an_added_value_of_another_kind_is_refused_before_the_embedding(tmp_path, monkeypatch):
