@@ -265,6 +265,9 @@ class KnnEmbed(Operator):
     diversified top-k shorter than ``k``, set ``k`` to it (``KnnEmbed(k=10)``, or the search option
     ``knn_embed={"k": 10}``), or use ``merge="interleave"``, whose first slots are diversified.
 
+    :meth:`add` and :meth:`remove` edit the index without a refit: an added document joins the cluster of its
+    nearest fitted centroid (the centroids stay), a removed one leaves its cluster.
+
     Output rankings carry ``scores`` = cosine ``q . d`` (float32) and ``fields["cluster"]``
     (int32 cluster of each document) and ``fields["component"]`` (-1 = anchor/dense, else the
     index of the mixture component, 0 = heaviest).  Exactly ``min(k, N)`` distinct documents; with a

@@ -129,8 +129,8 @@ def test_a_folder_saved_again_keeps_one_entry(tmp_path, monkeypatch):
 
 
 # ---------------------------------------------------------------------- 3. a refused add embeds nothing
-# a pipeline that cannot add (an mmr step) embedded every added document before refusing, and the refusal named
-# add_documents when add_texts was called
+# a pipeline that cannot add (an mmr step then; a dbnorm step since mmr can, review s55) embedded every added
+# document before refusing, and the refusal named add_documents when add_texts was called
 class _SpyEmbeddings(DeterministicFakeEmbedding):
     calls: ClassVar[list[list[str]]] = []
 
