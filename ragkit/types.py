@@ -267,15 +267,44 @@ class State:
                 raise DataError(f"State: query_ids ({some_ids(ids)}) differ from the ids of the Queries "
                                 f"given ({some_ids(given.ids)}); leave query_ids out (the Queries' ids are kept)")
             self.queries, self.query_ids = list(given.texts), list(given.ids)
-            return
-        self.queries = _state_texts(given)
-        if len(ids) == 0:
-            self.query_ids = [f"q{i}" for i in range(len(self.queries))]
-            return
-        if len(ids) != len(self.queries):
-            raise DataError(f"State: {len(ids)} query ids for {len(self.queries)} queries; expected one id per query "
-                            f"(or query_ids left out: q0, q1, ...)")
-        self.query_ids = ids
+        else:
+            self.queries = _state_texts(given)
+            if len(ids) == 0:
+                self.query_ids = [f"q{i}" for i in range(len(self.queries))]
+            elif len(ids) != len(self.queries):
+                raise DataError(f"State: {len(ids)} query ids for {len(self.queries)} queries; expected one id per "
+                                f"query (or query_ids left out: q0, q1, ...)")
+            else:
+                self.query_ids = ids
+        self._check_per_query()
+
+    def _check_per_query(self) -> None:
+        """Every per-query entry is one per query (O(keys), not per query): else the operator called next was
+        blamed for it ("returned 1 rankings for 2 queries"), with advice that did not apply."""
+        n = len(self.queries)
+        per = "expected one per query"
+        if self.rankings is not None:
+            if not isinstance(self.rankings, (list, tuple)):
+                raise DataError(f"State: rankings is {type(self.rankings).__name__}, expected a list of one Ranking "
+                                "per query (or None)")
+            if len(self.rankings) != n:
+                raise DataError(f"State: {len(self.rankings)} rankings for {n} queries; {per} "
+                                "(Ranking.empty() for a query without documents)")
+        for key, vals in self.values.items():
+            if not isinstance(vals, list):
+                raise DataError(f"State: values[{key!r}] is {type(vals).__name__} {vals!r:.40}, expected a list of "
+                                "one entry per query")
+            if len(vals) != n:
+                raise DataError(f"State: values[{key!r}] holds {len(vals)} entries for {n} queries; {per}")
+        for key, vec in self.vectors.items():
+            shape = np.shape(vec)
+            if not shape or shape[0] != n:
+                raise DataError(f"State: vectors[{key!r}] of shape {shape} for {n} queries; expected one row per "
+                                "query")
+        for name, branch in self.branches or ():
+            if not isinstance(branch, (list, tuple)) or len(branch) != n:
+                got = len(branch) if isinstance(branch, (list, tuple)) else type(branch).__name__
+                raise DataError(f"State: branch {name!r} holds {got} rankings for {n} queries; {per}")
 
     def __len__(self) -> int:
         return len(self.queries)

@@ -91,3 +91,27 @@ def test_a_field_set_after_the_ranking_is_refused_naming_the_step(corpus, extra)
     with pytest.raises(DataError, match=r"pipeline\[1\]\.s55_latefield: LateField\._call \('s55_latefield'\) "
                                         rf"returned rankings\[0\]: fields\['x'\] has {5 + extra} entries for 5 rows"):
         pipe.fit(corpus).search(QUERIES)
+
+
+# ---------------------------------------------------------------------- 5. a State's entries are one per query
+@pytest.mark.parametrize("kw, words", [
+    ({"rankings": [Ranking.empty()]}, r"State: 1 rankings for 2 queries; expected one per query"),
+    ({"rankings": Ranking.empty()}, r"State: rankings is Ranking, expected a list of one Ranking per query"),
+    ({"values": {"query_text": ["x"]}}, r"State: values\['query_text'\] holds 1 entries for 2 queries"),
+    ({"values": {"route": "x"}}, r"State: values\['route'\] is str 'x', expected a list of one entry per query"),
+    ({"vectors": {"enc": np.zeros((1, 4))}}, r"State: vectors\['enc'\] of shape \(1, 4\) for 2 queries"),
+    ({"branches": [("a", [Ranking.empty()])]}, r"State: branch 'a' holds 1 rankings for 2 queries"),
+])
+def test_a_state_refuses_entries_not_one_per_query(kw, words):
+    """Accepted, and the operator called next was blamed ("TopK._call returned 1 rankings for 2 queries ...
+    return a State: out = state.copy()"), with advice that did not apply."""
+    with pytest.raises(DataError, match=words):
+        State(["a", "b"], **kw)
+
+
+def test_a_state_of_queries_is_checked_too():
+    from ragkit.types import Queries
+    with pytest.raises(DataError, match=r"State: 1 rankings for 2 queries"):
+        State(Queries(["x", "y"], ["a", "b"]), rankings=[Ranking.empty()])
+    s = State(["a", "b"], rankings=[Ranking.empty()] * 2, values={"v": [1, 2]}, vectors={"e": np.zeros((2, 3))})
+    assert len(s.subset([1])) == 1 and len(State.merge(s, [([1], s.subset([1]))])) == 2

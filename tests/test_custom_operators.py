@@ -200,16 +200,25 @@ def _returning(name: str, ret: Callable[[State], Any]) -> Operator:
     return cls()
 
 
+def _set(obj: Any, **attrs: Any) -> Any:
+    """``obj`` with ``attrs`` set after it was made: a State or Ranking whose constructor would refuse them (the
+    check of what ``_call`` returns is tested)."""
+    for key, value in attrs.items():
+        setattr(obj, key, value)
+    return obj
+
+
 BAD = {
     "none": (lambda s: None, r"returned NoneType None, expected a ragkit State"),
     "list": (lambda s: s.rankings, r"returned list .*expected a ragkit State"),
-    "count": (lambda s: State(s.queries, s.query_ids, rankings=s.rankings[:1]),
+    "count": (lambda s: _set(s.copy(), rankings=s.rankings[:1]),
               r"returned 1 rankings for 3 queries, expected a list of one Ranking per query"),
     "queries": (lambda s: State(s.queries[:1], s.query_ids[:1], rankings=s.rankings[:1]),
                 r"returned a State of 1 queries for the 3"),
     "tuples": (lambda s: State(s.queries, s.query_ids, rankings=[(r.rows, r.scores) for r in s.rankings]),
                r"returned rankings\[0\] = tuple .*expected a ragkit Ranking"),
-    "shapes": (lambda s: State(s.queries, s.query_ids, rankings=[Ranking(r.rows, r.scores[:1]) for r in s.rankings]),
+    "shapes": (lambda s: State(s.queries, s.query_ids, rankings=[_set(Ranking(r.rows, r.scores), scores=r.scores[:1])
+                                                                 for r in s.rankings]),
                r"returned rankings\[0\] with rows of shape \(5,\) and scores of shape \(1,\)"),
     "rows": (lambda s: State(s.queries, s.query_ids, rankings=[Ranking(r.rows + 10**6, r.scores) for r in s.rankings]),
              r"returned row 10000\d\d, not a row of the corpus of 60 documents"),
