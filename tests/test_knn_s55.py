@@ -160,8 +160,10 @@ def test_the_callers_query_vectors_are_named_as_given_not_as_the_encoders(q, sai
     vecs, _ = _blobs()
     op = KnnEmbed(k=10, n_clusters=4).fit_vectors(Corpus.from_texts([f"doc {i}" for i in range(80)]), vecs)
     key = op.dense.encoder.key
+    state = State(["q"])
+    state.vectors[key] = q  # (after construction: a State given vectors of another row count refuses them itself)
     with pytest.raises(DataError) as e:
-        op(State(["q"], vectors={key: q}))
+        op(state)
     assert str(e.value).startswith(f"knn_embed: the query vectors given in state.vectors[{str(key)!r}] {said}"), e.value
     assert "encode_queries" not in str(e.value) and "returned" not in str(e.value)
 
