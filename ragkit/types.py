@@ -301,10 +301,6 @@ class State:
             if not shape or shape[0] != n:
                 raise DataError(f"State: vectors[{key!r}] of shape {shape} for {n} queries; expected one row per "
                                 "query")
-        for name, branch in self.branches or ():
-            if not isinstance(branch, (list, tuple)) or len(branch) != n:
-                got = len(branch) if isinstance(branch, (list, tuple)) else type(branch).__name__
-                raise DataError(f"State: branch {name!r} holds {got} rankings for {n} queries; {per}")
 
     def __len__(self) -> int:
         return len(self.queries)

@@ -100,7 +100,6 @@ def test_a_field_set_after_the_ranking_is_refused_naming_the_step(corpus, extra)
     ({"values": {"query_text": ["x"]}}, r"State: values\['query_text'\] holds 1 entries for 2 queries"),
     ({"values": {"route": "x"}}, r"State: values\['route'\] is str 'x', expected a list of one entry per query"),
     ({"vectors": {"enc": np.zeros((1, 4))}}, r"State: vectors\['enc'\] of shape \(1, 4\) for 2 queries"),
-    ({"branches": [("a", [Ranking.empty()])]}, r"State: branch 'a' holds 1 rankings for 2 queries"),
 ])
 def test_a_state_refuses_entries_not_one_per_query(kw, words):
     """Accepted, and the operator called next was blamed ("TopK._call returned 1 rankings for 2 queries ...
@@ -115,3 +114,50 @@ def test_a_state_of_queries_is_checked_too():
         State(Queries(["x", "y"], ["a", "b"]), rankings=[Ranking.empty()])
     s = State(["a", "b"], rankings=[Ranking.empty()] * 2, values={"v": [1, 2]}, vectors={"e": np.zeros((2, 3))})
     assert len(s.subset([1])) == 1 and len(State.merge(s, [([1], s.subset([1]))])) == 2
+
+
+# ---------------------------------------------------------------------- 3. Run checks what it is given
+def _obj(*ids):
+    return np.array(list(ids), dtype=object)
+
+
+def test_a_run_with_rankings_is_checked_as_one_without():
+    """With rankings= the NaN and id checks were skipped: NaN written by write_trec (and refused by read_trec),
+    int ids kept (pytrec_eval's raw TypeError in evaluate)."""
+    from ragkit import Run
+    with pytest.raises(DataError, match=r"Run: query 'q' gives document 'a' the score nan"):
+        Run(["q"], [_obj("a")], [np.array([np.nan], np.float32)], rankings=[Ranking([0], [0.0])])
+    run = Run(["q"], [_obj(1, 2)], [np.array([2, 1], np.float32)], rankings=[Ranking([0, 1], [2.0, 1.0])])
+    assert run.doc_ids[0].tolist() == ["1", "2"]
+    run = Run.from_rankings(["q"], [Ranking([0], [1.0])], _obj(7, 8))
+    assert run.doc_ids[0].tolist() == ["7"]
+    with pytest.raises(DataError, match=r"Run: query 'q' gives document 'd0' the score nan"):
+        Run.from_rankings(["q"], [Ranking([0, 1], [np.nan, 1.0])], _obj("d0", "d1"))
+
+
+@pytest.mark.parametrize("row", [-1, 3])
+def test_from_rankings_refuses_a_row_that_is_no_corpus_row(row):
+    """-1 was the last document, 3 (of 3) numpy's raw IndexError."""
+    from ragkit import Run
+    with pytest.raises(DataError, match=rf"Run\.from_rankings: rankings\[1\] \(query 'b'\) holds row {row}, not a row "
+                                        r"of the 3 corpus ids given \(0\.\.2\)"):
+        Run.from_rankings(["a", "b"], [Ranking([0], [1.0]), Ranking([1, row], [2.0, 1.0])], _obj("d0", "d1", "d2"))
+
+
+def test_write_trec_refuses_a_document_twice_in_a_query(tmp_path):
+    """write_trec wrote it, read_trec refused the file it wrote."""
+    import io
+
+    from ragkit import Run
+    run = Run(["q", "r"], [_obj("a", "b"), _obj("a", "b", "a")], [np.array([2, 1], np.float32),
+                                                                  np.array([3, 2, 1], np.float32)])
+    with pytest.raises(DataError, match=r"Run\.write_trec: query 'r' retrieves document 'a' more than once"):
+        run.write_trec(tmp_path / "run.trec")
+    assert not (tmp_path / "run.trec").exists()
+    with pytest.raises(DataError, match=r"Run\.to_trec: query 'r' retrieves document 'a' more than once"):
+        run.to_trec(io.StringIO())
+
+
+def test_search_still_gives_a_run_of_string_ids(corpus):
+    run = BM25(k=3).fit(corpus).search(QUERIES)
+    assert all(isinstance(d, str) for ids in run.doc_ids for d in ids.tolist()) and len(run.doc_ids[0]) == 3
