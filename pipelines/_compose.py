@@ -994,8 +994,9 @@ class Pipeline(Composite):
                 _TRACE_IDS.reset(token)
             state = cut_to_k(state, None if k is None else int(k))  # the one final cut (an operator on a State too)
             rankings = state.rankings if state.rankings is not None else [Ranking.empty() for _ in state.queries]
+            # (the rankings' scores checked finite by every step's check_result, the ids the corpus's: not again)
             return Run.from_rankings(state.query_ids, rankings, corpus.ids, values=state.values,
-                                     trace=state.trace, seconds=seconds,
+                                     trace=state.trace, seconds=seconds, _nan_checked=True, _ids_checked=True,
                                      learned_from=learned_query_ids(self, state.query_ids, state.queries))
 
     # ------------------------------------------------------------------ YAML and files

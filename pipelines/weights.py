@@ -300,7 +300,8 @@ def learn_weights(fuse: Callable[[State, np.ndarray], list[Ranking]], state: Sta
     mean = np.array([float(x) for x in exact_mean], np.float64)
     at_baseline = np.abs(mean - grid[at_base]).max() <= 1e-9  # (on the simplex: every fold picked the baseline)
     averaged = base_on_scale.copy() if at_baseline else on_scale(exact_mean)
-    final = (Run.from_rankings(state.query_ids, fuse(state, mean), corpus_ids) if heads is None
+    final = (Run.from_rankings(state.query_ids, fuse(state, mean), corpus_ids, _nan_checked=True, _ids_checked=True)
+             if heads is None
              else _heads_run(heads(mean, _DEPTH), state.query_ids, corpus_ids))
     averaged_train = float(_evaluate_noted(final, judged, ["ndcg@10"], qrels_checked=True).scores["ndcg@10"])
     cv, cv_base, base_ndcg = float(np.mean(held)), float(np.mean(held_base)), float(per_q[at_base].mean())

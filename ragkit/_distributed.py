@@ -281,4 +281,5 @@ def search_distributed(pipe: Pipeline | Operator | str | os.PathLike[str],
 
     assert isinstance(fitted_on, Corpus)  # (check_options refused a pipeline without one: it cannot search)
     return Run.from_rankings(list(queries.ids), rankings, fitted_on.ids, values=values,
-                             learned_from=learned_query_ids(pipe, queries.ids, queries.texts))
+                             learned_from=learned_query_ids(pipe, queries.ids, queries.texts),
+                             _nan_checked=True, _ids_checked=True)  # (as search's: checked by the workers' steps)

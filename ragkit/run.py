@@ -479,19 +479,31 @@ class Run:
         # (and an empty one, or one holding a tab or a line break, which no qrels or run file could name; a NUL,
         # which trec_eval would read it cut at: check_id_breaks, as Queries checks its ids)
         check_id_breaks(self.query_ids, "Run.query_ids", "query")
-        if self.rankings is None and not _ids_checked:
+        # (checked whether or not rankings are given: a Run of rankings of one's own, from_rankings, is the hand-built
+        # run's case; the callers that checked them, search's, pass the flags)
+        if not _ids_checked:
             self.doc_ids = _checked_doc_ids(self.query_ids, self.doc_ids)
-        if cast or (self.rankings is None and not _nan_checked):  # (NaN has no order: refused as from_dict does)
+        if cast or not _nan_checked:  # (NaN has no order: refused as from_dict does)
             _check_nan_scores(self.query_ids, self.doc_ids, self.scores)
 
     @classmethod
     def from_rankings(cls, query_ids: list[str], rankings: list[Ranking], corpus_ids: np.ndarray, **kw: Any) -> "Run":
         """From one :class:`~ragkit.types.Ranking` per query (aligned with ``query_ids``), its row numbers
         mapped to document ids through ``corpus_ids`` (the corpus's ids, ``(n_docs,)``, indexed by row);
-        ``kw`` sets the other fields (``values``, ``trace``, ``seconds``)."""
+        ``kw`` sets the other fields (``values``, ``trace``, ``seconds``).  A row that is not one of
+        ``corpus_ids`` (``-1`` would be the last document) is a :class:`DataError` naming the query."""
         # the ids mapped once, every query's rows together (one fancy index, not one per query), then split
         lens = np.cumsum([len(r.rows) for r in rankings])
-        ids = corpus_ids[np.concatenate([r.rows for r in rankings])] if rankings else corpus_ids[:0]
+        rows = np.concatenate([r.rows for r in rankings]) if rankings else np.zeros(0, np.int64)
+        n_docs = len(corpus_ids)
+        if len(rows) and (rows.min() < 0 or rows.max() >= n_docs):  # (one min and max of them all)
+            at = int(np.flatnonzero((rows < 0) | (rows >= n_docs))[0])
+            i = int(np.searchsorted(lens, at, side="right"))
+            qid = query_ids[i] if i < len(query_ids) else i
+            raise DataError(f"Run.from_rankings: rankings[{i}] (query {qid!r}) holds row {int(rows[at])}, not a row "
+                            f"of the {n_docs:,} corpus ids given (0..{n_docs - 1}); a Ranking's rows are corpus row "
+                            "numbers")
+        ids = corpus_ids[rows] if rankings else corpus_ids[:0]
         return cls(
             list(query_ids), np.split(ids, lens[:-1]) if rankings else [], [r.scores for r in rankings],
             rankings=rankings, **kw,
@@ -636,8 +648,12 @@ class Run:
         n = int(lens.sum())
         if not n:
             return
+        per_query = [d.tolist() for d in self.doc_ids]
+        for q, d, ids in zip(self.query_ids, self.doc_ids, per_query):  # (a set per query, built in C: read_trec
+            if len(ids) > 1 and len(set(ids)) != len(ids):  # refuses a document twice, as to_dict does)
+                _check_unique(q, d, "Run.write_trec" if checked else "Run.to_trec")
         docs = np.empty(n, dtype=object)
-        docs[:] = list(chain.from_iterable(d.tolist() for d in self.doc_ids))
+        docs[:] = list(chain.from_iterable(per_query))
         scores = np.concatenate([np.asarray(s) for s in self.scores])
         # every query's documents in trec_eval's order at once (one sort of all the entries), ranked 1..n in it
         order = _trec_permutation(np.repeat(np.arange(len(lens)), lens), docs, _f32(scores))

@@ -858,7 +858,7 @@ def test_per_query_metrics_cut_keeps_every_tie_at_the_cut_and_agrees_with_evalua
     rankings[7].scores[0] = np.nan
     with pytest.raises(DataError, match="query 'q7' gives document .* the score NaN"):
         per_query_metrics(state, qrels, ids, ["ndcg@10"])
-    with pytest.raises(DataError, match="query 'q7' gives document .* the score NaN"):
+    with pytest.raises(DataError, match="Run: query 'q7' gives document .* the score nan"):  # (where it is made)
         evaluate(Run.from_rankings(qids, rankings, ids), qrels, ["ndcg@10"])
 
 
