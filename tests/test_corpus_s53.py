@@ -209,7 +209,8 @@ def test_run_by_hand_refuses_nan_among_float32_scores_and_from_dict_checks_once(
     assert len(calls) == 1
     Run.from_dict({"1": {"a": 1.0}})  # (from_dict checked its scores itself: not joined again)
     ranking = Ranking(rows=np.array([0]), scores=np.array([1.0], np.float32))
-    Run.from_rankings(["1"], [ranking], np.array(["a"], dtype=object))  # (search's runs: no new work)
+    Run.from_rankings(["1"], [ranking], np.array(["a"], dtype=object),  # (search's runs: no new work; one of
+                      _nan_checked=True, _ids_checked=True)  # one's own rankings is checked, since s55)
     assert len(calls) == 1
 
 
