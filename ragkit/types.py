@@ -77,9 +77,9 @@ class Ranking:
     Attributes
     ----------
     rows : ndarray of int64, shape (n,)
-        Corpus row numbers.
+        Corpus row numbers (read-only: a new ranking is made, never an old one changed in place).
     scores : ndarray of float32, shape (n,)
-        Scores, non-increasing.
+        Scores, non-increasing (read-only, as ``rows``).
     fields : dict of str -> ndarray, shape (n,) each
         Extra aligned columns that travel with the documents, e.g. each fused branch's
         rank and score (``"bm25.rank"``, ``"bm25.score"``).
@@ -109,6 +109,11 @@ class Ranking:
             raise DataError(f"Ranking: expected rows and scores one-dimensional (one score per row), got rows of "
                             f"shape {self.rows.shape} and scores of shape {self.scores.shape}"
                             + ("; flatten them (e.g. scores.ravel())" if flat else ""))
+        # read-only views (O(1); the caller's arrays stay writeable): a step that changed its input ranking in place
+        # and handed it back (r.scores *= -1) skipped every check of what it returns, and changed the ranking for
+        # every other holder of it (a Parallel's branches share their input); now it fails at its own line
+        self.rows, self.scores = self.rows.view(), self.scores.view()
+        self.rows.flags.writeable = self.scores.flags.writeable = False
         n = len(self.rows)
         if len(self.scores) != n:  # (else: take / head / TopK fail with numpy's IndexError, naming no one)
             raise DataError(f"Ranking: {n} rows and {len(self.scores)} scores; expected one score per row")

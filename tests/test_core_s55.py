@@ -161,3 +161,28 @@ def test_write_trec_refuses_a_document_twice_in_a_query(tmp_path):
 def test_search_still_gives_a_run_of_string_ids(corpus):
     run = BM25(k=3).fit(corpus).search(QUERIES)
     assert all(isinstance(d, str) for ids in run.doc_ids for d in ids.tolist()) and len(run.doc_ids[0]) == 3
+
+
+# ---------------------------------------------------------------------- 2. a ranking is read-only
+def test_a_rankings_arrays_are_read_only_and_the_callers_stay_writeable():
+    rows, scores = np.arange(3), np.array([3.0, 2.0, 1.0], np.float32)
+    r = Ranking(rows, scores)
+    assert not r.rows.flags.writeable and not r.scores.flags.writeable
+    assert rows.flags.writeable and scores.flags.writeable
+    with pytest.raises(ValueError, match="read-only"):
+        r.scores[0] = 9.0
+    assert np.shares_memory(r.rows, rows)  # (a view: O(1), nothing copied)
+    assert r.take(np.array([1])).rows.tolist() == [1] and r.head(2).scores.tolist() == [3.0, 2.0]
+
+
+def test_a_step_changing_its_input_ranking_in_place_fails_at_its_own_line(corpus):
+    """``r.scores *= -1; r.rows[0] = r.rows[-1]`` handed back the same object, whose checks were skipped: BM25 | it
+    | TopK returned unsorted scores with a repeated row."""
+    def call(self, s):
+        for r in s.rankings:
+            r.scores *= -1
+        return s.copy()
+
+    from ragkit.filters import TopK
+    with pytest.raises(ValueError, match="read-only"):
+        (BM25(k=5) | _step("InPlace", "reranker", call) | TopK(k=2)).fit(corpus).search(QUERIES)

@@ -855,7 +855,9 @@ def test_per_query_metrics_cut_keeps_every_tie_at_the_cut_and_agrees_with_evalua
     full = evaluate(Run.from_rankings(qids, rankings, ids), qrels, ["ndcg@10", "recall@20"]).per_query
     for m in ("ndcg@10", "recall@20"):
         np.testing.assert_allclose(got[m], [full[m][q] for q in qids[:35]], atol=1e-12)
-    rankings[7].scores[0] = np.nan
+    nan = rankings[7].scores.copy()  # (a Ranking's arrays are read-only: a new one with the NaN, in the state's list)
+    nan[0] = np.nan
+    rankings[7] = Ranking(rankings[7].rows, nan)
     with pytest.raises(DataError, match="query 'q7' gives document .* the score NaN"):
         per_query_metrics(state, qrels, ids, ["ndcg@10"])
     with pytest.raises(DataError, match="Run: query 'q7' gives document .* the score nan"):  # (where it is made)

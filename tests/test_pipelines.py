@@ -407,7 +407,9 @@ def test_prf_matches_a_whitespace_bm25_and_ignores_nan_feedback_scores(slice_dat
     words = {w for t in expanded for w in bm25.make_tokenizer()([t])[0]}
     assert words <= known, sorted(words - known)[:5]  # every word PRF writes is a term the BM25 knows
     clean = prf.expansion_weights(s)
-    s.rankings[0].scores[3] = np.nan  # one NaN feedback score: that document weighs 0, the query stays normalised
+    nan = s.rankings[0].scores.copy()  # (a Ranking's arrays are read-only: a new one with the NaN)
+    nan[3] = np.nan  # one NaN feedback score: that document weighs 0, the query stays normalised
+    s.rankings[0] = Ranking(s.rankings[0].rows, nan)
     w = prf.expansion_weights(s)
     np.testing.assert_allclose(np.asarray(w.sum(axis=1)).ravel(), np.asarray(clean.sum(axis=1)).ravel())
     assert np.isfinite(w.data).all()
