@@ -26,8 +26,9 @@ from typing import Any, Iterable, Iterator, Mapping, TextIO
 from ragkit.errors import ArtifactError, DataError, InputTypeError
 
 __all__ = ["atomic_file", "sha256_file", "folder_checksums", "verify_checksums", "saved_relpath", "check_inside",
-           "utf8_line", "utf8_lines", "shared_tempdir", "private_tempdir", "remove_stale_tempdirs", "share_like_umask",
-           "share_file_like_umask", "user_path", "folder_lock", "remove_stale_tempfiles", "owner_tag", "owner_ended",
+           "utf8_line", "utf8_lines", "shared_tempdir", "private_tempdir", "remove_stale_tempdirs", "remove_tree",
+           "share_like_umask", "share_file_like_umask", "user_path", "folder_lock", "remove_stale_tempfiles",
+           "owner_tag", "owner_ended",
            "SAVE_ERRNOS", "save_unwritable", "GATE_FILES", "writes_through", "stdout_file", "descriptor_of",
            "text_output", "first_time",
            "shell_quote", "shell_join", "fsync_path", "fsync_tree"]
@@ -641,6 +642,35 @@ def share_file_like_umask(path: str | os.PathLike[str]) -> None:
     os.chmod(path, 0o666 & ~_umask())
 
 
+def remove_tree(path: str | os.PathLike[str]) -> None:
+    """Delete the folder ``path`` and everything in it, as ``shutil.rmtree(path, ignore_errors=True)`` does, but
+    also where a folder in it is read-only (a save folder the user made ``0o555``, or ``chmod -R a-w``, replaced by a
+    new save; the temporary folder of a save given those permissions): an entry that cannot be deleted gets owner
+    read/write/search permission added to the folder holding it, and is deleted again.  What still fails (not this
+    user's folder, a read-only file system) is left, silently, and so is the folder holding ``path``
+    (never made writable here)."""
+    import shutil
+
+    top = os.path.abspath(path)
+
+    def retry(func: Any, failed: str, _exc: object) -> None:
+        if func not in (os.unlink, os.remove, os.rmdir):  # (listing or opening a folder: nothing to retry)
+            return
+        holder = os.path.dirname(failed)
+        if os.path.commonpath([top, os.path.abspath(holder)]) != top:  # (``path``'s own parent is not ours to chmod)
+            return
+        try:
+            os.chmod(holder, stat.S_IMODE(os.lstat(holder).st_mode) | stat.S_IRWXU)
+            func(failed)
+        except OSError:
+            pass
+
+    if sys.version_info >= (3, 12):
+        shutil.rmtree(path, onexc=retry)
+    else:
+        shutil.rmtree(path, onerror=retry)
+
+
 def shared_tempdir(parent: Path, prefix: str) -> Path:
     """A new temporary folder in ``parent`` with the permissions of a plain ``mkdir``, to be
     renamed into place when complete.
@@ -674,8 +704,6 @@ def remove_stale_tempdirs(parent: Path, prefix: str) -> list[Path]:
     """Remove the folders in ``parent`` named ``prefix<owner tag>-...`` by :func:`shared_tempdir`
     whose process has ended (:func:`owner_ended`); returns them.  A folder of a live process, of
     another host (a shared file system) or without that name is left alone."""
-    import shutil
-
     host = _hostname()
     removed = []
     try:
@@ -685,7 +713,7 @@ def remove_stale_tempdirs(parent: Path, prefix: str) -> list[Path]:
     for entry in entries:
         if not owner_ended(entry.name, prefix, host, path=entry):
             continue
-        shutil.rmtree(entry, ignore_errors=True)
+        remove_tree(entry)
         removed.append(entry)
     return removed
 

@@ -10,7 +10,6 @@ import json
 import logging
 import os
 import re
-import shutil
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
@@ -25,6 +24,7 @@ from ragkit._files import (
     file_above,
     folder_lock,
     owner_ended,
+    remove_tree,
     save_unwritable,
     shared_tempdir,
     shell_quote,
@@ -447,25 +447,25 @@ class atomic_dir:
             if named is e:
                 raise  # (another OSError, a network file system's EIO, stays as it is, retryable)
             raise named from e
-        try:  # a re-save keeps the folder's permissions (a chmod 700) and owner, as atomic_file keeps a file's
-            if self.path.is_dir():
-                _files._keep_mode(self.path, self.tmp)
-        except BaseException:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-            raise
         return self.tmp
 
     def __exit__(self, exc_type: object, exc: BaseException | None = None, *rest: object) -> None:
         if exc_type is not None:
             self._discard(exc)
             return
-        # every file of the save on the disk before the rename makes it the save at ``path`` (its JSON files are,
-        # by atomic_file; its arrays, np.save's, were not): after a power loss the renamed folder could hold
-        # empty or zero-filled .npy files
+        # a re-save keeps the folder's permissions (a chmod 700, a read-only 555) and owner, as atomic_file keeps a
+        # file's: given once the block has written its files (a 555 given first refused them all); then every file
+        # of the save on the disk before the rename makes it the save at ``path`` (its JSON files are, by
+        # atomic_file; its arrays, np.save's, were not): after a power loss the renamed folder could hold empty or
+        # zero-filled .npy files
+        doing = f"giving it the permissions of {self.path.name}"
         try:
+            if self.path.is_dir():
+                _files._keep_mode(self.path, self.tmp)
+            doing = "flushing its files to the disk"
             _files.fsync_tree(self.tmp)
         except BaseException as e:  # (a write-back that failed: ENOSPC, EIO) the save failed: as if the block had
-            self._discard(e, "flushing its files to the disk")
+            self._discard(e, doing)
             raise
         old = None
         try:  # a process working inside the replaced folder follows it to the new one
@@ -486,7 +486,7 @@ class atomic_dir:
                 target = self.path / inside
                 os.chdir(target if target.is_dir() else self.path)
             if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
+                remove_tree(old)  # (read-only folders in it included: a save the user made 555)
             _remove_superseded_saves(self.path)
 
     def _discard(self, exc: BaseException | None, doing: str | None = None) -> None:
@@ -495,7 +495,7 @@ class atomic_dir:
         read-only or forbidden folder (np.save's "15222 requested and 13280 written" has no errno), naming the
         file being written; another error (a network file system's EIO) is left to the caller to raise as it is,
         retryable."""
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        remove_tree(self.tmp)
         if exc is None:
             return
         if doing is None:
@@ -529,7 +529,7 @@ class atomic_dir:
                     self.old.rename(self.path)
                 except OSError:
                     put_back = False
-            shutil.rmtree(self.tmp, ignore_errors=True)  # (else a whole copy of the new save stays beside it)
+            remove_tree(self.tmp)  # (else a whole copy of the new save stays beside it)
             failed = self._swap_failed(e, put_back)
             if failed is e:
                 raise
@@ -566,7 +566,7 @@ def _remove_superseded_saves(path: Path) -> None:
     (:func:`_saver_running`), logged."""
     for old in _old_saves(path):
         if not _saver_running(old, path):
-            shutil.rmtree(old, ignore_errors=True)
+            remove_tree(old)
             _log.info(f"{path}: removed {old.name}, an earlier save a killed save had left beside it (this save "
                       "replaces it)")
 

@@ -353,3 +353,70 @@ def test_a_load_starting_between_a_saves_two_renames_waits_for_them(small, tmp_p
     Pipeline([BM25(k=4)]).fit(small).save(folder)
     loader.join(30)
     assert loaded == [4], loaded  # (not "no such folder": the load waited for the renames)
+
+
+# ---------------------------------------------------------------- s55b 1: a read-only save folder is re-saved
+def _as_a_user(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Deleting an entry of a folder without owner write permission fails, as it does for any user but root (the
+    tests may run as root, whom permissions do not stop): ``os.unlink`` / ``os.rmdir`` raise EACCES there."""
+    real_unlink, real_rmdir = os.unlink, os.rmdir
+
+    def refused(path: object, dir_fd: int | None) -> bool:
+        holder = os.fstat(dir_fd) if dir_fd is not None else os.stat(os.path.dirname(os.fspath(path)) or ".")  # type: ignore[arg-type]
+        return not holder.st_mode & stat.S_IWUSR
+
+    def unlink(path, *, dir_fd=None):  # noqa: ANN001, ANN202
+        if refused(path, dir_fd):
+            raise PermissionError(errno.EACCES, "Permission denied", path)
+        return real_unlink(path, dir_fd=dir_fd)
+
+    def rmdir(path, *, dir_fd=None):  # noqa: ANN001, ANN202
+        if refused(path, dir_fd):
+            raise PermissionError(errno.EACCES, "Permission denied", path)
+        return real_rmdir(path, dir_fd=dir_fd)
+
+    monkeypatch.setattr(os, "unlink", unlink)
+    monkeypatch.setattr(os, "remove", unlink)
+    monkeypatch.setattr(os, "rmdir", rmdir)
+
+
+@pytest.mark.skipif(os.name == "nt", reason="POSIX permissions")
+def test_a_read_only_save_folder_is_resaved_and_stays_read_only(small, tmp_path, monkeypatch):
+    folder, pipe = tmp_path / "ix", tmp_path / "pipe"
+    BM25(k=3).fit(small).save(folder)
+    Pipeline([BM25(k=3)]).fit(small).save(pipe)
+    os.chmod(folder, 0o555)  # (the user protects the saves from edits: chmod a-w)
+    os.chmod(pipe, 0o555)
+    try:
+        with saves.atomic_dir(folder) as tmp:
+            assert _mode(tmp) & stat.S_IWUSR  # (was 0o555 from the start: a non-root save failed on its first file)
+            for f in folder.iterdir():  # (the same save again: written into the temporary folder)
+                (tmp / f.name).write_bytes(f.read_bytes())
+        assert _mode(folder) == 0o555  # (given after the block: the folder stays read-only)
+        _as_a_user(monkeypatch)  # (the replaced 555 folder: deleted by a non-root user too)
+        BM25(k=4).fit(small).save(folder)
+        Pipeline([BM25(k=4)]).fit(small).save(pipe)
+        assert _mode(folder) == 0o555 and _mode(pipe) == 0o555
+        assert _beside(folder) == [] and _beside(pipe) == []  # (was: .ix.tmp-<pid>@..., the earlier save, for ever)
+        monkeypatch.undo()
+        assert Operator.load(folder).params.k == 4 and Pipeline.load(pipe).steps[0].params.k == 4
+    finally:
+        for p in (folder, pipe):
+            if p.exists():
+                os.chmod(p, 0o755)
+
+
+@pytest.mark.skipif(os.name == "nt", reason="POSIX permissions")
+def test_remove_tree_deletes_read_only_folders_but_leaves_the_parent_as_it_is(tmp_path, monkeypatch):
+    top = tmp_path / "t"
+    (top / "a" / "b").mkdir(parents=True)
+    for p in (top / "x", top / "a" / "y", top / "a" / "b" / "z"):
+        p.write_text("1")
+        os.chmod(p, 0o444)
+    for p in (top / "a" / "b", top / "a", top):
+        os.chmod(p, 0o555)  # (chmod -R a-w)
+    os.chmod(tmp_path, 0o755)
+    _as_a_user(monkeypatch)
+    files.remove_tree(top)
+    assert not top.exists()
+    assert _mode(tmp_path) == 0o755
