@@ -500,7 +500,7 @@ def _flock(fd: int, mode: int, deadline: float) -> bool:
 
 
 def _same_inode(path: Path, fd: int) -> bool:
-    """Whether ``fd`` is the folder at ``path`` now (a save may have swapped another onto it)."""
+    """Whether ``fd`` is the folder (or file) at ``path`` now (a save may have swapped another onto it)."""
     try:
         now, held = os.stat(path), os.fstat(fd)
     except OSError:
@@ -513,9 +513,11 @@ def _same_inode(path: Path, fd: int) -> bool:
 GATE_FILES = ("manifest.json", "params.json")
 
 
-def _open_gate(path: Path) -> int | None:
+def _open_gate(path: Path) -> tuple[int, Path] | None:
     """A read-only descriptor of the turnstile file of the folder ``path`` (the first of :data:`GATE_FILES` there
-    that is a regular file, recorded in :data:`_HELD_FDS`), or ``None`` (none there, or unreadable)."""
+    that is a regular file, recorded in :data:`_HELD_FDS`) and that file's path (:func:`_same_inode` compares with
+    it: the file skipped, a link or a folder named ``manifest.json``, never matches), or ``None`` (none there, or
+    unreadable)."""
     for name in GATE_FILES:
         gate = path / name
         try:
@@ -525,23 +527,8 @@ def _open_gate(path: Path) -> int | None:
         except OSError:
             continue
         _HELD_FDS.add(fd)
-        return fd
+        return fd, gate
     return None
-
-
-def _same_gate(path: Path, fd: int) -> bool:
-    """Whether ``fd`` is the turnstile file of the folder at ``path`` now (a save may have swapped another there)."""
-    try:
-        held = os.fstat(fd)
-        for name in GATE_FILES:
-            try:
-                now = os.lstat(path / name)
-            except FileNotFoundError:
-                continue
-            return (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino)
-    except OSError:
-        pass
-    return False
 
 
 @contextmanager
@@ -580,11 +567,12 @@ def folder_lock(path: Path, *, exclusive: bool, wait_s: float | None = None) -> 
                     _close_dir(parent)
                     parent = None
             while True:  # the turnstile: not passed in time, on without it
-                gate = _open_gate(path)
-                if gate is None:
+                opened = _open_gate(path)
+                if opened is None:
                     break
+                gate, gate_path = opened
                 passed = _flock(gate, mode, deadline)
-                if not passed or not exclusive or _same_gate(path, gate) or time.monotonic() >= deadline:
+                if not passed or not exclusive or _same_inode(gate_path, gate) or time.monotonic() >= deadline:
                     break
                 _close_dir(gate)  # swapped meanwhile: the new save's record is the turnstile now
                 gate = None

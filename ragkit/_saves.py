@@ -18,6 +18,7 @@ import numpy as np
 
 from ragkit import _files
 from ragkit._files import (
+    GATE_FILES,
     _cmd_shell,
     atomic_file,
     check_npy_size,
@@ -316,8 +317,8 @@ def _json_kind(value: Any) -> str:
 
 def _old_saves(path: Path) -> list[Path]:
     """The folders ``.<name>.old-*`` beside ``path`` that hold a complete earlier save (``manifest.json``, or
-    ``params.json``), newest first: where a save by two renames (:class:`atomic_dir`, without
-    :func:`_exchange`) keeps the earlier save between its renames."""
+    ``params.json``: :data:`~ragkit._files.GATE_FILES`), newest first: where a save by two renames
+    (:class:`atomic_dir`, without :func:`_exchange`) keeps the earlier save between its renames."""
     prefix = f".{path.name}.old-"
     try:
         entries = [e for e in path.parent.iterdir() if e.name.startswith(prefix)]
@@ -326,7 +327,7 @@ def _old_saves(path: Path) -> list[Path]:
     found = []
     for e in entries:
         try:
-            if e.is_dir() and not e.is_symlink() and ((e / "manifest.json").is_file() or (e / "params.json").is_file()):
+            if e.is_dir() and not e.is_symlink() and any((e / name).is_file() for name in GATE_FILES):
                 found.append((e.stat().st_mtime_ns, e))
         except OSError:
             continue

@@ -420,3 +420,24 @@ def test_remove_tree_deletes_read_only_folders_but_leaves_the_parent_as_it_is(tm
     files.remove_tree(top)
     assert not top.exists()
     assert _mode(tmp_path) == 0o755
+
+
+# ---------------------------------------------------------------- s55b 3: the turnstile file compared is the one locked
+@pytest.mark.skipif(files.FCNTL is None, reason="flock")
+@pytest.mark.parametrize("manifest", ["link", "folder"])
+def test_a_save_lock_takes_the_record_it_locked_for_the_folders_own(tmp_path, manifest):
+    import time
+
+    folder = tmp_path / "P"
+    folder.mkdir()
+    (folder / "params.json").write_text("{}")
+    if manifest == "link":
+        (folder / "manifest.json").symlink_to("params.json")
+    else:
+        (folder / "manifest.json").mkdir()
+    t, cpu = time.monotonic(), time.process_time()
+    with files.folder_lock(folder, exclusive=True, wait_s=3.0) as held:
+        took, spent = time.monotonic() - t, time.process_time() - cpu
+    assert held
+    assert took < 0.5, took  # (was: 3 s, the whole wait, at 100% CPU: params.json locked, manifest.json compared)
+    assert spent < 0.5, spent
