@@ -788,9 +788,7 @@ class CosineAdapter(Operator):
 
     def _call(self, state: State) -> State:
         out = state.copy()
-        if state.rankings is None:
-            raise DataError("cosine_adapter needs rankings from a dense retriever before it "
-                            "(e.g. `dense | cosine_adapter`)")
+        assert state.rankings is not None  # (Operator.__call__ refused a state without)
         if not len(state):
             return out
         t = self.opt(state, "threshold")

@@ -573,8 +573,7 @@ class DBNorm(_BankOperator):
 
     def _call(self, state: State) -> State:
         out = state.copy()
-        if state.rankings is None:
-            raise DataError("dbnorm reranks the rankings of a dense retriever before it (e.g. `dense | dbnorm`)")
+        assert state.rankings is not None  # (Operator.__call__ refused a state without)
         rows, c, lengths, starts, qidx = flatten(state.rankings)
         if not len(rows):
             return out

@@ -41,8 +41,7 @@ class _PrefixCut(Operator):
 
     def _call(self, state: State) -> State:
         out = state.copy()
-        if state.rankings is None:
-            return out
+        assert state.rankings is not None  # (Operator.__call__ refused a state without)
         k_min = read_count(self, "k_min", self.opt(state, "k_min", self.params.k_min), 0)
         _, scores, lengths, starts, qidx = flatten(state.rankings)
         _check_sorted(scores, qidx, self.name)

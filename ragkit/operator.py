@@ -617,10 +617,13 @@ class Operator:
         """Transform a batch of queries: ``_call(state)``, checked.  To search queries (a list of strings),
         use :meth:`search`; anything but a ``State`` is a ``TypeError``.
 
+        A step that works on the rankings before it (``reads_rankings``, a rewriter aside) called on a state
+        without rankings is a :class:`~ragkit.errors.DataError`, before its ``_call`` runs.
+
         ``_call`` returns a new :class:`State` (``out = state.copy()``, then ``out.rankings = [...]`` of new
         :class:`Ranking` objects) and must not change its input: neither ``state`` nor its rankings' arrays
-        in place (``r.rows[:] = ...``).  The input may be shared: a :class:`~ragkit.pipelines.Parallel` gives
-        the same rankings to each of its branches, so changing them in place silently changes the others'.
+        in place (``r.rows[:] = ...``: they are read-only, a ``ValueError``).  The input may be shared: a
+        :class:`~ragkit.pipelines.Parallel` gives the same rankings to each of its branches.
         What it returns must be a ``State`` of the same queries, with ``None`` (only when it was given none,
         and not from a retriever) or one ``Ranking`` per query whose rows are rows of the corpus searched, each
         once, by finite scores sorted best first; anything else is a :class:`~ragkit.errors.DataError` naming
@@ -631,6 +634,11 @@ class Operator:
         """
         check_state(self, state)
         self._check_fitted()
+        # one rule for every step that reads rankings (each said it its own way, or passed None on silently); a
+        # rewriter that reads them (prf) is given none on a loop's first iteration, and rewrites nothing then
+        if state.rankings is None and self.reads_rankings and self.kind != "rewriter":
+            raise DataError(f"{type(self).__name__} ({self.name!r}) works on the rankings of the steps before it; "
+                            "the state has none: put a retriever before it")
         if self.kind == "retriever" and not self.applies_filter and state.options:
             refuse_unapplied_filter(self, state.options)
         with model_named(self.name):

@@ -186,3 +186,35 @@ def test_a_step_changing_its_input_ranking_in_place_fails_at_its_own_line(corpus
     from ragkit.filters import TopK
     with pytest.raises(ValueError, match="read-only"):
         (BM25(k=5) | _step("InPlace", "reranker", call) | TopK(k=2)).fit(corpus).search(QUERIES)
+
+
+# ---------------------------------------------------------------------- 6. one rule for a step given no rankings
+def _reading_kinds():
+    from ragkit import registry
+    return sorted(n for n in registry.names() if registry.get(n).kind in ("reranker", "filter", "generator"))
+
+
+@pytest.mark.parametrize("name", _reading_kinds())
+def test_every_step_that_reads_rankings_refuses_a_state_without_them_alike(name, monkeypatch):
+    """top_k and the thresholds returned rankings=None silently; mmr, dbnorm, cosine_adapter raised DataErrors each
+    worded its way; generate (and score_router) a ParamError."""
+    from ragkit import registry
+    cls = registry.get(name)
+    monkeypatch.setattr(cls, "_check_fitted", lambda self: None)  # (the rule, not fitting, is tested)
+    op = cls(**cls.example)
+    with pytest.raises(DataError, match=rf"^{cls.__name__} \('{name}'\) works on the rankings of the steps before it; "
+                                        r"the state has none: put a retriever before it$"):
+        op(State(["q"]))
+
+
+def test_score_router_and_a_custom_filter_follow_the_rule(monkeypatch):
+    from ragkit import registry
+    router = registry.get("score_router")
+    with pytest.raises(DataError, match=r"ScoreRouter \('score_router'\) works on the rankings"):
+        router(**router.example)(State(["q"]))
+    keep = _step("Keep", "filter", lambda self, s: s.copy())
+    with pytest.raises(DataError, match=r"Keep \('s55_keep'\) works on the rankings of the steps before it"):
+        keep(State(["q"]))
+    prf = registry.get("prf")
+    monkeypatch.setattr(prf, "_check_fitted", lambda self: None)
+    assert prf(**prf.example)(State(["q"])).rankings is None  # (a rewriter: a loop's first iteration gives it none)

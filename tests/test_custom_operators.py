@@ -256,8 +256,10 @@ def test_good_results_pass_unchanged(corpus):
     good = _returning("good", lambda s: s.copy())
     base = BM25(k=5).fit(corpus)
     assert (base | good).search(QUERIES) == base.search(QUERIES)
-    empty = State.of(QUERIES)  # a reranker before any retriever: rankings None is accepted
-    assert good(empty).rankings is None
+    empty = State.of(QUERIES)  # a reranker before any retriever: refused, as every step that reads rankings (s55)
+    with pytest.raises(DataError, match=r"Bad_good \('tco_bad_good'\) works on the rankings of the steps before it; "
+                                        r"the state has none: put a retriever before it"):
+        good(empty)
 
 
 # ---------------------------------------------------------------------- 4. prf before a retriever of one's own

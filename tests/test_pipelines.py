@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from ragkit import registry
-from ragkit.errors import ArtifactError, ConfigError, ParamError
+from ragkit.errors import ArtifactError, ConfigError, DataError, ParamError
 from ragkit.filters import MMR, TopK
 from ragkit.operator import Operator
 from ragkit.pipelines import (
@@ -324,8 +324,8 @@ def test_score_router_routes_easy_queries_past_expensive_branch(slice_data, fitt
     cut = float(np.median(gaps))
     gap = ScoreRouter(feature="gap", threshold=cut, above="hi", below="lo")(state).values["label"]
     assert gap == ["hi" if g >= cut else "lo" for g in gaps] and set(gap) == {"hi", "lo"}
-    with pytest.raises(ParamError, match="no rankings"):
-        ScoreRouter(threshold=1.0)(State(["q"]))
+    with pytest.raises(DataError, match="works on the rankings of the steps before it; the state has none"):
+        ScoreRouter(threshold=1.0)(State(["q"]))  # (every step that reads rankings alike, s55; was a ParamError)
     # rel_gap passes 1 when the second score is negative (logits): such a threshold is a real one
     logits = State(["a", "b"], rankings=[Ranking(np.array([0, 1]), np.array([-2.0, -7.0], np.float32)),
                                          Ranking(np.array([0, 1]), np.array([-2.0, -3.0], np.float32))])

@@ -103,7 +103,9 @@ def test_a_step_given_rankings_may_not_return_none(corpus):
     with pytest.raises(DataError, match=r"pipeline\[1\]\.tpc_dropall: DropAll\._call \('tpc_dropall'\) was given "
                                         r"rankings but returned a State without them"):
         (BM25(k=5) | drop).fit(corpus).search(QUERIES)
-    assert drop(State.of(QUERIES)).rankings is None  # given none, none is fine (a step before any retriever)
+    with pytest.raises(DataError, match=r"DropAll \('tpc_dropall'\) works on the rankings of the steps before it; "
+                                        r"the state has none"):  # (a step before any retriever: refused, since s55)
+        drop(State.of(QUERIES))
     empty = _filter("EmptyAll", lambda s: State(s.queries, s.query_ids, rankings=[Ranking.empty() for _ in s.queries]))
     assert [len(r) for r in (BM25(k=5) | empty).fit(corpus).search(QUERIES).rankings] == [0, 0, 0]
 

@@ -365,8 +365,7 @@ class Generate(Operator):
     def _call(self, state: State) -> State:
         if not self.opt(state, "answer", True):
             return state
-        if state.rankings is None:
-            raise ParamError("generate: the state has no rankings; put a retriever before the generator")
+        assert state.rankings is not None  # (Operator.__call__ refused a state without)
         p = self.params
         if getattr(self, "engine_", None) is None:
             raise ParamError("generate(backend='langchain'): no chat model; attach one with .with_chat_model(model) "
