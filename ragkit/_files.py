@@ -508,6 +508,15 @@ def _same_inode(path: Path, fd: int) -> bool:
     return (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino)
 
 
+def _identity(path: Path) -> tuple[int, int] | None:
+    """``(st_dev, st_ino)`` of what is at ``path`` now (a link followed), or ``None``: nothing there."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
 #: the files of a ragkit save (a pipeline's manifest, an operator's parameters) whose ``flock`` is the turnstile
 #: of its folder (:func:`folder_lock`): the first of them that is there
 GATE_FILES = ("manifest.json", "params.json")
@@ -566,34 +575,48 @@ def folder_lock(path: Path, *, exclusive: bool, wait_s: float | None = None) -> 
                     _flock(parent, mode, deadline)
                     _close_dir(parent)
                     parent = None
-            while True:  # the turnstile: not passed in time, on without it
-                opened = _open_gate(path)
-                if opened is None:
+            while True:  # (a save: again when another save put a folder at ``path`` while this one waited)
+                before = _identity(path)
+                while True:  # the turnstile: not passed in time, on without it
+                    opened = _open_gate(path)
+                    if opened is None:
+                        break
+                    gate, gate_path = opened
+                    passed = _flock(gate, mode, deadline)
+                    if not passed or not exclusive or _same_inode(gate_path, gate) or time.monotonic() >= deadline:
+                        break
+                    _close_dir(gate)  # swapped meanwhile: the new save's record is the turnstile now
+                    gate = None
+                if gate is not None and not exclusive:
+                    _close_dir(gate)  # (a load passes the turnstile: it holds it for an instant only)
+                    gate = None
+                while True:
+                    fd = _open_dir(path)
+                    if fd is None:
+                        break
+                    held = _flock(fd, mode, deadline)
+                    if not held or _same_inode(path, fd):
+                        break
+                    _close_dir(fd)  # swapped meanwhile: lock the folder at ``path`` now
+                    fd, held = None, False
+                    if time.monotonic() >= deadline:
+                        break
+                if not exclusive:
                     break
-                gate, gate_path = opened
-                passed = _flock(gate, mode, deadline)
-                if not passed or not exclusive or _same_inode(gate_path, gate) or time.monotonic() >= deadline:
-                    break
-                _close_dir(gate)  # swapped meanwhile: the new save's record is the turnstile now
-                gate = None
-            if gate is not None and not exclusive:
-                _close_dir(gate)  # (a load passes the turnstile: it holds it for an instant only)
-                gate = None
-            while True:
-                fd = _open_dir(path)
-                if fd is None:
-                    break
-                held = _flock(fd, mode, deadline)
-                if not held or _same_inode(path, fd):
-                    break
-                _close_dir(fd)  # swapped meanwhile: lock the folder at ``path`` now
-                fd, held = None, False
-                if time.monotonic() >= deadline:
-                    break
-            if exclusive:  # the swap: the parent's lock, held by others for an instant or a swap (renames) only
+                # the swap: the parent's lock, held by others for an instant or a swap (renames) only
                 parent = _open_dir(path.parent)
                 if parent is not None:
                     _flock(parent, mode, max(deadline, time.monotonic() + min(wait, 5.0)))
+                now = _identity(path)
+                if now == before or (fd is not None and _same_inode(path, fd)) or time.monotonic() >= deadline:
+                    break
+                # another save put its folder at ``path`` while this one waited for the parent (a first save racing
+                # another: none was there, no record nor folder locked), and loads may hold it already: lock that one
+                for opened_fd in (parent, fd, gate):
+                    if opened_fd is not None:
+                        _close_dir(opened_fd)
+                parent = fd = gate = None
+                held = False
         yield held
     finally:
         for held_fd in (fd, gate, parent):

@@ -441,3 +441,33 @@ def test_a_save_lock_takes_the_record_it_locked_for_the_folders_own(tmp_path, ma
     assert held
     assert took < 0.5, took  # (was: 3 s, the whole wait, at 100% CPU: params.json locked, manifest.json compared)
     assert spent < 0.5, spent
+
+
+# ---------------------------------------------------------------- s55b 2: first saves racing wait for the loads
+@pytest.mark.skipif(files.FCNTL is None, reason="flock")
+def test_a_first_save_racing_another_waits_for_the_loads_of_the_folder_it_made(tmp_path):
+    import threading
+    import time
+
+    for trial in range(3):
+        folder = tmp_path / f"P{trial}"
+        said: list[bool] = []
+        loading = threading.Event()
+
+        def second_save() -> None:
+            with files.folder_lock(folder, exclusive=True):
+                said.append(loading.is_set())
+
+        with files.folder_lock(folder, exclusive=True):  # the first save's swap (no folder yet: nothing to lock)
+            saver = threading.Thread(target=second_save)
+            saver.start()
+            time.sleep(0.3)  # (the second save: no record, no folder, waits for the parent)
+            folder.mkdir()
+            (folder / "params.json").write_text("{}")  # (the first save's rename: its folder in place)
+        with files.folder_lock(folder, exclusive=False) as held:  # a load of the first save
+            assert held
+            loading.set()
+            time.sleep(0.3)
+            loading.clear()
+        saver.join(30)
+        assert said == [False], trial  # (was: the second save swapped its folder under the load, every time)
