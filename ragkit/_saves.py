@@ -6,6 +6,7 @@ aside put back: :func:`restore_interrupted_save`), its JSON and ``.npy`` files (
 from __future__ import annotations
 
 import ctypes
+import errno
 import json
 import logging
 import os
@@ -406,6 +407,11 @@ class atomic_dir:
         save (``params.json`` / ``manifest.json``); anything else (a mount point, which no rename can replace,
         included) raises :class:`ArtifactError`.
         Call it before long work whose result will be saved there.  A leading ``~`` is the home folder."""
+        return atomic_dir._check(path)[0]
+
+    @staticmethod
+    def _check(path: str | Path) -> tuple[Path, bool]:
+        """:meth:`check`'s path, and whether an earlier ragkit save is there (what a failed save keeps)."""
         path = user_path(path, "path").resolve()
         if path.exists() and not path.is_dir():
             raise ArtifactError(f"{path}: exists and is not a folder; refusing to replace it with a ragkit save")
@@ -431,12 +437,12 @@ class atomic_dir:
                     f"{path}: an earlier ragkit save that also holds {len(foreign)} files it did not write "
                     f"({some_ids(foreign)}); replacing the save would delete them: move them out, or save into a "
                     "new folder")
-        return path
+            return path, True
+        return path, False
 
     def __enter__(self) -> Path:
         restore_interrupted_save(user_path(self.path, "path"))  # (this save then replaces it, and deletes it)
-        self.path = self.check(self.path)
-        self.replaces = self.path.is_dir() and _is_ragkit_save(self.path)  # (an earlier save: what a failure keeps)
+        self.path, self.replaces = self._check(self.path)  # (replaces: an earlier save, what a failure keeps)
         doing = f"creating the folder {self.path.parent}"
         try:  # (__exit__ does not run when __enter__ raises: a read-only or forbidden folder is named here, as there)
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -540,12 +546,20 @@ class atomic_dir:
         """The error of a save whose complete new folder could not replace the earlier save at ``self.path``
         (``e``, from a rename): for a refused access (``PermissionError``: on Windows a folder holding a file a
         process maps or keeps open cannot be renamed), an :class:`ArtifactError` saying what may use it and
-        what to do; another error (a network file system's EIO) as it is.  ``put_back``: whether the earlier
-        save is at ``self.path`` again (else it is at ``self.old``)."""
+        what to do; for ``EBUSY`` (a mount point, whatever :meth:`check`'s ``os.path.ismount`` said), one saying to
+        save into a folder inside it; another error (a network file system's EIO) as it is.  ``put_back``: whether
+        the earlier save is at ``self.path`` again (else it is at ``self.old``)."""
         kept = (("nothing was changed: the earlier save is still there" if self.replaces else
                  f"nothing was changed at {self.path}") if put_back else
                 f"the earlier save is at {self.old}: rename it back to {self.path.name} (the next load or save of "
                 f"{self.path.name} does)")
+        if e.errno == errno.EBUSY:  # a mount point check() did not see (os.path.ismount misses a bind mount of a
+            # folder of the same file system) or a folder the system uses: no rename replaces it
+            return ArtifactError(
+                f"{self.path}: the new save could not replace the folder ({e.strerror or e}): it is busy, typically "
+                "a mount point (a file system, e.g. a container's volume or a bind mount, is mounted there), which a "
+                f"save cannot replace (it renames a complete folder into place): save into a folder inside it, e.g. "
+                f"{self.path / 'index'}. The new save was not kept and {kept}")
         if not isinstance(e, PermissionError):
             _log.warning(f"{self.path}: the new save could not replace the earlier one ({e}); {kept}")
             return e

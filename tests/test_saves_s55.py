@@ -161,7 +161,7 @@ def test_a_mount_point_is_refused_before_any_work(small, tmp_path, monkeypatch):
 
 def test_a_failed_swap_says_the_earlier_save_is_there_only_where_there_was_one(small, tmp_path, monkeypatch, caplog):
     folder = tmp_path / "ix"
-    busy = OSError(errno.EBUSY, "Device or resource busy")
+    busy = OSError(errno.EIO, "Input/output error")  # (kept as it is, logged; EBUSY: an ArtifactError, tested below)
     rename = Path.rename
 
     def refuse(self: Path, target: object) -> Path:
@@ -476,3 +476,32 @@ def test_a_first_save_racing_another_waits_for_the_loads_of_the_folder_it_made(t
             loading.clear()
         saver.join(30)
         assert said == [False], trial  # (was: the second save swapped its folder under the load, every time)
+
+
+# ---------------------------------------------------------------- s55b 6: EBUSY at the swap says it is a mount point
+def test_a_busy_folder_at_the_swap_is_said_to_be_a_mount_point(small, tmp_path, monkeypatch):
+    folder = tmp_path / "ix"
+    rename = Path.rename
+
+    def busy(self: Path, target: object) -> Path:  # (a bind mount of a folder of the same file system: ismount
+        if Path(os.fspath(target)).name == "ix" or self.name == "ix":  # says no, the rename onto it EBUSY)
+            raise OSError(errno.EBUSY, "Device or resource busy", os.fspath(self))
+        return rename(self, target)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(saves, "_exchange", lambda a, b: False)
+    monkeypatch.setattr(Path, "rename", busy)
+    with pytest.raises(ArtifactError, match=r"ix: the new save could not replace the folder \(Device or resource "
+                                            r"busy\): it is busy, typically a mount point .*save into a folder "
+                                            r"inside it, e\.g\. .*ix/index\. The new save was not kept and nothing "
+                                            r"was changed at .*ix$"):
+        BM25(k=3).fit(small).save(folder)  # (was: the bare OSError, no hint)
+    assert _beside(folder) == [] and not folder.exists()
+    monkeypatch.setattr(Path, "rename", rename)
+    BM25(k=3).fit(small).save(folder)
+    monkeypatch.setattr(Path, "rename", busy)
+    with pytest.raises(ArtifactError, match=r"mount point .*The new save was not kept and nothing was changed: the "
+                                            r"earlier save is still there$"):
+        BM25(k=4).fit(small).save(folder)
+    assert _beside(folder) == []
+    monkeypatch.undo()
+    assert Operator.load(folder).params.k == 3
