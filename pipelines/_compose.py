@@ -1370,7 +1370,7 @@ def branch_names_problem(names: Any, n_branches: int | None) -> tuple[list[str],
                        f"need their own name")
     odd = path_unsafe(given)
     if odd:
-        return given, (f"branch names must be non-empty and hold no '.', '[' or ']' (they are parts of the fields the "
+        return given, (f"branch names must be non-blank and hold no '.', '[' or ']' (they are parts of the fields the "
                        f"fused ranking writes, '<name>.rank' and '<name>.score', as a route's labels are of paths), "
                        f"got {odd}")
     return given, None

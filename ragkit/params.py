@@ -335,6 +335,14 @@ class Params(_ParamsBase):
                                              f"a string, number, boolean, null, or a list or mapping of them; give "
                                              f"{hint}") from None
             raise
+        # a float that is not finite, at any depth of a field typed dict or Any (a typed float field refuses it
+        # itself): the JSON dump above writes it as null, so that the saved parameters hold another value
+        for name in type(self).model_fields:
+            hit = _non_finite(getattr(self, name))
+            if hit is not None:
+                where, value = hit
+                raise FieldRefusal(f"{name}{where}", f"expected a finite number, got {value!r}, which JSON cannot "
+                                                     "hold (params.json and to_yaml() would write it as null)")
         return self
 
     def refuse_unused(self, *checks: tuple[str, bool, str]) -> None:
@@ -378,6 +386,27 @@ def _numpy_plain(value: Any) -> Any:
     if type(value) in (list, tuple):
         return type(value)(_numpy_plain(v) for v in value)
     return value
+
+
+def _non_finite(value: Any, where: str = "") -> tuple[str, float] | None:
+    """The place (``".a[0]"``, ``""`` for ``value`` itself) and value of the first float in ``value`` (lists,
+    tuples, sets and mappings walked, a pydantic model's fields too) that is NaN or infinite; ``None`` if none."""
+    if isinstance(value, (float, np.floating)):
+        return None if math.isfinite(value) else (where, float(value))
+    if isinstance(value, BaseModel):
+        value = {k: getattr(value, k) for k in type(value).model_fields}
+    if isinstance(value, Mapping):
+        items: Any = ((f"{where}.{k}" if isinstance(k, str) and k.isidentifier() else f"{where}[{k!r}]", v)
+                      for k, v in value.items())
+    elif isinstance(value, (list, tuple, set, frozenset)):
+        items = ((f"{where}[{i}]", v) for i, v in enumerate(value))
+    else:
+        return None
+    for at, v in items:
+        hit = _non_finite(v, at)
+        if hit is not None:
+            return hit
+    return None
 
 
 class FieldRefusal(ValueError):

@@ -5,6 +5,9 @@ floats at any depth."""
 
 from __future__ import annotations
 
+import re
+from typing import Any
+
 import numpy as np
 import pytest
 from conftest import word_corpus
@@ -218,3 +221,39 @@ def test_score_router_and_a_custom_filter_follow_the_rule(monkeypatch):
     prf = registry.get("prf")
     monkeypatch.setattr(prf, "_check_fitted", lambda self: None)
     assert prf(**prf.example)(State(["q"])).rankings is None  # (a rewriter: a loop's first iteration gives it none)
+
+
+# ---------------------------------------------------------------------- 7. parameters JSON can hold
+class _Untyped(Params):
+    opts: dict = {}
+    anything: Any = None
+
+
+@pytest.mark.parametrize("kw, where, shown", [({"opts": {"a": float("nan")}}, "opts.a", "nan"),
+                                              ({"opts": {"a b": [1.0, float("inf")]}}, r"opts\['a b'\]\[1\]", "inf"),
+                                              ({"anything": np.float64("-inf")}, "anything", "-inf"),
+                                              ({"anything": (1, {"x": float("nan")})}, r"anything\[1\]\.x", "nan")])
+def test_untyped_parameters_refuse_non_finite_floats_at_any_depth(kw, where, shown):
+    """A dict or Any field took NaN / inf, and params.json wrote it as null (another value when loaded)."""
+    from ragkit.params import FieldRefusal
+    with pytest.raises(ValueError, match=rf"expected a finite number, got {shown}, which JSON cannot hold") as e:
+        _Untyped(**kw)
+    cause = e.value.errors()[0]["ctx"]["error"]
+    assert isinstance(cause, FieldRefusal) and re.fullmatch(where, cause.field)
+
+
+def test_a_nested_non_finite_parameter_is_named_by_its_path():
+    from ragkit import registry
+    from ragkit.errors import ParamError
+    with pytest.raises(ParamError, match=r"^sharded\.retriever\.bm25\.k1: expected a finite number, got nan, which "
+                                         r"JSON cannot hold"):
+        registry.get("sharded")(retriever={"bm25": {"k1": float("nan")}})
+    assert _Untyped(opts={"a": 1.5, "b": [2, "x", None]}).opts["a"] == 1.5
+
+
+def test_a_blank_branch_name_is_refused_in_words_it_breaks():
+    """' ' was refused with "must be non-empty", which ' ' is."""
+    from ragkit.errors import ParamError
+    from ragkit.pipelines import Parallel
+    with pytest.raises(ParamError, match=r"branch names must be non-blank and hold no '\.', '\[' or '\]'.*got \[' '\]"):
+        Parallel([BM25(k=3), BM25(k=3, b=0.1)], names=[" ", "c"])

@@ -222,11 +222,11 @@ def test_route_branches_written_as_a_list_of_labels_keep_their_hint() -> None:
 @pytest.mark.parametrize("names", [["", "c"], [" ", "c"], ["a.b", "c"], ["a[0]", "c"], ["a", "b]"]])
 def test_parallel_names_refused_as_route_labels_are(names: list[str]) -> None:
     odd = [n for n in names if n != "c" and n != "a"]
-    with pytest.raises(ParamError, match=r"^parallel\.names: branch names must be non-empty and hold no '\.', '\[' or "
+    with pytest.raises(ParamError, match=r"^parallel\.names: branch names must be non-blank and hold no '\.', '\[' or "
                                          rf"'\]' .*got {re.escape(repr(odd))}$") as e:
         Parallel([BM25(k=3), BM25(k=3, b=0.1)], names=names)
     assert e.value.path == "parallel.names"
-    with pytest.raises(ConfigError, match=r"^pipeline\[0\]\.parallel\.names: branch names must be non-empty") as y:
+    with pytest.raises(ConfigError, match=r"^pipeline\[0\]\.parallel\.names: branch names must be non-blank") as y:
         load_yaml(f"pipeline: [parallel: {{branches: [bm25: {{}}, bm25: {{b: 0.1}}], names: {names!r}}}]")
     assert y.value.path == "pipeline[0].parallel.names"
 
