@@ -54,8 +54,13 @@ def _trec_permutation(owner: np.ndarray, docs: np.ndarray, s32: np.ndarray) -> n
     ``docs``: its document id (object array), ``s32``: its float32 score) that puts them in query order and
     each query's in trec_eval's order: score descending, ties by document id descending (Python's string
     order, as ``sorted``).  One stable sort on (query, -score); only the runs of tied scores (NaNs tie
-    together, as they sort) are then ordered by document id, all in one more sort: no loop over queries."""
-    order = np.lexsort((-s32, owner))
+    together, as they sort) are then ordered by document id, all in one more sort: no loop over queries.  Entries
+    already in (query, score descending) order without NaN (a :class:`Run`'s, best first) skip the sort: its stable
+    result would be the identity."""
+    if _in_score_order(owner, s32):
+        order = np.arange(len(owner))
+    else:
+        order = np.lexsort((-s32, owner))
     so, ss = owner[order], s32[order]
     same = (so[1:] == so[:-1]) & ((ss[1:] == ss[:-1]) | (np.isnan(ss[1:]) & np.isnan(ss[:-1])))
     if same.any():
@@ -66,6 +71,16 @@ def _trec_permutation(owner: np.ndarray, docs: np.ndarray, s32: np.ndarray) -> n
         top = int(rank.max())  # group, then id descending, as one integer key (distinct within a group)
         order[at] = tied[np.argsort((group - group[0]) * (top + 1) + (top - rank), kind="stable")]
     return order
+
+
+def _in_score_order(owner: np.ndarray, s32: np.ndarray) -> bool:
+    """Whether ``owner`` never decreases, no score is NaN and the scores never increase within a query: the order
+    :func:`_trec_permutation`'s stable sort on (query, -score) would leave as it is."""
+    if len(owner) < 2:
+        return not np.isnan(s32).any()
+    same = owner[1:] == owner[:-1]
+    return bool((owner[1:] >= owner[:-1]).all() and not np.isnan(s32).any()
+                and not (same & (s32[1:] > s32[:-1])).any())
 
 
 def _id_ranks(ids: np.ndarray, group: np.ndarray) -> np.ndarray:

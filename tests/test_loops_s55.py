@@ -1,0 +1,82 @@
+"""Hot-path loops (session 55): the trec order skips its sort on entries already in order, internal
+qrels are checked once per search, and the rankings' splits share one helper."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import ragkit.run as run_mod
+from ragkit.run import _id_ranks, _trec_permutation
+
+
+def _old_trec_permutation(owner: np.ndarray, docs: np.ndarray, s32: np.ndarray) -> np.ndarray:
+    """ragkit.run._trec_permutation before the in-order check (always one lexsort)."""
+    order = np.lexsort((-s32, owner))
+    so, ss = owner[order], s32[order]
+    same = (so[1:] == so[:-1]) & ((ss[1:] == ss[:-1]) | (np.isnan(ss[1:]) & np.isnan(ss[:-1])))
+    if same.any():
+        at = np.flatnonzero(np.r_[same, False] | np.r_[False, same])
+        group = np.cumsum(np.r_[True, ~same])[at]
+        tied = order[at]
+        rank = _id_ranks(docs[tied], group)
+        top = int(rank.max())
+        order[at] = tied[np.argsort((group - group[0]) * (top + 1) + (top - rank), kind="stable")]
+    return order
+
+
+def _case(rng: np.random.Generator, ordered: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    n_q = int(rng.integers(0, 6))
+    lens = rng.integers(0, 9, n_q)
+    owner = np.repeat(np.arange(n_q), lens)
+    n = len(owner)
+    pool = np.array([0.0, -0.0, 1.0, 0.5, np.float32(0.1), 0.1, np.inf, -np.inf, 1e-45, 2.0 ** -149])
+    s64 = rng.choice(pool, n) if rng.random() < 0.5 else rng.random(n) * rng.choice([1.0, 1e-8])
+    if rng.random() < 0.15 and n:
+        s64[rng.integers(0, n)] = np.nan
+    s32 = s64.astype(np.float32)
+    docs = np.empty(n, dtype=object)
+    for q in range(n_q):  # (distinct within a query, shared between queries)
+        at = np.flatnonzero(owner == q)
+        docs[at] = [f"d{i}" for i in rng.permutation(12)[:len(at)]]
+    if ordered:
+        order = _old_trec_permutation(owner, docs, s32)
+        if rng.random() < 0.5:  # (in score order, ties in any order)
+            order = np.lexsort((rng.random(n), -s32, owner)) if not np.isnan(s32).any() else order
+        owner, docs, s32 = owner[order], docs[order], s32[order]
+    else:
+        perm = rng.permutation(n)
+        owner, docs, s32 = owner[perm], docs[perm], s32[perm]
+    return owner, docs, s32
+
+
+@pytest.mark.parametrize("ordered", [True, False])
+def test_trec_permutation_matches_the_lexsort_one(ordered: bool) -> None:
+    rng = np.random.default_rng(55 + ordered)
+    for _ in range(2000):
+        owner, docs, s32 = _case(rng, ordered)
+        np.testing.assert_array_equal(_trec_permutation(owner, docs, s32.copy()),
+                                      _old_trec_permutation(owner, docs, s32.copy()))
+
+
+def test_trec_permutation_of_ordered_entries_does_not_sort(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*args: object, **kwargs: object) -> np.ndarray:
+        raise AssertionError("np.lexsort called on entries already in order")
+
+    rng = np.random.default_rng(7)
+    cases = [_case(rng, True) for _ in range(300)]
+    monkeypatch.setattr(run_mod.np, "lexsort", refuse)
+    sorted_ones = 0
+    for owner, docs, s32 in cases:
+        if np.isnan(s32).any():
+            continue
+        sorted_ones += 1
+        _trec_permutation(owner, docs, s32)
+    assert sorted_ones > 100
+    # a Run (best first, tied scores included) scored through evaluate's mrr@k never sorts either
+    from ragkit import Run, evaluate
+    run = Run(query_ids=["q1", "q2"], doc_ids=[["a", "c", "b", "d"], ["x", "y"]],
+              scores=[[3.0, 2.0, 2.0, 1.0], [1.0, 1.0]])
+    res = evaluate(run, {"q1": {"b": 1}, "q2": {"x": 1}}, ["mrr@10"])
+    monkeypatch.undo()
+    assert res.per_query["mrr@10"] == {"q1": 1 / 3, "q2": 0.5}  # (ties: document id descending)
