@@ -133,11 +133,13 @@ def _quality(state: State) -> tuple[float | None, float | None, int]:
     ids = _TRACE_IDS.get()
     if state.qrels is None or state.rankings is None or ids is None:
         return None, None, 0
-    from ragkit.eval.metrics import per_query_metrics
+    from ragkit.eval.metrics import _per_query_metrics
 
     level, ignore = _TRACE_SCORING.get()
-    m = per_query_metrics(state, state.qrels, ids, ["recall@100", "ndcg@10"], relevance_level=level,
-                          ignore_identical_ids=ignore)
+    # (state.qrels: search's, read once by as_qrels; ids: the search's corpus's, checked by the Corpus)
+    m = _per_query_metrics(state, state.qrels, ids, ["recall@100", "ndcg@10"], relevance_level=level,
+                           ignore_identical_ids=ignore, qrels_checked=True, ids_checked=True,
+                           who="per_query_metrics")
     n = len(m["ndcg@10"])
     if not n:
         return None, None, 0
@@ -156,6 +158,16 @@ def _judged_start(train: TrainSet, upstream: State | None, learner: str) -> Stat
         raise DataError(f"{learner}: none of the {len(state)} training queries ({shown}) has judgements in the "
                         f"qrels given ({len(train.qrels)} queries); expected qrels keyed by the training queries' ids")
     return judged
+
+
+def _train_ndcg(state: State, train: TrainSet, corpus: Corpus) -> np.ndarray:
+    """:func:`~ragkit.eval.metrics.per_query_ndcg` (nDCG@10) of ``state`` against the training judgements, which
+    the :class:`TrainSet` read (:func:`~ragkit.types.as_qrels`), its rankings' rows named by ``corpus``'s checked
+    ids: neither checked again at each of a learner's steps."""
+    from ragkit.eval.metrics import _per_query_metrics
+
+    return _per_query_metrics(state, train.qrels, corpus.ids, ["ndcg@10"], qrels_checked=True, ids_checked=True,
+                              who="per_query_metrics")["ndcg@10"]
 
 
 #: fewer usable training queries (a relevant document in the corpus) than this, and a router's or a loop judge's
@@ -1517,14 +1529,12 @@ class Route(Composite):
         else:
             self._fit_routed(corpus, train, upstream, _seen, _path)
         if learning_router is not None and train is not None:
-            from ragkit.eval.metrics import per_query_ndcg
-
             state = _usable_start(train, upstream, corpus, learner)
             here = _at(_path, "route")
             gains = {}
             for label in (learning_router.params.above, learning_router.params.below):
                 branch, where = self._branch_for(label, here)
-                gains[label] = per_query_ndcg(run_step(branch, state.copy(), where), train.qrels, corpus.ids)
+                gains[label] = _train_ndcg(run_step(branch, state.copy(), where), train, corpus)
             try:
                 learning_router.learn_routes(state, gains)
             except RagkitError as e:  # which router: placed as a search places its steps' errors
@@ -1787,8 +1797,6 @@ class Loop(Composite):
         the fusers learn from) and give the judge (``until``) each iteration's features and nDCG@10 (its
         ``learn_stopping``); returns how many queries it learned from.  ``learner`` starts the error when
         none is usable; ``path`` is where the loop is, for the errors of the body's steps (as a search's)."""
-        from ragkit.eval.metrics import per_query_ndcg
-
         current = _usable_start(train, upstream, corpus, learner)
         n_usable = len(current)
         features, gains = [], []
@@ -1796,7 +1804,7 @@ class Loop(Composite):
             current.values["iteration"] = [it] * len(current)  # (the iteration's number, as the loop gives it)
             current = run_step(self.body, current, f"{_at(path, 'loop')}.body")
             features.append(judge.feature(current))
-            gains.append(per_query_ndcg(current, train.qrels, corpus.ids))
+            gains.append(_train_ndcg(current, train, corpus))
         try:
             judge.learn_stopping(np.array(features), np.array(gains))
         except RagkitError as e:  # which judge: placed as a search places its steps' errors

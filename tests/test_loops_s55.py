@@ -80,3 +80,90 @@ def test_trec_permutation_of_ordered_entries_does_not_sort(monkeypatch: pytest.M
     res = evaluate(run, {"q1": {"b": 1}, "q2": {"x": 1}}, ["mrr@10"])
     monkeypatch.undo()
     assert res.per_query["mrr@10"] == {"q1": 1 / 3, "q2": 0.5}  # (ties: document id descending)
+
+
+# ---- 2. internal qrels and corpus ids: checked once, not at every traced step or learner step ----
+
+def _count_checks(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every call of check_qrels (wherever imported) and of the Run's document-id check, by name."""
+    import sys
+
+    import ragkit._qrels as Q
+
+    calls: list[str] = []
+    original = Q.check_qrels
+
+    def counting(*args: object, **kwargs: object) -> object:
+        calls.append("check_qrels")
+        return original(*args, **kwargs)  # type: ignore[arg-type]
+
+    for mod in list(sys.modules.values()):
+        if getattr(mod, "__name__", "").startswith("ragkit") and getattr(mod, "check_qrels", None) is original:
+            monkeypatch.setattr(mod, "check_qrels", counting)
+    ids_original = run_mod._checked_doc_ids
+
+    def ids_counting(*args: object, **kwargs: object) -> object:
+        calls.append("_checked_doc_ids")
+        return ids_original(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(run_mod, "_checked_doc_ids", ids_counting)
+    return calls
+
+
+def _toy() -> tuple:
+    from ragkit.types import Corpus, Queries
+
+    rng = np.random.default_rng(3)
+    words = [f"w{i}" for i in range(40)]
+    corpus = Corpus(ids=[f"d{i}" for i in range(200)], texts=[" ".join(rng.choice(words, 8)) for _ in range(200)])
+    queries = Queries([f"q{i}" for i in range(30)], [" ".join(rng.choice(words, 3)) for _ in range(30)])
+    qrels = {f"q{i}": {f"d{j}": int(rng.integers(1, 3)) for j in rng.choice(200, 4, replace=False)}
+             for i in range(30)}
+    return corpus, queries, qrels
+
+
+def test_traced_search_checks_its_qrels_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ragkit.pipelines import Pipeline
+
+    corpus, queries, qrels = _toy()
+    pipe = Pipeline.from_yaml("pipeline:\n  - bm25: {k: 50}\n  - top_k: {k: 20}\n  - top_k: {k: 10}\n").fit(corpus)
+    before = [(e.recall, e.ndcg) for e in pipe.search(queries, trace=True, qrels=qrels).trace]
+    calls = _count_checks(monkeypatch)
+    run = pipe.search(queries, trace=True, qrels=qrels)
+    assert calls.count("check_qrels") == 1  # (search's as_qrels; 3 steps re-checked them: 4)
+    assert calls.count("_checked_doc_ids") == 0  # (the corpus's ids, checked by the Corpus)
+    assert [(e.recall, e.ndcg) for e in run.trace] == before
+    assert any(e.ndcg is not None for e in run.trace)
+    # the public per_query_metrics still checks what it is given
+    from ragkit.errors import DataError
+    from ragkit.eval.metrics import per_query_metrics
+    from ragkit.types import State
+
+    state = State.of(queries)
+    with pytest.raises(DataError):
+        per_query_metrics(state, {"q0": {"d1": "very"}}, corpus.ids, ["ndcg@10"])
+
+
+@pytest.mark.parametrize("text", ["""
+pipeline:
+  - bm25: {k: 30}
+  - route:
+      router: {score_router: {learn: true}}
+      branches: {easy: [{top_k: {k: 10}}], hard: [{bm25: {k: 30, k1: 1.5}}]}
+""", """
+pipeline:
+  - loop:
+      body: [{prf: {fb_docs: 5}}, {bm25: {k: 30}}]
+      until: {score_reached: {learn: true}}
+      max_iters: 2
+"""])
+def test_route_and_loop_learners_do_not_check_the_train_qrels_again(monkeypatch: pytest.MonkeyPatch,
+                                                                       text: str) -> None:
+    from ragkit.pipelines import Pipeline
+    from ragkit.types import TrainSet
+
+    corpus, queries, qrels = _toy()
+    train = TrainSet(queries, qrels)
+    calls = _count_checks(monkeypatch)
+    Pipeline.from_yaml(text).fit(corpus, train)
+    assert calls == []

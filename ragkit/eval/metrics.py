@@ -1053,9 +1053,12 @@ def per_query_metrics(state: State, qrels: Mapping[str, Mapping[str, int]], corp
 
 def _per_query_metrics(state: State, qrels: Mapping[str, Mapping[str, int]], corpus_ids: np.ndarray,
                        metrics: Sequence[str], *, relevance_level: int = 1, ignore_identical_ids: bool = True,
-                       qrels_checked: bool = False, who: str = "evaluate") -> dict[str, np.ndarray]:
+                       qrels_checked: bool = False, ids_checked: bool = False,
+                       who: str = "evaluate") -> dict[str, np.ndarray]:
     """:func:`per_query_metrics`; ``qrels_checked``: ``qrels`` is what :func:`~ragkit.types.check_qrels`
-    returns, not checked again (a learner's many calls on one set of judgements); ``who``: as :func:`_evaluate`'s."""
+    returns, not checked again (a learner's many calls on one set of judgements, a traced search's steps);
+    ``ids_checked``: ``corpus_ids`` are a :class:`~ragkit.types.Corpus`'s ids, which it checked, not checked
+    again as the run's document ids; ``who``: as :func:`_evaluate`'s."""
     metrics = [metrics] if isinstance(metrics, str) else list(metrics)
     twice = _named_twice(metrics, parse_metrics(metrics))  # (refused where no query is judged too)
     if twice:
@@ -1070,7 +1073,8 @@ def _per_query_metrics(state: State, qrels: Mapping[str, Mapping[str, int]], cor
     # cost ~10x more); one more document per query covers one ignored for having the query's id
     k = max(parse_metric(m)[1] for m in metrics) + 1
     doc_ids, scores = _with_ties_at(rankings, k, corpus_ids, state.query_ids)
-    run = Run(list(state.query_ids), doc_ids, scores, _nan_checked=True)  # (_with_ties_at refused NaN)
+    run = Run(list(state.query_ids), doc_ids, scores, _nan_checked=True,  # (_with_ties_at refused NaN)
+              _ids_checked=ids_checked)
     # hole@k: a document judged for a query the state lacks is no hole (evaluate on the whole qrels says the same)
     annotated = ({d if type(d) is str else str(d) for rel in qrels.values() for d in rel}
                  if any(parse_metric(m)[0] == "hole" for m in metrics) and len(qids) < len(qrels) else None)
