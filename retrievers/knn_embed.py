@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, NamedTuple
 
 import numpy as np
 from pydantic import Field, model_validator
@@ -34,7 +34,7 @@ from ragkit._topk import desc_order, topk_rows
 from ragkit.encoders import DEFAULT_MODEL, check_encoder_key, query_vectors, save_encoder_key, unit_rows
 from ragkit.encoders.sentence import encode_documents, encoder_label, encoder_vectors
 from ragkit.errors import ArtifactError, DataError, InputTypeError, ParamError
-from ragkit.operator import Operator
+from ragkit.operator import Operator, edited_during_search, is_prefix, searched_ids
 from ragkit.options import filter_option
 from ragkit.params import FieldRefusal, MetadataFilter, ModelName, Params, Seed, update_params
 from ragkit.registry import register
@@ -217,6 +217,23 @@ def largest_remainder(weights: np.ndarray, total: np.ndarray | int, active: np.n
     return q
 
 
+class _KnnView(NamedTuple):
+    """What a search reads of a fitted KnnEmbed, published in one assignment (``_view``) by every edit once it is
+    done (fit, add, remove, load): the corpus, the unit document vectors, their cluster labels, the blank documents
+    (None: none), and the per-cluster structures built from the labels (:meth:`KnnEmbed._build`).  References
+    only, never changed once published: an edit publishes a new view, so a search that took this one answers from
+    it whole, whatever an edit on another thread does meanwhile."""
+
+    corpus: Corpus
+    vectors: np.ndarray  # (N, d) unit rows
+    labels: np.ndarray  # (N,) int32
+    blank: np.ndarray | None  # (N,) bool, None: no blank document
+    order: np.ndarray  # (N,) int64 documents grouped by cluster, ascending id inside each
+    starts: np.ndarray  # (C + 1,) int64 each cluster's first position in order
+    members: list[np.ndarray]  # views into order, one per cluster
+    sizes: np.ndarray  # (C,) documents per cluster
+
+
 def _topk_var(scores: np.ndarray, need: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-row top-``need[i]`` of ``scores`` (n, w), as :func:`topk_rows` padded to ``need.max()`` columns.
 
@@ -304,6 +321,8 @@ class KnnEmbed(Operator):
     vectors_: np.ndarray  # (N, d) float32 unit document vectors (memory-mapped after load(mmap=True))
     labels_: np.ndarray  # (N,) int32 cluster of each document
     centroids_: np.ndarray  # (C, d) float32 unit centroids
+    #: the published view's per-cluster contiguous vectors (search: partitioned), built on first use: (view, parts)
+    _parts: tuple[_KnnView, list[np.ndarray]] | None = None
 
     # ------------------------------------------------------------------ fit
     @property
@@ -395,7 +414,7 @@ class KnnEmbed(Operator):
         is then answered as plain dense), or such clusters holding under half of the documents (most queries'
         neighbours then vote for clusters that are never a component, and those queries collapse to dense)."""
         p = self.params
-        sizes = self._found(None)[1]  # (the blank documents are in no cluster's count)
+        sizes = self._found(None, self._fitted_view())[1]  # (the blank documents are in no cluster's count)
         n, c = int(sizes.sum()), len(sizes)
         used = int(np.count_nonzero(sizes))
         if n == 1:  # (one document: no clusters to speak of)
@@ -433,32 +452,52 @@ class KnnEmbed(Operator):
         self._blank = blank if blank is not None and blank.any() and len(blank) == n else None
 
     def _build(self) -> None:
-        """Derived per-cluster structures (not saved; rebuilt from labels)."""
+        """Derived per-cluster structures (not saved; rebuilt from labels), published with the corpus, vectors,
+        labels and blank documents as the view searches read (:class:`_KnnView`), in one assignment, last."""
         c = len(self.centroids_)
         labels = np.asarray(self.labels_)
-        order = np.argsort(labels, kind="stable")
+        order = np.argsort(labels, kind="stable").astype(np.int64)  # grouped by cluster, ascending id inside each
         sizes = np.bincount(labels, minlength=c)
-        starts = np.concatenate([[0], np.cumsum(sizes)])
-        self._order = order.astype(np.int64)  # documents grouped by cluster, ascending id inside each
-        self._starts = starts.astype(np.int64)
-        self._members = [self._order[starts[i]:starts[i + 1]] for i in range(c)]  # views into _order
-        self._sizes = sizes
-        self._parts: list[np.ndarray] | None = None  # per-cluster contiguous vectors, built on first partitioned use
+        starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        members = [order[starts[i]:starts[i + 1]] for i in range(c)]  # views into order
+        corpus: Any = self.__dict__.get("corpus_")  # (set before: fit, fit_vectors, load, an edit's copy)
+        self._view = _KnnView(corpus, self.vectors_, labels, self.__dict__.get("_blank"), order, starts, members,
+                              sizes)
 
-    def _part(self, c: int) -> np.ndarray:
-        if self._parts is None:
-            v = np.asarray(self.vectors_)
-            self._parts = [np.ascontiguousarray(v[m]) for m in self._members]
-        return self._parts[c]
+    def _search_view(self) -> _KnnView | None:
+        """The state searches read (:class:`_KnnView`, published by each edit; built from the attributes for an
+        object pickled before views were published), ``None`` unfitted."""
+        view = self.__dict__.get("_view")
+        if view is None and "labels_" in self.__dict__ and "centroids_" in self.__dict__:
+            self._build()
+            view = self._view
+        return view
 
-    def _unfound(self, mask: np.ndarray | None) -> np.ndarray | None:
+    def _fitted_view(self) -> _KnnView:
+        """:meth:`_search_view` of a fitted operator (the one published now)."""
+        view = self._search_view()
+        assert view is not None  # (fitted: checked by the callers)
+        return view
+
+    def _part(self, view: _KnnView, c: int) -> np.ndarray:
+        """Cluster ``c``'s vectors of ``view``, contiguous: every cluster's copied on first use (search:
+        partitioned), kept for that view only (``_parts``: an edit publishes another view, whose parts are
+        built afresh)."""
+        cached = self.__dict__.get("_parts")
+        if cached is None or cached[0] is not view:
+            v = np.asarray(view.vectors)
+            cached = (view, [np.ascontiguousarray(v[m]) for m in view.members])
+            self._parts = cached
+        return cached[1][c]
+
+    def _unfound(self, mask: np.ndarray | None, blank: np.ndarray | None) -> np.ndarray | None:
         """``mask`` (a filter's passing documents, None: all) less the blank documents (empty, whitespace or
         invisible characters only, title and text: :attr:`Corpus.blank <ragkit.types.Corpus.blank>`), which are
         never found, as a blank query finds nothing (they encode to the model's bias direction, which short
         queries are near); they are left out as a filter leaves documents out (neither voting nor counted in a
         prior, a component or the results), and of the clustering too: k-means runs on the other documents and
-        labels them with their nearest centroid afterwards.  None when both are none."""
-        blank = self.__dict__.get("_blank")
+        labels them with their nearest centroid afterwards.  ``blank``: a view's blank documents (None: none).
+        None when both are none."""
         if blank is None:
             return mask
         return ~blank if mask is None else mask & ~blank
@@ -489,9 +528,10 @@ class KnnEmbed(Operator):
                              "and fit it")
         new = type(self)(update_params(self.params, changes, self.name))
         self._check_fitted()
-        for key in ("corpus_", "vectors_", "labels_", "centroids_", "_members", "_order", "_starts", "_sizes",
-                    "_parts", "_blank"):
-            new.__dict__[key] = self.__dict__[key]
+        for key in ("corpus_", "vectors_", "labels_", "centroids_", "_view", "_blank"):
+            if key in self.__dict__:
+                new.__dict__[key] = self.__dict__[key]
+        new.__dict__["_parts"] = self.__dict__.get("_parts")  # (keyed by the view, which the copy shares)
         return new
 
     # ------------------------------------------------------------------ mixture
@@ -526,8 +566,9 @@ class KnnEmbed(Operator):
         dense top documents read.
         """
         self._check_fitted()
-        n = len(self.labels_)
-        mask, found = self._found(None)  # (the blank documents: never found, they neither vote nor count)
+        view = self._fitted_view()  # (one state read whole: an edit on another thread publishes another)
+        n = len(view.labels)
+        mask, found = self._found(None, view)  # (the blank documents: never found, they neither vote nor count)
         sizes = found if sizes is None else np.asarray(sizes)
         if sizes.shape != (len(self.centroids_),):
             raise DataError(f"knn_embed.mixture: sizes has shape {sizes.shape}, expected ({len(self.centroids_)},): "
@@ -544,8 +585,8 @@ class KnnEmbed(Operator):
                 top = None  # (read from the scores as given: recomputed without the blank documents)
             if top is not None:
                 self._check_top(top, n_q, n)
-            return self._mixture(s, top, sizes)
-        v = np.asarray(self.vectors_)
+            return self._mixture(s, top, sizes, view.labels)
+        v = np.asarray(view.vectors)
         q = unit_rows(np.atleast_2d(q))  # cosine geometry, as _call reads the query vectors
         if q.ndim != 2 or q.shape[1] != v.shape[1]:
             raise DataError(f"knn_embed.mixture: query vectors have shape {np.shape(q)}, expected (n_q, "
@@ -558,7 +599,7 @@ class KnnEmbed(Operator):
             sc = q[a:a + step] @ v.T
             if mask is not None:
                 sc[:, ~mask] = -np.inf
-            parts.append(self._mixture(sc, None, sizes))
+            parts.append(self._mixture(sc, None, sizes, view.labels))
         return {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
 
     def _depth(self, n: int) -> int:
@@ -578,22 +619,23 @@ class KnnEmbed(Operator):
                             f", expected (rows, scores) of shape ({n_q}, depth) with depth >= {need} ({what}, at "
                             f"most the {n} documents): topk_rows(s, {need})")
 
-    def _found(self, filter_mask: np.ndarray | None) -> tuple[np.ndarray | None, np.ndarray]:
-        """``(mask, sizes)``: the documents that may be found, a filter's ``filter_mask`` (None: all) less the
-        blank ones (:meth:`_unfound`; None when every document may), and ``(C,)`` how many of them each
+    def _found(self, filter_mask: np.ndarray | None, view: _KnnView) -> tuple[np.ndarray | None, np.ndarray]:
+        """``(mask, sizes)``: the documents of ``view`` that may be found, a filter's ``filter_mask`` (None: all)
+        less the blank ones (:meth:`_unfound`; None when every document may), and ``(C,)`` how many of them each
         cluster holds."""
-        mask = self._unfound(filter_mask)
+        mask = self._unfound(filter_mask, view.blank)
         if mask is None:
-            return None, self._sizes
-        return mask, np.bincount(np.asarray(self.labels_)[mask], minlength=len(self.centroids_))
+            return None, view.sizes
+        return mask, np.bincount(np.asarray(view.labels)[mask], minlength=len(self.centroids_))
 
     def _mixture(self, s: np.ndarray, top: tuple[np.ndarray, np.ndarray] | None,
-                 sizes: np.ndarray) -> dict[str, np.ndarray]:
-        """:meth:`mixture` of the scores ``s`` (checked, the documents not to be found at ``-inf``)."""
+                 sizes: np.ndarray, labels: np.ndarray) -> dict[str, np.ndarray]:
+        """:meth:`mixture` of the scores ``s`` (checked, the documents not to be found at ``-inf``) of the
+        documents of cluster ``labels``."""
         p = self.params
         n_q, n = s.shape
         c = len(self.centroids_)
-        labels = np.asarray(self.labels_)
+        labels = np.asarray(labels)
         m = min(p.n_neighbors, n)
         rows, sc = top if top is not None else topk_rows(s, self._depth(n))
         r_m, s_m = rows[:, :m], sc[:, :m].astype(np.float64)
@@ -631,11 +673,13 @@ class KnnEmbed(Operator):
         if len(state) == 0:
             out.rankings = []
             return out
+        # the state searched, taken when the search began (search() pins it before the pipeline reads corpus_), read
+        # whole from one view: rows of its corpus, whatever an edit on another thread publishes meanwhile
+        view: _KnnView = self.checked_view()
         k = self.k_for(state)
-        v = np.asarray(self.vectors_)
+        v = np.asarray(view.vectors)
         n = len(v)
-        labels = np.asarray(self.labels_)
-        mask, sizes = self._found(self.filter_mask(state))  # (blank documents: never found)
+        mask, sizes = self._found(self.filter_mask(state, view.corpus), view)  # (blank documents: never found)
         n_pass = n if mask is None else int(np.count_nonzero(mask))
         k = min(k, n_pass)
         enc = self.dense.encoder
@@ -651,9 +695,12 @@ class KnnEmbed(Operator):
         # batch's (n_q, N) score matrix and its same-sized temporaries (top-k indices, a padded copy) were
         # made whole (300 queries x 1M documents: ~6 GB)
         step = max(1, SCORE_CELLS // max(n, 1))
-        out.rankings = [r for a in range(0, n_q, step) for r in self._rank(q[a:a + step], v, labels, mask, sizes, k)]
+        out.rankings = [r for a in range(0, n_q, step) for r in self._rank(q[a:a + step], view, mask, sizes, k)]
         for i in np.flatnonzero(~q.any(axis=1)):  # no direction: no answer (as dense and BM25 give)
             out.rankings[i] = self._empty_ranking()
+        if searched_ids() is None and self.corpus_ is not view.corpus and not is_prefix(view.corpus, self.corpus_.ids):
+            # (called on a State: its rows are mapped with corpus_ now, which an edit changed during the search)
+            raise edited_during_search(self.name, "its documents changed")
         return out
 
     def _warn_dense_head(self, state: State, k: int) -> None:
@@ -714,18 +761,20 @@ class KnnEmbed(Operator):
             f"slots in proportion to the weights lower max_components below {k_r} or raise weight_floor, or raise "
             f"k or lower anchor_share")
 
-    def _rank(self, q: np.ndarray, v: np.ndarray, labels: np.ndarray, mask: np.ndarray | None,
+    def _rank(self, q: np.ndarray, view: _KnnView, mask: np.ndarray | None,
               sizes: np.ndarray, k: int) -> list[Ranking]:
-        """Rankings of the unit query vectors ``q`` ``(n_q, d)`` (``k`` results each; ``mask``: the documents
-        that may be found, None: all; ``sizes``: how many of them each cluster holds, :meth:`_found`)."""
+        """Rankings of the unit query vectors ``q`` ``(n_q, d)`` over the documents of ``view`` (``k`` results
+        each; ``mask``: the documents that may be found, None: all; ``sizes``: how many of them each cluster holds,
+        :meth:`_found`)."""
         p = self.params
         n_q = len(q)
-        s = q @ v.T
+        labels = np.asarray(view.labels)
+        s = q @ np.asarray(view.vectors).T
         if mask is not None:  # filtered out: -inf in the one score matrix every later step reads
             s[:, ~mask] = -np.inf
         depth = max(k, p.n_neighbors, p.local_depth if p.prior == "local" else 0)
         top_rows, top_sc = topk_rows(s, depth)
-        mix = self._mixture(s, (top_rows, top_sc), sizes)
+        mix = self._mixture(s, (top_rows, top_sc), sizes, labels)
 
         k_a = _anchor_slots(p.anchor_share, k)
         k_r = k - k_a
@@ -738,7 +787,7 @@ class KnnEmbed(Operator):
         if len(live):
             self._note_slots(clusters[live], k, k_a)
             out_rows[live], comp[live] = self._mixture_search(
-                q[live], s[live], top_rows[live], clusters[live], weights[live], k, k_a, k_r, labels, mask)
+                q[live], s[live], top_rows[live], clusters[live], weights[live], k, k_a, k_r, labels, mask, view)
         out_sc = np.take_along_axis(s, out_rows, axis=1).astype(np.float32)
         # merge
         if p.merge == "score":
@@ -778,13 +827,16 @@ class KnnEmbed(Operator):
                        {"cluster": np.empty(0, np.int32), "component": np.empty(0, np.int32),
                         **{f: np.empty(0, np.float32) for f in extra}})
 
-    def _mixture_search(self, q, s, top_rows, clusters, weights, k, k_a, k_r, labels, mask=None):
-        """Anchor + per-component in-cluster search for non-collapsed queries (all arrays row-aligned).
+    def _mixture_search(self, q, s, top_rows, clusters, weights, k, k_a, k_r, labels, mask=None,
+                        view: _KnnView | None = None):
+        """Anchor + per-component in-cluster search for non-collapsed queries (all arrays row-aligned), over the
+        documents of ``view`` (default: the one published now), clustered as ``labels`` (``view.labels``).
 
         ``s`` holds ``-inf`` for documents outside the filter ``mask`` (N,) bool (None = no filter);
         the per-cluster paths that score afresh treat those documents as already taken.
         """
         p = self.params
+        view = self._fitted_view() if view is None else view
         n_q, n = s.shape
         mm = clusters.shape[1]
         active = clusters >= 0
@@ -816,16 +868,16 @@ class KnnEmbed(Operator):
             s_ext[:, :n] = s
             s_ext[:, n] = -np.inf
             np.put_along_axis(s_ext, top_rows[:, :k_a], -np.inf, axis=1)
-            by_size = np.argsort(-self._sizes[pc], kind="stable")
+            by_size = np.argsort(-view.sizes[pc], kind="stable")
             pq, pj, pc = pq[by_size], pj[by_size], pc[by_size]
-            size = self._sizes[pc]
+            size = view.sizes[pc]
             a = 0
             while a < len(pq):
                 b = min(len(pq), a + max(1, GATHER_ELEMS // int(size[a])))
                 qi, jj, sz = pq[a:b], pj[a:b], size[a:b]
                 width = np.arange(int(sz[0]))[None, :]  # members ascending by id, padded with column n (-inf)
-                doc = np.where(width < sz[:, None], self._order[np.minimum(self._starts[pc[a:b]][:, None] + width,
-                                                                           n - 1)], n)
+                doc = np.where(width < sz[:, None], view.order[np.minimum(view.starts[pc[a:b]][:, None] + width,
+                                                                          n - 1)], n)
                 sub = np.take(s_ext, (qi * (n + 1))[:, None] + doc)
                 need = quota[qi, jj]
                 r, sc = _topk_var(sub, need)
@@ -834,20 +886,20 @@ class KnnEmbed(Operator):
         else:
             taken = np.zeros((n_q, n), bool) if mask is None else np.broadcast_to(~mask, (n_q, n)).copy()
             np.put_along_axis(taken, top_rows[:, :k_a], True, axis=1)
-            v = np.asarray(self.vectors_)
+            v = np.asarray(view.vectors)
             grp = np.argsort(pc, kind="stable")
             pq, pj, pc = pq[grp], pj[grp], pc[grp]
             bounds = np.flatnonzero(np.diff(pc, prepend=-1, append=-1) != 0)
             for a, b in zip(bounds[:-1], bounds[1:]):  # one search per cluster over the pairs that use it
                 c = int(pc[a])
                 qi, jj = pq[a:b], pj[a:b]
-                members = self._members[c]
+                members = view.members[c]
                 if rocchio:
                     qc = self._rocchio(q[qi], top_rows[qi, :min(p.n_neighbors, n)], c, labels, v, mask)
                 if method in ("partitioned", "gather"):
                     # gather (rocchio_filter): the cluster's rows, read when used; partitioned: its prebuilt
                     # contiguous copy of every cluster (a second copy of the vectors, of a memory-mapped save too)
-                    sub = (qc if rocchio else q[qi]) @ (v[members] if method == "gather" else self._part(c)).T
+                    sub = (qc if rocchio else q[qi]) @ (v[members] if method == "gather" else self._part(view, c)).T
                     sub[taken[qi][:, members]] = -np.inf
                     r, sc = topk_rows(sub, int(quota[qi, jj].max()))
                     r = members[r]
@@ -971,18 +1023,22 @@ class KnnEmbed(Operator):
         edited.corpus_, edited.vectors_, edited.labels_ = corpus, vectors, labels
         edited._find_blank()
         edited._build()
-        for key in ("corpus_", "vectors_", "labels_", "_blank", "_order", "_starts", "_members", "_sizes", "_parts"):
+        for key in ("corpus_", "vectors_", "labels_", "_blank"):
             self.__dict__[key] = edited.__dict__[key]
+        # what searches read, in one assignment, last (the corpus first: a search that took the view before reads a
+        # corpus that holds its rows after an add, and is refused after a remove, checked_view)
+        self._view = edited._view
 
     # ------------------------------------------------------------------ persistence
     def _save(self, folder: Path) -> None:
-        blank = self.__dict__.get("_blank")
+        view = self._fitted_view()  # (one state: vectors, labels and blank documents of one edit)
+        blank = view.blank
         rows = np.flatnonzero(blank) if blank is not None else np.zeros(0, np.int64)
-        save_arrays(folder, vectors=self.vectors_, labels=self.labels_, centroids=self.centroids_,
+        save_arrays(folder, vectors=view.vectors, labels=view.labels, centroids=self.centroids_,
                     blank=rows.astype(np.int64))  # (the blank documents' rows: not found again at load)
         save_encoder_key(folder, self.dense.encoder)
         write_json(folder / "knn_embed.json", {"n_clusters": int(len(self.centroids_)),
-                                               "n_docs": int(len(self.labels_))})
+                                               "n_docs": int(len(view.labels))})
 
     def _load(self, folder: Path, mmap: bool = False) -> None:
         meta = read_json(folder / "knn_embed.json")

@@ -367,3 +367,166 @@ def test_knn_embed_add_of_blank_documents_and_refusals():
     q = np.eye(D, dtype=np.float32)[[10, 2]]
     assert all(80 not in r.rows for r in op(_state(op, q)).rankings)
     assert 81 in op(_state(op, q)).rankings[1].rows
+
+
+# ------------------------------------------------------------------------------ 7: edits while another search runs
+def _edit_during(monkeypatch, cls, edit):
+    """Run ``edit()`` once, from inside the next search of ``cls`` (its ``k_for``, called after the search took the
+    state it reads and before it scores anything)."""
+    real = cls.k_for
+    fired: list[int] = []
+
+    def k_for(self, state):
+        if not fired:
+            fired.append(1)
+            edit()
+        return real(self, state)
+
+    monkeypatch.setattr(cls, "k_for", k_for)
+    return fired
+
+
+def _unit_texts(model, texts):
+    from ragkit.encoders import get_encoder
+
+    v = get_encoder(model).encode(list(texts))
+    return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+
+
+@pytest.mark.parametrize("search", ["gather", "partitioned"])
+@pytest.mark.parametrize("edit", ["add", "remove"])
+def test_knn_embed_edit_during_a_search_answers_from_before_it(hashing, monkeypatch, search, edit):
+    """An add or remove fired while a search runs (here from inside it): the search read vectors_, labels_ and the
+    per-cluster structures one at a time, and the edit set them one by one, so it failed (IndexError) or returned
+    removed documents with other documents' cosines.  Now every edit publishes one view and the search reads the one
+    it took when it began: the answer is the one from before the edit, each score the document's true cosine; the
+    next search sees the edit, and a partitioned search's per-cluster copies are those of the view searched.  Called
+    on a State (its rows mapped with the corpus after the call), a remove during the call is the "edited during the
+    search" DataError."""
+    from ragkit.errors import DataError
+
+    texts = dict(zip([f"d{i}" for i in range(48)], _TEXTS))
+    corpus = Corpus.from_texts(_TEXTS, ids=list(texts))
+    kw = dict(model=hashing, k=8, n_clusters=3, n_init=1, min_cluster_size=3, collapse_at=1.0, weight_floor=0.0,
+              anchor_share=0.25, search=search)
+    op, ref = KnnEmbed(**kw).fit(corpus), KnnEmbed(**kw).fit(corpus)
+    queries = ["cell protein note 5", "galaxy water", "market vaccine note"]
+    qv = _unit_texts(hashing, queries)
+
+    def check_scores(run):
+        for i, (ids, sc) in enumerate(zip(run.doc_ids, run.scores)):
+            np.testing.assert_allclose(sc, _unit_texts(hashing, [texts[d] for d in ids]) @ qv[i], atol=1e-5)
+
+    want = ref.search(queries)
+    added = {"n0": "cell protein note 5", "n1": "galaxy water note", "n2": "market vaccine note 9"}
+    gone = sorted({d for row in want.doc_ids for d in row[:2]})
+    if edit == "add":
+        def do_edit():
+            op.add(Corpus.from_texts(list(added.values()), ids=list(added)))
+            texts.update(added)
+    else:
+        def do_edit():
+            op.remove(gone)
+    fired = _edit_during(monkeypatch, KnnEmbed, do_edit)
+    got = op.search(queries)
+    assert fired and [list(x) for x in got.doc_ids] == [list(x) for x in want.doc_ids]
+    check_scores(got)
+    after = op.search(queries)  # the next search sees the edit (and builds its own per-cluster copies)
+    found = {d for row in after.doc_ids for d in row}
+    assert (found & set(added)) if edit == "add" else not (found & set(gone))
+    check_scores(after)
+    if search == "partitioned":
+        assert op._parts is not None and op._parts[0] is op._search_view()
+    if edit == "remove":  # on a State: mapped with corpus_ after the call, which the remove changed
+        fired.clear()
+        gone = list(op.corpus_.ids[:2])
+        with pytest.raises(DataError, match=r"knn_embed: the index was edited \(add / remove on another thread\) "
+                                            r"during the search"):
+            op(State.of(queries))
+
+
+def test_knn_embed_search_of_a_corpus_edited_since_its_view_is_refused(hashing):
+    """A search whose pipeline read the corpus after a remove, with the view it took before (the remove landed
+    between the two): its rows would be mapped with the other corpus; refused with the "edited during the search"
+    DataError, never answered wrongly.  After an add the view's rows are the same documents' rows: answered."""
+    from ragkit.errors import DataError
+    from ragkit.operator import pinned_view
+    from ragkit.pipelines._compose import _TRACE_IDS
+
+    corpus = Corpus.from_texts(_TEXTS, ids=[f"d{i}" for i in range(48)])
+    op = KnnEmbed(model=hashing, k=6, n_clusters=3, n_init=1, collapse_at=1.0, weight_floor=0.0).fit(corpus)
+    with pinned_view(op):
+        op.add(Corpus.from_texts(["cell protein extra"], ids=["n0"]))
+        token = _TRACE_IDS.set(op.corpus_.ids)
+        try:
+            got = op(State.of(["cell protein"])).rankings[0]
+        finally:
+            _TRACE_IDS.reset(token)
+        assert len(got) == 6 and got.rows.max() < 48
+        op.remove(["d0", "d1"])
+        token = _TRACE_IDS.set(op.corpus_.ids)
+        try:
+            with pytest.raises(DataError, match=r"knn_embed: the index was edited \(add / remove on another thread\) "
+                                                r"during the search"):
+                op(State.of(["cell protein"]))
+        finally:
+            _TRACE_IDS.reset(token)
+
+
+@pytest.mark.parametrize("edit", ["add", "remove"])
+def test_knn_embed_edits_on_another_thread_never_fail_a_search(hashing, edit):
+    """Adds (or removes) on one thread while three threads search: adds made most searches fail with IndexError,
+    removes some, and a remove returned documents with other documents' cosines.  Now no add fails a search, a
+    remove fails one only with the "edited during the search" DataError, and every score is its document's true
+    cosine."""
+    import threading
+
+    from ragkit.encoders import get_encoder
+
+    def text(i):
+        return f"{_WORDS[i % 6]} {_WORDS[(i * 5) % 6].split()[0]} note{i}"
+
+    n0 = 600
+    corpus = Corpus.from_texts([text(i) for i in range(n0)], ids=[f"d{i}" for i in range(n0)])
+    op = KnnEmbed(model=hashing, k=20, n_clusters=6, n_init=1, collapse_at=1.0, weight_floor=0.0).fit(corpus)
+    enc = get_encoder(hashing)
+    queries = ["cell protein note5", "galaxy water", "market vaccine"]
+    qv = unit = enc.encode(queries)
+    unit = qv / np.maximum(np.linalg.norm(qv, axis=1, keepdims=True), 1e-12)
+    stop = threading.Event()
+    errors: list[str] = []
+    wrong: list[tuple[str, float, float]] = []
+    searches = [0]
+
+    def searcher():
+        while not stop.is_set():
+            try:
+                run = op.search(queries, k=20)
+            except Exception as e:  # noqa: BLE001 (counted, then asserted)
+                if not (edit == "remove" and "during the search" in str(e)):
+                    errors.append(f"{type(e).__name__}: {e}")
+                continue
+            searches[0] += 1
+            for i, (ids, sc) in enumerate(zip(run.doc_ids, run.scores)):
+                dv = enc.encode([text(int(d[1:])) for d in ids])
+                dv = dv / np.maximum(np.linalg.norm(dv, axis=1, keepdims=True), 1e-12)
+                true = dv @ unit[i]
+                wrong.extend((d, float(s), float(t)) for d, s, t in zip(ids, sc, true) if abs(s - t) > 1e-4)
+
+    threads = [threading.Thread(target=searcher) for _ in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        for j in range(60):
+            if edit == "add":
+                op.add(Corpus.from_texts([text(n0 + 5 * j + t) for t in range(5)],
+                                         ids=[f"d{n0 + 5 * j + t}" for t in range(5)]))
+            else:
+                op.remove([f"d{5 * j + t}" for t in range(5)])
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert not errors, errors[:3]
+    assert not wrong, wrong[:3]
+    assert searches[0] > 0
