@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 from pydantic import Field
@@ -28,7 +28,7 @@ from ragkit.encoders import (
 from ragkit.encoders.sentence import encode_documents, encoder_label, encoder_vectors
 from ragkit.errors import DataError, InputTypeError
 from ragkit.filters.cutoffs import cut_k
-from ragkit.operator import Operator
+from ragkit.operator import Operator, edited_during_search, is_prefix, searched_ids
 from ragkit.options import PARAM, count_option
 from ragkit.params import ModelName, Params
 from ragkit.registry import register
@@ -65,6 +65,16 @@ class MMRParams(Params):
     lambda_mult: float = Field(
         default=0.5, ge=0, le=1, description="lambda: 1 = pure relevance (cosine order), 0 = pure diversity.")
     batch_size: int = Field(default=64, ge=1, description="Encoding batch size.")
+
+
+class _MMRView(NamedTuple):
+    """What a search reads of a fitted MMR, published in one assignment (``_view``) by every edit once it is done
+    (fit, add, remove, load): the corpus and its documents' unit vectors, one row per document.  References only,
+    never changed once published, so a search that took it reads vectors of its rows whatever an edit on another
+    thread publishes meanwhile."""
+
+    corpus: Corpus
+    vectors: np.ndarray  # (N, d) unit rows
 
 
 def mmr_select(q: np.ndarray, pool: np.ndarray, valid: np.ndarray, vectors: np.ndarray, k: int,
@@ -201,10 +211,28 @@ class MMR(Operator):
 
     def _fit(self, corpus: Corpus, train: TrainSet | None, upstream: State | None) -> None:
         self.vectors_ = self._encode_docs(corpus)  # unit rows: cosines, whatever the encoder returns
+        self._publish()
+
+    def _publish(self) -> None:
+        """Publish the state searches read (:class:`_MMRView`), in one assignment, once an edit set ``corpus_``
+        and ``vectors_`` (the corpus first: a search that took the view before reads a corpus that holds its rows
+        after an add, and is refused after a remove, :meth:`checked_view`)."""
+        self._view = _MMRView(self.corpus_, self.vectors_)
+
+    def _search_view(self) -> _MMRView | None:
+        """The state searches read (published by each edit; made from the attributes for an object pickled before
+        views were published), ``None`` unfitted."""
+        view = self.__dict__.get("_view")
+        if view is None and "vectors_" in self.__dict__ and "corpus_" in self.__dict__:
+            view = _MMRView(self.corpus_, self.vectors_)
+        return view
 
     def _call(self, state: State) -> State:
         if state.rankings is None:
             raise DataError("mmr: the state has no rankings; put a retriever before the MMR reranker")
+        # the vectors of the rows the search maps, taken when it began (a pipeline's search pins them before it
+        # reads the corpus): an edit on another thread meanwhile publishes another view
+        view: _MMRView = self.checked_view()
         out = state.copy()
         n_q = len(state)
         if n_q == 0:
@@ -217,7 +245,7 @@ class MMR(Operator):
         longest = max((len(r) for r in state.rankings), default=0)
         want = max(fetch_k or longest, k)  # pool >= k
         f = min(want, longest)
-        v = np.asarray(self.vectors_)
+        v = np.asarray(view.vectors)
         self._warn_short_pool(longest, want, len(v), fetch_k)
         pool, valid = pad_rows(state.rankings, f)  # (n_q, f) rows, 0 past a ranking's end, and the real ones
         check_rows_in_corpus(pool[valid], len(v), self.name)
@@ -242,6 +270,9 @@ class MMR(Operator):
             n = len(s)
             fields = {**r.take(s).fields, "cosine": cosines[i][keep]}  # incoming fields travel with their documents
             rankings.append(Ranking(pool[i, s], ((n - np.arange(n)) / max(n, 1)).astype(np.float32), fields))
+        if searched_ids() is None and self.corpus_ is not view.corpus and not is_prefix(view.corpus, self.corpus_.ids):
+            # (called on a State: its rows are mapped with corpus_ now, which an edit changed during the search)
+            raise edited_during_search(self.name, "its documents changed")
         out.rankings = rankings
         return out
 
@@ -290,6 +321,7 @@ class MMR(Operator):
             raise DataError(f"mmr.add: the new documents' vectors have {new.shape[1]} dimensions, the fitted ones "
                             f"{v.shape[1]}; add vectors of this reranker's encoder ({self.params.model!r}), or refit")
         self.vectors_, self.corpus_ = np.concatenate([v, new.astype(v.dtype, copy=False)]), joined
+        self._publish()
         return self
 
     def remove(self, ids: Any) -> "MMR":
@@ -302,13 +334,17 @@ class MMR(Operator):
             keep = np.ones(len(self.corpus_), dtype=bool)
             keep[rows] = False
             self.vectors_, self.corpus_ = np.asarray(self.vectors_)[keep], self.corpus_.subset(keep)
+            self._publish()
         return self
 
     # ------------------------------------------------------------------ persistence
     def _save(self, folder: Path) -> None:
-        save_arrays(folder, vectors=self.vectors_)
+        view = self._search_view()
+        assert view is not None  # (fitted: checked by save)
+        save_arrays(folder, vectors=view.vectors)
         save_encoder_key(folder, self.encoder)
 
     def _load(self, folder: Path, mmap: bool = False) -> None:
         check_encoder_key(folder, self.encoder, self.name, self.params.model)
         self.vectors_ = load_array(folder, "vectors", mmap=mmap)
+        self._publish()

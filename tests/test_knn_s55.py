@@ -530,3 +530,37 @@ def test_knn_embed_edits_on_another_thread_never_fail_a_search(hashing, edit):
     assert not errors, errors[:3]
     assert not wrong, wrong[:3]
     assert searches[0] > 0
+
+
+def test_mmr_remove_during_a_pipeline_search_answers_from_before_it(hashing, monkeypatch):
+    """Dense | MMR, documents removed from both steps while a search runs (after dense ranked, before MMR read its
+    vectors): MMR read the renumbered vectors for the rows of the corpus from before, and reordered the results
+    with other documents' vectors, silently.  Pipeline.search pins each step's view; MMR now publishes one (corpus,
+    vectors) and reads it: the answer is the one from before the edit."""
+    import ragkit.filters.mmr as mmr_module
+    from ragkit.filters.mmr import MMR
+    from ragkit.pipelines import Pipeline
+    from ragkit.retrievers import Dense
+
+    corpus = Corpus.from_texts(_TEXTS, ids=[f"d{i}" for i in range(48)])
+
+    def pipe():
+        return Pipeline([Dense(model=hashing, k=10), MMR(model=hashing, k=5, lambda_mult=0.5)]).fit(corpus)
+
+    queries = ["cell protein note 5", "galaxy water", "market vaccine note"]
+    want = [list(x) for x in pipe().search(queries, k=5).doc_ids]
+    p = pipe()
+    real = mmr_module.cut_k
+    fired: list[int] = []
+
+    def cut_k(op, state):
+        if not fired:
+            fired.append(1)
+            for leaf in p.steps:
+                leaf.remove(["d0", "d1", "d2", "d6"])
+        return real(op, state)
+
+    monkeypatch.setattr(mmr_module, "cut_k", cut_k)
+    got = [list(x) for x in p.search(queries, k=5).doc_ids]
+    assert fired and got == want
+    assert not {"d0", "d1", "d2", "d6"} & {d for row in p.search(queries, k=5).doc_ids for d in row}
