@@ -20,6 +20,7 @@ import numpy as np
 
 from ragkit._checks import _a, _as_ids, _key_ids, _kind, _utf8_clean, check_id_breaks
 from ragkit._files import text_output, utf8_lines
+from ragkit._flat import split_counts
 from ragkit._qrels import ids_once
 from ragkit.errors import DataError, InputTypeError, repeated, some_ids
 from ragkit.types import Corpus, Ranking, TraceEvent, check_id_nul, check_id_surrogates, normalised_text
@@ -508,7 +509,8 @@ class Run:
         ``kw`` sets the other fields (``values``, ``trace``, ``seconds``).  A row that is not one of
         ``corpus_ids`` (``-1`` would be the last document) is a :class:`DataError` naming the query."""
         # the ids mapped once, every query's rows together (one fancy index, not one per query), then split
-        lens = np.cumsum([len(r.rows) for r in rankings])
+        counts = [len(r.rows) for r in rankings]
+        lens = np.cumsum(counts)
         rows = np.concatenate([r.rows for r in rankings]) if rankings else np.zeros(0, np.int64)
         n_docs = len(corpus_ids)
         if len(rows) and (rows.min() < 0 or rows.max() >= n_docs):  # (one min and max of them all)
@@ -520,7 +522,7 @@ class Run:
                             "numbers")
         ids = corpus_ids[rows] if rankings else corpus_ids[:0]
         return cls(
-            list(query_ids), np.split(ids, lens[:-1]) if rankings else [], [r.scores for r in rankings],
+            list(query_ids), split_counts(ids, counts), [r.scores for r in rankings],
             rankings=rankings, **kw,
         )
 
@@ -544,10 +546,7 @@ class Run:
         written = string_ids(run, who)
         lens, docs, s64 = _trec_flat(written)
         check_no_nan(list(written), lens, docs, s64, who)
-        ends = np.cumsum(lens).tolist()
-        spans = list(zip([0, *ends[:-1]], ends))
-        s32 = _f32(s64)
-        return cls(list(written), [docs[a:b] for a, b in spans], [s32[a:b] for a, b in spans], _nan_checked=True)
+        return cls(list(written), split_counts(docs, lens), split_counts(_f32(s64), lens), _nan_checked=True)
 
     def __len__(self) -> int:
         return len(self.query_ids)

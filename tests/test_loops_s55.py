@@ -167,3 +167,18 @@ def test_route_and_loop_learners_do_not_check_the_train_qrels_again(monkeypatch:
     calls = _count_checks(monkeypatch)
     Pipeline.from_yaml(text).fit(corpus, train)
     assert calls == []
+
+
+# ---- 4. one split helper: as np.split at the running totals ----
+
+def test_split_counts_is_np_split_at_the_running_totals() -> None:
+    from ragkit._flat import split_counts
+
+    rng = np.random.default_rng(4)
+    for _ in range(300):
+        counts = rng.integers(0, 5, int(rng.integers(1, 12)))
+        x = np.array([f"d{i}" for i in range(int(counts.sum()))], dtype=object)
+        got, want = split_counts(x, counts), np.split(x, np.cumsum(counts)[:-1])
+        assert len(got) == len(want) == len(counts)
+        assert all(a.dtype == b.dtype and a.tolist() == b.tolist() for a, b in zip(got, want))
+    assert split_counts(np.zeros(0), np.zeros(0, np.int64)) == []

@@ -27,6 +27,7 @@ import numpy as np
 
 from ragkit._checks import _a, _key_ids, _kind
 from ragkit._files import first_time
+from ragkit._flat import split_counts
 from ragkit.errors import DataError, ParamError, some_ids
 from ragkit.run import Run, _f32, _flat, _trec_permutation, check_run_queries, check_scores, nan_score_at, string_ids
 from ragkit.types import Ranking, State, as_qrels, check_id_nul, check_qrels
@@ -1102,8 +1103,8 @@ def _with_ties_at(rankings: Sequence[Ranking], k: int, corpus_ids: np.ndarray,
         raise DataError(f"evaluate: query {query_ids[owner[i]]!r} gives document {corpus_ids[rows[i]]!r} the score "
                         "NaN; expected numbers")
     keep = _ties_kept(lens, flat, owner, k)
-    cut = np.cumsum(np.bincount(owner[keep], minlength=n))[:-1]
-    return np.split(corpus_ids[rows[keep]], cut), np.split(flat[keep], cut)
+    counts = np.bincount(owner[keep], minlength=n)
+    return split_counts(corpus_ids[rows[keep]], counts), split_counts(flat[keep], counts)
 
 
 def _ties_kept(lens: np.ndarray, flat: np.ndarray, owner: np.ndarray, k: int) -> np.ndarray:
@@ -1159,8 +1160,9 @@ def _cut_run(run: Run, k: int) -> Run:
         return run  # (a query no longer than k is kept whole, for to_dict to look at)
     scores = np.concatenate(run.scores)
     keep = _ties_kept(lens, scores.astype(np.float32, copy=False), owner, k)
-    cut = np.cumsum(np.bincount(owner[keep], minlength=len(lens)))[:-1]
-    return Run(run.query_ids, np.split(np.concatenate(run.doc_ids)[keep], cut), np.split(scores[keep], cut),
+    counts = np.bincount(owner[keep], minlength=len(lens))
+    return Run(run.query_ids, split_counts(np.concatenate(run.doc_ids)[keep], counts),
+               split_counts(scores[keep], counts),
                _nan_checked=True, _ids_checked=True)  # (run's own ids and scores, checked when it was made)
 
 
@@ -1187,12 +1189,13 @@ def drop_identical_ids(run: Run, k: int | None = None) -> Run:
         keep &= (kept - before[owner]) <= k
     if keep.all():
         return run
-    cut = np.cumsum(np.bincount(owner[keep], minlength=n))[:-1]
-    at = np.split(np.flatnonzero(keep) - np.repeat(np.cumsum(lens) - lens, lens)[keep], cut)  # positions per query
+    counts = np.bincount(owner[keep], minlength=n)
+    # the positions of the kept documents, per query
+    at = split_counts(np.flatnonzero(keep) - np.repeat(np.cumsum(lens) - lens, lens)[keep], counts)
     rankings = None if run.rankings is None or any(len(r) != m for r, m in zip(run.rankings, lens.tolist())) else [
         r.take(i) for r, i in zip(run.rankings, at)]
-    return Run(list(run.query_ids), np.split(docs[keep], cut),
-               np.split(np.concatenate(run.scores)[keep], cut), rankings=rankings, values=run.values,
+    return Run(list(run.query_ids), split_counts(docs[keep], counts),
+               split_counts(np.concatenate(run.scores)[keep], counts), rankings=rankings, values=run.values,
                trace=run.trace, seconds=run.seconds, learned_from=run.learned_from,
                learned_text_from=run.learned_text_from,
                _nan_checked=True, _ids_checked=True)  # (run's own ids and scores, checked when it was made)
