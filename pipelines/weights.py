@@ -266,7 +266,7 @@ def learn_weights(fuse: Callable[[State, np.ndarray], list[Ranking]], state: Sta
             st = state.copy()
             st.rankings = fuse(state, w)
             per_q[g] = _per_query_metrics(st, judged, corpus_ids, ["ndcg@10"],  # (in the state's order)
-                                          qrels_checked=True)["ndcg@10"][[in_state[q] for q in qids]]
+                                          qrels_checked=True, ids_checked=True)["ndcg@10"][[in_state[q] for q in qids]]
         else:  # what per_query_ndcg reads of fuse(state, w)
             pq = _evaluate_noted(_heads_run(heads(w, _DEPTH), state.query_ids, corpus_ids), judged, ["ndcg@10"],
                                  qrels_checked=True).per_query

@@ -6,6 +6,7 @@ from typing import Sequence, cast
 
 import numpy as np
 
+from ragkit._flat import split_counts
 from ragkit.types import Ranking
 
 
@@ -136,5 +137,4 @@ def _split(rows: np.ndarray, scores: np.ndarray, lens: np.ndarray) -> list[Ranki
     """Flat ``(rows, scores, lengths)`` as one :class:`Ranking` per query (none for no query)."""
     if not len(lens):
         return []
-    cuts = np.cumsum(lens)[:-1]
-    return [Ranking(r, s) for r, s in zip(np.split(rows, cuts), np.split(scores, cuts))]
+    return [Ranking(r, s) for r, s in zip(split_counts(rows, lens), split_counts(scores, lens))]

@@ -9,6 +9,7 @@ from typing import Any, Mapping, NamedTuple
 
 import numpy as np
 
+from ragkit._flat import split_counts
 from ragkit.errors import DataError
 from ragkit.eval.metrics import check_relevance_level, refuse_other_queries
 from ragkit.run import Run
@@ -37,7 +38,7 @@ def _relevance_labels(run: Run, qrels: Mapping[str, Mapping[str, int]], relevanc
     pairs = _pairs(run, qrels, relevance_level, ignore_identical_ids)
     if not len(pairs.labels):
         return [np.zeros(0, bool) for _ in run.doc_ids]
-    return np.split(pairs.labels, np.cumsum(pairs.lens)[:-1])
+    return split_counts(pairs.labels, pairs.lens)
 
 
 class _Pairs(NamedTuple):
