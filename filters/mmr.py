@@ -32,6 +32,7 @@ from ragkit.operator import Operator, edited_during_search, is_prefix, searched_
 from ragkit.options import PARAM, count_option
 from ragkit.params import ModelName, Params
 from ragkit.registry import register
+from ragkit.retrievers._index import check_finite_vectors
 from ragkit.types import Corpus, Ranking, State, TrainSet
 
 __all__ = ["MMR", "MMRParams", "mmr_select", "mmr_select_cosines", "TIE_TOLERANCE"]
@@ -303,7 +304,7 @@ class MMR(Operator):
 
         ``vectors``: the documents' vectors by this reranker's encoder, one row per document in ``corpus``'s
         order (``None``: encoded here).  Ids already held, another number of rows or another width than the
-        fitted vectors' are a :class:`DataError`; nothing changes then."""
+        fitted vectors', NaN or infinite values are a :class:`DataError`; nothing changes then."""
         self._check_fitted()
         if not isinstance(corpus, Corpus):
             raise InputTypeError(f"mmr.add expects a ragkit Corpus, got {type(corpus).__name__}")
@@ -320,6 +321,7 @@ class MMR(Operator):
         if new.shape[1] != v.shape[1]:
             raise DataError(f"mmr.add: the new documents' vectors have {new.shape[1]} dimensions, the fitted ones "
                             f"{v.shape[1]}; add vectors of this reranker's encoder ({self.params.model!r}), or refit")
+        check_finite_vectors(new, "mmr.add", "document")  # (a NaN row scored every cosine NaN: ranked last, silently)
         self.vectors_, self.corpus_ = np.concatenate([v, new.astype(v.dtype, copy=False)]), joined
         self._publish()
         return self

@@ -564,3 +564,21 @@ def test_mmr_remove_during_a_pipeline_search_answers_from_before_it(hashing, mon
     got = [list(x) for x in p.search(queries, k=5).doc_ids]
     assert fired and got == want
     assert not {"d0", "d1", "d2", "d6"} & {d for row in p.search(queries, k=5).doc_ids for d in row}
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_mmr_add_refuses_vectors_with_nan_or_inf(hashing, bad):
+    """mmr.add(vectors=...) took NaN or infinite vectors (KnnEmbed and Dense refuse them): every cosine of that
+    document was NaN, ranked last in each pool, silently.  Refused as theirs are; nothing changes."""
+    from ragkit.errors import DataError
+    from ragkit.filters.mmr import MMR
+
+    corpus = Corpus.from_texts(_TEXTS, ids=[f"d{i}" for i in range(48)])
+    mmr = MMR(model=hashing, k=5).fit(corpus)
+    before = (mmr.corpus_, mmr.vectors_)
+    v = np.ones((2, 32), np.float32)
+    v[1, 3] = bad
+    with pytest.raises(DataError, match=re.escape("mmr.add: 1 of the 2 document vectors contain NaN or infinite "
+                                                  "values (first at position 1)")):
+        mmr.add(Corpus.from_texts(["x", "y"], ids=["n0", "n1"]), vectors=v)
+    assert mmr.corpus_ is before[0] and mmr.vectors_ is before[1]
