@@ -315,8 +315,14 @@ class MMR(Operator):
         if not len(corpus):
             return self
         joined = self.corpus_.concat(corpus, "mmr.add")  # (a metadata value of another kind: refused before edits)
-        new = (self._encode_docs(corpus) if vectors is None
-               else unit_rows(encoder_vectors(vectors, len(corpus), "mmr.add: vectors")))
+        if vectors is None:
+            new = self._encode_docs(corpus)
+        else:  # (no encoder ran: worded as the caller's vectors)
+            n = len(corpus)
+            new = unit_rows(encoder_vectors(vectors, n, "mmr.add: the vectors given", verb="are",
+                                            texts="document" if n == 1 else "documents",
+                                            expected=f"expected one vector per document, in the corpus's order, a "
+                                                     f"2-D float array of shape ({n}, dim)"))
         v = np.asarray(self.vectors_)
         if new.shape[1] != v.shape[1]:
             raise DataError(f"mmr.add: the new documents' vectors have {new.shape[1]} dimensions, the fitted ones "

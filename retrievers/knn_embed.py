@@ -991,7 +991,11 @@ class KnnEmbed(Operator):
             enc = self.dense.encoder
             new = encode_documents(enc, corpus.full_texts, encoder_label(self.name, self.params.model, enc, "encode"))
         else:
-            new = encoder_vectors(vectors, len(corpus), "knn_embed.add: vectors")
+            n = len(corpus)  # (no encoder ran: worded as the caller's vectors)
+            new = encoder_vectors(vectors, n, "knn_embed.add: the vectors given", verb="are",
+                                  texts="document" if n == 1 else "documents",
+                                  expected=f"expected one vector per document, in the corpus's order, a 2-D float "
+                                           f"array of shape ({n}, dim)")
         new = unit_rows(new)
         v = np.asarray(self.vectors_)
         if new.shape[1] != v.shape[1]:

@@ -355,7 +355,10 @@ def test_knn_embed_add_of_blank_documents_and_refusals():
     with pytest.raises(DataError, match=re.escape("knn_embed.add: the new documents' vectors have 8 dimensions, the "
                                                   "indexed ones 16")):
         op.add(Corpus.from_texts(["x"], ids=["n0"]), vectors=np.ones((1, 8), np.float32))
-    with pytest.raises(DataError, match="knn_embed.add: vectors returned 2 vectors for 1 texts"):
+    # (the caller's vectors, no encoder's output: worded as given, review s55)
+    with pytest.raises(DataError, match=re.escape("knn_embed.add: the vectors given are 2 vectors for 1 document; "
+                                                  "expected one vector per document, in the corpus's order, a 2-D "
+                                                  "float array of shape (1, dim)")):
         op.add(Corpus.from_texts(["x"], ids=["n0"]), vectors=np.ones((2, D), np.float32))
     with pytest.raises(DataError, match="knn_embed.add"):
         op.add(Corpus.from_texts(["x"], ids=["n0"]), vectors=np.full((1, D), np.nan, np.float32))
@@ -582,3 +585,12 @@ def test_mmr_add_refuses_vectors_with_nan_or_inf(hashing, bad):
                                                   "values (first at position 1)")):
         mmr.add(Corpus.from_texts(["x", "y"], ids=["n0", "n1"]), vectors=v)
     assert mmr.corpus_ is before[0] and mmr.vectors_ is before[1]
+    # the caller's vectors, which no encoder returned, are worded as given (not "vectors returned ... an encoder
+    # returns ...")
+    with pytest.raises(DataError, match=re.escape("mmr.add: the vectors given are 1 vectors for 2 documents; expected "
+                                                  "one vector per document, in the corpus's order, a 2-D float array "
+                                                  "of shape (2, dim)")):
+        mmr.add(Corpus.from_texts(["x", "y"], ids=["n0", "n1"]), vectors=np.ones((1, 32), np.float32))
+    with pytest.raises(DataError, match=r"^mmr\.add: the vectors given are a 1-D array of shape \(32,\) for 2 "
+                                        r"documents; expected one vector per document"):
+        mmr.add(Corpus.from_texts(["x", "y"], ids=["n0", "n1"]), vectors=np.ones(32, np.float32))
