@@ -102,24 +102,26 @@ class Ranking:
                                      f"{bad.item()!r}; are rows and scores swapped? Ranking(rows, scores)")
             if given.dtype.kind in "bUSO" and given.size:  # ids "3", "4" read as rows 3 and 4; a mask as rows 0/1
                 rows = int_positions(given, "Ranking: rows are corpus row numbers (integers)", _ROWS_HINT)
-        self.rows = np.asarray(rows, dtype=np.int64)
-        self.scores = np.asarray(self.scores, dtype=np.float32)
-        if self.rows.ndim != 1 or self.scores.ndim != 1:  # (else: errors far from here, e.g. TopK's or evaluate's)
-            flat = self.scores.size == self.rows.size
-            raise DataError(f"Ranking: expected rows and scores one-dimensional (one score per row), got rows of "
-                            f"shape {self.rows.shape} and scores of shape {self.scores.shape}"
-                            + ("; flatten them (e.g. scores.ravel())" if flat else ""))
         # read-only views (O(1); the caller's arrays stay writeable): a step that changed its input ranking in place
         # and handed it back (r.scores *= -1) skipped every check of what it returns, and changed the ranking for
         # every other holder of it (a Parallel's branches share their input); now it fails at its own line
-        self.rows, self.scores = self.rows.view(), self.scores.view()
-        self.rows.flags.writeable = self.scores.flags.writeable = False
-        n = len(self.rows)
-        if len(self.scores) != n:  # (else: take / head / TopK fail with numpy's IndexError, naming no one)
-            raise DataError(f"Ranking: {n} rows and {len(self.scores)} scores; expected one score per row")
-        for key, col in self.fields.items():  # (else: a longer field survives TopK misaligned, a shorter one
-            if not hasattr(col, "__len__") or len(col) != n:  # is TopK's IndexError)
-                raise DataError(field_length_error("Ranking", key, col, n))
+        rows = np.asarray(rows, dtype=np.int64).view()
+        scores = np.asarray(self.scores, dtype=np.float32).view()
+        if rows.ndim != 1 or scores.ndim != 1:  # (else: errors far from here, e.g. TopK's or evaluate's)
+            flat = scores.size == rows.size
+            raise DataError(f"Ranking: expected rows and scores one-dimensional (one score per row), got rows of "
+                            f"shape {rows.shape} and scores of shape {scores.shape}"
+                            + ("; flatten them (e.g. scores.ravel())" if flat else ""))
+        rows.setflags(write=False)  # (setflags: half the time of flags.writeable = False, per ranking)
+        scores.setflags(write=False)
+        self.rows, self.scores = rows, scores
+        n = len(rows)
+        if len(scores) != n:  # (else: take / head / TopK fail with numpy's IndexError, naming no one)
+            raise DataError(f"Ranking: {n} rows and {len(scores)} scores; expected one score per row")
+        if self.fields:  # (else: a longer field survives TopK misaligned, a shorter one is TopK's IndexError)
+            for key, col in self.fields.items():
+                if not hasattr(col, "__len__") or len(col) != n:
+                    raise DataError(field_length_error("Ranking", key, col, n))
 
     def __len__(self) -> int:
         return len(self.rows)
