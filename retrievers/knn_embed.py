@@ -323,6 +323,9 @@ class KnnEmbed(Operator):
     centroids_: np.ndarray  # (C, d) float32 unit centroids
     #: the published view's per-cluster contiguous vectors (search: partitioned), built on first use: (view, parts)
     _parts: tuple[_KnnView, list[np.ndarray]] | None = None
+    #: fitted with :meth:`fit_vectors` (vectors of a space no encoder of this retriever gives; saved with it): an
+    #: ``add`` must give its documents' vectors too
+    _vectors_given: bool = False
 
     # ------------------------------------------------------------------ fit
     @property
@@ -339,6 +342,7 @@ class KnnEmbed(Operator):
         enc = self.dense.encoder  # (checked: one 2-D float row per document, else a DataError naming the encoder)
         self._fit_vectors(encode_documents(enc, corpus.full_texts,
                                            encoder_label(self.name, self.params.model, enc, "encode")))
+        self._vectors_given = False
 
     def fit_vectors(self, corpus: Corpus, vectors: np.ndarray) -> "KnnEmbed":
         """Fit on precomputed document vectors ``(len(corpus), d)`` instead of encoding the corpus.
@@ -359,6 +363,7 @@ class KnnEmbed(Operator):
                 raise ParamError(f"{self.name}.filter: {e}", path=f"{self.name}.filter") from None
         self.corpus_ = corpus
         self._fit_vectors(vectors)
+        self._vectors_given = True  # (an add must give vectors of this space too)
         return self
 
     def _fit_vectors(self, vecs: np.ndarray) -> None:
@@ -528,7 +533,7 @@ class KnnEmbed(Operator):
                              "and fit it")
         new = type(self)(update_params(self.params, changes, self.name))
         self._check_fitted()
-        for key in ("corpus_", "vectors_", "labels_", "centroids_", "_view", "_blank"):
+        for key in ("corpus_", "vectors_", "labels_", "centroids_", "_view", "_blank", "_vectors_given"):
             if key in self.__dict__:
                 new.__dict__[key] = self.__dict__[key]
         new.__dict__["_parts"] = self.__dict__.get("_parts")  # (keyed by the view, which the copy shares)
@@ -973,10 +978,11 @@ class KnnEmbed(Operator):
         rebuilt.  A blank document is never found, as at fit.
 
         ``vectors``: the documents' vectors, one row per document in ``corpus``'s order, in the space of the fitted
-        ones (needed after :meth:`fit_vectors`, whose space no encoder of this retriever gives); ``None``: encoded
-        here by the ``dense`` encoder.  Ids already held, another number of rows or width, NaN or infinite values
-        are a :class:`DataError`; nothing changes then.  Many documents added far from the fitted ones (a new
-        topic) are not clustered apart as a refit would: refit then."""
+        ones (needed after :meth:`fit_vectors`, whose space no encoder of this retriever gives: an add without them
+        is refused then, also after a save and load); ``None``: encoded here by the ``dense`` encoder.  Ids already
+        held, another number of rows or width, NaN or infinite values are a :class:`DataError`; nothing changes
+        then.  Many documents added far from the fitted ones (a new topic) are not clustered apart as a refit
+        would: refit then."""
         self._check_fitted()
         if not isinstance(corpus, Corpus):
             raise InputTypeError(f"knn_embed.add expects a ragkit Corpus, got {type(corpus).__name__}")
@@ -987,6 +993,11 @@ class KnnEmbed(Operator):
         if not len(corpus):
             return self
         joined = self.corpus_.concat(corpus, "knn_embed.add")  # (a metadata value of another kind: before edits)
+        if vectors is None and self._vectors_given:
+            raise DataError(f"knn_embed.add: no vectors given for the {len(corpus)} new documents, but this retriever "
+                            "was fitted with fit_vectors, on vectors no encoder of it gives (encoding them with "
+                            f"{self.params.model!r} would cluster and score them in another space); give the new "
+                            "documents' vectors of the fitted space: add(corpus, vectors=...)")
         if vectors is None:
             enc = self.dense.encoder
             new = encode_documents(enc, corpus.full_texts, encoder_label(self.name, self.params.model, enc, "encode"))
@@ -1042,10 +1053,15 @@ class KnnEmbed(Operator):
                     blank=rows.astype(np.int64))  # (the blank documents' rows: not found again at load)
         save_encoder_key(folder, self.dense.encoder)
         write_json(folder / "knn_embed.json", {"n_clusters": int(len(self.centroids_)),
-                                               "n_docs": int(len(view.labels))})
+                                               "n_docs": int(len(view.labels)),
+                                               "vectors_given": bool(self._vectors_given)})
 
     def _load(self, folder: Path, mmap: bool = False) -> None:
         meta = read_json(folder / "knn_embed.json")
+        given = meta.get("vectors_given", False)  # (a save made before it was recorded: fitted by encoding, as fit)
+        if not isinstance(given, bool):
+            raise ArtifactError(f"{folder}/knn_embed.json: vectors_given must be true or false, got {given!r}")
+        self._vectors_given = given
         check_encoder_key(folder, self.dense.encoder, self.name, self.params.model)
         self.vectors_ = load_array(folder, "vectors", mmap=mmap)
         self.labels_ = np.asarray(load_array(folder, "labels"))

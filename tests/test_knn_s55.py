@@ -594,3 +594,31 @@ def test_mmr_add_refuses_vectors_with_nan_or_inf(hashing, bad):
     with pytest.raises(DataError, match=r"^mmr\.add: the vectors given are a 1-D array of shape \(32,\) for 2 "
                                         r"documents; expected one vector per document"):
         mmr.add(Corpus.from_texts(["x", "y"], ids=["n0", "n1"]), vectors=np.ones(32, np.float32))
+
+
+def test_knn_embed_fitted_with_fit_vectors_refuses_an_add_without_vectors(hashing, tmp_path):
+    """After fit_vectors (vectors of a space no encoder of it gives), add() without vectors= encoded the new documents
+    with params.model, silently: clustered and scored in another space (of the same width here).  Refused, naming
+    fit_vectors, also after a save and load; add(vectors=...) is taken, and a fit by encoding adds as before."""
+    from ragkit.errors import DataError
+
+    vecs, _ = _blobs()
+    corpus = Corpus.from_texts(_TEXTS[:40] + _TEXTS[:40], ids=[f"d{i}" for i in range(80)])
+    op = KnnEmbed(model=hashing, k=10, n_clusters=4).fit_vectors(corpus, np.hstack([vecs, vecs]))  # (width 32)
+    new = Corpus.from_texts(["cell protein"], ids=["n0"])
+    said = r"knn_embed\.add: no vectors given for the 1 new documents, but this retriever was fitted with fit_vectors"
+    with pytest.raises(DataError, match=said):
+        op.add(new)
+    assert len(op.corpus_) == 80
+    op.save(tmp_path / "k")
+    loaded = KnnEmbed.load(tmp_path / "k")
+    with pytest.raises(DataError, match=said):
+        loaded.add(new)
+    with pytest.raises(DataError, match=said):
+        op.with_params(k=5).add(new)
+    loaded.add(new, vectors=np.ones((1, 32), np.float32))
+    assert len(loaded.corpus_) == 81
+    encoded = KnnEmbed(model=hashing, k=10, n_clusters=4).fit(Corpus.from_texts(_TEXTS,
+                                                                                ids=[f"d{i}" for i in range(48)]))
+    encoded.add(new)
+    assert len(encoded.corpus_) == 49
