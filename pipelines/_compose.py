@@ -1302,6 +1302,8 @@ class Parallel(Composite):
         scratch values are kept (first branch wins), except a rewritten query text
         (:data:`~ragkit.types.QUERY_REWRITES`) and PRF's term counts of it
         (:data:`~ragkit.retrievers.bm25.LEXICAL_COUNTS`), which stay inside their branch.
+        A branch without a retriever given a state without rankings (in a loop's body, its first
+        iteration) is not run: its ranking is empty.
         """
         from ragkit.retrievers.bm25 import LEXICAL_COUNTS
 
@@ -1312,6 +1314,11 @@ class Parallel(Composite):
         for b, where in self.child_paths(path)[:-1]:
             inp = state.copy()
             inp.vectors = dict(shared)
+            if state.rankings is None and not any(leaf.kind == "retriever" for leaf in iter_leaves(b)):
+                # a branch without a retriever keeps the rankings before it: none here (a loop's first
+                # iteration), so it gets no documents; its steps would refuse a state without rankings
+                outs.append(inp)
+                continue
             o = run_step(b, inp, where)
             if same_query_text(inp, o, f"{where} (a branch of this parallel)"):
                 for key, vec in o.vectors.items():

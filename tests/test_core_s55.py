@@ -257,3 +257,17 @@ def test_a_blank_branch_name_is_refused_in_words_it_breaks():
     from ragkit.pipelines import Parallel
     with pytest.raises(ParamError, match=r"branch names must be non-blank and hold no '\.', '\[' or '\]'.*got \[' '\]"):
         Parallel([BM25(k=3), BM25(k=3, b=0.1)], names=[" ", "c"])
+
+
+# ---------------------------------------------------------------------- 8. what the rule leaves as it was (re-review)
+def test_a_loops_parallel_branch_without_a_retriever_is_empty_on_the_first_iteration(corpus):
+    """README: in a loop's body such a branch is the previous iteration's ranking (none on the first); the
+    rule above made its top_k refuse the first iteration's state (DataError ...branches[1].top_k)."""
+    from ragkit.filters import TopK
+    from ragkit.pipelines import RRF, Loop, Parallel, TopKStable
+    loop = Loop(Parallel([BM25(k=5), TopK(k=3)], fuse=RRF()), until=TopKStable(), max_iters=2)
+    run = loop.fit(corpus).search(QUERIES)
+    assert [len(d) for d in run.doc_ids] == [5, 5]
+    first = Parallel([BM25(k=5), TopK(k=3)], fuse=RRF()).fit(corpus)(State(QUERIES))  # (one iteration)
+    assert [r.rows.tolist() for r in first.rankings] == [r.rows.tolist() for r in BM25(k=5).fit(corpus)(
+        State(QUERIES)).rankings]
