@@ -239,7 +239,7 @@ class State:
     vectors : dict of str -> ndarray (n_q, d)
         Query vectors cached per encoder key, so two operators on one encoder encode once: float32 (what
         ``query_vectors`` stores, whatever the encoder returns), one row per query, a zero row for a blank query.
-    values : dict of str -> list, length n_q each
+    values : dict of str -> list (or tuple), length n_q each
         Per-query scratch values: a route label, a loop counter, an answer, expanded query text.
     branches : list of (name, rankings) or None
         The rankings of each branch of a :class:`~ragkit.pipelines.Parallel`, for fusers.
@@ -298,7 +298,7 @@ class State:
                 raise DataError(f"State: {len(self.rankings)} rankings for {n} queries; {per} "
                                 "(Ranking.empty() for a query without documents)")
         for key, vals in self.values.items():
-            if not isinstance(vals, list):
+            if not isinstance(vals, (list, tuple)):  # (a tuple as check_result takes one from a step)
                 raise DataError(f"State: values[{key!r}] is {type(vals).__name__} {vals!r:.40}, expected a list of "
                                 "one entry per query")
             if len(vals) != n:

@@ -271,3 +271,17 @@ def test_a_loops_parallel_branch_without_a_retriever_is_empty_on_the_first_itera
     first = Parallel([BM25(k=5), TopK(k=3)], fuse=RRF()).fit(corpus)(State(QUERIES))  # (one iteration)
     assert [r.rows.tolist() for r in first.rankings] == [r.rows.tolist() for r in BM25(k=5).fit(corpus)(
         State(QUERIES)).rankings]
+
+
+def test_a_rewriters_tuple_of_texts_is_taken_by_a_sharded_retriever_as_by_bm25(corpus):
+    """check_result takes a tuple for values['query_text']; State refused one, so the rewrite worked before BM25
+    and failed in Sharded (its per-shard State(..., values=dict(rewrites)))."""
+    from ragkit import Pipeline
+    from ragkit.retrievers import Sharded
+    rw = _step("TupleRw", "rewriter", lambda self, s: _with(
+        s, values={"query_text": tuple(f"{q} w7" for q in s.queries)}),
+               reads_rankings=False)
+    plain = Pipeline([rw, BM25(k=3)]).fit(corpus).search(QUERIES).doc_ids
+    sharded = Pipeline([rw, Sharded(retriever={"bm25": {"k": 3}}, n_shards=2, k=3, backend="local")])
+    assert [list(d) for d in sharded.fit(corpus).search(QUERIES).doc_ids] == [list(d) for d in plain]
+    assert State(["a", "b"], values={"query_text": ("x", None)}).texts() == ["x", "b"]
