@@ -10,7 +10,7 @@ import numpy as np
 
 from ragkit import registry
 from ragkit.errors import DataError
-from ragkit.types import Corpus, Ranking, State, field_length_error
+from ragkit.types import Corpus, Ranking, State, field_fits, field_length_error
 
 if TYPE_CHECKING:
     from ragkit.operator import Operator
@@ -80,7 +80,7 @@ def check_result(op: Operator, state: State, out: Any, *, corpus_before: Any = N
             raise DataError(f"{cls}._call ({op.name!r}) returned rankings[{i}] with rows of shape {r.rows.shape} "
                             f"and scores of shape {r.scores.shape}; expected one score per row, both one-dimensional")
         for key, col in r.fields.items():  # (a dict: set after the Ranking checked them)
-            if not hasattr(col, "__len__") or len(col) != len(r.rows):
+            if not field_fits(col, len(r.rows)):
                 raise DataError(field_length_error(f"{cls}._call ({op.name!r}) returned rankings[{i}]", key, col,
                                                    len(r.rows)))
     if op.kind == "retriever" and rankings:

@@ -58,9 +58,18 @@ from ragkit._queries import (
 from ragkit.errors import DataError, InputTypeError, repeated, some_ids
 
 
+def field_fits(col: Any, n: int) -> bool:
+    """Whether a :attr:`Ranking.fields` column is one entry per row (``n`` rows): sized, not a 0-d array (which
+    has ``__len__`` and raises on it)."""
+    return hasattr(col, "__len__") and getattr(col, "ndim", 1) != 0 and len(col) == n
+
+
 def field_length_error(who: str, key: str, col: Any, n: int) -> str:
     """The message for a :attr:`Ranking.fields` column ``key`` that is not one entry per row (``n`` rows)."""
-    has = f"has {len(col)} entries" if hasattr(col, "__len__") else f"is {type(col).__name__} {col!r:.40}"
+    if hasattr(col, "__len__") and getattr(col, "ndim", 1) == 0:
+        has = f"is a 0-d {type(col).__name__} ({col!r:.40}), a single value"
+    else:
+        has = f"has {len(col)} entries" if hasattr(col, "__len__") else f"is {type(col).__name__} {col!r:.40}"
     return (f"{who}: fields[{key!r}] {has} for {n} rows; expected one entry per row (a field is an "
             "aligned column that take / head / TopK cut with the rows)")
 
@@ -120,7 +129,7 @@ class Ranking:
             raise DataError(f"Ranking: {n} rows and {len(scores)} scores; expected one score per row")
         if self.fields:  # (else: a longer field survives TopK misaligned, a shorter one is TopK's IndexError)
             for key, col in self.fields.items():
-                if not hasattr(col, "__len__") or len(col) != n:
+                if not field_fits(col, n):
                     raise DataError(field_length_error("Ranking", key, col, n))
 
     def __len__(self) -> int:

@@ -285,3 +285,21 @@ def test_a_rewriters_tuple_of_texts_is_taken_by_a_sharded_retriever_as_by_bm25(c
     sharded = Pipeline([rw, Sharded(retriever={"bm25": {"k": 3}}, n_shards=2, k=3, backend="local")])
     assert [list(d) for d in sharded.fit(corpus).search(QUERIES).doc_ids] == [list(d) for d in plain]
     assert State(["a", "b"], values={"query_text": ("x", None)}).texts() == ["x", "b"]
+
+
+def test_a_0d_field_is_refused_in_words_at_the_ranking_and_at_the_step(corpus):
+    """hasattr(np.array(5), '__len__') is True: both checks raised numpy's 'len() of unsized object'."""
+    words = r"fields\['a'\] is a 0-d ndarray \(array\(5\)\), a single value for 1 rows; expected one entry per row"
+    with pytest.raises(DataError, match=rf"^Ranking: {words}"):
+        Ranking([1], [1.0], {"a": np.array(5)})
+
+    def call(self, s):
+        out = s.copy()
+        out.rankings = [Ranking(r.rows[:1], r.scores[:1]) for r in s.rankings]
+        for r in out.rankings:
+            r.fields["a"] = np.array(5)
+        return out
+
+    pipe = BM25(k=5) | _step("ZeroD", "reranker", call)
+    with pytest.raises(DataError, match=rf"ZeroD\._call \('s55_zerod'\) returned rankings\[0\]: {words}"):
+        pipe.fit(corpus).search(QUERIES)
