@@ -1180,7 +1180,7 @@ def route_label_problem_at(router: Operator | None, labels: Iterable[Any], has_d
                             f'as booleans and digits as numbers: quote the labels, e.g. "yes": [...] or "1": [...]')
     odd = path_unsafe(labels)
     if odd:  # a label is a part of every path under its branch: "a[0]" would name what "a"'s first step is
-        return "branches", (f"branch labels must be non-empty and hold no '.', '[' or ']' (they are parts of the "
+        return "branches", (f"branch labels must be non-blank and hold no '.', '[' or ']' (they are parts of the "
                             f"paths that name operators in errors, traces and saved pipelines), got {odd}")
     if router is None:
         return None

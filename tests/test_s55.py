@@ -66,3 +66,14 @@ def test_dense_add_names_the_row_of_a_nan_vector_as_given_after_blank_documents(
     vectors[2] = np.nan
     with pytest.raises(DataError, match=r"the first at row 2, document 'z'"):
         dense.add(Corpus.from_texts(["", "x y", "z w"], ids=["y", "x", "z"]), vectors=vectors)
+
+
+def test_a_blank_route_label_is_refused_as_blank():
+    """A route label ' ' was refused with "branch labels must be non-empty and hold no '.', '[' or ']'", which ' '
+    is and does: it says non-blank, as a parallel's branch names do."""
+    from ragkit.pipelines import Pipeline
+
+    with pytest.raises(ParamError, match="branch labels must be non-blank") as caught:
+        Pipeline.from_yaml("pipeline:\n  - route:\n      router: {rule_router: {default: ' '}}\n"
+                           "      branches:\n        ' ': [bm25]\n")
+    assert "got [' ']" in str(caught.value)
