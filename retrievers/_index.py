@@ -165,6 +165,44 @@ def _refuse_nonfinite(x: np.ndarray, say: Callable[[int, int], str], offset: int
                                n=len(x) if total is None else total)
 
 
+def grown_rows(rows: np.ndarray, new: np.ndarray, buf: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """``rows`` with ``new`` appended, as ``(view, buffer)``: a view of ``buf`` (the buffer an earlier call
+    returned; None: none yet) with room to spare, where ``rows`` is its head and it has room; else of a new buffer
+    a quarter larger than needed, ``rows`` copied in.  A stream of small appends so copies the rows ``O(log n)``
+    times, not once per call (at 100,000 f32 vectors a one-vector append copied 154 MB).  The new rows are
+    written past ``rows``' end: views handed out earlier (a published search view) keep their rows unchanged."""
+    n, m = len(rows), len(new)
+    ours = (buf is not None and rows.base is buf
+            and rows.__array_interface__["data"][0] == buf.__array_interface__["data"][0])
+    if buf is None or not ours or len(buf) < n + m or buf.dtype != new.dtype or buf.shape[1:] != new.shape[1:]:
+        buf = np.empty((n + m + max((n + m) // 4, 16), *new.shape[1:]), dtype=new.dtype)
+        buf[:n] = rows
+    buf[n:n + m] = new
+    return buf[:n + m], buf
+
+
+class RowBuffer:
+    """Where an operator's appended rows (document vectors) grow: :func:`grown_rows` into one buffer, used by the
+    rows that end where its last append ended (``end``) only, so an operator copied shallowly (sharing this
+    object) and edited apart gets a buffer of its own rather than writing over the other's rows.  Neither
+    pickled nor deep-copied: a copy starts empty (its rows are its own arrays then)."""
+
+    __slots__ = ("data", "end")
+
+    def __init__(self) -> None:
+        self.data: np.ndarray | None = None
+        self.end = 0
+
+    def __reduce__(self) -> tuple[type, tuple[()]]:
+        return (RowBuffer, ())
+
+    def append(self, rows: np.ndarray, new: np.ndarray) -> np.ndarray:
+        """``rows`` with ``new`` appended (:func:`grown_rows`): a view of this buffer, ``rows`` left as they are."""
+        grown, self.data = grown_rows(rows, new, self.data if self.end == len(rows) else None)
+        self.end = len(grown)
+        return grown
+
+
 def check_finite_vectors(x: np.ndarray, who: str, what: str) -> None:
     """:class:`NonFiniteVectors` (a DataError) naming ``who`` when a row of ``x`` ``(n, d)`` (``what`` vectors:
     query, document) holds NaN or inf: it would score nothing, or spoil a fit, silently."""
@@ -698,17 +736,8 @@ class VectorIndex:
         quarter more rows than needed are allocated when it is full, so a stream of small adds
         copies the codes ``O(log n)`` times instead of once per call (at 100,000 f32 vectors a one-vector
         add copied 154 MB).  Views handed out earlier keep their rows: later rows are written past them."""
-        codes = np.asarray(self.codes)
-        n, m = len(codes), len(new)
-        buf = getattr(self, "_codes_buf", None)
-        ours = (codes.base is buf and buf is not None and codes.__array_interface__["data"][0]
-                == buf.__array_interface__["data"][0])
-        if buf is None or not ours or len(buf) < n + m or buf.dtype != new.dtype or buf.shape[1:] != new.shape[1:]:
-            buf = np.empty((n + m + max((n + m) // 4, 16), *new.shape[1:]), dtype=new.dtype)
-            buf[:n] = codes
-            self._codes_buf = buf
-        buf[n:n + m] = new
-        return buf[:n + m]
+        grown, self._codes_buf = grown_rows(np.asarray(self.codes), new, getattr(self, "_codes_buf", None))
+        return grown
 
     def remove(self, slots: np.ndarray, *, compact_next: bool = False) -> None:
         """Mark slots deleted (tombstones).  An HNSW graph keeps their nodes, links and keys (searches skip
