@@ -111,18 +111,24 @@ class Ranking:
                                      f"{bad.item()!r}; are rows and scores swapped? Ranking(rows, scores)")
             if given.dtype.kind in "bUSO" and given.size:  # ids "3", "4" read as rows 3 and 4; a mask as rows 0/1
                 rows = int_positions(given, "Ranking: rows are corpus row numbers (integers)", _ROWS_HINT)
-        # read-only views (O(1); the caller's arrays stay writeable): a step that changed its input ranking in place
-        # and handed it back (r.scores *= -1) skipped every check of what it returns, and changed the ranking for
-        # every other holder of it (a Parallel's branches share their input); now it fails at its own line
-        rows = np.asarray(rows, dtype=np.int64).view()
-        scores = np.asarray(self.scores, dtype=np.float32).view()
+        # read-only (a read-only view of a writeable array, O(1): the caller's arrays stay writeable; a read-only
+        # one as it is, e.g. a slice of another ranking's, or of a flat array a helper made read-only once): a step
+        # that changed its input ranking in place and handed it back (r.scores *= -1) skipped every check of what it
+        # returns, and changed the ranking for every other holder of it (a Parallel's branches share their input);
+        # now it fails at its own line
+        rows = np.asarray(rows, dtype=np.int64)
+        scores = np.asarray(self.scores, dtype=np.float32)
         if rows.ndim != 1 or scores.ndim != 1:  # (else: errors far from here, e.g. TopK's or evaluate's)
             flat = scores.size == rows.size
             raise DataError(f"Ranking: expected rows and scores one-dimensional (one score per row), got rows of "
                             f"shape {rows.shape} and scores of shape {scores.shape}"
                             + ("; flatten them (e.g. scores.ravel())" if flat else ""))
-        rows.setflags(write=False)  # (setflags: half the time of flags.writeable = False, per ranking)
-        scores.setflags(write=False)
+        if rows.flags.writeable:  # (setflags: half the time of flags.writeable = False, per ranking)
+            rows = rows.view()
+            rows.setflags(write=False)
+        if scores.flags.writeable:
+            scores = scores.view()
+            scores.setflags(write=False)
         self.rows, self.scores = rows, scores
         n = len(rows)
         if len(scores) != n:  # (else: take / head / TopK fail with numpy's IndexError, naming no one)
@@ -149,7 +155,11 @@ class Ranking:
 
     def head(self, k: int) -> "Ranking":
         """The first ``k`` documents (fields follow); ``self`` itself when it holds ``k`` or fewer."""
-        return self if len(self) <= k else self.take(np.arange(k))
+        if len(self) <= k:
+            return self
+        # (slices: read-only views of read-only arrays, which the new Ranking takes as they are; fields copied, as
+        # take copies them: they are not read-only)
+        return Ranking(self.rows[:k], self.scores[:k], {n: np.array(v[:k]) for n, v in self.fields.items()})
 
     def equals(self, other: "Ranking") -> bool:
         """Whether both rank the same rows with the same scores, in the same order (``fields`` are not
