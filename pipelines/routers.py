@@ -449,6 +449,7 @@ class ScoreRouter(LearnedThreshold, Operator):
     #: routes on the rankings of the steps before its route: a route with no retriever before it is
     #: refused when the pipeline is built (:func:`~ragkit.pipelines._checks.unranked_router`)
     reads_rankings = True
+    unranked_hint = " (e.g. bm25), or route on the query text with rule_router"
     example = {"feature": "top1", "threshold": 20.0}
     #: okapi BM25's top scores on the conformance slice straddle 20 (8 of 12 queries above), where the default
     #: BM25's stay below it (the threshold stays 20.0: pipeline-file error hints quote this example)

@@ -449,7 +449,12 @@ def int_positions(arr: np.ndarray, what: str, hint: str = "") -> np.ndarray:
         if as_list.dtype.kind in "iu":
             return as_list.astype(np.int64, copy=False)
     flat = arr.reshape(-1)
-    such = f" values such as {flat[0] if arr.dtype == object else flat[0].item()!r}" if flat.size else ""
+    if arr.dtype == object:  # (the first value that is no integer, not the first value: [3, "d4"] names "d4")
+        shown = next((x for x in flat.tolist() if isinstance(x, bool) or not isinstance(x, (int, np.integer))),
+                     flat[0] if flat.size else None)
+    else:
+        shown = flat[0].item() if flat.size else None
+    such = f" values such as {shown!r}" if flat.size else ""
     raise DataError(f"{what}, got {arr.dtype}{such}{hint}")
 
 
@@ -474,5 +479,6 @@ def _as_rows(idx: Any, n: int, who: str = "rows") -> np.ndarray:
     rows = int_positions(arr, "rows must be integer positions (or a boolean mask)")
     if rows.max() >= n or rows.min() < -n:
         bad = int(rows.max()) if rows.max() >= n else int(rows.min())
-        raise DataError(f"row {bad} is out of range for {n} rows (valid: 0..{n - 1}, or -{n}..-1 from the end)")
+        valid = f"valid: 0..{n - 1}, or -{n}..-1 from the end" if n else "there are none"
+        raise DataError(f"row {bad} is out of range for {n} rows ({valid})")
     return rows

@@ -467,6 +467,10 @@ class Operator:
     #: (:func:`~ragkit.pipelines._checks.unranked_router`), not at its first search; a ``rewriter`` that sets
     #: it is accepted there in a loop's body, whose later iterations give it the previous one's rankings
     reads_rankings: ClassVar[bool] = False
+    #: What the message of a ``reads_rankings`` step called on a state without rankings adds after "put a retriever
+    #: before it" (a :class:`~ragkit.errors.DataError` of :meth:`__call__`): another way out where there is one,
+    #: as ``", or route on the query text with rule_router"`` for the score router
+    unranked_hint: ClassVar[str] = ""
     #: ``True`` on a retriever whose ``_call`` applies the metadata ``filter``: it keeps only the rows that
     #: :meth:`filter_mask` allows (or passes the filter on to a retriever that does, as ``sharded``).  A
     #: ``filter`` given to a retriever without it (``search(q, filter=...)``, or its own ``filter`` option) is
@@ -638,7 +642,7 @@ class Operator:
         # rewriter that reads them (prf) is given none on a loop's first iteration, and rewrites nothing then
         if state.rankings is None and self.reads_rankings and self.kind != "rewriter":
             raise DataError(f"{type(self).__name__} ({self.name!r}) works on the rankings of the steps before it; "
-                            "the state has none: put a retriever before it")
+                            f"the state has none: put a retriever before it{self.unranked_hint}")
         if self.kind == "retriever" and not self.applies_filter and state.options:
             refuse_unapplied_filter(self, state.options)
         with model_named(self.name):

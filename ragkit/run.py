@@ -517,8 +517,9 @@ class Run:
             at = int(np.flatnonzero((rows < 0) | (rows >= n_docs))[0])
             i = int(np.searchsorted(lens, at, side="right"))
             qid = query_ids[i] if i < len(query_ids) else i
+            valid = f"0..{n_docs - 1}" if n_docs else "there are none"
             raise DataError(f"Run.from_rankings: rankings[{i}] (query {qid!r}) holds row {int(rows[at])}, not a row "
-                            f"of the {n_docs:,} corpus ids given (0..{n_docs - 1}); a Ranking's rows are corpus row "
+                            f"of the {n_docs:,} corpus ids given ({valid}); a Ranking's rows are corpus row "
                             "numbers")
         ids = corpus_ids[rows] if rankings else corpus_ids[:0]
         return cls(

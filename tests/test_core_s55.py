@@ -326,3 +326,20 @@ def test_read_only_arrays_are_taken_as_they_are_and_no_callers_array_turns_read_
     new = np.full(5, 0.5, np.float32)
     cut = cut_prefix([r], np.array([2]), new_scores=new)
     assert cut[0].scores.tolist() == [0.5, 0.5] and not cut[0].scores.flags.writeable and new.flags.writeable
+
+
+def test_the_messages_say_what_is_so():
+    """int_positions named the first value (3), not the bad one; from_rankings over no corpus ids said
+    '(0..-1)'; the score router lost its 'or use rule_router' when the rule took over its message."""
+    from ragkit import Run, registry
+    from ragkit._checks import _as_rows
+    with pytest.raises(DataError, match=r"got object values such as 'd4'"):
+        Ranking(np.array([3, "d4"], object), [0.9, 0.1])
+    with pytest.raises(DataError, match=r"not a row of the 0 corpus ids given \(there are none\); a Ranking's"):
+        Run.from_rankings(["q"], [Ranking([0], [1.0])], np.array([], dtype=object))
+    with pytest.raises(DataError, match=r"^row 0 is out of range for 0 rows \(there are none\)$"):
+        _as_rows([0], 0)
+    router = registry.get("score_router")
+    with pytest.raises(DataError, match=r"the state has none: put a retriever before it \(e\.g\. bm25\), or route on "
+                                        r"the query text with rule_router$"):
+        router(**router.example)(State(["q"]))
