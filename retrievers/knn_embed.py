@@ -31,7 +31,7 @@ from pydantic import Field, model_validator
 from ragkit._cpus import thread_count
 from ragkit._saves import load_array, read_json, save_arrays, write_json
 from ragkit._topk import desc_order, topk_rows
-from ragkit.encoders import DEFAULT_MODEL, check_encoder_key, query_vectors, save_encoder_key, unit_rows
+from ragkit.encoders import DEFAULT_MODEL, Encoder, check_encoder_key, query_vectors, save_encoder_key, unit_rows
 from ragkit.encoders.sentence import encode_documents, encoder_label, encoder_vectors
 from ragkit.errors import ArtifactError, DataError, InputTypeError, ParamError
 from ragkit.operator import Operator, edited_during_search, is_prefix, searched_ids
@@ -338,10 +338,21 @@ class KnnEmbed(Operator):
             d = self.__dict__["_dense"] = Dense(k=self.params.k, model=self.params.model)
         return d
 
+    @property
+    def encoder(self) -> Encoder:
+        """The ``dense`` encoder (:attr:`Dense.encoder <ragkit.retrievers.dense.Dense.encoder>`), which encodes
+        this retriever's documents and queries."""
+        return self.dense.encoder
+
+    def _encode_docs(self, corpus: Corpus) -> np.ndarray:
+        """The vectors of ``corpus``'s documents by the ``dense`` encoder (fit, ``add``; what a LangChain
+        retriever's add encodes ahead of its edit, handed to ``add(vectors=...)``).  Checked: one 2-D float row per
+        document, else a DataError naming the encoder."""
+        enc = self.dense.encoder
+        return encode_documents(enc, corpus.full_texts, encoder_label(self.name, self.params.model, enc, "encode"))
+
     def _fit(self, corpus: Corpus, train: TrainSet | None, upstream: State | None) -> None:
-        enc = self.dense.encoder  # (checked: one 2-D float row per document, else a DataError naming the encoder)
-        self._fit_vectors(encode_documents(enc, corpus.full_texts,
-                                           encoder_label(self.name, self.params.model, enc, "encode")))
+        self._fit_vectors(self._encode_docs(corpus))
         self._vectors_given = False
 
     def fit_vectors(self, corpus: Corpus, vectors: np.ndarray) -> "KnnEmbed":
@@ -999,8 +1010,7 @@ class KnnEmbed(Operator):
                             f"{self.params.model!r} would cluster and score them in another space); give the new "
                             "documents' vectors of the fitted space: add(corpus, vectors=...)")
         if vectors is None:
-            enc = self.dense.encoder
-            new = encode_documents(enc, corpus.full_texts, encoder_label(self.name, self.params.model, enc, "encode"))
+            new = self._encode_docs(corpus)
         else:
             n = len(corpus)  # (no encoder ran: worded as the caller's vectors)
             new = encoder_vectors(vectors, n, "knn_embed.add: the vectors given", verb="are",

@@ -661,3 +661,48 @@ def test_an_add_appends_vectors_without_copying_them_all(hashing, which):
     again.add(new("z"), vectors=vb)
     np.testing.assert_allclose(op.vectors_[-1], va[0], atol=1e-6)
     assert len(again.vectors_) == 56 and len(op.vectors_) == 55
+
+
+@pytest.mark.parametrize("shape", ["dense|mmr", "knn_embed"])
+def test_langchain_add_encodes_once_before_the_edit(tmp_path, monkeypatch, shape):
+    """RagkitRetriever encoded ahead (outside the write lock searches wait on) for Dense only: Dense | MMR encoded
+    the new documents twice, MMR's inside the edit, and a knn_embed pipeline inside it.  Every step whose add takes
+    vectors= now gets them encoded ahead, one encoding per encoder key: one encode, none in the edit."""
+    from ragkit.encoders import HashingEncoder, register_encoder, unregister_encoder
+    from ragkit.filters.mmr import MMR
+    from ragkit.integrations.langchain import RagkitRetriever
+    from ragkit.pipelines import Pipeline
+    from ragkit.retrievers import Dense
+
+    monkeypatch.setenv("RAGKIT_CACHE", str(tmp_path / "cache"))
+    calls: list[tuple[int, bool]] = []
+    editing = [False]
+
+    class Spy(HashingEncoder):
+        def encode(self, texts, **kw):
+            calls.append((len(texts), editing[0]))
+            return super().encode(texts, **kw)
+
+    register_encoder("s55-spy", Spy(dim=32), replace=True)
+    try:
+        for cls in (Dense, MMR, KnnEmbed):
+            real = cls.add
+
+            def add(self, corpus, *, vectors=None, _real=real):
+                editing[0] = True
+                try:
+                    return _real(self, corpus, vectors=vectors)
+                finally:
+                    editing[0] = False
+
+            monkeypatch.setattr(cls, "add", add)
+        pipe = (Pipeline([Dense(model="s55-spy", k=10), MMR(model="s55-spy", k=5)]) if shape == "dense|mmr" else
+                KnnEmbed(model="s55-spy", k=5, n_clusters=3, n_init=1, collapse_at=1.0, weight_floor=0.0))
+        r = RagkitRetriever.from_texts(_TEXTS, pipeline=pipe, k=5)
+        calls.clear()
+        r.add_texts(["new cell protein text", "new river water text"], ids=["n1", "n2"])
+        assert calls == [(2, False)], calls
+        got = r.invoke("new cell protein text")
+        assert got[0].id == "n1"
+    finally:
+        unregister_encoder("s55-spy")

@@ -987,14 +987,20 @@ class RagkitRetriever(BaseRetriever):
 
     def _encode_ahead(self, new: Corpus) -> dict[int, tuple[Any, Any, np.ndarray]]:
         """Encode ``new``'s documents before the edit, which searches wait for: for every fitted dense retriever
-        (:class:`~ragkit.retrievers.Dense`) of the pipeline its vectors, returned as ``{id(leaf): (leaf, its
-        encoder, vectors)}`` for :meth:`_edit` to hand to its ``add``; for another retriever with an encoder
-        that keeps an embedding cache (``cache_enabled`` true and an ``encode``), into that cache, which its
-        ``add`` reads.  Any other encodes them in the edit (under the lock)."""
+        (:class:`~ragkit.retrievers.Dense`) of the pipeline, and every other fitted step that encodes documents
+        (``_encode_docs``, an ``encoder``) and whose ``add`` takes ``vectors=`` (MMR, kNN-Embed; not one fitted on
+        given vectors), its vectors, returned as ``{id(leaf): (leaf, its encoder, vectors)}`` for :meth:`_edit` to
+        hand to its ``add``; steps of one encoder key share one encoding (a step other than Dense takes the first
+        of its key: its add makes the rows unit length itself).  For another retriever with an encoder that keeps
+        an embedding cache (``cache_enabled`` true and an ``encode``), into that cache, which its ``add`` reads.
+        Any other encodes them in the edit (under the lock)."""
+        import inspect
+
         from ragkit.pipelines.yaml import walk_leaves
         from ragkit.retrievers import Dense
 
         ahead: dict[int, tuple[Any, Any, np.ndarray]] = {}
+        by_key: dict[Any, np.ndarray] = {}  # encoder key -> the documents' vectors by it
         for _, leaf in walk_leaves(self.pipeline):
             if getattr(leaf, "corpus_", None) is None or id(leaf) in ahead:
                 continue
@@ -1003,8 +1009,24 @@ class RagkitRetriever(BaseRetriever):
                 vecs = leaf._encode_docs(new)
                 leaf._fresh(vecs)  # (drops the note: the vectors are handed to add, which never takes them over)
                 ahead[id(leaf)] = (leaf, encoder, vecs)
+                by_key.setdefault(getattr(encoder, "key", None), vecs)
                 continue
-            enc = getattr(leaf, "encoder", None) if callable(getattr(leaf, "_encode_docs", None)) else None
+            encode_docs = getattr(leaf, "_encode_docs", None)
+            enc = getattr(leaf, "encoder", None) if callable(encode_docs) else None
+            add = getattr(leaf, "add", None)
+            try:
+                takes = callable(add) and "vectors" in inspect.signature(add).parameters
+            except (TypeError, ValueError):  # (no signature to read: encoded in the edit)
+                takes = False
+            if enc is not None and callable(encode_docs) and takes and not getattr(leaf, "_vectors_given", False):
+                key = getattr(enc, "key", None)
+                shared = by_key.get(key) if key is not None else None
+                if shared is None:
+                    shared = encode_docs(new)
+                    if key is not None:
+                        by_key[key] = shared
+                ahead[id(leaf)] = (leaf, enc, shared)
+                continue
             encode = getattr(enc, "encode", None)
             if getattr(enc, "cache_enabled", False) is True and callable(encode):
                 encode(new.full_texts)
