@@ -27,7 +27,7 @@ from ragkit._flat import (
 )
 from ragkit._saves import load_array, read_json, save_arrays, saved_fit_report, write_json
 from ragkit.encoders import DEFAULT_MODEL, check_encoder_key, get_encoder, query_vectors, save_encoder_key
-from ragkit.errors import ArtifactError, DataError, InputTypeError
+from ragkit.errors import ArtifactError, DataError
 from ragkit.operator import Operator
 from ragkit.options import PARAM, count_option
 from ragkit.params import ModelName, Params, Seed
@@ -839,12 +839,7 @@ class CosineAdapter(Operator):
         """Follow documents added to the retriever before it (no refit): the adapter holds nothing per
         document, so only the corpus it belongs to grows.  Ids already held are a :class:`DataError`."""
         self._check_fitted()
-        if not isinstance(corpus, Corpus):
-            raise InputTypeError(f"cosine_adapter.add expects a ragkit Corpus, got {type(corpus).__name__}")
-        dup = self.corpus_.held_ids(corpus)
-        if dup:
-            raise DataError(f"cosine_adapter.add: {len(dup)} document ids are already held (e.g. {sorted(dup)[:3]}); "
-                            "remove them first")
+        self.corpus_.check_addable(corpus, "cosine_adapter.add", "held")
         if len(corpus):
             self.corpus_ = self.corpus_.concat(corpus, "cosine_adapter.add")
         return self

@@ -26,7 +26,7 @@ from ragkit.encoders import (
     unit_rows,
 )
 from ragkit.encoders.sentence import encode_documents, encoder_label, encoder_vectors
-from ragkit.errors import DataError, InputTypeError
+from ragkit.errors import DataError
 from ragkit.filters.cutoffs import cut_k
 from ragkit.operator import Operator, edited_during_search, is_prefix, searched_ids
 from ragkit.options import PARAM, count_option
@@ -306,12 +306,7 @@ class MMR(Operator):
         order (``None``: encoded here).  Ids already held, another number of rows or another width than the
         fitted vectors', NaN or infinite values are a :class:`DataError`; nothing changes then."""
         self._check_fitted()
-        if not isinstance(corpus, Corpus):
-            raise InputTypeError(f"mmr.add expects a ragkit Corpus, got {type(corpus).__name__}")
-        dup = self.corpus_.held_ids(corpus)
-        if dup:
-            raise DataError(f"mmr.add: {len(dup)} document ids are already held (e.g. {sorted(dup)[:3]}); "
-                            "remove them first")
+        self.corpus_.check_addable(corpus, "mmr.add", "held")
         if not len(corpus):
             return self
         joined = self.corpus_.concat(corpus, "mmr.add")  # (a metadata value of another kind: refused before edits)

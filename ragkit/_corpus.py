@@ -920,6 +920,18 @@ class Corpus:
         lut = self._lookup()
         return [d for d in other.ids.tolist() if d in lut]
 
+    def check_addable(self, other: Any, who: str, held: str = "indexed") -> None:
+        """What an operator's ``add`` checks before any work: ``other`` is a :class:`Corpus` (else an
+        :class:`~ragkit.errors.InputTypeError`) holding no id this corpus holds (else a :class:`DataError`:
+        ``"dense.add: 2 document ids are already indexed (e.g. ['a', 'b']); remove them first"``; ``who``
+        names the operator's method, ``held`` how it holds documents)."""
+        if not isinstance(other, Corpus):
+            raise InputTypeError(f"{who} expects a ragkit Corpus, got {type(other).__name__}")
+        dup = self.held_ids(other)  # (the cached {id: row}: the new ids only are looked up)
+        if dup:
+            raise DataError(f"{who}: {len(dup)} document ids are already {held} (e.g. {sorted(dup)[:3]}); "
+                            "remove them first")
+
     def concat(self, other: "Corpus", who: str = "Corpus.concat") -> "Corpus":
         """This corpus followed by ``other`` (metadata fields missing on one side become ``None``).
 

@@ -65,7 +65,7 @@ from ragkit._checks import refuse_one_text
 from ragkit._cpus import thread_count
 from ragkit._saves import load_array, read_json, save_arrays, write_json
 from ragkit._topk import group_positions, rankings_from_matrix, topk_rows
-from ragkit.errors import DataError, InputTypeError, ParamError, some_ids
+from ragkit.errors import DataError, ParamError, some_ids
 from ragkit.operator import Operator, edited_during_search, is_prefix, searched_ids
 from ragkit.options import PARAM
 from ragkit.params import MetadataFilter, Params
@@ -1335,14 +1335,10 @@ class BM25(Operator):
         recomputed, so the result equals a fit on the union of the two corpora.
         """
         self._check_fitted()
-        if not isinstance(corpus, Corpus):
-            raise InputTypeError(f"bm25.add expects a ragkit Corpus, got {type(corpus).__name__}")
+        self.corpus_.check_addable(corpus, "bm25.add")
         if getattr(self, "collection_", None) is not None:
             raise DataError("bm25.add: this index scores with collection statistics set from outside "
                             "(set_collection, a shard of Sharded); refit the whole collection instead")
-        dup = self.corpus_.held_ids(corpus)  # (the corpus's cached {id: row}: the new ids only are looked up)
-        if dup:
-            raise DataError(f"bm25.add: {len(dup)} document ids are already indexed, e.g. {min(dup)!r}")
         joined = self.corpus_.concat(corpus, "bm25.add")  # (refuses a metadata value of another kind: before edits)
         s2i = self.__dict__.get("_s2i")
         # C-level copies (atomic under the GIL): a search on another thread adds to both as it goes, and

@@ -24,7 +24,7 @@ from ragkit._topk import rankings_from_matrix
 from ragkit.encoders import DEFAULT_MODEL, Encoder, check_encoder_key, get_encoder, query_vectors, save_encoder_key
 from ragkit.encoders.adapt import AdaptConfig, TunedEncoderMixin
 from ragkit.encoders.sentence import encoder_label, encoder_vectors, unit_rows
-from ragkit.errors import ArtifactError, DataError, InputTypeError, ParamError, some_ids
+from ragkit.errors import ArtifactError, DataError, ParamError, some_ids
 from ragkit.operator import Operator, edited_during_search, is_prefix, searched_ids
 from ragkit.options import PARAM, positive_k
 from ragkit.params import FieldRefusal, MetadataFilter, Metric, ModelName, Params, VectorDtype, shown, update_params
@@ -602,12 +602,7 @@ class Dense(TunedEncoderMixin, Operator):
         encoded here.  Another number of rows, or a width other than the index's, is a :class:`DataError`."""
         self._check_fitted()
         self._sync_index()  # (its threads, expansion_add, reorder: the params' own)
-        if not isinstance(corpus, Corpus):
-            raise InputTypeError(f"dense.add expects a ragkit Corpus, got {type(corpus).__name__}")
-        dup = self.corpus_.held_ids(corpus)  # (the corpus's cached {id: row}: the new ids only are looked up)
-        if dup:
-            raise DataError(f"dense.add: {len(dup)} document ids are already indexed (e.g. {sorted(dup)[:3]}); "
-                            f"remove them first")
+        self.corpus_.check_addable(corpus, "dense.add")
         if not len(corpus):
             return self
         blank = corpus.blank  # (before the concat, which carries it over to the joined corpus)

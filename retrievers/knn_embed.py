@@ -33,7 +33,7 @@ from ragkit._saves import load_array, read_json, save_arrays, write_json
 from ragkit._topk import desc_order, topk_rows
 from ragkit.encoders import DEFAULT_MODEL, Encoder, check_encoder_key, query_vectors, save_encoder_key, unit_rows
 from ragkit.encoders.sentence import encode_documents, encoder_label, encoder_vectors
-from ragkit.errors import ArtifactError, DataError, InputTypeError, ParamError
+from ragkit.errors import ArtifactError, DataError, ParamError
 from ragkit.operator import Operator, edited_during_search, is_prefix, searched_ids
 from ragkit.options import filter_option
 from ragkit.params import FieldRefusal, MetadataFilter, ModelName, Params, Seed, update_params
@@ -995,12 +995,7 @@ class KnnEmbed(Operator):
         then.  Many documents added far from the fitted ones (a new topic) are not clustered apart as a refit
         would: refit then."""
         self._check_fitted()
-        if not isinstance(corpus, Corpus):
-            raise InputTypeError(f"knn_embed.add expects a ragkit Corpus, got {type(corpus).__name__}")
-        dup = self.corpus_.held_ids(corpus)
-        if dup:
-            raise DataError(f"knn_embed.add: {len(dup)} document ids are already indexed (e.g. {sorted(dup)[:3]}); "
-                            "remove them first")
+        self.corpus_.check_addable(corpus, "knn_embed.add")
         if not len(corpus):
             return self
         joined = self.corpus_.concat(corpus, "knn_embed.add")  # (a metadata value of another kind: before edits)
