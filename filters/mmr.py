@@ -25,7 +25,7 @@ from ragkit.encoders import (
     save_encoder_key,
     unit_rows,
 )
-from ragkit.encoders.sentence import encode_documents, encoder_label, encoder_vectors
+from ragkit.encoders.sentence import encode_documents, encoder_label, given_document_vectors
 from ragkit.errors import DataError
 from ragkit.filters.cutoffs import cut_k
 from ragkit.operator import Operator, edited_during_search, is_prefix, searched_ids
@@ -312,12 +312,8 @@ class MMR(Operator):
         joined = self.corpus_.concat(corpus, "mmr.add")  # (a metadata value of another kind: refused before edits)
         if vectors is None:
             new = self._encode_docs(corpus)
-        else:  # (no encoder ran: worded as the caller's vectors)
-            n = len(corpus)
-            new = unit_rows(encoder_vectors(vectors, n, "mmr.add: the vectors given", verb="are",
-                                            texts="document" if n == 1 else "documents",
-                                            expected=f"expected one vector per document, in the corpus's order, a "
-                                                     f"2-D float array of shape ({n}, dim)"))
+        else:
+            new = unit_rows(given_document_vectors(vectors, len(corpus), "mmr.add"))
         v = np.asarray(self.vectors_)
         if new.shape[1] != v.shape[1]:
             raise DataError(f"mmr.add: the new documents' vectors have {new.shape[1]} dimensions, the fitted ones "

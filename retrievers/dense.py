@@ -23,7 +23,7 @@ from ragkit._files import first_time
 from ragkit._topk import rankings_from_matrix
 from ragkit.encoders import DEFAULT_MODEL, Encoder, check_encoder_key, get_encoder, query_vectors, save_encoder_key
 from ragkit.encoders.adapt import AdaptConfig, TunedEncoderMixin
-from ragkit.encoders.sentence import encoder_label, encoder_vectors, unit_rows
+from ragkit.encoders.sentence import encoder_label, encoder_vectors, given_document_vectors, unit_rows
 from ragkit.errors import ArtifactError, DataError, ParamError, some_ids
 from ragkit.operator import Operator, edited_during_search, is_prefix, searched_ids
 from ragkit.options import PARAM, positive_k
@@ -611,7 +611,7 @@ class Dense(TunedEncoderMixin, Operator):
             vecs = self._encode_docs(corpus)
             self._fresh(vecs)  # (drops the note: add never takes the array over)
         else:  # (ragged rows, text, another shape: the encoders' check; the width: the index's, VectorIndex.add)
-            vecs = encoder_vectors(vectors, len(corpus), f"{self.name}.add: vectors")
+            vecs = given_document_vectors(vectors, len(corpus), f"{self.name}.add")
         if blank.any():  # a blank document is never found: not indexed, slot -1
             vecs = vecs[~blank]
         try:

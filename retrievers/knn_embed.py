@@ -32,7 +32,7 @@ from ragkit._cpus import thread_count
 from ragkit._saves import load_array, read_json, save_arrays, write_json
 from ragkit._topk import desc_order, topk_rows
 from ragkit.encoders import DEFAULT_MODEL, Encoder, check_encoder_key, query_vectors, save_encoder_key, unit_rows
-from ragkit.encoders.sentence import encode_documents, encoder_label, encoder_vectors
+from ragkit.encoders.sentence import encode_documents, encoder_label, given_document_vectors
 from ragkit.errors import ArtifactError, DataError, ParamError
 from ragkit.operator import Operator, edited_during_search, is_prefix, searched_ids
 from ragkit.options import filter_option
@@ -1007,11 +1007,7 @@ class KnnEmbed(Operator):
         if vectors is None:
             new = self._encode_docs(corpus)
         else:
-            n = len(corpus)  # (no encoder ran: worded as the caller's vectors)
-            new = encoder_vectors(vectors, n, "knn_embed.add: the vectors given", verb="are",
-                                  texts="document" if n == 1 else "documents",
-                                  expected=f"expected one vector per document, in the corpus's order, a 2-D float "
-                                           f"array of shape ({n}, dim)")
+            new = given_document_vectors(vectors, len(corpus), "knn_embed.add")
         new = unit_rows(new)
         v = np.asarray(self.vectors_)
         if new.shape[1] != v.shape[1]:

@@ -112,7 +112,7 @@ def test_dense_add_takes_vectors_encoded_ahead_and_checks_their_shape(monkeypatc
     corpus = Corpus.from_texts(["a cat", "a dog"], ids=["a", "b"])
     dense = Dense(model="s54-fake", search="exact").fit(corpus)
     new = Corpus.from_texts(["a bird", "a fish"], ids=["c", "d"])
-    with pytest.raises(DataError, match=r"^dense\.add: vectors returned 1 vectors for 2 texts;.*\(2, dim\)"):
+    with pytest.raises(DataError, match=r"^dense\.add: the vectors given are 1 vectors for 2 documents;.*\(2, dim\)"):
         dense.add(new, vectors=np.zeros((1, 16), np.float32))
     assert dense.corpus_.ids.tolist() == ["a", "b"]
     dense.add(new, vectors=dense._encode_docs(new))

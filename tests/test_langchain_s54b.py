@@ -208,9 +208,9 @@ def _fitted_dense(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
 
 
 @pytest.mark.parametrize("vectors, said", [
-    ([[1.0] * 16, [1.0] * 15], r"^dense\.add: vectors returned a list that is no array of numbers \(vectors of "
+    ([[1.0] * 16, [1.0] * 15], r"^dense\.add: the vectors given are a list that is no array of numbers \(vectors of "
                                r"lengths \[15, 16\]\)"),
-    (np.array([["x"] * 16] * 2), r"^dense\.add: vectors returned an array of <U1 values"),
+    (np.array([["x"] * 16] * 2), r"^dense\.add: the vectors given are an array of <U1 values"),
 ])
 def test_dense_add_refuses_vectors_of_no_numbers(tmp_path, monkeypatch, vectors, said):
     dense = _fitted_dense(tmp_path, monkeypatch)

@@ -1124,6 +1124,17 @@ def encoder_vectors(raw: Any, n: int, who: str, *, verb: str = "returned", texts
         raise DataError(f"{who} {verb} an array of objects that are not all numbers ({e}); {expected}") from None
 
 
+def given_document_vectors(vectors: Any, n: int, who: str) -> np.ndarray:
+    """Document vectors a caller gave an operator's ``add`` (``vectors=``) for ``n`` documents, checked as
+    :func:`encoder_vectors` checks an encoder's output, and worded as given (no encoder ran): ``"dense.add: the
+    vectors given are 2 vectors for 1 document; expected one vector per document, in the corpus's order, ..."``;
+    ``who`` names the method."""
+    return encoder_vectors(vectors, n, f"{who}: the vectors given", verb="are",
+                           texts="document" if n == 1 else "documents",
+                           expected=f"expected one vector per document, in the corpus's order, a 2-D float array of "
+                                    f"shape ({n}, dim)")
+
+
 def _row_lengths(raw: Any) -> list[int] | None:
     """The distinct lengths of the rows of ``raw``, sorted, when it is a list or tuple of rows of more than one length
     (ragged vectors: said as ``[7, 8]`` rather than numpy's message); else ``None``."""
