@@ -219,6 +219,9 @@ class MMR(Operator):
         and ``vectors_`` (the corpus first: a search that took the view before reads a corpus that holds its rows
         after an add, and is refused after a remove, :meth:`checked_view`)."""
         self._view = _MMRView(self.corpus_, self.vectors_)
+        buffer = self.__dict__.get("_rows")
+        if buffer is not None:
+            buffer.keep_only(self.vectors_)
 
     def _search_view(self) -> _MMRView | None:
         """The state searches read (published by each edit; made from the attributes for an object pickled before

@@ -202,6 +202,12 @@ class RowBuffer:
         self.end = len(grown)
         return grown
 
+    def keep_only(self, rows: np.ndarray) -> None:
+        """Let the buffer go unless ``rows`` (the operator's vectors now) are its view: after a remove, a refit or a
+        load, the rows live in an array of their own, and the buffer (1.25x the vectors) held dead memory."""
+        if self.data is not None and rows.base is not self.data:
+            self.data, self.end = None, 0
+
 
 def check_finite_vectors(x: np.ndarray, who: str, what: str) -> None:
     """:class:`NonFiniteVectors` (a DataError) naming ``who`` when a row of ``x`` ``(n, d)`` (``what`` vectors:

@@ -34,7 +34,7 @@ from ragkit._topk import desc_order, topk_rows
 from ragkit.encoders import DEFAULT_MODEL, Encoder, check_encoder_key, query_vectors, save_encoder_key, unit_rows
 from ragkit.encoders.sentence import encode_documents, encoder_label, given_document_vectors
 from ragkit.errors import ArtifactError, DataError, ParamError
-from ragkit.operator import Operator, edited_during_search, is_prefix, searched_ids
+from ragkit.operator import Operator, edited_during_search, is_prefix, restored_on_failure, searched_ids
 from ragkit.options import filter_option
 from ragkit.params import FieldRefusal, MetadataFilter, ModelName, Params, Seed, update_params
 from ragkit.registry import register
@@ -372,9 +372,10 @@ class KnnEmbed(Operator):
                 filter_option(self, self.params.filter, corpus)
             except (TypeError, ValueError) as e:
                 raise ParamError(f"{self.name}.filter: {e}", path=f"{self.name}.filter") from None
-        self.corpus_ = corpus
-        self._fit_vectors(vectors)
-        self._vectors_given = True  # (an add must give vectors of this space too)
+        with restored_on_failure([self]):  # (refused vectors leave the earlier fit whole, as Operator.fit does)
+            self.corpus_ = corpus
+            self._fit_vectors(vectors)
+            self._vectors_given = True  # (an add must give vectors of this space too)
         return self
 
     def _fit_vectors(self, vecs: np.ndarray) -> None:
@@ -479,6 +480,10 @@ class KnnEmbed(Operator):
         corpus: Any = self.__dict__.get("corpus_")  # (set before: fit, fit_vectors, load, an edit's copy)
         self._view = _KnnView(corpus, self.vectors_, labels, self.__dict__.get("_blank"), order, starts, members,
                               sizes)
+        self.__dict__.pop("_parts", None)  # (the earlier view's per-cluster copies: a search still on it rebuilds them)
+        buffer = self.__dict__.get("_rows")
+        if buffer is not None:
+            buffer.keep_only(self.vectors_)
 
     def _search_view(self) -> _KnnView | None:
         """The state searches read (:class:`_KnnView`, published by each edit; built from the attributes for an
@@ -586,8 +591,8 @@ class KnnEmbed(Operator):
         n = len(view.labels)
         mask, found = self._found(None, view)  # (the blank documents: never found, they neither vote nor count)
         sizes = found if sizes is None else np.asarray(sizes)
-        if sizes.shape != (len(self.centroids_),):
-            raise DataError(f"knn_embed.mixture: sizes has shape {sizes.shape}, expected ({len(self.centroids_)},): "
+        if sizes.shape != view.sizes.shape:
+            raise DataError(f"knn_embed.mixture: sizes has shape {sizes.shape}, expected {view.sizes.shape}: "
                             "the documents per cluster")
         if s is not None:
             n_q = len(np.atleast_2d(np.asarray(q)))
@@ -642,7 +647,7 @@ class KnnEmbed(Operator):
         mask = self._unfound(filter_mask, view.blank)
         if mask is None:
             return None, view.sizes
-        return mask, np.bincount(np.asarray(view.labels)[mask], minlength=len(self.centroids_))
+        return mask, np.bincount(np.asarray(view.labels)[mask], minlength=len(view.sizes))  # (the view's clusters)
 
     def _mixture(self, s: np.ndarray, top: tuple[np.ndarray, np.ndarray] | None,
                  sizes: np.ndarray, labels: np.ndarray) -> dict[str, np.ndarray]:
@@ -650,7 +655,7 @@ class KnnEmbed(Operator):
         documents of cluster ``labels``."""
         p = self.params
         n_q, n = s.shape
-        c = len(self.centroids_)
+        c = len(sizes)  # (the clusters of the view searched: a refit meanwhile may have others)
         labels = np.asarray(labels)
         m = min(p.n_neighbors, n)
         rows, sc = top if top is not None else topk_rows(s, self._depth(n))
@@ -1049,6 +1054,7 @@ class KnnEmbed(Operator):
         # what searches read, in one assignment, last (the corpus first: a search that took the view before reads a
         # corpus that holds its rows after an add, and is refused after a remove, checked_view)
         self._view = edited._view
+        self.__dict__.pop("_parts", None)
 
     # ------------------------------------------------------------------ persistence
     def _save(self, folder: Path) -> None:

@@ -77,3 +77,85 @@ def test_a_blank_route_label_is_refused_as_blank():
         Pipeline.from_yaml("pipeline:\n  - route:\n      router: {rule_router: {default: ' '}}\n"
                            "      branches:\n        ' ': [bm25]\n")
     assert "got [' ']" in str(caught.value)
+
+
+# ---------------------------------------------------------------------- knn_embed / mmr edits: the re-review's four
+def _knn_vectors(n: int = 120, d: int = 16) -> tuple[Corpus, np.ndarray]:
+    rng = np.random.default_rng(0)
+    truth = np.repeat(np.arange(4), n // 4)
+    vecs = (np.eye(d)[truth] + 0.05 * rng.standard_normal((n, d))).astype(np.float32)
+    return Corpus.from_texts([f"d{i}" for i in range(n)], ids=[f"d{i}" for i in range(n)]), vecs
+
+
+def test_a_refused_knn_embed_refit_leaves_the_earlier_fit_whole():
+    """fit_vectors set corpus_ before its vectors were refused (NaN): the corpus was the refused one's beside the
+    earlier vectors, every search said 'the index was edited during the search' and a later add misaligned."""
+    from ragkit.errors import DataError
+    from ragkit.retrievers.knn_embed import KnnEmbed
+    from ragkit.types import State
+
+    corpus, vecs = _knn_vectors()
+    k = KnnEmbed(k=5, n_clusters=4, min_cluster_size=2).fit_vectors(corpus, vecs)
+    q = State(["q"], vectors={k.dense.encoder.key: vecs[:1]})
+    before = k(q).rankings[0].rows.tolist()
+    bad = vecs[:30].copy()
+    bad[3, 2] = np.nan
+    with pytest.raises(DataError, match="NaN"):
+        k.fit_vectors(corpus.subset(np.arange(30)), bad)
+    assert len(k.corpus_) == len(k.vectors_) == 120
+    assert k(q).rankings[0].rows.tolist() == before
+
+
+@pytest.mark.parametrize("search", ["auto", "partitioned", "masked"])
+def test_a_knn_embed_search_pinned_before_a_refit_reads_its_own_clusters(search):
+    """A search pinned on a view read the live centroids' count: a refit to another number of clusters meanwhile
+    made it fail (numpy's 'cannot reshape array of size 4 into shape (1,2)').  It answers from its own view."""
+    from ragkit.operator import pinned_view
+    from ragkit.pipelines._compose import _TRACE_IDS
+    from ragkit.retrievers.knn_embed import KnnEmbed
+    from ragkit.types import State
+
+    corpus, vecs = _knn_vectors()
+    k = KnnEmbed(k=10, n_clusters=4, min_cluster_size=2, search=search).fit_vectors(corpus, vecs)
+    q = np.eye(16, dtype=np.float32)[[1]] + np.eye(16, dtype=np.float32)[[3]]
+    st = State(["q"], vectors={k.dense.encoder.key: q / np.linalg.norm(q)})
+    before = k(st).rankings[0].rows.tolist()
+    with pinned_view(k):
+        token = _TRACE_IDS.set(corpus.ids)
+        try:
+            k.params = k.params.model_copy(update={"n_clusters": 2})
+            k.fit_vectors(corpus, vecs)
+            assert k(st).rankings[0].rows.tolist() == before
+        finally:
+            _TRACE_IDS.reset(token)
+
+
+def test_an_edit_lets_go_of_dead_buffers_and_per_cluster_copies(tmp_path, monkeypatch):
+    """After a remove (or a refit), MMR's and knn_embed's append buffer (1.25x the vectors) stayed alive beside the
+    new rows until the next add, and knn_embed kept the earlier view's per-cluster copies until the next partitioned
+    search (4x the vectors at its peak)."""
+    from ragkit.encoders.custom import HashingEncoder, register_encoder
+    from ragkit.filters.mmr import MMR
+    from ragkit.retrievers.knn_embed import KnnEmbed
+    from ragkit.types import State
+
+    monkeypatch.setenv("RAGKIT_CACHE", str(tmp_path))
+    register_encoder("s55-h32", HashingEncoder(dim=32), replace=True)
+    corpus = Corpus.from_texts([f"document {i} about topic {i % 7}" for i in range(200)],
+                               ids=[f"d{i}" for i in range(200)])
+    extra = Corpus.from_texts(["extra one"], ids=["x1"])
+    m = MMR(model="s55-h32").fit(corpus)
+    m.add(extra)
+    assert m._rows.data is not None and m.vectors_.base is m._rows.data
+    m.remove(["x1"])
+    assert m._rows.data is None
+    k = KnnEmbed(model="s55-h32", k=5, n_clusters=4, search="partitioned").fit(corpus)
+    k._part(k._view, 0)  # (what a partitioned search builds on its first mixed query)
+    assert k.__dict__.get("_parts") is not None
+    k.add(extra)
+    assert k.__dict__.get("_parts") is None and k._rows.data is not None
+    k.remove(["x1"])
+    assert k._rows.data is None
+    assert k(State(["topic 3"])).rankings[0].rows.tolist() == \
+        KnnEmbed(model="s55-h32", k=5, n_clusters=4, search="partitioned").fit(corpus)(State(["topic 3"])) \
+        .rankings[0].rows.tolist()
