@@ -64,8 +64,9 @@ class MaxSim(TokenOperatorMixin, Operator):
 
     def _call(self, state: State) -> State:
         out = state.copy()
-        if state.rankings is None or len(state) == 0:
+        if len(state) == 0:  # (no rankings: Operator.__call__ refuses them, as for every step that reads them)
             return out
+        assert state.rankings is not None
         rows = pad_rows(state.rankings, max(map(len, state.rankings), default=0), -1)[0]  # (-1 past a shorter one)
         if rows.shape[1] == 0:
             return out

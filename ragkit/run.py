@@ -149,10 +149,12 @@ def trec_head(docs: Mapping[str, float], k: int) -> list[tuple[str, float]]:
     return trec_order({keys[i]: docs[keys[i]] for i in np.flatnonzero(s32 >= kth)})[:k]
 
 
-def _check_unique(qid: str, docs: np.ndarray, where: str) -> None:
-    """trec_eval refuses a document retrieved twice for one query: so does ragkit."""
-    if len(docs) > 1 and len(set(docs.tolist())) != len(docs):
-        dup = repeated(docs.tolist())[0]
+def _check_unique(qid: str, docs: np.ndarray | list[str], where: str) -> None:
+    """trec_eval refuses a document retrieved twice for one query: so does ragkit.  ``docs``: the query's ids, a
+    list where the caller has one (a set of them is built in C)."""
+    ids = docs.tolist() if isinstance(docs, np.ndarray) else docs
+    if len(ids) > 1 and len(set(ids)) != len(ids):
+        dup = repeated(ids)[0]
         raise DataError(f"{where}: query {qid!r} retrieves document {dup!r} more than once; expected each "
                         "document at most once per query (trec_eval refuses duplicates)")
 
@@ -664,9 +666,8 @@ class Run:
         if not n:
             return
         per_query = [d.tolist() for d in self.doc_ids]
-        for q, d, ids in zip(self.query_ids, self.doc_ids, per_query):  # (a set per query, built in C: read_trec
-            if len(ids) > 1 and len(set(ids)) != len(ids):  # refuses a document twice, as to_dict does)
-                _check_unique(q, d, "Run.write_trec" if checked else "Run.to_trec")
+        for q, ids in zip(self.query_ids, per_query):  # (read_trec refuses a document twice, as to_dict does)
+            _check_unique(q, ids, "Run.write_trec" if checked else "Run.to_trec")
         docs = np.empty(n, dtype=object)
         docs[:] = list(chain.from_iterable(per_query))
         scores = np.concatenate([np.asarray(s) for s in self.scores])
