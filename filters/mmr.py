@@ -232,8 +232,7 @@ class MMR(Operator):
         return view
 
     def _call(self, state: State) -> State:
-        if state.rankings is None:
-            raise DataError("mmr: the state has no rankings; put a retriever before the MMR reranker")
+        assert state.rankings is not None  # (Operator.__call__ refuses a state without them)
         # the vectors of the rows the search maps, taken when it began (a pipeline's search pins them before it
         # reads the corpus): an edit on another thread meanwhile publishes another view
         view: _MMRView = self.checked_view()
