@@ -917,7 +917,8 @@ class RagkitRetriever(BaseRetriever):
                             f"{held.ids[dup[0]]!r}; delete them first, or give other ids")
         if held is not None:  # (unlocked, before the encoding: checked again under the lock)
             check_added_kinds(new, where, held)
-        _edited_leaves(self.pipeline, "add", where)  # (a pipeline that cannot add: refused before the encoding)
+        # (a pipeline that cannot add, or a step fitted on given vectors: refused before the encoding)
+        _edited_leaves(self.pipeline, "add", where, len(new))
         ahead = self._encode_ahead(new)  # the slow part, before searches wait for the edit
         with self._editing() as pipe:  # the check and the edit as one (two adds of one id: the second is refused)
             held = _corpus_of(pipe)
@@ -986,31 +987,27 @@ class RagkitRetriever(BaseRetriever):
                     return
 
     def _encode_ahead(self, new: Corpus) -> dict[int, tuple[Any, Any, np.ndarray]]:
-        """Encode ``new``'s documents before the edit, which searches wait for: for every fitted dense retriever
-        (:class:`~ragkit.retrievers.Dense`) of the pipeline, and every other fitted step that encodes documents
-        (``_encode_docs``, an ``encoder``) and whose ``add`` takes ``vectors=`` (MMR, kNN-Embed; not one fitted on
-        given vectors), its vectors, returned as ``{id(leaf): (leaf, its encoder, vectors)}`` for :meth:`_edit` to
-        hand to its ``add``; steps of one encoder key share one encoding (a step other than Dense takes the first
-        of its key: its add makes the rows unit length itself).  For another retriever with an encoder that keeps
-        an embedding cache (``cache_enabled`` true and an ``encode``), into that cache, which its ``add`` reads.
-        Any other encodes them in the edit (under the lock)."""
+        """Encode ``new``'s documents before the edit, which searches wait for: for every fitted step that encodes
+        documents (``_encode_docs``, an ``encoder``) and whose ``add`` takes ``vectors=`` (Dense, MMR, kNN-Embed;
+        not one fitted on given vectors), its vectors, returned as ``{id(leaf): (leaf, its encoder, vectors)}`` for
+        :meth:`_edit` to hand to its ``add``.  Steps of one encoder key share one encoding, a Dense step's where one
+        has that key (the encoder's vectors as they are, which a ``metric="ip"`` index ranks by; MMR's are unit rows,
+        and the steps other than Dense make the rows unit length themselves).  For another step with an encoder
+        that keeps an embedding cache (``cache_enabled`` true and an ``encode``), into that cache, which its ``add``
+        reads, unless that encoder object encoded them ahead already.  Any other encodes them in the edit (under the
+        lock)."""
         import inspect
 
         from ragkit.pipelines.yaml import walk_leaves
         from ragkit.retrievers import Dense
 
-        ahead: dict[int, tuple[Any, Any, np.ndarray]] = {}
-        by_key: dict[Any, np.ndarray] = {}  # encoder key -> the documents' vectors by it
+        steps: list[tuple[Any, Any, Callable[[Corpus], np.ndarray]]] = []  # (leaf, encoder, its _encode_docs)
+        cached: list[tuple[Any, Callable[..., Any]]] = []  # (encoder, its encode) of a step encoding in the edit
+        seen: set[int] = set()
         for _, leaf in walk_leaves(self.pipeline):
-            if getattr(leaf, "corpus_", None) is None or id(leaf) in ahead:
+            if getattr(leaf, "corpus_", None) is None or id(leaf) in seen:
                 continue
-            if isinstance(leaf, Dense):
-                encoder = leaf.encoder
-                vecs = leaf._encode_docs(new)
-                leaf._fresh(vecs)  # (drops the note: the vectors are handed to add, which never takes them over)
-                ahead[id(leaf)] = (leaf, encoder, vecs)
-                by_key.setdefault(getattr(encoder, "key", None), vecs)
-                continue
+            seen.add(id(leaf))
             encode_docs = getattr(leaf, "_encode_docs", None)
             enc = getattr(leaf, "encoder", None) if callable(encode_docs) else None
             add = getattr(leaf, "add", None)
@@ -1019,17 +1016,31 @@ class RagkitRetriever(BaseRetriever):
             except (TypeError, ValueError):  # (no signature to read: encoded in the edit)
                 takes = False
             if enc is not None and callable(encode_docs) and takes and not getattr(leaf, "_vectors_given", False):
-                key = getattr(enc, "key", None)
-                shared = by_key.get(key) if key is not None else None
-                if shared is None:
-                    shared = encode_docs(new)
-                    if key is not None:
-                        by_key[key] = shared
-                ahead[id(leaf)] = (leaf, enc, shared)
+                steps.append((leaf, enc, encode_docs))
                 continue
             encode = getattr(enc, "encode", None)
             if getattr(enc, "cache_enabled", False) is True and callable(encode):
+                cached.append((enc, encode))
+        steps.sort(key=lambda step: not isinstance(step[0], Dense))  # (stable: Dense first, else walk order)
+        ahead: dict[int, tuple[Any, Any, np.ndarray]] = {}
+        by_key: dict[Any, np.ndarray] = {}  # encoder key -> the documents' vectors by it
+        encoded: set[int] = set()  # id() of the encoders that encoded them
+        for leaf, enc, encode_docs in steps:
+            key = getattr(enc, "key", None)
+            vecs = by_key.get(key) if key is not None else None
+            if vecs is None:
+                vecs = encode_docs(new)
+                encoded.add(id(enc))
+                fresh = getattr(leaf, "_fresh", None)
+                if callable(fresh):  # (Dense: drops the note; the vectors go to add, which never takes them over)
+                    fresh(vecs)
+                if key is not None:
+                    by_key[key] = vecs
+            ahead[id(leaf)] = (leaf, enc, vecs)
+        for enc, encode in cached:
+            if id(enc) not in encoded:  # (an encoder that encoded them ahead holds them in its cache already)
                 encode(new.full_texts)
+                encoded.add(id(enc))
         return ahead
 
     def delete(self, ids: Sequence[str] | None = None, **kwargs: Any) -> bool:
@@ -1074,7 +1085,8 @@ class RagkitRetriever(BaseRetriever):
         documents again: every retriever must hold the same rows), then the error.  ``vectors``: the documents
         encoded ahead (:meth:`_encode_ahead`), handed to the ``add`` of the same leaf whose encoder is still the one
         that encoded them.  ``where``: the method a refusal names (default ``add_documents`` / ``delete``)."""
-        leaves = _edited_leaves(pipe, method, where or ("add_documents" if method == "add" else "delete"))
+        leaves = _edited_leaves(pipe, method, where or ("add_documents" if method == "add" else "delete"),
+                                len(arg) if method == "add" else 0)
         done = []
         try:
             for _, leaf in leaves:
@@ -1273,10 +1285,13 @@ class RagkitRetriever(BaseRetriever):
         return results
 
 
-def _edited_leaves(pipe: Operator, method: str, where: str) -> list[tuple[str, Any]]:
+def _edited_leaves(pipe: Operator, method: str, where: str, n_docs: int = 0) -> list[tuple[str, Any]]:
     """The ``(path, leaf)`` of every fitted retriever of ``pipe`` an edit calls ``method`` (``add`` / ``remove``) of
     (stateful, holding per-document state: not one whose ``per_document`` is false, a generate step), or a
-    :class:`ParamError` naming ``where`` (the method called) and the retrievers that have no ``method``."""
+    :class:`ParamError` naming ``where`` (the method called) and the retrievers that have no ``method``.  An ``add``
+    (of ``n_docs`` documents) to a retriever fitted on given vectors (``_vectors_given``: a kNN-Embed fitted with
+    ``fit_vectors``, whose add takes only vectors of that space, which no encoder gives) is a :class:`DataError`,
+    before any encoding or edit."""
     from ragkit.pipelines.yaml import walk_leaves
 
     leaves = [(path, leaf) for path, leaf in walk_leaves(pipe)  # (a step of no per-document state, a
@@ -1291,6 +1306,17 @@ def _edited_leaves(pipe: Operator, method: str, where: str) -> list[tuple[str, A
                 and callable(getattr(cls, method, None))]                              # when written out)
         raise ParamError(f"{where}: {', '.join(cannot)} cannot {verb} (only {', '.join(able)} can, without a "
                          "refit); build a new retriever on the documents you want instead")
+    given = [(path, leaf) for path, leaf in leaves if getattr(leaf, "_vectors_given", False) is True]
+    if method == "add" and given:
+        path, leaf = given[0]
+        model = getattr(getattr(leaf, "params", None), "model", None)
+        raise DataError(f"{where}: {path}: {leaf.name}.add: no vectors given for the {n_docs} new "
+                        f"document{'' if n_docs == 1 else 's'}, but this retriever was fitted with fit_vectors, on "
+                        "vectors no encoder of it gives (encoding them"
+                        + (f" with {model!r}" if model is not None else "") + " would cluster and score them in "
+                        f"another space); {where} has no vectors to give it: build a new retriever on all the "
+                        "documents (fit_vectors on all their vectors), or on a pipeline fitted with fit, whose adds "
+                        "encode the new documents")
     return leaves
 
 
