@@ -312,15 +312,16 @@ class MMR(Operator):
         if not len(corpus):
             return self
         joined = self.corpus_.concat(corpus, "mmr.add")  # (a metadata value of another kind: refused before edits)
-        if vectors is None:
-            new = self._encode_docs(corpus)
-        else:
-            new = unit_rows(given_document_vectors(vectors, len(corpus), "mmr.add"))
+        new = self._encode_docs(corpus) if vectors is None else given_document_vectors(vectors, len(corpus), "mmr.add")
+        # (a NaN row scored every cosine NaN, ranked last in each pool, silently; checked before the given rows are
+        # made unit length, where an inf would warn)
+        check_finite_vectors(new, "mmr.add", "document")
+        if vectors is not None:
+            new = unit_rows(new)
         v = np.asarray(self.vectors_)
         if new.shape[1] != v.shape[1]:
             raise DataError(f"mmr.add: the new documents' vectors have {new.shape[1]} dimensions, the fitted ones "
                             f"{v.shape[1]}; add vectors of this reranker's encoder ({self.params.model!r}), or refit")
-        check_finite_vectors(new, "mmr.add", "document")  # (a NaN row scored every cosine NaN: ranked last, silently)
         # appended in a buffer with room to spare (a one-document add copied every vector: 80 ms at 200k x 384);
         # the published view's rows are left as they are
         rows = self.__dict__.get("_rows")

@@ -621,7 +621,8 @@ class Dense(TunedEncoderMixin, Operator):
             if vectors is not None and isinstance(e, NonFiniteVectors) and e.count is not None \
                     and 0 <= e.row < len(kept):  # (the vectors given: no encoder of this retriever's made them)
                 row = int(np.flatnonzero(~blank)[e.row]) if blank.any() else e.row  # (a row of the vectors given)
-                raise DataError(f"{self.name}.add: the vectors given hold {e.count} of the {e.n} document vectors "
+                raise DataError(f"{self.name}.add: the vectors given hold {e.count} of the {e.n} "
+                                f"{'non-blank ' if blank.any() else ''}document vectors "
                                 f"with NaN or infinite values (the first at row {row}, document "
                                 f"{kept.ids[e.row]!r}); the index cannot rank them: pass finite vectors or drop "
                                 "those documents") from None

@@ -1003,22 +1003,23 @@ class KnnEmbed(Operator):
         self.corpus_.check_addable(corpus, "knn_embed.add")
         if not len(corpus):
             return self
-        joined = self.corpus_.concat(corpus, "knn_embed.add")  # (a metadata value of another kind: before edits)
         if vectors is None and self._vectors_given:
-            raise DataError(f"knn_embed.add: no vectors given for the {len(corpus)} new documents, but this retriever "
-                            "was fitted with fit_vectors, on vectors no encoder of it gives (encoding them with "
-                            f"{self.params.model!r} would cluster and score them in another space); give the new "
-                            "documents' vectors of the fitted space: add(corpus, vectors=...)")
+            n = len(corpus)
+            raise DataError(f"knn_embed.add: no vectors given for the {n} new document{'s' if n > 1 else ''}, but "
+                            "this retriever was fitted with fit_vectors, on vectors no encoder of it gives (encoding "
+                            f"them with {self.params.model!r} would cluster and score them in another space); give "
+                            "the new documents' vectors of the fitted space: add(corpus, vectors=...)")
+        joined = self.corpus_.concat(corpus, "knn_embed.add")  # (a metadata value of another kind: before edits)
         if vectors is None:
             new = self._encode_docs(corpus)
         else:
             new = given_document_vectors(vectors, len(corpus), "knn_embed.add")
+        check_finite_vectors(new, "knn_embed.add", "document")  # (before unit_rows: an inf would warn)
         new = unit_rows(new)
         v = np.asarray(self.vectors_)
         if new.shape[1] != v.shape[1]:
             raise DataError(f"knn_embed.add: the new documents' vectors have {new.shape[1]} dimensions, the indexed "
                             f"ones {v.shape[1]}; add vectors of the space it was fitted in, or refit")
-        check_finite_vectors(new, "knn_embed.add", "document")
         labels = np.argmax(new @ np.asarray(self.centroids_).T, axis=1).astype(np.int32)
         # appended in a buffer with room to spare (a one-document add copied every vector: 88 ms at 200k x 384); the
         # published view's rows are left as they are

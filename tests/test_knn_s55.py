@@ -606,7 +606,7 @@ def test_knn_embed_fitted_with_fit_vectors_refuses_an_add_without_vectors(hashin
     corpus = Corpus.from_texts(_TEXTS[:40] + _TEXTS[:40], ids=[f"d{i}" for i in range(80)])
     op = KnnEmbed(model=hashing, k=10, n_clusters=4).fit_vectors(corpus, np.hstack([vecs, vecs]))  # (width 32)
     new = Corpus.from_texts(["cell protein"], ids=["n0"])
-    said = r"knn_embed\.add: no vectors given for the 1 new documents, but this retriever was fitted with fit_vectors"
+    said = r"knn_embed\.add: no vectors given for the 1 new document, but this retriever was fitted with fit_vectors"
     with pytest.raises(DataError, match=said):
         op.add(new)
     assert len(op.corpus_) == 80
