@@ -9,7 +9,7 @@ import numpy as np
 from ragkit._results import score_rises
 from ragkit.errors import DataError, ParamError
 from ragkit.options import count_option
-from ragkit.types import Ranking
+from ragkit.types import Ranking, read_only as _read_only
 
 __all__ = ["flatten", "split_counts", "cut_prefix", "leading_run", "check_rows_in_corpus", "check_cosines",
            "check_dense_rankings", "first_unsorted", "unsorted_at", "pad_rows", "first_positions", "read_count",
@@ -44,15 +44,6 @@ def split_counts(x: np.ndarray, counts: np.ndarray | Sequence[int], read_only: b
         x = _read_only(x)
     ends = np.cumsum(counts, dtype=np.int64).tolist()
     return [x[a:b] for a, b in zip([0, *ends[:-1]], ends)]
-
-
-def _read_only(x: np.ndarray) -> np.ndarray:
-    """A read-only view of ``x`` (``x`` itself, the caller's array, stays writeable); ``x`` when read-only."""
-    if not x.flags.writeable:
-        return x
-    x = x.view()
-    x.setflags(write=False)
-    return x
 
 
 def pad_rows(rankings: Sequence[Ranking], width: int, fill: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -135,7 +135,5 @@ def _flatten(rankings: Sequence[Ranking]) -> _Flat:
 
 def _split(rows: np.ndarray, scores: np.ndarray, lens: np.ndarray) -> list[Ranking]:
     """Flat ``(rows, scores, lengths)`` as one :class:`Ranking` per query (none for no query)."""
-    if not len(lens):
-        return []
     rows, scores = rows.astype(np.int64, copy=False), scores.astype(np.float32, copy=False)
     return [Ranking(r, s) for r, s in zip(split_counts(rows, lens, True), split_counts(scores, lens, True))]

@@ -469,7 +469,7 @@ class Operator:
     reads_rankings: ClassVar[bool] = False
     #: What the message of a ``reads_rankings`` step called on a state without rankings adds after "put a retriever
     #: before it" (a :class:`~ragkit.errors.DataError` of :meth:`__call__`): another way out where there is one,
-    #: as ``", or route on the query text with rule_router"`` for the score router
+    #: as ``" (e.g. bm25), or route on the query text with rule_router"`` for the score router
     unranked_hint: ClassVar[str] = ""
     #: ``True`` on a retriever whose ``_call`` applies the metadata ``filter``: it keeps only the rows that
     #: :meth:`filter_mask` allows (or passes the filter on to a retriever that does, as ``sharded``).  A

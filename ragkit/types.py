@@ -79,6 +79,16 @@ _ROWS_HINT = ("; map document ids to rows with corpus.row_of(ids), and a boolean
 __all__ = ["Corpus", "Queries", "Ranking", "State", "TrainSet", "TraceEvent", "Qrels"]
 
 
+def read_only(x: np.ndarray) -> np.ndarray:
+    """A read-only view of ``x`` (``x`` itself, the caller's array, stays writeable); ``x`` when read-only already
+    (``setflags``: half the time of ``flags.writeable = False``, paid per ranking)."""
+    if not x.flags.writeable:
+        return x
+    x = x.view()
+    x.setflags(write=False)
+    return x
+
+
 @dataclass(eq=False)
 class Ranking:
     """The ranked documents of one query, best first.
@@ -123,13 +133,7 @@ class Ranking:
             raise DataError(f"Ranking: expected rows and scores one-dimensional (one score per row), got rows of "
                             f"shape {rows.shape} and scores of shape {scores.shape}"
                             + ("; flatten them (e.g. scores.ravel())" if flat else ""))
-        if rows.flags.writeable:  # (setflags: half the time of flags.writeable = False, per ranking)
-            rows = rows.view()
-            rows.setflags(write=False)
-        if scores.flags.writeable:
-            scores = scores.view()
-            scores.setflags(write=False)
-        self.rows, self.scores = rows, scores
+        self.rows, self.scores = rows, scores = read_only(rows), read_only(scores)
         n = len(rows)
         if len(scores) != n:  # (else: take / head / TopK fail with numpy's IndexError, naming no one)
             raise DataError(f"Ranking: {n} rows and {len(scores)} scores; expected one score per row")

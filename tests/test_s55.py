@@ -64,7 +64,8 @@ def test_dense_add_names_the_row_of_a_nan_vector_as_given_after_blank_documents(
     dense = Dense(model="s55-hash", search="exact").fit(Corpus.from_texts(["a b", "c d"], ids=["a", "b"]))
     vectors = np.ones((3, 16), np.float32)
     vectors[2] = np.nan
-    with pytest.raises(DataError, match=r"the first at row 2, document 'z'"):
+    with pytest.raises(DataError, match=r"hold 1 of the 2 non-blank document vectors .*the first at row 2, "
+                                        r"document 'z'"):
         dense.add(Corpus.from_texts(["", "x y", "z w"], ids=["y", "x", "z"]), vectors=vectors)
 
 
@@ -159,3 +160,92 @@ def test_an_edit_lets_go_of_dead_buffers_and_per_cluster_copies(tmp_path, monkey
     assert k(State(["topic 3"])).rankings[0].rows.tolist() == \
         KnnEmbed(model="s55-h32", k=5, n_clusters=4, search="partitioned").fit(corpus)(State(["topic 3"])) \
         .rankings[0].rows.tolist()
+
+
+# ---------------------------------------------------------------------- the final read's findings
+@pytest.mark.parametrize("knn_first", [True, False])
+def test_a_failed_delete_puts_a_fit_vectors_knn_embed_back_with_its_vectors(tmp_path, monkeypatch, knn_first):
+    """A delete whose later step failed undid the steps already edited with leaf.add(gone), no vectors=: a knn_embed
+    fitted with fit_vectors refuses that ('undoing it failed too'), and realigned (a step not yet edited) it lost the
+    documents for good.  The rows' vectors are kept for the undo: the delete's own error is raised, nothing lost."""
+    from ragkit.encoders.custom import HashingEncoder, register_encoder
+    from ragkit.integrations.langchain import RagkitRetriever
+    from ragkit.pipelines import Pipeline
+    from ragkit.retrievers.knn_embed import KnnEmbed
+
+    monkeypatch.setenv("RAGKIT_CACHE", str(tmp_path))
+    register_encoder("s55-h32b", HashingEncoder(dim=32), replace=True)
+    corpus, _ = _knn_vectors()
+    vecs = np.random.default_rng(1).standard_normal((len(corpus), 32)).astype(np.float32)
+    knn = KnnEmbed(model="s55-h32b", k=5, n_clusters=3).fit_vectors(corpus, vecs)
+    bm25 = BM25(k=5).fit(corpus)
+    steps = [knn, bm25] if knn_first else [bm25, knn]
+    pipe = Pipeline(steps)
+    pipe.corpus_ = corpus
+    r = RagkitRetriever(pipeline=pipe, k=5)
+    failing = steps[1]
+    real, tries = failing.remove, []
+
+    def broken(ids: object) -> object:  # (fails once: the undo's realignment may call it again)
+        tries.append(ids)
+        if len(tries) == 1:
+            raise RuntimeError("disk gone")
+        return real(ids)
+
+    monkeypatch.setattr(failing, "remove", broken)
+    with pytest.raises(RuntimeError, match="disk gone"):
+        r.delete(["d1"])
+    assert "d1" in knn.corpus_.ids.tolist() and len(knn.corpus_) == len(knn.vectors_) == len(corpus)
+
+
+@pytest.mark.parametrize("which", ["mmr", "knn_embed"])
+def test_an_inf_vector_given_to_an_add_is_refused_before_any_warning(tmp_path, monkeypatch, which):
+    """mmr.add / knn_embed.add made the given rows unit length before their NaN / inf check: an inf row warned
+    numpy's 'invalid value encountered in divide' before the DataError."""
+    import warnings
+
+    from ragkit.encoders.custom import HashingEncoder, register_encoder
+    from ragkit.errors import DataError
+    from ragkit.filters.mmr import MMR
+    from ragkit.retrievers.knn_embed import KnnEmbed
+
+    monkeypatch.setenv("RAGKIT_CACHE", str(tmp_path))
+    register_encoder("s55-h32c", HashingEncoder(dim=32), replace=True)
+    corpus = Corpus.from_texts([f"document {i} about topic {i % 5}" for i in range(60)],
+                               ids=[f"d{i}" for i in range(60)])
+    op = (MMR(model="s55-h32c") if which == "mmr" else KnnEmbed(model="s55-h32c", k=5, n_clusters=3)).fit(corpus)
+    vectors = np.ones((2, 32), np.float32)
+    vectors[1, 3] = np.inf
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(DataError, match="NaN or infinite"):
+            op.add(Corpus.from_texts(["x y", "z w"], ids=["x", "z"]), vectors=vectors)
+    assert len(op.corpus_) == 60
+
+
+def test_learning_a_built_in_fusers_weights_checks_no_run_per_grid_point(monkeypatch):
+    """The weight search of a built-in fuser (its fused heads) built a Run per grid point that checked its corpus ids
+    and NaN scores again (the corpus's ids; PreparedFusion.heads' float32 scores are never NaN); same weights."""
+    import ragkit.run as run_mod
+    from ragkit.pipelines.fusion import RRF
+    from ragkit.pipelines.weights import learn_weights
+    from ragkit.types import Ranking, State
+
+    rng = np.random.default_rng(3)
+    ids = np.array([f"d{i}" for i in range(30)])
+    qids = [f"q{i}" for i in range(20)]
+    rankings = [[Ranking(rng.permutation(30)[:12], np.sort(rng.random(12))[::-1].astype(np.float32)) for _ in qids]
+                for _ in range(2)]
+    qrels = {q: {str(ids[rankings[j % 2][j].rows[r]]): 1 for r in range(3)} for j, q in enumerate(qids)}
+    state = State([f"question {i}" for i in range(20)], query_ids=qids,
+                  branches=[(f"b{i}", list(r)) for i, r in enumerate(rankings)])
+    prepared = RRF()._prepare(state, with_fields=False)
+    want = learn_weights(lambda s, w: prepared(w, None), state, qrels, ids, folds=5)
+    calls: list[str] = []
+    for name in ("_checked_doc_ids", "_check_nan_scores"):
+        original = getattr(run_mod, name)
+        monkeypatch.setattr(run_mod, name, lambda *a, _o=original, _n=name, **kw: (calls.append(_n), _o(*a, **kw))[1])
+    got = learn_weights(lambda s, w: prepared(w, None), state, qrels, ids, folds=5,
+                        heads=lambda w, k: prepared.heads(w, None, k))
+    assert calls == []
+    assert np.asarray(got.weights).tolist() == np.asarray(want.weights).tolist()
