@@ -1335,10 +1335,10 @@ class BM25(Operator):
         recomputed, so the result equals a fit on the union of the two corpora.
         """
         self._check_fitted()
-        self.corpus_.check_addable(corpus, "bm25.add")
-        if getattr(self, "collection_", None) is not None:
+        if getattr(self, "collection_", None) is not None:  # (first: no add is possible, whatever is added)
             raise DataError("bm25.add: this index scores with collection statistics set from outside "
                             "(set_collection, a shard of Sharded); refit the whole collection instead")
+        self.corpus_.check_addable(corpus, "bm25.add")
         joined = self.corpus_.concat(corpus, "bm25.add")  # (refuses a metadata value of another kind: before edits)
         s2i = self.__dict__.get("_s2i")
         # C-level copies (atomic under the GIL): a search on another thread adds to both as it goes, and

@@ -207,7 +207,7 @@ def test_a_search_distributed_chunk_loads_the_folder_it_was_given_mapped_and_unc
     np.testing.assert_array_equal(rows, np.concatenate([r.rows for r in want.rankings]))
     np.testing.assert_array_equal(scores, np.concatenate([r.scores for r in want.rankings]))
     with pytest.raises(ArtifactError, match=r"search_distributed: .*manifest\.json has SHA-256 .*expected "
-                                            r"[0-9a-f]{16}\.\.\. \(the pipeline this search saved there\)"):
+                                            r"[0-9a-f]{16}\.\.\. \(the pipeline this search started with\)"):
         dist._search_chunk(str(tmp_path / "p"), ids, texts, 5, None, "0" * 64)
     loads.clear()
     dist._search_chunk(str(tmp_path / "p"), ids, texts, 5)
