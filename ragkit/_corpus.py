@@ -929,7 +929,8 @@ class Corpus:
             raise InputTypeError(f"{who} expects a ragkit Corpus, got {type(other).__name__}")
         dup = self.held_ids(other)  # (the cached {id: row}: the new ids only are looked up)
         if dup:
-            raise DataError(f"{who}: {len(dup)} document ids are already {held} (e.g. {sorted(dup)[:3]}); "
+            ids_are = "document id is" if len(dup) == 1 else "document ids are"
+            raise DataError(f"{who}: {len(dup)} {ids_are} already {held} (e.g. {sorted(dup)[:3]}); "
                             "remove them first")
 
     def concat(self, other: "Corpus", who: str = "Corpus.concat") -> "Corpus":

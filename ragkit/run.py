@@ -651,23 +651,26 @@ class Run:
         equal scores is not kept.  The file is replaced in one step (:func:`~ragkit._files.atomic_file`); a
         character device or a named pipe (``/dev/stdout``, a shell's ``>(cmd)``) is written straight into."""
         path = Path(path)
-        check_trec_ids(path, self.query_ids, set().union(*(d.tolist() for d in self.doc_ids)), tag)  # distinct ids
+        per_query = [d.tolist() for d in self.doc_ids]
+        check_trec_ids(path, self.query_ids, set().union(*per_query), tag)  # distinct ids
         with text_output(path) as f:
-            self.to_trec(f, tag, checked=True)
+            self._write_lines(f, tag, per_query, "Run.write_trec")
 
-    def to_trec(self, f: TextIO, tag: str = "ragkit", *, checked: bool = False) -> None:
+    def to_trec(self, f: TextIO, tag: str = "ragkit") -> None:
         """Write the run's TREC lines to the text stream ``f`` (standard output, say); ids a TREC file
-        cannot hold are refused first, unless ``checked``."""
-        if not checked:
-            check_trec_ids(getattr(f, "name", "<stream>"), self.query_ids,
-                           set().union(*(d.tolist() for d in self.doc_ids)), tag)
-        lens = np.fromiter(map(len, self.doc_ids), np.int64, len(self.doc_ids))
+        cannot hold are refused first."""
+        per_query = [d.tolist() for d in self.doc_ids]
+        check_trec_ids(getattr(f, "name", "<stream>"), self.query_ids, set().union(*per_query), tag)
+        self._write_lines(f, tag, per_query, "Run.to_trec")
+
+    def _write_lines(self, f: TextIO, tag: str, per_query: list[list[str]], who: str) -> None:
+        """:meth:`to_trec`'s lines, the ids checked (``per_query``: each query's document ids as a list)."""
+        lens = np.fromiter(map(len, per_query), np.int64, len(per_query))
         n = int(lens.sum())
         if not n:
             return
-        per_query = [d.tolist() for d in self.doc_ids]
         for q, ids in zip(self.query_ids, per_query):  # (read_trec refuses a document twice, as to_dict does)
-            _check_unique(q, ids, "Run.write_trec" if checked else "Run.to_trec")
+            _check_unique(q, ids, who)
         docs = np.empty(n, dtype=object)
         docs[:] = list(chain.from_iterable(per_query))
         scores = np.concatenate([np.asarray(s) for s in self.scores])

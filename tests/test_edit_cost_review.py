@@ -73,7 +73,7 @@ def test_an_add_remove_sequence_scores_as_a_refit_bit_for_bit(monkeypatch, varia
 
 def test_a_duplicate_id_is_refused_naming_it_and_nothing_changes():
     bm = BM25(k=5).fit(_corpus(["a", "b", "c"], ["red apple", "green pear", "blue car"]))
-    with pytest.raises(DataError, match=r"bm25.add: 1 document ids are already indexed \(e.g. \['b'\]\)"):
+    with pytest.raises(DataError, match=r"bm25.add: 1 document id is already indexed \(e.g. \['b'\]\)"):
         bm.add(_corpus(["z", "b"], ["red", "pear"]))
     assert bm.corpus_.ids.tolist() == ["a", "b", "c"] and "z" not in bm.corpus_._lookup()
 

@@ -300,7 +300,7 @@ def test_mmr_add_and_remove_follow_the_retriever(hashing, tmp_path):
     mmr = grown.steps[1]
     from ragkit.errors import DataError
 
-    with pytest.raises(DataError, match=r"mmr.add: 1 document ids are already held"):
+    with pytest.raises(DataError, match=r"mmr.add: 1 document id is already held"):
         mmr.add(Corpus.from_texts(["x"], ids=["d0"]))
     with pytest.raises(DataError, match=re.escape("mmr.add: the new documents' vectors have 8 dimensions, the fitted "
                                                   "ones 32")):
