@@ -96,6 +96,30 @@ def _bad_row(rankings: Run | Sequence[Ranking], rows: np.ndarray, valid: np.ndar
     return f"row {int(rows[i, j])} ({where}, rank {int(j) + 1})"
 
 
+def _refuse_nonfinite(rankings: Run | Sequence[Ranking], rows: np.ndarray, suspect: np.ndarray,
+                      vectors: np.ndarray) -> None:
+    """A :class:`DataError` naming the first gathered document whose vector holds NaN or inf.
+
+    ``suspect`` ``(n_q, k)`` marks the ranked documents whose float32 norm is not finite (a NaN or inf entry,
+    or a finite float64 row whose float32 squares overflow); their rows are read again from ``vectors`` in the
+    given dtype, so that only a vector that is itself not finite is refused (no cosine with it is a number:
+    ILD would be NaN and the near-duplicate rate would count it nobody's duplicate)."""
+    if not suspect.any():
+        return
+    qs, ranks = np.nonzero(suspect)  # row-major: the first query, then its first rank
+    src = np.asarray(vectors[rows[qs, ranks]])
+    bad = ~np.isfinite(src).all(axis=1) if src.dtype.kind in "fc" else np.zeros(len(src), bool)
+    if not bad.any():
+        return
+    j = int(np.argmax(bad))
+    i, r, row = int(qs[j]), int(ranks[j]), int(rows[qs[j], ranks[j]])
+    ids = rankings.query_ids if isinstance(rankings, Run) else None
+    where = f"query {ids[i]!r}" if ids is not None else f"ranking {i}"
+    what = "NaN" if np.isnan(src[j]).any() else "inf"
+    raise DataError(f"diversity: the document vector of row {row} ({where}, rank {r + 1}) holds {what}; expected "
+                    "finite vectors (no cosine with it is a number)")
+
+
 def _pair_cos(rankings: Run | Sequence[Ranking], vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Pairwise cosines of each ranking's top-``k``: ``(n_q, k, k)`` float32 and the ``(n_q, k, k)`` bool
     mask of the pairs ``i < j`` of real (not padded) documents.  ``vectors`` need not be unit rows: the
@@ -113,6 +137,7 @@ def _pair_cos(rankings: Run | Sequence[Ranking], vectors: np.ndarray, k: int) ->
         gathered = np.ascontiguousarray(v[rows], np.float32)  # (n_q, k, dim): the gather is the one copy
         norms = np.linalg.norm(gathered, axis=2, keepdims=True)
         if not np.all(np.abs(norms - 1) <= 1e-4):  # cosines whatever the scale (unit rows pass unchanged)
+            _refuse_nonfinite(rankings, rows, valid & ~np.isfinite(norms[..., 0]), v)
             # a float32 norm is exact only for norms ~1e-18..1e19 (its squares over/underflow outside), and
             # the float32 cast itself loses float64 rows beyond ~1e38 or below ~1e-38: the rows whose norm is
             # outside 1e-15..1e15 (none at ordinary scales) are gathered again from ``vectors`` and scaled in
