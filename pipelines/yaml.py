@@ -146,9 +146,20 @@ class _Dumper(yaml.SafeDumper):
     """``yaml.SafeDumper`` that quotes every string :class:`_UniqueKeyLoader` would read as something
     else: its implicit resolvers are SafeDumper's (YAML 1.1: ``010``, ``1:30``, ``yes``) and the
     loader's (YAML 1.2 numbers: ``1e3``, ``1e-3``), so a string either reads as a number or a boolean
-    is written quoted (``'1e3'`` was written bare and read back as 1000.0)."""
+    is written quoted (``'1e3'`` was written bare and read back as 1000.0).  A string holding U+0085
+    (NEL) is written double-quoted, the NEL as ``\\N``: PyYAML writes it raw in a plain or single-quoted
+    scalar, where YAML reads it as a line break and folds it to a space (``'red\\x85?apples'`` came back
+    ``'red ?apples'``); it is the only character that did (U+0000 to U+3000 and a few beyond were dumped
+    and read back)."""
+
+    def represent_str(self, data: str) -> yaml.ScalarNode:
+        """SafeDumper's string node, double-quoted when ``data`` holds U+0085."""
+        if "\x85" in data:
+            return self.represent_scalar("tag:yaml.org,2002:str", data, style='"')
+        return super().represent_str(data)
 
 
+_Dumper.add_representer(str, _Dumper.represent_str)
 _Dumper.yaml_implicit_resolvers = {first: list(resolvers)
                                    for first, resolvers in yaml.SafeDumper.yaml_implicit_resolvers.items()}
 for _first, _resolvers in _UniqueKeyLoader.yaml_implicit_resolvers.items():
