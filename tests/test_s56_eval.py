@@ -3,6 +3,8 @@ subsets, provenance revisions and dirty trees, the Run's unique-id flag."""
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -42,3 +44,29 @@ def test_diversity_nonfinite_rows_not_ranked_or_huge_finite_pass() -> None:
     r = [Ranking(np.array([0, 4]), np.array([2, 1], np.float32))]
     out = intra_list_diversity(r, v, k=2)
     assert np.isfinite(out).all()
+
+
+def test_download_again_replaces_a_damaged_copy_of_the_same_size(tmp_path, monkeypatch) -> None:
+    import io
+    import json
+    import zipfile
+
+    from ragkit.eval import download_beir
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("sf/corpus.jsonl", "".join(json.dumps({"_id": f"d{i}", "title": "", "text": f"document {i}"})
+                                              + "\n" for i in range(5)))
+        z.writestr("sf/queries.jsonl", json.dumps({"_id": "q1", "text": "document"}) + "\n")
+        z.writestr("sf/qrels/test.tsv", "query-id\tcorpus-id\tscore\nq1\td1\t1\n")
+    www = tmp_path / "www"
+    www.mkdir()
+    (www / "sf.zip").write_bytes(buf.getvalue())
+    monkeypatch.setenv("RAGKIT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    final = download_beir("sf", base_url=www.as_uri())
+    good = (final / "corpus.jsonl").read_bytes()
+    (final / "corpus.jsonl").write_bytes(good.replace(b"document 3", b"documenX 3"))  # same size, damaged
+    assert download_beir("sf", base_url=www.as_uri()) == final
+    assert (final / "corpus.jsonl").read_bytes() == good
+    assert os.listdir(tmp_path / "cache" / "beir") == ["sf"]  # the damaged copy went with the temporary folder

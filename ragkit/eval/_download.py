@@ -63,7 +63,8 @@ def download_beir(name: str, *, base_url: str | None = None, dest: Path | None =
     interrupted download leaves nothing half-written; the folder of a process killed midway is removed
     by the next download into ``dest`` (or load by name, for the cache) on this host.  A folder of that
     name that another process's download of the same archive filled meanwhile is kept as it is (it may
-    be in use); an incomplete earlier download is replaced.  An archive of several datasets
+    be in use); an incomplete or damaged earlier download (a file missing, or differing from the archive's) is
+    replaced.  An archive of several datasets
     (``cqadupstack/<forum>/corpus.jsonl``, ...) is cached whole as ``dest / name / <forum>``,
     once every one of its folders is checked to be a complete BEIR dataset.
 
@@ -113,9 +114,10 @@ _DOWNLOAD_PREFIX = ".beir-download-"
 def _publish_download(root: Path, final: Path, name: str, tmp: Path) -> None:
     """Rename the checked, unpacked archive ``root`` (in ``tmp``, a folder beside ``final``) to ``final``, never
     into it (a move into a folder there meanwhile nested the dataset: ``<name>/<name>/corpus.jsonl``).
-    A ``final`` that holds exactly what ``root`` holds (another process downloaded the same archive
-    meanwhile, and may be reading it) is kept and ``root`` dropped; an incomplete earlier download of it
-    is first renamed into ``tmp`` (removed with it), never deleted where a reader may be; anything else is
+    A ``final`` that holds exactly what ``root`` holds, byte for byte (another process downloaded the same
+    archive meanwhile, and may be reading it), is kept and ``root`` dropped; an incomplete or damaged earlier
+    download of it (a file missing, or differing in content) is first renamed into ``tmp`` (removed with it),
+    never deleted where a reader may be; anything else is
     refused (:func:`_not_a_download`)."""
     for attempt in range(3):
         if final.exists() or final.is_symlink():
@@ -139,12 +141,17 @@ def _publish_download(root: Path, final: Path, name: str, tmp: Path) -> None:
 
 
 def _holds_all_of(final: Path, root: Path) -> bool:
-    """Whether the folder ``final`` holds every file of ``root``, at every depth, each of the same size."""
+    """Whether the folder ``final`` holds every file of ``root``, at every depth, each with the same bytes
+    (compared in full, sizes first: a damaged copy of the same size is no copy, and is replaced)."""
+    import filecmp
+
+    filecmp.clear_cache()  # (its cache is keyed by size and mtime: a file rewritten within one tick would match)
     for here, _dirs, files in os.walk(root):
         there = final / Path(here).relative_to(root)
         for f in files:
             try:
-                if os.stat(there / f).st_size != os.stat(Path(here) / f).st_size:
+                if os.stat(there / f).st_size != os.stat(Path(here) / f).st_size or \
+                        not filecmp.cmp(there / f, Path(here) / f, shallow=False):
                     return False
             except OSError:
                 return False
