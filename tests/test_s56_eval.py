@@ -70,3 +70,38 @@ def test_download_again_replaces_a_damaged_copy_of_the_same_size(tmp_path, monke
     assert download_beir("sf", base_url=www.as_uri()) == final
     assert (final / "corpus.jsonl").read_bytes() == good
     assert os.listdir(tmp_path / "cache" / "beir") == ["sf"]  # the damaged copy went with the temporary folder
+
+
+def test_compare_multi_dataset_metrics_on_different_queries(tmp_path) -> None:
+    import json
+
+    from ragkit.eval.compare import compare, load_result
+
+    a = {"dataset": "cqa", "split": "test", "subsets": {
+        "x": {"per_query": {"ndcg@10": {"q1": 0.5, "q2": 0.1}, "recall@100": {"q1": 0.5, "q2": 0.2, "q3": 0.3}}},
+        "y": {"per_query": {"ndcg@10": {"q1": 0.4}, "recall@100": {"q1": 0.4}}}}}
+    b = json.loads(json.dumps(a).replace("0.5", "0.6"))
+    (tmp_path / "a.json").write_text(json.dumps(a))
+    (tmp_path / "b.json").write_text(json.dumps(b))
+    c = compare([load_result(tmp_path / "a.json"), load_result(tmp_path / "b.json")], ["ndcg@10", "recall@100"],
+                n_resamples=200)  # was KeyError 'x/q3'
+    # each dataset weighted equally: x's mean difference (0.1 on one of its 2 or 3 queries) and y's (0)
+    assert c.delta[1] == pytest.approx([0.1 / 2 / 2, 0.1 / 3 / 2])
+    assert c.means[0] == pytest.approx([(0.3 + 0.4) / 2, ((0.5 + 0.2 + 0.3) / 3 + 0.4) / 2])
+
+
+def test_models_record_the_revision_of_a_cached_hub_id_not_made_here(tmp_path, monkeypatch) -> None:
+    from ragkit.eval import provenance
+    from ragkit.pipelines import Pipeline
+
+    sha = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--s56-org--s56-model"
+    (repo / "snapshots" / sha).mkdir(parents=True)
+    (repo / "snapshots" / sha / "config.json").write_text("{}")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(sha)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hub"))
+    pipe = Pipeline.from_yaml("pipeline:\n  - dense: {model: s56-org/s56-model}\n")  # no encoder made (no fit)
+    [rec] = provenance.models(pipe)
+    assert rec["model"] == "s56-org/s56-model" and rec["fingerprint"] is None
+    assert rec["revision"] == sha

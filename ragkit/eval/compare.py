@@ -413,7 +413,9 @@ def _from_subsets(payload: dict, path: Path, name: str) -> SystemResult:
         raise DataError(f"{path}: its datasets share no metric; expected the per-dataset results 'ragkit eval' writes")
     per_query = {m: {f"{sub}/{q}": v for sub, r in subsets.items() for q, v in r["per_query"][m].items()}
                  for m in metrics}
-    groups = {f"{sub}/{q}": sub for sub, r in subsets.items() for q in r["per_query"][metrics[0]]}
+    # every metric's queries (a metric may cover queries another does not, as one dataset's results may: compare
+    # draws each set of queries on its own), each in its dataset
+    groups = {f"{sub}/{q}": sub for sub, r in subsets.items() for m in metrics for q in r["per_query"][m]}
     return SystemResult(name, per_query, payload.get("dataset"), payload.get("split"), groups,
                         **_scoring(payload, path))
 
