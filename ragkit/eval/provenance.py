@@ -178,7 +178,8 @@ def models(pipe: Any) -> list[dict[str, Any]]:
             continue
         path = resolve_model(used)
         rec: dict[str, Any] = {"step": step, "model": name, "path": path, "fingerprint": _made_fingerprint(used, path)}
-        if rec["fingerprint"] == path and not Path(path).exists():
+        if not Path(path).exists():  # a hub id (not a local folder or file), whether or not this process made
+            # its encoder: the snapshot the cache would load
             revision = _hub_revision(path)
             if revision is not None:
                 rec["revision"] = revision
