@@ -105,3 +105,28 @@ def test_models_record_the_revision_of_a_cached_hub_id_not_made_here(tmp_path, m
     [rec] = provenance.models(pipe)
     assert rec["model"] == "s56-org/s56-model" and rec["fingerprint"] is None
     assert rec["revision"] == sha
+
+
+@pytest.mark.parametrize("call, said", [
+    (lambda v: intra_list_diversity(_rankings(), v[:, 0], k=2), r"vectors of shape \(5,\); expected a 2-d array"),
+    (lambda v: near_duplicate_rate(_rankings(), v[None], k=2), r"vectors of shape \(1, 5, 4\); expected a 2-d array"),
+    (lambda v: intra_list_diversity(_rankings(), v, k=2.5), r"k must be >= 1 and an integer \(the cut-off\), got 2.5"),
+    (lambda v: near_duplicate_rate(_rankings(), v, k=True), r"k must be >= 1 and an integer \(the cut-off\), got True"),
+    (lambda v: near_duplicate_rate(_rankings(), v, k=2, threshold=1.5), r"threshold must be a cosine in \[-1, 1\], "
+                                                                        r"got 1.5"),
+    (lambda v: near_duplicate_rate(_rankings(), v, k=2, threshold=float("nan")), r"threshold must be a cosine"),
+])
+def test_diversity_checks_its_arguments(call, said) -> None:
+    v = np.random.default_rng(0).normal(size=(5, 4))
+    with pytest.raises(DataError, match=said):
+        call(v)
+
+
+def test_alpha_ndcg_refuses_a_fractional_k() -> None:
+    from ragkit.eval.diversity import alpha_ndcg, subtopic_recall
+
+    run = {"q1": {"d1": 1.0}}
+    with pytest.raises(DataError, match=r"alpha_ndcg: k must be >= 1 and an integer"):
+        alpha_ndcg(run, {"q1": {"d1": ["a"]}}, k=2.5)
+    with pytest.raises(DataError, match=r"subtopic_recall: k must be >= 1 and an integer"):
+        subtopic_recall(run, {"q1": {"d1": ["a"]}}, k=2.5)

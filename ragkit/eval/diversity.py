@@ -56,11 +56,26 @@ def padded_rows(rankings: Run | Sequence[Ranking], k: int, who: str = "diversity
     refuse a run listing a document twice: the copy would count as a pair of cosine 1 (ILD) or a second
     document of its cluster.  Errors are said as ``who``'s, ``why`` telling what a copy would do there
     (:func:`~ragkit.eval.hubness.k_occurrence`: count its query twice)."""
-    if k < 1:
-        raise DataError(f"{who}: k must be >= 1, got {k}")
+    _check_k(k, who)
     rows, valid = pad_rows(_rankings(rankings), k)
     _refuse_repeats(rankings, rows, valid, who, why)
     return rows, valid
+
+
+def _check_k(k: Any, who: str) -> None:
+    """Refuse a cut-off ``k`` that is no integer >= 1 (``2.5`` failed as a slice index, ``True`` counted as 1),
+    said as ``who``'s."""
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise DataError(f"{who}: k must be >= 1 and an integer (the cut-off), got {k!r}")
+
+
+def _check_vectors(vectors: Any) -> np.ndarray:
+    """``vectors`` as an array, refused unless it is 2-d ``(N, d)``, one row per corpus document."""
+    v = np.asarray(vectors)
+    if v.ndim != 2:
+        raise DataError(f"diversity: vectors of shape {v.shape}; expected a 2-d array (n_docs, dim), one vector per "
+                        "corpus document (a single vector is vectors[None])")
+    return v
 
 
 def _refuse_repeats(rankings: Run | Sequence[Ranking], rows: np.ndarray, valid: np.ndarray, who: str = "diversity",
@@ -124,8 +139,9 @@ def _pair_cos(rankings: Run | Sequence[Ranking], vectors: np.ndarray, k: int) ->
     """Pairwise cosines of each ranking's top-``k``: ``(n_q, k, k)`` float32 and the ``(n_q, k, k)`` bool
     mask of the pairs ``i < j`` of real (not padded) documents.  ``vectors`` need not be unit rows: the
     gathered rows are normalised here (a zero row stays zero, so its cosines are 0)."""
+    _check_k(k, "diversity")
+    v = _check_vectors(vectors)
     rows, valid = padded_rows(rankings, k)
-    v = np.asarray(vectors)
     bad = _bad_row(rankings, rows, valid, len(v))
     if bad is not None:
         raise DataError(f"diversity: the rankings hold {bad}, outside the {len(v)} document vectors given; "
@@ -178,7 +194,12 @@ def near_duplicate_rate(rankings: Run | Sequence[Ranking], vectors: np.ndarray, 
     """Share of top-k pairs with cosine > ``threshold`` (nan with fewer than 2 documents).
 
     Cosines of the rows of ``vectors`` ``(N, d)`` at any scale; a zero vector is nobody's near-duplicate
-    (cosine 0)."""
+    (cosine 0).  ``threshold``: a number in ``[-1, 1]`` (a cosine; above 1 no pair would ever count), else a
+    :class:`DataError`."""
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float, np.integer, np.floating)) or \
+            not -1 <= threshold <= 1:
+        raise DataError(f"near_duplicate_rate: threshold must be a cosine in [-1, 1], got {threshold!r} (pairs of "
+                        "cosine above it count as near-duplicates)")
     g, pair = _pair_cos(rankings, vectors, k)
     n = pair.sum((1, 2))
     dup = (pair & (g > threshold)).sum((1, 2))
@@ -323,8 +344,7 @@ def _doc_lists(run: Any, k: int, measure: str) -> dict[str, list[str]]:
     scores (score descending at float32, ties by document id descending), whatever order a :class:`Run` stores
     its ties in; a mapping is read by :meth:`Run.from_dict`, which puts it in that order.  A Run listing a
     document twice for a query, or giving one the score NaN, is a :class:`DataError` naming the query."""
-    if k < 1:
-        raise DataError(f"{measure}: k must be >= 1, got {k}")
+    _check_k(k, measure)
     if not isinstance(run, Run):  # (from_dict: trec_eval's order already, each document once)
         return {q: docs[:k].tolist() for q, docs, _ in _as_run(run, measure)}
     for q, docs, _ in run:  # a document listed twice would gain twice (alpha-nDCG above 1): refused as evaluate does
