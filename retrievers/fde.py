@@ -114,6 +114,10 @@ class FDEConfig:
                 continue
             raise ParamError(f"FDEConfig.{name} must be an integer{' or None' if name == 'd_final' else ''}, got "
                              f"{value!r} ({type(value).__name__})")
+        for name in ("k_sim", "d_proj", "r_reps", "d_final", "seed"):  # numpy integers as Python ints: seed + r
+            value = getattr(self, name)  # in np.uint32 wrapped (np.int32 overflowed), and the draw cache keys
+            if value is not None:  # np.uint32(s) == s, so one numpy seed's draws were shared with the int seed
+                object.__setattr__(self, name, int(value))
         if not 0 <= self.seed <= 2**32 - 1:  # (ragkit.params.Seed's bound; params.py exports no constant for it)
             raise ParamError(f"FDEConfig.seed must be in 0..{2**32 - 1} (ragkit's seed range, as every seed "
                              f"parameter: ragkit.params.Seed), got {self.seed}")
@@ -167,7 +171,7 @@ def draw_matrices(cfg: FDEConfig, d: int) -> tuple[np.ndarray, np.ndarray | None
     """
     d = int(d)
     projection = "identity" if cfg.identity(d) else cfg.projection
-    return _draw_matrices(cfg.seed, cfg.k_sim, cfg.r_reps, cfg.proj_dim(d), projection, d)
+    return _draw_matrices(int(cfg.seed), cfg.k_sim, cfg.r_reps, cfg.proj_dim(d), projection, d)
 
 
 @functools.lru_cache(maxsize=8)
