@@ -349,13 +349,21 @@ class Muvera(TokenOperatorMixin, Operator):
     def _fit(self, corpus: Corpus, train: TrainSet | None, upstream: State | None) -> None:
         p = self.params
         known = KNOWN_DIMS.get(p.model.lower())  # a known width: checked before encoding, no model loaded
-        if p.projection == "identity":  # before any encoding: the size needs the token dimension (a tuned
-            # model's is its base model's; an unknown model is loaded for it, 0.3 s and 30 MB for MiniLM)
+        # before any encoding: the identity's size and d_proj need the token dimension (a tuned model's is its base
+        # model's; an unknown model, a local folder, is loaded for it, 0.3 s and 30 MB for MiniLM, as the
+        # encoding below would: d_proj was checked only after encoding the corpus)
+        if p.projection == "identity":
             with model_named(self.name):
                 dim = known if known is not None else self.token_encoder.dim
             self._check_identity_size(dim)
-        elif known is not None:
-            self._check_d_proj(known)
+        else:
+            try:
+                with model_named(self.name):
+                    dim = known if known is not None else self.token_encoder.dim
+            except ParamError:  # a model that cannot be loaded: the encoding below says so, in the same words
+                dim = None
+            if dim is not None:
+                self._check_d_proj(dim)
         blank = self._fit_tokens(corpus, train)
         if p.projection != "identity":
             self._check_d_proj(self.tokens_.dim)
