@@ -9,6 +9,7 @@ pytrec_eval and BEIR use, and reads/writes TREC run files
 from __future__ import annotations
 
 import numbers
+import operator
 import os
 import re
 from dataclasses import InitVar, dataclass, field
@@ -456,8 +457,12 @@ class Run:
     #: (private) the document ids are strings a Run checked already (:func:`_checked_doc_ids`): a run cut from a
     #: checked run (:meth:`head`, :func:`~ragkit.eval.metrics.drop_identical_ids`), not looked at again
     _ids_checked: InitVar[bool] = False
+    #: (private) each query's document ids are known to be distinct: :meth:`from_dict` made them dict keys (and
+    #: :meth:`read_trec` refuses a document twice), a cut of such a run keeps that; remembered with the arrays it
+    #: holds for (:meth:`_unique_ids_known`), so that a ``doc_ids`` replaced afterwards is looked at again
+    _unique_ids: InitVar[bool] = False
 
-    def __post_init__(self, _nan_checked: bool = False, _ids_checked: bool = False) -> None:
+    def __post_init__(self, _nan_checked: bool = False, _ids_checked: bool = False, _unique_ids: bool = False) -> None:
         # what a run built by hand may hold that its methods would fail on later (to_dict, evaluate, write_trec):
         # ids as Queries writes them (1 as "1", NaN refused), each query's document ids as a 1-D object array;
         # nothing to do (a join of the query ids, a look at each array's type) for what search and from_dict give
@@ -503,6 +508,13 @@ class Run:
             self.doc_ids = _checked_doc_ids(self.query_ids, self.doc_ids)
         if cast or not _nan_checked:  # (NaN has no order: refused as from_dict does)
             _check_nan_scores(self.query_ids, self.doc_ids, self.scores)
+        self._unique_for: tuple[np.ndarray, ...] | None = tuple(self.doc_ids) if _unique_ids else None
+
+    def _unique_ids_known(self) -> bool:
+        """Whether each query's document ids are known to be distinct (the run was made so, ``_unique_ids``) and
+        ``doc_ids`` still holds the arrays it was made with (not a list or array put there since)."""
+        known = getattr(self, "_unique_for", None)
+        return known is not None and len(known) == len(self.doc_ids) and all(map(operator.is_, known, self.doc_ids))
 
     @classmethod
     def from_rankings(cls, query_ids: list[str], rankings: list[Ranking], corpus_ids: np.ndarray, **kw: Any) -> "Run":
@@ -549,7 +561,8 @@ class Run:
         written = string_ids(run, who)
         lens, docs, s64 = _trec_flat(written)
         check_no_nan(list(written), lens, docs, s64, who)
-        return cls(list(written), split_counts(docs, lens), split_counts(_f32(s64), lens), _nan_checked=True)
+        return cls(list(written), split_counts(docs, lens), split_counts(_f32(s64), lens), _nan_checked=True,
+                   _unique_ids=True)  # (dict keys, written as strings without two becoming one: string_ids)
 
     def __len__(self) -> int:
         return len(self.query_ids)

@@ -130,3 +130,28 @@ def test_alpha_ndcg_refuses_a_fractional_k() -> None:
         alpha_ndcg(run, {"q1": {"d1": ["a"]}}, k=2.5)
     with pytest.raises(DataError, match=r"subtopic_recall: k must be >= 1 and an integer"):
         subtopic_recall(run, {"q1": {"d1": ["a"]}}, k=2.5)
+
+
+def test_run_knows_its_ids_are_distinct_only_while_they_are_its_own(tmp_path) -> None:
+    from ragkit.eval.metrics import _cut_run
+
+    run = Run.from_dict({"q1": {f"d{i}": float(i) for i in range(30)}, "q2": {"d1": 1.0}})
+    assert run._unique_ids_known()  # dict keys: each document once, not looked at again when cut
+    assert _cut_run(run, 5)._unique_ids_known()
+    (tmp_path / "run.trec").write_text("q1 Q0 d1 1 2.0 t\nq1 Q0 d2 2 1.0 t\n")
+    assert Run.read_trec(tmp_path / "run.trec")._unique_ids_known()
+    by_hand = Run(["q1"], [np.array(["a", "b"], dtype=object)], [np.array([2.0, 1.0], np.float32)])
+    assert not by_hand._unique_ids_known()
+    run.doc_ids[0] = np.array([f"d{i % 3}" for i in range(30)], dtype=object)  # replaced in place: looked at again
+    assert not run._unique_ids_known()
+    run.doc_ids = [np.array(["x"] * 30, dtype=object), run.doc_ids[1]]
+    assert not run._unique_ids_known()
+
+
+def test_evaluate_still_names_a_document_twice_in_a_hand_built_run() -> None:
+    from ragkit.eval import evaluate
+
+    ids = np.array([f"d{i}" for i in range(20)] + ["d3"], dtype=object)
+    run = Run(["q1"], [ids], [np.linspace(1, 0, 21).astype(np.float32)])
+    with pytest.raises(DataError, match="d3"):
+        evaluate(run, {"q1": {"d1": 1}}, ["ndcg@10"])
