@@ -155,3 +155,32 @@ def test_evaluate_still_names_a_document_twice_in_a_hand_built_run() -> None:
     run = Run(["q1"], [ids], [np.linspace(1, 0, 21).astype(np.float32)])
     with pytest.raises(DataError, match="d3"):
         evaluate(run, {"q1": {"d1": 1}}, ["ndcg@10"])
+
+
+@pytest.mark.skipif(__import__("shutil").which("git") is None, reason="needs git")
+def test_ragkit_commit_marks_an_untracked_module_in_the_package(tmp_path, monkeypatch) -> None:
+    import subprocess
+
+    from ragkit.eval import provenance
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t", *args],
+                              capture_output=True, text=True, check=True, timeout=60).stdout.strip()
+
+    for var in ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE"):
+        monkeypatch.delenv(var, raising=False)
+    git("init", "-q")
+    (tmp_path / "ragkit").mkdir()
+    (tmp_path / "ragkit" / "__init__.py").write_text("")
+    (tmp_path / ".gitignore").write_text("__pycache__/\n")
+    git("add", "ragkit/__init__.py", ".gitignore")
+    git("commit", "-qm", "one")
+    sha = git("rev-parse", "HEAD")
+    (tmp_path / "scratch.py").write_text("")  # untracked, but no part of the package
+    (tmp_path / "ragkit" / "__pycache__").mkdir()
+    (tmp_path / "ragkit" / "__pycache__" / "x.pyc").write_bytes(b"")  # ignored
+    assert provenance.ragkit_commit(tmp_path) == sha
+    (tmp_path / "ragkit" / "new module.py").write_text("X = 1\n")  # was recorded as clean
+    assert provenance.ragkit_commit(tmp_path) == sha + "+untracked"
+    (tmp_path / "ragkit" / "__init__.py").write_text("import os\n")
+    assert provenance.ragkit_commit(tmp_path) == sha + "+modified"

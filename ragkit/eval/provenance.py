@@ -83,9 +83,11 @@ def ragkit_commit(root: str | os.PathLike[str] | None = None) -> str | None:
     """The commit checked out where ragkit runs from a git checkout (``root``: the folder holding the ``ragkit``
     package, by default this one's), read from ``.git`` (its ``HEAD``, the ref it names, ``packed-refs``; a
     worktree's ``.git`` file followed), with ``"+modified"`` appended when ``git status`` says tracked files
-    differ from it, ``"+unknown"`` when it could not tell (git not found, not answering within 5 s, refusing the
-    folder: safe.directory's "dubious ownership", any other failure), nothing when it says they do not;
-    ``None`` outside a checkout (an installed ragkit) or where ``.git`` cannot be read."""
+    differ from it, else ``"+untracked"`` when it lists files that are neither tracked nor ignored in the package
+    folders (:data:`_PACKAGE_FOLDERS`: a new module the commit does not hold), ``"+unknown"`` when it could not
+    tell (git not found, not answering within 5 s, refusing the folder: safe.directory's "dubious ownership", any
+    other failure), nothing when it says neither; ``None`` outside a checkout (an installed ragkit) or where
+    ``.git`` cannot be read."""
     base = Path(root) if root is not None else Path(__file__).resolve().parents[2]
     git = base / ".git"
     try:
@@ -118,36 +120,48 @@ def ragkit_commit(root: str | os.PathLike[str] | None = None) -> str | None:
         return None
     if sha is None or not _HEX_SHA.fullmatch(sha):
         return None
-    modified = _modified(base)
-    return sha + ("+unknown" if modified is None else "+modified" if modified else "")
+    state = _changes(base)
+    return sha + ("+unknown" if state is None else state)
 
 
-#: seconds :func:`_modified` waits for ``git status``
+#: the folders of the checkout that hold the code ``import ragkit`` runs (pyproject's package-dir): an untracked
+#: file in one of them is code the commit does not hold
+_PACKAGE_FOLDERS = ("ragkit/", "retrievers/", "filters/", "caches/", "pipelines/")
+
+#: seconds :func:`_changes` waits for ``git status``
 _GIT_TIMEOUT = 5.0
 
 #: variables that would point ``git`` at another repository, index or object store than ``base``'s (set in a git
-#: hook, by a script): dropped from :func:`_modified`'s ``git status`` environment
+#: hook, by a script): dropped from :func:`_changes`'s ``git status`` environment
 _GIT_LOCATION_VARS = ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_COMMON_DIR", "GIT_OBJECT_DIRECTORY",
                       "GIT_ALTERNATE_OBJECT_DIRECTORIES", "GIT_NAMESPACE", "GIT_PREFIX")
 
 
-def _modified(base: Path) -> bool | None:
-    """Whether ``git status`` reports tracked files of the checkout at ``base`` changed; ``None`` when it cannot
+def _changes(base: Path) -> str | None:
+    """What ``git status`` says of the checkout at ``base``: ``"+modified"`` where tracked files changed, else
+    ``"+untracked"`` where files neither tracked nor ignored lie in a package folder (:data:`_PACKAGE_FOLDERS`;
+    untracked files elsewhere, a script at the top, are no part of ragkit), else ``""``; ``None`` when it cannot
     tell: git not found, not answering within :data:`_GIT_TIMEOUT` seconds, exiting with an error (a folder
     safe.directory refuses: "dubious ownership", a damaged index).
 
     ``git --no-optional-locks`` (and ``GIT_OPTIONAL_LOCKS=0``): status neither takes the index's ``index.lock``
     nor rewrites the index, so a ``git add`` or commit run at the same time in that checkout does not fail with
-    "Another git process seems to be running"."""
+    "Another git process seems to be running".  ``-z``: paths unquoted, each entry ended by a NUL."""
     env = {k: v for k, v in os.environ.items() if k not in _GIT_LOCATION_VARS}
     env["GIT_OPTIONAL_LOCKS"] = "0"
     try:
-        done = subprocess.run(["git", "--no-optional-locks", "-C", str(base), "status", "--porcelain",
-                               "--untracked-files=no"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        done = subprocess.run(["git", "--no-optional-locks", "-C", str(base), "status", "--porcelain", "-z",
+                               "--untracked-files=normal"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                               stderr=subprocess.DEVNULL, env=env, timeout=_GIT_TIMEOUT, check=False)
     except (OSError, subprocess.SubprocessError):
         return None
-    return bool(done.stdout.strip()) if done.returncode == 0 else None
+    if done.returncode != 0:
+        return None
+    entries = [e for e in re.split(r"[\0\n]", done.stdout.decode("utf-8", "replace")) if e.strip()]
+    untracked = [e[3:] for e in entries if e.startswith("?? ")]
+    if len(untracked) < len(entries):  # (a rename's second entry, its old path, is part of a change too)
+        return "+modified"
+    return "+untracked" if any(p.startswith(_PACKAGE_FOLDERS) for p in untracked) else ""
 
 
 # ---------------------------------------------------------------------------------------------- models
