@@ -1067,9 +1067,11 @@ def settings_key(cls: type, model: str, kwargs: dict[str, Any]) -> tuple[Any, ..
     """The key of a shared encoder of class ``cls`` (``(model, **kwargs)`` its arguments): the resolved model
     and every setting, the defaults filled in, so that ``get_encoder(m)`` and ``get_encoder(m, batch_size=64)``
     (the default) share one encoder, not two (each fingerprinting the model's files, each with its own
-    reader).  Arguments ``cls`` does not take, or a constructor without named settings (``*args, **kwargs``:
-    a wrapper), key as given: the constructor then names what is wrong."""
-    plain = resolve_model(model), tuple(sorted(kwargs.items()))
+    reader).  A local folder is keyed by its absolute path (:func:`_model_place`): a relative one is read from the
+    current folder, so after a ``chdir`` it names another model.  Arguments ``cls`` does not take, or a constructor
+    without named settings (``*args, **kwargs``: a wrapper), key as given: the constructor then names what is
+    wrong."""
+    plain = _model_place(model), tuple(sorted(kwargs.items()))
     sig = _signature(cls)
     if sig is None:
         return plain
@@ -1082,7 +1084,17 @@ def settings_key(cls: type, model: str, kwargs: dict[str, Any]) -> tuple[Any, ..
         return plain
     bound.apply_defaults()
     settings = dict(bound.arguments)
-    return resolve_model(settings.pop("model")), tuple(sorted(settings.items()))
+    return _model_place(settings.pop("model")), tuple(sorted(settings.items()))
+
+
+def _model_place(model: str) -> str:
+    """What names ``model`` in :func:`settings_key`: a local folder (a path, ``./m``, or a name that exists here) by
+    its absolute path, as the current folder makes it now (``"./m"`` after a ``chdir`` is another folder, and
+    was served the encoder of the first); a hub id (or the packaged MiniLM's alias, resolved) as it is."""
+    place = resolve_model(model)
+    if _local_path(place) or os.path.exists(place):
+        return os.path.abspath(os.path.expanduser(place))
+    return place
 
 
 def encoder_label(op: str, model: str, encoder: Any, method: str) -> str:

@@ -1,0 +1,66 @@
+"""Review s56 of the encoders: shared encoders keyed by a local folder's absolute path, what ``normalize=False``
+means, document vectors keyed by the document prompt alone, the LangChain adapter's and the encoders' settings
+checked when made, ``encode_queries(cache=True)`` honoured, the progress bar with the cache off, HashingEncoder's
+texts checked, ``RagkitEmbeddings("")`` refused and ``special_tokens="drop"`` keeping ``[UNK]``.
+
+The sentence and token encoders here run on a tiny folder with a ``config.json`` alone and a forward pass of
+their own (no model is loaded), except the ``[UNK]`` test, which reads MiniLM's tokenizer and model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from ragkit.encoders import sentence, tokens
+from ragkit.encoders.sentence import Encoder, get_encoder
+from ragkit.encoders.tokens import TokenEncoder, get_token_encoder
+
+
+@pytest.fixture(autouse=True)
+def _own_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RAGKIT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(sentence, "_ENCODERS", {})
+    monkeypatch.setattr(tokens, "_TOKEN_ENCODERS", {})
+
+
+def _folder(at: Path, tag: int) -> Path:
+    """A model folder whose files differ by ``tag`` (a ``config.json`` alone: fingerprinted, never loaded)."""
+    at.mkdir(parents=True)
+    (at / "config.json").write_text(json.dumps({"model_type": "bert", "tag": tag}))
+    return at
+
+
+class Fake(Encoder):
+    """Vectors from the text's length (no model); records each forward pass's texts and progress flag."""
+
+    key_tag = "fake-s56"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.calls: list[tuple[int, bool, str]] = []
+        super().__init__(*args, **kwargs)
+
+    def _forward(self, texts: list[str], progress: bool, role: str = "document") -> np.ndarray:
+        self.calls.append((len(texts), progress, role))
+        v = np.array([[len(t) + 1.0, 1.0] for t in texts], np.float32)
+        return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+# ------------------------------------------------------------------ 1. a relative folder after a chdir
+def test_shared_encoders_keyed_by_absolute_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``get_encoder("./m")`` in another folder is that folder's model (it returned the first folder's encoder, its
+    key and prompts; ``Dense.encoder`` goes through it); so too ``get_token_encoder``."""
+    _folder(tmp_path / "A" / "m", 1)
+    _folder(tmp_path / "B" / "m", 2)
+    monkeypatch.chdir(tmp_path / "A")
+    a, ta = get_encoder("./m"), get_token_encoder("./m")
+    assert get_encoder("./m") is a and get_encoder(str(tmp_path / "A" / "m")) is a  # (one folder: one encoder)
+    monkeypatch.chdir(tmp_path / "B")
+    b, tb = get_encoder("./m"), get_token_encoder("./m")
+    assert b is not a and b.key == Encoder("./m").key != a.key
+    assert tb is not ta and tb.key == TokenEncoder("./m").key != ta.key
+    monkeypatch.chdir(tmp_path)
+    assert get_encoder("m") is not a  # (a name that is a folder here: ./m, not A's)
