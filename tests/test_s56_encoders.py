@@ -64,3 +64,44 @@ def test_shared_encoders_keyed_by_absolute_folder(tmp_path: Path, monkeypatch: p
     assert tb is not ta and tb.key == TokenEncoder("./m").key != ta.key
     monkeypatch.chdir(tmp_path)
     assert get_encoder("m") is not a  # (a name that is a folder here: ./m, not A's)
+
+
+# ------------------------------------------------------------------ 2. normalize=False, said
+def test_normalize_false_documented_as_ragkit_not_normalising() -> None:
+    """The docstring says that ``normalize=False`` leaves a model's own ``Normalize`` module in place (MiniLM's
+    vectors stay unit length), as sentence-transformers' ``normalize_embeddings=False`` does."""
+    doc = " ".join((Encoder.__doc__ or "").split())
+    assert "ragkit does not normalise" in doc and "still returns unit vectors" in doc
+
+
+# ------------------------------------------------------------------ 3. document vectors keyed by their prompt
+def test_query_prompt_change_keeps_cached_documents(tmp_path: Path) -> None:
+    """Only the query prompt changed: the documents are read from the cache (they were all encoded again), and
+    the queries are not (their prompt changed)."""
+    m = str(_folder(tmp_path / "m", 1))
+    docs = ["cells divide", "a claim", "scurvy"]
+    first = Fake(m, query_prompt="query: ", document_prompt="")
+    v1 = first.encode(docs)
+    first.encode_queries(["q"], cache=True)
+    second = Fake(m, query_prompt="search: ", document_prompt="")
+    v2 = second.encode(docs)
+    assert second.n_encoded == 0 and np.array_equal(v1, v2)
+    second.encode_queries(["q"], cache=True)
+    assert second.n_queries_encoded == 1  # (another query prompt: its queries apart)
+    assert second.document_key == first.document_key and second.query_key != first.query_key
+    third = Fake(m, query_prompt="query: ", document_prompt="passage: ")  # (the first's query prompt)
+    third.encode_queries(["q"], cache=True)
+    assert third.n_queries_encoded == 0
+    third.encode(docs)
+    assert third.n_encoded == 3
+
+
+def test_plain_keys_unchanged() -> None:
+    """Without prompts the documents' (and queries') cache is keyed as before: the encoder's key, MiniLM's of
+    before (its cached vectors stay valid), ``|raw`` too."""
+    enc = Encoder()
+    assert enc.key == "st-e0727608fc2fbe55|msl=None"
+    assert enc.document_key == enc.query_key == enc.key and enc.store.key == enc.key and enc.query_store is enc.store
+    raw = Encoder(normalize=False)
+    assert raw.store.key == raw.key == "st-e0727608fc2fbe55|msl=None|raw"
+    assert TokenEncoder().key == "st-e0727608fc2fbe55|tokens|msl=None|special=keep|l2"

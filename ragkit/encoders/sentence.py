@@ -583,13 +583,17 @@ class Encoder:
     normalize : bool, optional
         Return unit vectors.  ``None`` (default) follows the model (:func:`model_normalises`): unit vectors when it
         has a ``Normalize`` module or says its similarity is cosine, the model's own vectors otherwise (a dot-product
-        model, whose ``metric: ip`` is then a true inner product).  Vectors not normalised are cached under another
-        key (``|raw``).
+        model, whose ``metric: ip`` is then a true inner product).  ``False``: ragkit does not normalise (as
+        sentence-transformers' ``normalize_embeddings=False``), but the model's own modules still run, so a model
+        whose pipeline ends in a ``Normalize`` module (MiniLM) still returns unit vectors.  Vectors ragkit does not
+        normalise are cached under another key (``|raw``).
     query_prompt, document_prompt : str, optional
         The text put before each query / document.  ``None`` (default) takes the model's own
         (``config_sentence_transformers.json`` ``prompts``: ``"query"``; ``"document"``, ``"passage"`` or
         ``"corpus"``; else its ``default_prompt_name``'s), ``""`` none.  A model with a prompt keys its cache with
-        the prompts, and when queries and documents get different prompts, their vectors are cached apart.
+        the prompts, and when queries and documents get different prompts, their vectors are cached apart: the
+        documents' under the document prompt alone (:attr:`document_key`), the queries' under the query prompt
+        alone (:attr:`query_key`), so changing one prompt keeps the other role's cached vectors.
 
     A subclass with a forward pass of its own (``_forward``) computes other vectors than the model's: its key ends
     with ``|forward=<tag>`` (:func:`forward_tag`), the tag its :attr:`key_tag` or else the ``module.qualname`` of
@@ -696,7 +700,8 @@ class Encoder:
 
     @property
     def normalize(self) -> bool:
-        """Whether the vectors are made unit length."""
+        """Whether ragkit makes the vectors unit length (``False``: the model's own, which are unit length anyway
+        when its pipeline ends in a ``Normalize`` module)."""
         return self._resolved()[3]
 
     @property
@@ -728,8 +733,36 @@ class Encoder:
         shared by every encoder of the model (of any batch size), so that each sees what the others wrote; under
         the cache folder in force now (``$RAGKIT_CACHE`` is read at each use: encoders shared by the process,
         :func:`get_encoder`, kept the folder of their first use)."""
-        return held_reader(self, "_cache", self.key,
+        return held_reader(self, "_cache", self.document_key,
                            lambda root, key: shared_store(root, key, unit_length=self._unit_length))
+
+    def _role_key(self, prompt: str, role: str) -> str:
+        """The key of the cached vectors of texts given ``prompt`` (:attr:`document_key`, :attr:`query_key`): as
+        :attr:`key`, with the prompt of that role alone in place of both, and ``|query`` for queries."""
+        fingerprint, _, _, normalize, _ = self._resolved()
+        key = f"{fingerprint}|msl={self.max_seq_length}"
+        key += prompts_part("", prompt) if role == "document" else prompts_part(prompt, "")
+        if not normalize:
+            key += "|raw"
+        if self._forward_name is not None:
+            key += f"|forward={self._forward_name}"
+        return key if role == "document" else f"{key}|query"
+
+    @property
+    def document_key(self) -> str:
+        """The key of the cached document vectors (:attr:`store`): :attr:`key` without the query prompt, which
+        changes no document vector (a new query prompt re-encoded the corpus).  :attr:`key` itself for a model
+        without prompts (the key of before prompts existed)."""
+        return self._role_key(self.document_prompt, "document")
+
+    @property
+    def query_key(self) -> str:
+        """The key of the cached query vectors (:attr:`query_store`): :attr:`document_key` where queries and
+        documents get the same prompt (a query's vector is then a document's), else one naming the query prompt
+        alone, ending ``|query``."""
+        if self.query_prompt == self.document_prompt:
+            return self.document_key
+        return self._role_key(self.query_prompt, "query")
 
     @property
     def _unit_length(self) -> bool:
@@ -746,10 +779,13 @@ class Encoder:
     @property
     def query_store(self) -> EmbeddingCache:
         """The on-disk cache of query vectors: :attr:`store` itself when queries and documents get the same prompt
-        (a query's vector is then a document's), else a cache of its own (key ``<key>|query``)."""
+        (a query's vector is then a document's), else a cache of its own (:attr:`query_key`: the query prompt
+        alone names it, so a new document prompt keeps the cached queries, as a new query prompt keeps the
+        documents')."""
         if self.query_prompt == self.document_prompt:
             return self.store
-        return query_reader(self, lambda root, key: shared_store(root, key, unit_length=self._unit_length))
+        return held_reader(self, "_query_cache", self.query_key,
+                           lambda root, key: shared_store(root, key, unit_length=self._unit_length))
 
     def _forward(self, texts: list[str], progress: bool, role: str = "document") -> np.ndarray:
         m = self.model
