@@ -184,3 +184,25 @@ def test_ragkit_commit_marks_an_untracked_module_in_the_package(tmp_path, monkey
     assert provenance.ragkit_commit(tmp_path) == sha + "+untracked"
     (tmp_path / "ragkit" / "__init__.py").write_text("import os\n")
     assert provenance.ragkit_commit(tmp_path) == sha + "+modified"
+
+
+@pytest.mark.parametrize("text, line", [
+    ("query-id\tcorpus-id\tscore\nq1\td1\t1\nq1\td2\t1\t0\n", 3),  # was {'q1': {'d1': 1, '1': 0}}
+    ("q1\td1\t1\nq1\td2\t2\tx\n", 2),
+])
+def test_read_qrels_refuses_a_4_column_line_among_3_column_ones_that_is_no_trec_line(tmp_path, text, line) -> None:
+    from ragkit.eval._read import read_qrels
+
+    p = tmp_path / "qrels.tsv"
+    p.write_text(text)
+    first = 2 if text.startswith("query-id") else 1
+    with pytest.raises(DataError, match=rf"qrels.tsv:{line}: expected 3 columns as on line {first} .*got 4"):
+        read_qrels(p)
+
+
+def test_read_qrels_reads_trec_lines_among_beirs_as_before(tmp_path) -> None:
+    from ragkit.eval._read import read_qrels
+
+    p = tmp_path / "qrels.tsv"
+    p.write_text("q1\td1\t1\nq2\t0\td3\t1\nq2 Q0 d4 2\n")
+    assert read_qrels(p) == {"q1": {"d1": 1}, "q2": {"d3": 1, "d4": 2}}

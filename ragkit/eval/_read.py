@@ -417,9 +417,11 @@ def read_qrels(path: str | os.PathLike[str]) -> Qrels:
     position, with a warning; where that field is a quoted number (``"1"``: a headerless file with quoted grades)
     it is a :class:`DataError` naming that line.
     Otherwise (BEIR's own header, or none), a line is ``query-id corpus-id score`` (3 columns)
-    or trec_eval's ``qid iter docid rel`` (4).  A file with CR-only (old Mac) line endings, or gzip-compressed, is
-    a :class:`DataError` saying so.  A ``.csv`` file is read by its header's column names, as
-    :class:`~ragkit.TrainSet` and :func:`~ragkit.eval.evaluate` read it (:func:`ragkit.types.as_qrels`:
+    or trec_eval's ``qid iter docid rel`` (4); in a file whose first judgement line has 3 columns, a 4-column line
+    is read as trec_eval's only when its ``iter`` column is ``0`` (or ``Q0``), else it is a :class:`DataError`
+    naming both lines (its grade would be read as the document id).  A file with CR-only (old Mac) line endings,
+    or gzip-compressed, is a :class:`DataError` saying so.  A ``.csv`` file is read by its header's column names,
+    as :class:`~ragkit.TrainSet` and :func:`~ragkit.eval.evaluate` read it (:func:`ragkit.types.as_qrels`:
     ``qid,docid,rel``, ``query-id,corpus-id,score``, ...).
     """
     csv_path = user_path(path, "read_qrels: path")
@@ -444,6 +446,8 @@ def _read_qrels(path: str | os.PathLike[str]) -> tuple[Qrels, dict[str, int], di
     head_at = 0  # its line number (0: no non-blank line yet)
     first_row: list[str] | None = None  # its columns
     others = False  # whether a line other than that header holds anything
+    width: int | None = None  # the columns of the first judgement line read by position (3 or 4), and its line
+    width_at = 0
     # a byte-order mark is not part of the header; a '"' in an id is part of it (no CSV quoting)
     for n, _, line in utf8_lines(path, "qrels files are UTF-8 text"):
         full = line.rstrip("\r\n")  # (its trailing tabs kept: a named header's last column may be left empty)
@@ -480,6 +484,15 @@ def _read_qrels(path: str | os.PathLike[str]) -> tuple[Qrels, dict[str, int], di
             raise DataError(f"{path}:{n}: expected 3 tab-separated columns 'query-id corpus-id score' (BEIR) "
                             f"or 4 columns 'query-id 0 doc-id relevance' (trec_eval), got {row!r}")
         else:
+            if width is None:  # the first judgement line read by position: 3 columns (BEIR) or 4 (trec_eval)
+                width, width_at = len(row), n
+            elif len(row) == 4 and width == 3 and row[1].casefold() not in ("0", "q0"):
+                # a 4-column line among BEIR's 3-column ones is trec_eval's 'qid 0 docid rel' only with its unused
+                # iteration column, 0 (Q0 in run files): else its grade would be read as the document id
+                # ('q1<TAB>d2<TAB>1<TAB>0' judging document '1')
+                raise DataError(f"{path}:{n}: expected 3 columns as on line {width_at} (BEIR's query-id corpus-id "
+                                f"score), got 4: {row!r}; a trec_eval line 'query-id 0 doc-id relevance' has 0 in "
+                                "its second column: give every line one layout")
             q, d, s = row[0], row[-2], row[-1]
         if "\x00" in text:  # (trec_eval would read the id cut at the NUL)
             _refuse_nul(path, n, (("query id", q), ("document id", d)))
