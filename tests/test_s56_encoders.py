@@ -18,6 +18,7 @@ import pytest
 from ragkit.encoders import sentence, tokens
 from ragkit.encoders.sentence import Encoder, get_encoder
 from ragkit.encoders.tokens import TokenEncoder, get_token_encoder
+from ragkit.errors import ParamError
 
 
 @pytest.fixture(autouse=True)
@@ -105,3 +106,77 @@ def test_plain_keys_unchanged() -> None:
     raw = Encoder(normalize=False)
     assert raw.store.key == raw.key == "st-e0727608fc2fbe55|msl=None|raw"
     assert TokenEncoder().key == "st-e0727608fc2fbe55|tokens|msl=None|special=keep|l2"
+
+
+# ------------------------------------------------------------------ 4. LangChainEmbeddingsEncoder's settings
+@pytest.mark.parametrize(("kwargs", "path"), [
+    ({"cache": "no"}, "cache"), ({"dim": "64"}, "dim"), ({"dim": -1}, "dim"), ({"dim": True}, "dim"),
+    ({"key": 5, "cache": True}, "key"), ({"key": 5}, "key"), ({"key": "  "}, "key")])
+def test_langchain_encoder_settings_checked_when_made(kwargs: dict[str, Any], path: str) -> None:
+    """Each bad setting is a ParamError naming it when the adapter is made, before any (maybe paid) embedding call
+    (``cache="no"`` turned the cache on; ``dim="64"`` failed after the call, 'expected 64, got 64')."""
+    pytest.importorskip("langchain_core")
+    from langchain_core.embeddings import DeterministicFakeEmbedding
+
+    from ragkit.integrations.langchain import LangChainEmbeddingsEncoder
+
+    calls: list[Any] = []
+
+    class Counting(DeterministicFakeEmbedding):
+        def embed_documents(self, texts: list[str]) -> list[list[float]]:
+            calls.append(texts)
+            return super().embed_documents(texts)
+
+    with pytest.raises(ParamError, match=path) as e:
+        LangChainEmbeddingsEncoder(Counting(size=64), **kwargs)
+    assert e.value.path == path and not calls
+    assert LangChainEmbeddingsEncoder(Counting(size=64), dim=64, key="fake-64", cache=False).dim == 64
+
+
+# ------------------------------------------------------------------ 5. device and cache checked
+@pytest.mark.parametrize(("kwargs", "path"), [
+    ({"device": "gpu"}, "device"), ({"device": 5}, "device"), ({"cache": "false"}, "cache"),
+    ({"cache": None}, "cache")])
+def test_encoder_device_and_cache_checked(kwargs: dict[str, Any], path: str) -> None:
+    """``get_encoder`` / ``Encoder`` refuse a device torch does not read and a cache that is no bool, naming it,
+    before any model load (a raw torch error at the first encode; ``cache="false"`` turned the cache on)."""
+    for make in (get_encoder, Encoder):
+        with pytest.raises(ParamError, match=path) as e:
+            make(**kwargs)
+        assert e.value.path == path
+
+
+def test_unavailable_accelerator_refused() -> None:
+    """A CUDA / MPS device this machine's torch cannot use is refused when the encoder is made (an
+    AssertionError, 'Torch not compiled with CUDA enabled', at the first encode)."""
+    import torch
+
+    if torch.cuda.is_available():
+        with pytest.raises(ParamError, match="device") as e:
+            Encoder(device=f"cuda:{torch.cuda.device_count()}")
+    else:
+        with pytest.raises(ParamError, match="cannot use cuda") as e:
+            get_encoder(device="cuda")
+    assert e.value.path == "device"
+    if not torch.backends.mps.is_available():
+        with pytest.raises(ParamError, match="cannot use mps"):
+            Encoder(device="mps")
+
+
+@pytest.mark.parametrize("make", [TokenEncoder, get_token_encoder])
+def test_token_encoder_cache_checked(make: Any) -> None:
+    with pytest.raises(ParamError, match="cache") as e:
+        make(cache="no")
+    assert e.value.path == "cache"
+
+
+# ------------------------------------------------------------------ 9. RagkitEmbeddings("")
+def test_ragkit_embeddings_empty_model_refused() -> None:
+    """``RagkitEmbeddings("")`` is get_encoder's ParamError (it silently used MiniLM); ``None`` is the default."""
+    pytest.importorskip("langchain_core")
+    from ragkit.integrations.langchain import RagkitEmbeddings
+
+    with pytest.raises(ParamError, match="empty") as e:
+        RagkitEmbeddings("")
+    assert e.value.path == "model"
+    assert RagkitEmbeddings().encoder is get_encoder()

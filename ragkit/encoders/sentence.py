@@ -439,11 +439,20 @@ def model_normalises(config: Mapping[str, Any], modules: Sequence[Any]) -> bool:
     return config.get("similarity_fn_name") == "cosine"
 
 
-def check_encoder_settings(who: str, *, batch_size: Any = 64, max_seq_length: Any = None) -> None:
+def check_encoder_settings(who: str, *, batch_size: Any = 64, max_seq_length: Any = None, device: Any = "cpu",
+                           cache: Any = True) -> None:
     """A :class:`ParamError` naming the setting of ``who`` (``get_encoder``, an encoder class) when ``batch_size``
     is no positive int or ``max_seq_length`` is neither ``None`` nor an int >= 1, before any model work: they failed
     at encode, with a raw ``TypeError`` or inside torch.  (Its upper bound, the model's position embeddings, is
-    checked at the model's load, :func:`load_model`.)"""
+    checked at the model's load, :func:`load_model`.)  So too ``cache`` that is no bool (``"false"`` turned the
+    cache on) and ``device`` that is no torch device string (``"gpu"``, ``5``) or names an accelerator this
+    machine's torch cannot use (``"cuda"`` on a CPU build, ``"cuda:3"`` with one GPU): they failed at the first
+    encode, inside torch, naming no argument."""
+    if not isinstance(cache, bool):
+        raise ParamError(f"{who}: cache is {type(cache).__name__} {cache!r:.60}; expected True or False (keep "
+                         "vectors in the on-disk cache)", path="cache")
+    if device != "cpu":
+        check_device(who, device)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ParamError(f"{who}: batch_size is {type(batch_size).__name__} {batch_size!r:.60}; expected a positive "
                          "int (texts per forward pass, e.g. 64)", path="batch_size")
@@ -451,6 +460,35 @@ def check_encoder_settings(who: str, *, batch_size: Any = 64, max_seq_length: An
                                        or max_seq_length < 1):
         raise ParamError(f"{who}: max_seq_length is {type(max_seq_length).__name__} {max_seq_length!r:.60}; expected "
                          "None (the model's own) or an int >= 1 (tokens kept per text)", path="max_seq_length")
+
+
+def check_device(who: str, device: Any) -> None:
+    """A :class:`ParamError` of path ``"device"`` naming ``who`` when ``device`` is no str torch reads as a device
+    (``torch.device``), or names a device type whose backend is not available here (``cuda`` without CUDA,
+    ``mps`` off a Mac) or an index beyond the devices there are.  Imports torch (the encoders load it anyway)."""
+    import torch
+
+    expected = "expected a torch device string: 'cpu', 'cuda', 'cuda:0', 'mps'"
+    if not isinstance(device, str):
+        raise ParamError(f"{who}: device is {type(device).__name__} {device!r:.60}; {expected}", path="device")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError) as e:
+        raise ParamError(f"{who}: device is {device!r}, which torch does not read as a device ({e}); {expected}",
+                         path="device") from None
+    if dev.type == "cpu":
+        return
+    backend = getattr(torch.backends, dev.type, None) if dev.type == "mps" else getattr(torch, dev.type, None)
+    available = getattr(backend, "is_available", None)
+    if callable(available) and not available():
+        raise ParamError(f"{who}: device is {device!r}, but this machine's torch cannot use {dev.type} (its "
+                         f"{dev.type}.is_available() is False); expected 'cpu' or an available device",
+                         path="device")
+    count = getattr(backend, "device_count", None)
+    if dev.index is not None and callable(count) and dev.index >= count():
+        raise ParamError(f"{who}: device is {device!r}, but there {'is' if count() == 1 else 'are'} {count()} "
+                         f"{dev.type} device{'' if count() == 1 else 's'} (indices from 0); expected an index below "
+                         f"{count()}", path="device")
 
 
 def forward_tag(encoder: Any, base: type) -> str | None:
@@ -624,7 +662,8 @@ class Encoder:
         #: read first: a bad key_tag is refused when the encoder is made, even for a hub id downloaded at first use
         self._forward_name = forward_tag(self, Encoder)
         model = _model_name(model, "Encoder")  # (None: an AttributeError in resolve_model)
-        check_encoder_settings("Encoder", batch_size=batch_size, max_seq_length=max_seq_length)
+        check_encoder_settings("Encoder", batch_size=batch_size, max_seq_length=max_seq_length, device=device,
+                               cache=cache)
         if normalize is not None and not isinstance(normalize, bool):
             raise ParamError(f"Encoder: normalize is {type(normalize).__name__} {normalize!r:.60}; expected None (as "
                              "the model says), True or False", path="normalize")
@@ -1031,14 +1070,16 @@ def get_encoder(model: str = DEFAULT_MODEL, **kwargs: Any) -> Encoder:
     Checked before anything is loaded: ``model`` that is no string (nor ``os.PathLike``, read as its path) is an
     :class:`~ragkit.errors.InputTypeError`, an empty one a :class:`~ragkit.errors.ParamError`, and so is a keyword
     :class:`Encoder` does not take (``batchsize=``: the keywords it takes, and the closest), a ``batch_size`` that is
-    no positive int and a ``max_seq_length`` below 1 (:func:`check_encoder_settings`).
+    no positive int, a ``max_seq_length`` below 1, a ``cache`` that is no bool and a ``device`` torch cannot use
+    here (:func:`check_encoder_settings`).
     """
     model = _model_name(model, "get_encoder")
     _refuse_unknown_settings(kwargs, "get_encoder")
     custom = registered_encoder(model)
     if custom is not None:
         return custom
-    check_encoder_settings("get_encoder", **{k: v for k, v in kwargs.items() if k in ("batch_size", "max_seq_length")})
+    check_encoder_settings("get_encoder", **{k: v for k, v in kwargs.items()
+                                             if k in ("batch_size", "max_seq_length", "device", "cache")})
     key = settings_key(Encoder, model, kwargs)
     enc = _ENCODERS.get(key)  # (a dict read: an encoder already made is returned without a lock)
     if enc is None:

@@ -545,7 +545,7 @@ class TokenEncoder:
         #: what names this encoder's vectors in its key (:func:`~ragkit.encoders.sentence.forward_tag`; ``None``:
         #: ragkit's forward pass), read once, now: a bad key_tag is refused here, not at the first encode
         self._forward_name = forward_tag(self, TokenEncoder)
-        check_encoder_settings("TokenEncoder", batch_size=batch_size, max_seq_length=max_seq_length)
+        check_encoder_settings("TokenEncoder", batch_size=batch_size, max_seq_length=max_seq_length, cache=cache)
         if special_tokens not in ("keep", "drop"):
             raise ParamError(f"TokenEncoder: special_tokens must be 'keep' or 'drop', got {special_tokens!r}",
                              path="special_tokens")
@@ -888,13 +888,14 @@ def get_token_encoder(model: str = DEFAULT_MODEL, **kwargs: Any) -> TokenEncoder
     Checked before anything is loaded, as :func:`~ragkit.encoders.get_encoder` checks its own: ``model`` that is no
     string (nor ``os.PathLike``) is an :class:`~ragkit.errors.InputTypeError`, an empty one a
     :class:`~ragkit.errors.ParamError`, and so is a keyword :class:`TokenEncoder` does not take (``batchsize=``: the
-    keywords it takes, and the closest), a ``batch_size`` that is no positive int and a ``max_seq_length`` below 1."""
+    keywords it takes, and the closest), a ``batch_size`` that is no positive int, a ``max_seq_length`` below 1 and a
+    ``cache`` that is no bool."""
     from ragkit.encoders.custom import registered_encoder
 
     model = _model_name(model, "get_token_encoder", TokenEncoder)
     _refuse_unknown_settings(kwargs, "get_token_encoder", TokenEncoder)
     check_encoder_settings("get_token_encoder",
-                           **{k: v for k, v in kwargs.items() if k in ("batch_size", "max_seq_length")})
+                           **{k: v for k, v in kwargs.items() if k in ("batch_size", "max_seq_length", "cache")})
     if registered_encoder(model) is not None:
         raise ParamError(f"model {model!r} is a registered custom encoder, which gives one vector per text; "
                          "multi-vector operators (muvera, maxsim, maxsim_exact) read per-token vectors of a "

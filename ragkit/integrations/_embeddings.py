@@ -73,10 +73,18 @@ class LangChainEmbeddingsEncoder:
         if not isinstance(embeddings, Embeddings):
             raise ParamError("LangChainEmbeddingsEncoder: expected a LangChain Embeddings, "
                              f"got {type(embeddings).__name__}")
-        check_encoder_settings("LangChainEmbeddingsEncoder", batch_size=batch_size)
+        check_encoder_settings("LangChainEmbeddingsEncoder", batch_size=batch_size, cache=cache)
+        if key is not None and (not isinstance(key, str) or not key.strip()):
+            raise ParamError(f"LangChainEmbeddingsEncoder: key is {type(key).__name__} {key!r:.60}; expected None (a "
+                             "key made from the embeddings' settings) or a non-blank str naming the model and its "
+                             "settings", path="key")
+        if dim is not None and (isinstance(dim, bool) or not isinstance(dim, int) or dim < 1):
+            raise ParamError(f"LangChainEmbeddingsEncoder: dim is {type(dim).__name__} {dim!r:.60}; expected None "
+                             "(the width of the first vectors embedded) or an int >= 1 (numbers per vector)",
+                             path="dim")
         self.embeddings = embeddings
         self.batch_size = batch_size
-        self.cache_enabled = bool(cache)
+        self.cache_enabled = cache
         self.key = key or self._default_key(embeddings)
         #: the key is the object's id (no key given, no settings to hash): it names no model, so no cache
         self._key_is_id = not key and self.key == self._id_key(embeddings)
@@ -240,7 +248,9 @@ class RagkitEmbeddings(Embeddings):
 
         if encoder is not None and (model is not None or encoder_kwargs):
             raise ParamError("RagkitEmbeddings: pass either encoder=... or model/settings, not both")
-        self.encoder = encoder if encoder is not None else get_encoder(model or DEFAULT_MODEL, **encoder_kwargs)
+        # (None: the default model; "" is get_encoder's ParamError, not silently the default)
+        self.encoder = encoder if encoder is not None else get_encoder(DEFAULT_MODEL if model is None else model,
+                                                                       **encoder_kwargs)
 
     def __repr__(self) -> str:
         return f"RagkitEmbeddings({self.encoder!r})"
