@@ -48,10 +48,11 @@ import scipy.sparse as sp
 
 from ragkit._topk import group_positions
 from ragkit.errors import DataError, ParamError
+from ragkit.params import FieldRefusal
 
 __all__ = [
     "FDEConfig", "fde_dim", "fde_documents", "fde_document_chunks", "fde_queries", "chamfer_scores", "chamfer_pairs",
-    "ball_carve", "draw_matrices", "MAX_K_SIM", "MAX_MEAN_WEIGHT",
+    "ball_carve", "draw_matrices", "MAX_K_SIM", "MAX_MEAN_WEIGHT", "MAX_FDE_DIM", "check_fde_size",
 ]
 
 _FINAL_STREAM = 2**31 - 1
@@ -59,6 +60,20 @@ _FINAL_STREAM = 2**31 - 1
 #: The most SimHash hyperplanes per repetition: ``2**12`` buckets (document encoding holds a
 #: ``(tokens, 2**k_sim)`` Hamming table per chunk; :class:`ragkit.retrievers.Muvera` caps ``k_sim`` alike).
 MAX_K_SIM = 12
+
+#: The largest FDE (before a final projection) muvera builds: 4 MiB of float32 per document.  The
+#: paper's largest are ~20k dimensions; beyond this a typo (``r_reps: 20000``) would exhaust memory.
+MAX_FDE_DIM = 2**20
+
+
+def check_fde_size(dims: int, formula: str, field: str | None = None) -> None:
+    """ValueError when an FDE of ``dims`` dimensions (``formula`` says how it is counted) exceeds
+    :data:`MAX_FDE_DIM`; with ``field``, a :class:`~ragkit.params.FieldRefusal` of that field."""
+    if dims > MAX_FDE_DIM:
+        text = (f"the FDE would have {formula} = {dims:,} dimensions, more than the {MAX_FDE_DIM:,} muvera builds "
+                f"({dims * 4 / 2**20:,.0f} MiB per document); lower r_reps, k_sim or d_proj")
+        raise ValueError(text) if field is None else FieldRefusal(field, text)
+
 
 #: The largest mean-channel weight.  The query channel is ``mean_weight * r_reps *`` a token sum, so the
 #: weight scales the channel against the SimHash blocks: at 1e4 the blocks are 1e-4 of the score (still above
@@ -126,15 +141,24 @@ class FDEConfig:
         if self.d_proj < 1 or self.r_reps < 1:
             raise ParamError(
                 f"FDEConfig: d_proj and r_reps must be >= 1, got d_proj={self.d_proj}, r_reps={self.r_reps}")
-        if self.d_final is not None and self.d_final < 1:
-            raise ParamError(f"FDEConfig.d_final must be >= 1 or None, got {self.d_final}")
-        if not 0 <= self.mean_weight <= MAX_MEAN_WEIGHT:
+        if self.d_final is not None and not 1 <= self.d_final <= MAX_FDE_DIM:  # (10**10: 37 GiB at the encoding)
+            raise ParamError(f"FDEConfig.d_final must be in 1..{MAX_FDE_DIM:,} or None (a final projection is for "
+                             f"shrinking the FDE), got {self.d_final:,}")
+        if not isinstance(self.fill_empty, (bool, np.bool_)):  # ("no" was true)
+            raise ParamError(f"FDEConfig.fill_empty must be a bool, got {self.fill_empty!r} "
+                             f"({type(self.fill_empty).__name__})")
+        object.__setattr__(self, "fill_empty", bool(self.fill_empty))
+        mw = self.mean_weight
+        if isinstance(mw, (bool, np.bool_)) or not isinstance(mw, (int, float, np.integer, np.floating)):
+            raise ParamError(f"FDEConfig.mean_weight must be a real number, got {mw!r} ({type(mw).__name__})")
+        if not 0 <= self.mean_weight <= MAX_MEAN_WEIGHT:  # (NaN fails it too)
             raise ParamError(f"FDEConfig.mean_weight must be in [0, {MAX_MEAN_WEIGHT:g}] (0: no mean channel; larger "
                              f"weights leave the SimHash blocks below float32 rounding, then overflow), got "
                              f"{self.mean_weight}")
         if self.projection not in ("ams", "countsketch", "identity"):
             raise ParamError(
                 f"FDEConfig.projection must be 'ams', 'countsketch' or 'identity', got {self.projection!r}")
+        object.__setattr__(self, "mean_weight", float(mw))
 
     @property
     def buckets(self) -> int:
@@ -150,6 +174,22 @@ class FDEConfig:
 
     def dim(self, d: int) -> int:
         return fde_dim(self, d)
+
+    def check_size(self, d: int) -> None:
+        """ParamError when the FDE blocks of ``d``-d tokens (``r_reps * 2**k_sim * d_proj``, the token dimension
+        for the identity) exceed :data:`MAX_FDE_DIM`, or ``d_final`` does not shrink them: the checks of
+        :class:`ragkit.retrievers.Muvera`, at the encoding (where ``d`` is known)."""
+        width = self.r_reps * self.buckets * self.proj_dim(d)
+        formula = (f"r_reps * 2**k_sim * the {d}-d tokens = {self.r_reps} * 2**{self.k_sim} * {d} (projection: "
+                   f"identity)" if self.identity(d) else
+                   f"r_reps * 2**k_sim * d_proj = {self.r_reps} * 2**{self.k_sim} * {self.d_proj}")
+        try:
+            check_fde_size(width, formula)
+        except ValueError as e:
+            raise ParamError(f"FDEConfig: {e}") from None
+        if self.d_final is not None and self.d_final >= width:
+            raise ParamError(f"FDEConfig.d_final ({self.d_final:,}) must be smaller than {formula} = {width:,}: a "
+                             "final projection is for shrinking the FDE")
 
 
 def fde_dim(cfg: FDEConfig, d: int) -> int:
@@ -270,6 +310,7 @@ def _chunks(data: np.ndarray, offsets: np.ndarray, cfg: FDEConfig, is_query: boo
     (:func:`_check`), before the first chunk.
     """
     data, offsets = _check(data, offsets)
+    cfg.check_size(data.shape[1])
     return _checked_chunks(data, offsets, cfg, is_query, chunk_tokens)
 
 
@@ -333,6 +374,7 @@ def _encode(data: np.ndarray, offsets: np.ndarray, cfg: FDEConfig, is_query: boo
             chunk_tokens: int = 200_000) -> np.ndarray:
     """The FDEs of every set, ``(n, fde_dim)`` float32: :func:`_chunks` gathered, or its one chunk itself."""
     data, offsets = _check(data, offsets)
+    cfg.check_size(data.shape[1])
     n = len(offsets) - 1
     out = None
     for lo, hi, rows in _checked_chunks(data, offsets, cfg, is_query, chunk_tokens):

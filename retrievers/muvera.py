@@ -44,13 +44,15 @@ from ragkit.registry import register
 from ragkit.retrievers._index import VectorIndex
 from ragkit.retrievers.centroids import build_codes, centroid_pairs, damaged_codes
 from ragkit.retrievers.dense import KNOWN_DIMS
-from ragkit.retrievers.fde import (
+from ragkit.retrievers.fde import (  # (MAX_FDE_DIM and check_fde_size lived here: still importable from here)
+    MAX_FDE_DIM,
     MAX_K_SIM,
     MAX_MEAN_WEIGHT,
     FDEConfig,
     ball_carve,
     chamfer_pairs,
     chamfer_scores,
+    check_fde_size,
     fde_dim,
     fde_document_chunks,
     fde_queries,
@@ -177,20 +179,6 @@ def rerank_tokens(q_data: np.ndarray, q_off: np.ndarray, q_w: np.ndarray | None,
 
 
 # --------------------------------------------------------------------------------- MUVERA
-#: The largest FDE (before a final projection) muvera builds: 4 MiB of float32 per document.  The
-#: paper's largest are ~20k dimensions; beyond this a typo (``r_reps: 20000``) would exhaust memory.
-MAX_FDE_DIM = 2**20
-
-
-def check_fde_size(dims: int, formula: str, field: str | None = None) -> None:
-    """ValueError when an FDE of ``dims`` dimensions (``formula`` says how it is counted) exceeds
-    :data:`MAX_FDE_DIM`; with ``field``, a :class:`~ragkit.params.FieldRefusal` of that field."""
-    if dims > MAX_FDE_DIM:
-        text = (f"the FDE would have {formula} = {dims:,} dimensions, more than the {MAX_FDE_DIM:,} muvera builds "
-                f"({dims * 4 / 2**20:,.0f} MiB per document); lower r_reps, k_sim or d_proj")
-        raise ValueError(text) if field is None else FieldRefusal(field, text)
-
-
 class MuveraParams(TokenParams):
     k: int = Field(default=100, ge=1, description="Results per query.")
     candidates: int = Field(default=200, ge=1, description=(

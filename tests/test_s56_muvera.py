@@ -60,3 +60,38 @@ def test_muvera_d_proj_of_an_unlisted_model_checked_before_encoding(monkeypatch)
     op = Muvera(model="my-org/unlisted-model", k=1, candidates=2, k_sim=2, r_reps=2, d_proj=32)
     with pytest.raises(ParamError, match=r"muvera\.d_proj: d_proj \(32\) is larger than the 16-d token vectors"):
         op.fit(corpus)
+
+
+# ------------------------------------------------------------------------------ 3. FDEConfig's other fields
+@pytest.mark.parametrize("kw, match", [
+    ({"fill_empty": "no"}, r"FDEConfig\.fill_empty must be a bool, got 'no' \(str\)"),
+    ({"fill_empty": 0}, r"FDEConfig\.fill_empty must be a bool, got 0 \(int\)"),
+    ({"mean_weight": "1"}, r"FDEConfig\.mean_weight must be a real number, got '1' \(str\)"),
+    ({"mean_weight": True}, r"FDEConfig\.mean_weight must be a real number, got True \(bool\)"),
+    ({"mean_weight": float("nan")}, r"FDEConfig\.mean_weight must be in \[0, 10000\].*got nan"),
+    ({"d_final": 10**10}, r"FDEConfig\.d_final must be in 1\.\.1,048,576 or None .*got 10,000,000,000"),
+])
+def test_fde_config_refuses_bad_fill_empty_mean_weight_and_d_final(kw, match):
+    """fill_empty="no" was taken (and acted as True), mean_weight="1" gave a raw TypeError, and d_final 10**10 was
+    taken, then asked for 37 GiB at the encoding (a MemoryError)."""
+    with pytest.raises(ParamError, match=match):
+        FDEConfig(**kw)
+    cfg = FDEConfig(fill_empty=np.bool_(False), mean_weight=np.float32(0.5), d_final=2**20)
+    assert cfg.fill_empty is False and type(cfg.mean_weight) is float and cfg.mean_weight == 0.5
+
+
+def test_fde_encoding_refuses_a_d_final_that_does_not_shrink_or_blocks_too_wide():
+    """The d_final and size checks Muvera makes, at the encoding, where the token width is known: a d_final of 500
+    over 2 * 8 * 4 = 64 block columns built 500 sketched columns of 64 (no check), an identity FDE over 2**20 was
+    built whatever its size."""
+    x, off = _unit_sets(np.random.default_rng(1), [3, 2], 8)
+    cfg = FDEConfig(k_sim=3, d_proj=4, r_reps=2, d_final=64)
+    for f in (F.fde_queries, F.fde_documents, F.fde_document_chunks):
+        with pytest.raises(ParamError, match=r"FDEConfig\.d_final \(64\) must be smaller than r_reps \* 2\*\*k_sim \* "
+                                             r"d_proj = 2 \* 2\*\*3 \* 4 = 64"):
+            f(x, off, cfg)
+    ident = FDEConfig(k_sim=12, r_reps=64, projection="identity")  # 64 * 4096 * 8 = 2,097,152 columns
+    with pytest.raises(ParamError, match=r"FDEConfig: the FDE would have r_reps \* 2\*\*k_sim \* the 8-d tokens = 64 "
+                                         r"\* 2\*\*12 \* 8 \(projection: identity\) = 2,097,152 dimensions"):
+        F.fde_queries(x, off, ident)
+    assert F.fde_queries(x, off, FDEConfig(k_sim=3, d_proj=4, r_reps=2, d_final=63)).shape == (2, 63)
