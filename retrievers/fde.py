@@ -618,9 +618,13 @@ def chamfer_scores(q_data: np.ndarray, q_off: np.ndarray, d_data: np.ndarray, d_
 
 
 def check_pair_rows(rows: np.ndarray, n_q: int, n_docs: int, where: str) -> np.ndarray:
-    """Candidate ``rows`` ``(n_q, k)`` as int64, checked: one row per query, no document id past
+    """Candidate ``rows`` ``(n_q, k)`` as int64, checked: integers, one row per query, no document id past
     ``n_docs``, none below ``-1`` (``-1`` pads).  Raises :class:`DataError` naming ``where``."""
-    rows = np.asarray(rows, np.int64)
+    rows = np.asarray(rows)
+    if rows.size and rows.dtype.kind not in "iu":  # float rows [[1.7], [0.2]] were read as 1 and 0, NaN as -2**63
+        raise DataError(f"{where}: rows must be integer document rows (0..{n_docs - 1}, -1 pads), got dtype "
+                        f"{rows.dtype}")
+    rows = rows.astype(np.int64, copy=False)
     if rows.ndim != 2 or rows.shape[0] != n_q:
         raise DataError(f"{where}: rows must be (n_queries={n_q}, k), got shape {rows.shape}")
     if rows.size and rows.max() >= n_docs:

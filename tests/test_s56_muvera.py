@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ragkit.errors import ParamError
+from ragkit.errors import DataError, ParamError
 from ragkit.retrievers import fde as F
 from ragkit.retrievers.fde import FDEConfig, fde_queries
 
@@ -95,3 +95,23 @@ def test_fde_encoding_refuses_a_d_final_that_does_not_shrink_or_blocks_too_wide(
                                          r"\* 2\*\*12 \* 8 \(projection: identity\) = 2,097,152 dimensions"):
         F.fde_queries(x, off, ident)
     assert F.fde_queries(x, off, FDEConfig(k_sim=3, d_proj=4, r_reps=2, d_final=63)).shape == (2, 63)
+
+
+# ------------------------------------------------------------------------------ 4. float candidate rows
+@pytest.mark.parametrize("rows", [np.array([[1.7], [0.2]]), np.array([[np.nan], [0.0]]), np.array([[True], [False]])])
+def test_pair_scorers_refuse_rows_that_are_not_integers(rows):
+    """chamfer_pairs / centroid_pairs read float rows [[1.7], [0.2]] as documents 1 and 0, silently, and a NaN as
+    -2**63 (a message about a row nobody gave)."""
+    from ragkit.retrievers.centroids import centroid_pairs
+
+    x = np.ones((4, 3), np.float32)
+    q_off, d_off = np.array([0, 2, 4]), np.array([0, 1, 2, 4])
+    msg = rf"rows must be integer document rows \(0\.\.2, -1 pads\), got dtype {rows.dtype}"
+    with pytest.raises(DataError, match="chamfer_pairs: " + msg):
+        F.chamfer_pairs(x, q_off, x, d_off, rows)
+    with pytest.raises(DataError, match="centroid_pairs: " + msg):
+        centroid_pairs(x, q_off, x[:2], np.array([0, 1, 0, 1], np.uint16), d_off, rows)
+    good = np.array([[1], [-1]])
+    assert F.chamfer_pairs(x, q_off, x, d_off, good).tolist() == [[6.0], [-np.inf]]
+    assert F.chamfer_pairs(x, q_off, x, d_off, np.zeros((2, 0))).shape == (2, 0)  # (no candidates: any dtype)
+
