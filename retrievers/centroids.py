@@ -27,7 +27,7 @@ import numpy as np
 from ragkit._topk import group_positions
 from ragkit.encoders.cache import UNREADABLE, load_npy, write_cache_files
 from ragkit.errors import DataError
-from ragkit.retrievers.fde import check_pair_rows
+from ragkit.retrievers.fde import check_pair_rows, check_q_weights
 
 _log = logging.getLogger("ragkit")
 _CODEBOOK_FILES = ("codebook", "codes", "code_offsets")  # the offsets are written last: their presence = complete
@@ -215,6 +215,7 @@ def centroid_pairs(q_data: np.ndarray, q_off: np.ndarray, centroids: np.ndarray,
     code_off = np.asarray(code_off, np.int64)
     nq = len(q_off) - 1
     rows = check_pair_rows(rows, nq, len(code_off) - 1, "centroid_pairs")
+    q_weights = check_q_weights(q_weights, len(q_data), "centroid_pairs")
     if len(q_data) and q_data.shape[1] != centroids.shape[1]:
         raise DataError(f"centroid_pairs: query tokens have {q_data.shape[1]} dims, the codebook {centroids.shape[1]}")
     n_c, dim = centroids.shape
@@ -227,7 +228,7 @@ def centroid_pairs(q_data: np.ndarray, q_off: np.ndarray, centroids: np.ndarray,
         return out
     q = np.asarray(q_data, np.float32)
     if q_weights is not None:
-        q = q * np.asarray(q_weights, np.float32)[:, None]                       # w <c, q> = <c, w q>
+        q = q * q_weights[:, None]                                            # w <c, q> = <c, w q>
     q_len = np.diff(q_off)
     pairs = ok.sum(1)
     order = np.argsort(q_len, kind="stable")                                  # similar lengths share a chunk

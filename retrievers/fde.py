@@ -585,11 +585,10 @@ def chamfer_scores(q_data: np.ndarray, q_off: np.ndarray, d_data: np.ndarray, d_
     """
     q_data, q_off = _check(q_data, q_off)
     d_data, d_off = _check(d_data, d_off)
+    q_weights = check_q_weights(q_weights, len(q_data), "chamfer_scores")
     nq, nd = len(q_off) - 1, len(d_off) - 1
     out = np.zeros((nq, nd), np.float32)
     q = np.asarray(q_data, np.float32)
-    if q_weights is not None:
-        q_weights = np.asarray(q_weights, np.float32)
     if len(q) == 0 or nd == 0:
         return out
     _dims_match(q, d_data, "chamfer_scores")
@@ -615,6 +614,20 @@ def chamfer_scores(q_data: np.ndarray, q_off: np.ndarray, d_data: np.ndarray, d_
             best *= q_weights[:, None]
         out[:, lo:hi] = _segment_sum_rows(best, q_off)
     return out
+
+
+def check_q_weights(q_weights: np.ndarray | None, n_tokens: int, where: str) -> np.ndarray | None:
+    """``q_weights`` as ``(n_tokens,)`` float32 (None stays None), checked: one weight per query token (a wrong
+    length failed with an IndexError or a broadcast error, or was taken).  Raises :class:`DataError` naming
+    ``where``."""
+    if q_weights is None:
+        return None
+    w = np.asarray(q_weights, np.float32)
+    if w.shape != (n_tokens,):
+        given = f"length {len(w)}" if w.ndim == 1 else f"shape {w.shape}"
+        raise DataError(f"{where}: q_weights must hold one weight per query token, got {given} for "
+                        f"{n_tokens} query tokens")
+    return w
 
 
 def check_pair_rows(rows: np.ndarray, n_q: int, n_docs: int, where: str) -> np.ndarray:
@@ -670,6 +683,7 @@ def chamfer_pairs(q_data: np.ndarray, q_off: np.ndarray, d_data: np.ndarray, d_o
     _dims_match(q_data, d_data, where)
     nq = len(q_off) - 1
     rows = check_pair_rows(rows, nq, len(d_off) - 1, where)
+    q_weights = check_q_weights(q_weights, len(q_data), where)
     k = rows.shape[1]
     out = np.full((nq, k), -np.inf, np.float32)
     pq = np.repeat(np.arange(nq, dtype=np.int64), k)
@@ -680,7 +694,7 @@ def chamfer_pairs(q_data: np.ndarray, q_off: np.ndarray, d_data: np.ndarray, d_o
     pq, pd = pq[valid], pd[valid]
     q_len = np.diff(q_off)
     q32 = np.asarray(q_data, np.float32)
-    qw = np.ones(len(q32), np.float32) if q_weights is None else np.asarray(q_weights, np.float32)
+    qw = np.ones(len(q32), np.float32) if q_weights is None else q_weights
     import torch  # batched GEMM: torch.bmm runs at big-GEMM speed, numpy's stacked matmul 4-9x slower
 
     dim = d_data.shape[1]

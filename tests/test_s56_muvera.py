@@ -115,3 +115,25 @@ def test_pair_scorers_refuse_rows_that_are_not_integers(rows):
     assert F.chamfer_pairs(x, q_off, x, d_off, good).tolist() == [[6.0], [-np.inf]]
     assert F.chamfer_pairs(x, q_off, x, d_off, np.zeros((2, 0))).shape == (2, 0)  # (no candidates: any dtype)
 
+
+# ------------------------------------------------------------------------------ 5. q_weights' length
+@pytest.mark.parametrize("n_w", [3, 5])
+def test_pair_and_matrix_scorers_refuse_q_weights_of_another_length(n_w):
+    """q_weights were never checked against the query tokens: chamfer_pairs failed with an IndexError (too short) or
+    took them (too long), chamfer_scores with a broadcast error, centroid_pairs alike."""
+    from ragkit.retrievers.centroids import centroid_pairs
+
+    x, q_off = _unit_sets(np.random.default_rng(2), [2, 2], 3)  # 4 query tokens
+    d_off = np.array([0, 1, 2, 4])
+    w = np.ones(n_w, np.float32)
+    msg = rf"q_weights must hold one weight per query token, got length {n_w} for 4 query tokens"
+    with pytest.raises(DataError, match="chamfer_pairs: " + msg):
+        F.chamfer_pairs(x, q_off, x, d_off, np.array([[0], [1]]), q_weights=w)
+    with pytest.raises(DataError, match="chamfer_scores: " + msg):
+        F.chamfer_scores(x, q_off, x, d_off, q_weights=w)
+    with pytest.raises(DataError, match="centroid_pairs: " + msg):
+        centroid_pairs(x, q_off, x[:2], np.array([0, 1, 0, 1], np.uint16), d_off, np.array([[0], [1]]), q_weights=w)
+    w4 = np.array([1.0, 2.0, 0.5, 1.0], np.float32)  # the right length: weighted as before
+    want = F.chamfer_scores(x, q_off, x, d_off, q_weights=w4)
+    got = F.chamfer_pairs(x, q_off, x, d_off, np.array([[0, 2], [1, 2]]), q_weights=w4)
+    np.testing.assert_allclose(got, [[want[0, 0], want[0, 2]], [want[1, 1], want[1, 2]]], rtol=1e-6)
