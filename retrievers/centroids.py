@@ -193,7 +193,8 @@ def centroid_pairs(q_data: np.ndarray, q_off: np.ndarray, centroids: np.ndarray,
 
     ``q_data`` ``(query tokens, d)`` with ragged ``q_off``; ``centroids`` ``(C, d)``;
     ``code_data``/``code_off`` the documents' code sets (:func:`code_sets`); ``q_weights``
-    per query token (ball carving; positive), default 1.  ``rows`` entries < 0 score ``-inf``;
+    per query token (ball carving; positive), default 1.  ``rows`` entries ``-1`` (padding) score ``-inf``,
+    other negative rows are refused;
     a document without tokens scores ``-inf`` too, as in :func:`ragkit.retrievers.fde.chamfer_pairs`.
 
     Batched over chunks of queries of similar length (sorted; no loop over queries or
