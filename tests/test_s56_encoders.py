@@ -17,7 +17,7 @@ import pytest
 
 from ragkit.encoders import sentence, tokens
 from ragkit.encoders.sentence import Encoder, get_encoder
-from ragkit.encoders.tokens import TokenEncoder, get_token_encoder
+from ragkit.encoders.tokens import TokenEncoder, TokenVectors, get_token_encoder
 from ragkit.errors import ParamError
 
 
@@ -168,6 +168,47 @@ def test_token_encoder_cache_checked(make: Any) -> None:
     with pytest.raises(ParamError, match="cache") as e:
         make(cache="no")
     assert e.value.path == "cache"
+
+
+# ------------------------------------------------------------------ 6. encode_queries(cache=True) honoured
+def test_explicit_query_cache_wins(tmp_path: Path) -> None:
+    """``encode_queries(cache=True)`` on an encoder made with ``cache=False`` caches, as ``encode(cache=True)``
+    does (it was ignored: the query encoded at each call); ``cache=False`` never caches."""
+    enc = Fake(str(_folder(tmp_path / "m", 1)), cache=False)
+    enc.encode_queries(["q1"], cache=True)
+    enc.encode_queries(["q1"], cache=True)
+    assert enc.n_queries_encoded == 1
+    enc.encode_queries(["q1"], cache=False)
+    enc.encode_queries(["q1"])  # (None: the encoder's cache=False)
+    assert enc.n_queries_encoded == 3
+
+
+# ------------------------------------------------------------------ 7. progress bar with the cache off
+def test_progress_with_cache_off(tmp_path: Path) -> None:
+    """More than 1,000 texts with the cache off show the progress bar, as with it on (it never showed)."""
+    enc = Fake(str(_folder(tmp_path / "m", 1)), cache=False)
+    texts = [f"text {i}" for i in range(1500)]
+    enc.encode(texts)
+    enc.encode(texts[:10])
+    enc.encode(texts, progress=False)
+    assert [c[1] for c in enc.calls] == [True, False, False]
+
+
+def test_token_progress_with_cache_off(tmp_path: Path) -> None:
+    """The token encoder likewise, past its cached path's 500 texts."""
+    seen: list[bool] = []
+
+    class FakeTokens(TokenEncoder):
+        key_tag = "fake-tokens-s56"
+
+        def _forward(self, texts: list[str], progress: bool = False, lens: Any = None) -> TokenVectors:
+            seen.append(progress)
+            return TokenVectors(np.ones((len(texts), 2), np.float16), np.arange(len(texts) + 1, dtype=np.int64))
+
+    enc = FakeTokens(str(_folder(tmp_path / "m", 1)), cache=False)
+    enc.encode([f"t{i}" for i in range(600)])
+    enc.encode(["a", "b"])
+    assert seen == [True, False]
 
 
 # ------------------------------------------------------------------ 9. RagkitEmbeddings("")

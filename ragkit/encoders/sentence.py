@@ -849,7 +849,9 @@ class Encoder:
         otherwise; the document prompt (``document_prompt``) before each.
 
         With the cache on (documents), vectors already on disk are read back and only
-        the missing texts are encoded.  A progress bar shows for more than 1,000 new texts.
+        the missing texts are encoded.  ``cache``: ``None`` follows the encoder's ``cache``, ``True`` / ``False``
+        win over it for this call.  A progress bar shows for more than 1,000 texts to encode (``progress``:
+        ``None``, as said; ``True`` / ``False`` always / never), with the cache on or off.
         """
         texts = as_texts(texts, "encode")
         if not texts:
@@ -857,7 +859,7 @@ class Encoder:
         use_cache = self.cache_enabled if cache is None else cache
         if not use_cache:
             self.n_encoded += len(texts)
-            return self._computed(texts, bool(progress))
+            return self._computed(texts, progress if progress is not None else len(texts) > 1000)
         vecs, n_new = self.store.fetch_or_compute(
             texts, lambda new: self._computed(new, progress if progress is not None else len(new) > 1000))
         self.n_encoded += n_new
@@ -867,7 +869,8 @@ class Encoder:
         """Encode queries, shape ``(n, dim)`` (counted in ``n_queries_encoded``, not in ``n_encoded``), the query
         prompt (``query_prompt``) before each.
 
-        Queries go to the on-disk cache only when asked (``cache=True``, or ``None`` inside
+        Queries go to the on-disk cache only when asked (``cache=True``, whatever the encoder's own ``cache``, as
+        :meth:`encode`'s explicit ``cache`` wins; or ``None`` on an encoder with its cache on, inside
         :func:`caching_queries` or with ``RAGKIT_CACHE_QUERIES=1``): served queries rarely repeat, but an
         evaluation's do, run after run (``ragkit eval`` and ``train`` ask).  They share the documents' cache when
         the model puts the same prompt (or none) before both, as a query's vector is then a document's; a model
@@ -876,7 +879,7 @@ class Encoder:
         texts = as_texts(texts, "encode_queries")
         if not texts:
             return np.zeros((0, self.dim), np.float32)
-        if not self.cache_enabled or not (queries_cached() if cache is None else cache):
+        if not (self.cache_enabled and queries_cached() if cache is None else cache):
             self.n_queries_encoded += len(texts)
             return self._computed(texts, False, query=True)
         vecs, n_new = self.query_store.fetch_or_compute(texts, lambda new: self._computed(new, False, query=True))

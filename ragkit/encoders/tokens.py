@@ -742,7 +742,9 @@ class TokenEncoder:
         return type(self)._forward is TokenEncoder._forward and "_forward" not in vars(self)
 
     def encode(self, texts: Sequence[str], *, cache: bool | None = None, progress: bool | None = None) -> TokenVectors:
-        """Token vectors of ``texts`` (float16 unit rows), read from the disk cache where present."""
+        """Token vectors of ``texts`` (float16 unit rows), read from the disk cache where present.  A progress bar
+        shows for more than 500 texts to encode (``progress``: ``None``, as said; ``True`` / ``False`` always /
+        never), with the cache on or off."""
         texts = as_texts(texts, "encode")
         return self._encode(texts, self.cache_enabled if cache is None else cache, progress, count=True)
 
@@ -754,7 +756,8 @@ class TokenEncoder:
         prompt = self.document_prompt if count else self.query_prompt
         if not use_cache:
             self._count(len(texts), count)
-            return self._forward([prompt + t for t in texts] if prompt else texts, bool(progress))
+            return self._forward([prompt + t for t in texts] if prompt else texts,
+                                 progress if progress is not None else len(texts) > 500)
         digests = text_digests(texts)  # (of the texts as given: the prompt is in the key)
         store = self.store if count else self.query_store
         whole = store.whole(digests)
