@@ -15,7 +15,7 @@ from ragkit._files import shell_quote
 from ragkit.cli._app import _examples, _fail, _RunFailure, app
 from ragkit.cli._console import _note, console, err_console
 from ragkit.cli._data import _check_data_folder, _check_split, _is_list, _refuse_test_split
-from ragkit.cli._options import _expands_paths, _path_option, _ranged_option
+from ragkit.cli._options import _expands_paths, _given, _path_option, _ranged_option
 from ragkit.cli._outputs import _prepare_out_folder
 from ragkit.cli._pipeline import (
     _check_retrieves,
@@ -97,6 +97,7 @@ def _held_out_fold(queries: Any, seed: int) -> Optional[_Fold]:
     "ragkit eval --data scifact --pipeline scifact-learned"))
 @_expands_paths
 def train_cmd(
+    ctx: typer.Context,
     data: str = typer.Option(..., "--data", help="BEIR dataset name or folder."),
     pipeline: str = typer.Option(..., "--pipeline", "-p",
                                  help="Pipeline YAML file, saved pipeline or operator folder, or operator name."),
@@ -111,7 +112,8 @@ def train_cmd(
              f"learns from judged queries, else skip the report with a note (a pipeline that learns nothing would "
              f"show one fit twice: --report shows it anyway); --report on a smaller split is an error (before "
              f"anything is fitted)."),
-    seed: int = _ranged_option(0, "--seed", lo=0, hi=2**32 - 1, help="Seed of the held-out fold."),
+    seed: int = _ranged_option(0, "--seed", lo=0, hi=2**32 - 1,
+                               help="Seed of the held-out fold (of the held-out report: refused with --no-report)."),
 ) -> None:
     """Fit a pipeline on a corpus, learning from a judged split, and save it.
 
@@ -136,6 +138,9 @@ def train_cmd(
                               "a list)")
         _check_split("--split", split, data)
         _refuse_test_split(None, split, "--split")  # (the name now; a link to qrels/test.tsv once it is read)
+        if report is False and _given(ctx, "seed"):
+            raise RagkitError(f"--seed {seed}: the seed of the held-out report's fold, but --no-report skips the "
+                              "report, so it would be ignored; leave out --no-report, or leave out --seed")
     except RagkitError as e:
         _fail(e)
     try:
@@ -176,6 +181,9 @@ def train_cmd(
                 raise RagkitError(f"--report: {why}; pass --no-report, or use a split with other questions")
             _note(Text.assemble(("held-out report skipped:", "yellow"), f" {why} (--no-report silences this note)"))
             report = False
+        if not report and _given(ctx, "seed"):  # (skipped by itself: --no-report with --seed was refused above)
+            _note(Text.assemble(("note:", "yellow"),
+                                f" --seed {seed} is not used: it draws the held-out report's fold, and no report runs"))
         if report and fold is not None and fit_part is not None:
             n = len(train.queries)
             held_idx, fit_idx = fold.held, fold.fit
