@@ -197,7 +197,7 @@ def eval_cmd(
     """
     from ragkit.eval.beir import beir_subsets
 
-    ks = _parse_ks(k)
+    ks = _parse_ks(k, refuse_repeats=True)
     t_all = time.perf_counter()
     try:
         names = None

@@ -150,15 +150,31 @@ def _ranged_option(default: Any, name: str, *, kind: type = int, lo: float | Non
                         help=f"{help}  [{said}]" if help else f"[{said}]", **kw)
 
 
-def _parse_ks(ks: str) -> list[int]:
+def _parse_ks(ks: str, *, refuse_repeats: bool = False) -> list[int]:
+    """``--k``'s comma-separated cut-offs (``10,100``) as positive integers, in their order, each once; an empty
+    item (``10,,100``, ``10,``) is a ``typer.BadParameter`` (exit status 2), as ``--data``'s lists refuse one.
+    A cut-off given twice (``10,10``, ``10,010``) is kept once, or with ``refuse_repeats`` (``ragkit eval``'s
+    ``--k``, as ``--metrics`` and ``--data`` refuse an item listed twice) refused."""
+    items = [x.strip() for x in ks.split(",")]
+    if len(items) > 1 and not all(items):
+        raise typer.BadParameter(f"{ks!r}: an empty item in the comma-separated list; expected cut-offs such as "
+                                 "10,100", param_hint="--k")
     try:
-        out = [int(x) for x in ks.split(",") if x.strip()]
+        out = [int(x) for x in items if x]
     except ValueError:
         raise typer.BadParameter(f"expected comma-separated integers such as 10,100, got {ks!r}", param_hint="--k")
     if not out or any(k < 1 for k in out):
         raise typer.BadParameter(f"expected positive integers, got {ks!r}", param_hint="--k")
     if max(out) > MAX_INT:  # trec_eval's cut-offs are C ints: refused here, not as an unknown metric after the search
         raise typer.BadParameter(f"expected cut-offs of at most {MAX_INT:,}, got {max(out)}", param_hint="--k")
+    if refuse_repeats:
+        seen: dict[int, str] = {}
+        for item, k in zip([x for x in items if x], out):
+            if k in seen:
+                said = (f"the cut-off {k} is listed twice" if seen[k] == item else
+                        f"{seen[k]!r} and {item!r} are both the cut-off {k}")
+                raise typer.BadParameter(f"{ks!r}: {said}; list each cut-off once", param_hint="--k")
+            seen[k] = item
     return list(dict.fromkeys(out))  # (10,10 and 10,010 are 10 once: each metric is scored at each cut-off once)
 
 
