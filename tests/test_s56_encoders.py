@@ -16,9 +16,10 @@ import numpy as np
 import pytest
 
 from ragkit.encoders import sentence, tokens
+from ragkit.encoders.custom import HashingEncoder
 from ragkit.encoders.sentence import Encoder, get_encoder
 from ragkit.encoders.tokens import TokenEncoder, TokenVectors, get_token_encoder
-from ragkit.errors import ParamError
+from ragkit.errors import DataError, ParamError
 
 
 @pytest.fixture(autouse=True)
@@ -209,6 +210,19 @@ def test_token_progress_with_cache_off(tmp_path: Path) -> None:
     enc.encode([f"t{i}" for i in range(600)])
     enc.encode(["a", "b"])
     assert seen == [True, False]
+
+
+# ------------------------------------------------------------------ 8. HashingEncoder's texts checked
+@pytest.mark.parametrize("texts", ["red apples", [None], [b"x", 5], ["ok", 3]])
+def test_hashing_encoder_refuses_what_is_no_list_of_texts(texts: Any) -> None:
+    """One string (encoded per character), ``None`` (as 'None'), bytes and numbers are refused, as by the other
+    encoders."""
+    enc = HashingEncoder(16)
+    with pytest.raises(DataError):
+        enc.encode(texts)
+    with pytest.raises(DataError):
+        enc.encode_queries(texts)
+    assert enc.encode(["red apples", ""]).shape == (2, 16)
 
 
 # ------------------------------------------------------------------ 9. RagkitEmbeddings("")

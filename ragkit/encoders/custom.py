@@ -121,8 +121,14 @@ class HashingEncoder:
         self.key = f"hashing-bow-v1-{dim}"
 
     def encode(self, texts: Sequence[str], **kw: Any) -> np.ndarray:
-        """Unit vectors ``(len(texts), dim)`` float32 of ``texts``; encoding settings (``batch_size``...) ignored."""
-        words = [re.findall(r"[^\W_]+", str(t).lower()) for t in texts]
+        """Unit vectors ``(len(texts), dim)`` float32 of ``texts`` (a list of strings, checked as the other encoders
+        check theirs, :func:`~ragkit.encoders.sentence.as_texts`: one string, ``None`` or bytes among them is a
+        :class:`~ragkit.errors.DataError`, not its characters or ``'None'`` hashed); encoding settings
+        (``batch_size``...) ignored."""
+        from ragkit.encoders.sentence import as_texts  # (sentence imports this module)
+
+        texts = as_texts(texts, "HashingEncoder.encode")
+        words = [re.findall(r"[^\W_]+", t.lower()) for t in texts]
         rows = np.repeat(np.arange(len(words)), [len(w) for w in words])
         cols = np.fromiter((zlib.crc32(w.encode()) % self.dim for ws in words for w in ws), np.int64, len(rows))
         v = np.full((len(words), self.dim), 0.1, np.float32)
