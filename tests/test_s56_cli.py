@@ -42,3 +42,48 @@ def test_eval_k_refuses_empty_and_repeated_items(tmp_path: Path) -> None:
     res = cli("eval", "--data", data, "-p", "bm25", "--k", " 5 , 10")
     assert res.exit_code == 0, res.output
     assert "ndcg@5" in res.output and "ndcg@10" in res.output
+
+
+# ------------------------------------------------------------------ 4. --data: a missing folder, a mistyped name
+def test_missing_folder_lists_the_folders_here_not_sub_datasets(tmp_path: Path, monkeypatch) -> None:
+    """``./d9`` beside BEIR folders d1, d2 said '. holds the sub-datasets d1, d2', as if the working folder were
+    an archive (cqadupstack); the folders there are listed as such now, with the closest one."""
+    import pytest
+
+    from ragkit import load_beir
+    from ragkit.errors import DataError
+
+    for name in ("sf_one", "sf_two"):
+        tiny_beir(tmp_path / name)
+    monkeypatch.chdir(tmp_path)
+    res = cli("eval", "--data", "./sf_onx", "-p", "bm25")
+    assert res.exit_code == 2, res.output
+    said = " ".join(res.output.split())
+    assert "./sf_onx: BEIR folder not found; BEIR folders here: sf_one, sf_two; did you mean 'sf_one'?" in said, said
+    assert "sub-datasets" not in said
+    with pytest.raises(DataError, match=r"^other/sf_onx: BEIR folder not found; BEIR folders in other: sf_one, sf_two; "
+                                        r"did you mean 'other/sf_one'\?$"):
+        (tmp_path / "other").mkdir()
+        for name in ("sf_one", "sf_two"):
+            tiny_beir(tmp_path / "other" / name)
+        load_beir("other/sf_onx")
+    for name in ("android", "gaming"):  # a BEIR archive (by its name): its sub-datasets, as before
+        tiny_beir(tmp_path / "cqadupstack" / name)
+    with pytest.raises(DataError, match=r"^cqadupstack/androi: BEIR folder not found; cqadupstack holds the "
+                                        r"sub-datasets android, gaming; did you mean 'cqadupstack/android'\?$"):
+        load_beir("cqadupstack/androi")
+
+
+def test_a_failed_download_of_a_mistyped_name_suggests_the_beir_name(tmp_path: Path, monkeypatch) -> None:
+    """``--data scifcat`` where the download fails for another reason than a missing archive (no network) said
+    only the failure; the BEIR name it is close to is suggested now (a custom server may host other names, so
+    the download is still tried)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("RAGKIT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("RAGKIT_BEIR_URL", "http://127.0.0.1:9/")  # (the discard port: connection refused)
+    res = cli("eval", "--data", "scifcat", "-p", "bm25")
+    assert res.exit_code == 1, res.output
+    said = " ".join(res.output.split())
+    assert "could not download" in said and said.endswith("did you mean the BEIR dataset 'scifact'?"), said
+    res = cli("eval", "--data", "zzqqxx", "-p", "bm25")  # (close to no BEIR name: no suggestion)
+    assert res.exit_code == 1 and "did you mean" not in res.output, res.output

@@ -567,6 +567,8 @@ def _find(name: str, label: str, *, download: bool, base_url: str | None) -> Pat
             hint, bad_name = _unknown_name(name, base_url)
             if bad_name:  # a typo of a BEIR name, or a name BEIR's own server lacks: bad input, not a retry
                 cls = DataError
+        elif not missing and not cached and name.lower() not in BEIR_NAMES:  # (no network, a server error)
+            hint = _near_beir_name(name)  # a typo may be why: said, the failure left as it is (exit status 1)
         raise cls(f"BEIR dataset {label!r}: not found locally (looked in {looked}); {e}{hint}") from None
 
 
@@ -577,14 +579,21 @@ def _unknown_name(name: str, base_url: str | None) -> tuple[str, bool]:
     asking again cannot help) rather than a failed download (1): so when it is a typo of a BEIR name, or when
     the server is BEIR's own, which holds only those.  Another server ($RAGKIT_BEIR_URL, ``base_url``) may
     host datasets of its own that it lacks for now: a name close to none of BEIR's stays a failed download."""
-    import difflib
-
-    near = difflib.get_close_matches(name.lower(), BEIR_NAMES, n=1, cutoff=0.75)
-    if near:
-        return f"; did you mean the BEIR dataset {near[0]!r}?", True
+    hint = _near_beir_name(name)
+    if hint:
+        return hint, True
     if _beirs_own(base_url):
         return f"; BEIR's datasets are {', '.join(BEIR_NAMES)}", True
     return "", False
+
+
+def _near_beir_name(name: str) -> str:
+    """``; did you mean the BEIR dataset 'scifact'?`` for a name close to one BEIR distributes (``scifcat``:
+    :data:`BEIR_NAMES`), else ``""``."""
+    import difflib
+
+    near = difflib.get_close_matches(name.lower(), BEIR_NAMES, n=1, cutoff=0.75)
+    return f"; did you mean the BEIR dataset {near[0]!r}?" if near else ""
 
 
 def _find_sub(archive: str, sub: str, *, download: bool, base_url: str | None) -> Path:
@@ -612,15 +621,29 @@ def _find_sub(archive: str, sub: str, *, download: bool, base_url: str | None) -
 
 
 def _not_a_folder(text: str) -> DataError:
-    """The error for a path that is no folder; it lists the sub-datasets when its parent holds several, and
-    names the dataset to pass when the path ends in a BEIR dataset's name (``data/scifact``: ``'scifact'``,
-    which :func:`load_beir` finds in its cache or downloads)."""
-    parent = Path(text).parent
+    """The error for a path that is no folder.  Where its parent holds BEIR folders it lists them (the first
+    20), with the closest to the name given (``./scifact_smal``: ``'scifact_small'``): as the sub-datasets of a
+    BEIR archive where the parent is one (a download in the cache, or named as BEIR's archive, ``cqadupstack``),
+    else as the folders there (``BEIR folders here: d1, d2``, of the working folder).  It names the dataset to
+    pass when the path ends in a BEIR dataset's name (``data/scifact``: ``'scifact'``, which :func:`load_beir`
+    finds in its cache or downloads)."""
+    import difflib
+
+    given = Path(text)
+    parent, name = given.parent, given.name
     subs = _subsets(parent)
-    hint = f"; {parent} holds the sub-datasets {', '.join(subs)}" if subs else ""
-    name = Path(text).name.lower()
-    if name in BEIR_NAMES:
-        hint += f"; to find it by name (or download it), pass {name!r}"
+    hint = ""
+    if subs:
+        shown = ", ".join(subs[:20]) + (f" and {len(subs) - 20} more" if len(subs) > 20 else "")
+        near = difflib.get_close_matches(name, subs, n=1)
+        mean = f"; did you mean {str(given.with_name(near[0]))!r}?" if near else ""
+        if _in_cache(parent) or parent.name.lower() in BEIR_NAMES:
+            hint = f"; {parent} holds the sub-datasets {shown}{mean}"
+        else:
+            here = "here" if parent.resolve() == Path.cwd().resolve() else f"in {parent}"
+            hint = f"; BEIR folders {here}: {shown}{mean}"
+    if name.lower() in BEIR_NAMES:
+        hint += f"; to find it by name (or download it), pass {name.lower()!r}"
     return DataError(f"{text}: BEIR folder not found{hint}")
 
 
