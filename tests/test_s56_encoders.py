@@ -235,3 +235,17 @@ def test_ragkit_embeddings_empty_model_refused() -> None:
         RagkitEmbeddings("")
     assert e.value.path == "model"
     assert RagkitEmbeddings().encoder is get_encoder()
+
+
+# ------------------------------------------------------------------ 10. special_tokens="drop" keeps [UNK]
+def test_drop_keeps_unknown_tokens() -> None:
+    """``"drop"`` removes [CLS] / [SEP] but keeps [UNK] (an emoji-only text had no row left) and [MASK]; its key
+    changed with it ("keep", the default, did not: its cached vectors stay valid)."""
+    drop = TokenEncoder(special_tokens="drop", cache=False)
+    keep = TokenEncoder(cache=False)
+    assert drop.encode(["\U0001F642"]).lengths.tolist() == [1]
+    assert drop.encode(["[MASK] cells"]).lengths.tolist() == [2]
+    assert keep.encode(["\U0001F642", "cells"]).lengths.tolist() == [3, 3]
+    assert drop.encode(["cells"]).lengths.tolist() == [1]
+    assert drop.key == "st-e0727608fc2fbe55|tokens|msl=None|special=drop-structural|l2"
+    assert keep.key == "st-e0727608fc2fbe55|tokens|msl=None|special=keep|l2"
