@@ -5,9 +5,11 @@ with a percentile-bootstrap confidence interval over queries, and the two-sided 
 paired randomisation test (Fisher's sign flip, the test Smucker, Allan & Carterette, CIKM 2007,
 recommend for IR; :func:`ragkit.eval.metrics.paired_randomization_test`).  The p-values of all
 (system, metric) comparisons of one call are corrected together by Holm's step-down method, so
-"significant" keeps its meaning however many systems and metrics are compared.  Every p-value is a
-Monte Carlo estimate: its standard error ``sqrt(p (1 - p) / n_resamples)`` is kept, and a Holm-corrected
-p-value within two standard errors of ``alpha`` is marked as such (its verdict could flip with the seed).
+"significant" keeps its meaning however many systems and metrics are compared.  A p-value where a system
+differs from the baseline on at most 20 queries is exact (all ``2**k`` sign patterns of those ``k`` counted:
+standard error 0); any other is a Monte Carlo estimate: its standard error ``sqrt(p (1 - p) / n_resamples)`` is
+kept, and a Holm-corrected p-value within two standard errors of ``alpha`` is marked as such (its verdict could
+flip with the seed).
 
 Results come from ``ragkit eval -o`` JSON files (their per-query values) or from TREC run files
 scored against judgements here (:func:`load_result`); every system must be scored on the same
@@ -39,6 +41,7 @@ import numpy as np
 from ragkit._files import sha256_file
 from ragkit.errors import DataError, InputTypeError, ParamError, RagkitError, some_ids
 from ragkit.eval.metrics import (
+    SIGN_FLIP_EXACT_MAX,
     _evaluate_noted,
     _exact_grid,
     _named_twice,
@@ -544,9 +547,10 @@ class Comparison:
     ``delta`` is mean(system) - mean(baseline) over the shared queries, ``ci_low``/``ci_high`` its
     bootstrap interval at ``confidence``, ``p_value`` the raw two-sided paired randomisation
     p-value and ``p_holm`` the same after Holm's correction over every comparison in the table.
-    ``p_se`` and ``p_holm_se`` are their Monte Carlo standard errors (``sqrt(p (1 - p) / n_resamples)``;
-    Holm's multiplier times that of the p-value that sets the adjusted one): ``near_alpha`` marks a
-    ``p_holm`` within two of them of ``alpha``, whose verdict another seed could flip.
+    ``p_se`` and ``p_holm_se`` are their Monte Carlo standard errors (``sqrt(p (1 - p) / n_resamples)``, 0 for
+    an exact p-value, where the system differs from the baseline on at most 20 queries; Holm's multiplier times
+    that of the p-value that sets the adjusted one): ``near_alpha`` marks a ``p_holm`` within two of them of
+    ``alpha``, whose verdict another seed could flip.
 
     What reproduces it: ``seed``, ``dataset`` and ``split`` (when the results record them), each system's
     ``sources`` (the file read), ``depths`` (the ``--depth`` it was evaluated at, ``None`` when not given or not
@@ -741,7 +745,8 @@ class Comparison:
                  f"the bootstrap resamples within each)" if self.n_datasets > 1 else _n_queries(self.n_queries))
         of = " / ".join(x for x in (self.dataset, self.split) if x)
         return (f"{of + ': ' if of else ''}{where} · baseline {self.systems[self.baseline]} · paired randomisation "
-                f"test ({self.n_resamples:,} sign flips), Holm-corrected over {n_tests} comparison"
+                f"test ({self.n_resamples:,} sign flips), exact where at most {SIGN_FLIP_EXACT_MAX} queries differ, "
+                f"Holm-corrected over {n_tests} comparison"
                 f"{'' if n_tests == 1 else 's'} · * p (Holm) < {self.alpha:g} · ? within 2 Monte Carlo standard "
                 "errors of it")
 
@@ -814,8 +819,10 @@ class Comparison:
                 "mean": "each dataset weighted equally" if self.n_datasets > 1 else "over queries", "alpha": self.alpha,
                 "confidence": self.confidence, "n_resamples": self.n_resamples, "seed": self.seed,
                 "test": "paired randomisation (sign flip), two-sided, Holm-corrected",
-                "p_se": "Monte Carlo standard error, sqrt(p (1 - p) / n_resamples); near_alpha: p_holm within two "
-                        "of alpha", **({"note": note} if note else {}), **({"warnings": warnings} if warnings else {}),
+                "p_se": f"Monte Carlo standard error, sqrt(p (1 - p) / n_resamples), 0 where p is exact (at most "
+                        f"{SIGN_FLIP_EXACT_MAX} queries differ: all sign patterns counted); near_alpha: p_holm "
+                        "within two of alpha", **({"note": note} if note else {}),
+                **({"warnings": warnings} if warnings else {}),
                 **({"few_differ": few} if few else {}), "date": self.date, "versions": self.versions, "rows": rows}
 
 
@@ -1085,7 +1092,8 @@ def compare(results: Sequence[SystemResult] | Mapping[str, Any], metrics: Sequen
         the metrics every result holds, to name instead: ``ragkit compare -m``)
     baseline : the reference system: its index in ``results``, or its name (``baseline="bm25"``)
     n_resamples : sign flips of the randomisation test and bootstrap resamples of the interval
-        (default 200,000: a p-value near 0.05 has a Monte Carlo standard error of 0.0005)
+        (default 200,000: a p-value near 0.05 has a Monte Carlo standard error of 0.0005; where a system
+        differs from the baseline on at most 20 queries, the p-value is exact and takes no sign flips)
     seed : seeds both (the same call gives the same numbers)
     alpha : significance level applied to the Holm-corrected p-values
     confidence : level of the bootstrap interval of each difference
@@ -1134,7 +1142,7 @@ def compare(results: Sequence[SystemResult] | Mapping[str, Any], metrics: Sequen
         low, high = _bootstrap_ci(diff, strata, confidence, n_resamples, seed)
         lo[np.ix_(others, js)], hi[np.ix_(others, js)] = (x.reshape(len(others), len(js)) for x in (low, high))
     n_q = len(queries[metrics[0]])
-    p_se = np.sqrt(p * (1 - p) / n_resamples)
+    p_se = np.where(n_differ <= SIGN_FLIP_EXACT_MAX, 0.0, np.sqrt(p * (1 - p) / n_resamples))  # exact: no error
     known = {key: next((getattr(r, key) for r in results if getattr(r, key) is not None), None)
              for key in ("dataset", "split", "relevance_level", "ignore_identical_ids")}  # (checked alike above)
     return Comparison([r.name for r in results], list(metrics), int(baseline), n_q, n_sets, means, delta, lo, hi, p,
