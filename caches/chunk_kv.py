@@ -491,6 +491,9 @@ class ChunkVariant:
     #: held in memory with something its disk-tier file does not say (new, replaced, or reused since it was written or
     #: read): what :meth:`ChunkKVCache.flush` writes; set by the store
     dirty: bool = field(default=False, init=False, repr=False, compare=False)
+    #: the key the store holds it under (set as it is stored or read from the disk tier): where
+    #: :meth:`ChunkKVCache.touch` finds its file once it has left the memory tier
+    stored_under: str = field(default="", init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.keys.shape != self.values.shape or self.keys.ndim != 4:
@@ -843,6 +846,7 @@ class ChunkKVCache:
                 pinned: list[ChunkVariant] = []  # read by this lookup: kept in memory as far as they fit
                 for v in from_disk:
                     v.last_tick = self._tick
+                    v.stored_under = key  # (also where it does not fit in memory: touch finds its file)
                     if self._insert(key, v, from_disk=True, pinned=pinned):
                         pinned.append(v)
                 variants += from_disk
@@ -873,14 +877,38 @@ class ChunkKVCache:
         return dropped
 
     def touch(self, variant: ChunkVariant, cfo: float) -> None:
-        """Record one reuse of ``variant`` with the given Cache Fix Overhead (decayed count)."""
+        """Record one reuse of ``variant`` (one :meth:`lookup` returned) with the given Cache Fix Overhead
+        (decayed count).
+
+        A variant that left the memory tier since it was looked up (spilled to make room for a later
+        lookup's or :meth:`put`'s variant, or read from disk without room in memory) has its disk file
+        rewritten with the new count, as a spill writes it: otherwise the reuse was lost with the object.
+        Where the memory tier holds that variant again (read back from its file meanwhile), the reuse is
+        recorded on the copy in memory.  A variant dropped from the store (no file left) records nothing.
+        """
         with self._lock:
-            decay = 0.5 ** ((self._tick - variant.last_tick) / self.half_life)
-            variant.reuse = variant.reuse * decay + 1.0
-            variant.last_tick = self._tick
-            variant.cfo_sum += cfo
-            variant.cfo_n += 1
-            variant.dirty = True  # its file (if any) holds the count before this reuse
+            key = variant.stored_under
+            held = self._mem.get(key, ())
+            if key and not any(x is variant for x in held):
+                again = next((x for x in held if x.file_stem == variant.file_stem), None)
+                if again is not None:  # read back from its file since: that copy is the store's
+                    self._bump(again, cfo)
+                    return
+                self._bump(variant, cfo)
+                if self.disk_dir is not None and not self._read_only and \
+                        (self.disk_dir / key / f"{variant.file_stem}.safetensors").is_file():
+                    self._write_disk(key, variant)  # (dirty until written; a file gone meanwhile: dropped)
+                return
+            self._bump(variant, cfo)
+
+    def _bump(self, variant: ChunkVariant, cfo: float) -> None:
+        """:meth:`touch`'s update of ``variant``'s decayed reuse count and CFO sums."""
+        decay = 0.5 ** ((self._tick - variant.last_tick) / self.half_life)
+        variant.reuse = variant.reuse * decay + 1.0
+        variant.last_tick = self._tick
+        variant.cfo_sum += cfo
+        variant.cfo_n += 1
+        variant.dirty = True  # its file (if any) holds the count before this reuse
 
     def count_tokens(self, reused: int, recomputed: int) -> None:
         """Add a prefill's chunk tokens taken from the cache (``reused``) and computed again
@@ -966,6 +994,7 @@ class ChunkKVCache:
         where it is, a new one is spilled to disk (dropped without a disk tier).  Returns
         whether the variant was added.
         """
+        variant.stored_under = key
         if self.budget_bytes is not None and variant.nbytes + sum(p.nbytes for p in pinned) > self.budget_bytes:
             if not from_disk:
                 self._evict_one(key, variant)

