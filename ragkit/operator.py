@@ -288,6 +288,23 @@ def checksums_verified(verified: bool) -> Iterator[None]:
         _CHECKSUMS_VERIFIED.reset(token)
 
 
+# False while an operator is loaded only to be checked (``ragkit validate``): no search follows, so a step that
+# searches with PyTorch (``uses_torch``) does not import it (:func:`warm_torch`, ~2 s) at its load.
+_WARM_TORCH: ContextVar[bool] = ContextVar("ragkit_warm_torch", default=True)
+
+
+@contextmanager
+def without_torch_warming() -> Iterator[None]:
+    """Within it, :meth:`Operator.load` does not import PyTorch for a step that searches with it
+    (:func:`warm_torch`): for a load that no search follows (``ragkit validate`` checks a saved folder).  A
+    search of such a step still works: PyTorch is then imported by the search itself."""
+    token = _WARM_TORCH.set(False)
+    try:
+        yield
+    finally:
+        _WARM_TORCH.reset(token)
+
+
 def check_state(op: "Operator", state: object) -> None:
     """Refuse calling ``op`` on anything but a :class:`State` (``pipe(["a query"])``, ``bm25("a query")``)
     with a ``TypeError`` that points to ``search``, instead of an ``AttributeError`` from deep inside."""
@@ -1133,7 +1150,7 @@ class Operator:
             op._load(folder, mmap=mmap)
             op.trained_on_ = load_array(folder, TRAINED) if (folder / f"{TRAINED}.npy").is_file() else None
             _check_learned_loaded(op, folder, meta)
-        if op.uses_torch:
+        if op.uses_torch and _WARM_TORCH.get():  # (not for a load only checked: without_torch_warming)
             warm_torch()
         return cast("Self", op)  # an instance of cls (of the class saved when cls is Operator)
 

@@ -87,3 +87,47 @@ def test_a_failed_download_of_a_mistyped_name_suggests_the_beir_name(tmp_path: P
     assert "could not download" in said and said.endswith("did you mean the BEIR dataset 'scifact'?"), said
     res = cli("eval", "--data", "zzqqxx", "-p", "bm25")  # (close to no BEIR name: no suggestion)
     assert res.exit_code == 1 and "did you mean" not in res.output, res.output
+
+
+# ------------------------------------------------------------------ 5. validate: a saved dense folder without torch
+_VALIDATE_SCRIPT = """
+import sys
+from ragkit.cli import app
+try:
+    app(sys.argv[1:], prog_name="ragkit")
+except SystemExit as e:
+    code = e.code
+print("exit", code, "torch", "torch" in sys.modules)
+"""
+
+
+def test_validate_of_a_saved_dense_pipeline_does_not_import_torch(tmp_path: Path) -> None:
+    """``ragkit validate`` checks a saved folder without searching it, yet a dense step's load imported PyTorch
+    (warm_torch: ~2 s, there so that the first search does not pay it); it does not now, and a plain load
+    still does."""
+    import subprocess
+    import sys
+
+    from ragkit.encoders import HashingEncoder, register_encoder
+    from ragkit.eval.beir import load_beir
+    from ragkit.pipelines import Pipeline
+
+    plugin = tmp_path / "hashenc.py"
+    plugin.write_text("from ragkit.encoders import HashingEncoder, register_encoder\n"
+                      "register_encoder('s56-hash16', HashingEncoder(dim=16), replace=True)\n", encoding="utf-8")
+    register_encoder("s56-hash16", HashingEncoder(dim=16), replace=True)
+    ds = load_beir(tiny_beir(tmp_path / "tiny"))
+    pipe = Pipeline.from_yaml("pipeline:\n  - dense: {model: s56-hash16, k: 3}\n")
+    pipe.fit(ds.corpus)
+    pipe.save(tmp_path / "saved")
+    script = tmp_path / "run.py"
+    script.write_text(_VALIDATE_SCRIPT, encoding="utf-8")
+    out = subprocess.run([sys.executable, str(script), "--import", str(plugin), "validate", str(tmp_path / "saved")],
+                         capture_output=True, text=True, timeout=300)
+    assert out.stdout.strip().endswith("exit 0 torch False"), out.stdout + out.stderr
+    assert "ok " in out.stdout and "Dense(" in out.stdout
+    loads = ("from ragkit.pipelines import Pipeline\nPipeline.load(sys.argv[1])\n"
+             "print('torch', 'torch' in sys.modules)\n")  # (a load a search follows: PyTorch imported at the load)
+    out = subprocess.run([sys.executable, "-c", f"import sys, runpy\nrunpy.run_path({str(plugin)!r})\n{loads}",
+                          str(tmp_path / "saved")], capture_output=True, text=True, timeout=300)
+    assert out.stdout.strip() == "torch True", out.stdout + out.stderr

@@ -226,8 +226,10 @@ def _load_saved(folder: Path) -> Any:
     first, its files checked against each other), so ``ragkit validate`` refuses what that would refuse; returns
     the pipeline loaded (fitted where the folder holds a fit: what a search or eval of it would run)."""
     from ragkit.errors import ArtifactError
+    from ragkit.operator import without_torch_warming
 
     try:
-        return _load_folder(folder, "--index", use=lambda whole: f"ragkit validate {whole}")[0]
+        with without_torch_warming():  # (nothing is searched: PyTorch, ~2 s to import, is not needed)
+            return _load_folder(folder, "--index", use=lambda whole: f"ragkit validate {whole}")[0]
     except ArtifactError as e:
         raise ArtifactError(f"{e} (ragkit search --index and Pipeline.load refuse this folder too)") from None
