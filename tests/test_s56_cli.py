@@ -131,3 +131,19 @@ def test_validate_of_a_saved_dense_pipeline_does_not_import_torch(tmp_path: Path
     out = subprocess.run([sys.executable, "-c", f"import sys, runpy\nrunpy.run_path({str(plugin)!r})\n{loads}",
                           str(tmp_path / "saved")], capture_output=True, text=True, timeout=300)
     assert out.stdout.strip() == "torch True", out.stdout + out.stderr
+
+
+# ------------------------------------------------------------------ 6. ask --cache-dir: a path option
+def test_ask_cache_dir_is_a_path_option() -> None:
+    """``ask --cache-dir`` was typed ``str`` (its help read ``<str>``) where every other path option is a path;
+    an empty one is still refused as one (it would be the current folder)."""
+    from ragkit.cli._ask import ask_cmd
+
+    res = cli("ask", "--help")
+    assert res.exit_code == 0, res.output
+    assert "--cache-dir <path>" in res.output and "--cache-dir <str>" not in res.output, res.output
+    res = cli("ask", "q", "-p", "bm25", "--cache-dir", "")
+    assert res.exit_code == 2 and "an empty path" in res.output, res.output
+    import inspect
+
+    assert "Path" in str(inspect.signature(ask_cmd).parameters["cache_dir"].annotation)

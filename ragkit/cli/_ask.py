@@ -14,7 +14,7 @@ from rich.text import Text
 from ragkit._text import is_blank
 from ragkit.cli._app import _examples, _fail, _RunFailure, app
 from ragkit.cli._console import _note, console, err_console
-from ragkit.cli._options import _expands_paths, _ranged_option
+from ragkit.cli._options import _expands_paths, _path_option, _ranged_option
 from ragkit.cli._pipeline import _check_retrieves, _in_file, resolve_pipeline
 from ragkit.cli._streams import _say_interrupted
 from ragkit.errors import ParamError, RagkitError
@@ -108,7 +108,7 @@ def ask_cmd(
     max_new_tokens: Optional[int] = _ranged_option(None, "--max-new-tokens", lo=1, hi=MAX_INT,
                                                    help="Answer length in tokens (default 96), when the pipeline "
                                                         "has no generate step of its own."),
-    cache_dir: Optional[str] = typer.Option(
+    cache_dir: Optional[Path] = _path_option(
         None, "--cache-dir", help="Folder of the chunk KV cache on disk, so that later asks reuse the chunks computed "
                                   "here (default: a folder named after the model under chunks/ in the ragkit cache, "
                                   "$RAGKIT_CACHE or ~/.cache/ragkit; used by the cachecraft and naive modes), when the "
@@ -152,10 +152,11 @@ def ask_cmd(
                               "parameters (top_k, mode, max_new_tokens, cache_dir) decide; set them there, or drop "
                               "the flags")
         if not gens:
+            chunk_dir = str(cache_dir) if cache_dir is not None else None  # (generate's cache_dir: a str)
             if cache_dir is None and mode in (None, "cachecraft", "naive"):  # full and prefix use no chunk cache
-                cache_dir = _default_chunk_dir()
+                chunk_dir = _default_chunk_dir()
             chosen = {f: v for f, v in (("top_k", top_k), ("mode", mode), ("max_new_tokens", max_new_tokens),
-                                        ("cache_dir", cache_dir)) if v is not None}
+                                        ("cache_dir", chunk_dir)) if v is not None}
             gens = [Generate(**{"max_new_tokens": 96, **chosen})]  # ask answers at more length than the default
             # its steps, not the pipeline as one step: the paths of fit and search errors stay the YAML's
             pipe = Pipeline([*pipe.steps, gens[0]] if not fitted else [pipe, gens[0]])

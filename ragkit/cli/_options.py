@@ -34,7 +34,7 @@ _PATH_PARAMS = frozenset({"data", "pipeline", "output", "run_file", "out", "inde
 
 def _expands_paths(command: Any) -> Any:
     """A command whose path parameters (:data:`_PATH_PARAMS`) come in with ``~`` expanded (:func:`_user_path`)
-    before its body checks or reads any, and an empty ``--data``, ``--pipeline`` or ``--cache-dir``
+    before its body checks or reads any, and an empty ``--data`` or ``--pipeline``
     (:data:`_NAMED_PATHS`) is refused as a usage error (it was read as the current folder)."""
     import functools
 
@@ -49,11 +49,10 @@ def _expands_paths(command: Any) -> Any:
 
 
 #: The ``str`` path options, refused empty by :func:`_expands_paths` (a :class:`Path` option's parser refuses it:
-#: :func:`_path_option`): a dataset or pipeline as a path or a name, ``ask --cache-dir``; each parameter's name to
-#: the option's, and what it expects.
+#: :func:`_path_option`): a dataset or pipeline as a path or a name; each parameter's name to the option's, and
+#: what it expects.
 _NAMED_PATHS = {"data": ("--data", "a BEIR dataset name or folder"),
-                "pipeline": ("--pipeline", "a pipeline YAML file, a saved folder or an operator name"),
-                "cache_dir": ("--cache-dir", "a folder path")}
+                "pipeline": ("--pipeline", "a pipeline YAML file, a saved folder or an operator name")}
 
 
 def _empty_path(name: str, value: Any, expected: str = "a path") -> typer.BadParameter:
