@@ -15,6 +15,7 @@ import functools
 import logging
 import math
 import os
+import reprlib
 import time
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -307,7 +308,9 @@ def restoring(fit: _Fit) -> _Fit:
     def wrapper(self: Operator, *args: Any, **kwargs: Any) -> Any:
         if id(self) in _RESTORING.get():  # inside a fit that restores this tree already
             return fit(self, *args, **kwargs)
-        with restored_on_failure(tree_nodes(self)):
+        # the outermost fit: the tree checked (a cycle, a step that is no operator) as it is listed for the snapshot
+        nodes = checked_nodes(self, kwargs.get("_path", "pipeline" if isinstance(self, Pipeline) else ""))
+        with restored_on_failure(nodes):
             return fit(self, *args, **kwargs)
 
     return cast(_Fit, wrapper)
@@ -334,6 +337,7 @@ class Composite(Operator):
 
     __hash__ = object.__hash__
 
+    @reprlib.recursive_repr()  # a tree holding itself: '...' where it recurs, not a RecursionError
     def __repr__(self) -> str:
         return f"{type(self).__name__}({', '.join(repr(c) for c in self.children())})"
 
@@ -357,6 +361,7 @@ class Composite(Operator):
         :meth:`Pipeline.load` or :meth:`Operator.load`.  A leading ``~`` in ``path`` is the home folder."""
         from ragkit.pipelines.store import save_pipeline
 
+        checked_nodes(self, "pipeline[0]")  # (a cycle, a step that is no operator: said before the save's walks)
         save_pipeline(Pipeline([self]), user_path(path, f"{type(self).__name__}.save: path"))
 
     @classmethod
@@ -529,6 +534,43 @@ def shared_corpus(root: Operator) -> Corpus | None:
                                 f"{advice}")
         root._shared_corpus = (key, corpora)  # type: ignore[attr-defined]
     return corpora[0]
+
+
+def checked_nodes(op: Operator, path: str = "pipeline") -> list[Operator]:
+    """Every node of ``op``'s tree, as :func:`~ragkit.operator.tree_nodes` gives them (``op``, its composites and
+    leaves, depth first, each object once), the tree checked on the way, with ``op`` at ``path`` (``"pipeline"``;
+    ``""`` for a composite on its own): a child that is no operator (``pipe.steps.append("top_k")``) or a composite
+    that holds a composite it is in (``pipe.steps.append(pipe)``: a cycle, every walk of which recursed until
+    Python gave up) is a :class:`ParamError` at the child's path, before any work.  An object found twice
+    elsewhere (one operator in two branches, a YAML alias) is allowed and walked once: linear in the nodes.
+    The walk of :meth:`Pipeline.fit` (every composite's fit: :func:`restoring`), :meth:`Pipeline.search`,
+    :meth:`Pipeline.save` and :func:`~ragkit.pipelines.yaml.to_node` (``to_yaml``)."""
+    nodes: list[Operator] = []
+    walked: set[int] = set()
+    inside: dict[int, Operator] = {}  # the composites on the path to the node at hand
+    stack: list[tuple[Any, str, bool]] = [(op, path, False)]
+    while stack:
+        node, where, leaving = stack.pop()
+        if leaving:
+            del inside[id(node)]
+            continue
+        if not isinstance(node, Operator):
+            raise ParamError(f"{where or 'pipeline'}: expected an operator, got {not_an_operator(node)}",
+                             path=where)
+        if id(node) in inside:
+            raise ParamError(f"{where}: holds the {type(inside[id(node)]).__name__.lower()} it is in (a cycle: a tree "
+                             "inside itself has no end); give it a new operator, or a copy", path=where)
+        if id(node) in walked:
+            continue
+        walked.add(id(node))
+        nodes.append(node)
+        children = (node.child_paths(where) if isinstance(node, Composite)
+                    else [(c, where) for c in node.children()])
+        if children:
+            inside[id(node)] = node
+            stack.append((node, where, True))
+            stack.extend((c, w, False) for c, w in reversed(children))
+    return nodes
 
 
 def iter_leaves(op: Operator) -> Iterable[Operator]:
@@ -705,6 +747,7 @@ class Pipeline(Composite):
     def children(self) -> list[Operator]:
         return list(self.steps)
 
+    @reprlib.recursive_repr()  # a tree holding itself: '...' where it recurs, not a RecursionError
     def __repr__(self) -> str:
         described = f", description={self.description!r}" if self.description is not None else ""
         return f"Pipeline([{', '.join(repr(s) for s in self.steps)}]{described})"
@@ -947,10 +990,11 @@ class Pipeline(Composite):
 
         check_search_arguments(queries, trace, qrels, f"{type(self).__name__}.search")  # (a set, trace="yes", qrels
         # without trace: refused before any work, as Operator.search refuses them)
+        nodes = checked_nodes(self)  # (a cycle, a step that is no operator: said before any walk recurses)
         problem = unranked_router(self, expansions=False)
         if problem is not None:
             raise problem
-        leaves = list(iter_leaves(self))
+        leaves = [n for n in nodes if not isinstance(n, Composite) and not n.children()]  # (iter_leaves)
         stateful = [leaf for leaf in leaves if not leaf.stateless]
         if any(not leaf.is_fitted for leaf in stateful):
             how = "pipeline.fit(corpus, train)" if any(x.needs_train for x in stateful) else "pipeline.fit(corpus)"
@@ -1035,6 +1079,7 @@ class Pipeline(Composite):
         is the home folder."""
         from ragkit.pipelines.store import save_pipeline
 
+        checked_nodes(self)  # (a cycle, a step that is no operator: said before the save's walks recurse)
         save_pipeline(self, user_path(path, "Pipeline.save: path"))
 
     @classmethod
@@ -1237,6 +1282,7 @@ class Parallel(Composite):
     def children(self) -> list[Operator]:
         return [*self.branches, self.fuse]
 
+    @reprlib.recursive_repr()  # a tree holding itself: '...' where it recurs, not a RecursionError
     def __repr__(self) -> str:
         args = [f"[{', '.join(_branch_repr(b) for b in self.branches)}]"]
         if not self.implicit_fuse:
@@ -1483,6 +1529,7 @@ class Route(Composite):
     def children(self) -> list[Operator]:
         return [self.router, *self.branches.values(), *([self.default] if self.default is not None else [])]
 
+    @reprlib.recursive_repr()  # a tree holding itself: '...' where it recurs, not a RecursionError
     def __repr__(self) -> str:
         branches = ", ".join(f"{k!r}: {_branch_repr(b)}" for k, b in self.branches.items())
         default = (f", default={self.default_label!r}" if self.default_label is not None
@@ -1745,6 +1792,7 @@ class Loop(Composite):
     def children(self) -> list[Operator]:
         return [self.body, self.until]
 
+    @reprlib.recursive_repr()  # a tree holding itself: '...' where it recurs, not a RecursionError
     def __repr__(self) -> str:
         return f"Loop({_branch_repr(self.body)}, until={self.until!r}, max_iters={self.max_iters})"
 

@@ -56,6 +56,7 @@ from ragkit.pipelines._compose import (
     Route,
     _second_generator,
     branch_names_problem,
+    checked_nodes,
     max_iters_problem,
     unique_names,
 )
@@ -489,7 +490,8 @@ def load_yaml(source: str | os.PathLike[str] | Mapping[str, Any], make_leaf: Lea
     if not isinstance(doc, Mapping):
         also = ""
         if isinstance(doc, str) and isinstance(source, str) and "\n" not in source.strip():
-            also = " (and no file or folder has that name)"
+            step = _as_step_hint(doc, None)  # (bm25 alone: where an operator goes)
+            also = " (and no file or folder has that name)" + (f"; it is {step[2:-1]}" if step else "")
         raise ConfigError(f"{where}: expected a mapping with a 'pipeline' key, got {type(doc).__name__} {doc!r:.60}"
                           f"{also}")
     if _is_eval_result(doc):
@@ -608,6 +610,22 @@ def _with_lines(message: str, root: yaml.Node, lines: bool = True) -> str:
     return "\n".join(out)
 
 
+def _as_step_hint(name: Any, body: Any) -> str:
+    """For a top-level key (or a whole document) ``name`` that is an operator's name or a structural key
+    (``bm25: {k: 3}``, ``bm25``): where it goes, `` (an operator: a pipeline file lists its steps under
+    'pipeline:', e.g. `pipeline: [bm25: {k: 3}]`)``; else ``""``."""
+    if not isinstance(name, str) or (name not in STRUCTURAL and name not in registry.names()):
+        return ""
+    if isinstance(body, Mapping):
+        step = _flow_step({name: dict(body)})
+    elif name in STRUCTURAL:
+        step = f"{name}: {{...}}"
+    else:
+        step = _written(name)
+    what = f"a {name}: node" if name in STRUCTURAL else "an operator"
+    return f" ({what}: a pipeline file lists its steps under 'pipeline:', e.g. `pipeline: [{step}]`)"
+
+
 def _load_doc(doc: Mapping[str, Any], make_leaf: LeafFactory) -> Pipeline:
     """The pipeline of a parsed document; its top-level problems and its steps' together in one error."""
     problems: list[ConfigError] = []
@@ -617,8 +635,9 @@ def _load_doc(doc: Mapping[str, Any], make_leaf: LeafFactory) -> Pipeline:
     misspelt = False  # an unknown key close to 'pipeline' (a missing 'pipeline' is then not reported again)
     for bad in unknown:
         close = difflib.get_close_matches(bad, sorted(TOP_KEYS), n=1)
-        misspelt = misspelt or close == ["pipeline"]
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        step = _as_step_hint(bad, doc[bad])
+        misspelt = misspelt or close == ["pipeline"] or bool(step)  # (the step's hint says where 'pipeline:' goes)
+        hint = step or (f" (did you mean {close[0]!r}?)" if close else "")
         problems.append(ConfigError(f"{bad}: unknown top-level key{hint}; expected one of {sorted(TOP_KEYS)} "
                                     "(or an 'x-' key of your own, e.g. x-defaults: &d {...} to hold anchors)",
                                     path=bad))
@@ -1373,32 +1392,43 @@ def to_node(op: Operator, full: bool = False) -> Any:
     """The YAML node of an operator tree (a list for a linear pipeline): each operator's parameters that differ
     from their defaults, or with ``full`` every parameter, defaults included (JSON values), and a parallel's
     fuser and branch names even where the YAML leaves them implicit (what ``ragkit eval -o`` records as
-    ``pipeline_resolved``)."""
+    ``pipeline_resolved``).  A tree holding a composite inside itself, or a step that is no operator, is a
+    :class:`ParamError` at its path (:func:`~ragkit.pipelines._compose.checked_nodes`), not a RecursionError."""
+    checked_nodes(op, "pipeline" if isinstance(op, Pipeline) else "")
+    return _node(op, full)
+
+
+def _node(op: Operator, full: bool) -> Any:
+    """:func:`to_node` of a checked tree."""
     if isinstance(op, Pipeline):
-        return [to_node(s, full) for s in op.steps]
+        return [_node(s, full) for s in op.steps]
     if isinstance(op, Parallel):
-        node: dict[str, Any] = {"branches": [to_node(b, full) for b in op.branches]}
+        node: dict[str, Any] = {"branches": [_node(b, full) for b in op.branches]}
         if full or not op.implicit_fuse:
-            node["fuse"] = to_node(op.fuse, full)
+            node["fuse"] = _node(op.fuse, full)
         if full or op.names != unique_names(op.branches):
             node["names"] = list(op.names)
         return {"parallel": node}
     if isinstance(op, Route):
-        node = {"router": to_node(op.router, full),
-                "branches": {k: to_node(v, full) for k, v in op.branches.items()}}
+        node = {"router": _node(op.router, full),
+                "branches": {k: _node(v, full) for k, v in op.branches.items()}}
         if op.default_label is not None:
             node["default"] = op.default_label
         elif op.default is not None:
-            node["default"] = to_node(op.default, full)
+            node["default"] = _node(op.default, full)
         return {"route": node}
     if isinstance(op, Loop):
-        return {"loop": {"body": to_node(op.body, full), "until": to_node(op.until, full), "max_iters": op.max_iters}}
+        return {"loop": {"body": _node(op.body, full), "until": _node(op.until, full), "max_iters": op.max_iters}}
     registry.check_registered(op, f"to_yaml: {op.name!r}")
     return {op.name: op.params.model_dump(mode="json") if full else op.params.non_default()}
 
 
 def dump_yaml(pipe: Pipeline) -> str:
-    """YAML text of a pipeline; ``load_yaml(dump_yaml(p))`` rebuilds an equal pipeline."""
+    """YAML text of a pipeline; ``load_yaml(dump_yaml(p))`` rebuilds an equal pipeline.  An empty ``Pipeline([])``
+    is a :class:`ParamError`, as its save is: ``pipeline: []`` is a file no load accepts."""
+    if not pipe.steps:
+        raise ParamError("pipeline: expected a pipeline of at least one operator to write as YAML, got an empty "
+                         "Pipeline([]) (a pipeline file cannot hold pipeline: [])", path="pipeline")
     doc = {"description": pipe.description} if pipe.description is not None else {}
     doc["pipeline"] = to_node(pipe)
     return yaml.dump(doc, Dumper=_Dumper, sort_keys=False, default_flow_style=None, allow_unicode=True)
