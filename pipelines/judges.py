@@ -44,7 +44,9 @@ class TopKStable(Operator):
     """Done when a query's top-``k`` documents equal those of the previous iteration.
 
     The previous top-``k`` rows are stored per query in ``state.values["_topk_stable"]``
-    (a list of int64 arrays).  The first time a query is judged it is never done.
+    (a list of int64 ``(k,)`` arrays, ``-1`` past the end of a ranking shorter than ``k``; sorted for
+    ``order: set``).  One batch: the top lists of all queries are one ``(n_q, k)`` array.  The first time a
+    query is judged it is never done.
     Writes ``state.values["done"]`` (list of bool, length n_q).
 
     Examples
@@ -65,17 +67,48 @@ class TopKStable(Operator):
     memory_key = "_topk_stable"
 
     def _call(self, state: State) -> State:
-        k = self.params.k
-        tops = [r.rows[:k].copy() for r in state.rankings] if state.rankings is not None else [
-            np.empty(0, np.int64) for _ in state.queries]
+        tops = _top_rows(state.rankings, len(state), self.params.k)
         if self.params.order == "set":
-            tops = [np.sort(t) for t in tops]
-        prev = state.values.get(self.memory_key) or [None] * len(state)
-        done = [p is not None and np.array_equal(p, t) for p, t in zip(prev, tops)]
+            tops.sort(axis=1)  # (the -1 pads first: a shorter top list never equals a longer one)
+        prev = _memory(state.values.get(self.memory_key), tops.shape)
         out = state.copy()
-        out.values[self.memory_key] = tops
-        out.values["done"] = done
+        out.values[self.memory_key] = list(tops)
+        out.values["done"] = [False] * len(state) if prev is None else (prev == tops).all(axis=1).tolist()
         return out
+
+
+def _top_rows(rankings: Sequence[Ranking] | None, n: int, k: int) -> np.ndarray:
+    """Each query's first ``k`` rows, int64 ``(n, k)``, padded with ``-1`` past the end of a shorter ranking (all
+    ``-1`` without rankings): one concatenation of the heads, no per-query array work."""
+    out = np.full((n, k), -1, np.int64)
+    if rankings is None or not n:
+        return out
+    heads = [r.rows[:k] for r in rankings]
+    lens = np.fromiter(map(len, heads), np.int64, n)
+    total = int(lens.sum())
+    if total:
+        starts = np.cumsum(lens) - lens
+        out[np.repeat(np.arange(n), lens), np.arange(total) - np.repeat(starts, lens)] = np.concatenate(heads)
+    return out
+
+
+def _memory(prev: Sequence[np.ndarray | None] | None, shape: tuple[int, int]) -> np.ndarray | None:
+    """A :class:`TopKStable` memory (``values["_topk_stable"]``: one ``(k,)`` row per query) as ``shape``'s int64
+    array; ``None`` when there is none (the first iteration).  A query without one (``None``: not judged
+    before) gets a row of ``-2``, which no top list equals."""
+    if not prev or len(prev) != shape[0]:
+        return None
+    try:
+        held = np.array(prev, dtype=np.int64)
+    except (TypeError, ValueError):  # a None among them
+        held = None
+    if held is not None and held.shape == shape:
+        return held
+    out = np.full(shape, -2, np.int64)
+    for i, row in enumerate(prev):  # (only with a query not judged before)
+        if row is not None and len(row) == shape[1]:
+            out[i] = row
+    return out
 
 
 class ScoreReachedParams(Params):
