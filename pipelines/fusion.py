@@ -20,7 +20,7 @@ from ragkit._topk import group_positions
 from ragkit.errors import ArtifactError, ParamError
 from ragkit.eval.metrics import _ties_kept
 from ragkit.operator import Operator
-from ragkit.params import Params, Seed
+from ragkit.params import FieldRefusal, Params, Seed
 from ragkit.pipelines._compose import _at
 from ragkit.registry import register
 from ragkit.types import Ranking, State
@@ -191,15 +191,16 @@ class _FuserParams(Params):
 
     @model_validator(mode="after")
     def _check_weights(self) -> "_FuserParams":
+        # (at the field: ...rrf.weights, on the line of weights:, not at the fuser's)
         if self.weights is not None and not all(math.isfinite(w) and abs(w) <= 1e6 for w in self.weights):
-            raise ValueError(f"weights must be finite numbers of at most 1e6 (only their ratios matter), got "
-                             f"{self.weights}: products of scores and weights near 1e308 overflow every fused "
-                             "score to infinity")
+            raise FieldRefusal("weights", f"weights must be finite numbers of at most 1e6 (only their ratios "
+                                          f"matter), got {self.weights}: products of scores and weights near 1e308 "
+                                          "overflow every fused score to infinity")
         if self.weights is not None and any(w < 0 for w in self.weights):
-            raise ValueError(f"weights must be non-negative, got {self.weights}")
+            raise FieldRefusal("weights", f"weights must be non-negative, got {self.weights}")
         if self.weights is not None and self.weights and not any(w > 0 for w in self.weights):
-            raise ValueError(f"weights are all 0 ({self.weights}): every fused score would be 0; give at least one "
-                             "branch a positive weight")
+            raise FieldRefusal("weights", f"weights are all 0 ({self.weights}): every fused score would be 0; give "
+                                          "at least one branch a positive weight")
         self.refuse_unused(("folds", self.learn, "learn: true"), ("seed", self.learn, "learn: true"))
         return self
 
