@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import os
+import re
 import sys
 import warnings
 from typing import TYPE_CHECKING, Literal, TypeVar, get_args
@@ -141,12 +142,17 @@ def same_class(a: type, b: type) -> bool:
     return file is not None and file == _source_file(b)
 
 
+#: What an operator's name is (:func:`register`): lowercase snake_case, ASCII, starting with a letter.
+_NAME = re.compile(r"[a-z][a-z0-9_]*")
+
+
 def register(cls: T) -> T:
     """Class decorator: add ``cls`` to the registry under ``cls.name``.
 
     Refused (:class:`~ragkit.errors.ParamError`, a ``ValueError``; :class:`~ragkit.errors.InputTypeError`, a
     ``TypeError``, for a class that is no :class:`~ragkit.operator.Operator`):
-    a ``name`` that is missing, not lowercase snake_case, taken by another class (a built-in
+    a ``name`` that is missing, not lowercase snake_case (ASCII letters, digits and ``_``, starting with a letter:
+    ``tfidf``, ``my_bm25``; not ``_a``, ``1st``, ``café``), taken by another class (a built-in
     operator's included, whether or not its family was imported yet), or one of the pipeline YAML's
     structural keys (:func:`structural_keys`: ``parallel``, ``route``, ``loop``), a keyword of ``search()`` itself
     (:func:`call_keywords`: ``k``, ``filter``, ``trace``, ``qrels``, ...), or a name pipeline YAML
@@ -165,9 +171,9 @@ def register(cls: T) -> T:
         raise InputTypeError(f"register: {getattr(cls, '__qualname__', cls)!r} is not a subclass of ragkit.Operator")
     label = f"operator class {cls.__module__}.{cls.__qualname__}"
     name = cls.name
-    if not name or not isinstance(name, str) or not name.replace("_", "").isalnum() or name != name.lower():
-        raise ParamError(f"{label} needs a lowercase snake_case 'name' (its YAML key, e.g. name = \"tfidf\"), "
-                         f"got {name!r}")
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise ParamError(f"{label} needs a lowercase snake_case 'name' (its YAML key, e.g. name = \"tfidf\": ASCII "
+                         f"letters, digits and _, starting with a letter), got {name!r}")
     if not _builtin(cls):
         _load_families()  # a built-in name is taken even before its family is imported
         if name in structural_keys():  # (read once the families, ragkit.pipelines.yaml among them, are imported)
@@ -186,9 +192,13 @@ def register(cls: T) -> T:
         from ragkit.pipelines.yaml import _UniqueKeyLoader  # (here: that module imports this one)
 
         # read as a pipeline YAML reads its keys (YAML 1.2 numbers: 1e3 is a float, 010 the text '010')
-        read = yaml.load(name, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader
+        try:
+            read = yaml.load(name, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader
+            as_what = f"{type(read).__name__} {read!r}"
+        except yaml.YAMLError as e:  # (a name its loader refuses: 0x_, an integer int() does not read, before _NAME)
+            read, as_what = None, f"no value at all ({getattr(e, 'problem', None) or e})"
         if read != name:  # a hand-written "- on: {}" is read as True, "- null: {}" as None: no operator's name
-            raise ParamError(f"{label} cannot be named {name!r}: YAML reads {name} as {type(read).__name__} {read!r}, "
+            raise ParamError(f"{label} cannot be named {name!r}: YAML reads {name} as {as_what}, "
                              f"not as the string {name!r}, so a pipeline YAML naming it unquoted (- {name}: {{}}) "
                              f"would not load: give it another name (name = \"my_{name}\")")
     other = _REGISTRY.get(name)
