@@ -187,6 +187,24 @@ def word_corpus(n: int, offset: int = 0, words_per_doc: int = 8, **metadata: lis
     return Corpus.from_texts(texts, ids=[f"d{offset + i}" for i in range(n)], **metadata)
 
 
+def assert_same_but_near_ties(got, want, atol: float = 1e-5) -> None:
+    """``got`` and ``want``: ``(slots, scores)`` of an index search (``(n, k)`` arrays each).  The same scores
+    within ``atol`` and the same slots, except that slots whose scores tie within ``atol`` may come in another
+    order, or trade places at the k-th score: BLAS rounds a dot product by the shape of the product it is
+    computed in (OpenBLAS 0.3.31 gives a block read in place and the same rows gathered a last bit apart), so
+    two paths over the same vectors agree to float32 rounding, not bit for bit."""
+    (gs, gv), (ws, wv) = (tuple(np.asarray(a) for a in got)), (tuple(np.asarray(a) for a in want))
+    assert gs.shape == ws.shape and gv.shape == wv.shape, (gs.shape, ws.shape)
+    np.testing.assert_allclose(gv, wv, rtol=0, atol=atol)
+    for r in np.flatnonzero((gs != ws).any(axis=1)):
+        score_of = dict(zip(ws[r].tolist(), wv[r].tolist()))
+        last = wv[r][ws[r] >= 0].min(initial=np.inf)
+        for j in np.flatnonzero(gs[r] != ws[r]):
+            s = score_of.get(int(gs[r, j]), last)  # a slot want did not rank: it tied want's last one
+            assert abs(s - gv[r, j]) <= atol or s == gv[r, j], (r, j, gs[r, j], s, gv[r, j])
+            assert abs(wv[r, j] - gv[r, j]) <= atol or wv[r, j] == gv[r, j], (r, j, wv[r, j], gv[r, j])
+
+
 def ranked(run, decimals: int = 6) -> tuple[list[list[str]], list[list[float]]]:
     """A run's document ids and its scores rounded to ``decimals``, per query: what two runs compare by."""
     return [list(d) for d in run.doc_ids], [np.round(np.asarray(s), decimals).tolist() for s in run.scores]

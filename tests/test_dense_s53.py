@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import HashedEncoder
+from conftest import HashedEncoder, assert_same_but_near_ties
 
 from ragkit.encoders import register_encoder
 from ragkit.errors import ParamError
@@ -127,8 +127,7 @@ def test_exact_search_after_a_removal_reads_contiguous_blocks(dtype):
             finally:
                 ix.codes = ix.codes.view(np.ndarray)
             assert _CountingCodes.gathers == 0
-            for a, b in zip(got, want):
-                np.testing.assert_array_equal(a, b)
+            assert_same_but_near_ties(got, want)  # (the same scores, to float32 rounding: see its docstring)
             assert (got[0] >= 0).sum(axis=1).max() == min(k, ix.n_alive)
 
 
