@@ -22,6 +22,21 @@ def _brute(col: np.ndarray) -> float:
     return hits / 2 ** len(nz)
 
 
+def _brute_np(col: np.ndarray) -> float:
+    """:func:`_brute` for up to ~20 non-zero differences: every one of the ``2**m`` sign patterns' sums, in
+    numpy blocks of patterns (a (patterns, m) +-1 matrix times the differences), counted."""
+    nz = col[col != 0]
+    m = len(nz)
+    obs = abs(col.sum())
+    tol = len(col) * 1e-9 * np.abs(col).max()
+    hits = 0
+    for start in range(0, 1 << m, 1 << 14):
+        idx = np.arange(start, min(start + (1 << 14), 1 << m))
+        signs = 1.0 - 2.0 * ((idx[:, None] >> np.arange(m)) & 1)
+        hits += int((np.abs(signs @ nz) >= obs - tol).sum())
+    return hits / 2 ** m
+
+
 def test_three_differences_exact_quarter() -> None:
     diff = np.array([[-.1], [-.2], [-.05], [0.0], [0.0]])
     assert sign_flip_pvalues(diff, n_resamples=200, seed=3)[0] == 0.25  # old: 0.2139 (sampled)
@@ -81,11 +96,49 @@ def test_exact_threshold_boundary() -> None:
     col = np.zeros(40)
     col[:20] = rng.normal(0.05, 0.1, 20)
     p20 = sign_flip_pvalues(col[:, None], n_resamples=7, seed=0)[0]
-    assert p20 * 2 ** 20 == round(p20 * 2 ** 20)  # exact: a multiple of 2**-20, not of 1 / 8
+    assert p20 == _brute_np(col)  # exact: every one of the 2**20 patterns counted
+    assert p20 * 8 != round(p20 * 8)  # not the sampled path's multiple of 1 / 8
     assert p20 == sign_flip_pvalues(col[:, None], n_resamples=999, seed=4)[0]
     col[20] = 0.07
     p21 = sign_flip_pvalues(col[:, None], n_resamples=7, seed=0)[0]
     assert p21 * 8 == round(p21 * 8)  # 21 non-zero: sampled
+
+
+def test_exact_mixed_m_matches_brute_force_with_ties() -> None:
+    """Columns with 0 to 12 non-zero differences (ties, zeros, sums landing exactly on the observed one) next
+    to a 20-difference column: each column's own exact count, as alone and as enumerated."""
+    rng = np.random.default_rng(11)
+    n = 24
+    cols = [np.zeros(n)]
+    for m in list(range(0, 13)) * 2:
+        col = np.zeros(n)
+        col[rng.choice(n, m, replace=False)] = rng.integers(-3, 4, m) / 7.0  # ties; some zeros stay zero
+        cols.append(col)
+    cols[0][:20] = rng.normal(0.02, 0.1, 20)
+    diff = np.stack(cols, axis=1)
+    got = sign_flip_pvalues(diff, n_resamples=9, seed=2)
+    for j in range(1, diff.shape[1]):
+        assert got[j] == _brute(diff[:, j]), (j, diff[:, j])
+        assert got[j] == sign_flip_pvalues(diff[:, [j]], n_resamples=9, seed=5)[0]
+    assert got[0] == _brute_np(diff[:, 0])
+
+
+def test_exact_columns_memory_does_not_grow_with_many_wide_columns() -> None:
+    """100 columns of 20 non-zero differences each: counted in well under 10 MB (all 2**20 patterns of all
+    columns at once in blocks took (32768, 100) float64 temporaries, ~80 MB, and 400 MB at 500 columns)."""
+    import tracemalloc
+
+    rng = np.random.default_rng(4)
+    diff = np.zeros((30, 100))
+    diff[:20] = rng.normal(0.02, 0.1, (20, 100))
+    tracemalloc.start()
+    try:
+        got = sign_flip_pvalues(diff, n_resamples=5, seed=0)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 10e6, peak
+    assert got[7] == _brute_np(diff[:, 7])
 
 
 def _result(name: str, vals: list[float]) -> SystemResult:
