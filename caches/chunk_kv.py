@@ -494,6 +494,9 @@ class ChunkVariant:
     #: the key the store holds it under (set as it is stored or read from the disk tier): where
     #: :meth:`ChunkKVCache.touch` finds its file once it has left the memory tier
     stored_under: str = field(default="", init=False, repr=False, compare=False)
+    #: the identity (:func:`_file_ident`) of its disk-tier file when the store last read it from there or wrote it
+    #: (``None`` before either): :meth:`ChunkKVCache.touch` rewrites that file only while it is still this one
+    disk_ident: tuple[int, ...] | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.keys.shape != self.values.shape or self.keys.ndim != 4:
@@ -883,8 +886,10 @@ class ChunkKVCache:
         A variant that left the memory tier since it was looked up (spilled to make room for a later
         lookup's or :meth:`put`'s variant, or read from disk without room in memory) has its disk file
         rewritten with the new count, as a spill writes it: otherwise the reuse was lost with the object.
-        Where the memory tier holds that variant again (read back from its file meanwhile), the reuse is
-        recorded on the copy in memory.  A variant dropped from the store (no file left) records nothing.
+        Only while that file is still the one it was read from or written to (:attr:`ChunkVariant.disk_ident`):
+        one replaced since (a newer variant of the same context, another store's upgrade) or deleted (dropped,
+        trimmed) is left as it is, the reuse recorded on the object alone.  Where the memory tier holds that
+        variant again (read back from its file meanwhile), the reuse is recorded on the copy in memory.
         """
         with self._lock:
             key = variant.stored_under
@@ -895,9 +900,11 @@ class ChunkKVCache:
                     self._bump(again, cfo)
                     return
                 self._bump(variant, cfo)
-                if self.disk_dir is not None and not self._read_only and \
-                        (self.disk_dir / key / f"{variant.file_stem}.safetensors").is_file():
-                    self._write_disk(key, variant)  # (dirty until written; a file gone meanwhile: dropped)
+                ident = variant.disk_ident
+                if self.disk_dir is not None and not self._read_only and ident is not None and \
+                        _file_ident(self.disk_dir / key / f"{variant.file_stem}.safetensors") == ident:
+                    # (checked again as the new file is renamed in: one replaced or deleted meanwhile stays so)
+                    self._write_disk(key, variant, only_over=ident)
                 return
             self._bump(variant, cfo)
 
@@ -1199,13 +1206,18 @@ class ChunkKVCache:
                                     f"({type(e).__name__}: {e.strerror or e}); expected a folder the chunk cache "
                                     "can write its files to: use another folder for the chunk cache") from None
 
-    def _write_disk(self, key: str, v: ChunkVariant, trim: bool = True) -> bool:
+    def _write_disk(self, key: str, v: ChunkVariant, trim: bool = True,
+                    only_over: tuple[int, ...] | None = None) -> bool:
         """Write ``v`` to the disk tier, its utility's inputs in the metadata, keeping ``key`` at
         ``max_variants`` in memory and on disk together: past it the disk-only variants of lowest
         utility go (ties: oldest written), ``v`` among them unless it is in memory.  With ``trim``, trims the
         tier when this store's estimate of it is past ``disk_budget_bytes`` (or not made yet); a flush trims
         once, after its writes.  Returns whether ``v`` was written (not when it was the one to go, nor in a
-        folder that cannot be written: ``v`` is then dropped, as the warning at the opening said)."""
+        folder that cannot be written: ``v`` is then dropped, as the warning at the opening said).
+
+        ``only_over``: ``v``'s file is replaced only while it is still the file of that identity
+        (:func:`_file_ident`); one replaced or deleted since is left as it is (nothing written, ``False``).
+        The store's estimate of the tier's bytes grows by the new file's size less the one it replaces."""
         from safetensors.torch import save_file
 
         assert self.disk_dir is not None
@@ -1233,21 +1245,42 @@ class ChunkKVCache:
                         last_tick=str(v.last_tick), tick=str(self._tick), written_ns=str(time.time_ns()),
                         used_ns=str(self._ns_at(v.last_tick)))
             meta["sha256"] = _file_digest(tensors, meta)  # checked on read: a changed byte is a damaged file
+            target = d / f"{v.file_stem}.safetensors"
             for attempt in range(2):
+                aside: Path | None = None
                 try:
-                    with atomic_file(d / f"{v.file_stem}.safetensors") as tmp:
+                    with atomic_file(target) as tmp:
                         save_file(tensors, str(tmp), metadata=meta)
                         share_file_like_umask(tmp)  # (safetensors writes owner-only files; the folder may be shared)
+                        new = _file_ident(tmp)  # (the rename keeps it: device, inode, size, mtime)
+                        if only_over is not None:  # set aside while checked, so the check and the rename see one file
+                            aside = _set_aside(target, only_over)
+                            if aside is None:
+                                raise _Superseded
+                            old = only_over[2]
+                        else:
+                            cur = _file_ident(target)
+                            old = cur[2] if cur is not None else 0
+                    if aside is not None:
+                        aside.unlink(missing_ok=True)
                     v.dirty = False
+                    v.disk_ident = new
+                    if self._disk_bytes is not None and new is not None:
+                        self._disk_bytes += new[2] - old  # (a rewrite adds the difference only)
                     break
+                except _Superseded:  # replaced or deleted since: left so, this variant not written
+                    return False
                 except Exception:
+                    if aside is not None:  # put back the file the failed write was to replace
+                        _link_back(aside, target)
                     if attempt or d.is_dir():
                         raise
                     d.mkdir(exist_ok=True)  # another store's trim removed the folder, empty, meanwhile
-            if self._disk_bytes is not None:
-                self._disk_bytes += sum(t.numel() * t.element_size() for t in tensors.values())
         for stem, ident in gone.items():
-            _unlink_unchanged(d / f"{stem}.safetensors", ident)
+            f = d / f"{stem}.safetensors"
+            _unlink_unchanged(f, ident)
+            if self._disk_bytes is not None and ident is not None and _file_ident(f) is None:
+                self._disk_bytes -= ident[2]
         budget = self.disk_budget_bytes
         if trim and budget is not None and (self._disk_bytes is None or self._disk_bytes > budget):
             self._trim_disk()  # (counts the folder once, then when this store's writes may have passed the budget)
@@ -1320,6 +1353,7 @@ class ChunkKVCache:
         """
         from safetensors import SafetensorError, safe_open
 
+        ident = _file_ident(f)  # before it is opened: a file replaced after this is never taken for the one read
         try:
             with safe_open(str(f), framework="pt") as fh:
                 meta = fh.metadata() or {}
@@ -1346,6 +1380,7 @@ class ChunkKVCache:
             # (not by wall time, which ranks the files of other stores: it is used now, its age starts again)
             v.reuse *= self._decay(self._last_tick_of(meta, _written_ns(meta, f)))
             v.last_tick = self._tick
+            v.disk_ident = ident
             return v
         except CacheModelMismatchError:
             raise
@@ -1689,22 +1724,42 @@ def _unlink_unchanged(f: Path, ident: tuple[int, ...] | None) -> None:
     """Delete ``f`` if it is still the file :func:`_file_ident` saw (``ident``): one another store wrote
     there since is kept.  ``f`` is renamed aside first, so the check and the delete see the same file;
     one that changed is linked back, never over a newer one."""
+    aside = _set_aside(f, ident)
+    if aside is not None:
+        aside.unlink(missing_ok=True)
+
+
+class _Superseded(Exception):
+    """:meth:`ChunkKVCache._write_disk` with ``only_over``: the file is no longer the one to replace."""
+
+
+def _set_aside(f: Path, ident: tuple[int, ...] | None) -> Path | None:
+    """Rename ``f`` to a hidden name beside it if it is still the file :func:`_file_ident` saw (``ident``), and
+    return that name (the caller deletes it, or puts it back with :func:`_link_back`); ``None``, ``f`` left as it
+    is, when it is gone or another file (one another store wrote since)."""
     if ident is None:  # gone when it was listed
-        return
+        return None
     aside = f.with_name(f".{f.stem}.{os.getpid()}-{secrets.token_hex(4)}.gone")
     try:
         os.rename(f, aside)
     except FileNotFoundError:  # another store deleted it meanwhile
-        return
+        return None
+    if _file_ident(aside) == ident:
+        return aside
+    _link_back(aside, f)  # rewritten after it was seen: put it back
+    return None
+
+
+def _link_back(aside: Path, f: Path) -> None:
+    """Put the file set aside at ``aside`` back at ``f`` (:func:`_set_aside`), never over a newer one there."""
     try:
-        if _file_ident(aside) != ident:  # rewritten after it was ranked: put it back
-            try:
-                os.link(aside, f)
-            except FileExistsError:  # a newer one is there already
-                pass
-            except OSError:  # no hard links on this file system
-                if not f.exists():
-                    os.replace(aside, f)
+        try:
+            os.link(aside, f)
+        except FileExistsError:  # a newer one is there already
+            pass
+        except OSError:  # no hard links on this file system
+            if not f.exists():
+                os.replace(aside, f)
     finally:
         aside.unlink(missing_ok=True)
 

@@ -59,6 +59,83 @@ def test_a_reuse_of_a_variant_dropped_from_the_store_writes_no_file(tmp_path):
     assert [p.stem for p in (tmp_path / ("a" * 40)).glob("*.safetensors")] == []
 
 
+def _spilled(tmp_path, **kw):
+    """A store of one variant's budget, and the variant of "a" a lookup returned, spilled by a put of "b"."""
+    one = _var().nbytes
+    c = ChunkKVCache("m", "t", budget_bytes=one, disk_dir=tmp_path, **kw)
+    c.put("a" * 40, _var())
+    v = c.lookup("a" * 40, n_tokens=4)[0]
+    c.put("b" * 40, _var())
+    assert not any(x is v for x in c._mem.get("a" * 40, []))
+    return c, v
+
+
+def test_a_reuse_of_a_spilled_variant_leaves_a_file_replaced_since_as_it_is(tmp_path):
+    """Old code: touch rewrote the file (it checked only that one was there): the newer variant of the same
+    context, another store's, was overwritten with the spilled one's rows."""
+    c, v = _spilled(tmp_path)
+    other = ChunkKVCache("m", "t", disk_dir=tmp_path)
+    newer = _var()
+    other.put("a" * 40, newer)
+    other.flush()
+    f = tmp_path / ("a" * 40) / f"{v.file_stem}.safetensors"
+    before = f.read_bytes()
+    c.touch(v, 0.25)
+    assert v.cfo_n == 1  # recorded on the object
+    assert f.read_bytes() == before
+    got = ChunkKVCache("m", "t", disk_dir=tmp_path).lookup("a" * 40, n_tokens=4)[0]
+    assert torch.equal(got.keys, newer.keys) and got.cfo_n == 0
+
+
+def test_a_reuse_of_a_spilled_variant_whose_file_was_deleted_writes_none(tmp_path):
+    c, v = _spilled(tmp_path)
+    f = tmp_path / ("a" * 40) / f"{v.file_stem}.safetensors"
+    f.unlink()  # another store's trim
+    c.touch(v, 0.25)
+    assert not f.exists()
+
+
+def test_a_rewrite_over_a_file_replaced_or_deleted_as_it_is_written_leaves_it(tmp_path):
+    """The identity is checked again as the new file is renamed in (a file replaced, or trimmed, between
+    touch's check and the rename): nothing is written, no temporary file is left."""
+    c, v = _spilled(tmp_path)
+    f = tmp_path / ("a" * 40) / f"{v.file_stem}.safetensors"
+    stale = v.disk_ident
+    other = ChunkKVCache("m", "t", disk_dir=tmp_path)
+    other.put("a" * 40, _var())
+    other.flush()
+    before = f.read_bytes()
+    assert not c._write_disk("a" * 40, v, only_over=stale)
+    assert f.read_bytes() == before
+    f.unlink()
+    assert not c._write_disk("a" * 40, v, only_over=stale)
+    assert sorted(p.name for p in f.parent.iterdir()) == []
+
+
+def test_a_reuse_rewrite_counts_the_size_difference_in_the_disk_estimate(tmp_path):
+    """Old code: the rewrite of an existing file added its whole size: the estimate grew by a file per reuse."""
+    c, v = _spilled(tmp_path, disk_budget_bytes=10**9)
+    for i in range(3):
+        c.touch(v, 0.25)
+    assert v.cfo_n == 3 and not v.dirty
+    real = sum(f.stat().st_size for f in tmp_path.glob("*/*.safetensors"))
+    assert c._disk_bytes == real
+
+
+def test_a_variant_read_from_disk_without_room_has_its_reuse_written_once_per_touch(tmp_path):
+    """A variant that never fits in memory (read from disk each time) keeps its reuses on disk."""
+    big = ChunkKVCache("m", "t", disk_dir=tmp_path)
+    big.put("a" * 40, _var())
+    big.flush()
+    c = ChunkKVCache("m", "t", budget_bytes=1, disk_dir=tmp_path)
+    for i in range(2):
+        v = c.lookup("a" * 40, n_tokens=4)[0]
+        assert not c._mem
+        c.touch(v, 0.5)
+    got = ChunkKVCache("m", "t", disk_dir=tmp_path).lookup("a" * 40, n_tokens=4)[0]
+    assert got.cfo_n == 2 and got.cfo_sum == 1.0
+
+
 def test_the_generator_records_the_reuse_of_a_chunk_its_own_prompt_spills(tiny, tmp_path):
     """Old code: A, reused in each prompt and spilled by the new chunk stored in it, read back reuse 0, cfo_n 0."""
     from ragkit.generators.local import LocalGenerator
