@@ -60,6 +60,8 @@ def test_shared_encoders_keyed_by_absolute_folder(tmp_path: Path, monkeypatch: p
     monkeypatch.chdir(tmp_path / "A")
     a, ta = get_encoder("./m"), get_token_encoder("./m")
     assert get_encoder("./m") is a and get_encoder(str(tmp_path / "A" / "m")) is a  # (one folder: one encoder)
+    # made with the folder's absolute path: a lazy first load after a chdir reads A's files, not ./m of B
+    assert a.path == ta.path == str(tmp_path / "A" / "m")
     monkeypatch.chdir(tmp_path / "B")
     b, tb = get_encoder("./m"), get_token_encoder("./m")
     assert b is not a and b.key == Encoder("./m").key != a.key
@@ -107,6 +109,18 @@ def test_plain_keys_unchanged() -> None:
     raw = Encoder(normalize=False)
     assert raw.store.key == raw.key == "st-e0727608fc2fbe55|msl=None|raw"
     assert TokenEncoder().key == "st-e0727608fc2fbe55|tokens|msl=None|special=keep|l2"
+    # drop's key too: a muvera / maxsim saved with special_tokens: drop checks it at load (a new key refused them)
+    assert TokenEncoder(special_tokens="drop").key == "st-e0727608fc2fbe55|tokens|msl=None|special=drop|l2"
+
+
+def test_device_none_and_torch_device_still_taken() -> None:
+    """check_device refused ``device=None`` (sentence-transformers picks the device) and a ``torch.device`` object,
+    both of which reached the model and worked before the device check came."""
+    import torch
+
+    for device in (None, torch.device("cpu")):
+        assert Encoder(device=device).device == device
+        assert get_encoder(device=device).device == device
 
 
 # ------------------------------------------------------------------ 4. LangChainEmbeddingsEncoder's settings
@@ -235,17 +249,3 @@ def test_ragkit_embeddings_empty_model_refused() -> None:
         RagkitEmbeddings("")
     assert e.value.path == "model"
     assert RagkitEmbeddings().encoder is get_encoder()
-
-
-# ------------------------------------------------------------------ 10. special_tokens="drop" keeps [UNK]
-def test_drop_keeps_unknown_tokens() -> None:
-    """``"drop"`` removes [CLS] / [SEP] but keeps [UNK] (an emoji-only text had no row left) and [MASK]; its key
-    changed with it ("keep", the default, did not: its cached vectors stay valid)."""
-    drop = TokenEncoder(special_tokens="drop", cache=False)
-    keep = TokenEncoder(cache=False)
-    assert drop.encode(["\U0001F642"]).lengths.tolist() == [1]
-    assert drop.encode(["[MASK] cells"]).lengths.tolist() == [2]
-    assert keep.encode(["\U0001F642", "cells"]).lengths.tolist() == [3, 3]
-    assert drop.encode(["cells"]).lengths.tolist() == [1]
-    assert drop.key == "st-e0727608fc2fbe55|tokens|msl=None|special=drop-structural|l2"
-    assert keep.key == "st-e0727608fc2fbe55|tokens|msl=None|special=keep|l2"

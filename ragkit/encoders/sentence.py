@@ -451,7 +451,7 @@ def check_encoder_settings(who: str, *, batch_size: Any = 64, max_seq_length: An
     if not isinstance(cache, bool):
         raise ParamError(f"{who}: cache is {type(cache).__name__} {cache!r:.60}; expected True or False (keep "
                          "vectors in the on-disk cache)", path="cache")
-    if device != "cpu":
+    if device is not None and device != "cpu":  # (None: sentence-transformers picks the device, as before)
         check_device(who, device)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ParamError(f"{who}: batch_size is {type(batch_size).__name__} {batch_size!r:.60}; expected a positive "
@@ -463,12 +463,14 @@ def check_encoder_settings(who: str, *, batch_size: Any = 64, max_seq_length: An
 
 
 def check_device(who: str, device: Any) -> None:
-    """A :class:`ParamError` of path ``"device"`` naming ``who`` when ``device`` is no str torch reads as a device
-    (``torch.device``), or names a device type whose backend is not available here (``cuda`` without CUDA,
-    ``mps`` off a Mac) or an index beyond the devices there are.  Imports torch (the encoders load it anyway)."""
+    """A :class:`ParamError` of path ``"device"`` naming ``who`` when ``device`` is neither a str torch reads as a
+    device nor a ``torch.device``, or names a device type whose backend is not available here (``cuda`` without
+    CUDA, ``mps`` off a Mac) or an index beyond the devices there are.  Imports torch (the encoders load it)."""
     import torch
 
     expected = "expected a torch device string: 'cpu', 'cuda', 'cuda:0', 'mps'"
+    if isinstance(device, torch.device):  # (a torch.device object, as sentence-transformers takes it)
+        device = str(device)
     if not isinstance(device, str):
         raise ParamError(f"{who}: device is {type(device).__name__} {device!r:.60}; {expected}", path="device")
     try:
@@ -1086,7 +1088,7 @@ def get_encoder(model: str = DEFAULT_MODEL, **kwargs: Any) -> Encoder:
     key = settings_key(Encoder, model, kwargs)
     enc = _ENCODERS.get(key)  # (a dict read: an encoder already made is returned without a lock)
     if enc is None:
-        made = Encoder(model, **kwargs)  # (outside the lock: it hashes the model's files)
+        made = Encoder(shared_model_arg(model), **kwargs)  # (outside the lock: it hashes the model's files)
         with _LOCK:  # one encoder per key, whatever the threads: the first made is kept
             enc = _ENCODERS.setdefault(key, made)
     return enc
@@ -1165,6 +1167,18 @@ def settings_key(cls: type, model: str, kwargs: dict[str, Any]) -> tuple[Any, ..
     bound.apply_defaults()
     settings = dict(bound.arguments)
     return _model_place(settings.pop("model")), tuple(sorted(settings.items()))
+
+
+def shared_model_arg(model: str) -> str:
+    """The model argument a shared encoder (:func:`get_encoder`, :func:`~ragkit.encoders.tokens.get_token_encoder`)
+    is made with: a relative path to a folder that exists as its absolute path, since the encoder is shared by
+    that folder (:func:`_model_place`) and must read it, at a lazy first load, after a ``chdir`` too (it read
+    ``./m`` of the new folder and said the files changed); a hub id, an alias, an absolute path or a folder that
+    does not exist (its error names it as given) as it is."""
+    if os.path.isabs(model) or resolve_model(model) != model:
+        return model
+    place = os.path.expanduser(model)
+    return os.path.abspath(place) if os.path.isdir(place) else model
 
 
 def _model_place(model: str) -> str:

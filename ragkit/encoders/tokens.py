@@ -12,9 +12,11 @@ special tokens, L2-normalises every row and returns a :class:`TokenVectors`:
 
 Special tokens (``[CLS]``, ``[SEP]``) are **kept by default** (``special_tokens="keep"``):
 with all-MiniLM-L6-v2 (not trained for late interaction) keeping them measured best here
-(exact MaxSim nDCG@10 0.707 on SciFact test); ``"drop"`` removes the structural ids the tokenizer
-adds around each text (``[CLS]``, ``[SEP]``; ``[PAD]``, a BOS / EOS; not ``[UNK]``, which stands for real
-content, nor ``[MASK]``).  Text is truncated at the model's ``max_seq_length``
+(exact MaxSim nDCG@10 0.707 on SciFact test); ``"drop"`` removes every id the tokenizer
+lists in ``all_special_ids``: ``[UNK]`` and ``[MASK]`` too, so a text of characters the vocabulary
+lacks (an emoji alone) has no row left and, as a query, finds nothing.  (Keeping ``[UNK]`` would change
+drop's token vectors, its cache key and every index saved with it, which would then refuse to load.)
+Text is truncated at the model's ``max_seq_length``
 (256 for MiniLM) unless ``max_seq_length`` is given.  A model with query / document prompts
 (``config_sentence_transformers.json``: an e5-style ``query: `` / ``passage: ``) is given each text
 after its role's prompt, as the sentence encoder gives it (the prompt's tokens are rows of the text).
@@ -70,6 +72,7 @@ from ragkit.encoders.sentence import (
     resolve_model,
     role_prompt,
     settings_key,
+    shared_model_arg,
 )
 from ragkit.errors import ArtifactError, DataError, ParamError
 
@@ -498,15 +501,6 @@ class TokenCache(ShardStore[TokenVectors]):
         return name, self._written(name, digests)
 
 
-def structural_ids(tokenizer: Any) -> np.ndarray:
-    """The ids ``special_tokens="drop"`` drops, sorted ``(k,)`` int64: the tokenizer's structural tokens, the ones
-    it adds around every text (``cls``, ``sep``, ``bos``, ``eos``) and ``pad``, not every id of
-    ``all_special_ids``: ``[UNK]`` stands for real content (an emoji-only text had no token row left) and
-    ``[MASK]`` for text that reads as it."""
-    ids = {getattr(tokenizer, f"{name}_token_id", None) for name in ("cls", "sep", "bos", "eos", "pad")}
-    return np.array(sorted(i for i in ids if isinstance(i, int)), dtype=np.int64)
-
-
 class _NotFinite(Exception):
     """Raised inside a shard's writing to abandon it: the model gave NaN or infinite vectors."""
 
@@ -523,8 +517,8 @@ class TokenEncoder:
     max_seq_length : int, optional
         Truncation length in word pieces (the model's default, 256 for MiniLM, otherwise).
     special_tokens : {"keep", "drop"}
-        Keep ``[CLS]``/``[SEP]`` rows (default) or drop the structural tokens (:func:`structural_ids`: ``[CLS]``,
-        ``[SEP]``, ``[PAD]``, a BOS / EOS); ``[UNK]`` and ``[MASK]`` rows stay (they stand for the text).
+        Keep ``[CLS]``/``[SEP]`` rows (default) or drop every tokenizer special id (``[UNK]`` and ``[MASK]``
+        included).
     cache : bool
         Cache document token matrices on disk (``$RAGKIT_CACHE/tokens``).
 
@@ -628,9 +622,7 @@ class TokenEncoder:
         """The cache key: :attr:`fingerprint`, ``max_seq_length``, ``special_tokens``, the model's prompts when it
         has some (``|prompts=``, hashed as the sentence encoder's), and ``|forward=<tag>`` for a subclass's own
         forward pass (:attr:`key_tag`; it shared the plain key, and so its cached token vectors)."""
-        # ("drop" kept no [UNK] / [MASK] row before: its key changed with it, "keep"'s did not)
-        special = "drop-structural" if self.special_tokens == "drop" else self.special_tokens
-        key = f"{self.fingerprint}|tokens|msl={self.max_seq_length}|special={special}|l2"
+        key = f"{self.fingerprint}|tokens|msl={self.max_seq_length}|special={self.special_tokens}|l2"
         forward = self._forward_name
         return key + prompts_part(*self._prompts()) + ("" if forward is None else f"|forward={forward}")
 
@@ -681,7 +673,7 @@ class TokenEncoder:
         import torch
 
         m = self.model  # the shared model of this max_seq_length (Encoder.model)
-        special = structural_ids(m.tokenizer)
+        special = np.array(sorted(set(m.tokenizer.all_special_ids)), dtype=np.int64)
         order = np.argsort([-len(t) for t in texts], kind="stable")
         starts: Any = range(0, len(texts), self.batch_size)
         if progress:
@@ -919,5 +911,5 @@ def get_token_encoder(model: str = DEFAULT_MODEL, **kwargs: Any) -> TokenEncoder
     key = settings_key(TokenEncoder, model, kwargs)  # the defaults filled in: (m, batch_size=32) is (m)
     with _TOKEN_LOCK:  # one encoder (one query memo, one cache reader) per key, whatever the threads
         if key not in _TOKEN_ENCODERS:
-            _TOKEN_ENCODERS[key] = TokenEncoder(model, **kwargs)
+            _TOKEN_ENCODERS[key] = TokenEncoder(shared_model_arg(model), **kwargs)
         return _TOKEN_ENCODERS[key]
