@@ -44,6 +44,18 @@ def test_eval_k_refuses_empty_and_repeated_items(tmp_path: Path) -> None:
     assert "ndcg@5" in res.output and "ndcg@10" in res.output
 
 
+def test_metrics_refuse_an_empty_item(tmp_path: Path) -> None:
+    """``-m ndcg@10,,recall@10`` was taken as two metrics (the empty item dropped), where --k and --data refuse
+    an empty item: refused now, naming --metrics, for eval and compare alike (one parser)."""
+    data = tiny_beir(tmp_path / "tiny")
+    for m in ("ndcg@10,,recall@10", "ndcg@10,", ",ndcg@10"):
+        res = cli("eval", "--data", data, "-p", "bm25", "-m", m)
+        assert res.exit_code == 2, (m, res.output)
+        assert "--metrics" in res.output and "an empty item" in res.output, (m, res.output)
+    res = cli("eval", "--data", data, "-p", "bm25", "-m", " ndcg@10 , recall@10")
+    assert res.exit_code == 0, res.output
+
+
 # ------------------------------------------------------------------ 4. --data: a missing folder, a mistyped name
 def test_missing_folder_lists_the_folders_here_not_sub_datasets(tmp_path: Path, monkeypatch) -> None:
     """``./d9`` beside BEIR folders d1, d2 said '. holds the sub-datasets d1, d2', as if the working folder were

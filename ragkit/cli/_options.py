@@ -179,12 +179,16 @@ def _parse_ks(ks: str, *, refuse_repeats: bool = False) -> list[int]:
 
 def _parse_metric_names(metrics: str) -> list[str]:
     """``--metrics``' comma-separated names (``ndcg@10,hole@10``), checked together (:func:`parse_metrics`), in
-    their canonical spelling; none, or one named twice (``nDCG@10,ndcg@10``), is a :class:`RagkitError`."""
+    their canonical spelling; none, an empty item (``ndcg@10,,recall@100``), or one named twice
+    (``nDCG@10,ndcg@10``), is a :class:`RagkitError`."""
     from ragkit.eval.metrics import _named_twice, _twice_said, parse_metrics
 
-    names = [m.strip() for m in metrics.split(",") if m.strip()]
-    if not names:
+    names = [m.strip() for m in metrics.split(",")]
+    if not any(names):
         raise RagkitError(f"--metrics: expected names such as ndcg@10,recall@100, got {metrics!r}")
+    if not all(names):  # (as --k and --data refuse theirs: ndcg@10,,recall@100 is a typo, not two metrics)
+        raise RagkitError(f"--metrics {metrics}: an empty item in the comma-separated list; expected names such as "
+                          "ndcg@10,recall@100")
     try:
         parsed = parse_metrics(names)  # every name it cannot read, in one message
     except RagkitError as e:
