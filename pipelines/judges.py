@@ -67,24 +67,26 @@ class TopKStable(Operator):
     memory_key = "_topk_stable"
 
     def _call(self, state: State) -> State:
-        tops = _top_rows(state.rankings, len(state), self.params.k)
+        held = state.values.get(self.memory_key)
+        tops = _top_rows(state.rankings, len(state), self.params.k, _held_width(held))
         if self.params.order == "set":
             tops.sort(axis=1)  # (the -1 pads first: a shorter top list never equals a longer one)
-        prev = _memory(state.values.get(self.memory_key), tops.shape)
+        prev = _memory(held, tops.shape, pad_front=self.params.order == "set")
         out = state.copy()
         out.values[self.memory_key] = list(tops)
         out.values["done"] = [False] * len(state) if prev is None else (prev == tops).all(axis=1).tolist()
         return out
 
 
-def _top_rows(rankings: Sequence[Ranking] | None, n: int, k: int) -> np.ndarray:
-    """Each query's first ``k`` rows, int64 ``(n, k)``, padded with ``-1`` past the end of a shorter ranking (all
-    ``-1`` without rankings): one concatenation of the heads, no per-query array work."""
-    out = np.full((n, k), -1, np.int64)
-    if rankings is None or not n:
-        return out
-    heads = [r.rows[:k] for r in rankings]
-    lens = np.fromiter(map(len, heads), np.int64, n)
+def _top_rows(rankings: Sequence[Ranking] | None, n: int, k: int, at_least: int = 0) -> np.ndarray:
+    """Each query's first ``k`` rows, int64 ``(n, w)``, padded with ``-1`` past the end of a shorter ranking (all
+    ``-1`` without rankings): one concatenation of the heads, no per-query array work.  ``w`` is ``k`` or the
+    longest head if shorter (a ``k`` of a million over 100-document rankings allocates 100 columns), and at least
+    ``at_least`` (the width of the memory it is compared with, itself at most ``k``)."""
+    heads = [] if rankings is None else [r.rows[:k] for r in rankings]
+    lens = np.fromiter(map(len, heads), np.int64, len(heads))
+    width = max(int(lens.max(initial=0)), min(at_least, k))
+    out = np.full((n, width), -1, np.int64)
     total = int(lens.sum())
     if total:
         starts = np.cumsum(lens) - lens
@@ -92,22 +94,40 @@ def _top_rows(rankings: Sequence[Ranking] | None, n: int, k: int) -> np.ndarray:
     return out
 
 
-def _memory(prev: Sequence[np.ndarray | None] | None, shape: tuple[int, int]) -> np.ndarray | None:
-    """A :class:`TopKStable` memory (``values["_topk_stable"]``: one ``(k,)`` row per query) as ``shape``'s int64
-    array; ``None`` when there is none (the first iteration).  A query without one (``None``: not judged
-    before) gets a row of ``-2``, which no top list equals."""
+def _held_width(prev: Sequence[np.ndarray | None] | None) -> int:
+    """The width of a :class:`TopKStable` memory's rows (0 without one)."""
+    return max((len(row) for row in prev if row is not None), default=0) if prev else 0
+
+
+def _memory(prev: Sequence[np.ndarray | None] | None, shape: tuple[int, int], *,
+            pad_front: bool = False) -> np.ndarray | None:
+    """A :class:`TopKStable` memory (``values["_topk_stable"]``: one row per query) as ``shape``'s int64 array;
+    ``None`` when there is none (the first iteration).  A row narrower than ``shape`` (the top lists grew longer
+    since) is padded with ``-1`` as a top list is: at its end, or in front for ``order: set``'s sorted rows.  A
+    query without one (``None``: not judged before) gets a row of ``-2``, which no top list equals."""
     if not prev or len(prev) != shape[0]:
         return None
     try:
         held = np.array(prev, dtype=np.int64)
     except (TypeError, ValueError):  # a None among them
         held = None
-    if held is not None and held.shape == shape:
-        return held
+    if held is not None and held.ndim == 2 and held.shape[1] <= shape[1]:
+        if held.shape[1] == shape[1]:
+            return held
+        out = np.full(shape, -1, np.int64)  # (a narrower memory, padded at once)
+        if pad_front:
+            out[:, shape[1] - held.shape[1]:] = held
+        else:
+            out[:, :held.shape[1]] = held
+        return out
     out = np.full(shape, -2, np.int64)
     for i, row in enumerate(prev):  # (only with a query not judged before)
-        if row is not None and len(row) == shape[1]:
-            out[i] = row
+        if row is not None and len(row) <= shape[1]:
+            out[i] = -1
+            if pad_front:
+                out[i, shape[1] - len(row):] = row
+            else:
+                out[i, :len(row)] = row
     return out
 
 

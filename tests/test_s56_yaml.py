@@ -158,7 +158,7 @@ def _rankings(rng: np.random.Generator, n: int, like: list[Ranking] | None = Non
 
 
 @pytest.mark.parametrize("order", ["set", "ranked"])
-@pytest.mark.parametrize("k", [1, 3, 5, 10])
+@pytest.mark.parametrize("k", [1, 3, 5, 10, 1000])  # (1000: wider than every ranking, whose widths vary)
 def test_topk_stable_equals_the_per_query_loop(order: str, k: int) -> None:
     rng = np.random.default_rng(k)
     j = TopKStable(k=k, order=order)
@@ -190,6 +190,19 @@ def test_topk_stable_makes_no_per_query_numpy_call(monkeypatch: pytest.MonkeyPat
     j = TopKStable(k=5)
     assert j._call(j._call(state)).values["done"] == [True] * 500
     assert len(calls) < 10  # (it sorted and compared each query's top list: 1,500 calls)
+
+
+def test_topk_stable_memory_follows_the_rankings_not_k() -> None:
+    """The batched judge allocated ``(n_queries, k)`` whatever the rankings' length: ``k: 1000000`` (the whole
+    ranking) over 50 queries of 12 documents took 400 MB (``k: 10**9`` failed); it takes the longest head."""
+    from conftest import traced_peak
+
+    rng = np.random.default_rng(1)
+    state = State([f"q{i}" for i in range(50)], rankings=_rankings(rng, 50))
+    j = TopKStable(k=1_000_000)
+    out, peak = traced_peak(lambda: j(j(state)))
+    assert out.values["done"] == [True] * 50
+    assert peak < 1_000_000, peak
 
 
 # --- 4. a fuser's weights refused at the field, on its line ----------------------------------------------------
