@@ -148,6 +148,20 @@ def test_run_knows_its_ids_are_distinct_only_while_they_are_its_own(tmp_path) ->
     assert not run._unique_ids_known()
 
 
+def test_a_cut_run_is_not_called_distinct_where_a_short_query_went_unchecked() -> None:
+    """_cut_run looks at the queries longer than k only (a shorter one is kept whole): its cut was flagged as
+    holding each id once all the same, so cutting it again at a smaller k skipped a repeat in the short query."""
+    from ragkit.eval.metrics import _cut_run
+
+    long = np.array([f"d{i}" for i in range(20)], dtype=object)
+    short = np.array(["a", "b", "a"], dtype=object)  # a document twice, in a query of 3 <= k
+    run = Run(["q1", "q2"], [long, short], [np.linspace(1, 0, 20).astype(np.float32),
+                                            np.array([3.0, 2.0, 1.0], np.float32)])
+    cut = _cut_run(run, 5)
+    assert cut is not run and not cut._unique_ids_known()
+    assert _cut_run(cut, 2) is cut  # (the repeat seen at the smaller cut: kept for to_dict to name)
+
+
 def test_evaluate_still_names_a_document_twice_in_a_hand_built_run() -> None:
     from ragkit.eval import evaluate
 

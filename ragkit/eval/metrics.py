@@ -1217,7 +1217,9 @@ def _cut_run(run: Run, k: int) -> Run:
     if not len(lens) or lens.max() <= k:
         return run
     owner = np.repeat(np.arange(len(lens)), lens)
+    every_query_checked = run._unique_ids_known()  # (the rankings' rows below, or made with each id once)
     if run.rankings is not None and all(len(r) == n for r, n in zip(run.rankings, lens.tolist())):
+        every_query_checked = True
         if _repeats_a_row(np.concatenate([r.rows for r in run.rankings]), owner, lens):
             return run  # a document twice for one query: to_dict names it
     elif not run._unique_ids_known() and \
@@ -1228,7 +1230,8 @@ def _cut_run(run: Run, k: int) -> Run:
     counts = np.bincount(owner[keep], minlength=len(lens))
     return Run(run.query_ids, split_counts(np.concatenate(run.doc_ids)[keep], counts),
                split_counts(scores[keep], counts),  # (run's own ids and scores, checked when it was made)
-               _nan_checked=True, _ids_checked=True, _unique_ids=True)  # (each id once: checked just now)
+               _nan_checked=True, _ids_checked=True,  # (a query kept whole unchecked: not known to hold each id once)
+               _unique_ids=every_query_checked)
 
 
 def drop_identical_ids(run: Run, k: int | None = None) -> Run:
