@@ -149,19 +149,30 @@ def _changes(base: Path) -> str | None:
     "Another git process seems to be running".  ``-z``: paths unquoted, each entry ended by a NUL."""
     env = {k: v for k, v in os.environ.items() if k not in _GIT_LOCATION_VARS}
     env["GIT_OPTIONAL_LOCKS"] = "0"
+    status = _git(base, env, "status", "--porcelain", "-z", "--untracked-files=no")
+    if status is None:
+        return None
+    if status.strip(b"\0\n"):  # a tracked file changed (a rename's old path is part of the change too)
+        return "+modified"
+    # untracked files looked for in the package folders only (the whole tree's untracked walk reads every
+    # folder git does not ignore: a large data folder, a virtual environment under another name)
+    untracked = _git(base, env, "ls-files", "-z", "--others", "--exclude-standard", "--",
+                     *(f.rstrip("/") for f in _PACKAGE_FOLDERS))
+    if untracked is None:
+        return None
+    return "+untracked" if untracked.strip(b"\0\n") else ""
+
+
+def _git(base: Path, env: dict[str, str], *args: str) -> bytes | None:
+    """``git --no-optional-locks -C base args...``'s standard output, or ``None`` when git is not found, does not
+    answer within :data:`_GIT_TIMEOUT` seconds or exits with an error."""
     try:
-        done = subprocess.run(["git", "--no-optional-locks", "-C", str(base), "status", "--porcelain", "-z",
-                               "--untracked-files=normal"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                              stderr=subprocess.DEVNULL, env=env, timeout=_GIT_TIMEOUT, check=False)
+        done = subprocess.run(["git", "--no-optional-locks", "-C", str(base), *args], stdin=subprocess.DEVNULL,
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, timeout=_GIT_TIMEOUT,
+                              check=False)
     except (OSError, subprocess.SubprocessError):
         return None
-    if done.returncode != 0:
-        return None
-    entries = [e for e in re.split(r"[\0\n]", done.stdout.decode("utf-8", "replace")) if e.strip()]
-    untracked = [e[3:] for e in entries if e.startswith("?? ")]
-    if len(untracked) < len(entries):  # (a rename's second entry, its old path, is part of a change too)
-        return "+modified"
-    return "+untracked" if any(p.startswith(_PACKAGE_FOLDERS) for p in untracked) else ""
+    return done.stdout if done.returncode == 0 else None
 
 
 # ---------------------------------------------------------------------------------------------- models
