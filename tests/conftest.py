@@ -192,10 +192,14 @@ def assert_same_but_near_ties(got, want, atol: float = 1e-5) -> None:
     within ``atol`` and the same slots, except that slots whose scores tie within ``atol`` may come in another
     order, or trade places at the k-th score: BLAS rounds a dot product by the shape of the product it is
     computed in (OpenBLAS 0.3.31 gives a block read in place and the same rows gathered a last bit apart), so
-    two paths over the same vectors agree to float32 rounding, not bit for bit."""
+    two paths over the same vectors agree to float32 rounding, not bit for bit.  A slot ``want`` did not rank
+    is taken at ``want``'s last score (its true score is not known here): for two searches of one index."""
     (gs, gv), (ws, wv) = (tuple(np.asarray(a) for a in got)), (tuple(np.asarray(a) for a in want))
     assert gs.shape == ws.shape and gv.shape == wv.shape, (gs.shape, ws.shape)
     np.testing.assert_allclose(gv, wv, rtol=0, atol=atol)
+    for r in range(len(gs)):  # each slot once a row (-1 pads)
+        live = gs[r][gs[r] >= 0]
+        assert len(np.unique(live)) == len(live), (r, gs[r])
     for r in np.flatnonzero((gs != ws).any(axis=1)):
         score_of = dict(zip(ws[r].tolist(), wv[r].tolist()))
         last = wv[r][ws[r] >= 0].min(initial=np.inf)
