@@ -152,7 +152,7 @@ from typing import AbstractSet, Any, Iterable, Iterator, Literal, Sequence, Type
 import numpy as np
 import torch
 
-from ragkit._files import FCNTL as _fcntl, atomic_file, first_time, share_file_like_umask
+from ragkit._files import FCNTL as _fcntl, _keep_mode, atomic_file, first_time, fsync_path, share_file_like_umask
 from ragkit.errors import ArtifactError, DataError, ParamError
 
 __all__ = [
@@ -1236,6 +1236,7 @@ class ChunkKVCache:
                 ranked.append(((self._utility(v), math.inf), v.file_stem,
                                _file_ident(files[v.file_stem]) if v.file_stem in files else None))
             gone = {stem: ident for _, stem, ident in sorted(ranked)[:extra]}
+        written = True
         if v.file_stem not in gone:
             tensors, meta = v.to_tensors()
             # key and n_tokens: the digest ties the file to its chunk (one copied into another chunk's folder is
@@ -1254,6 +1255,8 @@ class ChunkKVCache:
                         share_file_like_umask(tmp)  # (safetensors writes owner-only files; the folder may be shared)
                         new = _file_ident(tmp)  # (the rename keeps it: device, inode, size, mtime)
                         if only_over is not None:  # set aside while checked, so the check and the rename see one file
+                            fsync_path(tmp)  # (flushed, and given the old file's mode, first: the old file is away
+                            _keep_mode(target, tmp)  # only for the rename, not for a flush of megabytes)
                             aside = _set_aside(target, only_over)
                             if aside is None:
                                 raise _Superseded
@@ -1268,8 +1271,9 @@ class ChunkKVCache:
                     if self._disk_bytes is not None and new is not None:
                         self._disk_bytes += new[2] - old  # (a rewrite adds the difference only)
                     break
-                except _Superseded:  # replaced or deleted since: left so, this variant not written
-                    return False
+                except _Superseded:  # replaced or deleted since: left so, this variant not written (the cap and
+                    written = False  # the trim below still apply)
+                    break
                 except Exception:
                     if aside is not None:  # put back the file the failed write was to replace
                         _link_back(aside, target)
@@ -1277,14 +1281,13 @@ class ChunkKVCache:
                         raise
                     d.mkdir(exist_ok=True)  # another store's trim removed the folder, empty, meanwhile
         for stem, ident in gone.items():
-            f = d / f"{stem}.safetensors"
-            _unlink_unchanged(f, ident)
-            if self._disk_bytes is not None and ident is not None and _file_ident(f) is None:
+            deleted = _unlink_unchanged(d / f"{stem}.safetensors", ident)  # (it was the file of that identity)
+            if deleted and ident is not None and self._disk_bytes is not None:
                 self._disk_bytes -= ident[2]
         budget = self.disk_budget_bytes
         if trim and budget is not None and (self._disk_bytes is None or self._disk_bytes > budget):
             self._trim_disk()  # (counts the folder once, then when this store's writes may have passed the budget)
-        return v.file_stem not in gone
+        return v.file_stem not in gone and written
 
     def _file_rank(self, f: Path) -> tuple[float, float]:
         """``(utility, write time in ns)`` of a disk variant, from its header alone (see the module
@@ -1720,13 +1723,14 @@ def _file_ident(f: Path) -> tuple[int, ...] | None:
     return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
 
 
-def _unlink_unchanged(f: Path, ident: tuple[int, ...] | None) -> None:
+def _unlink_unchanged(f: Path, ident: tuple[int, ...] | None) -> bool:
     """Delete ``f`` if it is still the file :func:`_file_ident` saw (``ident``): one another store wrote
     there since is kept.  ``f`` is renamed aside first, so the check and the delete see the same file;
-    one that changed is linked back, never over a newer one."""
+    one that changed is linked back, never over a newer one.  Returns whether it was deleted."""
     aside = _set_aside(f, ident)
     if aside is not None:
         aside.unlink(missing_ok=True)
+    return aside is not None
 
 
 class _Superseded(Exception):

@@ -4,12 +4,16 @@ prompt's type, token ids and flags before any model work."""
 
 from __future__ import annotations
 
+import os
+import stat
+
 import numpy as np
 import pytest
 import torch
 from test_generate_s54 import A, _tiny_model
 
 from ragkit.caches import ChunkKVCache, ChunkVariant
+from ragkit.caches.chunk_kv import _file_ident
 from ragkit.errors import ParamError
 
 
@@ -68,6 +72,19 @@ def _spilled(tmp_path, **kw):
     c.put("b" * 40, _var())
     assert not any(x is v for x in c._mem.get("a" * 40, []))
     return c, v
+
+
+def test_a_reuse_rewrite_keeps_the_files_mode(tmp_path):
+    """The file replaced by a reuse's rewrite was set aside before atomic_file gave the new one its mode (and
+    flushed it), so a chmod 600 file came back with the umask's mode, and the old one was away for the flush."""
+    c, v = _spilled(tmp_path)
+    f = tmp_path / ("a" * 40) / f"{v.file_stem}.safetensors"
+    os.chmod(f, 0o600)
+    v.disk_ident = _file_ident(f)  # (the chmod changed no identity field the rewrite checks; read it again)
+    c.touch(v, 0.25)
+    got = ChunkKVCache("m", "t", disk_dir=tmp_path).lookup("a" * 40, n_tokens=4)[0]
+    assert got.cfo_n == 1  # rewritten
+    assert stat.S_IMODE(os.stat(f).st_mode) == 0o600
 
 
 def test_a_reuse_of_a_spilled_variant_leaves_a_file_replaced_since_as_it_is(tmp_path):
