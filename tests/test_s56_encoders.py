@@ -71,6 +71,17 @@ def test_shared_encoders_keyed_by_absolute_folder(tmp_path: Path, monkeypatch: p
 
 
 # ------------------------------------------------------------------ 2. normalize=False, said
+def test_a_tilde_path_is_refused_by_the_shared_encoder_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Encoder('~/m') refuses '~' (a model's path is read as it is); get_encoder expanded it when it made the
+    shared encoder of a relative folder with its absolute path, and took it."""
+    _folder(tmp_path / "m", 3)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path / "m")  # (no folder '~' here)
+    for make in (Encoder, get_encoder, get_token_encoder):
+        with pytest.raises(ParamError, match="without expanding '~'"):
+            make("~/m")
+
+
 def test_normalize_false_documented_as_ragkit_not_normalising() -> None:
     """The docstring says that ``normalize=False`` leaves a model's own ``Normalize`` module in place (MiniLM's
     vectors stay unit length), as sentence-transformers' ``normalize_embeddings=False`` does."""
@@ -120,7 +131,8 @@ def test_device_none_and_torch_device_still_taken() -> None:
 
     for device in (None, torch.device("cpu")):
         assert Encoder(device=device).device == device
-        assert get_encoder(device=device).device == device
+    assert get_encoder(device=None).device is None
+    assert get_encoder(device=torch.device("cpu")) is get_encoder(device="cpu")  # (one device, one shared encoder)
 
 
 # ------------------------------------------------------------------ 4. LangChainEmbeddingsEncoder's settings

@@ -1085,6 +1085,9 @@ def get_encoder(model: str = DEFAULT_MODEL, **kwargs: Any) -> Encoder:
         return custom
     check_encoder_settings("get_encoder", **{k: v for k, v in kwargs.items()
                                              if k in ("batch_size", "max_seq_length", "device", "cache")})
+    device = kwargs.get("device")
+    if type(device).__name__ == "device" and type(device).__module__ == "torch":  # one encoder per device, however
+        kwargs["device"] = str(device)  # it is spelled (torch.device("cpu") and "cpu" loaded the model twice)
     key = settings_key(Encoder, model, kwargs)
     enc = _ENCODERS.get(key)  # (a dict read: an encoder already made is returned without a lock)
     if enc is None:
@@ -1175,10 +1178,9 @@ def shared_model_arg(model: str) -> str:
     that folder (:func:`_model_place`) and must read it, at a lazy first load, after a ``chdir`` too (it read
     ``./m`` of the new folder and said the files changed); a hub id, an alias, an absolute path or a folder that
     does not exist (its error names it as given) as it is."""
-    if os.path.isabs(model) or resolve_model(model) != model:
+    if os.path.isabs(model) or resolve_model(model) != model or model.startswith("~"):  # ('~' is refused as given)
         return model
-    place = os.path.expanduser(model)
-    return os.path.abspath(place) if os.path.isdir(place) else model
+    return os.path.abspath(model) if os.path.isdir(model) else model
 
 
 def _model_place(model: str) -> str:
