@@ -114,7 +114,7 @@ def test_bank_log_partition_small_corpora_keep_one_pass_over_the_documents(monke
     new = bank_log_partition(docs, bank, 3.0)
     assert {w for _, w in shapes} == {5000} and shapes[0][0] == (1 << 23) // 5000
     ref = _one_tile(docs, bank, 3.0)
-    np.testing.assert_allclose(new[0], ref[0], rtol=1e-7, atol=0)
+    np.testing.assert_allclose(new[0], ref[0], rtol=1e-6, atol=0)  # (float32 sums: BLAS rounds by the block's shape)
     assert new[1].tolist() == ref[1].tolist()
 
 

@@ -172,7 +172,11 @@ def test_learned_weights_do_not_depend_on_the_order_of_the_training_queries(data
         pipe = Pipeline([Parallel([BM25(k=10), Dense(model="s54-learned-hash", k=10)],
                                   fuse=WeightedFusion(learn=True, norm="zscore", top_k=5))]).fit(corpus, train=train)
         seen.append(pipe.learned())
-    assert all(s == seen[0] for s in seen[1:]), seen
+    # the same weights learned whatever the order (what this test is about); the nDCG figures beside them are not
+    # compared: with OpenBLAS 0.3.31 a query's dense scores move in their last bit with its place in the batch,
+    # which reorders near-tied documents of the hashing encoder (cv_ndcg@10 0.7370 vs 0.7419, weights equal)
+    chosen = [{k: (v["branches"], v["weights"]) for k, v in s.items()} for s in seen]
+    assert all(c == chosen[0] for c in chosen[1:]), seen
 
 
 def test_fuser_seed_is_passed_through_and_refused_without_learn(data, monkeypatch):

@@ -986,9 +986,9 @@ def sign_flip_pvalues(diff: np.ndarray, *, n_resamples: int = 10000, seed: int =
     ``#{sign patterns with |mean| >= observed} / 2**m`` over all ``2**m`` patterns of its non-zero
     differences (a zero contributes nothing whatever its sign; never below ``2**(1 - m)``, the observed signs
     and their opposite; ``n_resamples``, ``seed`` and ``block`` do not change it), counted column by column
-    in ~``2**(m / 2)`` steps (meet in the middle, :func:`_exact_sign_flip`).  Any other column gets the Monte
-    Carlo p-value ``(1 + #{resamples with |mean| >= observed}) / (1 + n_resamples)`` (never 0), the same
-    whatever other columns are given.
+    in ~``2**(m / 2)`` steps (meet in the middle: each half's signed sums, one sorted and searched).  Any
+    other column gets the Monte Carlo p-value ``(1 + #{resamples with |mean| >= observed}) / (1 + n_resamples)``
+    (never 0), the same whatever other columns are given.
 
     The random signs are random bits (one 64-bit word of the seeded PCG64 stream per 64 queries of a
     resample, so the numbers do not depend on ``block``), each block of ``block`` resamples (default: ~2 MB of
