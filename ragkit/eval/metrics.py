@@ -1222,7 +1222,7 @@ def _cut_run(run: Run, k: int) -> Run:
         every_query_checked = True
         if _repeats_a_row(np.concatenate([r.rows for r in run.rankings]), owner, lens):
             return run  # a document twice for one query: to_dict names it
-    elif not run._unique_ids_known() and \
+    elif not every_query_checked and \
             any(len(set(d.tolist())) != len(d) for d, n in zip(run.doc_ids, lens.tolist()) if n > k):
         return run  # (a query no longer than k is kept whole, for to_dict to look at)
     scores = np.concatenate(run.scores)
