@@ -13,6 +13,7 @@ interval; every test below failed on the code before its fix in several runs out
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import queue
 import random
@@ -496,6 +497,7 @@ def test_threads_asking_for_one_token_encoder_get_one(monkeypatch: pytest.Monkey
     monkeypatch.setattr(tokens, "_TOKEN_ENCODERS", {})
     real = tokens.TokenEncoder.__init__
 
+    @functools.wraps(real)  # (its signature kept: get_token_encoder checks keywords against it, which alone failed)
     def slow_init(self: TokenEncoder, *a: object, **kw: object) -> None:
         time.sleep(0.01)  # the model's fingerprint is read here: long enough for the others to ask
         real(self, *a, **kw)  # type: ignore[arg-type]

@@ -499,6 +499,10 @@ class ShardStore(Generic[S]):
         #: shard number by the SHA-1 of its keys: a request for exactly one shard's texts finds it whatever
         #: shards the index prefers for them
         self._whole: dict[bytes, int] = {}
+        #: the names of the shards the folder held when the index was read, with those this reader wrote since,
+        #: served or set aside: a lookup that misses reads the index again when the folder holds others (another
+        #: process wrote them since)
+        self._listed: set[str] = set()
         #: guards _index and _shards: a shard's number is its position in _shards, which two threads
         #: loading or extending them at once gave to two shards (vectors of other texts were served)
         self._lock = threading.RLock()
@@ -512,10 +516,12 @@ class ShardStore(Generic[S]):
             if self._index is None:
                 self._shards, self._shard_names, self._whole = [], [], {}
                 loaded = []
+                self._listed = set()
                 if self.folder.is_dir():
                     warn_if_shared(self.folder)
                     for keys_path in sorted(self.folder.glob("*.keys.npy")):  # a loop over the shards
                         name = keys_path.name[: -len(".keys.npy")]
+                        self._listed.add(name)
                         try:
                             keys = load_npy(keys_path)
                         except FileNotFoundError:
@@ -567,20 +573,41 @@ class ShardStore(Generic[S]):
         """Number ``shard`` and point its texts' digests at it (under the lock, index loaded)."""
         assert self._index is not None
         self._index.add(keys, self._number(keys, shard, name))
+        self._listed.add(name)
+
+    def _others_wrote(self) -> bool:
+        """Whether the folder holds shards the loaded index has not listed: another process (a ``ragkit eval``
+        beside a notebook, a test's subprocess) wrote them since.  One listing of the folder."""
+        try:
+            names = {p.name[: -len(".keys.npy")] for p in self.folder.glob("*.keys.npy")}
+        except OSError:
+            return False
+        return not names <= self._listed
 
     def locate(self, digests: np.ndarray) -> tuple[np.ndarray, list[S]]:
         """``(n, 2)`` int64 ``(shard number, row)`` per digest (``-1`` where absent), and the shards
-        those numbers index, both from one moment."""
+        those numbers index, both from one moment.  Where some are absent and another process has written
+        shards to the folder since the index was read, it is read again first (the texts it computed are served,
+        not computed twice: a full SciFact encode a subprocess had written was computed again, ~5 minutes)."""
         with self._lock:
             where = self._load_index().find(digests)
+            if len(where) and (where[:, 0] < 0).any() and self._others_wrote():
+                self._index = None  # (arrays handed out before stay valid: they are copies or maps)
+                where = self._load_index().find(digests)
             shards = list(self._shards)
         return where, shards
 
     def whole(self, digests: np.ndarray) -> S | None:
-        """The shard that holds exactly the texts ``digests``, in this order, if one does."""
+        """The shard that holds exactly the texts ``digests``, in this order, if one does (the index read again
+        first where none does and another process has written shards since, as :meth:`locate` does)."""
+        key = hashlib.sha1(np.ascontiguousarray(digests).tobytes()).digest()
         with self._lock:
             self._load_index()
-            s = self._whole.get(hashlib.sha1(np.ascontiguousarray(digests).tobytes()).digest())
+            s = self._whole.get(key)
+            if s is None and self._others_wrote():
+                self._index = None
+                self._load_index()
+                s = self._whole.get(key)
             return None if s is None else self._shards[s]
 
     def _written(self, name: str | None, digests: np.ndarray, shard: S | None = None) -> S | None:
