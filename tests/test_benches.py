@@ -170,7 +170,7 @@ BENCHES = [  # (script and flags, expected in stdout, JSON written, what it must
     ("quality.py", "best learned", "quality_quick.json", _check_quality),
     # its Ray encoding part (~80 s: three encodings of 200 documents) is what tests/test_scale.py runs already
     ("scale.py --skip-encode", "searched alone", "scale_quick.json", _check_scale),
-    # every mode, the selector sweep, the plot and the streaming pass, on 3 short prompts (SmolLM2-135M)
+    # every mode, the selector sweep, the plot and the streaming pass, on short prompts (SmolLM2-135M)
     # (each timed best of 2 rounds in orders shuffled every round: `full` always went first, once, and then each
     # always right after the same other one, in rotated orders)
     # (one measured prompt of 32-token chunks, 4 new tokens: ~100 -> ~40 s)

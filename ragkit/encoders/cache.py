@@ -584,6 +584,15 @@ class ShardStore(Generic[S]):
             return False
         return not names <= self._listed
 
+    def _reread_if_others_wrote(self) -> bool:
+        """Read the index again (under the lock) where another process has written shards since
+        (:meth:`_others_wrote`); whether it did.  Arrays handed out before stay valid: they are copies or maps."""
+        if not self._others_wrote():
+            return False
+        self._index = None
+        self._load_index()
+        return True
+
     def locate(self, digests: np.ndarray) -> tuple[np.ndarray, list[S]]:
         """``(n, 2)`` int64 ``(shard number, row)`` per digest (``-1`` where absent), and the shards
         those numbers index, both from one moment.  Where some are absent and another process has written
@@ -591,8 +600,7 @@ class ShardStore(Generic[S]):
         not computed twice: a full SciFact encode a subprocess had written was computed again, ~5 minutes)."""
         with self._lock:
             where = self._load_index().find(digests)
-            if len(where) and (where[:, 0] < 0).any() and self._others_wrote():
-                self._index = None  # (arrays handed out before stay valid: they are copies or maps)
+            if len(where) and (where[:, 0] < 0).any() and self._reread_if_others_wrote():
                 where = self._load_index().find(digests)
             shards = list(self._shards)
         return where, shards
@@ -604,9 +612,7 @@ class ShardStore(Generic[S]):
         with self._lock:
             self._load_index()
             s = self._whole.get(key)
-            if s is None and self._others_wrote():
-                self._index = None
-                self._load_index()
+            if s is None and self._reread_if_others_wrote():
                 s = self._whole.get(key)
             return None if s is None else self._shards[s]
 
